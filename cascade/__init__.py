@@ -1,0 +1,35 @@
+"""Cascade routing for LLM calls: cheap model first, check the answer, escalate when it fails."""
+
+from cascade.engine import Cascade
+from cascade.errors import (
+    BudgetExceeded,
+    CascadeError,
+    CascadeExhausted,
+    ConfigError,
+    DatasetError,
+    EvaluatorError,
+    PluginNotFound,
+    ProviderError,
+)
+from cascade.ledger import Ledger
+from cascade.types import CascadeResult, Completion, Request, StepRecord, Verdict
+
+__all__ = [
+    "BudgetExceeded",
+    "Cascade",
+    "CascadeError",
+    "CascadeExhausted",
+    "CascadeResult",
+    "Completion",
+    "ConfigError",
+    "DatasetError",
+    "EvaluatorError",
+    "Ledger",
+    "PluginNotFound",
+    "ProviderError",
+    "Request",
+    "StepRecord",
+    "Verdict",
+]
+
+__version__ = "0.1.0"

@@ -1,0 +1,232 @@
+"""The YAML schema, as pydantic models that mirror the file one to one.
+
+Loading is ``yaml.safe_load`` -> ``CascadeConfig.model_validate`` -> cross-reference checks.
+It is pure: no environment, no network. ``cascade.engine.Cascade`` then builds providers and
+evaluators from it. Every failure becomes a ``ConfigError`` naming the file and the key path.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from cascade.errors import ConfigError
+from cascade.pricing import Price
+
+__all__ = [
+    "CascadeConfig",
+    "LedgerConfig",
+    "ModelConfig",
+    "ProviderConfig",
+    "RetryConfig",
+    "RungConfig",
+    "TaskConfig",
+    "format_location",
+    "load_config",
+    "parse_config",
+]
+
+_STRICT = ConfigDict(extra="forbid", frozen=True)
+DEFAULT_KEY_ENV = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}
+
+
+class ProviderConfig(BaseModel):
+    """One ``providers:`` entry. ``type`` names a provider plug-in (openai, anthropic, replay)."""
+
+    model_config = _STRICT
+
+    type: str
+    api_key_env: str | None = None
+    base_url: str | None = None
+    timeout_s: float = Field(default=60.0, gt=0)
+    dataset: str | None = None  # replay only: the recorded dataset to serve
+
+    def key_env(self) -> str | None:
+        return self.api_key_env or DEFAULT_KEY_ENV.get(self.type)
+
+
+class ModelConfig(BaseModel):
+    """One ``models:`` entry: which provider serves it, under which name, at what price."""
+
+    model_config = _STRICT
+
+    provider: str
+    name: str
+    price: Price
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class RetryConfig(BaseModel):
+    """``attempts`` counts every try of a rung, the first included."""
+
+    model_config = _STRICT
+
+    attempts: int = Field(default=4, ge=1, le=20)
+    max_wait_s: float = Field(default=30.0, ge=0)
+    initial_wait_s: float = Field(default=0.5, ge=0)
+
+
+class LedgerConfig(BaseModel):
+    """Where the SQLite ledger lives; ``path: null`` turns the ledger off."""
+
+    model_config = _STRICT
+
+    path: str | None = "cascade-ledger.sqlite"
+
+
+class LoggingConfig(BaseModel):
+    """``content: true`` adds prompt and answer text to log events (off by default)."""
+
+    model_config = _STRICT
+
+    content: bool = False
+
+
+class MinScore(BaseModel):
+    """``accept: {min_score: X}``: the weighted mean of evaluator scores must reach X."""
+
+    model_config = _STRICT
+
+    min_score: float = Field(ge=0, le=1)
+
+
+Accept = Literal["all", "any"] | MinScore
+
+
+class RungConfig(BaseModel):
+    """A ladder entry. A bare model key is shorthand for ``{model: KEY}``."""
+
+    model_config = _STRICT
+
+    model: str
+    evaluators: list[dict[str, Any]] | None = None
+    accept: Accept | None = None
+
+
+class TaskConfig(BaseModel):
+    """One ``tasks:`` entry: the ladder, how answers are judged, and what happens at the top."""
+
+    model_config = _STRICT
+
+    ladder: list[RungConfig] = Field(min_length=1)
+    evaluators: list[dict[str, Any]] = Field(default_factory=list)
+    accept: Accept = "all"
+    on_exhausted: Literal["return_last", "raise"] = "return_last"
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("ladder", mode="before")
+    @classmethod
+    def _expand_shorthand(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            return [{"model": v} if isinstance(v, str) else v for v in value]
+        return value
+
+
+class CascadeConfig(BaseModel):
+    """The whole file."""
+
+    model_config = _STRICT
+
+    providers: dict[str, ProviderConfig] = Field(default_factory=dict)
+    models: dict[str, ModelConfig]
+    tasks: dict[str, TaskConfig]
+    ledger: LedgerConfig = Field(default_factory=LedgerConfig)
+    retry: RetryConfig = Field(default_factory=RetryConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+
+
+def format_location(loc: tuple[int | str, ...]) -> str:
+    """``("tasks", "faq", "ladder", 1)`` -> ``tasks.faq.ladder[1]``."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def _describe(error: Mapping[str, Any]) -> str:
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        return "unknown key"
+    if kind == "missing":
+        return "required key is missing"
+    value = error.get("input")
+    shown = repr(value) if not isinstance(value, (dict, list)) else type(value).__name__
+    return f"{error['msg'][0].lower()}{error['msg'][1:]} (got {shown})"
+
+
+def _from_validation(exc: ValidationError, path: str | None) -> ConfigError:
+    errors = exc.errors()
+    # In a union the deepest error is the member the user was aiming at.
+    first = max(errors, key=lambda e: len(e["loc"]))
+    # Union members and tagged choices add their own names to the location; drop them.
+    loc = tuple(p for p in first["loc"] if not (isinstance(p, str) and p[:1].isupper()))
+    loc = tuple(p for p in loc if p not in ("literal['all','any']", "literal['all', 'any']"))
+    more = len({e["loc"][:3] for e in errors}) - 1
+    suffix = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
+    return ConfigError(_describe(first) + suffix, path=path, location=format_location(loc))
+
+
+def _check_references(config: CascadeConfig, path: str | None) -> None:
+    for key, model in config.models.items():
+        if model.provider not in config.providers:
+            raise ConfigError(
+                f"unknown provider {model.provider!r} (defined: {', '.join(config.providers)})",
+                path=path, location=f"models.{key}.provider",
+            )
+    for name, task in config.tasks.items():
+        for i, rung in enumerate(task.ladder):
+            if rung.model not in config.models:
+                raise ConfigError(
+                    f"unknown model {rung.model!r} (defined: {', '.join(config.models)})",
+                    path=path, location=f"tasks.{name}.ladder[{i}]",
+                )
+
+
+def parse_config(data: Any, *, path: str | None = None) -> CascadeConfig:
+    """Validate an already-parsed mapping (what ``Cascade.from_dict`` uses).
+
+    Raises:
+        ConfigError: naming ``path`` and the failing key path.
+    """
+    if not isinstance(data, Mapping):
+        raise ConfigError(
+            f"the top level must be a mapping with providers/models/tasks, got {type(data).__name__}",
+            path=path,
+        )
+    try:
+        config = CascadeConfig.model_validate(data)
+    except ValidationError as exc:
+        raise _from_validation(exc, path) from exc
+    _check_references(config, path)
+    return config
+
+
+def load_config(path: str | os.PathLike[str]) -> CascadeConfig:
+    """Read and validate a YAML config file.
+
+    Raises:
+        ConfigError: the file is missing or unreadable, is not valid YAML, or fails validation.
+    """
+    shown = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        raise ConfigError("config file not found", path=shown) from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config file: {exc}", path=shown) from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else None
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"invalid YAML: {problem}", path=shown, location=where) from exc
+    return parse_config(data, path=shown)

@@ -1,0 +1,469 @@
+"""The engine: call a rung -> price it -> evaluate -> log and record -> accept or escalate.
+
+The ladder logic is written once, as a generator that yields the I/O it needs (a model call,
+an evaluation) and receives the outcome. ``complete`` drives it synchronously and ``acomplete``
+with ``await``, so both paths take exactly the same decisions.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from cascade.config import CascadeConfig, MinScore, ModelConfig, load_config, parse_config
+from cascade.errors import CascadeError, CascadeExhausted, ConfigError, ProviderError
+from cascade.evaluation import EvaluatorContext, Slot, build_evaluators, combine, decided
+from cascade.ledger import Ledger
+from cascade.plugins import PROVIDERS, load_plugin
+from cascade.pricing import cost_usd
+from cascade.providers.base import Provider
+from cascade.retry import RetryPolicy
+from cascade.types import (
+    CascadeResult,
+    Completion,
+    Decision,
+    Message,
+    Request,
+    StepRecord,
+    Verdict,
+    as_messages,
+)
+
+__all__ = ["Cascade"]
+
+log = structlog.get_logger("cascade")
+
+
+@dataclass(frozen=True, slots=True)
+class _Rung:
+    key: str
+    model: ModelConfig
+    provider: Provider
+    slots: tuple[Slot, ...]
+    accept: str | MinScore
+
+
+@dataclass(frozen=True, slots=True)
+class _Task:
+    name: str
+    rungs: tuple[_Rung, ...]
+    on_exhausted: str
+    params: Mapping[str, Any]
+
+
+@dataclass(slots=True)
+class _Run:
+    """Mutable bookkeeping of one run; evaluators that call models add their steps here."""
+
+    run_id: str
+    task: str
+    started: float
+    log_content: bool
+    steps: list[StepRecord] = field(default_factory=list)
+    counter: int = 0
+
+    def next_index(self) -> int:
+        self.counter += 1
+        return self.counter
+
+    def cost(self) -> float:
+        return sum(s.cost_usd for s in self.steps)
+
+
+@dataclass(frozen=True, slots=True)
+class _Call:
+    model_key: str
+    messages: tuple[Message, ...]
+    params: Mapping[str, Any]
+    query_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Outcome:
+    completion: Completion | None
+    error: ProviderError | None
+    attempts: int
+    latency_ms: float
+
+
+@dataclass(frozen=True, slots=True)
+class _Eval:
+    slot: Slot
+    request: Request
+    completion: Completion
+
+
+_current_run: contextvars.ContextVar[_Run | None] = contextvars.ContextVar(
+    "cascade_current_run", default=None)
+
+_Plan = Generator["_Call | _Eval", Any, CascadeResult]
+
+
+class Cascade:
+    """A set of task ladders built from one config.
+
+    Args:
+        config: A validated ``CascadeConfig``.
+        path: The file it came from, used in error messages and to resolve relative paths.
+        providers: Provider instances to use instead of building them from the config,
+            keyed by ``providers:`` name (tests, custom clients).
+        ledger: A ``Ledger`` to record into; by default the config's ``ledger.path``.
+            Pass ``False`` to record nothing.
+        sleep: The retry layer's sleep (inject a no-op in tests).
+        asleep: The async retry layer's sleep.
+
+    Raises:
+        ConfigError: an evaluator's settings are invalid, or a plug-in is missing.
+    """
+
+    def __init__(self, config: CascadeConfig, *, path: str | None = None,
+                 providers: Mapping[str, Provider] | None = None,
+                 ledger: Ledger | bool | None = None,
+                 sleep: Callable[[float], None] = time.sleep,
+                 asleep: Callable[[float], Awaitable[None]] | None = None):
+        self.config = config
+        self.path = path
+        self._retry = RetryPolicy(config.retry, sleep=sleep,
+                                  **({"asleep": asleep} if asleep else {}))
+        try:
+            self.providers: dict[str, Provider] = {
+                name: self._build_provider(name, providers) for name in config.providers}
+            self.tasks = {name: self._build_task(name) for name in config.tasks}
+        except ConfigError as exc:
+            if exc.path is None and path is not None:
+                raise ConfigError(exc.message, path=path, location=exc.location) from exc
+            raise
+        if ledger is None or ledger is True:
+            self.ledger = Ledger(config.ledger.path) if config.ledger.path else None
+        else:
+            self.ledger = ledger or None
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, **kwargs: Any) -> Cascade:
+        """Load, validate and build a config file. See ``Cascade`` for the keyword arguments.
+
+        Raises:
+            ConfigError: naming the file and key path of the first problem.
+        """
+        return cls(load_config(path), path=str(path), **kwargs)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], **kwargs: Any) -> Cascade:
+        """Build from a mapping shaped like the YAML file (configs made in code)."""
+        return cls(parse_config(data), **kwargs)
+
+    def __repr__(self) -> str:
+        return f"Cascade(tasks={list(self.tasks)!r}, path={self.path!r})"
+
+    def __enter__(self) -> Cascade:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self.ledger is not None:
+            self.ledger.close()
+
+    # -- building -------------------------------------------------------------------------------
+
+    def _build_provider(self, name: str, given: Mapping[str, Provider] | None) -> Provider:
+        if given and name in given:
+            return given[name]
+        settings = self.config.providers[name]
+        factory = load_plugin(PROVIDERS, settings.type, location=f"providers.{name}.type")
+        provider: Provider = factory(name, settings)
+        return provider
+
+    def _build_task(self, name: str) -> _Task:
+        task = self.config.tasks[name]
+        rungs = []
+        for i, rung in enumerate(task.ladder):
+            model = self.config.models[rung.model]
+            provider = self.providers[model.provider]
+            own = rung.evaluators is not None
+            specs = rung.evaluators if rung.evaluators is not None else task.evaluators
+            location = f"tasks.{name}.ladder[{i}].evaluators" if own else f"tasks.{name}.evaluators"
+            ctx = EvaluatorContext(
+                location=location, task=name, model=rung.model,
+                provider_type=self.config.providers[model.provider].type,
+                supports_logprobs=bool(getattr(provider, "supports_logprobs", False)),
+                services=self, config_dir=Path(self.path).parent if self.path else None)
+            rungs.append(_Rung(key=rung.model, model=model, provider=provider,
+                               slots=build_evaluators(specs, ctx),
+                               accept=rung.accept if rung.accept is not None else task.accept))
+        return _Task(name=name, rungs=tuple(rungs), on_exhausted=task.on_exhausted,
+                     params=task.params)
+
+    # -- public API -----------------------------------------------------------------------------
+
+    def complete(self, task: str, prompt: str | Sequence[Message], *, query_id: str | None = None,
+                 log_content: bool | None = None, **params: Any) -> CascadeResult:
+        """Run ``task``'s ladder on a prompt and return the first accepted answer.
+
+        Args:
+            task: A ``tasks:`` key.
+            prompt: A prompt string or an OpenAI-style messages list.
+            query_id: An external id for the query (the replay provider looks answers up by it).
+            log_content: Put prompt and answer text in log events (default: the config's).
+            **params: Provider parameters such as ``max_tokens`` or ``temperature``.
+
+        Returns:
+            The ``CascadeResult``, with every step taken.
+
+        Raises:
+            ConfigError: unknown task, or a provider's API key variable is unset.
+            ProviderError: no rung produced an answer at all (``.result`` holds the steps).
+            CascadeExhausted: no rung passed and the task says ``on_exhausted: raise``.
+            EvaluatorError: an evaluator crashed.
+        """
+        plan, run = self._start(task, prompt, query_id, log_content, params)
+        token = _current_run.set(run)
+        try:
+            return self._finish(self._drive(plan), run)
+        except CascadeError as exc:
+            self._fail(exc, run)
+            raise
+        finally:
+            _current_run.reset(token)
+
+    async def acomplete(self, task: str, prompt: str | Sequence[Message], *,
+                        query_id: str | None = None, log_content: bool | None = None,
+                        **params: Any) -> CascadeResult:
+        """The async twin of ``complete``, with the same arguments, result and errors."""
+        plan, run = self._start(task, prompt, query_id, log_content, params)
+        token = _current_run.set(run)
+        try:
+            return self._finish(await self._adrive(plan), run)
+        except CascadeError as exc:
+            self._fail(exc, run)
+            raise
+        finally:
+            _current_run.reset(token)
+
+    # -- ModelServices, lent to evaluators that call a model (the judge) -----------------------
+
+    def has_model(self, model: str) -> bool:
+        return model in self.config.models
+
+    def call_model(self, model: str, messages: Sequence[Message],
+                   params: Mapping[str, Any] | None = None) -> Completion:
+        """Call one model outside the ladder; the call is a ``judge`` step of the current run."""
+        op = self._side_call(model, messages, params)
+        return self._side_result(op, self._call(op))
+
+    async def acall_model(self, model: str, messages: Sequence[Message],
+                          params: Mapping[str, Any] | None = None) -> Completion:
+        op = self._side_call(model, messages, params)
+        return self._side_result(op, await self._acall(op))
+
+    def _side_call(self, model: str, messages: Sequence[Message],
+                   params: Mapping[str, Any] | None) -> _Call:
+        merged = {**self.config.models[model].params, **(params or {})}
+        return _Call(model, as_messages(messages), merged, None)
+
+    def _side_result(self, op: _Call, outcome: _Outcome) -> Completion:
+        run = _current_run.get()
+        if run is not None:
+            self._record(run, op.model_key, outcome, "judge", ())
+        if outcome.error is not None:
+            raise outcome.error
+        assert outcome.completion is not None
+        return outcome.completion
+
+    # -- the ladder, written once ---------------------------------------------------------------
+
+    def _start(self, task: str, prompt: str | Sequence[Message], query_id: str | None,
+               log_content: bool | None, params: dict[str, Any]) -> tuple[_Plan, _Run]:
+        if task not in self.tasks:
+            raise ConfigError(f"unknown task {task!r} (defined: {', '.join(self.tasks)})",
+                              path=self.path, location="tasks")
+        content = self.config.logging.content if log_content is None else log_content
+        run = _Run(run_id=uuid.uuid4().hex, task=task, started=time.perf_counter(),
+                   log_content=content)
+        return self._plan(self.tasks[task], as_messages(prompt), params, run, query_id), run
+
+    def _plan(self, task: _Task, messages: tuple[Message, ...], params: dict[str, Any],
+              run: _Run, query_id: str | None) -> _Plan:
+        history: list[Completion] = []
+        last: tuple[_Rung, Completion, tuple[Verdict, ...]] | None = None
+        for rung in task.rungs:
+            call_params: dict[str, Any] = {**rung.model.params, **task.params, **params}
+            convo = messages
+            for slot in rung.slots:
+                if "prepare" in slot.hooks:
+                    convo, call_params = slot.hooks["prepare"](convo, call_params)
+            repairs = {s.name: int(getattr(s.evaluator, "repair_attempts", 0)) for s in rung.slots}
+            while True:
+                outcome = yield _Call(rung.key, tuple(convo), call_params, query_id)
+                if outcome.completion is None:
+                    self._record(run, rung.key, outcome, "error", ())
+                    break
+                completion = replace(outcome.completion, model=rung.key)
+                request = Request(task=task.name, messages=messages, params=params,
+                                  run_id=run.run_id, history=tuple(history), query_id=query_id)
+                index = run.next_index()  # before evaluation, so judge steps number after it
+                verdicts: list[Verdict] = []
+                for slot in rung.slots:
+                    verdict = yield _Eval(slot, request, completion)
+                    verdicts.append(verdict)
+                    if decided(rung.accept, verdict):
+                        break
+                weights = [s.weight for s in rung.slots[: len(verdicts)]]
+                ok = combine(rung.accept, verdicts, weights)
+                fixer = None if ok else _repairer(rung, verdicts, repairs)
+                decision: Decision = "accept" if ok else ("repair" if fixer else "escalate")
+                self._record(run, rung.key, outcome, decision, tuple(verdicts),
+                             completion=completion, index=index)
+                if ok:
+                    return self._result(run, rung, completion, tuple(verdicts), accepted=True)
+                last = (rung, completion, tuple(verdicts))
+                if fixer is None:
+                    history.append(completion)
+                    break
+                slot, verdict = fixer
+                repairs[slot.name] -= 1
+                convo = (*convo, {"role": "assistant", "content": completion.text},
+                         {"role": "user", "content": slot.hooks["repair_message"](verdict)})
+        if last is None:
+            failures = "; ".join(f"{s.model}: {s.error}" for s in run.steps if s.error)
+            result = self._result(run, None, None, (), accepted=False)
+            raise ProviderError(f"task {task.name!r}: no rung produced an answer ({failures})",
+                                result=result)
+        result = self._result(run, *last, accepted=False)
+        if task.on_exhausted == "raise":
+            raise CascadeExhausted(result)
+        return result
+
+    # -- drivers ----------------------------------------------------------------------------------
+
+    def _drive(self, plan: _Plan) -> CascadeResult:
+        reply: Any = None
+        while True:
+            try:
+                op = plan.send(reply)
+            except StopIteration as done:
+                result: CascadeResult = done.value
+                return result
+            reply = self._call(op) if isinstance(op, _Call) else op.slot.run(op.request,
+                                                                               op.completion)
+
+    async def _adrive(self, plan: _Plan) -> CascadeResult:
+        reply: Any = None
+        while True:
+            try:
+                op = plan.send(reply)
+            except StopIteration as done:
+                result: CascadeResult = done.value
+                return result
+            if isinstance(op, _Call):
+                reply = await self._acall(op)
+            else:
+                reply = await op.slot.arun(op.request, op.completion)
+
+    def _call(self, op: _Call) -> _Outcome:
+        model = self.config.models[op.model_key]
+        provider = self.providers[model.provider]
+        attempts = 0
+        started = time.perf_counter()
+        try:
+            for attempt in self._retry.retrying():
+                with attempt:
+                    attempts += 1
+                    completion = provider.complete(op.messages, model=model.name,
+                                                   params=op.params, query_id=op.query_id)
+        except ProviderError as exc:
+            return _Outcome(None, exc, attempts, (time.perf_counter() - started) * 1000)
+        return _Outcome(completion, None, attempts, (time.perf_counter() - started) * 1000)
+
+    async def _acall(self, op: _Call) -> _Outcome:
+        model = self.config.models[op.model_key]
+        provider = self.providers[model.provider]
+        attempts = 0
+        started = time.perf_counter()
+        try:
+            async for attempt in self._retry.aretrying():
+                with attempt:
+                    attempts += 1
+                    completion = await provider.acomplete(op.messages, model=model.name,
+                                                          params=op.params, query_id=op.query_id)
+        except ProviderError as exc:
+            return _Outcome(None, exc, attempts, (time.perf_counter() - started) * 1000)
+        return _Outcome(completion, None, attempts, (time.perf_counter() - started) * 1000)
+
+    # -- records ----------------------------------------------------------------------------------
+
+    def _record(self, run: _Run, model_key: str, outcome: _Outcome, decision: Decision,
+                verdicts: tuple[Verdict, ...], *, completion: Completion | None = None,
+                index: int | None = None) -> StepRecord:
+        model = self.config.models[model_key]
+        done = completion or outcome.completion
+        # A recorded (replayed) latency is longer than the replay itself; a live one is shorter
+        # than the wall time that includes retries. The larger is the step's real latency.
+        latency = max(outcome.latency_ms, done.latency_ms if done else 0.0)
+        step = StepRecord(
+            run_id=run.run_id, task=run.task, step=index or run.next_index(), model=model_key,
+            provider=model.provider, attempts=outcome.attempts,
+            input_tokens=done.input_tokens if done else 0,
+            output_tokens=done.output_tokens if done else 0,
+            cached_input_tokens=done.cached_input_tokens if done else 0,
+            cost_usd=cost_usd(done, model.price) if done else 0.0,
+            latency_ms=latency, decision=decision, verdicts=verdicts,
+            error=outcome.error.message if outcome.error else None, ts=time.time(),
+            text=done.text if done else None,
+        )
+        run.steps.append(step)
+        log.info("cascade.step", **step.as_event(log_content=run.log_content))
+        if self.ledger is not None:
+            self.ledger.record_step(step)
+        return step
+
+    def _result(self, run: _Run, rung: _Rung | None, completion: Completion | None,
+                verdicts: tuple[Verdict, ...], *, accepted: bool) -> CascadeResult:
+        text = completion.text if completion else ""
+        if rung is not None:
+            for slot in rung.slots:
+                if "finalize" in slot.hooks:
+                    text = slot.hooks["finalize"](text)
+        parsed = next((v.data for v in verdicts if v.data is not None and v.passed), None)
+        return CascadeResult(
+            text=text, model=rung.key if rung else "", accepted=accepted, cost_usd=run.cost(),
+            latency_ms=(time.perf_counter() - run.started) * 1000, run_id=run.run_id,
+            steps=tuple(sorted(run.steps, key=lambda s: s.step)), task=run.task, json=parsed)
+
+    def _finish(self, result: CascadeResult, run: _Run) -> CascadeResult:
+        self._close_run(result, "ok" if result.accepted else "exhausted")
+        return result
+
+    def _fail(self, exc: CascadeError, run: _Run) -> None:
+        """Close the run's ledger record when it ends in an exception, so no spend goes missing."""
+        if isinstance(exc, CascadeExhausted):
+            self._close_run(exc.result, "exhausted")
+        elif isinstance(exc, ProviderError) and exc.result is not None:
+            self._close_run(exc.result, "failed")
+        elif run.steps:
+            self._close_run(self._result(run, None, None, (), accepted=False),
+                            f"error: {type(exc).__name__}")
+
+    def _close_run(self, result: CascadeResult, status: str) -> None:
+        log.info("cascade.run", run_id=result.run_id, task=result.task, model=result.model,
+                 accepted=result.accepted, status=status, steps=len(result.steps),
+                 cost_usd=result.cost_usd, latency_ms=round(result.latency_ms, 3))
+        if self.ledger is not None:
+            self.ledger.record_run(result, status=status)
+
+
+def _repairer(rung: _Rung, verdicts: Sequence[Verdict],
+              left: Mapping[str, int]) -> tuple[Slot, Verdict] | None:
+    """The first failing evaluator that can still ask the model to fix its answer."""
+    for slot, verdict in zip(rung.slots, verdicts):
+        if not verdict.passed and "repair_message" in slot.hooks and left.get(slot.name, 0) > 0:
+            return slot, verdict
+    return None

@@ -1,0 +1,139 @@
+"""The whole exception tree of the cascade engine.
+
+::
+
+    CascadeError
+    ├── ConfigError          path, location        (bad YAML, unknown key, missing API key)
+    │   └── PluginNotFound   group, name
+    ├── DatasetError         path, line            (a malformed replay dataset line)
+    ├── ProviderError        provider, model, status_code, retryable, result
+    ├── EvaluatorError       evaluator             (an evaluator crashed: a bug, not a rejection)
+    ├── BudgetExceeded       limit_usd, estimate_usd
+    └── CascadeExhausted     result                (no rung passed and on_exhausted is "raise")
+
+A rejected answer is never an exception: it is a ``Verdict`` with ``passed=False``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from cascade.types import CascadeResult
+
+__all__ = [
+    "BudgetExceeded",
+    "CascadeError",
+    "CascadeExhausted",
+    "ConfigError",
+    "DatasetError",
+    "EvaluatorError",
+    "PluginNotFound",
+    "ProviderError",
+]
+
+
+class CascadeError(Exception):
+    """Base class of every error this package raises on purpose."""
+
+
+class ConfigError(CascadeError):
+    """A configuration mistake: the message names the file and the key path.
+
+    Args:
+        message: What is wrong.
+        path: The config file, when there is one.
+        location: The dotted key path inside it, e.g. ``tasks.faq.ladder[1]``.
+    """
+
+    def __init__(self, message: str, *, path: str | None = None, location: str | None = None):
+        self.message = message
+        self.path = path
+        self.location = location
+        super().__init__(self._render())
+
+    def _render(self) -> str:
+        where = ": ".join(p for p in (self.path, self.location) if p)
+        return f"{where}: {self.message}" if where else self.message
+
+
+class PluginNotFound(ConfigError):
+    """No installed plug-in provides ``name`` in the entry-point ``group``."""
+
+    def __init__(self, group: str, name: str, *, available: list[str], location: str | None = None):
+        self.group = group
+        self.name = name
+        known = ", ".join(sorted(available)) or "none"
+        super().__init__(f"unknown type {name!r} (installed {group}: {known})", location=location)
+
+
+class DatasetError(CascadeError, ValueError):
+    """A replay dataset is missing or has a malformed line."""
+
+
+class ProviderError(CascadeError):
+    """A provider call failed, or no rung of a ladder produced an answer.
+
+    Attributes:
+        provider: The ``providers:`` key.
+        model: The model name sent to the provider.
+        status_code: The HTTP status, when there was one.
+        retryable: Whether trying again could help (429, 5xx, timeouts, connection errors).
+        result: Set when a whole ladder failed: the ``CascadeResult`` with every failed step.
+        malformed: A 200 reply with no usable answer (bad JSON, no choices, empty text);
+            retried once only, since a model that answers garbage rarely recovers.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        provider: str = "",
+        model: str = "",
+        status_code: int | None = None,
+        retryable: bool = False,
+        retry_after_s: float | None = None,
+        result: CascadeResult | None = None,
+        malformed: bool = False,
+    ):
+        super().__init__(message)
+        self.malformed = malformed
+        self.message = message
+        self.provider = provider
+        self.model = model
+        self.status_code = status_code
+        self.retryable = retryable
+        self.retry_after_s = retry_after_s
+        self.result = result
+
+
+class EvaluatorError(CascadeError):
+    """An evaluator raised: this is a bug to fix, never counted as a rejection."""
+
+    def __init__(self, evaluator: str, message: str):
+        super().__init__(f"evaluator {evaluator!r} crashed: {message}")
+        self.evaluator = evaluator
+
+
+class BudgetExceeded(CascadeError):
+    """No rung fits the cost cap of this request or the period budget."""
+
+    def __init__(self, message: str, *, limit_usd: float, estimate_usd: float, **extra: Any):
+        super().__init__(message)
+        self.limit_usd = limit_usd
+        self.estimate_usd = estimate_usd
+        self.extra = extra
+
+
+class CascadeExhausted(CascadeError):
+    """No rung passed its evaluators and the task says ``on_exhausted: raise``.
+
+    The full result, with every step and the last answer, is in ``.result``.
+    """
+
+    def __init__(self, result: CascadeResult):
+        super().__init__(
+            f"task {result.task!r}: no rung passed after {len(result.steps)} step(s); "
+            f"cost ${result.cost_usd:.6f}"
+        )
+        self.result = result

@@ -1,0 +1,221 @@
+"""How evaluators plug in, get built from YAML, run cheapest first, and combine into a decision.
+
+An evaluator is any callable ``(request, completion) -> Verdict | bool``. Classes registered in
+the ``cascade.evaluators`` entry-point group may also declare:
+
+- ``Config``: a pydantic model of their YAML settings (``extra="forbid"``), validated at load time;
+  the class is then constructed as ``cls(config, context)``.
+- ``cost``: a number used to run cheap checks first (rules 0, model calls 100).
+- ``prepare(messages, params) -> (messages, params)``: change the call before it is made
+  (add an instruction, ask for log-probabilities).
+- ``finalize(text) -> text``: clean the accepted answer (strip a confidence line).
+- ``acall(request, completion)``: an async version, used by ``acomplete``.
+- ``repair_attempts`` and ``repair_message(verdict)``: re-ask the same model after a rejection.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+from pydantic import BaseModel, ValidationError
+
+from cascade.config import MinScore, format_location
+from cascade.errors import CascadeError, ConfigError, EvaluatorError
+from cascade.plugins import EVALUATORS, load_object, load_plugin
+from cascade.types import Completion, Request, Verdict
+
+if TYPE_CHECKING:
+    from cascade.types import Message
+
+__all__ = [
+    "Evaluator",
+    "EvaluatorContext",
+    "EvaluatorLike",
+    "ModelServices",
+    "Slot",
+    "build_evaluators",
+    "combine",
+    "to_verdict",
+]
+
+
+@runtime_checkable
+class Evaluator(Protocol):
+    name: str
+
+    def __call__(self, request: Request, completion: Completion) -> Verdict | bool: ...
+
+
+EvaluatorLike = Evaluator | Callable[[Request, Completion], "Verdict | bool"]
+
+
+class ModelServices(Protocol):
+    """What the engine lends to evaluators that call a model themselves (the judge).
+
+    Calls made through it are recorded as their own steps of the current run.
+    """
+
+    def call_model(self, model: str, messages: Sequence[Message],
+                   params: Mapping[str, Any] | None = None) -> Completion: ...
+
+    async def acall_model(self, model: str, messages: Sequence[Message],
+                          params: Mapping[str, Any] | None = None) -> Completion: ...
+
+    def has_model(self, model: str) -> bool: ...
+
+
+@dataclass(frozen=True, slots=True)
+class EvaluatorContext:
+    """What an evaluator may know about where it sits, handed to it when it is built."""
+
+    location: str
+    task: str
+    model: str
+    provider_type: str
+    supports_logprobs: bool
+    services: ModelServices | None = None
+    config_dir: Path | None = None
+
+    def error(self, message: str, key: str | None = None) -> ConfigError:
+        """A ``ConfigError`` located at this evaluator (or one of its keys)."""
+        return ConfigError(message, location=f"{self.location}.{key}" if key else self.location)
+
+
+@dataclass(frozen=True, slots=True)
+class Slot:
+    """A built evaluator with the per-use settings that are not its own business."""
+
+    name: str
+    evaluator: Any
+    weight: float = 1.0
+    cost: float = 0.0
+    hooks: Mapping[str, Callable[..., Any]] = field(default_factory=dict)
+
+    def run(self, request: Request, completion: Completion) -> Verdict:
+        try:
+            outcome = self.evaluator(request, completion)
+        except ConfigError:
+            raise  # a missing judge key is the user's config, not this evaluator's bug
+        except CascadeError:
+            raise
+        except Exception as exc:
+            raise EvaluatorError(self.name, f"{type(exc).__name__}: {exc}") from exc
+        return to_verdict(self.name, outcome)
+
+    async def arun(self, request: Request, completion: Completion) -> Verdict:
+        acall = self.hooks.get("acall")
+        if acall is None:
+            return self.run(request, completion)
+        try:
+            outcome = await acall(request, completion)
+        except CascadeError:
+            raise
+        except Exception as exc:
+            raise EvaluatorError(self.name, f"{type(exc).__name__}: {exc}") from exc
+        return to_verdict(self.name, outcome)
+
+
+def to_verdict(name: str, outcome: Any) -> Verdict:
+    """Accept a ``Verdict`` or a plain bool from an evaluator; anything else is its bug."""
+    if isinstance(outcome, Verdict):
+        return outcome
+    if isinstance(outcome, bool):
+        return Verdict(evaluator=name, passed=outcome, score=1.0 if outcome else 0.0)
+    raise EvaluatorError(name, f"returned {type(outcome).__name__}, expected Verdict or bool")
+
+
+_HOOKS = ("prepare", "finalize", "acall", "repair_message")
+
+
+def _instantiate(kind: str, target: Any, settings: dict[str, Any], ctx: EvaluatorContext) -> Any:
+    config_model = getattr(target, "Config", None)
+    if isinstance(config_model, type) and issubclass(config_model, BaseModel):
+        try:
+            config = config_model.model_validate(settings)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            where = format_location((*tuple(err["loc"]),)) if err["loc"] else None
+            msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+            raise ctx.error(msg, where) from exc
+        return target(config, ctx)
+    if settings:
+        raise ctx.error(f"evaluator {kind!r} takes no settings, got {', '.join(settings)}")
+    if inspect.isclass(target):
+        return target()
+    return target
+
+
+def build_one(spec: Mapping[str, Any], ctx: EvaluatorContext) -> Slot:
+    """Turn one ``{type: NAME, ...}`` mapping into a ready ``Slot``."""
+    settings = dict(spec)
+    kind = settings.pop("type", None)
+    if not isinstance(kind, str):
+        raise ctx.error("each evaluator needs a 'type'", "type")
+    weight = settings.pop("weight", 1.0)
+    if not isinstance(weight, (int, float)) or isinstance(weight, bool) or weight < 0:
+        raise ctx.error(f"weight must be a number >= 0, got {weight!r}", "weight")
+    label = settings.pop("name", None)
+    if kind == "callable":
+        path = settings.pop("path", None)
+        if not isinstance(path, str):
+            raise ctx.error("a callable evaluator needs path: 'package.module:function'", "path")
+        if settings:
+            raise ctx.error(f"unknown key(s) {', '.join(settings)}")
+        target = load_object(path, location=f"{ctx.location}.path")
+        if not callable(target):
+            raise ctx.error(f"{path!r} is not callable", "path")
+        evaluator: Any = target
+        name = label or path.rpartition(":")[2]
+    else:
+        target = load_plugin(EVALUATORS, kind, location=f"{ctx.location}.type")
+        evaluator = _instantiate(kind, target, settings, ctx)
+        name = label or kind
+    hooks = {h: getattr(evaluator, h) for h in _HOOKS if callable(getattr(evaluator, h, None))}
+    cost = float(getattr(evaluator, "cost", 1.0))
+    return Slot(name=name, evaluator=evaluator, weight=float(weight), cost=cost, hooks=hooks)
+
+
+def build_evaluators(specs: Sequence[Mapping[str, Any]], ctx: EvaluatorContext) -> tuple[Slot, ...]:
+    """Build a rung's evaluators, ordered cheapest first (stable for equal costs)."""
+    slots = []
+    for i, spec in enumerate(specs):
+        item_ctx = EvaluatorContext(
+            location=f"{ctx.location}[{i}]", task=ctx.task, model=ctx.model,
+            provider_type=ctx.provider_type, supports_logprobs=ctx.supports_logprobs,
+            services=ctx.services, config_dir=ctx.config_dir,
+        )
+        if not isinstance(spec, Mapping):
+            raise item_ctx.error("an evaluator must be a mapping like {type: length, ...}")
+        slots.append(build_one(spec, item_ctx))
+    return tuple(sorted(slots, key=lambda s: s.cost))
+
+
+def combine(policy: str | MinScore, verdicts: Sequence[Verdict], weights: Sequence[float]) -> bool:
+    """Decide acceptance from the verdicts gathered so far (all of them, unless short-circuited)."""
+    if not verdicts:
+        return True
+    if policy == "all":
+        return all(v.passed for v in verdicts)
+    if policy == "any":
+        return any(v.passed for v in verdicts)
+    assert isinstance(policy, MinScore)
+    total = sum(weights)
+    if total == 0:
+        return all(v.passed for v in verdicts)
+    scores = [v.score if v.score is not None else float(v.passed) for v in verdicts]
+    return sum(w * s for w, s in zip(weights, scores)) / total >= policy.min_score
+
+
+def decided(policy: str | MinScore, verdict: Verdict) -> bool:
+    """Whether one verdict already settles the outcome, so the rest can be skipped."""
+    if policy == "all":
+        return not verdict.passed
+    if policy == "any":
+        return verdict.passed
+    return False
+
+

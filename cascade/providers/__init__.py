@@ -1,0 +1,1 @@
+"""Providers wrap one SDK each and turn its faults into ``ProviderError``."""

@@ -1,0 +1,138 @@
+"""Anthropic messages, through the official SDK."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import anthropic
+
+from cascade.config import ProviderConfig
+from cascade.errors import ProviderError
+from cascade.providers.base import api_key, empty_answer, map_sdk_error, split_params
+from cascade.types import Completion, Message
+
+__all__ = ["AnthropicProvider", "to_anthropic"]
+
+# The Messages API requires max_tokens; this is used only when neither config nor call sets it.
+DEFAULT_MAX_TOKENS = 1024
+# OpenAI-style names a caller may use, and what Anthropic calls them.
+_RENAMED = {"stop": "stop_sequences", "max_completion_tokens": "max_tokens"}
+# Parameters that only make sense for OpenAI and would be rejected here.
+_OPENAI_ONLY = frozenset({"logprobs", "top_logprobs", "n", "frequency_penalty",
+                          "presence_penalty", "seed", "response_format", "logit_bias"})
+
+
+def to_anthropic(messages: Sequence[Message]) -> tuple[str | None, list[dict[str, Any]]]:
+    """Split OpenAI-style messages into Anthropic's ``system`` string and turn list."""
+    system = [str(m.get("content", "")) for m in messages if m.get("role") in ("system", "developer")]
+    turns = [{"role": m["role"], "content": m.get("content", "")}
+             for m in messages if m.get("role") in ("user", "assistant")]
+    return ("\n\n".join(system) if system else None), turns
+
+
+class AnthropicProvider:
+    """Calls ``messages.create``; SDK retries are off so the engine's tenacity layer is the only one.
+
+    Args:
+        name: The ``providers:`` key.
+        config: Its settings.
+        client: An injected ``anthropic.Anthropic``.
+        async_client: An injected ``anthropic.AsyncAnthropic``.
+    """
+
+    supports_logprobs = False
+
+    def __init__(self, name: str, config: ProviderConfig, *,
+                 client: anthropic.Anthropic | None = None,
+                 async_client: anthropic.AsyncAnthropic | None = None):
+        self.name = name
+        self.config = config
+        self._client = client
+        self._async_client = async_client
+        self._secret: str | None = None
+
+    def __repr__(self) -> str:
+        return f"AnthropicProvider(name={self.name!r}, base_url={self.config.base_url!r})"
+
+    def _options(self) -> dict[str, Any]:
+        self._secret = api_key(self.config, self.name)
+        options: dict[str, Any] = {"api_key": self._secret, "max_retries": 0,
+                                   "timeout": self.config.timeout_s}
+        if self.config.base_url:
+            options["base_url"] = self.config.base_url
+        return options
+
+    @property
+    def client(self) -> anthropic.Anthropic:
+        if self._client is None:
+            self._client = anthropic.Anthropic(**self._options())
+        return self._client
+
+    @property
+    def async_client(self) -> anthropic.AsyncAnthropic:
+        if self._async_client is None:
+            self._async_client = anthropic.AsyncAnthropic(**self._options())
+        return self._async_client
+
+    def _kwargs(self, method: Any, messages: Sequence[Message], model: str,
+                params: Mapping[str, Any]) -> dict[str, Any]:
+        system, turns = to_anthropic(messages)
+        renamed = {_RENAMED.get(k, k): v for k, v in params.items() if k not in _OPENAI_ONLY}
+        renamed.setdefault("max_tokens", DEFAULT_MAX_TOKENS)
+        kwargs = split_params(method, renamed)
+        kwargs.update(model=model, messages=turns)
+        if system is not None:
+            kwargs["system"] = system
+        return kwargs
+
+    def complete(self, messages: Sequence[Message], *, model: str, params: Mapping[str, Any],
+                 query_id: str | None = None) -> Completion:
+        client = self.client
+        kwargs = self._kwargs(client.messages.create, messages, model, params)
+        started = time.perf_counter()
+        try:
+            response = client.messages.create(**kwargs)
+        except (anthropic.AnthropicError, ValueError) as exc:  # ValueError: a 200 whose body is not JSON
+            raise self._error(exc, model) from exc
+        return self._parse(response, model, (time.perf_counter() - started) * 1000)
+
+    async def acomplete(self, messages: Sequence[Message], *, model: str,
+                        params: Mapping[str, Any], query_id: str | None = None) -> Completion:
+        client = self.async_client
+        kwargs = self._kwargs(client.messages.create, messages, model, params)
+        started = time.perf_counter()
+        try:
+            response = await client.messages.create(**kwargs)
+        except (anthropic.AnthropicError, ValueError) as exc:  # ValueError: a 200 whose body is not JSON
+            raise self._error(exc, model) from exc
+        return self._parse(response, model, (time.perf_counter() - started) * 1000)
+
+    def _error(self, exc: Exception, model: str) -> ProviderError:
+        return map_sdk_error(exc, anthropic, provider=self.name, model=model,
+                             key_env=self.config.key_env(), secret=self._secret)
+
+    def _parse(self, response: Any, model: str, latency_ms: float) -> Completion:
+        blocks = getattr(response, "content", None)
+        if isinstance(response, (str, bytes)) or blocks is None:
+            raise empty_answer(self.name, model, "a body that is not a message")
+        text = "".join(getattr(b, "text", "") or "" for b in blocks
+                       if getattr(b, "type", None) == "text")
+        if not text.strip():
+            raise empty_answer(self.name, model, "no text content")
+        usage = getattr(response, "usage", None)
+        fresh = int(getattr(usage, "input_tokens", 0) or 0)
+        read = int(getattr(usage, "cache_read_input_tokens", 0) or 0)
+        written = int(getattr(usage, "cache_creation_input_tokens", 0) or 0)
+        # Anthropic reports cache reads apart from input_tokens; fold them in so that
+        # input_tokens means the same thing for every provider.
+        return Completion(
+            text=text,
+            provider=self.name,
+            input_tokens=fresh + read + written,
+            output_tokens=int(getattr(usage, "output_tokens", 0) or 0),
+            cached_input_tokens=read,
+            latency_ms=latency_ms,
+            finish_reason=getattr(response, "stop_reason", None),
+        )

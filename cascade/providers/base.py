@@ -1,0 +1,156 @@
+"""The provider protocol and the SDK-neutral helpers every provider shares."""
+
+from __future__ import annotations
+
+import email.utils
+import inspect
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol, runtime_checkable
+
+from cascade.config import ProviderConfig
+from cascade.errors import ConfigError, ProviderError
+from cascade.types import Completion, Message
+
+__all__ = [
+    "Provider",
+    "api_key",
+    "is_retryable_status",
+    "parse_retry_after",
+    "split_params",
+]
+
+# 408 timeout, 409 conflict/lock, 429 rate limit, 5xx server faults, 529 Anthropic overloaded.
+_RETRYABLE = frozenset({408, 409, 429})
+
+
+@runtime_checkable
+class Provider(Protocol):
+    """One configured provider. ``name`` is its ``providers:`` key."""
+
+    name: str
+    supports_logprobs: bool
+
+    def complete(self, messages: Sequence[Message], *, model: str,
+                 params: Mapping[str, Any], query_id: str | None = None) -> Completion: ...
+
+    async def acomplete(self, messages: Sequence[Message], *, model: str,
+                        params: Mapping[str, Any], query_id: str | None = None) -> Completion: ...
+
+
+def is_retryable_status(status: int) -> bool:
+    return status in _RETRYABLE or status >= 500
+
+
+def parse_retry_after(headers: Mapping[str, str] | None, *, now: float | None = None) -> float | None:
+    """Seconds the server asked us to wait: ``retry-after-ms``, then ``retry-after`` (secs or date)."""
+    if not headers:
+        return None
+    raw_ms = headers.get("retry-after-ms")
+    if raw_ms is not None:
+        try:
+            return max(float(raw_ms) / 1000.0, 0.0)
+        except ValueError:
+            pass
+    raw = headers.get("retry-after")
+    if raw is None:
+        return None
+    try:
+        return max(float(raw), 0.0)
+    except ValueError:
+        parsed = email.utils.parsedate_to_datetime(raw) if raw.strip() else None
+        if parsed is None:
+            return None
+        return max(parsed.timestamp() - (time.time() if now is None else now), 0.0)
+
+
+def api_key(config: ProviderConfig, provider: str) -> str:
+    """Read the provider's key from the environment; a missing key is a config mistake.
+
+    Raises:
+        ConfigError: naming the environment variable (never a value).
+    """
+    env = config.key_env()
+    if env is None:
+        return "unused"  # a keyless local server
+    value = os.environ.get(env)
+    if not value:
+        raise ConfigError(
+            f"environment variable {env} is not set (API key of provider {provider!r})",
+            location=f"providers.{provider}.api_key_env",
+        )
+    return value
+
+
+def split_params(method: Callable[..., Any], params: Mapping[str, Any]) -> dict[str, Any]:
+    """Pass parameters the SDK method names directly and send the rest through ``extra_body``.
+
+    This keeps new provider parameters usable before the installed SDK learns their names.
+    """
+    known = inspect.signature(method).parameters
+    direct: dict[str, Any] = {}
+    extra: dict[str, Any] = dict(params.get("extra_body") or {})
+    for key, value in params.items():
+        if key == "extra_body":
+            continue
+        if key in known:
+            direct[key] = value
+        else:
+            extra[key] = value
+    if extra:
+        direct["extra_body"] = extra
+    return direct
+
+
+def empty_answer(provider: str, model: str, what: str) -> ProviderError:
+    """A 200 that carries no answer is a fault, never an empty string handed to the user."""
+    return ProviderError(f"{provider}: {model} returned {what}", provider=provider, model=model,
+                         retryable=True, malformed=True)
+
+
+def map_sdk_error(exc: Exception, sdk: Any, *, provider: str, model: str,
+                  key_env: str | None, secret: str | None) -> ProviderError:
+    """Translate an official SDK's exception into a ``ProviderError`` with a clear message.
+
+    Both SDKs share the same exception names, so one mapping serves them. The message never
+    contains the key: whatever the server echoed back is scrubbed of it.
+    """
+    def scrub(text: str) -> str:
+        text = text if not secret else text.replace(secret, "***")
+        return text[:300]
+
+    if isinstance(exc, sdk.APITimeoutError):
+        return ProviderError(f"{provider}: request to {model} timed out", provider=provider,
+                             model=model, retryable=True)
+    if isinstance(exc, sdk.APIConnectionError):
+        return ProviderError(f"{provider}: cannot connect ({scrub(str(exc))})",
+                             provider=provider, model=model, retryable=True)
+    if isinstance(exc, sdk.APIStatusError):
+        status = exc.status_code
+        detail = scrub(_server_message(exc))
+        if status in (401, 403):
+            hint = f"; check the key in ${key_env}" if key_env else ""
+            message = f"{provider}: authentication failed (HTTP {status}){hint}: {detail}"
+        elif status == 404:
+            message = f"{provider}: model {model!r} not found (HTTP 404): {detail}"
+        else:
+            message = f"{provider}: HTTP {status} from {model}: {detail}"
+        headers = getattr(exc.response, "headers", None)
+        return ProviderError(message, provider=provider, model=model, status_code=status,
+                             retryable=is_retryable_status(status),
+                             retry_after_s=parse_retry_after(headers))
+    if isinstance(exc, (sdk.APIResponseValidationError, ValueError)):
+        return ProviderError(f"{provider}: malformed response body from {model}",
+                             provider=provider, model=model, retryable=True, malformed=True)
+    return ProviderError(f"{provider}: {type(exc).__name__}: {scrub(str(exc))}",
+                         provider=provider, model=model, retryable=False)
+
+
+def _server_message(exc: Any) -> str:
+    body = getattr(exc, "body", None)
+    if isinstance(body, Mapping):
+        inner = body.get("error", body)
+        if isinstance(inner, Mapping) and inner.get("message"):
+            return str(inner["message"])
+    return str(getattr(exc, "message", "")) or type(exc).__name__

@@ -1,0 +1,81 @@
+"""The one retry layer: tenacity, driven by ``ProviderError.retryable`` and ``Retry-After``."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import structlog
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    Retrying,
+    retry_if_exception,
+    stop_after_attempt,
+    stop_any,
+    wait_exponential_jitter,
+)
+
+from cascade.config import RetryConfig
+from cascade.errors import ProviderError
+
+__all__ = ["RetryPolicy"]
+
+log = structlog.get_logger("cascade")
+
+
+def _retryable(exc: BaseException) -> bool:
+    return isinstance(exc, ProviderError) and exc.retryable
+
+
+class _WaitRetryAfterOrBackoff:
+    """Wait as long as the server asked (bounded by ``max_wait_s``), else back off with jitter."""
+
+    def __init__(self, config: RetryConfig):
+        self.max_wait_s = config.max_wait_s
+        self.backoff = wait_exponential_jitter(initial=config.initial_wait_s, max=config.max_wait_s,
+                                               jitter=config.initial_wait_s)
+
+    def __call__(self, state: RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        asked = getattr(exc, "retry_after_s", None)
+        if asked is not None:
+            return float(min(asked, self.max_wait_s))
+        return float(min(self.backoff(state), self.max_wait_s))
+
+
+def _malformed_twice(state: RetryCallState) -> bool:
+    exc = state.outcome.exception() if state.outcome else None
+    return state.attempt_number >= 2 and bool(getattr(exc, "malformed", False))
+
+
+def _log_retry(state: RetryCallState) -> None:
+    exc = state.outcome.exception() if state.outcome else None
+    log.warning("cascade.retry", attempt=state.attempt_number,
+                wait_s=round(state.upcoming_sleep, 3), provider=getattr(exc, "provider", None),
+                model=getattr(exc, "model", None), status_code=getattr(exc, "status_code", None),
+                error=str(exc))
+
+
+class RetryPolicy:
+    """Builds tenacity retryers from the config. ``sleep``/``asleep`` are injectable for tests."""
+
+    def __init__(self, config: RetryConfig, *, sleep: Callable[[float], None] = time.sleep,
+                 asleep: Callable[[float], Awaitable[None]] = asyncio.sleep):
+        self.config = config
+        self.sleep = sleep
+        self.asleep = asleep
+
+    def _common(self) -> dict[str, Any]:
+        return {"stop": stop_any(stop_after_attempt(self.config.attempts), _malformed_twice),
+                "wait": _WaitRetryAfterOrBackoff(self.config),
+                "retry": retry_if_exception(_retryable), "before_sleep": _log_retry,
+                "reraise": True}
+
+    def retrying(self) -> Retrying:
+        return Retrying(sleep=self.sleep, **self._common())
+
+    def aretrying(self) -> AsyncRetrying:
+        return AsyncRetrying(sleep=self.asleep, **self._common())

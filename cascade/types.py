@@ -1,0 +1,164 @@
+"""The records that flow through a cascade: request in, completions, verdicts, steps, result out."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+__all__ = [
+    "CascadeResult",
+    "Completion",
+    "Decision",
+    "Message",
+    "Request",
+    "StepRecord",
+    "Verdict",
+]
+
+Message = Mapping[str, Any]
+Decision = Literal["accept", "escalate", "error", "judge", "repair", "skip"]
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """One evaluator's opinion of one answer.
+
+    Attributes:
+        evaluator: The evaluator's name (its YAML ``type``).
+        passed: Whether the answer is good enough for this evaluator.
+        score: A 0..1 score where the evaluator has one, else None.
+        reason: A human-readable explanation, especially of a rejection.
+        data: Anything the evaluator extracted, e.g. the parsed JSON object.
+    """
+
+    evaluator: str
+    passed: bool
+    score: float | None = None
+    reason: str = ""
+    data: Any = field(default=None, compare=False)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"evaluator": self.evaluator, "passed": self.passed, "score": self.score,
+                "reason": self.reason}
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """A provider's answer with the usage it reported.
+
+    Token counts are the provider's own; cost is derived later from the config's prices only.
+    """
+
+    text: str
+    model: str = ""
+    provider: str = ""
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_input_tokens: int = 0
+    latency_ms: float = 0.0
+    logprobs: tuple[float, ...] | None = None
+    finish_reason: str | None = None
+    cost_usd: float | None = None  # set only when the source reports a billed cost (replay)
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """What evaluators see of the call: the task, the messages and the run so far.
+
+    Attributes:
+        task: The task name.
+        messages: The conversation as sent by the caller (before any evaluator instruction).
+        params: Keyword overrides passed to ``complete``.
+        run_id: The run this request belongs to.
+        history: Answers of the earlier rungs of this run, oldest first.
+        query_id: An external id of the query (the replay provider uses it).
+    """
+
+    task: str
+    messages: tuple[Message, ...]
+    params: Mapping[str, Any] = field(default_factory=dict)
+    run_id: str = ""
+    history: tuple[Completion, ...] = ()
+    query_id: str | None = None
+
+    @property
+    def prompt(self) -> str:
+        """The text of the last user message, the usual thing to grade an answer against."""
+        for message in reversed(self.messages):
+            if message.get("role") == "user":
+                content = message.get("content")
+                return content if isinstance(content, str) else str(content)
+        return ""
+
+
+@dataclass(frozen=True, slots=True)
+class StepRecord:
+    """One model call of a run (with all its retries) and what the engine decided about it."""
+
+    run_id: str
+    task: str
+    step: int
+    model: str
+    provider: str
+    attempts: int
+    input_tokens: int
+    output_tokens: int
+    cost_usd: float
+    latency_ms: float
+    decision: Decision
+    verdicts: tuple[Verdict, ...] = ()
+    error: str | None = None
+    cached_input_tokens: int = 0
+    ts: float = 0.0
+    text: str | None = None
+
+    def as_event(self, *, log_content: bool = False) -> dict[str, Any]:
+        """The structured-log and ledger view of this step (answer text only if asked)."""
+        event = asdict(self)
+        event["verdicts"] = [v.as_dict() for v in self.verdicts]
+        if not log_content:
+            event.pop("text")
+        return event
+
+
+@dataclass(frozen=True, slots=True)
+class CascadeResult:
+    """What ``Cascade.complete`` returns.
+
+    Attributes:
+        text: The answer returned to the caller.
+        model: The ``models:`` key of the rung whose answer this is.
+        accepted: False when no rung passed and the last answer was returned anyway.
+        cost_usd: Sum over every step, failed and judge steps included.
+        latency_ms: Wall time of the whole run.
+        run_id: The id under which the ledger stores this run.
+        steps: Every step, in order.
+        task: The task name.
+        json: The parsed JSON object when a ``json_schema`` evaluator accepted the answer.
+    """
+
+    text: str
+    model: str
+    accepted: bool
+    cost_usd: float
+    latency_ms: float
+    run_id: str
+    steps: tuple[StepRecord, ...]
+    task: str = ""
+    json: Any = None
+
+    @property
+    def input_tokens(self) -> int:
+        return sum(s.input_tokens for s in self.steps)
+
+    @property
+    def output_tokens(self) -> int:
+        return sum(s.output_tokens for s in self.steps)
+
+
+def as_messages(prompt: str | Sequence[Message]) -> tuple[Message, ...]:
+    """Accept a plain prompt or an OpenAI-style messages list."""
+    if isinstance(prompt, str):
+        return ({"role": "user", "content": prompt},)
+    return tuple(dict(m) for m in prompt)

@@ -1,0 +1,56 @@
+"""``length``: bounds on characters, words and the provider's reported output tokens."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from cascade.evaluation import EvaluatorContext
+from cascade.types import Completion, Request, Verdict
+
+
+class Length:
+    """Reject answers that are too short (often a refusal or truncation) or too long.
+
+    YAML::
+
+        - {type: length, min_words: 3, max_words: 200, max_output_tokens: 512}
+    """
+
+    name = "length"
+    cost = 0
+
+    class Config(BaseModel):
+        model_config = ConfigDict(extra="forbid", frozen=True)
+
+        min_chars: int | None = Field(default=None, ge=0)
+        max_chars: int | None = Field(default=None, ge=0)
+        min_words: int | None = Field(default=None, ge=0)
+        max_words: int | None = Field(default=None, ge=0)
+        max_output_tokens: int | None = Field(default=None, ge=0)
+
+        @model_validator(mode="after")
+        def _ordered(self) -> Length.Config:
+            for low, high in (("min_chars", "max_chars"), ("min_words", "max_words")):
+                lo, hi = getattr(self, low), getattr(self, high)
+                if lo is not None and hi is not None and lo > hi:
+                    raise ValueError(f"{low} ({lo}) is greater than {high} ({hi})")
+            return self
+
+    def __init__(self, config: Config, context: EvaluatorContext | None = None):
+        self.config = config
+
+    def __call__(self, request: Request, completion: Completion) -> Verdict:
+        c = self.config
+        text = completion.text.strip()
+        chars, words = len(text), len(text.split())
+        checks = (
+            ("characters", chars, c.min_chars, c.max_chars),
+            ("words", words, c.min_words, c.max_words),
+            ("output tokens", completion.output_tokens, None, c.max_output_tokens),
+        )
+        for unit, value, low, high in checks:
+            if low is not None and value < low:
+                return Verdict(self.name, False, 0.0, f"{value} {unit}, below the minimum {low}")
+            if high is not None and value > high:
+                return Verdict(self.name, False, 0.0, f"{value} {unit}, above the maximum {high}")
+        return Verdict(self.name, True, 1.0, f"{chars} characters, {words} words")
