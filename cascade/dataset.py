@@ -172,16 +172,11 @@ def write_dataset(path: str | os.PathLike[str], records: Iterable[ReplayRecord])
     # Written next to the target and renamed, so an interrupted import never leaves a
     # half-written file that looks complete.
     tmp = Path(f"{name}.tmp")
-    seen: set[str] = set()
     count = 0
     try:
         with _open(str(tmp), "wb", gz=name.endswith(".gz")) as fh:
-            for record in records:
-                if record.id in seen:
-                    raise DatasetError(f"{name}: duplicate id {record.id!r}; ids must be unique")
-                seen.add(record.id)
-                fh.write(record.model_dump_json(exclude_defaults=True).encode())
-                fh.write(b"\n")
+            for line in _encode(name, records):
+                fh.write(line)
                 count += 1
         tmp.replace(name)
     except OSError as exc:
@@ -193,10 +188,19 @@ def write_dataset(path: str | os.PathLike[str], records: Iterable[ReplayRecord])
     return count
 
 
+def _encode(name: str, records: Iterable[ReplayRecord]) -> Iterator[bytes]:
+    seen: set[str] = set()
+    for record in records:
+        if record.id in seen:
+            raise DatasetError(f"{name}: duplicate id {record.id!r}; ids must be unique")
+        seen.add(record.id)
+        yield record.model_dump_json(exclude_defaults=True).encode() + b"\n"
+
+
 def _open(name: str, mode: Literal["rb", "wb"], *, gz: bool) -> IO[bytes]:
     if gz:
         return gzip.open(name, mode)  # type: ignore[return-value]  # GzipFile is an IO[bytes]
-    return open(name, mode)  # noqa: SIM115  # the caller closes it with `with`
+    return open(name, mode)
 
 
 _MESSAGES = {

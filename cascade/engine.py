@@ -169,8 +169,23 @@ class Cascade:
         self.close()
 
     def close(self) -> None:
+        """Close the ledger. Sync SDK clients need no closing."""
         if self.ledger is not None:
             self.ledger.close()
+
+    async def aclose(self) -> None:
+        """Close the async SDK clients of the running event loop."""
+        for provider in self.providers.values():
+            aclose = getattr(provider, "aclose", None)
+            if aclose is not None:
+                await aclose()
+
+    async def __aenter__(self) -> Cascade:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+        self.close()
 
     # -- building -------------------------------------------------------------------------------
 
@@ -252,6 +267,9 @@ class Cascade:
 
     def has_model(self, model: str) -> bool:
         return model in self.config.models
+
+    def provider_type(self, model: str) -> str:
+        return self.config.providers[self.config.models[model].provider].type
 
     def call_model(self, model: str, messages: Sequence[Message],
                    params: Mapping[str, Any] | None = None) -> Completion:

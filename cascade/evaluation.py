@@ -67,6 +67,10 @@ class ModelServices(Protocol):
 
     def has_model(self, model: str) -> bool: ...
 
+    def provider_type(self, model: str) -> str:
+        """The provider ``type`` serving a ``models:`` key (openai, anthropic, replay...)."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class EvaluatorContext:

@@ -15,7 +15,8 @@ from tenacity import (
     retry_if_exception,
     stop_after_attempt,
     stop_any,
-    wait_exponential_jitter,
+    wait_exponential,
+    wait_random,
 )
 
 from cascade.config import RetryConfig
@@ -35,8 +36,8 @@ class _WaitRetryAfterOrBackoff:
 
     def __init__(self, config: RetryConfig):
         self.max_wait_s = config.max_wait_s
-        self.backoff = wait_exponential_jitter(initial=config.initial_wait_s, max=config.max_wait_s,
-                                               jitter=config.initial_wait_s)
+        self.backoff = wait_exponential(multiplier=config.initial_wait_s,
+                                        max=config.max_wait_s) + wait_random(0, config.initial_wait_s)
 
     def __call__(self, state: RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome else None

@@ -24,8 +24,15 @@ def _record(i: int = 0, **overrides: Any) -> dict[str, Any]:
         "task": "math",
         "messages": [{"role": "user", "content": f"question {i}"}],
         "responses": {
-            "small": {"text": "4", "input_tokens": 10, "output_tokens": 1, "cost_usd": 1e-06,
-                      "latency_ms": 120.5, "logprob": -0.3, "score": 0.0},
+            "small": {
+                "text": "4",
+                "input_tokens": 10,
+                "output_tokens": 1,
+                "cost_usd": 1e-06,
+                "latency_ms": 120.5,
+                "logprob": -0.3,
+                "score": 0.0,
+            },
             "gpt-4": {"text": "5", "score": 1},
         },
     }
@@ -49,10 +56,14 @@ def _error_for(tmp_path: Path, bad_line: str) -> str:
 def test_round_trip(tmp_path: Path) -> None:
     """write_dataset then load_dataset gives back equal records."""
     records = [ReplayRecord.model_validate(_record(i)) for i in range(3)]
-    records.append(ReplayRecord(
-        id="bare", messages=(ReplayMessage(role="user", content="héllo ✓"),),
-        responses={"m": RecordedResponse(text="", score=0.5)}, meta={"split": "test", "n": [1]},
-    ))
+    records.append(
+        ReplayRecord(
+            id="bare",
+            messages=(ReplayMessage(role="user", content="héllo ✓"),),
+            responses={"m": RecordedResponse(text="", score=0.5)},
+            meta={"split": "test", "n": [1]},
+        )
+    )
     path = tmp_path / "out.jsonl"
     assert write_dataset(path, records) == 4
     assert load_dataset(path) == records
@@ -80,8 +91,15 @@ def test_written_lines_are_compact_and_omit_defaults(tmp_path: Path) -> None:
         "id": "q-0",
         "messages": [{"role": "user", "content": "question 0"}],
         "responses": {
-            "small": {"text": "4", "input_tokens": 10, "output_tokens": 1, "cost_usd": 1e-06,
-                      "latency_ms": 120.5, "logprob": -0.3, "score": 0.0},
+            "small": {
+                "text": "4",
+                "input_tokens": 10,
+                "output_tokens": 1,
+                "cost_usd": 1e-06,
+                "latency_ms": 120.5,
+                "logprob": -0.3,
+                "score": 0.0,
+            },
             "gpt-4": {"text": "5", "score": 1.0},
         },
     }
@@ -89,7 +107,8 @@ def test_written_lines_are_compact_and_omit_defaults(tmp_path: Path) -> None:
 
 def test_blank_lines_are_skipped(tmp_path: Path) -> None:
     """Empty and whitespace-only lines are ignored."""
-    path = _write_lines(tmp_path / "d.jsonl", ["", json.dumps(_record(0)), "   ", json.dumps(_record(1)), ""])
+    lines = ["", json.dumps(_record(0)), "   ", json.dumps(_record(1)), ""]
+    path = _write_lines(tmp_path / "d.jsonl", lines)
     assert [r.id for r in iter_dataset(path)] == ["q-0", "q-1"]
 
 
@@ -172,7 +191,8 @@ def test_unknown_field_is_rejected(tmp_path: Path) -> None:
     """A typo in a field name is an error, not silently ignored."""
     bad = _record(1)
     bad["responses"]["small"]["scores"] = 1.0
-    assert _error_for(tmp_path, json.dumps(bad)).endswith(":3: responses.small.scores: unknown field")
+    message = _error_for(tmp_path, json.dumps(bad))
+    assert message.endswith(":3: responses.small.scores: unknown field")
 
 
 def test_empty_responses_are_rejected(tmp_path: Path) -> None:
@@ -191,7 +211,7 @@ def test_duplicate_id_names_both_lines(tmp_path: Path) -> None:
 def test_missing_file_is_a_dataset_error(tmp_path: Path) -> None:
     """A file that does not exist raises DatasetError naming it."""
     path = tmp_path / "nope.jsonl"
-    with pytest.raises(DatasetError, match="nope.jsonl"):
+    with pytest.raises(DatasetError, match=r"nope\.jsonl"):
         load_dataset(path)
 
 
@@ -214,4 +234,4 @@ def test_records_are_frozen() -> None:
     """Records cannot be mutated after validation."""
     record = ReplayRecord.model_validate(_record(0))
     with pytest.raises(ValueError, match="frozen"):
-        record.id = "other"  # type: ignore[misc]
+        record.id = "other"

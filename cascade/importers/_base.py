@@ -97,7 +97,10 @@ def _fetch(url: str, target: Path) -> None:
     quoted = parts._replace(path=urllib.parse.quote(parts.path)).geturl()
     target.parent.mkdir(parents=True, exist_ok=True)
     try:
-        with urllib.request.urlopen(quoted, timeout=_TIMEOUT_S) as response, target.open("wb") as fh:
+        with (
+            urllib.request.urlopen(quoted, timeout=_TIMEOUT_S) as response,
+            target.open("wb") as fh,
+        ):
             shutil.copyfileobj(response, fh)
     except (OSError, ValueError) as exc:  # URLError/HTTPError/timeouts are OSErrors
         target.unlink(missing_ok=True)

@@ -72,8 +72,12 @@ _COLUMNS = [
     *(f"{m}|total_cost" for m in MODELS),
 ]
 
-def convert(root: Path, *, split: Split, seed: int) -> Converted:  # noqa: ARG001  # given split
-    """Read the RouterBench CSVs at ``root`` into replay records of the requested split."""
+
+def convert(root: Path, *, split: Split, seed: int) -> Converted:
+    """Read the RouterBench CSVs at ``root`` into replay records of the requested split.
+
+    ``seed`` is accepted for a uniform signature and unused: the files come split.
+    """
     kept: dict[str, list[ReplayRecord]] = {"train": [], "test": []}
     # Per split, so that `skipped` counts only rows of the files the caller asked for.
     unscored = {"train": 0, "test": 0}
@@ -167,6 +171,4 @@ def _unlist(cell: str) -> str:
     return cell
 
 
-IMPORTER = Importer(
-    name=NAME, files=FILES, default_url=DEFAULT_URL, prices=PRICES, convert=convert
-)
+IMPORTER = Importer(name=NAME, files=FILES, default_url=DEFAULT_URL, prices=PRICES, convert=convert)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
+import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -52,6 +54,7 @@ class AnthropicProvider:
         self._client = client
         self._async_client = async_client
         self._secret: str | None = None
+        self._async_clients: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
 
     def __repr__(self) -> str:
         return f"AnthropicProvider(name={self.name!r}, base_url={self.config.base_url!r})"
@@ -72,9 +75,21 @@ class AnthropicProvider:
 
     @property
     def async_client(self) -> anthropic.AsyncAnthropic:
-        if self._async_client is None:
-            self._async_client = anthropic.AsyncAnthropic(**self._options())
-        return self._async_client
+        # An async client belongs to the event loop that first used it, so each loop gets its
+        # own; a second asyncio.run() must not reuse connections of a closed loop.
+        loop = asyncio.get_running_loop()
+        client = self._async_clients.get(loop)
+        if client is None:
+            client = self._async_client or anthropic.AsyncAnthropic(**self._options())
+            self._async_client = None
+            self._async_clients[loop] = client
+        return client
+
+    async def aclose(self) -> None:
+        """Close this event loop's async client (call before the loop ends)."""
+        client = self._async_clients.pop(asyncio.get_running_loop(), None)
+        if client is not None:
+            await client.close()
 
     def _kwargs(self, method: Any, messages: Sequence[Message], model: str,
                 params: Mapping[str, Any]) -> dict[str, Any]:

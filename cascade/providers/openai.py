@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
+import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -38,6 +40,7 @@ class OpenAIProvider:
         self._client = client
         self._async_client = async_client
         self._secret: str | None = None
+        self._async_clients: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
 
     def __repr__(self) -> str:
         return f"OpenAIProvider(name={self.name!r}, base_url={self.config.base_url!r})"
@@ -58,9 +61,21 @@ class OpenAIProvider:
 
     @property
     def async_client(self) -> openai.AsyncOpenAI:
-        if self._async_client is None:
-            self._async_client = openai.AsyncOpenAI(**self._options())
-        return self._async_client
+        # An async client belongs to the event loop that first used it, so each loop gets its
+        # own; a second asyncio.run() must not reuse connections of a closed loop.
+        loop = asyncio.get_running_loop()
+        client = self._async_clients.get(loop)
+        if client is None:
+            client = self._async_client or openai.AsyncOpenAI(**self._options())
+            self._async_client = None
+            self._async_clients[loop] = client
+        return client
+
+    async def aclose(self) -> None:
+        """Close this event loop's async client (call before the loop ends)."""
+        client = self._async_clients.pop(asyncio.get_running_loop(), None)
+        if client is not None:
+            await client.close()
 
     def _error(self, exc: Exception, model: str) -> ProviderError:
         return map_sdk_error(exc, openai, provider=self.name, model=model,

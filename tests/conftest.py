@@ -1,0 +1,48 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from cascade.testing import MockLLMServer
+
+FAKE_OPENAI_KEY = "sk-test-SECRET-openai-0000"
+FAKE_ANTHROPIC_KEY = "sk-ant-test-SECRET-anthropic-0000"
+
+
+@pytest.fixture
+def keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", FAKE_OPENAI_KEY)
+    monkeypatch.setenv("ANTHROPIC_API_KEY", FAKE_ANTHROPIC_KEY)
+
+
+@pytest.fixture
+def server() -> Iterator[MockLLMServer]:
+    with MockLLMServer() as srv:
+        yield srv
+
+
+def live_config(server: MockLLMServer, *, ladder: list[Any] | None = None,
+                evaluators: list[dict[str, Any]] | None = None, attempts: int = 3,
+                ledger: str | None = None, **task: Any) -> dict[str, Any]:
+    """A config whose providers point at the loopback server: mini (openai) -> sonnet (anthropic)."""
+    return {
+        "providers": {
+            "openai": {"type": "openai", "base_url": server.openai_url},
+            "anthropic": {"type": "anthropic", "base_url": server.anthropic_url},
+        },
+        "models": {
+            "mini": {"provider": "openai", "name": "gpt-4o-mini",
+                     "price": {"input": 0.15, "output": 0.60}},
+            "mid": {"provider": "openai", "name": "gpt-4o", "price": {"input": 2.5, "output": 10}},
+            "sonnet": {"provider": "anthropic", "name": "claude-sonnet-4-6",
+                       "price": {"input": 3.0, "output": 15.0, "cached_input": 0.3},
+                       "params": {"max_tokens": 256}},
+        },
+        "retry": {"attempts": attempts, "max_wait_s": 30},
+        "ledger": {"path": ledger},
+        "tasks": {"faq": {"ladder": ladder or ["mini", "sonnet"],
+                          "evaluators": evaluators if evaluators is not None
+                          else [{"type": "length", "min_words": 3}], **task}},
+    }
