@@ -28,6 +28,16 @@ __all__ = ["main"]
 Handler = Callable[[argparse.Namespace], int]
 
 
+class _Stderr:
+    """Whatever sys.stderr is at write time (it may be swapped after logging is configured)."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
 def _configure_logging(level: str, as_json: bool) -> None:
     """Only the CLI configures structlog; the library never does."""
     renderer: Any = (structlog.processors.JSONRenderer() if as_json
@@ -36,7 +46,7 @@ def _configure_logging(level: str, as_json: bool) -> None:
         processors=[structlog.processors.add_log_level,
                     structlog.processors.TimeStamper(fmt="iso"), renderer],
         wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(file=_Stderr()),  # type: ignore[arg-type]
         cache_logger_on_first_use=False,
     )
 

@@ -4,11 +4,19 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import structlog
 
 from cascade.testing import MockLLMServer
 
 FAKE_OPENAI_KEY = "sk-test-SECRET-openai-0000"
 FAKE_ANTHROPIC_KEY = "sk-ant-test-SECRET-anthropic-0000"
+
+
+@pytest.fixture(autouse=True)
+def _reset_structlog() -> Iterator[None]:
+    """The CLI configures structlog globally; put it back after each test."""
+    yield
+    structlog.reset_defaults()
 
 
 @pytest.fixture
