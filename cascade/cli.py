@@ -17,6 +17,7 @@ from typing import Any
 
 import structlog
 
+from cascade import cli_replay
 from cascade.config import load_config
 from cascade.engine import Cascade
 from cascade.errors import CascadeError, CascadeExhausted, ConfigError, DatasetError, ProviderError
@@ -175,13 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--json", action="store_true", help="print JSON for scripts")
     report.set_defaults(handler=cmd_report)
 
-    for extra in _EXTRA_COMMANDS:
-        extra(sub)
+    cli_replay.register(sub)
     return parser
-
-
-# Commands that live in their own modules register themselves here.
-_EXTRA_COMMANDS: list[Callable[[Any], None]] = []
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -143,8 +143,9 @@ class Agreement:
                            "no earlier answer to compare with")
         mine = self.extract(completion.text)
         if mine is None:
-            what = "the extract pattern found nothing" if self.patterns else "the answer is empty"
-            return Verdict(self.name, False, 0.0, f"{what} in this answer")
+            reason = ("the extract pattern found nothing in this answer" if self.patterns
+                      else "this answer is empty")
+            return Verdict(self.name, False, 0.0, reason)
         key = normalize(mine, numeric=self.config.numeric)
         agree = 0
         seen = []

