@@ -35,6 +35,15 @@ _STRICT = ConfigDict(extra="forbid", frozen=True)
 DEFAULT_KEY_ENV = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}
 
 
+class CircuitBreakerConfig(BaseModel):
+    """Skip a provider for ``cooldown_s`` after ``failures`` failed attempts in a row."""
+
+    model_config = _STRICT
+
+    failures: int = Field(default=5, ge=1)
+    cooldown_s: float = Field(default=30.0, gt=0)
+
+
 class ProviderConfig(BaseModel):
     """One ``providers:`` entry. ``type`` names a provider plug-in (openai, anthropic, replay)."""
 
@@ -45,6 +54,8 @@ class ProviderConfig(BaseModel):
     base_url: str | None = None
     timeout_s: float = Field(default=60.0, gt=0)
     dataset: str | None = None  # replay only: the recorded dataset to serve
+    max_concurrency: int | None = Field(default=None, ge=1)
+    circuit_breaker: CircuitBreakerConfig | None = None
 
     def key_env(self) -> str | None:
         return self.api_key_env or DEFAULT_KEY_ENV.get(self.type)
@@ -87,6 +98,31 @@ class LoggingConfig(BaseModel):
     content: bool = False
 
 
+class BudgetsConfig(BaseModel):
+    """Period budgets in USD, enforced from the ledger (UTC days and months)."""
+
+    model_config = _STRICT
+
+    daily_usd: float | None = Field(default=None, ge=0)
+    monthly_usd: float | None = Field(default=None, ge=0)
+
+
+class CacheConfig(BaseModel):
+    """Where the response cache lives (used only by tasks that opt in)."""
+
+    model_config = _STRICT
+
+    path: str = "cascade-cache.sqlite"
+
+
+class TaskCacheConfig(BaseModel):
+    """A task's opt-in to the exact-match cache."""
+
+    model_config = _STRICT
+
+    ttl_s: float = Field(default=3600.0, gt=0)
+
+
 class MinScore(BaseModel):
     """``accept: {min_score: X}``: the weighted mean of evaluator scores must reach X."""
 
@@ -118,6 +154,9 @@ class TaskConfig(BaseModel):
     accept: Accept = "all"
     on_exhausted: Literal["return_last", "raise"] = "return_last"
     params: dict[str, Any] = Field(default_factory=dict)
+    max_cost_usd: float | None = Field(default=None, gt=0)
+    budgets: BudgetsConfig | None = None
+    cache: TaskCacheConfig | None = None
 
     @field_validator("ladder", mode="before")
     @classmethod
@@ -138,6 +177,8 @@ class CascadeConfig(BaseModel):
     ledger: LedgerConfig = Field(default_factory=LedgerConfig)
     retry: RetryConfig = Field(default_factory=RetryConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    budgets: BudgetsConfig | None = None
+    cache: CacheConfig = Field(default_factory=CacheConfig)
 
 
 def format_location(loc: tuple[int | str, ...]) -> str:

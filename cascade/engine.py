@@ -18,9 +18,18 @@ from typing import Any
 import structlog
 
 from cascade.config import CascadeConfig, MinScore, ModelConfig, load_config, parse_config
-from cascade.errors import CascadeError, CascadeExhausted, ConfigError, ProviderError
+from cascade.budget import DEFAULT_MAX_TOKENS, max_output_tokens
+from cascade.cache import ResponseCache, cache_key
+from cascade.errors import (
+    BudgetExceeded,
+    CascadeError,
+    CascadeExhausted,
+    ConfigError,
+    ProviderError,
+)
 from cascade.evaluation import EvaluatorContext, Slot, build_evaluators, combine, decided
 from cascade.ledger import Ledger
+from cascade.limits import Gate, Limits
 from cascade.plugins import PROVIDERS, load_plugin
 from cascade.pricing import cost_usd
 from cascade.providers.base import Provider
@@ -104,6 +113,7 @@ _current_run: contextvars.ContextVar[_Run | None] = contextvars.ContextVar(
     "cascade_current_run", default=None)
 
 _Plan = Generator["_Call | _Eval", Any, CascadeResult]
+_Attempt = tuple[Completion, tuple[Verdict, ...], bool, "tuple[Slot, Verdict] | None"]
 
 
 class Cascade:
@@ -144,6 +154,12 @@ class Cascade:
             self.ledger = Ledger(config.ledger.path) if config.ledger.path else None
         else:
             self.ledger = ledger or None
+        try:
+            self.limits = Limits(config, self.ledger)
+        except ConfigError as exc:
+            raise ConfigError(exc.message, path=path, location=exc.location) from exc
+        cached_tasks = any(t.cache for t in config.tasks.values())
+        self.cache = ResponseCache(config.cache.path) if cached_tasks else None
 
     @classmethod
     def from_yaml(cls, path: str | Path, **kwargs: Any) -> Cascade:
@@ -169,9 +185,11 @@ class Cascade:
         self.close()
 
     def close(self) -> None:
-        """Close the ledger. Sync SDK clients need no closing."""
+        """Close the ledger and cache. Sync SDK clients need no closing."""
         if self.ledger is not None:
             self.ledger.close()
+        if self.cache is not None:
+            self.cache.close()
 
     async def aclose(self) -> None:
         """Close the async SDK clients of the running event loop."""
@@ -220,13 +238,15 @@ class Cascade:
     # -- public API -----------------------------------------------------------------------------
 
     def complete(self, task: str, prompt: str | Sequence[Message], *, query_id: str | None = None,
-                 log_content: bool | None = None, **params: Any) -> CascadeResult:
+                 max_cost_usd: float | None = None, log_content: bool | None = None,
+                 **params: Any) -> CascadeResult:
         """Run ``task``'s ladder on a prompt and return the first accepted answer.
 
         Args:
             task: A ``tasks:`` key.
             prompt: A prompt string or an OpenAI-style messages list.
             query_id: An external id for the query (the replay provider looks answers up by it).
+            max_cost_usd: A cap on this call's total cost (overrides the task's ``max_cost_usd``).
             log_content: Put prompt and answer text in log events (default: the config's).
             **params: Provider parameters such as ``max_tokens`` or ``temperature``.
 
@@ -238,8 +258,9 @@ class Cascade:
             ProviderError: no rung produced an answer at all (``.result`` holds the steps).
             CascadeExhausted: no rung passed and the task says ``on_exhausted: raise``.
             EvaluatorError: an evaluator crashed.
+            BudgetExceeded: no rung fits the cost cap or the period budgets.
         """
-        plan, run = self._start(task, prompt, query_id, log_content, params)
+        plan, run = self._start(task, prompt, query_id, max_cost_usd, log_content, params)
         token = _current_run.set(run)
         try:
             return self._finish(self._drive(plan), run)
@@ -250,10 +271,10 @@ class Cascade:
             _current_run.reset(token)
 
     async def acomplete(self, task: str, prompt: str | Sequence[Message], *,
-                        query_id: str | None = None, log_content: bool | None = None,
-                        **params: Any) -> CascadeResult:
+                        query_id: str | None = None, max_cost_usd: float | None = None,
+                        log_content: bool | None = None, **params: Any) -> CascadeResult:
         """The async twin of ``complete``, with the same arguments, result and errors."""
-        plan, run = self._start(task, prompt, query_id, log_content, params)
+        plan, run = self._start(task, prompt, query_id, max_cost_usd, log_content, params)
         token = _current_run.set(run)
         try:
             return self._finish(await self._adrive(plan), run)
@@ -299,50 +320,78 @@ class Cascade:
     # -- the ladder, written once ---------------------------------------------------------------
 
     def _start(self, task: str, prompt: str | Sequence[Message], query_id: str | None,
-               log_content: bool | None, params: dict[str, Any]) -> tuple[_Plan, _Run]:
+               max_cost_usd: float | None, log_content: bool | None,
+               params: dict[str, Any]) -> tuple[_Plan, _Run]:
         if task not in self.tasks:
             raise ConfigError(f"unknown task {task!r} (defined: {', '.join(self.tasks)})",
                               path=self.path, location="tasks")
         content = self.config.logging.content if log_content is None else log_content
         run = _Run(run_id=uuid.uuid4().hex, task=task, started=time.perf_counter(),
                    log_content=content)
-        return self._plan(self.tasks[task], as_messages(prompt), params, run, query_id), run
+        messages = as_messages(prompt)
+        settings = self.config.tasks[task]
+        cap = max_cost_usd if max_cost_usd is not None else settings.max_cost_usd
+        if settings.cache is not None and self.cache is not None:
+            key = cache_key(settings.model_dump(mode="json"), messages, params)
+            hit = self.cache.get(key)
+            if hit is not None:
+                return self._cached(run, *hit), run
+            return self._plan(self.tasks[task], messages, params, run, query_id, cap,
+                              cache_as=(key, settings.cache.ttl_s)), run
+        return self._plan(self.tasks[task], messages, params, run, query_id, cap), run
+
+    def _cached(self, run: _Run, model: str, text: str, parsed: Any) -> _Plan:
+        """A cache hit: one free step marked ``cache``, no provider call."""
+        done = Completion(text=text, model=model, provider=self.config.models[model].provider)
+        self._record(run, model, _Outcome(done, None, 0, 0.0), "cache", ())
+        return replace(self._result(run, None, done, (), accepted=True), model=model, json=parsed,
+                       cached=True)
+        yield  # a generator, so both drivers take it like any plan
 
     def _plan(self, task: _Task, messages: tuple[Message, ...], params: dict[str, Any],
-              run: _Run, query_id: str | None) -> _Plan:
+              run: _Run, query_id: str | None, cap: float | None = None,
+              cache_as: tuple[str, float] | None = None) -> _Plan:
         history: list[Completion] = []
         last: tuple[_Rung, Completion, tuple[Verdict, ...]] | None = None
+        refused: list[Gate] = []
         for rung in task.rungs:
             call_params: dict[str, Any] = {**rung.model.params, **task.params, **params}
+            if self.limits.budgeted(task.name, cap) and max_output_tokens(call_params) is None:
+                # The worst case assumes this many output tokens, so the call must be held to it.
+                call_params["max_tokens"] = DEFAULT_MAX_TOKENS
             convo = messages
             for slot in rung.slots:
                 if "prepare" in slot.hooks:
                     convo, call_params = slot.hooks["prepare"](convo, call_params)
             repairs = {s.name: int(getattr(s.evaluator, "repair_attempts", 0)) for s in rung.slots}
             while True:
-                outcome = yield _Call(rung.key, tuple(convo), call_params, query_id)
-                if outcome.completion is None:
-                    self._record(run, rung.key, outcome, "error", ())
+                gate = self.limits.check(task.name, rung.model.provider, rung.key, convo,
+                                         call_params, run.cost(), cap)
+                if gate.skipped:
+                    refused.append(gate)
+                    self._record(run, rung.key, _Outcome(None, None, 0, 0.0), "skip", (),
+                                 error=gate.reason)
                     break
-                completion = replace(outcome.completion, model=rung.key)
-                request = Request(task=task.name, messages=messages, params=params,
-                                  run_id=run.run_id, history=tuple(history), query_id=query_id)
-                index = run.next_index()  # before evaluation, so judge steps number after it
-                verdicts: list[Verdict] = []
-                for slot in rung.slots:
-                    verdict = yield _Eval(slot, request, completion)
-                    verdicts.append(verdict)
-                    if decided(rung.accept, verdict):
-                        break
-                weights = [s.weight for s in rung.slots[: len(verdicts)]]
-                ok = combine(rung.accept, verdicts, weights)
-                fixer = None if ok else _repairer(rung, verdicts, repairs)
-                decision: Decision = "accept" if ok else ("repair" if fixer else "escalate")
-                self._record(run, rung.key, outcome, decision, tuple(verdicts),
-                             completion=completion, index=index)
+                try:
+                    step = yield from self._attempt(run, task, rung, convo, call_params,
+                                                    Request(task=task.name, messages=messages,
+                                                            params=params, run_id=run.run_id,
+                                                            history=tuple(history),
+                                                            query_id=query_id), repairs)
+                finally:
+                    # Only now is the step's real cost in the ledger, so the budget never
+                    # loses sight of this spend.
+                    self.limits.release(gate)
+                if step is None:
+                    break
+                completion, verdicts, ok, fixer = step
                 if ok:
-                    return self._result(run, rung, completion, tuple(verdicts), accepted=True)
-                last = (rung, completion, tuple(verdicts))
+                    result = self._result(run, rung, completion, verdicts, accepted=True)
+                    if cache_as is not None and self.cache is not None:
+                        self.cache.put(cache_as[0], task.name, rung.key, result.text,
+                                       result.json, cache_as[1])
+                    return result
+                last = (rung, completion, verdicts)
                 if fixer is None:
                     history.append(completion)
                     break
@@ -351,14 +400,44 @@ class Cascade:
                 convo = (*convo, {"role": "assistant", "content": completion.text},
                          {"role": "user", "content": slot.hooks["repair_message"](verdict)})
         if last is None:
-            failures = "; ".join(f"{s.model}: {s.error}" for s in run.steps if s.error)
             result = self._result(run, None, None, (), accepted=False)
+            budget = [g for g in refused if g.kind == "budget"]
+            if budget:
+                cheapest = min(budget, key=lambda g: g.estimate)
+                raise BudgetExceeded(
+                    f"task {task.name!r}: no rung fits the budget ({cheapest.reason})",
+                    limit_usd=cheapest.limit_usd, estimate_usd=cheapest.estimate, result=result)
+            failures = "; ".join(f"{s.model}: {s.error}" for s in run.steps if s.error)
             raise ProviderError(f"task {task.name!r}: no rung produced an answer ({failures})",
                                 result=result)
         result = self._result(run, *last, accepted=False)
         if task.on_exhausted == "raise":
             raise CascadeExhausted(result)
         return result
+
+    def _attempt(self, run: _Run, task: _Task, rung: _Rung, convo: tuple[Message, ...],
+                 call_params: dict[str, Any], request: Request, repairs: Mapping[str, int],
+                 ) -> Generator[_Call | _Eval, Any, _Attempt | None]:
+        """Call one rung once, evaluate the answer and record the step; None if the call failed."""
+        outcome = yield _Call(rung.key, convo, call_params, request.query_id)
+        if outcome.completion is None:
+            self._record(run, rung.key, outcome, "error", ())
+            return None
+        completion = replace(outcome.completion, model=rung.key)
+        index = run.next_index()  # before evaluation, so judge steps number after it
+        verdicts: list[Verdict] = []
+        for slot in rung.slots:
+            verdict = yield _Eval(slot, request, completion)
+            verdicts.append(verdict)
+            if decided(rung.accept, verdict):
+                break
+        weights = [s.weight for s in rung.slots[: len(verdicts)]]
+        ok = combine(rung.accept, verdicts, weights)
+        fixer = None if ok else _repairer(rung, verdicts, repairs)
+        decision: Decision = "accept" if ok else ("repair" if fixer else "escalate")
+        self._record(run, rung.key, outcome, decision, tuple(verdicts), completion=completion,
+                     index=index)
+        return completion, tuple(verdicts), ok, fixer
 
     # -- drivers ----------------------------------------------------------------------------------
 
@@ -389,14 +468,27 @@ class Cascade:
     def _call(self, op: _Call) -> _Outcome:
         model = self.config.models[op.model_key]
         provider = self.providers[model.provider]
+        slot = self.limits.sync_slot(model.provider)
         attempts = 0
         started = time.perf_counter()
         try:
             for attempt in self._retry.retrying():
                 with attempt:
                     attempts += 1
-                    completion = provider.complete(op.messages, model=model.name,
-                                                   params=op.params, query_id=op.query_id)
+                    self._breaker_gate(model.provider, model.name)
+                    try:
+                        if slot is None:
+                            completion = provider.complete(op.messages, model=model.name,
+                                                           params=op.params, query_id=op.query_id)
+                        else:
+                            with slot:
+                                completion = provider.complete(
+                                    op.messages, model=model.name, params=op.params,
+                                    query_id=op.query_id)
+                    except ProviderError:
+                        self._breaker_note(model.provider, ok=False)
+                        raise
+                    self._breaker_note(model.provider, ok=True)
         except ProviderError as exc:
             return _Outcome(None, exc, attempts, (time.perf_counter() - started) * 1000)
         return _Outcome(completion, None, attempts, (time.perf_counter() - started) * 1000)
@@ -404,23 +496,51 @@ class Cascade:
     async def _acall(self, op: _Call) -> _Outcome:
         model = self.config.models[op.model_key]
         provider = self.providers[model.provider]
+        slot = self.limits.async_slot(model.provider)
         attempts = 0
         started = time.perf_counter()
         try:
             async for attempt in self._retry.aretrying():
                 with attempt:
                     attempts += 1
-                    completion = await provider.acomplete(op.messages, model=model.name,
-                                                          params=op.params, query_id=op.query_id)
+                    self._breaker_gate(model.provider, model.name)
+                    try:
+                        if slot is None:
+                            completion = await provider.acomplete(
+                                op.messages, model=model.name, params=op.params,
+                                query_id=op.query_id)
+                        else:
+                            async with slot:
+                                completion = await provider.acomplete(
+                                    op.messages, model=model.name, params=op.params,
+                                    query_id=op.query_id)
+                    except ProviderError:
+                        self._breaker_note(model.provider, ok=False)
+                        raise
+                    self._breaker_note(model.provider, ok=True)
         except ProviderError as exc:
             return _Outcome(None, exc, attempts, (time.perf_counter() - started) * 1000)
         return _Outcome(completion, None, attempts, (time.perf_counter() - started) * 1000)
+
+    def _breaker_gate(self, provider: str, model: str) -> None:
+        """Stop retrying into a provider whose circuit opened during this step."""
+        breaker = self.limits.breakers.get(provider)
+        left = breaker.open_for() if breaker else None
+        if left is not None:
+            raise ProviderError(f"{provider}: circuit open ({left:.1f}s of cool-down left)",
+                                provider=provider, model=model, retryable=False)
+
+    def _breaker_note(self, provider: str, *, ok: bool) -> None:
+        if self.limits.record(provider, ok):
+            breaker = self.limits.breakers[provider]
+            log.warning("cascade.circuit_open", provider=provider,
+                        failures=breaker.failures, cooldown_s=breaker.cooldown_s)
 
     # -- records ----------------------------------------------------------------------------------
 
     def _record(self, run: _Run, model_key: str, outcome: _Outcome, decision: Decision,
                 verdicts: tuple[Verdict, ...], *, completion: Completion | None = None,
-                index: int | None = None) -> StepRecord:
+                index: int | None = None, error: str | None = None) -> StepRecord:
         model = self.config.models[model_key]
         done = completion or outcome.completion
         # A recorded (replayed) latency is longer than the replay itself; a live one is shorter
@@ -432,9 +552,9 @@ class Cascade:
             input_tokens=done.input_tokens if done else 0,
             output_tokens=done.output_tokens if done else 0,
             cached_input_tokens=done.cached_input_tokens if done else 0,
-            cost_usd=cost_usd(done, model.price) if done else 0.0,
+            cost_usd=cost_usd(done, model.price) if done and decision != "cache" else 0.0,
             latency_ms=latency, decision=decision, verdicts=verdicts,
-            error=outcome.error.message if outcome.error else None, ts=time.time(),
+            error=error or (outcome.error.message if outcome.error else None), ts=time.time(),
             text=done.text if done else None,
         )
         run.steps.append(step)
@@ -464,8 +584,8 @@ class Cascade:
         """Close the run's ledger record when it ends in an exception, so no spend goes missing."""
         if isinstance(exc, CascadeExhausted):
             self._close_run(exc.result, "exhausted")
-        elif isinstance(exc, ProviderError) and exc.result is not None:
-            self._close_run(exc.result, "failed")
+        elif isinstance(exc, (ProviderError, BudgetExceeded)) and exc.result is not None:
+            self._close_run(exc.result, "failed" if isinstance(exc, ProviderError) else "budget")
         elif run.steps:
             self._close_run(self._result(run, None, None, (), accepted=False),
                             f"error: {type(exc).__name__}")

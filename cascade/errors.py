@@ -8,7 +8,7 @@
     ├── DatasetError         path, line            (a malformed replay dataset line)
     ├── ProviderError        provider, model, status_code, retryable, result
     ├── EvaluatorError       evaluator             (an evaluator crashed: a bug, not a rejection)
-    ├── BudgetExceeded       limit_usd, estimate_usd
+    ├── BudgetExceeded       limit_usd, estimate_usd, result
     └── CascadeExhausted     result                (no rung passed and on_exhausted is "raise")
 
 A rejected answer is never an exception: it is a ``Verdict`` with ``passed=False``.
@@ -16,7 +16,7 @@ A rejected answer is never an exception: it is a ``Verdict`` with ``passed=False
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from cascade.types import CascadeResult
@@ -118,11 +118,12 @@ class EvaluatorError(CascadeError):
 class BudgetExceeded(CascadeError):
     """No rung fits the cost cap of this request or the period budget."""
 
-    def __init__(self, message: str, *, limit_usd: float, estimate_usd: float, **extra: Any):
+    def __init__(self, message: str, *, limit_usd: float, estimate_usd: float,
+                 result: CascadeResult | None = None):
         super().__init__(message)
         self.limit_usd = limit_usd
         self.estimate_usd = estimate_usd
-        self.extra = extra
+        self.result = result
 
 
 class CascadeExhausted(CascadeError):

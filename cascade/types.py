@@ -17,7 +17,7 @@ __all__ = [
 ]
 
 Message = Mapping[str, Any]
-Decision = Literal["accept", "escalate", "error", "judge", "repair", "skip"]
+Decision = Literal["accept", "escalate", "error", "judge", "repair", "skip", "cache"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +136,7 @@ class CascadeResult:
         steps: Every step, in order.
         task: The task name.
         json: The parsed JSON object when a ``json_schema`` evaluator accepted the answer.
+        cached: True when the answer came from the response cache (cost 0).
     """
 
     text: str
@@ -147,6 +148,7 @@ class CascadeResult:
     steps: tuple[StepRecord, ...]
     task: str = ""
     json: Any = None
+    cached: bool = False
 
     @property
     def input_tokens(self) -> int:

@@ -82,6 +82,15 @@ def _lang_root(language: str) -> str:
     return language.split("_")[0]
 
 
+def _backend() -> Any:
+    """textstat's per-call functions (imported on first use: it takes 0.3 s and pulls in NLTK)."""
+    try:
+        import textstat.backend  # type: ignore[import-untyped]
+    except ImportError as exc:  # textstat before the 0.7.x "backend" rewrite
+        raise RuntimeError(_UNSUPPORTED) from exc
+    return textstat.backend
+
+
 @functools.cache
 def _has_easy_words(root: str) -> bool:
     ref = importlib.resources.files("textstat").joinpath(f"resources/{root}/easy_words.txt")
@@ -117,13 +126,13 @@ def install_offline_cmudict() -> None:
             offline patch cannot be applied (scoring would try to download from NLTK).
     """
     with _patch_lock:
+        backend = _backend()
         try:
-            import textstat.backend.utils as utils  # type: ignore[import-untyped]
-            from textstat.backend.counts import _count_syllables
-            from textstat.backend.utils import _get_cmudict
-        except ImportError as exc:
+            utils = backend.utils
+            _count_syllables = backend.counts._count_syllables
+            _get_cmudict = backend.utils._get_cmudict
+        except AttributeError as exc:
             raise RuntimeError(_UNSUPPORTED) from exc
-
         current = getattr(_count_syllables, "get_cmudict", None)
         if current is _offline_cmudict:
             return
@@ -158,11 +167,9 @@ def score_text(text: str, metric: str = "flesch_reading_ease",
     Raises:
         KeyError: ``metric`` is not one of ``METRICS``.
     """
-    from textstat.backend import metrics
-
     install_offline_cmudict()
     spec = METRICS[metric]
-    function = getattr(metrics, metric)
+    function = getattr(_backend().metrics, metric)
     kwargs = dict(_EXTRA_ARGS.get(metric, {}))
     if spec.language:
         kwargs["lang"] = language
@@ -174,7 +181,7 @@ def _clip_long_words(text: str) -> str:
 
 
 def _check_metric_functions() -> None:
-    from textstat.backend import metrics
+    metrics = _backend().metrics
 
     missing = [name for name in METRICS if not callable(getattr(metrics, name, None))]
     if missing:

@@ -1,0 +1,131 @@
+"""Spending limits: a per-request cap, and daily/monthly budgets enforced from the ledger.
+
+Period budgets use reservations. Before a rung is called its worst-case cost is reserved; the
+reservation is released only after the step's real cost is in the ledger. A check therefore sees
+``ledger spend + open reservations + this estimate``, so concurrent requests in one process can
+overshoot a budget by at most the amount one request's estimate undershoots its real cost.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from cascade.ledger import Ledger
+from cascade.pricing import Price
+from cascade.types import Message
+
+__all__ = ["BudgetGuard", "Reservation", "estimate_input_tokens", "worst_case_cost"]
+
+# Used for the worst case when a call sets no max_tokens; the engine then sends it explicitly,
+# so that the estimate is a real bound.
+DEFAULT_MAX_TOKENS = 4096
+
+
+def estimate_input_tokens(messages: Sequence[Message]) -> int:
+    """A deliberately high token count for the prompt: one token per 3 characters plus framing.
+
+    Real tokenisers give about one token per 4 characters of English; over-estimating keeps a
+    cap a cap.
+    """
+    total = 3
+    for message in messages:
+        content = message.get("content", "")
+        text = content if isinstance(content, str) else str(content)
+        total += 4 + math.ceil(len(text) / 3)
+    return total
+
+
+def max_output_tokens(params: Mapping[str, Any]) -> int | None:
+    for key in ("max_tokens", "max_completion_tokens"):
+        value = params.get(key)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    return None
+
+
+def worst_case_cost(messages: Sequence[Message], params: Mapping[str, Any], price: Price) -> float:
+    out = max_output_tokens(params) or DEFAULT_MAX_TOKENS
+    return price.estimate(estimate_input_tokens(messages), out)
+
+
+@dataclass(frozen=True, slots=True)
+class Limit:
+    scope: str            # "global" or the task name
+    period: str           # "daily" or "monthly"
+    limit_usd: float
+
+
+@dataclass(slots=True)
+class Reservation:
+    amount: float
+    limits: tuple[Limit, ...]
+    released: bool = False
+
+
+def period_start(period: str, now: float | None = None) -> float:
+    moment = datetime.fromtimestamp(time.time() if now is None else now, tz=timezone.utc)
+    if period == "daily":
+        start = moment.replace(hour=0, minute=0, second=0, microsecond=0)
+    else:
+        start = moment.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    return start.timestamp()
+
+
+class BudgetGuard:
+    """Checks and reserves period budgets against the ledger. Safe across threads and tasks."""
+
+    def __init__(self, ledger: Ledger, limits: Sequence[Limit]):
+        self.ledger = ledger
+        self.limits = tuple(limits)
+        self._lock = threading.Lock()
+        self._reserved: dict[Limit, float] = {}
+
+    def applicable(self, task: str) -> tuple[Limit, ...]:
+        return tuple(lim for lim in self.limits if lim.scope in ("global", task))
+
+    def spent(self, limit: Limit, now: float | None = None) -> float:
+        since = period_start(limit.period, now)
+        if limit.scope == "global":
+            rows = self.ledger.query("SELECT COALESCE(SUM(cost_usd), 0) AS s FROM steps "
+                                     "WHERE ts >= ?", (since,))
+        else:
+            rows = self.ledger.query("SELECT COALESCE(SUM(cost_usd), 0) AS s FROM steps "
+                                     "WHERE task = ? AND ts >= ?", (limit.scope, since))
+        return float(rows[0]["s"])
+
+    def reserve(self, task: str, amount: float) -> tuple[Reservation | None, Limit | None, str]:
+        """Reserve ``amount`` under every budget of ``task``; on refusal say which and why."""
+        limits = self.applicable(task)
+        if not limits:
+            return Reservation(0.0, ()), None, ""
+        with self._lock:
+            for limit in limits:
+                used = self.spent(limit) + self._reserved.get(limit, 0.0)
+                if used + amount > limit.limit_usd:
+                    where = "global" if limit.scope == "global" else f"task {limit.scope!r}"
+                    return None, limit, (f"{limit.period} budget of {where}: spent+reserved "
+                                         f"${used:.6f} + worst case ${amount:.6f} > "
+                                         f"${limit.limit_usd:.6f}")
+            for limit in limits:
+                self._reserved[limit] = self._reserved.get(limit, 0.0) + amount
+        return Reservation(amount, limits), None, ""
+
+    def release(self, reservation: Reservation | None) -> None:
+        if reservation is None or reservation.released:
+            return
+        with self._lock:
+            for limit in reservation.limits:
+                self._reserved[limit] = max(self._reserved.get(limit, 0.0) - reservation.amount,
+                                            0.0)
+            reservation.released = True
+
+    def status(self) -> list[dict[str, Any]]:
+        """Spend against each budget, for ``cascade report``."""
+        return [{"scope": lim.scope, "period": lim.period, "limit_usd": lim.limit_usd,
+                 "spent_usd": self.spent(lim)} for lim in self.limits]
