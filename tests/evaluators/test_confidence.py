@@ -46,6 +46,12 @@ def run(evaluators: list[dict[str, Any]], script: dict[str, list[Any]],
     return cascade.complete("t", prompt), fake
 
 
+def close_sdk_clients(cascade: Cascade) -> None:
+    """Close the SDK clients (and their sockets): ``Cascade.close`` only closes the ledger."""
+    for provider in cascade.providers.values():
+        provider.client.close()  # type: ignore[attr-defined]
+
+
 def config_error(spec: dict[str, Any], provider_type: str = "openai") -> ConfigError:
     with pytest.raises(ConfigError) as info:
         Cascade.from_dict(config([spec], provider_type), providers={"p": FakeProvider("p")},
@@ -110,7 +116,11 @@ def test_anthropic_wire_request_carries_the_instruction(
         "ledger": {"path": None},
         "tasks": {"t": {"ladder": ["c"], "evaluators": [{"type": "self_confidence"}]}},
     }
-    result = Cascade.from_dict(data).complete("t", "Capital of France?")
+    cascade = Cascade.from_dict(data)
+    try:
+        result = cascade.complete("t", "Capital of France?")
+    finally:
+        close_sdk_clients(cascade)
     assert result.accepted is True
     assert result.text == "Paris"
     body = server.calls("claude-x")[0]["body"]
@@ -383,7 +393,11 @@ def test_logprob_through_the_openai_sdk(server: MockLLMServer,
         "tasks": {"t": {"ladder": ["small", "big"],
                         "evaluators": [{"type": "logprob", "min": 0.9}]}},
     }
-    result = Cascade.from_dict(data).complete("t", "Capital of France?")
+    cascade = Cascade.from_dict(data)
+    try:
+        result = cascade.complete("t", "Capital of France?")
+    finally:
+        close_sdk_clients(cascade)
     assert result.model == "big"
     assert result.steps[0].verdicts[0].score == pytest.approx(math.exp(-1.5), abs=1e-12)
     assert result.steps[1].verdicts[0].score == pytest.approx(math.exp(-0.02), abs=1e-12)

@@ -319,7 +319,10 @@ def test_judge_steps_are_priced_and_recorded_end_to_end(
     }
     ledger = Ledger(tmp_path / "ledger.sqlite")
     with Cascade.from_dict(data, ledger=ledger) as cascade:
-        result = cascade.complete("t", "Where is Paris?")
+        try:
+            result = cascade.complete("t", "Where is Paris?")
+        finally:
+            cascade.providers["o"].client.close()  # type: ignore[attr-defined]
         rows = ledger.query("SELECT step, model, decision, input_tokens, output_tokens, cost_usd "
                             "FROM steps WHERE run_id = ? ORDER BY step", (result.run_id,))
         run_cost = ledger.query("SELECT cost_usd FROM runs WHERE run_id = ?",
