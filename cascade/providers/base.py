@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import email.utils
+import re
 import inspect
 import os
 import time
@@ -20,6 +21,11 @@ __all__ = [
     "parse_retry_after",
     "split_params",
 ]
+
+# Every key this process has read, so that no error text can carry any of them.
+_SECRETS: set[str] = set()
+# Key-shaped strings a server may echo back even when they are not ours.
+_KEY_SHAPES = re.compile(r"(sk-(?:ant-)?[A-Za-z0-9_\-]{6})[A-Za-z0-9_\-]+|(Bearer\s+)\S+")
 
 # 408 timeout, 409 conflict/lock, 429 rate limit, 5xx server faults, 529 Anthropic overloaded.
 _RETRYABLE = frozenset({408, 409, 429})
@@ -75,6 +81,8 @@ def api_key(config: ProviderConfig, provider: str) -> str:
     if env is None:
         return "unused"  # a keyless local server
     value = os.environ.get(env)
+    if value:
+        _SECRETS.add(value)
     if not value:
         raise ConfigError(
             f"environment variable {env} is not set (API key of provider {provider!r})",
@@ -117,8 +125,7 @@ def map_sdk_error(exc: Exception, sdk: Any, *, provider: str, model: str,
     contains the key: whatever the server echoed back is scrubbed of it.
     """
     def scrub(text: str) -> str:
-        text = text if not secret else text.replace(secret, "***")
-        return text[:300]
+        return redact(text, secret)[:300]
 
     if isinstance(exc, sdk.APITimeoutError):
         return ProviderError(f"{provider}: request to {model} timed out", provider=provider,
@@ -145,6 +152,14 @@ def map_sdk_error(exc: Exception, sdk: Any, *, provider: str, model: str,
                              provider=provider, model=model, retryable=True, malformed=True)
     return ProviderError(f"{provider}: {type(exc).__name__}: {scrub(str(exc))}",
                          provider=provider, model=model, retryable=False)
+
+
+def redact(text: str, *extra: str | None) -> str:
+    """Remove every known key, and anything shaped like one, from text meant for people."""
+    for secret in (*_SECRETS, *extra):
+        if secret:
+            text = text.replace(secret, "***")
+    return _KEY_SHAPES.sub(lambda m: (m.group(1) or m.group(2)) + "***", text)
 
 
 def _server_message(exc: Any) -> str:

@@ -1,0 +1,85 @@
+"""A recognisable fake key goes through every error path and appears in no output at all."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from structlog.testing import capture_logs
+
+from cascade import Cascade
+from cascade.cli import main
+from cascade.testing import MockLLMServer, Reply
+from tests.conftest import FAKE_ANTHROPIC_KEY, FAKE_OPENAI_KEY, live_config
+
+KEYS = (FAKE_OPENAI_KEY, FAKE_ANTHROPIC_KEY)
+FAULTS = [Reply(status=401, message=f"Incorrect API key provided: {FAKE_OPENAI_KEY}"),
+          Reply(status=403, message=f"key {FAKE_ANTHROPIC_KEY} forbidden"),
+          Reply(status=404, message=f"no model for {FAKE_OPENAI_KEY}"),
+          Reply(status=429, headers={"retry-after": "0"}, message=f"slow down {FAKE_OPENAI_KEY}"),
+          Reply(status=500, message=f"trace: Authorization: Bearer {FAKE_OPENAI_KEY}"),
+          Reply(status=400, message=f"context too long for {FAKE_ANTHROPIC_KEY}"),
+          Reply(body=f"<html>{FAKE_OPENAI_KEY}</html>")]
+
+
+@pytest.mark.usefixtures("keys")
+@pytest.mark.parametrize("fault", FAULTS, ids=lambda r: str(r.status if r.body is None else "body"))
+def test_fault_paths_leak_no_key(fault: Reply, server: MockLLMServer, tmp_path: Path,
+                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """Logs, ledger, exceptions, results, reprs and CLI output never contain the key."""
+    server.script("gpt-4o-mini", [fault])
+    server.script("claude-sonnet-4-6", [fault])
+    data = live_config(server, attempts=2, ledger=str(tmp_path / "l.sqlite"),
+                       on_exhausted="raise")
+    engine = Cascade.from_dict(data, sleep=lambda s: None)
+    seen: list[str] = []
+    with capture_logs() as logs:
+        try:
+            seen.append(repr(engine.complete("faq", "q")))
+        except Exception as exc:  # noqa: BLE001  (whatever comes out is inspected)
+            seen += [str(exc), repr(exc), repr(vars(exc))]
+
+        async def run_async() -> None:
+            try:
+                await engine.acomplete("faq", "q")
+            finally:
+                await engine.aclose()
+
+        try:
+            asyncio.run(run_async())
+        except Exception as exc:  # noqa: BLE001
+            seen += [str(exc), repr(exc), repr(vars(exc))]
+    seen += [repr(logs), repr(engine), repr(engine.providers), repr(engine.config)]
+    with sqlite3.connect(tmp_path / "l.sqlite") as conn:
+        for table in ("steps", "runs"):
+            seen.append(repr(conn.execute(f"SELECT * FROM {table}").fetchall()))  # noqa: S608
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(data))
+    main(["--log-level", "debug", "run", str(config), "faq", "q"])
+    main(["report", "--ledger", str(tmp_path / "l.sqlite"), "--json"])
+    out, err = capsys.readouterr()
+    seen += [out, err]
+    text = "\n".join(seen)
+    assert "error" in text  # the fault did surface
+    for key in KEYS:
+        assert key not in text
+
+
+def test_unreachable_server_leaks_no_key(monkeypatch: pytest.MonkeyPatch,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """Connection errors name the provider, not the key."""
+    monkeypatch.setenv("OPENAI_API_KEY", FAKE_OPENAI_KEY)
+    data: dict[str, Any] = {"providers": {"o": {"type": "openai",
+                                                "base_url": "http://127.0.0.1:9/v1"}},
+                            "models": {"m": {"provider": "o", "name": "m",
+                                             "price": {"input": 1, "output": 1}}},
+                            "retry": {"attempts": 1}, "tasks": {"t": {"ladder": ["m"]}}}
+    with capture_logs() as logs, pytest.raises(Exception) as info:  # noqa: PT011
+        Cascade.from_dict(data, ledger=False).complete("t", "q")
+    text = str(info.value) + repr(logs) + capsys.readouterr().out
+    assert "cannot connect" in text
+    assert FAKE_OPENAI_KEY not in text
