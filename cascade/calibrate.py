@@ -35,7 +35,7 @@ import yaml
 from cascade.bench import recorded_cost, replay_engine, run_bench
 from cascade.config import CascadeConfig, MinScore, load_config, parse_config
 from cascade.dataset import ReplayRecord, load_dataset
-from cascade.engine import Cascade, _current_run, _Run
+from cascade.engine import _current_run, _Run
 from cascade.errors import CascadeError, ConfigError, DatasetError, ProviderError
 from cascade.evaluation import EvaluatorContext, Slot, build_one, combine, decided
 from cascade.pricing import cost_usd
@@ -206,7 +206,7 @@ class _Replay:
         raw_task = raw["tasks"][task]
         built = self.engine.tasks[task].rungs
         self.rungs: list[_Rung] = []
-        for i, (rung_cfg, rung) in enumerate(zip(cfg.tasks[task].ladder, built)):
+        for i, (rung_cfg, rung) in enumerate(zip(cfg.tasks[task].ladder, built, strict=True)):
             own = rung_cfg.evaluators is not None
             raw_rung = raw_task["ladder"][i]
             specs = copy.deepcopy(raw_rung["evaluators"] if own else raw_task.get("evaluators")
@@ -235,8 +235,8 @@ class _Replay:
     def _complete(self, rung: Any, record: ReplayRecord) -> Completion | None:
         messages = tuple(m.model_dump() for m in record.messages)
         try:
-            done = rung.provider.complete(messages, model=rung.model.name, params={},
-                                          query_id=record.id)
+            done: Completion = rung.provider.complete(messages, model=rung.model.name, params={},
+                                                      query_id=record.id)
         except ProviderError:
             return None  # an error step: costs nothing, the ladder moves on
         return replace(done, model=rung.key)
@@ -244,7 +244,8 @@ class _Replay:
     def _plan(self, i: int, rung: Any, specs: list[dict[str, Any]], where: str,
               path: str | None, tune: bool) -> _Rung:
         for slot in rung.slots:
-            if "repair_message" in slot.hooks and getattr(slot.evaluator, "repair_attempts", 0):
+            repairs = int(getattr(slot.evaluator, "repair_attempts", 0))
+            if "repair_message" in slot.hooks and repairs:
                 raise ConfigError(
                     f"evaluator {slot.name!r} re-asks the model (repair_attempts > 0); a repair "
                     "cannot be replayed from recordings, so calibration cannot simulate it. Set "
@@ -467,7 +468,7 @@ class _Best:
     """The running choice: cheapest feasible point (ties: higher quality), and the best bound."""
 
     point: tuple[tuple[int, ...], tuple[int, ...]] | None = None
-    key: tuple[float, float] = (math.inf, 0.0)
+    key: tuple[float, float, int] = (math.inf, 0.0, 0)
     best_bound: float = -math.inf
     best_bound_quality: float = 0.0
     evaluated: int = 0
@@ -489,7 +490,7 @@ class _Best:
         order = np.lexsort((-combos[feasible].sum(axis=1), -mean_q[feasible],
                             np.round(mean_c[feasible], 15)))
         j = feasible[order[0]]
-        key = (round(float(mean_c[j]), 15), -float(mean_q[j]))
+        key = (round(float(mean_c[j]), 15), -float(mean_q[j]), -int(combos[j].sum()))
         if key < self.key:
             self.key, self.point = key, (subset, tuple(int(x) for x in combos[j]))
 
@@ -570,7 +571,7 @@ def _calibrated(raw: Mapping[str, Any], rp: _Replay, task: str, subset: Sequence
     old = raw["tasks"][task]["ladder"]
     ladder: list[Any] = []
     thresholds: dict[str, dict[str, float]] = {}
-    for i, pick in zip(subset, picks):
+    for i, pick in zip(subset, picks, strict=True):
         rung = rp.rungs[i]
         if i == subset[-1]:
             ladder.append(copy.deepcopy(old[i]))
@@ -717,7 +718,7 @@ def calibrate(config_path: str | Path, train: str | Path, *, target_quality: flo
     top_quality = float(rp.q_top.mean())
     say(f"searched {best.evaluated:,} configurations over {len(subsets)} rung subsets in "
         f"{time.perf_counter() - started:.1f} s")
-    frontier = [(float(c), float(q)) for c, q in zip(best.front_c, best.front_q)]
+    frontier = [(float(c), float(q)) for c, q in zip(best.front_c, best.front_q, strict=True)]
     if best.point is None:
         message = (f"target unreachable: no configuration keeps quality >= {target_quality:g} x "
                    f"always-top ({target_quality * top_quality:.4f}) on train under the guard "

@@ -22,6 +22,7 @@ from cascade.config import load_config
 from cascade.engine import Cascade
 from cascade.errors import CascadeError, CascadeExhausted, ConfigError, DatasetError, ProviderError
 from cascade.ledger import Ledger
+from cascade.limits import Limits
 from cascade.report import ledger_report
 
 __all__ = ["main"]
@@ -120,6 +121,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     ledger = Ledger(path)
     try:
         report = ledger_report(ledger)
+        if args.config:
+            guard = Limits(load_config(args.config), ledger).guard
+            report["budgets"] = guard.status() if guard else []
     finally:
         ledger.close()
     if args.json:
@@ -139,6 +143,11 @@ def cmd_report(args: argparse.Namespace) -> int:
         for model, m in t["models"].items():
             table.add_row("", model, str(m["calls"]), f"{m['cost_usd']:.6f}", "", "")
     Console().print(table)
+    for budget in report.get("budgets", []):
+        scope = "global" if budget["scope"] == "global" else f"task {budget['scope']}"
+        share = budget["spent_usd"] / budget["limit_usd"] if budget["limit_usd"] else 1.0
+        print(f"{budget['period']} budget ({scope}): ${budget['spent_usd']:.6f} of "
+              f"${budget['limit_usd']:.2f} ({share:.1%})")
     return 0
 
 
@@ -174,6 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
                             description="Summarise the ledger per task and per model.")
     report.add_argument("--ledger", default="cascade-ledger.sqlite", help="ledger file")
     report.add_argument("--json", action="store_true", help="print JSON for scripts")
+    report.add_argument("--config", help="also show spend against this config's budgets")
     report.set_defaults(handler=cmd_report)
 
     cli_replay.register(sub)

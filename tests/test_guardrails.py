@@ -284,3 +284,29 @@ def test_thousand_concurrent_runs_with_faults_lose_no_rows(tmp_path: Path) -> No
 
 async def _no_sleep(seconds: float) -> None:
     return None
+
+
+def test_report_shows_budgets(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """cascade report --config shows spend against each budget."""
+    import json
+
+    import yaml
+
+    from cascade.cli import main
+    data = config(ladder=["small"], evaluators=[])
+    data["budgets"] = {"daily_usd": 2.0}
+    data["tasks"]["t"]["budgets"] = {"monthly_usd": 10.0}
+    data["ledger"] = {"path": str(tmp_path / "l.sqlite")}
+    fake = FakeProvider("p", {"small": [make_completion("ok", input_tokens=10**6,
+                                                        output_tokens=0)]})
+    Cascade.from_dict(data, providers={"p": fake}).complete("t", "q", max_tokens=1)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(data))
+    assert main(["report", "--ledger", str(tmp_path / "l.sqlite"), "--config", str(cfg),
+                 "--json"]) == 0
+    budgets = json.loads(capsys.readouterr().out)["budgets"]
+    assert budgets == [
+        {"scope": "global", "period": "daily", "limit_usd": 2.0, "spent_usd": 1.0},
+        {"scope": "t", "period": "monthly", "limit_usd": 10.0, "spent_usd": 1.0}]
+    assert main(["report", "--ledger", str(tmp_path / "l.sqlite"), "--config", str(cfg)]) == 0
+    assert "daily budget (global): $1.000000 of $2.00 (50.0%)" in capsys.readouterr().out
