@@ -302,6 +302,7 @@ def test_report_shows_budgets(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     Cascade.from_dict(data, providers={"p": fake}).complete("t", "q", max_tokens=1)
     cfg = tmp_path / "c.yaml"
     cfg.write_text(yaml.safe_dump(data))
+    capsys.readouterr()
     assert main(["report", "--ledger", str(tmp_path / "l.sqlite"), "--config", str(cfg),
                  "--json"]) == 0
     budgets = json.loads(capsys.readouterr().out)["budgets"]
