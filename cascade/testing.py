@@ -11,7 +11,7 @@ import json
 import threading
 import time
 from collections import defaultdict, deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -106,7 +106,13 @@ class MockLLMServer:
     ``anthropic_url`` for an ``anthropic`` one. ``requests`` lists what it received.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, responder: Callable[[str, dict[str, Any]], Reply | str] | None = None
+                 ) -> None:
+        """Args:
+            responder: Called as ``responder(model, request_body)`` for every request that has
+                no scripted reply queued (fault injection, latency); default answers "ok".
+        """
+        self.responder = responder
         self._script: dict[str, deque[Reply]] = defaultdict(deque)
         self._lock = threading.Lock()
         self.requests: list[dict[str, Any]] = []
@@ -128,7 +134,7 @@ class MockLLMServer:
                     body = {}
                 server._handle(self, body)
 
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._httpd = _Server(("127.0.0.1", 0), Handler)
         self._httpd.daemon_threads = True
         self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
 
@@ -165,9 +171,9 @@ class MockLLMServer:
     def _next(self, model: str) -> Reply:
         with self._lock:
             queue = self._script.get(model)
-            if not queue:
-                return self.default
-            return queue.popleft() if len(queue) > 1 else queue[0]
+            if queue:
+                return queue.popleft() if len(queue) > 1 else queue[0]
+        return self.default
 
     def _handle(self, handler: BaseHTTPRequestHandler, body: dict[str, Any]) -> None:
         anthropic = handler.path.rstrip("/").endswith("/messages")
@@ -176,6 +182,9 @@ class MockLLMServer:
             self.requests.append({"path": handler.path, "headers": dict(handler.headers),
                                   "body": body})
         reply = self._next(model)
+        if reply is self.default and self.responder is not None:
+            chosen = self.responder(model, body)
+            reply = chosen if isinstance(chosen, Reply) else Reply(text=chosen)
         if reply.delay_s:
             time.sleep(reply.delay_s)
         if reply.body is not None:
@@ -193,6 +202,12 @@ class MockLLMServer:
             handler.send_header(key, value)
         handler.end_headers()
         handler.wfile.write(payload)
+
+
+class _Server(ThreadingHTTPServer):
+    # The default backlog of 5 makes hundreds of concurrent clients wait on SYN retransmits.
+    request_queue_size = 1024
+    daemon_threads = True
 
 
 def _output_tokens(reply: Reply) -> int:
