@@ -1,0 +1,78 @@
+"""arithmetic: recompute written equations; reject answers with a wrong one."""
+
+from __future__ import annotations
+
+import pytest
+
+from cascade import ConfigError
+from cascade.evaluation import EvaluatorContext, build_one
+from cascade.testing import make_completion
+from cascade.types import Request
+
+CTX = EvaluatorContext(location="tasks.t.evaluators[0]", task="t", model="m",
+                       provider_type="openai", supports_logprobs=True)
+REQ = Request(task="t", messages=({"role": "user", "content": "q"},))
+
+
+def judge(text: str, **settings: object) -> tuple[bool, float | None, str]:
+    slot = build_one({"type": "arithmetic", **settings}, CTX)
+    v = slot.run(REQ, make_completion(text))
+    return v.passed, v.score, v.reason
+
+
+def test_correct_annotations_pass() -> None:
+    """GSM8K-style calculator annotations that are right pass."""
+    passed, score, reason = judge("She earns 15 * 30 = $<<15*30=450>>450.\n#### 450")
+    assert passed
+    assert score == 1.0
+    assert "all 2 equations" in reason
+
+
+def test_wrong_inline_equation_fails() -> None:
+    """A wrong plain equation rejects the answer and is quoted in the reason."""
+    passed, score, reason = judge("So (12 / 20) x 100 = 55%. Then 2 + 2 = 4.")
+    assert not passed
+    assert score == 0.5
+    assert "(12 / 20) x 100 = 55%" in reason
+    assert "it is 60" in reason
+
+
+def test_wrong_annotation_fails() -> None:
+    """A wrong calculator annotation rejects."""
+    assert not judge("Total <<1150*50=57000>>57,000")[0]
+
+
+def test_thousands_separators_and_money() -> None:
+    """$ and thousands separators are read as numbers."""
+    assert judge("1,150 \\* 50 = $57,500 per year")[0]
+
+
+def test_rounding_tolerated() -> None:
+    """Rounded intermediate results are not errors."""
+    assert judge("10 / 3 = 3.33 each")[0]
+
+
+@pytest.mark.parametrize("text", ["", "   \n ", "No numbers here at all.", "Call 555-1234 = me"])
+def test_nothing_to_check(text: str) -> None:
+    """Empty, whitespace-only and equation-free answers pass unless equations are required."""
+    assert judge(text)[0]
+    assert not judge(text, require_equations=True)[0]
+
+
+def test_division_by_zero_is_not_a_crash() -> None:
+    """Unevaluable expressions are skipped, never a crash."""
+    assert judge("5 / 0 = 7 and 3 * 3 = 9")[0]
+
+
+def test_huge_answer_is_fast() -> None:
+    """A 1 MB answer is checked quickly."""
+    import time
+    started = time.perf_counter()
+    judge("2 * 3 = 6. " * 100_000)
+    assert time.perf_counter() - started < 5
+
+
+def test_unknown_setting() -> None:
+    """A typo in settings is a ConfigError with its key path."""
+    with pytest.raises(ConfigError, match=r"tasks\.t\.evaluators\[0\]\.tolerence: unknown key"):
+        build_one({"type": "arithmetic", "tolerence": 1}, CTX)
