@@ -49,6 +49,11 @@ def replay_engine(config: CascadeConfig, records: Iterable[ReplayRecord], *,
     records = list(records)
     providers = {name: ReplayProvider(name, settings, records=records)
                  for name, settings in config.providers.items()}
+    # A replay measures the ladder itself: a persistent cache would carry answers between runs,
+    # and period budgets would count a ledger that replays do not write by default.
+    tasks = {name: task.model_copy(update={"cache": None, "budgets": None})
+             for name, task in config.tasks.items()}
+    config = config.model_copy(update={"tasks": tasks, "budgets": None})
     return Cascade(config, path=path, providers=providers, ledger=ledger)
 
 

@@ -1,11 +1,8 @@
 """Tune a ladder's evaluator thresholds on recorded answers: cheapest cascade that keeps quality.
 
-``calibrate`` replays a train set through the real evaluators once, records per query and rung
-what each step costs, whether it answered, its recorded score and the value the tuned evaluator
-compares with its threshold. Any threshold vector (and any subset of kept rungs) is then
-simulated exactly with numpy, following the engine's rules: rungs in order, an error step costs
-nothing, the first accepted answer ends the run, the top rung answers regardless
-(``on_exhausted: return_last``), evaluators run cheapest first and stop at the first rejection.
+``calibrate`` replays a train set through the real evaluators once (``cascade.simulation``),
+then simulates every candidate threshold vector and every subset of kept rungs exactly, with
+numpy, and writes the winner back into the config.
 
 Choice under a guard against overfitting: the cheapest configuration whose one-sided 90% lower
 confidence bound of mean(q_cascade(x) - R * q_top(x)) over train queries is >= 0 (paired normal
@@ -298,6 +295,29 @@ def _resolve_task(cfg: CascadeConfig, records: Sequence[ReplayRecord], task: str
                       f"{', '.join(cfg.tasks)})", path=path, location="tasks")
 
 
+def _check_simulable(cfg: CascadeConfig, task: str, path: str) -> None:
+    """Refuse settings the simulator does not model, rather than report numbers it cannot keep."""
+    settings = cfg.tasks[task]
+    if settings.on_exhausted != "return_last":
+        raise ConfigError("calibration needs on_exhausted: return_last (the top rung answers "
+                          "regardless; with raise, replay has no answer to score)",
+                          path=path, location=f"tasks.{task}.on_exhausted")
+    why = {
+        "max_cost_usd": "a per-run cost cap skips rungs on worst-case estimates",
+        "cache": "cached answers would stand in for the replayed ones",
+        "budgets": "period budgets depend on the ledger's history, not on the queries",
+    }
+    for key, reason in why.items():
+        if getattr(settings, key) is not None:
+            raise ConfigError(f"calibration cannot simulate {key} ({reason}); remove it from "
+                              "the config to calibrate, and add it back afterwards",
+                              path=path, location=f"tasks.{task}.{key}")
+    if cfg.budgets is not None:
+        raise ConfigError(f"calibration cannot simulate budgets ({why['budgets']}); remove it "
+                          "from the config to calibrate, and add it back afterwards",
+                          path=path, location="budgets")
+
+
 def _load(path: Path, task: str, name: str) -> list[ReplayRecord]:
     records = [r for r in load_dataset(path) if (r.task or task) == task]
     if not records:
@@ -353,8 +373,9 @@ def calibrate(config_path: str | Path, train: str | Path, *, target_quality: flo
         under the guard, or the cheapest that does costs more than always-top.
 
     Raises:
-        ConfigError: the config is invalid, the task uses ``on_exhausted: raise``, a tuned rung
-            does not use ``accept: all``, or an evaluator repairs answers.
+        ConfigError: the config is invalid, or uses what replay cannot simulate: the task's
+            ``on_exhausted: raise``, ``max_cost_usd``, ``cache`` or budgets, a tuned rung
+            without ``accept: all``, or an evaluator that repairs answers.
         DatasetError: a dataset is malformed or holds no query of the task.
         ValueError: ``target_quality`` is not a positive number.
     """
@@ -366,10 +387,7 @@ def calibrate(config_path: str | Path, train: str | Path, *, target_quality: flo
     raw = yaml.safe_load(Path(config_path).read_text(encoding="utf-8"))
     all_train = load_dataset(train)
     task = _resolve_task(cfg, all_train, task, shown)
-    if cfg.tasks[task].on_exhausted != "return_last":
-        raise ConfigError("calibration needs on_exhausted: return_last (the top rung answers "
-                          "regardless; with raise, replay has no answer to score)",
-                          path=shown, location=f"tasks.{task}.on_exhausted")
+    _check_simulable(cfg, task, shown)
     records = [r for r in all_train if (r.task or task) == task]
     if not records:
         raise DatasetError(f"{train}: no query of task {task!r} (train set)")

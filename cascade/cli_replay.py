@@ -60,6 +60,7 @@ def print_bench(report: dict[str, Any]) -> None:
 def cmd_bench(args: argparse.Namespace) -> int:
     from rich.progress import Progress
 
+    _quiet()
     with Progress(transient=True, disable=not sys.stderr.isatty()) as bar:
         job = bar.add_task("replaying", total=None)
         result = run_bench(args.config, args.dataset, task=args.task,
@@ -74,6 +75,51 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from cascade.plot import plot_tradeoff
 
         plot_tradeoff(report["tasks"], args.plot)
+        _say(f"wrote {args.plot}")
+    return 0
+
+
+def _quiet() -> None:
+    """Replays log every step; a calibration run wants only its own report."""
+    import logging
+
+    import structlog
+
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from cascade.calibrate import calibrate, write_calibrated
+
+    _quiet()
+    result = calibrate(args.config, args.train, target_quality=args.target_quality,
+                       test=args.test, task=args.task, say=_say)
+    report = result.as_json()
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2))
+        _say(f"wrote {args.json}")
+    if result.status != "ok":
+        _say(f"calibration failed: {result.message}")
+        return 1
+    for label, numbers in (("train", result.train), ("test", result.test)):
+        if not numbers:
+            continue
+        top = numbers["baselines"]["always_top"]
+        ci = numbers.get("quality_ratio_ci95") or [None, None]
+        print(f"{label}: n={numbers['n']} cost/query ${numbers['cost_per_query']:.7f} "
+              f"({_fmt(numbers['cost_per_query'] / top['cost_per_query'], '.1%')} of always-top), "
+              f"quality {numbers['quality']:.4f} "
+              f"({_fmt(numbers['quality'] / top['quality'], '.1%')} of always-top, "
+              f"95% CI {_fmt(ci[0], '.1%')}..{_fmt(ci[1], '.1%')}), "
+              f"escalation {', '.join(f'{e:.1%}' for e in numbers['escalation_rate']) or '-'}")
+    print(result.message)
+    write_calibrated(result, args.out, command="cascade " + " ".join(sys.argv[1:]))
+    _say(f"wrote {args.out}")
+    if args.plot:
+        from cascade.plot import plot_tradeoff
+
+        plot_tradeoff({result.task: result.test or result.train}, args.plot,
+                      frontier={result.task: result.frontier})
         _say(f"wrote {args.plot}")
     return 0
 
@@ -100,6 +146,23 @@ def register(sub: Any) -> None:
     bench.add_argument("--json", metavar="OUT", help="also write the report as JSON")
     bench.add_argument("--plot", metavar="OUT.png", help="write a cost/quality plot (matplotlib)")
     bench.set_defaults(handler=cmd_bench)
+
+    cal = sub.add_parser(
+        "calibrate", help="tune evaluator thresholds to a quality target on labelled data",
+        description="Search each rung's evaluator thresholds (logprob.min, self_confidence.min, "
+        "llm_judge.min_score, agreement.min_agree, length.min_words) and which rungs to keep, "
+        "minimising cost per query subject to quality >= R x always-top quality on TRAIN, "
+        "guarded by a paired lower confidence bound against overfitting.")
+    cal.add_argument("config", help="YAML config file")
+    cal.add_argument("train", help="labelled replay dataset to tune on")
+    cal.add_argument("--target-quality", type=float, required=True, metavar="R",
+                     help="required quality as a fraction of always-top quality, e.g. 0.95")
+    cal.add_argument("--test", help="held-out replay dataset to report on")
+    cal.add_argument("--out", required=True, help="where to write the calibrated YAML")
+    cal.add_argument("--task", help="task to calibrate (default: the only one)")
+    cal.add_argument("--json", metavar="OUT", help="also write the full result as JSON")
+    cal.add_argument("--plot", metavar="OUT.png", help="plot the trade-off and frontier")
+    cal.set_defaults(handler=cmd_calibrate)
 
     data = sub.add_parser("data", help="dataset tools", description="Dataset tools.")
     data_sub = data.add_subparsers(dest="data_command", required=True, metavar="COMMAND")

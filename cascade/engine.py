@@ -185,7 +185,11 @@ class Cascade:
         self.close()
 
     def close(self) -> None:
-        """Close the ledger and cache. Sync SDK clients need no closing."""
+        """Close the providers' sync clients, the ledger and the cache."""
+        for provider in self.providers.values():
+            close = getattr(provider, "close", None)
+            if close is not None:
+                close()
         if self.ledger is not None:
             self.ledger.close()
         if self.cache is not None:
@@ -424,10 +428,17 @@ class Cascade:
             self._record(run, rung.key, outcome, "error", ())
             return None
         completion = replace(outcome.completion, model=rung.key)
+        # Evaluators that add to the answer (a confidence line) read it raw; the others judge
+        # the text the user would get.
+        clean = completion
+        for slot in rung.slots:
+            if "finalize" in slot.hooks:
+                clean = replace(clean, text=slot.hooks["finalize"](clean.text))
         index = run.next_index()  # before evaluation, so judge steps number after it
         verdicts: list[Verdict] = []
         for slot in rung.slots:
-            verdict = yield _Eval(slot, request, completion)
+            seen = completion if "finalize" in slot.hooks else clean
+            verdict = yield _Eval(slot, request, seen)
             verdicts.append(verdict)
             if decided(rung.accept, verdict):
                 break
@@ -471,6 +482,14 @@ class Cascade:
         slot = self.limits.sync_slot(model.provider)
         attempts = 0
         started = time.perf_counter()
+        if not getattr(provider, "transient_faults", True):
+            # A recording never fails transiently, so replay skips the retry machinery.
+            try:
+                done = provider.complete(op.messages, model=model.name, params=op.params,
+                                         query_id=op.query_id)
+            except ProviderError as exc:
+                return _Outcome(None, exc, 1, (time.perf_counter() - started) * 1000)
+            return _Outcome(done, None, 1, (time.perf_counter() - started) * 1000)
         try:
             for attempt in self._retry.retrying():
                 with attempt:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
 __all__ = [
@@ -115,11 +115,15 @@ class StepRecord:
 
     def as_event(self, *, log_content: bool = False) -> dict[str, Any]:
         """The structured-log and ledger view of this step (answer text only if asked)."""
-        event = asdict(self)
+        # Built by hand: dataclasses.asdict deep-copies and costs more than a replayed step.
+        event = {name: getattr(self, name) for name in _STEP_FIELDS}
         event["verdicts"] = [v.as_dict() for v in self.verdicts]
-        if not log_content:
-            event.pop("text")
+        if log_content:
+            event["text"] = self.text
         return event
+
+
+_STEP_FIELDS = tuple(f.name for f in fields(StepRecord) if f.name not in ("verdicts", "text"))
 
 
 @dataclass(frozen=True, slots=True)

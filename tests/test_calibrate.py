@@ -334,6 +334,8 @@ def test_coordinate_descent_finds_the_exhaustive_optimum(tmp_path: Path,
 @pytest.mark.parametrize(("task", "ladder", "match"), [
     ({"accept": "any"}, ["small", "large"], "accept: all"),
     ({"on_exhausted": "raise"}, ["small", "large"], "return_last"),
+    ({"max_cost_usd": 0.01}, ["small", "large"], "max_cost_usd"),
+    ({"cache": {}}, ["small", "large"], "cache"),
     ({}, [{"model": "small", "evaluators": [
         {"type": "logprob", "min": 0.5},
         {"type": "json_schema", "schema": {"type": "object"}, "repair_attempts": 1}]},
@@ -341,7 +343,7 @@ def test_coordinate_descent_finds_the_exhaustive_optimum(tmp_path: Path,
 ])
 def test_unsupported_configs_are_config_errors(tmp_path: Path, task: dict[str, Any],
                                                ladder: list[Any], match: str) -> None:
-    """accept: any on a tuned rung, on_exhausted: raise and repairs cannot be calibrated."""
+    """accept: any on a tuned rung, raise at the top, caps, caches, repairs: ConfigError."""
     data = dataset(tmp_path / "d.jsonl", 10, separable)
     cfg = config(tmp_path, ladder, [{"type": "logprob", "min": 0.5}], **task)
     with pytest.raises(ConfigError, match=match):
@@ -380,3 +382,63 @@ def test_gsm8k_train_split(tmp_path: Path) -> None:
         result.train["cost_per_query"], abs=1e-9)
     assert result.simulated_train["quality"] == pytest.approx(result.train["quality"], abs=1e-9)
     assert result.frontier == sorted(result.frontier)
+
+
+def test_cli_calibrate_writes_config_and_reports(tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """cascade calibrate prints train/test numbers and writes a config that bench accepts."""
+    from cascade.cli import main
+
+    data = _cli_dataset(tmp_path)
+    out = tmp_path / "calibrated.yaml"
+    code = main(["calibrate", str(data["config"]), str(data["train"]), "--test",
+                 str(data["train"]), "--target-quality", "0.9", "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert code == 0
+    assert "train: n=" in printed
+    assert "test: n=" in printed
+    assert main(["bench", str(out), str(data["train"])]) == 0
+
+
+def test_cli_calibrate_impossible_target(tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """An unreachable target exits 1 with one line and writes nothing."""
+    from cascade.cli import main
+
+    data = _cli_dataset(tmp_path)
+    out = tmp_path / "calibrated.yaml"
+    code = main(["calibrate", str(data["config"]), str(data["train"]), "--target-quality", "1.5",
+                 "--out", str(out)])
+    assert code == 1
+    assert "calibration failed" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def _cli_dataset(tmp_path: Path) -> dict[str, Path]:
+    import random
+
+    import yaml
+
+    from cascade.dataset import ReplayRecord, write_dataset
+
+    rng = random.Random(3)
+    rows = []
+    for i in range(120):
+        good = rng.random() < 0.6
+        rows.append(ReplayRecord.model_validate({
+            "id": f"q{i}", "task": "qa", "messages": [{"role": "user", "content": "q"}],
+            "responses": {
+                "small": {"text": "ok " * (30 if good else 3), "score": 1.0 if good else 0.0,
+                          "cost_usd": 0.001},
+                "big": {"text": "fine " * 20, "score": 1.0, "cost_usd": 0.01}}}))
+    train = tmp_path / "train.jsonl"
+    write_dataset(train, rows)
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({
+        "providers": {"rec": {"type": "replay"}},
+        "models": {"small": {"provider": "rec", "name": "small", "price": {"input": 1, "output": 1}},
+                   "big": {"provider": "rec", "name": "big", "price": {"input": 1, "output": 1}}},
+        "ledger": {"path": None},
+        "tasks": {"qa": {"ladder": ["small", "big"],
+                         "evaluators": [{"type": "length", "min_words": 1}]}}}))
+    return {"config": config, "train": train}

@@ -260,3 +260,14 @@ def test_history_visible_to_later_rungs() -> None:
 
 
 _spy: Any = None
+
+
+def test_other_evaluators_see_text_without_confidence_line() -> None:
+    """json_schema on a self_confidence rung judges the answer without the confidence line."""
+    evaluators = [{"type": "self_confidence", "min": 0.5},
+                  {"type": "json_schema", "schema": {"type": "object", "required": ["a"]}}]
+    cascade, _ = engine({"small": ['{"a": 1}\nConfidence: 0.9']}, evaluators=evaluators)
+    result = cascade.complete("t", "q")
+    assert result.model == "small"
+    assert result.text == '{"a": 1}'
+    assert result.json == {"a": 1}

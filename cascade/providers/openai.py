@@ -71,6 +71,12 @@ class OpenAIProvider:
             self._async_clients[loop] = client
         return client
 
+    def close(self) -> None:
+        """Close the sync client's connections."""
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
     async def aclose(self) -> None:
         """Close this event loop's async client (call before the loop ends)."""
         client = self._async_clients.pop(asyncio.get_running_loop(), None)

@@ -31,6 +31,7 @@ class ReplayProvider:
     """
 
     supports_logprobs = True  # recordings may carry a mean token log-probability
+    transient_faults = False  # nothing to retry: a missing recording stays missing
 
     def __init__(self, name: str, config: ProviderConfig | None = None, *,
                  records: Iterable[ReplayRecord] | None = None):

@@ -1,0 +1,379 @@
+"""The OpenAI-compatible gateway: any OpenAI SDK client, pointed here, runs through a cascade.
+
+``create_app(engine)`` returns a Starlette (ASGI) app with these routes:
+
+- ``POST /v1/chat/completions``: ``model`` names a task (``faq`` or ``cascade/faq``) or a
+  ``models:`` key, called alone. The ladder runs to the end before the first byte is sent, so a
+  stream carries only the answer that is returned, never one that was later rejected.
+- ``GET /v1/models`` and ``GET /v1/models/{id}``: every task as ``cascade/<task>``, every model key.
+- ``GET /healthz``: liveness, without auth. ``GET /metrics``: Prometheus text, with auth.
+
+Each run is a task of its own that a disconnecting client does not cancel, so every step a
+request paid for reaches the ledger. ``cascade serve`` lives in ``cascade.server_cli``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import os
+import socket
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from contextlib import asynccontextmanager, contextmanager
+from typing import Any
+
+import structlog
+import uvicorn
+from pydantic import ValidationError
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from cascade.config import RungConfig, TaskConfig
+from cascade.engine import Cascade
+from cascade.errors import (
+    BudgetExceeded,
+    CascadeError,
+    CascadeExhausted,
+    ConfigError,
+    EvaluatorError,
+    ProviderError,
+)
+from cascade.providers.base import redact
+from cascade.server_metrics import CONTENT_TYPE_LATEST, GatewayMetrics
+from cascade.server_openai import (
+    ENGINE_KEYWORDS,
+    ChatRequest,
+    cascade_headers,
+    completion_body,
+    describe_validation,
+    error_body,
+    sse_events,
+)
+from cascade.types import CascadeResult
+
+__all__ = ["MODEL_TASK_PREFIX", "Gateway", "create_app", "read_api_keys", "running"]
+
+log = structlog.get_logger("cascade")
+
+# A bare model key runs this one-rung task, so the ledger and metrics show it as a normal run.
+MODEL_TASK_PREFIX = "__model__"
+# Tells OpenAI's SDKs not to resend: a rerun would pay for a whole ladder again.
+_NO_RETRY = {"x-should-retry": "false"}
+
+
+def read_api_keys(env: str | None) -> tuple[str, ...]:
+    """The comma-separated bearer keys in the variable ``env`` (none when unset or empty)."""
+    raw = os.environ.get(env, "") if env else ""
+    return tuple(k.strip() for k in raw.split(",") if k.strip())
+
+
+def _direct_engine(engine: Cascade) -> Cascade:
+    """An engine whose tasks are one rung per model key, sharing everything with ``engine``.
+
+    It shares the providers (clients, connections), the ledger, the limits (budgets,
+    breakers, concurrency slots) and the retry policy; only the task table differs, and the
+    user's config object is left as it is.
+    """
+    tasks = {f"{MODEL_TASK_PREFIX}{key}": TaskConfig(ladder=[RungConfig(model=key)])
+             for key in engine.config.models}
+    config = engine.config.model_copy(update={"tasks": tasks})
+    direct = Cascade(config, path=engine.path, providers=engine.providers,
+                     ledger=engine.ledger or False)
+    direct.limits = engine.limits
+    direct._retry = engine._retry  # the caller's injected sleeps apply here too
+    return direct
+
+
+class Gateway:
+    """The state behind the routes: engines, keys, metrics and the runs in flight.
+
+    Args:
+        engine: The cascade to serve; the gateway closes its async clients on shutdown.
+        api_keys: Accepted bearer keys; empty means no auth.
+    """
+
+    def __init__(self, engine: Cascade, api_keys: Sequence[str] = ()):
+        self.engine = engine
+        self.direct = _direct_engine(engine)
+        self._keys = tuple(k.encode() for k in api_keys)
+        self.metrics = GatewayMetrics()
+        self.inflight: set[asyncio.Task[CascadeResult]] = set()
+
+    @property
+    def auth(self) -> bool:
+        return bool(self._keys)
+
+    def authorized(self, request: Request) -> bool:
+        if not self._keys:
+            return True
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        given = token.strip().encode()
+        # Compare against every key so the timing does not tell which one nearly matched.
+        matches = [hmac.compare_digest(given, key) for key in self._keys]
+        return scheme.lower() == "bearer" and any(matches)
+
+    def resolve(self, name: str) -> tuple[Cascade, str] | None:
+        """``cascade/X`` is always task X; a bare name is a task if one exists, else a model."""
+        if name.startswith("cascade/"):
+            task = name.removeprefix("cascade/")
+            return (self.engine, task) if task in self.engine.tasks else None
+        if name in self.engine.tasks:
+            return self.engine, name
+        if name in self.engine.config.models:
+            return self.direct, MODEL_TASK_PREFIX + name
+        return None
+
+    async def run(self, engine: Cascade, task: str, messages: list[dict[str, Any]],
+                  params: dict[str, Any]) -> CascadeResult:
+        """Run the cascade in a task of its own, so a cancelled request does not cut it short."""
+        job = asyncio.ensure_future(self._run(engine, task, messages, params))
+        self.inflight.add(job)
+        job.add_done_callback(self._done)
+        return await asyncio.shield(job)
+
+    def _done(self, job: asyncio.Task[CascadeResult]) -> None:
+        self.inflight.discard(job)
+        if not job.cancelled():
+            job.exception()  # retrieved, so an abandoned failure is not reported as lost
+
+    async def _run(self, engine: Cascade, task: str, messages: list[dict[str, Any]],
+                   params: dict[str, Any]) -> CascadeResult:
+        started = time.perf_counter()
+        try:
+            result = await engine.acomplete(task, messages, **params)
+        except Exception as exc:
+            status, steps = _failure(exc)
+            self.metrics.run(task, status, time.perf_counter() - started, steps)
+            self.metrics.error(type(exc).__name__)
+            raise
+        self.metrics.result(result, time.perf_counter() - started)
+        return result
+
+    async def drain(self, timeout_s: float) -> None:
+        """Wait for runs whose clients left, so their last steps are recorded before exit."""
+        if self.inflight:
+            await asyncio.wait(set(self.inflight), timeout=timeout_s)
+
+
+def _failure(exc: BaseException) -> tuple[str, Sequence[Any]]:
+    result = getattr(exc, "result", None)
+    steps = result.steps if result is not None else ()
+    if isinstance(exc, BudgetExceeded):
+        return "budget_exceeded", steps
+    if isinstance(exc, CascadeExhausted):
+        return "exhausted", steps
+    if isinstance(exc, ProviderError):
+        return "no_answer", steps
+    return "error", steps
+
+
+# -- responses ------------------------------------------------------------------------------------
+
+def _error(status: int, message: str, kind: str, code: str | None,
+           headers: Mapping[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(error_body(redact(message), kind, code), status_code=status,
+                        headers=dict(headers or {}))
+
+
+def _refuse(gateway: Gateway, kind: str, status: int, message: str, code: str) -> JSONResponse:
+    gateway.metrics.error(kind)
+    error_type = "authentication_error" if status == 401 else "invalid_request_error"
+    return _error(status, message, error_type, code)
+
+
+def _unauthorized(gateway: Gateway) -> JSONResponse:
+    return _refuse(gateway, "Unauthorized", 401,
+                   "invalid or missing API key: send 'Authorization: Bearer <key>' with one of "
+                   "the gateway's keys", "invalid_api_key")
+
+
+def _from_exception(exc: Exception) -> JSONResponse:
+    """Map an engine error to its HTTP answer; messages are scrubbed of anything key-shaped."""
+    if isinstance(exc, BudgetExceeded):
+        return _error(429, str(exc), "budget_error", "budget_exceeded", _NO_RETRY)
+    if isinstance(exc, (CascadeExhausted, ProviderError)):
+        return _error(502, str(exc), "upstream_error", "cascade_exhausted", _NO_RETRY)
+    if isinstance(exc, ConfigError):
+        # A missing provider key and the like: the operator's mistake, not the client's.
+        return _error(500, f"gateway configuration error: {exc}", "server_error",
+                      "config_error", _NO_RETRY)
+    if isinstance(exc, EvaluatorError):
+        return _error(500, str(exc), "server_error", "evaluator_error", _NO_RETRY)
+    if isinstance(exc, CascadeError):
+        return _error(500, str(exc), "server_error", "cascade_error", _NO_RETRY)
+    log.error("cascade.gateway_error", error=redact(repr(exc)))
+    return _error(500, f"internal error ({type(exc).__name__})", "server_error", "internal_error")
+
+
+async def _stream(result: CascadeResult, include_usage: bool) -> AsyncIterator[bytes]:
+    for event in sse_events(result, include_usage=include_usage):
+        yield event
+
+
+# -- routes ---------------------------------------------------------------------------------------
+
+async def chat_completions(request: Request) -> Response:
+    gateway: Gateway = request.app.state.gateway
+    if not gateway.authorized(request):
+        return _unauthorized(gateway)
+    try:
+        payload = json.loads(await request.body())
+    except ValueError:
+        return _refuse(gateway, "InvalidRequest", 400, "request body is not valid JSON",
+                       "invalid_request")
+    try:
+        body = ChatRequest.model_validate(payload)
+    except ValidationError as exc:
+        return _refuse(gateway, "InvalidRequest", 400, describe_validation(exc),
+                       "invalid_request")
+    params = body.params()
+    reserved = sorted(ENGINE_KEYWORDS & params.keys())
+    if reserved:
+        return _refuse(gateway, "InvalidRequest", 400,
+                       f"invalid request body: {', '.join(reserved)}: reserved by the gateway",
+                       "invalid_request")
+    target = gateway.resolve(body.model)
+    if target is None:
+        return _refuse(gateway, "UnknownModel", 404,
+                       f"unknown task or model {body.model!r} (GET /v1/models lists them)",
+                       "model_not_found")
+    try:
+        result = await gateway.run(*target, body.engine_messages(), params)
+    except Exception as exc:
+        return _from_exception(exc)
+    headers = cascade_headers(result)
+    if body.stream:
+        headers["cache-control"] = "no-cache"
+        return StreamingResponse(_stream(result, body.include_usage), headers=headers,
+                                 media_type="text/event-stream")
+    return JSONResponse(completion_body(result), headers=headers)
+
+
+def _model_entries(gateway: Gateway) -> list[dict[str, Any]]:
+    config = gateway.engine.config
+    tasks = [{"id": f"cascade/{name}", "object": "model", "created": 0, "owned_by": "cascade"}
+             for name in config.tasks]
+    models = [{"id": key, "object": "model", "created": 0, "owned_by": model.provider}
+              for key, model in config.models.items()]
+    return tasks + models
+
+
+async def list_models(request: Request) -> Response:
+    gateway: Gateway = request.app.state.gateway
+    if not gateway.authorized(request):
+        return _unauthorized(gateway)
+    return JSONResponse({"object": "list", "data": _model_entries(gateway)})
+
+
+async def get_model(request: Request) -> Response:
+    gateway: Gateway = request.app.state.gateway
+    if not gateway.authorized(request):
+        return _unauthorized(gateway)
+    name = request.path_params["name"]
+    target = gateway.resolve(name)
+    if target is None:
+        return _refuse(gateway, "UnknownModel", 404, f"unknown task or model {name!r}",
+                       "model_not_found")
+    wanted = f"cascade/{target[1]}" if target[0] is gateway.engine else name
+    entry = next(e for e in _model_entries(gateway) if e["id"] == wanted)
+    return JSONResponse(entry)
+
+
+async def healthz(request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+async def metrics(request: Request) -> Response:
+    gateway: Gateway = request.app.state.gateway
+    if not gateway.authorized(request):
+        return _unauthorized(gateway)
+    return Response(gateway.metrics.render(), headers={"content-type": CONTENT_TYPE_LATEST})
+
+
+def create_app(engine: Cascade, *, api_keys_env: str | None = None,
+               api_keys: Sequence[str] | None = None, drain_s: float = 60.0) -> Starlette:
+    """Build the gateway app around an engine.
+
+    Args:
+        engine: The cascade to serve. The app closes its async clients on shutdown; closing
+            the ledger stays with whoever built the engine.
+        api_keys_env: The variable holding comma-separated bearer keys; by default the
+            config's ``server.api_keys_env``.
+        api_keys: The keys themselves, instead of a variable (tests, embedding).
+        drain_s: How long shutdown waits for runs whose clients disconnected.
+
+    Returns:
+        A Starlette app; ``app.state.gateway`` is its ``Gateway``.
+
+    Raises:
+        ConfigError: the config cannot be served (a bad evaluator setting, say).
+    """
+    if api_keys is None:
+        env = api_keys_env or getattr(getattr(engine.config, "server", None), "api_keys_env", None)
+        api_keys = read_api_keys(env)
+    gateway = Gateway(engine, api_keys)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        await gateway.drain(drain_s)
+        await engine.aclose()
+
+    app = Starlette(routes=[
+        Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+        Route("/v1/models", list_models, methods=["GET"]),
+        Route("/v1/models/{name:path}", get_model, methods=["GET"]),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
+    ], lifespan=lifespan)
+    app.state.gateway = gateway
+    return app
+
+
+# -- serving --------------------------------------------------------------------------------------
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening socket; port 0 picks a free one (read it back with ``getsockname``)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    return socket.create_server((host, port), family=family, backlog=2048)
+
+
+def uvicorn_server(app: Starlette, **options: Any) -> uvicorn.Server:
+    """A uvicorn server that leaves logging alone and logs no access lines."""
+    settings: dict[str, Any] = {"lifespan": "on", "log_config": None, "log_level": "warning",
+                                "access_log": False, "ws": "none", **options}
+    return uvicorn.Server(uvicorn.Config(app, **settings))
+
+
+def url_of(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+@contextmanager
+def running(app: Starlette, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
+    """Serve ``app`` with uvicorn in a background thread; yields the base URL (tests, benchmarks).
+
+    Raises:
+        RuntimeError: the server did not start within 10 seconds.
+    """
+    sock = bind(host, port)
+    server = uvicorn_server(app)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the gateway did not start")
+            time.sleep(0.005)
+        yield url_of(sock)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        sock.close()

@@ -1,0 +1,68 @@
+"""Prometheus metrics of the gateway, in a registry of their own per app.
+
+A registry per app (not prometheus-client's global default) lets several gateways, or several
+tests, live in one process without counting into each other.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from cascade.types import CascadeResult, StepRecord
+
+__all__ = ["CONTENT_TYPE_LATEST", "GatewayMetrics"]
+
+# LLM calls take from tens of milliseconds to minutes; prometheus-client's default buckets
+# stop at 10 s.
+_LATENCY_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+# Steps that pass a rung over, counted as escalations the same way ``cascade report`` does.
+_ESCALATING = frozenset({"escalate", "error"})
+
+
+class GatewayMetrics:
+    """The counters and the latency histogram behind ``GET /metrics``.
+
+    Labels: ``task`` is the engine task that ran (a direct model call runs the one-rung task
+    ``__model__<key>``), ``model`` and ``rung`` are ``models:`` keys, ``status`` is one of
+    ``accepted``, ``not_accepted``, ``budget_exceeded``, ``exhausted``, ``no_answer``,
+    ``error``, and ``class`` is the exception class or the gateway's refusal
+    (``InvalidRequest``, ``Unauthorized``, ``UnknownModel``).
+    """
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter("cascade_requests", "Cascade runs served, by outcome.",
+                                ["task", "status"], registry=self.registry)
+        self.escalations = Counter("cascade_escalations",
+                                   "Rungs passed over: answer rejected or call failed.",
+                                   ["task", "rung"], registry=self.registry)
+        self.cost = Counter("cascade_cost_usd", "Spend in USD, every step included.",
+                            ["task", "model"], registry=self.registry)
+        self.latency = Histogram("cascade_request_latency_seconds",
+                                 "Wall time of a cascade run.", ["task"],
+                                 buckets=_LATENCY_BUCKETS, registry=self.registry)
+        self.errors = Counter("cascade_errors", "Failed requests, by error class.", ["class"],
+                              registry=self.registry)
+
+    def run(self, task: str, status: str, seconds: float,
+            steps: Iterable[StepRecord] = ()) -> None:
+        """Count one finished run (with whatever steps it took, even if it then failed)."""
+        self.requests.labels(task, status).inc()
+        self.latency.labels(task).observe(seconds)
+        for step in steps:
+            self.cost.labels(task, step.model).inc(step.cost_usd)
+            if step.decision in _ESCALATING:
+                self.escalations.labels(task, step.model).inc()
+
+    def result(self, result: CascadeResult, seconds: float) -> None:
+        self.run(result.task, "accepted" if result.accepted else "not_accepted", seconds,
+                 result.steps)
+
+    def error(self, kind: str) -> None:
+        self.errors.labels(kind).inc()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,163 @@
+"""The OpenAI wire format of the gateway: the request body, completions, SSE chunks, errors.
+
+Pure functions over pydantic and the engine's records, with no web framework, so that the
+format can be tested on its own and the app module stays about routing.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Iterator, Mapping
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from cascade.config import format_location
+from cascade.types import CascadeResult
+
+__all__ = [
+    "ENGINE_KEYWORDS",
+    "ChatRequest",
+    "cascade_headers",
+    "completion_body",
+    "describe_validation",
+    "error_body",
+    "format_cost",
+    "sse_events",
+]
+
+# Names that ``Cascade.acomplete`` takes itself; a body field with one of them would not reach the
+# provider but change what the engine does (or collide with its positional arguments).
+ENGINE_KEYWORDS = frozenset({"task", "prompt", "query_id", "max_cost_usd", "log_content"})
+# Fields the gateway consumes; everything else in the body is a provider parameter.
+_GATEWAY_FIELDS = frozenset({"model", "messages", "stream", "stream_options", "n"})
+# Words per streamed chunk: enough chunks to look like a stream, few enough to stay cheap.
+_WORDS_PER_CHUNK = 4
+
+
+class ChatMessage(BaseModel):
+    """One message; extra fields (``name``, ``tool_calls``...) are passed on untouched."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
+    content: str | list[dict[str, Any]] | None = None
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    include_usage: bool = False
+
+
+class ChatRequest(BaseModel):
+    """The body of ``POST /v1/chat/completions``. Unknown fields are provider parameters."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    model: str = Field(min_length=1)
+    messages: list[ChatMessage] = Field(min_length=1)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    n: int | None = Field(default=None, ge=1, le=1)  # a cascade returns one answer
+
+    def engine_messages(self) -> list[dict[str, Any]]:
+        return [m.model_dump(exclude_none=True) for m in self.messages]
+
+    def params(self) -> dict[str, Any]:
+        """Provider parameters: every other field, with nulls dropped (null means the default)."""
+        extra = self.model_extra or {}
+        return {k: v for k, v in extra.items() if k not in _GATEWAY_FIELDS and v is not None}
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+
+def describe_validation(exc: ValidationError) -> str:
+    """The first problem of an invalid body, as ``key.path: what is wrong``."""
+    first = exc.errors()[0]
+    where = format_location(tuple(p for p in first["loc"] if not _union_tag(p)))
+    more = len(exc.errors()) - 1
+    suffix = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
+    return f"invalid request body: {where or 'body'}: {first['msg']}{suffix}"
+
+
+def _union_tag(part: int | str) -> bool:
+    """Union members name themselves in pydantic's error locations; users never wrote those."""
+    return isinstance(part, str) and (part in ("str", "int", "float", "bool", "none")
+                                      or "[" in part or part[:1].isupper())
+
+
+def format_cost(usd: float) -> str:
+    """A plain decimal with 12 places, trailing zeros dropped: never exponent notation."""
+    text = f"{usd:.12f}".rstrip("0").rstrip(".")
+    return text or "0"
+
+
+def cascade_headers(result: CascadeResult) -> dict[str, str]:
+    return {
+        "x-cascade-run-id": result.run_id,
+        "x-cascade-model": result.model,
+        "x-cascade-accepted": "true" if result.accepted else "false",
+        "x-cascade-cost-usd": format_cost(result.cost_usd),
+        "x-cascade-steps": str(len(result.steps)),
+    }
+
+
+def _usage(result: CascadeResult) -> dict[str, int]:
+    return {"prompt_tokens": result.input_tokens, "completion_tokens": result.output_tokens,
+            "total_tokens": result.input_tokens + result.output_tokens}
+
+
+def completion_body(result: CascadeResult, *, created: int | None = None) -> dict[str, Any]:
+    """A ``chat.completion`` whose ``model`` is the answering models: key, usage summed over steps."""
+    return {
+        "id": f"chatcmpl-{result.run_id}",
+        "object": "chat.completion",
+        "created": int(time.time()) if created is None else created,
+        "model": result.model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": result.text},
+                     "logprobs": None, "finish_reason": "stop"}],
+        "usage": _usage(result),
+        "system_fingerprint": None,
+    }
+
+
+def split_text(text: str, words: int = _WORDS_PER_CHUNK) -> list[str]:
+    """Pieces of a few words each that join back to exactly ``text``."""
+    tokens = re.findall(r"\s*\S+|\s+$", text)
+    return ["".join(tokens[i:i + words]) for i in range(0, len(tokens), words)] or [text]
+
+
+def _event(data: Mapping[str, Any]) -> bytes:
+    return b"data: " + json.dumps(data, separators=(",", ":")).encode() + b"\n\n"
+
+
+def sse_events(result: CascadeResult, *, include_usage: bool,
+               created: int | None = None) -> Iterator[bytes]:
+    """The returned answer as OpenAI ``chat.completion.chunk`` events, ending with ``[DONE]``."""
+    base = {"id": f"chatcmpl-{result.run_id}", "object": "chat.completion.chunk",
+            "created": int(time.time()) if created is None else created, "model": result.model,
+            "system_fingerprint": None}
+    if include_usage:
+        base["usage"] = None
+
+    def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
+        return _event({**base, "choices": [{"index": 0, "delta": delta, "logprobs": None,
+                                            "finish_reason": finish}]})
+
+    yield chunk({"role": "assistant", "content": ""})
+    for piece in split_text(result.text):
+        yield chunk({"content": piece})
+    yield chunk({}, "stop")
+    if include_usage:
+        yield _event({**base, "choices": [], "usage": _usage(result)})
+    yield b"data: [DONE]\n\n"
+
+
+def error_body(message: str, kind: str, code: str | None) -> dict[str, Any]:
+    """OpenAI's error shape: ``{"error": {"message", "type", "param", "code"}}``."""
+    return {"error": {"message": message, "type": kind, "param": None, "code": code}}

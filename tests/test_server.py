@@ -1,0 +1,535 @@
+"""The OpenAI-compatible gateway, driven by the official ``openai`` SDK over real HTTP.
+
+The gateway runs on uvicorn in a background thread; its engine calls a loopback upstream
+(``MockLLMServer``) that speaks the OpenAI and Anthropic formats, so the whole path is the one a
+production client takes, with no network.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import openai
+import pytest
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+from cascade import Cascade, ConfigError
+from cascade.server import create_app, running
+from cascade.server_cli import is_loopback, load_serve_config, register
+from cascade.server_openai import format_cost, split_text
+from cascade.testing import MockLLMServer, Reply
+from tests.conftest import FAKE_ANTHROPIC_KEY, FAKE_OPENAI_KEY, live_config
+
+KEY = "gw-test-key-1"
+MINI, SONNET = "gpt-4o-mini", "claude-sonnet-4-6"
+ASK = [{"role": "user", "content": "What are your opening hours?"}]
+GOOD = "We are open from nine to five"
+
+
+async def _no_sleep(seconds: float) -> None:
+    return None
+
+
+@contextmanager
+def gateway(config: dict[str, Any], *, api_keys: tuple[str, ...] = (KEY,),
+            ) -> Iterator[tuple[str, Cascade]]:
+    """Serve ``config`` on an ephemeral loopback port; yields (base URL of /v1, engine)."""
+    engine = Cascade.from_dict(config, sleep=lambda s: None, asleep=_no_sleep)
+    try:
+        with running(create_app(engine, api_keys=api_keys)) as url:
+            yield f"{url}/v1", engine
+    finally:
+        engine.close()
+
+
+def client(base_url: str, **options: Any) -> openai.OpenAI:
+    return openai.OpenAI(base_url=base_url, api_key=options.pop("api_key", KEY), **options)
+
+
+def metric(base_url: str, name: str, **labels: str) -> float:
+    """One sample of the gateway's /metrics (0 when the series does not exist yet)."""
+    text = httpx2.get(base_url.removesuffix("/v1") + "/metrics",
+                      headers={"authorization": f"Bearer {KEY}"}).text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return float(sample.value)
+    return 0.0
+
+
+@pytest.fixture
+def escalating(server: MockLLMServer, keys: None) -> MockLLMServer:
+    """mini's answer fails the length check (one word), sonnet's passes."""
+    server.script(MINI, ["REJECTED"])
+    server.script(SONNET, [GOOD])
+    return server
+
+
+# -- the answer and its headers ---------------------------------------------------------------------
+
+def test_escalation_visible_in_headers(escalating: MockLLMServer) -> None:
+    """A rejected first rung shows as two steps, the answering model and the summed cost."""
+    with gateway(live_config(escalating)) as (url, _), client(url) as api:
+        raw = api.chat.completions.with_raw_response.create(model="faq", messages=ASK)
+        completion = raw.parse()
+    assert raw.headers["x-cascade-model"] == "sonnet"
+    assert raw.headers["x-cascade-steps"] == "2"
+    assert raw.headers["x-cascade-accepted"] == "true"
+    assert len(raw.headers["x-cascade-run-id"]) == 32
+    # mini: 10 in + 1 out at 0.15/0.60; sonnet: 10 in + 7 out at 3/15 (USD per 1M tokens)
+    assert raw.headers["x-cascade-cost-usd"] == "0.0001371"
+    assert completion.model == "sonnet"
+    assert completion.choices[0].message.content == GOOD
+    assert completion.choices[0].finish_reason == "stop"
+    assert completion.usage is not None
+    assert (completion.usage.prompt_tokens, completion.usage.completion_tokens) == (20, 8)
+
+
+def test_first_rung_accepted(server: MockLLMServer, keys: None) -> None:
+    """An answer accepted at the first rung costs one step and never reaches the second."""
+    server.script(MINI, [GOOD])
+    with gateway(live_config(server)) as (url, _), client(url) as api:
+        raw = api.chat.completions.with_raw_response.create(model="cascade/faq", messages=ASK)
+    assert (raw.headers["x-cascade-model"], raw.headers["x-cascade-steps"]) == ("mini", "1")
+    assert not server.calls(SONNET)
+
+
+def test_return_last_is_marked_not_accepted(server: MockLLMServer, keys: None) -> None:
+    """When no rung passes, return_last answers with x-cascade-accepted: false."""
+    server.script(MINI, ["no"])
+    server.script(SONNET, ["nope"])
+    with gateway(live_config(server)) as (url, _), client(url) as api:
+        raw = api.chat.completions.with_raw_response.create(model="faq", messages=ASK)
+    assert raw.headers["x-cascade-accepted"] == "false"
+    assert raw.parse().choices[0].message.content == "nope"
+
+
+def test_bare_model_key_calls_that_model_alone(server: MockLLMServer, keys: None,
+                                               tmp_path: Path) -> None:
+    """model=<models: key> calls one model, recorded in the ledger as a normal one-step run."""
+    ledger = tmp_path / "ledger.sqlite"
+    server.script(SONNET, ["ok"])  # one word: no evaluator applies to a direct call
+    with gateway(live_config(server, ledger=str(ledger))) as (url, _), client(url) as api:
+        raw = api.chat.completions.with_raw_response.create(model="sonnet", messages=ASK)
+    assert (raw.headers["x-cascade-model"], raw.headers["x-cascade-steps"]) == ("sonnet", "1")
+    assert [c["body"]["model"] for c in server.requests] == [SONNET]
+    with sqlite3.connect(ledger) as db:
+        rows = db.execute("SELECT run_id, task, model, decision FROM steps").fetchall()
+    assert rows == [(raw.headers["x-cascade-run-id"], "__model__sonnet", "sonnet", "accept")]
+
+
+# -- streaming --------------------------------------------------------------------------------------
+
+def test_stream_never_sends_the_rejected_answer(escalating: MockLLMServer) -> None:
+    """The stream carries only the accepted answer, then usage, then [DONE]; headers included."""
+    with gateway(live_config(escalating)) as (url, _), client(url) as api:
+        raw = api.chat.completions.with_raw_response.create(
+            model="faq", messages=ASK, stream=True, stream_options={"include_usage": True})
+        chunks = list(raw.parse())
+    assert raw.headers["x-cascade-model"] == "sonnet"
+    assert raw.headers["content-type"].startswith("text/event-stream")
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == GOOD
+    assert all("REJECTED" not in c.model_dump_json() for c in chunks)
+    assert sum(1 for c in chunks if c.choices and c.choices[0].delta.content) > 1
+    assert chunks[-2].choices[0].finish_reason == "stop"
+    assert chunks[-1].choices == []
+    assert chunks[-1].usage is not None
+    assert chunks[-1].usage.total_tokens == 28
+
+
+def test_stream_wire_format(escalating: MockLLMServer) -> None:
+    """Raw SSE: data lines of chat.completion.chunk, ending with data: [DONE]; no usage unasked."""
+    with gateway(live_config(escalating)) as (url, _):
+        response = httpx2.post(f"{url}/chat/completions",
+                               headers={"authorization": f"Bearer {KEY}"},
+                               json={"model": "faq", "messages": ASK, "stream": True})
+    events = [line.removeprefix("data: ") for line in response.text.split("\n\n") if line]
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    assert {c["object"] for c in chunks} == {"chat.completion.chunk"}
+    assert all("usage" not in c for c in chunks)
+    assert "REJECTED" not in response.text
+
+
+def test_async_client_plain_and_streaming(escalating: MockLLMServer) -> None:
+    """AsyncOpenAI gets the same answer and headers, streamed or not."""
+    with gateway(live_config(escalating)) as (url, _):
+        async def scenario() -> tuple[Any, str]:
+            async with openai.AsyncOpenAI(base_url=url, api_key=KEY) as api:
+                raw = await api.chat.completions.with_raw_response.create(
+                    model="faq", messages=ASK)
+                stream = await api.chat.completions.create(model="faq", messages=ASK,
+                                                           stream=True)
+                text = "".join([c.choices[0].delta.content or "" async for c in stream])
+                return raw, text
+
+        raw, streamed = asyncio.run(scenario())
+    assert raw.headers["x-cascade-model"] == "sonnet"
+    assert raw.parse().choices[0].message.content == GOOD
+    assert streamed == GOOD
+
+
+def test_split_text_joins_back() -> None:
+    """Streamed pieces join back to exactly the answer, whitespace included."""
+    for text in ["", "one", "  lead and trail  ", "a b c d e f g h i", "line\n\nbreaks\there"]:
+        assert "".join(split_text(text)) == text
+
+
+def test_cost_header_is_a_plain_decimal() -> None:
+    """Costs never use exponent notation and keep at least 1e-10 USD of precision."""
+    assert format_cost(2.7e-06) == "0.0000027"
+    assert format_cost(1.234e-10) == "0.000000000123"
+    assert format_cost(0.0) == "0"
+    assert format_cost(12.5) == "12.5"
+
+
+# -- parameters -------------------------------------------------------------------------------------
+
+def test_params_reach_both_providers(server: MockLLMServer, keys: None) -> None:
+    """temperature, max_tokens, stop and unknown fields reach the OpenAI and the Anthropic rung."""
+    server.script(MINI, ["REJECTED"])
+    server.script(SONNET, [GOOD])
+    with gateway(live_config(server)) as (url, _), client(url) as api:
+        api.chat.completions.create(
+            model="faq", messages=[{"role": "system", "content": "Be brief."}, *ASK],
+            temperature=0.25, max_tokens=77, top_p=0.5, stop=["END"],
+            response_format={"type": "text"}, extra_body={"vendor_knob": 3})
+    sent = server.calls(MINI)[0]["body"]
+    assert sent["temperature"] == 0.25
+    assert sent["max_tokens"] == 77
+    assert sent["top_p"] == 0.5
+    assert sent["stop"] == ["END"]
+    assert sent["response_format"] == {"type": "text"}
+    assert sent["vendor_knob"] == 3
+    claude = server.calls(SONNET)[0]
+    assert claude["path"].endswith("/messages")
+    assert claude["body"]["temperature"] == 0.25
+    assert claude["body"]["max_tokens"] == 77
+    assert claude["body"]["stop_sequences"] == ["END"]
+    assert claude["body"]["system"] == "Be brief."
+    assert "response_format" not in claude["body"]  # OpenAI-only, dropped for Anthropic
+
+
+@pytest.mark.parametrize(("body", "where"), [
+    ({"messages": ASK}, "model"),
+    ({"model": "faq"}, "messages"),
+    ({"model": "faq", "messages": []}, "messages"),
+    ({"model": "faq", "messages": [{"role": "robot", "content": "hi"}]}, "messages[0].role"),
+    ({"model": "faq", "messages": ASK, "stream": "yes"}, "stream"),
+    ({"model": "faq", "messages": ASK, "n": 2}, "n"),
+    ({"model": "faq", "messages": ASK, "log_content": True}, "reserved"),
+])
+def test_invalid_body_is_400(server: MockLLMServer, keys: None, body: dict[str, Any],
+                             where: str) -> None:
+    """A body that is not a chat completion request gets 400 saying which field is wrong."""
+    with gateway(live_config(server)) as (url, _), client(url) as api:
+        with pytest.raises(openai.BadRequestError) as info:
+            api.post("/chat/completions", body=body, cast_to=object)
+    assert info.value.code == "invalid_request"
+    assert where in info.value.message
+    assert not server.requests
+
+
+# -- errors -----------------------------------------------------------------------------------------
+
+def test_auth(server: MockLLMServer, keys: None) -> None:
+    """A missing or wrong key gets 401 (OpenAI shape); /healthz needs none, /metrics does."""
+    with gateway(live_config(server)) as (url, _):
+        with client(url, api_key="wrong-key") as api, pytest.raises(openai.AuthenticationError) as info:
+            api.chat.completions.create(model="faq", messages=ASK)
+        assert info.value.code == "invalid_api_key"
+        assert "wrong-key" not in info.value.message
+        for headers in [{}, {"authorization": KEY}, {"authorization": f"Basic {KEY}"}]:
+            response = httpx2.post(f"{url}/chat/completions", headers=headers,
+                                   json={"model": "faq", "messages": ASK})
+            assert response.status_code == 401
+            assert response.json()["error"]["type"] == "authentication_error"
+        root = url.removesuffix("/v1")
+        assert httpx2.get(f"{root}/healthz").json() == {"status": "ok"}
+        assert httpx2.get(f"{root}/metrics").status_code == 401
+        assert httpx2.get(f"{url}/models").status_code == 401
+        with client(url) as api:
+            assert api.chat.completions.create(model="faq", messages=ASK).choices
+    assert len(server.requests) == 1
+
+
+def test_second_key_is_accepted(server: MockLLMServer, keys: None) -> None:
+    """Any of the configured keys works."""
+    with gateway(live_config(server), api_keys=("first", "second")) as (url, _):
+        with client(url, api_key="second") as api:
+            assert api.chat.completions.create(model="faq", messages=ASK).choices
+
+
+def test_unknown_task_or_model_is_404(server: MockLLMServer, keys: None) -> None:
+    """An unknown name is 404; cascade/<model key> is 404 too, since cascade/X names a task."""
+    with gateway(live_config(server)) as (url, _), client(url) as api:
+        for name in ["nope", "cascade/mini", "cascade/"]:
+            with pytest.raises(openai.NotFoundError) as info:
+                api.chat.completions.create(model=name, messages=ASK)
+            assert info.value.code == "model_not_found"
+            assert repr(name) in info.value.message
+    assert not server.requests
+
+
+def test_budget_is_429_and_not_retried(server: MockLLMServer, keys: None) -> None:
+    """A request no rung can afford is 429 budget_exceeded with x-should-retry: false."""
+    with gateway(live_config(server, max_cost_usd=1e-9)) as (url, _), client(url) as api:
+        with pytest.raises(openai.RateLimitError) as info:
+            api.chat.completions.create(model="faq", messages=ASK)  # SDK default: 2 retries
+        assert metric(url, "cascade_requests_total", task="faq", status="budget_exceeded") == 1
+    assert info.value.code == "budget_exceeded"
+    assert info.value.response.headers["x-should-retry"] == "false"
+    assert "max_cost_usd" in info.value.message
+    assert not server.requests
+
+
+def test_no_answer_is_502_and_not_retried(server: MockLLMServer, keys: None) -> None:
+    """When every rung fails, 502 cascade_exhausted; the SDK does not rerun the ladder."""
+    server.script(MINI, [Reply(status=500)])
+    server.script(SONNET, [Reply(status=500)])
+    with gateway(live_config(server, attempts=1)) as (url, _), client(url) as api:
+        with pytest.raises(openai.InternalServerError) as info:
+            api.chat.completions.create(model="faq", messages=ASK)
+    assert info.value.status_code == 502
+    assert info.value.code == "cascade_exhausted"
+    assert info.value.response.headers["x-should-retry"] == "false"
+    assert "no rung produced an answer" in info.value.message
+    assert len(server.requests) == 2  # one call per rung, one run
+
+
+def test_on_exhausted_raise_is_502(server: MockLLMServer, keys: None) -> None:
+    """on_exhausted: raise turns an all-rejected ladder into 502 cascade_exhausted."""
+    server.script(MINI, ["no"])
+    server.script(SONNET, ["nope"])
+    with gateway(live_config(server, on_exhausted="raise")) as (url, _), client(url) as api:
+        with pytest.raises(openai.InternalServerError) as info:
+            api.chat.completions.create(model="faq", messages=ASK)
+    assert (info.value.status_code, info.value.code) == (502, "cascade_exhausted")
+    assert "no rung passed" in info.value.message
+
+
+def test_error_messages_never_carry_provider_keys(server: MockLLMServer, keys: None) -> None:
+    """An upstream that echoes the provider key does not get it through to the client."""
+    echo = Reply(status=500, message=f"bad auth {FAKE_OPENAI_KEY} {FAKE_ANTHROPIC_KEY}")
+    server.script(MINI, [echo])
+    server.script(SONNET, [echo])
+    with gateway(live_config(server, attempts=1)) as (url, _):
+        response = httpx2.post(f"{url}/chat/completions", json={"model": "faq", "messages": ASK},
+                               headers={"authorization": f"Bearer {KEY}"})
+    assert response.status_code == 502
+    assert "SECRET" not in response.text
+    assert FAKE_OPENAI_KEY not in response.text
+
+
+def test_missing_provider_key_is_500_naming_the_variable(server: MockLLMServer,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """An unset provider key is the operator's mistake: 500 config_error naming the variable."""
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    with gateway(live_config(server)) as (url, _), client(url, max_retries=0) as api:
+        with pytest.raises(openai.InternalServerError) as info:
+            api.chat.completions.create(model="faq", messages=ASK)
+    assert info.value.code == "config_error"
+    assert "OPENAI_API_KEY" in info.value.message
+
+
+# -- models and metrics -----------------------------------------------------------------------------
+
+def test_models_lists_tasks_and_model_keys(server: MockLLMServer, keys: None) -> None:
+    """GET /v1/models lists cascade/<task> for each task and each models: key."""
+    with gateway(live_config(server)) as (url, _), client(url) as api:
+        ids = [m.id for m in api.models.list()]
+        assert api.models.retrieve("cascade/faq").owned_by == "cascade"
+        assert api.models.retrieve("sonnet").owned_by == "anthropic"
+        with pytest.raises(openai.NotFoundError):
+            api.models.retrieve("nope")
+    assert ids == ["cascade/faq", "mini", "mid", "sonnet"]
+
+
+def test_metrics_count_what_happened(server: MockLLMServer, keys: None) -> None:
+    """Requests, escalations, cost per model, latency and errors add up to what was served."""
+    server.script(MINI, ["REJECTED", GOOD])
+    server.script(SONNET, [GOOD])
+    with gateway(live_config(server)) as (url, _), client(url) as api:
+        escalated = api.chat.completions.with_raw_response.create(model="faq", messages=ASK)
+        api.chat.completions.create(model="faq", messages=ASK)  # accepted at mini
+        with pytest.raises(openai.NotFoundError):
+            api.chat.completions.create(model="nope", messages=ASK)
+        with client(url, api_key="bad") as intruder, pytest.raises(openai.AuthenticationError):
+            intruder.chat.completions.create(model="faq", messages=ASK)
+        assert metric(url, "cascade_requests_total", task="faq", status="accepted") == 2
+        assert metric(url, "cascade_escalations_total", task="faq", rung="mini") == 1
+        assert metric(url, "cascade_escalations_total", task="faq", rung="sonnet") == 0
+        cost = (metric(url, "cascade_cost_usd_total", task="faq", model="mini")
+                + metric(url, "cascade_cost_usd_total", task="faq", model="sonnet"))
+        assert metric(url, "cascade_request_latency_seconds_count", task="faq") == 2
+        assert metric(url, "cascade_errors_total", **{"class": "UnknownModel"}) == 1
+        assert metric(url, "cascade_errors_total", **{"class": "Unauthorized"}) == 1
+    first = float(escalated.headers["x-cascade-cost-usd"])
+    # the second request: 10 in + 7 out at mini's prices
+    assert cost == pytest.approx(first + (10 * 0.15 + 7 * 0.60) / 1e6)
+
+
+# -- disconnects ------------------------------------------------------------------------------------
+
+def _ledger_rows(path: Path, timeout_s: float = 10.0) -> tuple[list[Any], list[Any]]:
+    """The steps and runs rows, once the run row has been written."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        with sqlite3.connect(path) as db:
+            runs = db.execute("SELECT task, model, status, steps FROM runs").fetchall()
+            steps = db.execute("SELECT model, decision FROM steps ORDER BY step").fetchall()
+        if runs or time.monotonic() > deadline:
+            return steps, runs
+        time.sleep(0.02)
+
+
+def test_client_disconnect_keeps_ledger_rows(server: MockLLMServer, keys: None,
+                                             tmp_path: Path) -> None:
+    """A client that gives up mid-ladder leaves every step the ladder took in the ledger."""
+    ledger = tmp_path / "ledger.sqlite"
+    server.script(MINI, [Reply("REJECTED", delay_s=0.5)])
+    server.script(SONNET, [GOOD])
+    with gateway(live_config(server, ledger=str(ledger))) as (url, _):
+        with client(url, timeout=0.2, max_retries=0) as api, pytest.raises(openai.APITimeoutError):
+            api.chat.completions.create(model="faq", messages=ASK)
+        steps, runs = _ledger_rows(ledger)
+    assert steps == [("mini", "escalate"), ("sonnet", "accept")]
+    assert runs == [("faq", "sonnet", "ok", 2)]
+
+
+def test_cancelled_request_does_not_cancel_the_run(server: MockLLMServer, keys: None,
+                                                   tmp_path: Path) -> None:
+    """Even a server that cancels the request on disconnect does not cut the run short."""
+    ledger = tmp_path / "ledger.sqlite"
+    server.script(MINI, [Reply("REJECTED", delay_s=0.3)])
+    server.script(SONNET, [GOOD])
+    engine = Cascade.from_dict(live_config(server, ledger=str(ledger)))
+    app = create_app(engine, api_keys=[])
+    body = json.dumps({"model": "faq", "messages": ASK}).encode()
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+             "scheme": "http", "path": "/v1/chat/completions", "raw_path": b"/v1/chat/completions",
+             "query_string": b"", "root_path": "", "client": ("127.0.0.1", 1),
+             "server": ("127.0.0.1", 80), "headers": [(b"content-type", b"application/json")]}
+    sent: list[Any] = []
+
+    async def scenario() -> None:
+        gone = asyncio.Event()
+        inbox = [{"type": "http.request", "body": body, "more_body": False}]
+
+        async def receive() -> dict[str, Any]:
+            if inbox:
+                return inbox.pop()
+            await gone.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message: Any) -> None:
+            sent.append(message)
+
+        request = asyncio.ensure_future(app(scope, receive, send))
+        while not server.calls(MINI):
+            await asyncio.sleep(0.01)
+        gone.set()
+        request.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await request
+        await app.state.gateway.drain(10)
+        await engine.aclose()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        engine.close()
+    assert sent == []
+    steps, runs = _ledger_rows(ledger, timeout_s=0)
+    assert steps == [("mini", "escalate"), ("sonnet", "accept")]
+    assert runs == [("faq", "sonnet", "ok", 2)]
+
+
+# -- cascade serve ----------------------------------------------------------------------------------
+
+def _config_file(tmp_path: Path, server: MockLLMServer, **section: Any) -> Path:
+    data = live_config(server)
+    if section:
+        data["server"] = section
+    path = tmp_path / "gateway.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def _serve_args(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    return parser.parse_args(["serve", *argv])
+
+
+@pytest.mark.parametrize("section", [{}, {"api_keys_env": "GW_KEYS_UNSET"}])
+def test_serve_refuses_public_address_without_keys(tmp_path: Path, server: MockLLMServer,
+                                                   section: dict[str, str]) -> None:
+    """Without keys, cascade serve will not bind to anything but loopback, and says why."""
+    args = _serve_args(str(_config_file(tmp_path, server, **section)), "--host", "0.0.0.0")
+    with pytest.raises(ConfigError, match=r"refusing to serve on 0\.0\.0\.0 without API keys"):
+        args.handler(args)
+
+
+def test_server_section_is_read(tmp_path: Path, server: MockLLMServer) -> None:
+    """The server: section gives the key variable, host and port; a typo in it is a ConfigError."""
+    path = _config_file(tmp_path, server, api_keys_env="GW_KEYS", port=9001)
+    config, settings = load_serve_config(str(path))
+    assert (settings.api_keys_env, settings.host, settings.port) == ("GW_KEYS", None, 9001)
+    assert list(config.tasks) == ["faq"]
+    bad = _config_file(tmp_path, server, api_key_env="GW_KEYS")
+    with pytest.raises(ConfigError, match="server.api_key_env"):
+        load_serve_config(str(bad))
+
+
+def test_loopback_detection() -> None:
+    """Loopback addresses and localhost count as local; wildcard and public ones do not."""
+    assert all(map(is_loopback, ["127.0.0.1", "127.0.0.2", "::1", "[::1]", "localhost"]))
+    assert not any(map(is_loopback, ["0.0.0.0", "::", "192.0.2.1"]))
+
+
+def test_serve_logs_its_address_and_stops_cleanly(tmp_path: Path, server: MockLLMServer) -> None:
+    """cascade serve prints one line with its address, answers, and exits 0 on SIGINT."""
+    path = _config_file(tmp_path, server, api_keys_env="GW_KEYS")
+    runner = ("import argparse, sys\n"
+              "from cascade.server_cli import register\n"
+              "parser = argparse.ArgumentParser(); register(parser.add_subparsers())\n"
+              "args = parser.parse_args(sys.argv[1:]); sys.exit(args.handler(args))\n")
+    env = {**os.environ, "GW_KEYS": f"{KEY},other", "OPENAI_API_KEY": FAKE_OPENAI_KEY,
+           "ANTHROPIC_API_KEY": FAKE_ANTHROPIC_KEY}
+    proc = subprocess.Popen([sys.executable, "-c", runner, "serve", str(path), "--port", "0"],
+                            stderr=subprocess.PIPE, text=True, env=env,
+                            cwd=Path(__file__).resolve().parent.parent)
+    try:
+        assert proc.stderr is not None
+        line = proc.stderr.readline()
+        assert line.startswith("cascade serve: listening on http://127.0.0.1:")
+        assert "2 API key(s) from $GW_KEYS" in line
+        url = line.split()[4]
+        assert httpx2.get(f"{url}/healthz").status_code == 200
+        models = httpx2.get(f"{url}/v1/models", headers={"authorization": f"Bearer {KEY}"})
+        assert models.status_code == 200
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=10) == 0
+        assert proc.stderr.read() == ""
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if proc.stderr is not None:
+            proc.stderr.close()
