@@ -67,6 +67,7 @@ class _Outcome:
     overhead_ms: float      # the engine's own wall time for this query
     error_steps: int
     deepest: int            # ladder index of the highest rung that was called
+    chars: int              # length of the answer returned (judges favour long answers)
 
 
 @dataclass(slots=True)
@@ -165,7 +166,7 @@ def _replay_one(engine: Cascade, cfg: CascadeConfig, record: ReplayRecord, task:
             break
         latency += recorded.latency_ms
     return _Outcome(rung=rung, accepted=result.accepted, cost=result.cost_usd, quality=quality,
-                    latency_ms=latency, overhead_ms=overhead,
+                    latency_ms=latency, overhead_ms=overhead, chars=len(result.text),
                     error_steps=sum(s.decision == "error" for s in result.steps),
                     deepest=deepest)
 
@@ -184,8 +185,11 @@ def _summarise(cfg: CascadeConfig, task: str, records: Sequence[ReplayRecord],
             per_model_scores[i].append(response.score if response else None)
     for i, key in enumerate(ladder):
         scores = [s or 0.0 for s in per_model_scores[i]]
+        texts = [r.responses[cfg.models[key].name].text for r in records
+                 if cfg.models[key].name in r.responses]
         single[key] = {"cost_per_query": sum(per_model_costs[i]) / n, "quality": sum(scores) / n,
-                       "missing": sum(s is None for s in per_model_scores[i])}
+                       "missing": sum(s is None for s in per_model_scores[i]),
+                       "answer_chars": sum(map(len, texts)) / len(texts) if texts else 0.0}
     oracle_cost = oracle_quality = 0.0
     for q in range(n):
         scores = [per_model_scores[i][q] for i in range(len(ladder))]
@@ -209,6 +213,7 @@ def _summarise(cfg: CascadeConfig, task: str, records: Sequence[ReplayRecord],
         "error_steps": sum(o.error_steps for o in outs),
         "cost_per_query": cost,
         "quality": quality,
+        "answer_chars": sum(o.chars for o in outs) / n,
         "relative_to_top": {"cost": cost / top["cost_per_query"] if top["cost_per_query"] else None,
                             "quality": quality / top["quality"] if top["quality"] else None},
         "baselines": {

@@ -19,6 +19,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import httpx2
@@ -249,6 +250,7 @@ def test_invalid_body_is_400(server: MockLLMServer, keys: None, body: dict[str, 
 
 def test_auth(server: MockLLMServer, keys: None) -> None:
     """A missing or wrong key gets 401 (OpenAI shape); /healthz needs none, /metrics does."""
+    server.script(MINI, [GOOD])
     with gateway(live_config(server)) as (url, _):
         with client(url, api_key="wrong-key") as api, pytest.raises(openai.AuthenticationError) as info:
             api.chat.completions.create(model="faq", messages=ASK)
@@ -462,8 +464,10 @@ def test_cancelled_request_does_not_cancel_the_run(server: MockLLMServer, keys: 
 
 # -- cascade serve ----------------------------------------------------------------------------------
 
-def _config_file(tmp_path: Path, server: MockLLMServer, **section: Any) -> Path:
-    data = live_config(server)
+def _config_file(tmp_path: Path, **section: Any) -> Path:
+    """A config file for the serve command; its upstream is never called."""
+    nowhere = SimpleNamespace(openai_url="http://127.0.0.1:9/v1", anthropic_url="http://127.0.0.1:9")
+    data = live_config(nowhere)  # type: ignore[arg-type]
     if section:
         data["server"] = section
     path = tmp_path / "gateway.yaml"
@@ -478,21 +482,21 @@ def _serve_args(*argv: str) -> argparse.Namespace:
 
 
 @pytest.mark.parametrize("section", [{}, {"api_keys_env": "GW_KEYS_UNSET"}])
-def test_serve_refuses_public_address_without_keys(tmp_path: Path, server: MockLLMServer,
+def test_serve_refuses_public_address_without_keys(tmp_path: Path,
                                                    section: dict[str, str]) -> None:
     """Without keys, cascade serve will not bind to anything but loopback, and says why."""
-    args = _serve_args(str(_config_file(tmp_path, server, **section)), "--host", "0.0.0.0")
+    args = _serve_args(str(_config_file(tmp_path, **section)), "--host", "0.0.0.0")
     with pytest.raises(ConfigError, match=r"refusing to serve on 0\.0\.0\.0 without API keys"):
         args.handler(args)
 
 
-def test_server_section_is_read(tmp_path: Path, server: MockLLMServer) -> None:
+def test_server_section_is_read(tmp_path: Path) -> None:
     """The server: section gives the key variable, host and port; a typo in it is a ConfigError."""
-    path = _config_file(tmp_path, server, api_keys_env="GW_KEYS", port=9001)
+    path = _config_file(tmp_path, api_keys_env="GW_KEYS", port=9001)
     config, settings = load_serve_config(str(path))
     assert (settings.api_keys_env, settings.host, settings.port) == ("GW_KEYS", None, 9001)
     assert list(config.tasks) == ["faq"]
-    bad = _config_file(tmp_path, server, api_key_env="GW_KEYS")
+    bad = _config_file(tmp_path, api_key_env="GW_KEYS")
     with pytest.raises(ConfigError, match="server.api_key_env"):
         load_serve_config(str(bad))
 
@@ -503,9 +507,9 @@ def test_loopback_detection() -> None:
     assert not any(map(is_loopback, ["0.0.0.0", "::", "192.0.2.1"]))
 
 
-def test_serve_logs_its_address_and_stops_cleanly(tmp_path: Path, server: MockLLMServer) -> None:
+def test_serve_logs_its_address_and_stops_cleanly(tmp_path: Path) -> None:
     """cascade serve prints one line with its address, answers, and exits 0 on SIGINT."""
-    path = _config_file(tmp_path, server, api_keys_env="GW_KEYS")
+    path = _config_file(tmp_path, api_keys_env="GW_KEYS")
     runner = ("import argparse, sys\n"
               "from cascade.server_cli import register\n"
               "parser = argparse.ArgumentParser(); register(parser.add_subparsers())\n"
