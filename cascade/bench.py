@@ -17,7 +17,7 @@ from typing import Any
 from cascade.config import CascadeConfig, load_config
 from cascade.dataset import RecordedResponse, ReplayRecord, load_dataset
 from cascade.engine import Cascade
-from cascade.errors import ConfigError, DatasetError, ProviderError
+from cascade.errors import DatasetError, ProviderError
 from cascade.ledger import Ledger
 from cascade.providers.replay import ReplayProvider
 
@@ -39,35 +39,45 @@ def recorded_cost(response: RecordedResponse, config: CascadeConfig, model_key: 
     """What a recording cost: its own ``cost_usd``, else its tokens at the config's price."""
     if response.cost_usd is not None:
         return response.cost_usd
-    return config.models[model_key].price.estimate(response.input_tokens or 0,
-                                                   response.output_tokens or 0)
+    return config.models[model_key].price.estimate(
+        response.input_tokens or 0, response.output_tokens or 0
+    )
 
 
-def replay_engine(config: CascadeConfig, records: Iterable[ReplayRecord], *,
-                  path: str | None = None, ledger: Ledger | bool = False) -> Cascade:
+def replay_engine(
+    config: CascadeConfig,
+    records: Iterable[ReplayRecord],
+    *,
+    path: str | None = None,
+    ledger: Ledger | bool = False,
+) -> Cascade:
     """The config's engine with every provider replaced by one replay provider over ``records``."""
     records = list(records)
-    providers = {name: ReplayProvider(name, settings, records=records)
-                 for name, settings in config.providers.items()}
+    providers = {
+        name: ReplayProvider(name, settings, records=records)
+        for name, settings in config.providers.items()
+    }
     # A replay measures the ladder itself: a persistent cache would carry answers between runs,
     # and period budgets would count a ledger that replays do not write by default.
-    tasks = {name: task.model_copy(update={"cache": None, "budgets": None})
-             for name, task in config.tasks.items()}
+    tasks = {
+        name: task.model_copy(update={"cache": None, "budgets": None})
+        for name, task in config.tasks.items()
+    }
     config = config.model_copy(update={"tasks": tasks, "budgets": None})
     return Cascade(config, path=path, providers=providers, ledger=ledger)
 
 
 @dataclass(slots=True)
 class _Outcome:
-    rung: int | None        # ladder index of the answer returned; None when no rung answered
+    rung: int | None  # ladder index of the answer returned; None when no rung answered
     accepted: bool
     cost: float
     quality: float
     latency_ms: float | None  # recorded latency summed along the path; None if not recorded
-    overhead_ms: float      # the engine's own wall time for this query
+    overhead_ms: float  # the engine's own wall time for this query
     error_steps: int
-    deepest: int            # ladder index of the highest rung that was called
-    chars: int              # length of the answer returned (judges favour long answers)
+    deepest: int  # ladder index of the highest rung that was called
+    chars: int  # length of the answer returned (judges favour long answers)
 
 
 @dataclass(slots=True)
@@ -81,25 +91,37 @@ class BenchResult:
     wall_s: float = 0.0
 
     def as_json(self) -> dict[str, Any]:
-        return {"dataset": self.dataset, "config": self.config, "queries": self.queries,
-                "queries_per_second": self.queries / self.wall_s if self.wall_s else None,
-                "tasks": self.tasks}
+        return {
+            "dataset": self.dataset,
+            "config": self.config,
+            "queries": self.queries,
+            "queries_per_second": self.queries / self.wall_s if self.wall_s else None,
+            "tasks": self.tasks,
+        }
 
 
-def _task_of(record: ReplayRecord, line: int, config: CascadeConfig, default: str | None,
-             dataset: str) -> str:
+def _task_of(
+    record: ReplayRecord, line: int, config: CascadeConfig, default: str | None, dataset: str
+) -> str:
     task = record.task or default
     if task is None:
         raise DatasetError(f"{dataset}:{line}: query {record.id!r} has no task; pass --task")
     if task not in config.tasks:
-        raise DatasetError(f"{dataset}:{line}: task {task!r} is not in the config "
-                           f"(tasks: {', '.join(config.tasks)}); pass --task to choose one")
+        raise DatasetError(
+            f"{dataset}:{line}: task {task!r} is not in the config "
+            f"(tasks: {', '.join(config.tasks)}); pass --task to choose one"
+        )
     return task
 
 
-def run_bench(config: str | Path | CascadeConfig, dataset: str | Path | Sequence[ReplayRecord], *,
-              task: str | None = None, progress: Callable[[int, int], None] | None = None,
-              ledger: Ledger | bool = False) -> BenchResult:
+def run_bench(
+    config: str | Path | CascadeConfig,
+    dataset: str | Path | Sequence[ReplayRecord],
+    *,
+    task: str | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    ledger: Ledger | bool = False,
+) -> BenchResult:
     """Replay every query of ``dataset`` through the cascade and summarise per task.
 
     Args:
@@ -126,15 +148,16 @@ def run_bench(config: str | Path | CascadeConfig, dataset: str | Path | Sequence
     engine = replay_engine(cfg, records, path=cfg_path, ledger=ledger)
     outcomes: dict[str, list[_Outcome]] = {}
     started = time.perf_counter()
-    for done, (record, name) in enumerate(zip(records, tasks), start=1):
+    for done, (record, name) in enumerate(zip(records, tasks, strict=True), start=1):
         outcomes.setdefault(name, []).append(_replay_one(engine, cfg, record, name))
         if progress is not None:
             progress(done, len(records))
     wall = time.perf_counter() - started
-    result = BenchResult(dataset=ds_name, config=cfg_path or "<config>", queries=len(records),
-                         wall_s=wall)
+    result = BenchResult(
+        dataset=ds_name, config=cfg_path or "<config>", queries=len(records), wall_s=wall
+    )
     for name, outs in outcomes.items():
-        chosen = [r for r, t in zip(records, tasks) if t == name]
+        chosen = [r for r, t in zip(records, tasks, strict=True) if t == name]
         result.tasks[name] = _summarise(cfg, name, chosen, outs)
     return result
 
@@ -154,8 +177,14 @@ def _replay_one(engine: Cascade, cfg: CascadeConfig, record: ReplayRecord, task:
     quality = 0.0
     if rung is not None:
         quality = record.responses[cfg.models[ladder[rung]].name].score
-    deepest = max((ladder.index(s.model) for s in result.steps
-                   if s.decision != "judge" and s.model in ladder), default=0)
+    deepest = max(
+        (
+            ladder.index(s.model)
+            for s in result.steps
+            if s.decision != "judge" and s.model in ladder
+        ),
+        default=0,
+    )
     latency: float | None = 0.0
     for step in result.steps:
         recorded = record.responses.get(cfg.models[step.model].name)
@@ -165,14 +194,22 @@ def _replay_one(engine: Cascade, cfg: CascadeConfig, record: ReplayRecord, task:
             latency = None
             break
         latency += recorded.latency_ms
-    return _Outcome(rung=rung, accepted=result.accepted, cost=result.cost_usd, quality=quality,
-                    latency_ms=latency, overhead_ms=overhead, chars=len(result.text),
-                    error_steps=sum(s.decision == "error" for s in result.steps),
-                    deepest=deepest)
+    return _Outcome(
+        rung=rung,
+        accepted=result.accepted,
+        cost=result.cost_usd,
+        quality=quality,
+        latency_ms=latency,
+        overhead_ms=overhead,
+        chars=len(result.text),
+        error_steps=sum(s.decision == "error" for s in result.steps),
+        deepest=deepest,
+    )
 
 
-def _summarise(cfg: CascadeConfig, task: str, records: Sequence[ReplayRecord],
-               outs: Sequence[_Outcome]) -> dict[str, Any]:
+def _summarise(
+    cfg: CascadeConfig, task: str, records: Sequence[ReplayRecord], outs: Sequence[_Outcome]
+) -> dict[str, Any]:
     ladder = [r.model for r in cfg.tasks[task].ladder]
     n = len(outs)
     single: dict[str, dict[str, float]] = {}
@@ -185,17 +222,24 @@ def _summarise(cfg: CascadeConfig, task: str, records: Sequence[ReplayRecord],
             per_model_scores[i].append(response.score if response else None)
     for i, key in enumerate(ladder):
         scores = [s or 0.0 for s in per_model_scores[i]]
-        texts = [r.responses[cfg.models[key].name].text for r in records
-                 if cfg.models[key].name in r.responses]
-        single[key] = {"cost_per_query": sum(per_model_costs[i]) / n, "quality": sum(scores) / n,
-                       "missing": sum(s is None for s in per_model_scores[i]),
-                       "answer_chars": sum(map(len, texts)) / len(texts) if texts else 0.0}
+        texts = [
+            r.responses[cfg.models[key].name].text
+            for r in records
+            if cfg.models[key].name in r.responses
+        ]
+        single[key] = {
+            "cost_per_query": sum(per_model_costs[i]) / n,
+            "quality": sum(scores) / n,
+            "missing": sum(s is None for s in per_model_scores[i]),
+            "answer_chars": sum(map(len, texts)) / len(texts) if texts else 0.0,
+        }
     oracle_cost = oracle_quality = 0.0
     for q in range(n):
         scores = [per_model_scores[i][q] for i in range(len(ladder))]
         best = max((s for s in scores if s is not None), default=0.0)
-        stop = next((i for i, s in enumerate(scores) if s is not None and s >= best),
-                    len(ladder) - 1)
+        stop = next(
+            (i for i, s in enumerate(scores) if s is not None and s >= best), len(ladder) - 1
+        )
         oracle_cost += sum(per_model_costs[i][q] for i in range(stop + 1))
         oracle_quality += best
     cost = sum(o.cost for o in outs) / n
@@ -205,8 +249,7 @@ def _summarise(cfg: CascadeConfig, task: str, records: Sequence[ReplayRecord],
     return {
         "n": n,
         "ladder": ladder,
-        "escalation_rate": [sum(o.deepest > i for o in outs) / n
-                            for i in range(len(ladder) - 1)],
+        "escalation_rate": [sum(o.deepest > i for o in outs) / n for i in range(len(ladder) - 1)],
         "accepted_share": [sum(r == i for r in answered) / n for i in range(len(ladder))],
         "unaccepted_share": sum(not o.accepted and o.rung is not None for o in outs) / n,
         "failed": sum(o.rung is None for o in outs),
@@ -214,8 +257,10 @@ def _summarise(cfg: CascadeConfig, task: str, records: Sequence[ReplayRecord],
         "cost_per_query": cost,
         "quality": quality,
         "answer_chars": sum(o.chars for o in outs) / n,
-        "relative_to_top": {"cost": cost / top["cost_per_query"] if top["cost_per_query"] else None,
-                            "quality": quality / top["quality"] if top["quality"] else None},
+        "relative_to_top": {
+            "cost": cost / top["cost_per_query"] if top["cost_per_query"] else None,
+            "quality": quality / top["quality"] if top["quality"] else None,
+        },
         "baselines": {
             "always_top": {"cost_per_query": top["cost_per_query"], "quality": top["quality"]},
             "always_first": {k: single[ladder[0]][k] for k in ("cost_per_query", "quality")},
@@ -223,11 +268,10 @@ def _summarise(cfg: CascadeConfig, task: str, records: Sequence[ReplayRecord],
         },
         "models": single,
         "latency_ms": _latency(outs),
-        "engine_overhead_ms": {f"p{p}": percentile([o.overhead_ms for o in outs], p)
-                               for p in (50, 99)},
+        "engine_overhead_ms": {
+            f"p{p}": percentile([o.overhead_ms for o in outs], p) for p in (50, 99)
+        },
     }
-
-
 
 
 def _latency(outs: Sequence[_Outcome]) -> dict[str, float] | None:

@@ -16,8 +16,9 @@ class CircuitBreaker:
     reopens it at once (half-open), the first success closes it.
     """
 
-    def __init__(self, failures: int, cooldown_s: float, *,
-                 clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self, failures: int, cooldown_s: float, *, clock: Callable[[], float] = time.monotonic
+    ):
         self.failures = failures
         self.cooldown_s = cooldown_s
         self.clock = clock

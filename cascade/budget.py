@@ -56,8 +56,8 @@ def worst_case_cost(messages: Sequence[Message], params: Mapping[str, Any], pric
 
 @dataclass(frozen=True, slots=True)
 class Limit:
-    scope: str            # "global" or the task name
-    period: str           # "daily" or "monthly"
+    scope: str  # "global" or the task name
+    period: str  # "daily" or "monthly"
     limit_usd: float
 
 
@@ -92,11 +92,14 @@ class BudgetGuard:
     def spent(self, limit: Limit, now: float | None = None) -> float:
         since = period_start(limit.period, now)
         if limit.scope == "global":
-            rows = self.ledger.query("SELECT COALESCE(SUM(cost_usd), 0) AS s FROM steps "
-                                     "WHERE ts >= ?", (since,))
+            rows = self.ledger.query(
+                "SELECT COALESCE(SUM(cost_usd), 0) AS s FROM steps WHERE ts >= ?", (since,)
+            )
         else:
-            rows = self.ledger.query("SELECT COALESCE(SUM(cost_usd), 0) AS s FROM steps "
-                                     "WHERE task = ? AND ts >= ?", (limit.scope, since))
+            rows = self.ledger.query(
+                "SELECT COALESCE(SUM(cost_usd), 0) AS s FROM steps WHERE task = ? AND ts >= ?",
+                (limit.scope, since),
+            )
         return float(rows[0]["s"])
 
     def reserve(self, task: str, amount: float) -> tuple[Reservation | None, Limit | None, str]:
@@ -109,9 +112,15 @@ class BudgetGuard:
                 used = self.spent(limit) + self._reserved.get(limit, 0.0)
                 if used + amount > limit.limit_usd:
                     where = "global" if limit.scope == "global" else f"task {limit.scope!r}"
-                    return None, limit, (f"{limit.period} budget of {where}: spent+reserved "
-                                         f"${used:.6f} + worst case ${amount:.6f} > "
-                                         f"${limit.limit_usd:.6f}")
+                    return (
+                        None,
+                        limit,
+                        (
+                            f"{limit.period} budget of {where}: spent+reserved "
+                            f"${used:.6f} + worst case ${amount:.6f} > "
+                            f"${limit.limit_usd:.6f}"
+                        ),
+                    )
             for limit in limits:
                 self._reserved[limit] = self._reserved.get(limit, 0.0) + amount
         return Reservation(amount, limits), None, ""
@@ -121,11 +130,19 @@ class BudgetGuard:
             return
         with self._lock:
             for limit in reservation.limits:
-                self._reserved[limit] = max(self._reserved.get(limit, 0.0) - reservation.amount,
-                                            0.0)
+                self._reserved[limit] = max(
+                    self._reserved.get(limit, 0.0) - reservation.amount, 0.0
+                )
             reservation.released = True
 
     def status(self) -> list[dict[str, Any]]:
         """Spend against each budget, for ``cascade report``."""
-        return [{"scope": lim.scope, "period": lim.period, "limit_usd": lim.limit_usd,
-                 "spent_usd": self.spent(lim)} for lim in self.limits]
+        return [
+            {
+                "scope": lim.scope,
+                "period": lim.period,
+                "limit_usd": lim.limit_usd,
+                "spent_usd": self.spent(lim),
+            }
+            for lim in self.limits
+        ]

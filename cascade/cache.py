@@ -20,10 +20,14 @@ from cascade.types import Message
 __all__ = ["ResponseCache", "cache_key"]
 
 
-def cache_key(task_config: Mapping[str, Any], messages: Sequence[Message],
-              params: Mapping[str, Any]) -> str:
-    blob = json.dumps({"task": task_config, "messages": list(messages), "params": params},
-                      sort_keys=True, default=str)
+def cache_key(
+    task_config: Mapping[str, Any], messages: Sequence[Message], params: Mapping[str, Any]
+) -> str:
+    blob = json.dumps(
+        {"task": task_config, "messages": list(messages), "params": params},
+        sort_keys=True,
+        default=str,
+    )
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -34,23 +38,27 @@ class ResponseCache:
         self.path = str(path)
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        self._conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None,
-                                     timeout=30)
+        self._conn = sqlite3.connect(
+            self.path, check_same_thread=False, isolation_level=None, timeout=30
+        )
         self._lock = threading.Lock()
         with self._lock:
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute(
                 "CREATE TABLE IF NOT EXISTS cache (key TEXT PRIMARY KEY, task TEXT NOT NULL,"
                 " created REAL NOT NULL, expires REAL NOT NULL, model TEXT NOT NULL,"
-                " text TEXT NOT NULL, json TEXT)")
+                " text TEXT NOT NULL, json TEXT)"
+            )
 
     def __repr__(self) -> str:
         return f"ResponseCache({self.path!r})"
 
     def get(self, key: str) -> tuple[str, str, Any] | None:
         with self._lock:
-            row = self._conn.execute("SELECT model, text, json FROM cache WHERE key = ? AND "
-                                     "expires > ?", (key, time.time())).fetchone()
+            row = self._conn.execute(
+                "SELECT model, text, json FROM cache WHERE key = ? AND expires > ?",
+                (key, time.time()),
+            ).fetchone()
         if row is None:
             return None
         return row[0], row[1], json.loads(row[2]) if row[2] is not None else None
@@ -59,8 +67,10 @@ class ResponseCache:
         now = time.time()
         blob = json.dumps(parsed) if parsed is not None else None
         with self._lock:
-            self._conn.execute("INSERT OR REPLACE INTO cache VALUES (?,?,?,?,?,?,?)",
-                               (key, task, now, now + ttl_s, model, text, blob))
+            self._conn.execute(
+                "INSERT OR REPLACE INTO cache VALUES (?,?,?,?,?,?,?)",
+                (key, task, now, now + ttl_s, model, text, blob),
+            )
 
     def close(self) -> None:
         with self._lock:

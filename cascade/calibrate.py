@@ -89,18 +89,27 @@ class CalibrationResult:
     def as_json(self) -> dict[str, Any]:
         """A JSON-safe dict (a removed evaluator's ``-inf`` becomes null)."""
         return {
-            "task": self.task, "status": self.status, "message": self.message,
-            "target_quality": self.target_quality, "guard": self.guard,
+            "task": self.task,
+            "status": self.status,
+            "message": self.message,
+            "target_quality": self.target_quality,
+            "guard": self.guard,
             "ladder": list(self.ladder),
-            "thresholds": {k: {s: (v if math.isfinite(v) else None) for s, v in t.items()}
-                           for k, t in self.thresholds.items()},
-            "train": self.train, "test": self.test, "simulated_train": self.simulated_train,
-            "frontier": [list(p) for p in self.frontier], "config": self.config,
+            "thresholds": {
+                k: {s: (v if math.isfinite(v) else None) for s, v in t.items()}
+                for k, t in self.thresholds.items()
+            },
+            "train": self.train,
+            "test": self.test,
+            "simulated_train": self.simulated_train,
+            "frontier": [list(p) for p in self.frontier],
+            "config": self.config,
         }
 
 
-def _stats(cost: np.ndarray, quality: np.ndarray, q_top: np.ndarray,
-           target: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _stats(
+    cost: np.ndarray, quality: np.ndarray, q_top: np.ndarray, target: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Mean cost, mean quality and the guard's bound for each row (one per configuration)."""
     n = quality.shape[1]
     diff = quality - target * q_top[None, :]
@@ -129,8 +138,14 @@ class _Best:
     front_c: np.ndarray = field(default_factory=lambda: np.empty(0))
     front_q: np.ndarray = field(default_factory=lambda: np.empty(0))
 
-    def add(self, subset: tuple[int, ...], combos: np.ndarray, mean_c: np.ndarray,
-            mean_q: np.ndarray, lcb: np.ndarray) -> None:
+    def add(
+        self,
+        subset: tuple[int, ...],
+        combos: np.ndarray,
+        mean_c: np.ndarray,
+        mean_q: np.ndarray,
+        lcb: np.ndarray,
+    ) -> None:
         self.evaluated += len(combos)
         c, q = _pareto(np.r_[self.front_c, mean_c], np.r_[self.front_q, mean_q])
         self.front_c, self.front_q = c, q
@@ -141,29 +156,42 @@ class _Best:
         if not len(feasible):
             return
         # Cheapest; among equal costs the higher quality; then the more conservative thresholds.
-        order = np.lexsort((-combos[feasible].sum(axis=1), -mean_q[feasible],
-                            np.round(mean_c[feasible], 15)))
+        order = np.lexsort(
+            (-combos[feasible].sum(axis=1), -mean_q[feasible], np.round(mean_c[feasible], 15))
+        )
         j = feasible[order[0]]
         key = (round(float(mean_c[j]), 15), -float(mean_q[j]), -int(combos[j].sum()))
         if key < self.key:
             self.key, self.point = key, (subset, tuple(int(x) for x in combos[j]))
 
 
-def _evaluate(views: Sequence[View], combos: np.ndarray, q_top: np.ndarray, target: float,
-              best: _Best, subset: tuple[int, ...]) -> np.ndarray:
+def _evaluate(
+    views: Sequence[View],
+    combos: np.ndarray,
+    q_top: np.ndarray,
+    target: float,
+    best: _Best,
+    subset: tuple[int, ...],
+) -> np.ndarray:
     """Simulate ``combos`` in batches, feed the running choice, return their bounds."""
     size = max(1, _BATCH_CELLS // max(1, len(q_top)))
     bounds = []
     for start in range(0, len(combos), size):
-        part = combos[start:start + size]
+        part = combos[start : start + size]
         mean_c, mean_q, lcb = _stats(*simulate(views, part), q_top, target)
         best.add(subset, part, mean_c, mean_q, lcb)
         bounds.append(np.c_[mean_c, mean_q, lcb])
     return np.vstack(bounds)
 
 
-def _descend(views: Sequence[View], dims: Sequence[int], q_top: np.ndarray, target: float,
-             best: _Best, subset: tuple[int, ...]) -> None:
+def _descend(
+    views: Sequence[View],
+    dims: Sequence[int],
+    q_top: np.ndarray,
+    target: float,
+    best: _Best,
+    subset: tuple[int, ...],
+) -> None:
     """Coordinate descent from several starts, for grids too large to search exhaustively."""
     rng = np.random.default_rng(SEED)
     starts = [tuple(d - 1 for d in dims), tuple(d // 2 for d in dims), tuple(0 for _ in dims)]
@@ -189,8 +217,9 @@ def _descend(views: Sequence[View], dims: Sequence[int], q_top: np.ndarray, targ
                 break
 
 
-def _search(rp: ReplayTable, grid: Mapping[int, list[float]], target: float,
-            say: Callable[[str], None]) -> tuple[_Best, dict[tuple[int, ...], list[View]]]:
+def _search(
+    rp: ReplayTable, grid: Mapping[int, list[float]], target: float, say: Callable[[str], None]
+) -> tuple[_Best, dict[tuple[int, ...], list[View]]]:
     """Every subset of kept rungs; its grid exhaustively when small, else coordinate descent."""
     best = _Best()
     all_views = {}
@@ -203,8 +232,10 @@ def _search(rp: ReplayTable, grid: Mapping[int, list[float]], target: float,
             combos = np.indices(dims).reshape(len(dims), -1).T
             _evaluate(views, combos, rp.q_top, target, best, subset)
         else:
-            say(f"  {total:,} combinations for ladder {_names(rp, subset)}: "
-                "coordinate descent from 8 starts")
+            say(
+                f"  {total:,} combinations for ladder {_names(rp, subset)}: "
+                "coordinate descent from 8 starts"
+            )
             _descend(views, dims, rp.q_top, target, best, subset)
     return best, all_views
 
@@ -216,9 +247,14 @@ def _names(rp: ReplayTable, subset: Sequence[int]) -> str:
 # -- the calibrated config and the reports -------------------------------------------------------
 
 
-def _calibrated(raw: Mapping[str, Any], rp: ReplayTable, task: str, subset: Sequence[int],
-                grid: Mapping[int, list[float]], picks: Sequence[int]
-                ) -> tuple[dict[str, Any], dict[str, dict[str, float]]]:
+def _calibrated(
+    raw: Mapping[str, Any],
+    rp: ReplayTable,
+    task: str,
+    subset: Sequence[int],
+    grid: Mapping[int, list[float]],
+    picks: Sequence[int],
+) -> tuple[dict[str, Any], dict[str, dict[str, float]]]:
     """The original mapping with the task's ladder rewritten as explicit, tuned rungs."""
     out = copy.deepcopy(dict(raw))
     old = raw["tasks"][task]["ladder"]
@@ -258,9 +294,15 @@ def _ratio_ci(quality: np.ndarray, q_top: np.ndarray) -> list[float | None]:
     return [float(lo), float(hi)]
 
 
-def _replayed(cfg: CascadeConfig, raw: Mapping[str, Any], records: Sequence[ReplayRecord],
-              task: str, target: float, say: Callable[[str], None], label: str
-              ) -> dict[str, Any]:
+def _replayed(
+    cfg: CascadeConfig,
+    raw: Mapping[str, Any],
+    records: Sequence[ReplayRecord],
+    task: str,
+    target: float,
+    say: Callable[[str], None],
+    label: str,
+) -> dict[str, Any]:
     """run_bench's report of the calibrated config, with the bootstrap interval and a check."""
     say(f"replaying the calibrated config on {label} ({len(records)} queries) with run_bench")
     report = dict(run_bench(cfg, records, task=task).tasks[task])
@@ -268,40 +310,54 @@ def _replayed(cfg: CascadeConfig, raw: Mapping[str, Any], records: Sequence[Repl
     subset = tuple(range(len(rp.rungs)))
     views = build_views(rp, subset, {})
     cost, quality = simulate(views, np.zeros((1, len(subset)), dtype=int))
-    if abs(cost.mean() - report["cost_per_query"]) > 1e-9 or \
-            abs(quality.mean() - report["quality"]) > 1e-9:
-        raise CascadeError(f"calibration: the simulation disagrees with run_bench on {label} "
-                           f"(cost {cost.mean()} vs {report['cost_per_query']}, quality "
-                           f"{quality.mean()} vs {report['quality']}); please report this bug")
+    if (
+        abs(cost.mean() - report["cost_per_query"]) > 1e-9
+        or abs(quality.mean() - report["quality"]) > 1e-9
+    ):
+        raise CascadeError(
+            f"calibration: the simulation disagrees with run_bench on {label} "
+            f"(cost {cost.mean()} vs {report['cost_per_query']}, quality "
+            f"{quality.mean()} vs {report['quality']}); please report this bug"
+        )
     top = report["baselines"]["always_top"]["quality"]
     report["quality_ratio_ci95"] = _ratio_ci(quality[0], rp.q_top)
     report["target_met"] = bool(report["quality"] >= target * top - 1e-12)
     return report
 
 
-def _resolve_task(cfg: CascadeConfig, records: Sequence[ReplayRecord], task: str | None,
-                  path: str) -> str:
+def _resolve_task(
+    cfg: CascadeConfig, records: Sequence[ReplayRecord], task: str | None, path: str
+) -> str:
     if task is not None:
         if task not in cfg.tasks:
-            raise ConfigError(f"unknown task {task!r} (defined: {', '.join(cfg.tasks)})",
-                              path=path, location="tasks")
+            raise ConfigError(
+                f"unknown task {task!r} (defined: {', '.join(cfg.tasks)})",
+                path=path,
+                location="tasks",
+            )
         return task
     if len(cfg.tasks) == 1:
         return next(iter(cfg.tasks))
     named = {r.task for r in records if r.task in cfg.tasks}
     if len(named) == 1:
         return named.pop()
-    raise ConfigError(f"calibration tunes one task at a time; pass task= (one of "
-                      f"{', '.join(cfg.tasks)})", path=path, location="tasks")
+    raise ConfigError(
+        f"calibration tunes one task at a time; pass task= (one of {', '.join(cfg.tasks)})",
+        path=path,
+        location="tasks",
+    )
 
 
 def _check_simulable(cfg: CascadeConfig, task: str, path: str) -> None:
     """Refuse settings the simulator does not model, rather than report numbers it cannot keep."""
     settings = cfg.tasks[task]
     if settings.on_exhausted != "return_last":
-        raise ConfigError("calibration needs on_exhausted: return_last (the top rung answers "
-                          "regardless; with raise, replay has no answer to score)",
-                          path=path, location=f"tasks.{task}.on_exhausted")
+        raise ConfigError(
+            "calibration needs on_exhausted: return_last (the top rung answers "
+            "regardless; with raise, replay has no answer to score)",
+            path=path,
+            location=f"tasks.{task}.on_exhausted",
+        )
     why = {
         "max_cost_usd": "a per-run cost cap skips rungs on worst-case estimates",
         "cache": "cached answers would stand in for the replayed ones",
@@ -309,13 +365,19 @@ def _check_simulable(cfg: CascadeConfig, task: str, path: str) -> None:
     }
     for key, reason in why.items():
         if getattr(settings, key) is not None:
-            raise ConfigError(f"calibration cannot simulate {key} ({reason}); remove it from "
-                              "the config to calibrate, and add it back afterwards",
-                              path=path, location=f"tasks.{task}.{key}")
+            raise ConfigError(
+                f"calibration cannot simulate {key} ({reason}); remove it from "
+                "the config to calibrate, and add it back afterwards",
+                path=path,
+                location=f"tasks.{task}.{key}",
+            )
     if cfg.budgets is not None:
-        raise ConfigError(f"calibration cannot simulate budgets ({why['budgets']}); remove it "
-                          "from the config to calibrate, and add it back afterwards",
-                          path=path, location="budgets")
+        raise ConfigError(
+            f"calibration cannot simulate budgets ({why['budgets']}); remove it "
+            "from the config to calibrate, and add it back afterwards",
+            path=path,
+            location="budgets",
+        )
 
 
 def _load(path: Path, task: str, name: str) -> list[ReplayRecord]:
@@ -329,34 +391,56 @@ def _pct(x: float, of: float) -> str:
     return f"{x / of:.1%}" if of else "-"
 
 
-def _summary(ladder: tuple[str, ...], thresholds: Mapping[str, Mapping[str, float]],
-             train: Mapping[str, Any], test: Mapping[str, Any] | None,
-             top_cost: float) -> tuple[Literal["ok", "failed"], str]:
+def _summary(
+    ladder: tuple[str, ...],
+    thresholds: Mapping[str, Mapping[str, float]],
+    train: Mapping[str, Any],
+    test: Mapping[str, Any] | None,
+    top_cost: float,
+) -> tuple[Literal["ok", "failed"], str]:
     """The status and the one-paragraph message of a chosen configuration."""
     cost, quality = train["cost_per_query"], train["quality"]
     top = train["baselines"]["always_top"]
-    settings = "; ".join(f"{k} {s}={v:g}" if math.isfinite(v) else f"{k} {s.split('.')[0]} removed"
-                         for k, t in thresholds.items() for s, v in t.items()) or "none"
-    message = (f"ladder {' -> '.join(ladder)} ({settings}): cost {cost:.6g} USD/query, "
-               f"{_pct(cost, top['cost_per_query'])} of always-top; quality {quality:.4f}, "
-               f"{_pct(quality, top['quality'])} of always-top on train")
+    settings = (
+        "; ".join(
+            f"{k} {s}={v:g}" if math.isfinite(v) else f"{k} {s.split('.')[0]} removed"
+            for k, t in thresholds.items()
+            for s, v in t.items()
+        )
+        or "none"
+    )
+    message = (
+        f"ladder {' -> '.join(ladder)} ({settings}): cost {cost:.6g} USD/query, "
+        f"{_pct(cost, top['cost_per_query'])} of always-top; quality {quality:.4f}, "
+        f"{_pct(quality, top['quality'])} of always-top on train"
+    )
     if test is not None:
         t_top = test["baselines"]["always_top"]
-        message += (f"; on test {_pct(test['cost_per_query'], t_top['cost_per_query'])} "
-                    f"of the cost at {_pct(test['quality'], t_top['quality'])} of the "
-                    f"quality (target {'met' if test['target_met'] else 'missed'})")
+        message += (
+            f"; on test {_pct(test['cost_per_query'], t_top['cost_per_query'])} "
+            f"of the cost at {_pct(test['quality'], t_top['quality'])} of the "
+            f"quality (target {'met' if test['target_met'] else 'missed'})"
+        )
     if cost > top_cost * (1 + 1e-9):
-        return "failed", (f"no cascade pays for itself: the cheapest configuration that meets "
-                          f"the target costs {cost:.6g} USD/query, more than always-top "
-                          f"({top_cost:.6g}). {message}")
+        return "failed", (
+            f"no cascade pays for itself: the cheapest configuration that meets "
+            f"the target costs {cost:.6g} USD/query, more than always-top "
+            f"({top_cost:.6g}). {message}"
+        )
     if len(ladder) == 1:
         return "ok", f"no cheaper cascade meets the target; keep the top rung alone. {message}"
     return "ok", message
 
 
-def calibrate(config_path: str | Path, train: str | Path, *, target_quality: float,
-              test: str | Path | None = None, task: str | None = None,
-              say: Callable[[str], None] = lambda s: None) -> CalibrationResult:
+def calibrate(
+    config_path: str | Path,
+    train: str | Path,
+    *,
+    target_quality: float,
+    test: str | Path | None = None,
+    task: str | None = None,
+    say: Callable[[str], None] = lambda s: None,
+) -> CalibrationResult:
     """Find the cheapest thresholds (and rungs) that keep quality >= R x always-top on train.
 
     Args:
@@ -392,8 +476,10 @@ def calibrate(config_path: str | Path, train: str | Path, *, target_quality: flo
     if not records:
         raise DatasetError(f"{train}: no query of task {task!r} (train set)")
     test_records = _load(Path(test), task, "test") if test is not None else None
-    say(f"task {task}: {len(records)} train queries, ladder "
-        f"{' -> '.join(r.model for r in cfg.tasks[task].ladder)}")
+    say(
+        f"task {task}: {len(records)} train queries, ladder "
+        f"{' -> '.join(r.model for r in cfg.tasks[task].ladder)}"
+    )
     rp = ReplayTable(cfg, raw, shown, records, task, tune=True)
     grid = grids(rp)
     for i, values in grid.items():
@@ -401,50 +487,87 @@ def calibrate(config_path: str | Path, train: str | Path, *, target_quality: flo
     best, all_views = _search(rp, grid, target_quality, say)
     top_key = rp.rungs[-1].key
     top_model = cfg.models[top_key]
-    top_cost = float(np.mean([recorded_cost(r.responses[top_model.name], cfg, top_key)
-                              if top_model.name in r.responses else 0.0 for r in records]))
+    top_cost = float(
+        np.mean(
+            [
+                recorded_cost(r.responses[top_model.name], cfg, top_key)
+                if top_model.name in r.responses
+                else 0.0
+                for r in records
+            ]
+        )
+    )
     top_quality = float(rp.q_top.mean())
-    say(f"searched {best.evaluated:,} configurations over {len(all_views)} rung subsets in "
-        f"{time.perf_counter() - started:.1f} s")
+    say(
+        f"searched {best.evaluated:,} configurations over {len(all_views)} rung subsets in "
+        f"{time.perf_counter() - started:.1f} s"
+    )
     frontier = [(float(c), float(q)) for c, q in zip(best.front_c, best.front_q, strict=True)]
     if best.point is None:
-        message = (f"target unreachable: no configuration keeps quality >= {target_quality:g} x "
-                   f"always-top ({target_quality * top_quality:.4f}) on train under the guard "
-                   f"({GUARD}); the best lower bound of mean(q - R*q_top) is "
-                   f"{best.best_bound:+.4f}, at quality {best.best_bound_quality:.4f} "
-                   f"({_pct(best.best_bound_quality, top_quality)} of always-top). Lower the "
-                   "target or add train data.")
+        message = (
+            f"target unreachable: no configuration keeps quality >= {target_quality:g} x "
+            f"always-top ({target_quality * top_quality:.4f}) on train under the guard "
+            f"({GUARD}); the best lower bound of mean(q - R*q_top) is "
+            f"{best.best_bound:+.4f}, at quality {best.best_bound_quality:.4f} "
+            f"({_pct(best.best_bound_quality, top_quality)} of always-top). Lower the "
+            "target or add train data."
+        )
         return CalibrationResult(
-            task=task, status="failed", message=message, target_quality=target_quality,
-            guard=GUARD, ladder=(), thresholds={}, train={}, test=None,
-            simulated_train={"always_top_cost_per_query": top_cost,
-                             "always_top_quality": top_quality,
-                             "best_lower_bound": best.best_bound},
-            frontier=frontier, config={})
+            task=task,
+            status="failed",
+            message=message,
+            target_quality=target_quality,
+            guard=GUARD,
+            ladder=(),
+            thresholds={},
+            train={},
+            test=None,
+            simulated_train={
+                "always_top_cost_per_query": top_cost,
+                "always_top_quality": top_quality,
+                "best_lower_bound": best.best_bound,
+            },
+            frontier=frontier,
+            config={},
+        )
     subset, picks = best.point
     views = all_views[subset]
     sim_cost, sim_quality = simulate(views, np.array([picks]))
     _, _, lcb = _stats(sim_cost, sim_quality, rp.q_top, target_quality)
-    simulated = {"cost_per_query": float(sim_cost.mean()), "quality": float(sim_quality.mean()),
-                 "always_top_cost_per_query": top_cost, "always_top_quality": top_quality,
-                 "lower_bound": float(lcb[0])}
+    simulated = {
+        "cost_per_query": float(sim_cost.mean()),
+        "quality": float(sim_quality.mean()),
+        "always_top_cost_per_query": top_cost,
+        "always_top_quality": top_quality,
+        "lower_bound": float(lcb[0]),
+    }
     mapping, thresholds = _calibrated(raw, rp, task, subset, grid, picks)
     new_cfg = parse_config(mapping, path=shown)
     train_report = _replayed(new_cfg, mapping, records, task, target_quality, say, "train")
     test_report = None
     if test_records is not None:
-        test_report = _replayed(new_cfg, mapping, test_records, task, target_quality, say,
-                                "test")
+        test_report = _replayed(new_cfg, mapping, test_records, task, target_quality, say, "test")
     ladder = tuple(rp.rungs[i].key for i in subset)
     status, message = _summary(ladder, thresholds, train_report, test_report, top_cost)
     return CalibrationResult(
-        task=task, status=status, message=message, target_quality=target_quality, guard=GUARD,
-        ladder=ladder, thresholds=thresholds, train=train_report, test=test_report,
-        simulated_train=simulated, frontier=frontier, config=mapping)
+        task=task,
+        status=status,
+        message=message,
+        target_quality=target_quality,
+        guard=GUARD,
+        ladder=ladder,
+        thresholds=thresholds,
+        train=train_report,
+        test=test_report,
+        simulated_train=simulated,
+        frontier=frontier,
+        config=mapping,
+    )
 
 
-def write_calibrated(result: CalibrationResult, out: str | Path, *,
-                     command: str | None = None) -> None:
+def write_calibrated(
+    result: CalibrationResult, out: str | Path, *, command: str | None = None
+) -> None:
     """Write the calibrated config as YAML, with its provenance as a comment header.
 
     Args:
@@ -461,8 +584,7 @@ def write_calibrated(result: CalibrationResult, out: str | Path, *,
     if command:
         lines.append(f"# command: {command}")
     lines += [
-        f"# task {result.task}: target quality >= {result.target_quality:g} x always-top "
-        "(train)",
+        f"# task {result.task}: target quality >= {result.target_quality:g} x always-top (train)",
         f"# guard: {result.guard}",
         f"# ladder: {' -> '.join(result.ladder)}",
     ]
@@ -481,6 +603,7 @@ def write_calibrated(result: CalibrationResult, out: str | Path, *,
             f"({_pct(report['cost_per_query'], top['cost_per_query'])} of always-top "
             f"{top['cost_per_query']:.6g}); quality {report['quality']:.4f} "
             f"({_pct(report['quality'], top['quality'])} of always-top {top['quality']:.4f}; "
-            f"bootstrap 95% CI {ci})")
+            f"bootstrap 95% CI {ci})"
+        )
     body = yaml.safe_dump(result.config, sort_keys=False, allow_unicode=True)
     Path(out).write_text("\n".join(lines) + "\n" + body, encoding="utf-8")

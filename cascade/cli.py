@@ -42,11 +42,17 @@ class _Stderr:
 
 def _configure_logging(level: str, as_json: bool) -> None:
     """Only the CLI configures structlog; the library never does."""
-    renderer: Any = (structlog.processors.JSONRenderer() if as_json
-                     else structlog.dev.ConsoleRenderer(colors=False))
+    renderer: Any = (
+        structlog.processors.JSONRenderer()
+        if as_json
+        else structlog.dev.ConsoleRenderer(colors=False)
+    )
     structlog.configure(
-        processors=[structlog.processors.add_log_level,
-                    structlog.processors.TimeStamper(fmt="iso"), renderer],
+        processors=[
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso"),
+            renderer,
+        ],
         wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper())),
         logger_factory=structlog.PrintLoggerFactory(file=_Stderr()),  # type: ignore[arg-type]
         cache_logger_on_first_use=False,
@@ -57,7 +63,8 @@ def _say(message: str) -> None:
     print(message, file=sys.stderr)
 
 
-# -- commands ---------------------------------------------------------------------------------------
+# -- commands -------------------------------------------------------------------------------
+
 
 def cmd_run(args: argparse.Namespace) -> int:
     params: dict[str, Any] = {}
@@ -84,15 +91,23 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _summary(result: Any) -> str:
     status = "accepted" if result.accepted else "NOT accepted (last answer returned)"
-    return (f"model={result.model} steps={len(result.steps)} cost=${result.cost_usd:.6f} "
-            f"latency={result.latency_ms:.0f}ms {status}")
+    return (
+        f"model={result.model} steps={len(result.steps)} cost=${result.cost_usd:.6f} "
+        f"latency={result.latency_ms:.0f}ms {status}"
+    )
 
 
 def _result_json(result: Any) -> dict[str, Any]:
-    return {"text": result.text, "model": result.model, "accepted": result.accepted,
-            "cost_usd": result.cost_usd, "latency_ms": result.latency_ms,
-            "run_id": result.run_id, "json": result.json,
-            "steps": [s.as_event() for s in result.steps]}
+    return {
+        "text": result.text,
+        "model": result.model,
+        "accepted": result.accepted,
+        "cost_usd": result.cost_usd,
+        "latency_ms": result.latency_ms,
+        "run_id": result.run_id,
+        "json": result.json,
+        "steps": [s.as_event() for s in result.steps],
+    }
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -108,16 +123,19 @@ def cmd_validate(args: argparse.Namespace) -> int:
     for line in warnings:
         _say(line)
     rungs = sum(len(t.rungs) for t in engine.tasks.values())
-    print(f"{args.config}: OK ({len(config.tasks)} tasks, {rungs} rungs, "
-          f"{len(config.models)} models, {len(config.providers)} providers)")
+    print(
+        f"{args.config}: OK ({len(config.tasks)} tasks, {rungs} rungs, "
+        f"{len(config.models)} models, {len(config.providers)} providers)"
+    )
     return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     path = Path(args.ledger)
     if not path.exists():
-        raise ConfigError("ledger file not found (run something first, or pass --ledger)",
-                          path=str(path))
+        raise ConfigError(
+            "ledger file not found (run something first, or pass --ledger)", path=str(path)
+        )
     ledger = Ledger(path)
     try:
         report = ledger_report(ledger)
@@ -138,33 +156,50 @@ def cmd_report(args: argparse.Namespace) -> int:
         table.add_column(column, justify="left" if column in ("task", "model") else "right")
     for task, t in report["tasks"].items():
         accepted = "-" if t["accepted_rate"] is None else f"{t['accepted_rate']:.1%}"
-        table.add_row(task, "(all)", str(t["runs"]), f"{t['cost_usd']:.6f}",
-                      f"{t['escalation_rate']:.1%}", accepted)
+        table.add_row(
+            task,
+            "(all)",
+            str(t["runs"]),
+            f"{t['cost_usd']:.6f}",
+            f"{t['escalation_rate']:.1%}",
+            accepted,
+        )
         for model, m in t["models"].items():
             table.add_row("", model, str(m["calls"]), f"{m['cost_usd']:.6f}", "", "")
     Console().print(table)
     for budget in report.get("budgets", []):
         scope = "global" if budget["scope"] == "global" else f"task {budget['scope']}"
         share = budget["spent_usd"] / budget["limit_usd"] if budget["limit_usd"] else 1.0
-        print(f"{budget['period']} budget ({scope}): ${budget['spent_usd']:.6f} of "
-              f"${budget['limit_usd']:.2f} ({share:.1%})")
+        print(
+            f"{budget['period']} budget ({scope}): ${budget['spent_usd']:.6f} of "
+            f"${budget['limit_usd']:.2f} ({share:.1%})"
+        )
     return 0
 
 
 # -- parser ---------------------------------------------------------------------------------------
 
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="cascade", description="Cascade routing for LLM calls: cheapest model first, "
-        "escalate when the answer fails its checks, and record every step's cost.")
-    parser.add_argument("--log-level", default="warning",
-                        choices=["debug", "info", "warning", "error"],
-                        help="structured log level on stderr (info shows every step)")
+        prog="cascade",
+        description="Cascade routing for LLM calls: cheapest model first, "
+        "escalate when the answer fails its checks, and record every step's cost.",
+    )
+    parser.add_argument(
+        "--log-level",
+        default="warning",
+        choices=["debug", "info", "warning", "error"],
+        help="structured log level on stderr (info shows every step)",
+    )
     parser.add_argument("--log-json", action="store_true", help="log as JSON lines")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    run = sub.add_parser("run", help="run one prompt through a task's ladder",
-                         description="Print the answer, then a one-line summary on stderr.")
+    run = sub.add_parser(
+        "run",
+        help="run one prompt through a task's ladder",
+        description="Print the answer, then a one-line summary on stderr.",
+    )
     run.add_argument("config", help="YAML config file")
     run.add_argument("task", help="task name from the config")
     run.add_argument("prompt", help="the prompt text, or - to read it from stdin")
@@ -173,14 +208,20 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--json", action="store_true", help="print the full result as JSON")
     run.set_defaults(handler=cmd_run)
 
-    validate = sub.add_parser("validate", help="check a config file without calling any model",
-                              description="Load and build the config; warn about unset API "
-                              "key variables. Exit 2 on any config error.")
+    validate = sub.add_parser(
+        "validate",
+        help="check a config file without calling any model",
+        description="Load and build the config; warn about unset API "
+        "key variables. Exit 2 on any config error.",
+    )
     validate.add_argument("config", help="YAML config file")
     validate.set_defaults(handler=cmd_validate)
 
-    report = sub.add_parser("report", help="spend, calls and escalation rate from the ledger",
-                            description="Summarise the ledger per task and per model.")
+    report = sub.add_parser(
+        "report",
+        help="spend, calls and escalation rate from the ledger",
+        description="Summarise the ledger per task and per model.",
+    )
     report.add_argument("--ledger", default="cascade-ledger.sqlite", help="ledger file")
     report.add_argument("--json", action="store_true", help="print JSON for scripts")
     report.add_argument("--config", help="also show spend against this config's budgets")

@@ -31,25 +31,46 @@ def print_bench(report: dict[str, Any]) -> None:
         for column in ("", "cost/query USD", "quality", "cost vs top", "quality vs top"):
             table.add_column(column, justify="left" if not column else "right")
         top = t["baselines"]["always_top"]
-        rows = [("cascade", t), ("always top", top),
-                ("always first", t["baselines"]["always_first"]),
-                ("oracle", t["baselines"]["oracle"])]
+        rows = [
+            ("cascade", t),
+            ("always top", top),
+            ("always first", t["baselines"]["always_first"]),
+            ("oracle", t["baselines"]["oracle"]),
+        ]
         for label, row in rows:
-            cost_ratio = row["cost_per_query"] / top["cost_per_query"] if top["cost_per_query"] else None
+            cost_ratio = (
+                row["cost_per_query"] / top["cost_per_query"] if top["cost_per_query"] else None
+            )
             quality_ratio = row["quality"] / top["quality"] if top["quality"] else None
-            table.add_row(label, f"{row['cost_per_query']:.7f}", f"{row['quality']:.4f}",
-                          _fmt(cost_ratio, ".1%"), _fmt(quality_ratio, ".1%"))
+            table.add_row(
+                label,
+                f"{row['cost_per_query']:.7f}",
+                f"{row['quality']:.4f}",
+                _fmt(cost_ratio, ".1%"),
+                _fmt(quality_ratio, ".1%"),
+            )
         console.print(table)
-        shares = ", ".join(f"{k} {s:.1%}" for k, s in zip(t["ladder"], t["accepted_share"]))
-        escal = ", ".join(f"past {k} {e:.1%}" for k, e in zip(t["ladder"], t["escalation_rate"]))
+        shares = ", ".join(
+            f"{k} {s:.1%}" for k, s in zip(t["ladder"], t["accepted_share"], strict=True)
+        )
+        escal = ", ".join(
+            f"past {k} {e:.1%}" for k, e in zip(t["ladder"], t["escalation_rate"], strict=False)
+        )
         console.print(f"  answered at: {shares}")
-        console.print(f"  escalation: {escal or '-'}; returned unaccepted: "
-                      f"{t['unaccepted_share']:.1%}; failed queries: {t['failed']}; "
-                      f"error steps: {t['error_steps']}")
+        console.print(
+            f"  escalation: {escal or '-'}; returned unaccepted: "
+            f"{t['unaccepted_share']:.1%}; failed queries: {t['failed']}; "
+            f"error steps: {t['error_steps']}"
+        )
         lat = t["latency_ms"]
-        console.print("  recorded latency ms: " + (
-            "not recorded" if lat is None else
-            f"p50 {lat['p50']:.0f}, p95 {lat['p95']:.0f}, p99 {lat['p99']:.0f}"))
+        console.print(
+            "  recorded latency ms: "
+            + (
+                "not recorded"
+                if lat is None
+                else f"p50 {lat['p50']:.0f}, p95 {lat['p95']:.0f}, p99 {lat['p99']:.0f}"
+            )
+        )
         ovh = t["engine_overhead_ms"]
         console.print(f"  engine overhead ms: p50 {ovh['p50']:.3f}, p99 {ovh['p99']:.3f}")
     qps = report.get("queries_per_second")
@@ -63,9 +84,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     _quiet()
     with Progress(transient=True, disable=not sys.stderr.isatty()) as bar:
         job = bar.add_task("replaying", total=None)
-        result = run_bench(args.config, args.dataset, task=args.task,
-                           progress=lambda done, total: bar.update(job, completed=done,
-                                                                   total=total))
+        result = run_bench(
+            args.config,
+            args.dataset,
+            task=args.task,
+            progress=lambda done, total: bar.update(job, completed=done, total=total),
+        )
     report = result.as_json()
     print_bench(report)
     if args.json:
@@ -92,8 +116,14 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from cascade.calibrate import calibrate, write_calibrated
 
     _quiet()
-    result = calibrate(args.config, args.train, target_quality=args.target_quality,
-                       test=args.test, task=args.task, say=_say)
+    result = calibrate(
+        args.config,
+        args.train,
+        target_quality=args.target_quality,
+        test=args.test,
+        task=args.task,
+        say=_say,
+    )
     report = result.as_json()
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))
@@ -106,20 +136,25 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
             continue
         top = numbers["baselines"]["always_top"]
         ci = numbers.get("quality_ratio_ci95") or [None, None]
-        print(f"{label}: n={numbers['n']} cost/query ${numbers['cost_per_query']:.7f} "
-              f"({_fmt(numbers['cost_per_query'] / top['cost_per_query'], '.1%')} of always-top), "
-              f"quality {numbers['quality']:.4f} "
-              f"({_fmt(numbers['quality'] / top['quality'], '.1%')} of always-top, "
-              f"95% CI {_fmt(ci[0], '.1%')}..{_fmt(ci[1], '.1%')}), "
-              f"escalation {', '.join(f'{e:.1%}' for e in numbers['escalation_rate']) or '-'}")
+        print(
+            f"{label}: n={numbers['n']} cost/query ${numbers['cost_per_query']:.7f} "
+            f"({_fmt(numbers['cost_per_query'] / top['cost_per_query'], '.1%')} of always-top), "
+            f"quality {numbers['quality']:.4f} "
+            f"({_fmt(numbers['quality'] / top['quality'], '.1%')} of always-top, "
+            f"95% CI {_fmt(ci[0], '.1%')}..{_fmt(ci[1], '.1%')}), "
+            f"escalation {', '.join(f'{e:.1%}' for e in numbers['escalation_rate']) or '-'}"
+        )
     print(result.message)
     write_calibrated(result, args.out, command="cascade " + " ".join(sys.argv[1:]))
     _say(f"wrote {args.out}")
     if args.plot:
         from cascade.plot import plot_tradeoff
 
-        plot_tradeoff({result.task: result.test or result.train}, args.plot,
-                      frontier={result.task: result.frontier})
+        plot_tradeoff(
+            {result.task: result.test or result.train},
+            args.plot,
+            frontier={result.task: result.frontier},
+        )
         _say(f"wrote {args.plot}")
     return 0
 
@@ -127,19 +162,29 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 def cmd_import(args: argparse.Namespace) -> int:
     from cascade.importers import import_dataset
 
-    summary = import_dataset(args.name, args.source, args.out, split=args.split, seed=args.seed,
-                             say=lambda line: _say(f"assumed: {line}"))
-    print(f"wrote {summary.records} queries to {summary.out} ({summary.skipped} source rows "
-          f"skipped; models: {', '.join(summary.models)})")
+    summary = import_dataset(
+        args.name,
+        args.source,
+        args.out,
+        split=args.split,
+        seed=args.seed,
+        say=lambda line: _say(f"assumed: {line}"),
+    )
+    print(
+        f"wrote {summary.records} queries to {summary.out} ({summary.skipped} source rows "
+        f"skipped; models: {', '.join(summary.models)})"
+    )
     return 0
 
 
 def register(sub: Any) -> None:
     bench = sub.add_parser(
-        "bench", help="replay recorded answers through a cascade and measure it",
+        "bench",
+        help="replay recorded answers through a cascade and measure it",
         description="Replay every query of a dataset through the real engine, with every "
         "provider swapped for recordings, and report escalation, cost and quality against "
-        "always-top, always-first and the oracle.")
+        "always-top, always-first and the oracle.",
+    )
     bench.add_argument("config", help="YAML config file")
     bench.add_argument("dataset", help="replay dataset (JSONL)")
     bench.add_argument("--task", help="task for queries that do not name one")
@@ -148,15 +193,22 @@ def register(sub: Any) -> None:
     bench.set_defaults(handler=cmd_bench)
 
     cal = sub.add_parser(
-        "calibrate", help="tune evaluator thresholds to a quality target on labelled data",
+        "calibrate",
+        help="tune evaluator thresholds to a quality target on labelled data",
         description="Search each rung's evaluator thresholds (logprob.min, self_confidence.min, "
         "llm_judge.min_score, agreement.min_agree, length.min_words) and which rungs to keep, "
         "minimising cost per query subject to quality >= R x always-top quality on TRAIN, "
-        "guarded by a paired lower confidence bound against overfitting.")
+        "guarded by a paired lower confidence bound against overfitting.",
+    )
     cal.add_argument("config", help="YAML config file")
     cal.add_argument("train", help="labelled replay dataset to tune on")
-    cal.add_argument("--target-quality", type=float, required=True, metavar="R",
-                     help="required quality as a fraction of always-top quality, e.g. 0.95")
+    cal.add_argument(
+        "--target-quality",
+        type=float,
+        required=True,
+        metavar="R",
+        help="required quality as a fraction of always-top quality, e.g. 0.95",
+    )
     cal.add_argument("--test", help="held-out replay dataset to report on")
     cal.add_argument("--out", required=True, help="where to write the calibrated YAML")
     cal.add_argument("--task", help="task to calibrate (default: the only one)")
@@ -167,10 +219,12 @@ def register(sub: Any) -> None:
     data = sub.add_parser("data", help="dataset tools", description="Dataset tools.")
     data_sub = data.add_subparsers(dest="data_command", required=True, metavar="COMMAND")
     imp = data_sub.add_parser(
-        "import", help="convert a public dataset into the replay format",
+        "import",
+        help="convert a public dataset into the replay format",
         description="Convert routellm-gsm8k, routerbench or alpacaeval into replay JSONL. "
         "SOURCE is a local folder or the dataset's public URL. Every estimate made (tokens, "
-        "prices, dropped rows) is printed.")
+        "prices, dropped rows) is printed.",
+    )
     imp.add_argument("name", choices=["routellm-gsm8k", "routerbench", "alpacaeval"])
     imp.add_argument("source", help="local folder or URL")
     imp.add_argument("out", help="output JSONL file")

@@ -220,14 +220,16 @@ def _check_references(config: CascadeConfig, path: str | None) -> None:
         if model.provider not in config.providers:
             raise ConfigError(
                 f"unknown provider {model.provider!r} (defined: {', '.join(config.providers)})",
-                path=path, location=f"models.{key}.provider",
+                path=path,
+                location=f"models.{key}.provider",
             )
     for name, task in config.tasks.items():
         for i, rung in enumerate(task.ladder):
             if rung.model not in config.models:
                 raise ConfigError(
                     f"unknown model {rung.model!r} (defined: {', '.join(config.models)})",
-                    path=path, location=f"tasks.{name}.ladder[{i}]",
+                    path=path,
+                    location=f"tasks.{name}.ladder[{i}]",
                 )
 
 
@@ -239,7 +241,8 @@ def parse_config(data: Any, *, path: str | None = None) -> CascadeConfig:
     """
     if not isinstance(data, Mapping):
         raise ConfigError(
-            f"the top level must be a mapping with providers/models/tasks, got {type(data).__name__}",
+            "the top level must be a mapping with providers/models/tasks, "
+            f"got {type(data).__name__}",
             path=path,
         )
     try:

@@ -17,9 +17,9 @@ from typing import Any
 
 import structlog
 
-from cascade.config import CascadeConfig, MinScore, ModelConfig, load_config, parse_config
 from cascade.budget import DEFAULT_MAX_TOKENS, max_output_tokens
 from cascade.cache import ResponseCache, cache_key
+from cascade.config import CascadeConfig, MinScore, ModelConfig, load_config, parse_config
 from cascade.errors import (
     BudgetExceeded,
     CascadeError,
@@ -110,7 +110,8 @@ class _Eval:
 
 
 _current_run: contextvars.ContextVar[_Run | None] = contextvars.ContextVar(
-    "cascade_current_run", default=None)
+    "cascade_current_run", default=None
+)
 
 _Plan = Generator["_Call | _Eval", Any, CascadeResult]
 _Attempt = tuple[Completion, tuple[Verdict, ...], bool, "tuple[Slot, Verdict] | None"]
@@ -133,18 +134,25 @@ class Cascade:
         ConfigError: an evaluator's settings are invalid, or a plug-in is missing.
     """
 
-    def __init__(self, config: CascadeConfig, *, path: str | None = None,
-                 providers: Mapping[str, Provider] | None = None,
-                 ledger: Ledger | bool | None = None,
-                 sleep: Callable[[float], None] = time.sleep,
-                 asleep: Callable[[float], Awaitable[None]] | None = None):
+    def __init__(
+        self,
+        config: CascadeConfig,
+        *,
+        path: str | None = None,
+        providers: Mapping[str, Provider] | None = None,
+        ledger: Ledger | bool | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        asleep: Callable[[float], Awaitable[None]] | None = None,
+    ):
         self.config = config
         self.path = path
-        self._retry = RetryPolicy(config.retry, sleep=sleep,
-                                  **({"asleep": asleep} if asleep else {}))
+        self._retry = RetryPolicy(
+            config.retry, sleep=sleep, **({"asleep": asleep} if asleep else {})
+        )
         try:
             self.providers: dict[str, Provider] = {
-                name: self._build_provider(name, providers) for name in config.providers}
+                name: self._build_provider(name, providers) for name in config.providers
+            }
             self.tasks = {name: self._build_task(name) for name in config.tasks}
         except ConfigError as exc:
             if exc.path is None and path is not None:
@@ -229,21 +237,39 @@ class Cascade:
             specs = rung.evaluators if rung.evaluators is not None else task.evaluators
             location = f"tasks.{name}.ladder[{i}].evaluators" if own else f"tasks.{name}.evaluators"
             ctx = EvaluatorContext(
-                location=location, task=name, model=rung.model,
+                location=location,
+                task=name,
+                model=rung.model,
                 provider_type=self.config.providers[model.provider].type,
                 supports_logprobs=bool(getattr(provider, "supports_logprobs", False)),
-                services=self, config_dir=Path(self.path).parent if self.path else None)
-            rungs.append(_Rung(key=rung.model, model=model, provider=provider,
-                               slots=build_evaluators(specs, ctx),
-                               accept=rung.accept if rung.accept is not None else task.accept))
-        return _Task(name=name, rungs=tuple(rungs), on_exhausted=task.on_exhausted,
-                     params=task.params)
+                services=self,
+                config_dir=Path(self.path).parent if self.path else None,
+            )
+            rungs.append(
+                _Rung(
+                    key=rung.model,
+                    model=model,
+                    provider=provider,
+                    slots=build_evaluators(specs, ctx),
+                    accept=rung.accept if rung.accept is not None else task.accept,
+                )
+            )
+        return _Task(
+            name=name, rungs=tuple(rungs), on_exhausted=task.on_exhausted, params=task.params
+        )
 
     # -- public API -----------------------------------------------------------------------------
 
-    def complete(self, task: str, prompt: str | Sequence[Message], *, query_id: str | None = None,
-                 max_cost_usd: float | None = None, log_content: bool | None = None,
-                 **params: Any) -> CascadeResult:
+    def complete(
+        self,
+        task: str,
+        prompt: str | Sequence[Message],
+        *,
+        query_id: str | None = None,
+        max_cost_usd: float | None = None,
+        log_content: bool | None = None,
+        **params: Any,
+    ) -> CascadeResult:
         """Run ``task``'s ladder on a prompt and return the first accepted answer.
 
         Args:
@@ -274,9 +300,16 @@ class Cascade:
         finally:
             _current_run.reset(token)
 
-    async def acomplete(self, task: str, prompt: str | Sequence[Message], *,
-                        query_id: str | None = None, max_cost_usd: float | None = None,
-                        log_content: bool | None = None, **params: Any) -> CascadeResult:
+    async def acomplete(
+        self,
+        task: str,
+        prompt: str | Sequence[Message],
+        *,
+        query_id: str | None = None,
+        max_cost_usd: float | None = None,
+        log_content: bool | None = None,
+        **params: Any,
+    ) -> CascadeResult:
         """The async twin of ``complete``, with the same arguments, result and errors."""
         plan, run = self._start(task, prompt, query_id, max_cost_usd, log_content, params)
         token = _current_run.set(run)
@@ -296,19 +329,22 @@ class Cascade:
     def provider_type(self, model: str) -> str:
         return self.config.providers[self.config.models[model].provider].type
 
-    def call_model(self, model: str, messages: Sequence[Message],
-                   params: Mapping[str, Any] | None = None) -> Completion:
+    def call_model(
+        self, model: str, messages: Sequence[Message], params: Mapping[str, Any] | None = None
+    ) -> Completion:
         """Call one model outside the ladder; the call is a ``judge`` step of the current run."""
         op = self._side_call(model, messages, params)
         return self._side_result(op, self._call(op))
 
-    async def acall_model(self, model: str, messages: Sequence[Message],
-                          params: Mapping[str, Any] | None = None) -> Completion:
+    async def acall_model(
+        self, model: str, messages: Sequence[Message], params: Mapping[str, Any] | None = None
+    ) -> Completion:
         op = self._side_call(model, messages, params)
         return self._side_result(op, await self._acall(op))
 
-    def _side_call(self, model: str, messages: Sequence[Message],
-                   params: Mapping[str, Any] | None) -> _Call:
+    def _side_call(
+        self, model: str, messages: Sequence[Message], params: Mapping[str, Any] | None
+    ) -> _Call:
         merged = {**self.config.models[model].params, **(params or {})}
         return _Call(model, as_messages(messages), merged, None)
 
@@ -323,15 +359,25 @@ class Cascade:
 
     # -- the ladder, written once ---------------------------------------------------------------
 
-    def _start(self, task: str, prompt: str | Sequence[Message], query_id: str | None,
-               max_cost_usd: float | None, log_content: bool | None,
-               params: dict[str, Any]) -> tuple[_Plan, _Run]:
+    def _start(
+        self,
+        task: str,
+        prompt: str | Sequence[Message],
+        query_id: str | None,
+        max_cost_usd: float | None,
+        log_content: bool | None,
+        params: dict[str, Any],
+    ) -> tuple[_Plan, _Run]:
         if task not in self.tasks:
-            raise ConfigError(f"unknown task {task!r} (defined: {', '.join(self.tasks)})",
-                              path=self.path, location="tasks")
+            raise ConfigError(
+                f"unknown task {task!r} (defined: {', '.join(self.tasks)})",
+                path=self.path,
+                location="tasks",
+            )
         content = self.config.logging.content if log_content is None else log_content
-        run = _Run(run_id=uuid.uuid4().hex, task=task, started=time.perf_counter(),
-                   log_content=content)
+        run = _Run(
+            run_id=uuid.uuid4().hex, task=task, started=time.perf_counter(), log_content=content
+        )
         messages = as_messages(prompt)
         settings = self.config.tasks[task]
         cap = max_cost_usd if max_cost_usd is not None else settings.max_cost_usd
@@ -340,21 +386,36 @@ class Cascade:
             hit = self.cache.get(key)
             if hit is not None:
                 return self._cached(run, *hit), run
-            return self._plan(self.tasks[task], messages, params, run, query_id, cap,
-                              cache_as=(key, settings.cache.ttl_s)), run
+            return self._plan(
+                self.tasks[task],
+                messages,
+                params,
+                run,
+                query_id,
+                cap,
+                cache_as=(key, settings.cache.ttl_s),
+            ), run
         return self._plan(self.tasks[task], messages, params, run, query_id, cap), run
 
     def _cached(self, run: _Run, model: str, text: str, parsed: Any) -> _Plan:
         """A cache hit: one free step marked ``cache``, no provider call."""
         done = Completion(text=text, model=model, provider=self.config.models[model].provider)
         self._record(run, model, _Outcome(done, None, 0, 0.0), "cache", ())
-        return replace(self._result(run, None, done, (), accepted=True), model=model, json=parsed,
-                       cached=True)
+        return replace(
+            self._result(run, None, done, (), accepted=True), model=model, json=parsed, cached=True
+        )
         yield  # a generator, so both drivers take it like any plan
 
-    def _plan(self, task: _Task, messages: tuple[Message, ...], params: dict[str, Any],
-              run: _Run, query_id: str | None, cap: float | None = None,
-              cache_as: tuple[str, float] | None = None) -> _Plan:
+    def _plan(
+        self,
+        task: _Task,
+        messages: tuple[Message, ...],
+        params: dict[str, Any],
+        run: _Run,
+        query_id: str | None,
+        cap: float | None = None,
+        cache_as: tuple[str, float] | None = None,
+    ) -> _Plan:
         history: list[Completion] = []
         last: tuple[_Rung, Completion, tuple[Verdict, ...]] | None = None
         refused: list[Gate] = []
@@ -369,19 +430,32 @@ class Cascade:
                     convo, call_params = slot.hooks["prepare"](convo, call_params)
             repairs = {s.name: int(getattr(s.evaluator, "repair_attempts", 0)) for s in rung.slots}
             while True:
-                gate = self.limits.check(task.name, rung.model.provider, rung.key, convo,
-                                         call_params, run.cost(), cap)
+                gate = self.limits.check(
+                    task.name, rung.model.provider, rung.key, convo, call_params, run.cost(), cap
+                )
                 if gate.skipped:
                     refused.append(gate)
-                    self._record(run, rung.key, _Outcome(None, None, 0, 0.0), "skip", (),
-                                 error=gate.reason)
+                    self._record(
+                        run, rung.key, _Outcome(None, None, 0, 0.0), "skip", (), error=gate.reason
+                    )
                     break
                 try:
-                    step = yield from self._attempt(run, task, rung, convo, call_params,
-                                                    Request(task=task.name, messages=messages,
-                                                            params=params, run_id=run.run_id,
-                                                            history=tuple(history),
-                                                            query_id=query_id), repairs)
+                    step = yield from self._attempt(
+                        run,
+                        task,
+                        rung,
+                        convo,
+                        call_params,
+                        Request(
+                            task=task.name,
+                            messages=messages,
+                            params=params,
+                            run_id=run.run_id,
+                            history=tuple(history),
+                            query_id=query_id,
+                        ),
+                        repairs,
+                    )
                 finally:
                     # Only now is the step's real cost in the ledger, so the budget never
                     # loses sight of this spend.
@@ -392,8 +466,9 @@ class Cascade:
                 if ok:
                     result = self._result(run, rung, completion, verdicts, accepted=True)
                     if cache_as is not None and self.cache is not None:
-                        self.cache.put(cache_as[0], task.name, rung.key, result.text,
-                                       result.json, cache_as[1])
+                        self.cache.put(
+                            cache_as[0], task.name, rung.key, result.text, result.json, cache_as[1]
+                        )
                     return result
                 last = (rung, completion, verdicts)
                 if fixer is None:
@@ -401,8 +476,11 @@ class Cascade:
                     break
                 slot, verdict = fixer
                 repairs[slot.name] -= 1
-                convo = (*convo, {"role": "assistant", "content": completion.text},
-                         {"role": "user", "content": slot.hooks["repair_message"](verdict)})
+                convo = (
+                    *convo,
+                    {"role": "assistant", "content": completion.text},
+                    {"role": "user", "content": slot.hooks["repair_message"](verdict)},
+                )
         if last is None:
             result = self._result(run, None, None, (), accepted=False)
             budget = [g for g in refused if g.kind == "budget"]
@@ -410,18 +488,29 @@ class Cascade:
                 cheapest = min(budget, key=lambda g: g.estimate)
                 raise BudgetExceeded(
                     f"task {task.name!r}: no rung fits the budget ({cheapest.reason})",
-                    limit_usd=cheapest.limit_usd, estimate_usd=cheapest.estimate, result=result)
+                    limit_usd=cheapest.limit_usd,
+                    estimate_usd=cheapest.estimate,
+                    result=result,
+                )
             failures = "; ".join(f"{s.model}: {s.error}" for s in run.steps if s.error)
-            raise ProviderError(f"task {task.name!r}: no rung produced an answer ({failures})",
-                                result=result)
+            raise ProviderError(
+                f"task {task.name!r}: no rung produced an answer ({failures})", result=result
+            )
         result = self._result(run, *last, accepted=False)
         if task.on_exhausted == "raise":
             raise CascadeExhausted(result)
         return result
 
-    def _attempt(self, run: _Run, task: _Task, rung: _Rung, convo: tuple[Message, ...],
-                 call_params: dict[str, Any], request: Request, repairs: Mapping[str, int],
-                 ) -> Generator[_Call | _Eval, Any, _Attempt | None]:
+    def _attempt(
+        self,
+        run: _Run,
+        task: _Task,
+        rung: _Rung,
+        convo: tuple[Message, ...],
+        call_params: dict[str, Any],
+        request: Request,
+        repairs: Mapping[str, int],
+    ) -> Generator[_Call | _Eval, Any, _Attempt | None]:
         """Call one rung once, evaluate the answer and record the step; None if the call failed."""
         outcome = yield _Call(rung.key, convo, call_params, request.query_id)
         if outcome.completion is None:
@@ -446,8 +535,9 @@ class Cascade:
         ok = combine(rung.accept, verdicts, weights)
         fixer = None if ok else _repairer(rung, verdicts, repairs)
         decision: Decision = "accept" if ok else ("repair" if fixer else "escalate")
-        self._record(run, rung.key, outcome, decision, tuple(verdicts), completion=completion,
-                     index=index)
+        self._record(
+            run, rung.key, outcome, decision, tuple(verdicts), completion=completion, index=index
+        )
         return completion, tuple(verdicts), ok, fixer
 
     # -- drivers ----------------------------------------------------------------------------------
@@ -460,8 +550,9 @@ class Cascade:
             except StopIteration as done:
                 result: CascadeResult = done.value
                 return result
-            reply = self._call(op) if isinstance(op, _Call) else op.slot.run(op.request,
-                                                                               op.completion)
+            reply = (
+                self._call(op) if isinstance(op, _Call) else op.slot.run(op.request, op.completion)
+            )
 
     async def _adrive(self, plan: _Plan) -> CascadeResult:
         reply: Any = None
@@ -485,8 +576,9 @@ class Cascade:
         if not getattr(provider, "transient_faults", True):
             # A recording never fails transiently, so replay skips the retry machinery.
             try:
-                done = provider.complete(op.messages, model=model.name, params=op.params,
-                                         query_id=op.query_id)
+                done = provider.complete(
+                    op.messages, model=model.name, params=op.params, query_id=op.query_id
+                )
             except ProviderError as exc:
                 return _Outcome(None, exc, 1, (time.perf_counter() - started) * 1000)
             return _Outcome(done, None, 1, (time.perf_counter() - started) * 1000)
@@ -497,13 +589,20 @@ class Cascade:
                     self._breaker_gate(model.provider, model.name)
                     try:
                         if slot is None:
-                            completion = provider.complete(op.messages, model=model.name,
-                                                           params=op.params, query_id=op.query_id)
+                            completion = provider.complete(
+                                op.messages,
+                                model=model.name,
+                                params=op.params,
+                                query_id=op.query_id,
+                            )
                         else:
                             with slot:
                                 completion = provider.complete(
-                                    op.messages, model=model.name, params=op.params,
-                                    query_id=op.query_id)
+                                    op.messages,
+                                    model=model.name,
+                                    params=op.params,
+                                    query_id=op.query_id,
+                                )
                     except ProviderError:
                         self._breaker_note(model.provider, ok=False)
                         raise
@@ -526,13 +625,19 @@ class Cascade:
                     try:
                         if slot is None:
                             completion = await provider.acomplete(
-                                op.messages, model=model.name, params=op.params,
-                                query_id=op.query_id)
+                                op.messages,
+                                model=model.name,
+                                params=op.params,
+                                query_id=op.query_id,
+                            )
                         else:
                             async with slot:
                                 completion = await provider.acomplete(
-                                    op.messages, model=model.name, params=op.params,
-                                    query_id=op.query_id)
+                                    op.messages,
+                                    model=model.name,
+                                    params=op.params,
+                                    query_id=op.query_id,
+                                )
                     except ProviderError:
                         self._breaker_note(model.provider, ok=False)
                         raise
@@ -546,34 +651,58 @@ class Cascade:
         breaker = self.limits.breakers.get(provider)
         left = breaker.open_for() if breaker else None
         if left is not None:
-            raise ProviderError(f"{provider}: circuit open ({left:.1f}s of cool-down left)",
-                                provider=provider, model=model, retryable=False)
+            raise ProviderError(
+                f"{provider}: circuit open ({left:.1f}s of cool-down left)",
+                provider=provider,
+                model=model,
+                retryable=False,
+            )
 
     def _breaker_note(self, provider: str, *, ok: bool) -> None:
         if self.limits.record(provider, ok):
             breaker = self.limits.breakers[provider]
-            log.warning("cascade.circuit_open", provider=provider,
-                        failures=breaker.failures, cooldown_s=breaker.cooldown_s)
+            log.warning(
+                "cascade.circuit_open",
+                provider=provider,
+                failures=breaker.failures,
+                cooldown_s=breaker.cooldown_s,
+            )
 
     # -- records ----------------------------------------------------------------------------------
 
-    def _record(self, run: _Run, model_key: str, outcome: _Outcome, decision: Decision,
-                verdicts: tuple[Verdict, ...], *, completion: Completion | None = None,
-                index: int | None = None, error: str | None = None) -> StepRecord:
+    def _record(
+        self,
+        run: _Run,
+        model_key: str,
+        outcome: _Outcome,
+        decision: Decision,
+        verdicts: tuple[Verdict, ...],
+        *,
+        completion: Completion | None = None,
+        index: int | None = None,
+        error: str | None = None,
+    ) -> StepRecord:
         model = self.config.models[model_key]
         done = completion or outcome.completion
         # A recorded (replayed) latency is longer than the replay itself; a live one is shorter
         # than the wall time that includes retries. The larger is the step's real latency.
         latency = max(outcome.latency_ms, done.latency_ms if done else 0.0)
         step = StepRecord(
-            run_id=run.run_id, task=run.task, step=index or run.next_index(), model=model_key,
-            provider=model.provider, attempts=outcome.attempts,
+            run_id=run.run_id,
+            task=run.task,
+            step=index or run.next_index(),
+            model=model_key,
+            provider=model.provider,
+            attempts=outcome.attempts,
             input_tokens=done.input_tokens if done else 0,
             output_tokens=done.output_tokens if done else 0,
             cached_input_tokens=done.cached_input_tokens if done else 0,
             cost_usd=cost_usd(done, model.price) if done and decision != "cache" else 0.0,
-            latency_ms=latency, decision=decision, verdicts=verdicts,
-            error=error or (outcome.error.message if outcome.error else None), ts=time.time(),
+            latency_ms=latency,
+            decision=decision,
+            verdicts=verdicts,
+            error=error or (outcome.error.message if outcome.error else None),
+            ts=time.time(),
             text=done.text if done else None,
         )
         run.steps.append(step)
@@ -582,8 +711,15 @@ class Cascade:
             self.ledger.record_step(step)
         return step
 
-    def _result(self, run: _Run, rung: _Rung | None, completion: Completion | None,
-                verdicts: tuple[Verdict, ...], *, accepted: bool) -> CascadeResult:
+    def _result(
+        self,
+        run: _Run,
+        rung: _Rung | None,
+        completion: Completion | None,
+        verdicts: tuple[Verdict, ...],
+        *,
+        accepted: bool,
+    ) -> CascadeResult:
         text = completion.text if completion else ""
         if rung is not None:
             for slot in rung.slots:
@@ -591,9 +727,16 @@ class Cascade:
                     text = slot.hooks["finalize"](text)
         parsed = next((v.data for v in verdicts if v.data is not None and v.passed), None)
         return CascadeResult(
-            text=text, model=rung.key if rung else "", accepted=accepted, cost_usd=run.cost(),
-            latency_ms=(time.perf_counter() - run.started) * 1000, run_id=run.run_id,
-            steps=tuple(sorted(run.steps, key=lambda s: s.step)), task=run.task, json=parsed)
+            text=text,
+            model=rung.key if rung else "",
+            accepted=accepted,
+            cost_usd=run.cost(),
+            latency_ms=(time.perf_counter() - run.started) * 1000,
+            run_id=run.run_id,
+            steps=tuple(sorted(run.steps, key=lambda s: s.step)),
+            task=run.task,
+            json=parsed,
+        )
 
     def _finish(self, result: CascadeResult, run: _Run) -> CascadeResult:
         self._close_run(result, "ok" if result.accepted else "exhausted")
@@ -606,21 +749,32 @@ class Cascade:
         elif isinstance(exc, (ProviderError, BudgetExceeded)) and exc.result is not None:
             self._close_run(exc.result, "failed" if isinstance(exc, ProviderError) else "budget")
         elif run.steps:
-            self._close_run(self._result(run, None, None, (), accepted=False),
-                            f"error: {type(exc).__name__}")
+            self._close_run(
+                self._result(run, None, None, (), accepted=False), f"error: {type(exc).__name__}"
+            )
 
     def _close_run(self, result: CascadeResult, status: str) -> None:
-        log.info("cascade.run", run_id=result.run_id, task=result.task, model=result.model,
-                 accepted=result.accepted, status=status, steps=len(result.steps),
-                 cost_usd=result.cost_usd, latency_ms=round(result.latency_ms, 3))
+        log.info(
+            "cascade.run",
+            run_id=result.run_id,
+            task=result.task,
+            model=result.model,
+            accepted=result.accepted,
+            status=status,
+            steps=len(result.steps),
+            cost_usd=result.cost_usd,
+            latency_ms=round(result.latency_ms, 3),
+        )
         if self.ledger is not None:
             self.ledger.record_run(result, status=status)
 
 
-def _repairer(rung: _Rung, verdicts: Sequence[Verdict],
-              left: Mapping[str, int]) -> tuple[Slot, Verdict] | None:
+def _repairer(
+    rung: _Rung, verdicts: Sequence[Verdict], left: Mapping[str, int]
+) -> tuple[Slot, Verdict] | None:
     """The first failing evaluator that can still ask the model to fix its answer."""
-    for slot, verdict in zip(rung.slots, verdicts):
+    # verdicts may stop short of the slots (short-circuit), hence strict=False
+    for slot, verdict in zip(rung.slots, verdicts, strict=False):
         if not verdict.passed and "repair_message" in slot.hooks and left.get(slot.name, 0) > 0:
             return slot, verdict
     return None

@@ -118,8 +118,14 @@ class EvaluatorError(CascadeError):
 class BudgetExceeded(CascadeError):
     """No rung fits the cost cap of this request or the period budget."""
 
-    def __init__(self, message: str, *, limit_usd: float, estimate_usd: float,
-                 result: CascadeResult | None = None):
+    def __init__(
+        self,
+        message: str,
+        *,
+        limit_usd: float,
+        estimate_usd: float,
+        result: CascadeResult | None = None,
+    ):
         super().__init__(message)
         self.limit_usd = limit_usd
         self.estimate_usd = estimate_usd

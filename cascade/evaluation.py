@@ -16,7 +16,7 @@ the ``cascade.evaluators`` entry-point group may also declare:
 from __future__ import annotations
 
 import inspect
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -59,11 +59,13 @@ class ModelServices(Protocol):
     Calls made through it are recorded as their own steps of the current run.
     """
 
-    def call_model(self, model: str, messages: Sequence[Message],
-                   params: Mapping[str, Any] | None = None) -> Completion: ...
+    def call_model(
+        self, model: str, messages: Sequence[Message], params: Mapping[str, Any] | None = None
+    ) -> Completion: ...
 
-    async def acall_model(self, model: str, messages: Sequence[Message],
-                          params: Mapping[str, Any] | None = None) -> Completion: ...
+    async def acall_model(
+        self, model: str, messages: Sequence[Message], params: Mapping[str, Any] | None = None
+    ) -> Completion: ...
 
     def has_model(self, model: str) -> bool: ...
 
@@ -188,9 +190,13 @@ def build_evaluators(specs: Sequence[Mapping[str, Any]], ctx: EvaluatorContext) 
     slots = []
     for i, spec in enumerate(specs):
         item_ctx = EvaluatorContext(
-            location=f"{ctx.location}[{i}]", task=ctx.task, model=ctx.model,
-            provider_type=ctx.provider_type, supports_logprobs=ctx.supports_logprobs,
-            services=ctx.services, config_dir=ctx.config_dir,
+            location=f"{ctx.location}[{i}]",
+            task=ctx.task,
+            model=ctx.model,
+            provider_type=ctx.provider_type,
+            supports_logprobs=ctx.supports_logprobs,
+            services=ctx.services,
+            config_dir=ctx.config_dir,
         )
         if not isinstance(spec, Mapping):
             raise item_ctx.error("an evaluator must be a mapping like {type: length, ...}")
@@ -211,7 +217,7 @@ def combine(policy: str | MinScore, verdicts: Sequence[Verdict], weights: Sequen
     if total == 0:
         return all(v.passed for v in verdicts)
     scores = [v.score if v.score is not None else float(v.passed) for v in verdicts]
-    return sum(w * s for w, s in zip(weights, scores)) / total >= policy.min_score
+    return sum(w * s for w, s in zip(weights, scores, strict=True)) / total >= policy.min_score
 
 
 def decided(policy: str | MinScore, verdict: Verdict) -> bool:
@@ -221,5 +227,3 @@ def decided(policy: str | MinScore, verdict: Verdict) -> bool:
     if policy == "any":
         return verdict.passed
     return False
-
-

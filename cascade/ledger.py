@@ -68,8 +68,9 @@ class Ledger:
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         # One connection behind a lock: SQLite serialises writers anyway, and this keeps
         # concurrent threads from ever seeing "database is locked".
-        self._conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None,
-                                     timeout=30)
+        self._conn = sqlite3.connect(
+            self.path, check_same_thread=False, isolation_level=None, timeout=30
+        )
         self._lock = threading.Lock()
         with self._lock:
             self._conn.execute("PRAGMA journal_mode=WAL")
@@ -93,13 +94,27 @@ class Ledger:
     def record_step(self, step: StepRecord) -> None:
         with self._tx() as conn:
             conn.execute(
-                "INSERT INTO steps (run_id, ts, task, step, model, provider, attempts, input_tokens,"
+                "INSERT INTO steps (run_id, ts, task, step, model, provider, attempts,"
+                " input_tokens,"
                 " cached_input_tokens, output_tokens, cost_usd, latency_ms, decision, error,"
                 " verdicts) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                (step.run_id, step.ts or time.time(), step.task, step.step, step.model,
-                 step.provider, step.attempts, step.input_tokens, step.cached_input_tokens,
-                 step.output_tokens, step.cost_usd, step.latency_ms, step.decision, step.error,
-                 json.dumps([v.as_dict() for v in step.verdicts])),
+                (
+                    step.run_id,
+                    step.ts or time.time(),
+                    step.task,
+                    step.step,
+                    step.model,
+                    step.provider,
+                    step.attempts,
+                    step.input_tokens,
+                    step.cached_input_tokens,
+                    step.output_tokens,
+                    step.cost_usd,
+                    step.latency_ms,
+                    step.decision,
+                    step.error,
+                    json.dumps([v.as_dict() for v in step.verdicts]),
+                ),
             )
 
     def record_run(self, result: CascadeResult, *, status: str = "ok") -> None:
@@ -107,9 +122,17 @@ class Ledger:
             conn.execute(
                 "INSERT OR REPLACE INTO runs (run_id, ts, task, model, accepted, cost_usd,"
                 " latency_ms, steps, status) VALUES (?,?,?,?,?,?,?,?,?)",
-                (result.run_id, time.time(), result.task, result.model or None,
-                 int(result.accepted), result.cost_usd, result.latency_ms, len(result.steps),
-                 status),
+                (
+                    result.run_id,
+                    time.time(),
+                    result.task,
+                    result.model or None,
+                    int(result.accepted),
+                    result.cost_usd,
+                    result.latency_ms,
+                    len(result.steps),
+                    status,
+                ),
             )
 
     def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:

@@ -11,8 +11,12 @@ from cascade.errors import ConfigError
 __all__ = ["plot_tradeoff"]
 
 
-def plot_tradeoff(tasks: Mapping[str, Mapping[str, Any]], out: str | Path, *,
-                  frontier: Mapping[str, Sequence[tuple[float, float]]] | None = None) -> None:
+def plot_tradeoff(
+    tasks: Mapping[str, Mapping[str, Any]],
+    out: str | Path,
+    *,
+    frontier: Mapping[str, Sequence[tuple[float, float]]] | None = None,
+) -> None:
     """Write a PNG with one panel per task.
 
     Raises:
@@ -26,28 +30,51 @@ def plot_tradeoff(tasks: Mapping[str, Mapping[str, Any]], out: str | Path, *,
     except ImportError as exc:
         raise ConfigError("--plot needs matplotlib: pip install 'cascade-ladder[plot]'") from exc
     fig, axes = plt.subplots(1, len(tasks), figsize=(6.5 * len(tasks), 5), squeeze=False)
-    for ax, (name, report) in zip(axes[0], tasks.items()):
+    for ax, (name, report) in zip(axes[0], tasks.items(), strict=True):
         for key, model in report["models"].items():
             ax.scatter(model["cost_per_query"], model["quality"], color="grey", zorder=3)
-            ax.annotate(key, (model["cost_per_query"], model["quality"]), fontsize=8,
-                        xytext=(4, 4), textcoords="offset points")
+            ax.annotate(
+                key,
+                (model["cost_per_query"], model["quality"]),
+                fontsize=8,
+                xytext=(4, 4),
+                textcoords="offset points",
+            )
         curve = (frontier or {}).get(name)
         if curve:
-            xs, ys = zip(*sorted(curve))
+            xs, ys = zip(*sorted(curve), strict=True)
             ax.plot(xs, ys, color="tab:blue", alpha=0.5, label="calibration frontier (train)")
         oracle = report["baselines"]["oracle"]
-        ax.scatter(oracle["cost_per_query"], oracle["quality"], marker="*", s=160,
-                   color="tab:green", label="oracle", zorder=4)
-        ax.scatter(report["cost_per_query"], report["quality"], marker="D", s=80,
-                   color="tab:red", label="cascade", zorder=5)
+        ax.scatter(
+            oracle["cost_per_query"],
+            oracle["quality"],
+            marker="*",
+            s=160,
+            color="tab:green",
+            label="oracle",
+            zorder=4,
+        )
+        ax.scatter(
+            report["cost_per_query"],
+            report["quality"],
+            marker="D",
+            s=80,
+            color="tab:red",
+            label="cascade",
+            zorder=5,
+        )
         top = report["baselines"]["always_top"]
         ax.axhline(top["quality"], color="grey", linestyle=":", linewidth=1)
         ax.set_xscale("log")
         ax.set_xlabel("cost per query (USD, log scale)")
         ax.set_ylabel("quality (mean recorded score)")
-        ax.set_title(f"{name}: cascade {report['cost_per_query'] / top['cost_per_query']:.0%} of "
-                     f"top cost, {report['quality'] / top['quality']:.0%} of top quality"
-                     if top["cost_per_query"] and top["quality"] else name, fontsize=10)
+        ax.set_title(
+            f"{name}: cascade {report['cost_per_query'] / top['cost_per_query']:.0%} of "
+            f"top cost, {report['quality'] / top['quality']:.0%} of top quality"
+            if top["cost_per_query"] and top["quality"]
+            else name,
+            fontsize=10,
+        )
         ax.legend(fontsize=8, loc="lower right")
         ax.grid(True, alpha=0.3)
     fig.tight_layout()

@@ -59,7 +59,9 @@ def load_object(spec: str, *, location: str | None = None) -> Any:
     try:
         obj: Any = import_module(module_name)
     except ImportError as exc:
-        raise ConfigError(f"cannot import module {module_name!r}: {exc}", location=location) from exc
+        raise ConfigError(
+            f"cannot import module {module_name!r}: {exc}", location=location
+        ) from exc
     for part in attr.split("."):
         try:
             obj = getattr(obj, part)

@@ -25,15 +25,20 @@ def ledger_report(ledger: Ledger, *, since: float | None = None) -> dict[str, An
     for row in ledger.query(
         "SELECT task, COUNT(DISTINCT run_id) AS runs, SUM(cost_usd) AS cost,"
         " COUNT(DISTINCT CASE WHEN decision IN ('escalate', 'error') THEN run_id END) AS escalated,"
-        f" SUM(decision = 'error') AS errors FROM steps {where} GROUP BY task ORDER BY task", args,
+        f" SUM(decision = 'error') AS errors FROM steps {where} GROUP BY task ORDER BY task",
+        args,
     ):
         tasks[row["task"]] = {
-            "runs": row["runs"], "cost_usd": row["cost"] or 0.0,
+            "runs": row["runs"],
+            "cost_usd": row["cost"] or 0.0,
             "escalation_rate": row["escalated"] / row["runs"] if row["runs"] else 0.0,
-            "accepted_rate": None, "errors": row["errors"] or 0, "models": {},
+            "accepted_rate": None,
+            "errors": row["errors"] or 0,
+            "models": {},
         }
     for row in ledger.query(
-        f"SELECT task, AVG(accepted) AS accepted FROM runs {where} GROUP BY task", args,
+        f"SELECT task, AVG(accepted) AS accepted FROM runs {where} GROUP BY task",
+        args,
     ):
         if row["task"] in tasks:
             tasks[row["task"]]["accepted_rate"] = row["accepted"]
@@ -43,8 +48,10 @@ def ledger_report(ledger: Ledger, *, since: float | None = None) -> dict[str, An
         args,
     ):
         tasks[row["task"]]["models"][row["model"]] = {
-            "calls": row["calls"], "cost_usd": row["cost"] or 0.0,
-            "input_tokens": row["tin"] or 0, "output_tokens": row["tout"] or 0,
+            "calls": row["calls"],
+            "cost_usd": row["cost"] or 0.0,
+            "input_tokens": row["tin"] or 0,
+            "output_tokens": row["tout"] or 0,
         }
     return {
         "total_cost_usd": sum(t["cost_usd"] for t in tasks.values()),

@@ -36,8 +36,9 @@ class _WaitRetryAfterOrBackoff:
 
     def __init__(self, config: RetryConfig):
         self.max_wait_s = config.max_wait_s
-        self.backoff = wait_exponential(multiplier=config.initial_wait_s,
-                                        max=config.max_wait_s) + wait_random(0, config.initial_wait_s)
+        self.backoff = wait_exponential(
+            multiplier=config.initial_wait_s, max=config.max_wait_s
+        ) + wait_random(0, config.initial_wait_s)
 
     def __call__(self, state: RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome else None
@@ -54,26 +55,39 @@ def _malformed_twice(state: RetryCallState) -> bool:
 
 def _log_retry(state: RetryCallState) -> None:
     exc = state.outcome.exception() if state.outcome else None
-    log.warning("cascade.retry", attempt=state.attempt_number,
-                wait_s=round(state.upcoming_sleep, 3), provider=getattr(exc, "provider", None),
-                model=getattr(exc, "model", None), status_code=getattr(exc, "status_code", None),
-                error=str(exc))
+    log.warning(
+        "cascade.retry",
+        attempt=state.attempt_number,
+        wait_s=round(state.upcoming_sleep, 3),
+        provider=getattr(exc, "provider", None),
+        model=getattr(exc, "model", None),
+        status_code=getattr(exc, "status_code", None),
+        error=str(exc),
+    )
 
 
 class RetryPolicy:
     """Builds tenacity retryers from the config. ``sleep``/``asleep`` are injectable for tests."""
 
-    def __init__(self, config: RetryConfig, *, sleep: Callable[[float], None] = time.sleep,
-                 asleep: Callable[[float], Awaitable[None]] = asyncio.sleep):
+    def __init__(
+        self,
+        config: RetryConfig,
+        *,
+        sleep: Callable[[float], None] = time.sleep,
+        asleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ):
         self.config = config
         self.sleep = sleep
         self.asleep = asleep
 
     def _common(self) -> dict[str, Any]:
-        return {"stop": stop_any(stop_after_attempt(self.config.attempts), _malformed_twice),
-                "wait": _WaitRetryAfterOrBackoff(self.config),
-                "retry": retry_if_exception(_retryable), "before_sleep": _log_retry,
-                "reraise": True}
+        return {
+            "stop": stop_any(stop_after_attempt(self.config.attempts), _malformed_twice),
+            "wait": _WaitRetryAfterOrBackoff(self.config),
+            "retry": retry_if_exception(_retryable),
+            "before_sleep": _log_retry,
+            "reraise": True,
+        }
 
     def retrying(self) -> Retrying:
         return Retrying(sleep=self.sleep, **self._common())

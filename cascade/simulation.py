@@ -99,8 +99,7 @@ TUNABLE: Mapping[str, Tunable] = {
     "self_confidence": Tunable("min", _score, 0.0, 1.0),
     "llm_judge": Tunable("min_score", _judge, 1.0, 10.0, low_open=False),
     "agreement": Tunable("min_agree", _share, 0.0, 1.0),
-    "length": Tunable("min_words", _words, 0.0, math.inf, low_open=False, integer=True,
-                      drop=False),
+    "length": Tunable("min_words", _words, 0.0, math.inf, low_open=False, integer=True, drop=False),
 }
 
 
@@ -112,13 +111,13 @@ class _Rung:
     index: int
     key: str
     specs: list[dict[str, Any]]
-    slots: tuple[Slot, ...]       # engine order (cheapest first)
-    spec_of: tuple[int, ...]      # position in ``specs`` of each slot
+    slots: tuple[Slot, ...]  # engine order (cheapest first)
+    spec_of: tuple[int, ...]  # position in ``specs`` of each slot
     accept: str | MinScore
-    tuned: int | None             # slot position of the tuned evaluator
+    tuned: int | None  # slot position of the tuned evaluator
     tunable: Tunable | None
-    variant: Slot | None          # length without min_words: the other bounds alone
-    configured: float             # the tuned setting as configured (for a consistency check)
+    variant: Slot | None  # length without min_words: the other bounds alone
+    configured: float  # the tuned setting as configured (for a consistency check)
 
     @property
     def label(self) -> str:
@@ -134,8 +133,9 @@ _Eval = tuple[bool, float, float, float, bool, float]
 
 def _run_slot(slot: Slot, request: Request, completion: Completion) -> tuple[Verdict, float]:
     """One verdict and what its side calls (a judge) cost, recorded as the engine would."""
-    run = _Run(run_id=request.run_id, task=request.task, started=time.perf_counter(),
-               log_content=False)
+    run = _Run(
+        run_id=request.run_id, task=request.task, started=time.perf_counter(), log_content=False
+    )
     token = _current_run.set(run)
     try:
         verdict = slot.run(request, completion)
@@ -158,8 +158,16 @@ def _chain(slots: Sequence[Slot], request: Request, completion: Completion) -> t
 class ReplayTable:
     """Every rung's answer to every query, and each rung's evaluation per history."""
 
-    def __init__(self, cfg: CascadeConfig, raw: Mapping[str, Any], path: str | None,
-                 records: Sequence[ReplayRecord], task: str, *, tune: bool):
+    def __init__(
+        self,
+        cfg: CascadeConfig,
+        raw: Mapping[str, Any],
+        path: str | None,
+        records: Sequence[ReplayRecord],
+        task: str,
+        *,
+        tune: bool,
+    ):
         self.task, self.records, self.n = task, records, len(records)
         self.engine = replay_engine(cfg, records, path=path)
         raw_task = raw["tasks"][task]
@@ -168,11 +176,11 @@ class ReplayTable:
         for i, (rung_cfg, rung) in enumerate(zip(cfg.tasks[task].ladder, built, strict=True)):
             own = rung_cfg.evaluators is not None
             raw_rung = raw_task["ladder"][i]
-            specs = copy.deepcopy(raw_rung["evaluators"] if own else raw_task.get("evaluators")
-                                  or [])
+            specs = copy.deepcopy(
+                raw_rung["evaluators"] if own else raw_task.get("evaluators") or []
+            )
             where = f"tasks.{task}.ladder[{i}]" if own else f"tasks.{task}"
-            self.rungs.append(self._plan(i, rung, specs, where, path,
-                                         tune and i < len(built) - 1))
+            self.rungs.append(self._plan(i, rung, specs, where, path, tune and i < len(built) - 1))
         top = built[-1]
         self.q_top = np.array([self._score(r, top.key) for r in records])
         self.completions: list[list[Completion | None]] = []
@@ -181,8 +189,9 @@ class ReplayTable:
             outs = [self._complete(rung, r) for r in records]
             self.completions.append(outs)
             self.answered.append(np.array([c is not None for c in outs]))
-            self.call_cost.append(np.array(
-                [cost_usd(c, rung.model.price) if c is not None else 0.0 for c in outs]))
+            self.call_cost.append(
+                np.array([cost_usd(c, rung.model.price) if c is not None else 0.0 for c in outs])
+            )
             self.score.append(np.array([self._score(r, rung.key) for r in records]))
         self._cache: dict[tuple[int, int, tuple[int, ...]], _Eval] = {}
 
@@ -194,51 +203,73 @@ class ReplayTable:
     def _complete(self, rung: Any, record: ReplayRecord) -> Completion | None:
         messages = tuple(m.model_dump() for m in record.messages)
         try:
-            done: Completion = rung.provider.complete(messages, model=rung.model.name, params={},
-                                                      query_id=record.id)
+            done: Completion = rung.provider.complete(
+                messages, model=rung.model.name, params={}, query_id=record.id
+            )
         except ProviderError:
             return None  # an error step: costs nothing, the ladder moves on
         return replace(done, model=rung.key)
 
-    def _plan(self, i: int, rung: Any, specs: list[dict[str, Any]], where: str,
-              path: str | None, tune: bool) -> _Rung:
+    def _plan(
+        self,
+        i: int,
+        rung: Any,
+        specs: list[dict[str, Any]],
+        where: str,
+        path: str | None,
+        tune: bool,
+    ) -> _Rung:
         for slot in rung.slots:
             repairs = int(getattr(slot.evaluator, "repair_attempts", 0))
             if "repair_message" in slot.hooks and repairs:
                 raise ConfigError(
                     f"evaluator {slot.name!r} re-asks the model (repair_attempts > 0); a repair "
                     "cannot be replayed from recordings, so calibration cannot simulate it. Set "
-                    "repair_attempts: 0 to calibrate.", path=path, location=f"{where}.evaluators")
+                    "repair_attempts: 0 to calibrate.",
+                    path=path,
+                    location=f"{where}.evaluators",
+                )
         ctx = EvaluatorContext(
-            location=f"{where}.evaluators", task=self.task, model=rung.key,
+            location=f"{where}.evaluators",
+            task=self.task,
+            model=rung.key,
             provider_type=self.engine.config.providers[rung.model.provider].type,
             supports_logprobs=bool(getattr(rung.provider, "supports_logprobs", False)),
             services=self.engine,
-            config_dir=Path(path).parent if path else None)
+            config_dir=Path(path).parent if path else None,
+        )
         costs = [build_one(spec, ctx).cost for spec in specs]
         spec_of = tuple(sorted(range(len(specs)), key=lambda j: costs[j]))
         if [rung.slots[k].cost for k in range(len(spec_of))] != [costs[j] for j in spec_of]:
             raise CascadeError(f"calibration: cannot match the evaluators of {where}")
-        tuned = next((k for k, j in enumerate(spec_of) if specs[j].get("type") in TUNABLE),
-                     None) if tune else None
+        tuned = (
+            next((k for k, j in enumerate(spec_of) if specs[j].get("type") in TUNABLE), None)
+            if tune
+            else None
+        )
         if tuned is None:
-            return _Rung(i, rung.key, specs, rung.slots, spec_of, rung.accept, None, None, None,
-                         -math.inf)
+            return _Rung(
+                i, rung.key, specs, rung.slots, spec_of, rung.accept, None, None, None, -math.inf
+            )
         if rung.accept != "all":
             raise ConfigError(
                 "calibration tunes thresholds only on rungs with accept: all (this rung "
-                f"combines its verdicts with {rung.accept!r})", path=path,
-                location=f"{where}.accept")
+                f"combines its verdicts with {rung.accept!r})",
+                path=path,
+                location=f"{where}.accept",
+            )
         spec = specs[spec_of[tuned]]
         tunable = TUNABLE[spec["type"]]
         variant = None
         if not tunable.drop:
             variant = build_one({**spec, tunable.setting: None}, ctx)
-        setting = getattr(getattr(rung.slots[tuned].evaluator, "config", None),
-                          tunable.setting, None)
+        setting = getattr(
+            getattr(rung.slots[tuned].evaluator, "config", None), tunable.setting, None
+        )
         configured = -math.inf if setting is None else float(setting)
-        return _Rung(i, rung.key, specs, rung.slots, spec_of, "all", tuned, tunable, variant,
-                     configured)
+        return _Rung(
+            i, rung.key, specs, rung.slots, spec_of, "all", tuned, tunable, variant, configured
+        )
 
     def evaluate(self, i: int, q: int, history: tuple[int, ...]) -> _Eval:
         """Rung ``i``'s evaluation of query ``q`` after the answers of rungs ``history``."""
@@ -253,8 +284,14 @@ class ReplayTable:
             return (False, 0.0, 0.0, math.nan, False, 0.0)
         record = self.records[q]
         earlier = tuple(c for j in history if (c := self.completions[j][q]) is not None)
-        request = Request(task=self.task, messages=tuple(m.model_dump() for m in record.messages),
-                          params={}, run_id="calib", history=earlier, query_id=record.id)
+        request = Request(
+            task=self.task,
+            messages=tuple(m.model_dump() for m in record.messages),
+            params={},
+            run_id="calib",
+            history=earlier,
+            query_id=record.id,
+        )
         rung = self.rungs[i]
         if rung.tuned is None:  # the engine's loop, any accept policy
             verdicts, cost = [], 0.0
@@ -280,16 +317,25 @@ class ReplayTable:
             raise CascadeError(
                 f"calibration cannot model the {rung.slots[t].name!r} evaluator of rung "
                 f"{rung.key!r}: its verdict ({verdict.passed}, score {verdict.score}) does not "
-                f"follow from value {value} >= {rung.tunable.setting} {rung.configured}")
-        post_pass, post_cost = _chain(rung.slots[t + 1:], request, completion)
-        return (True, pre_cost, tuned_cost, math.nan if value is None else value, post_pass,
-                post_cost)
+                f"follow from value {value} >= {rung.tunable.setting} {rung.configured}"
+            )
+        post_pass, post_cost = _chain(rung.slots[t + 1 :], request, completion)
+        return (
+            True,
+            pre_cost,
+            tuned_cost,
+            math.nan if value is None else value,
+            post_pass,
+            post_cost,
+        )
 
     def fields(self, subset: Sequence[int], i: int) -> np.ndarray:
         """(6, N) evaluation fields of rung ``i`` inside the kept ``subset``."""
         before = [j for j in subset if j < i]
-        rows = [self.evaluate(i, q, tuple(j for j in before if self.answered[j][q]))
-                for q in range(self.n)]
+        rows = [
+            self.evaluate(i, q, tuple(j for j in before if self.answered[j][q]))
+            for q in range(self.n)
+        ]
         return np.array(rows, dtype=float).T.reshape(6, self.n)
 
 
@@ -343,8 +389,11 @@ def candidates(values: np.ndarray, tunable: Tunable) -> list[float]:
 def subsets(rungs: int) -> list[tuple[int, ...]]:
     """Every choice of kept rungs, the top always kept; the full ladder first."""
     top = rungs - 1
-    return [(*lower, top) for size in range(top, -1, -1)
-            for lower in itertools.combinations(range(top), size)]
+    return [
+        (*lower, top)
+        for size in range(top, -1, -1)
+        for lower in itertools.combinations(range(top), size)
+    ]
 
 
 def grids(table: ReplayTable) -> dict[int, list[float]]:
@@ -353,8 +402,9 @@ def grids(table: ReplayTable) -> dict[int, list[float]]:
     for rung in table.rungs[:-1]:
         if rung.tunable is None:
             continue
-        seen = [table.fields(s, rung.index)[3] for s in subsets(len(table.rungs))
-                if rung.index in s]
+        seen = [
+            table.fields(s, rung.index)[3] for s in subsets(len(table.rungs)) if rung.index in s
+        ]
         out[rung.index] = candidates(np.concatenate(seen), rung.tunable)
     return out
 
@@ -368,14 +418,15 @@ class View:
 
     rung: int
     top: bool
-    answered: np.ndarray   # (N,)
-    score: np.ndarray      # (N,)
-    accept: np.ndarray     # (J, N)
-    cost: np.ndarray       # (J, N), zero where the rung did not answer
+    answered: np.ndarray  # (N,)
+    score: np.ndarray  # (N,)
+    accept: np.ndarray  # (J, N)
+    cost: np.ndarray  # (J, N), zero where the rung did not answer
 
 
-def build_views(table: ReplayTable, subset: Sequence[int],
-                grid: Mapping[int, list[float]]) -> list[View]:
+def build_views(
+    table: ReplayTable, subset: Sequence[int], grid: Mapping[int, list[float]]
+) -> list[View]:
     """The kept rungs of ``subset``, each with one row per candidate threshold in ``grid``."""
     views = []
     for i in subset:
@@ -393,9 +444,13 @@ def build_views(table: ReplayTable, subset: Sequence[int],
                         ok = value >= theta
                     extra = tuned_cost
                 rows_a.append(ans & pre & ok & post_pass.astype(bool))
-                rows_c.append(np.where(ans, call + pre_cost
-                                       + np.where(pre, extra + np.where(ok, post_cost, 0.0), 0.0),
-                                       0.0))
+                rows_c.append(
+                    np.where(
+                        ans,
+                        call + pre_cost + np.where(pre, extra + np.where(ok, post_cost, 0.0), 0.0),
+                        0.0,
+                    )
+                )
             accept, cost = np.array(rows_a), np.array(rows_c)
         else:
             accept = (ans & pre)[None, :]

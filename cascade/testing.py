@@ -53,12 +53,22 @@ class FakeProvider:
         with self._lock:
             queue = self._script.get(model)
             if not queue:
-                raise ProviderError(f"{self.name}: no script for model {model!r}",
-                                    provider=self.name, model=model, status_code=404)
+                raise ProviderError(
+                    f"{self.name}: no script for model {model!r}",
+                    provider=self.name,
+                    model=model,
+                    status_code=404,
+                )
             return queue.popleft() if len(queue) > 1 else queue[0]
 
-    def complete(self, messages: Sequence[Message], *, model: str, params: Mapping[str, Any],
-                 query_id: str | None = None) -> Completion:
+    def complete(
+        self,
+        messages: Sequence[Message],
+        *,
+        model: str,
+        params: Mapping[str, Any],
+        query_id: str | None = None,
+    ) -> Completion:
         self.calls.append({"model": model, "messages": list(messages), "params": dict(params)})
         item = self._next(model)
         if isinstance(item, BaseException):
@@ -67,8 +77,14 @@ class FakeProvider:
             return item
         return make_completion(str(item), provider=self.name)
 
-    async def acomplete(self, messages: Sequence[Message], *, model: str,
-                        params: Mapping[str, Any], query_id: str | None = None) -> Completion:
+    async def acomplete(
+        self,
+        messages: Sequence[Message],
+        *,
+        model: str,
+        params: Mapping[str, Any],
+        query_id: str | None = None,
+    ) -> Completion:
         return self.complete(messages, model=model, params=params, query_id=query_id)
 
 
@@ -106,11 +122,12 @@ class MockLLMServer:
     ``anthropic_url`` for an ``anthropic`` one. ``requests`` lists what it received.
     """
 
-    def __init__(self, responder: Callable[[str, dict[str, Any]], Reply | str] | None = None
-                 ) -> None:
+    def __init__(
+        self, responder: Callable[[str, dict[str, Any]], Reply | str] | None = None
+    ) -> None:
         """Args:
-            responder: Called as ``responder(model, request_body)`` for every request that has
-                no scripted reply queued (fault injection, latency); default answers "ok".
+        responder: Called as ``responder(model, request_body)`` for every request that has
+            no scripted reply queued (fault injection, latency); default answers "ok".
         """
         self.responder = responder
         self._script: dict[str, deque[Reply]] = defaultdict(deque)
@@ -162,8 +179,9 @@ class MockLLMServer:
     def script(self, model: str, replies: Iterable[Reply | str]) -> None:
         """Queue replies for ``model``; the last one repeats once the queue runs out."""
         with self._lock:
-            self._script[model].extend(r if isinstance(r, Reply) else Reply(text=r)
-                                       for r in replies)
+            self._script[model].extend(
+                r if isinstance(r, Reply) else Reply(text=r) for r in replies
+            )
 
     def calls(self, model: str | None = None) -> list[dict[str, Any]]:
         return [r for r in self.requests if model is None or r["body"].get("model") == model]
@@ -179,8 +197,9 @@ class MockLLMServer:
         anthropic = handler.path.rstrip("/").endswith("/messages")
         model = str(body.get("model", ""))
         with self._lock:
-            self.requests.append({"path": handler.path, "headers": dict(handler.headers),
-                                  "body": body})
+            self.requests.append(
+                {"path": handler.path, "headers": dict(handler.headers), "body": body}
+            )
         reply = self._next(model)
         if reply is self.default and self.responder is not None:
             chosen = self.responder(model, body)
@@ -215,29 +234,48 @@ def _output_tokens(reply: Reply) -> int:
 
 
 def _openai_body(reply: Reply, model: str, want_logprobs: bool) -> dict[str, Any]:
-    choice: dict[str, Any] = {"index": 0, "finish_reason": "stop",
-                              "message": {"role": "assistant", "content": reply.text}}
+    choice: dict[str, Any] = {
+        "index": 0,
+        "finish_reason": "stop",
+        "message": {"role": "assistant", "content": reply.text},
+    }
     if want_logprobs and reply.logprobs is not None:
-        choice["logprobs"] = {"content": [{"token": f"t{i}", "logprob": lp, "bytes": None,
-                                           "top_logprobs": []}
-                                          for i, lp in enumerate(reply.logprobs)]}
+        choice["logprobs"] = {
+            "content": [
+                {"token": f"t{i}", "logprob": lp, "bytes": None, "top_logprobs": []}
+                for i, lp in enumerate(reply.logprobs)
+            ]
+        }
     return {
-        "id": "chatcmpl-mock", "object": "chat.completion", "created": int(time.time()),
-        "model": model, "choices": [choice],
-        "usage": {"prompt_tokens": reply.input_tokens, "completion_tokens": _output_tokens(reply),
-                  "total_tokens": reply.input_tokens + _output_tokens(reply),
-                  "prompt_tokens_details": {"cached_tokens": reply.cached_tokens}},
+        "id": "chatcmpl-mock",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [choice],
+        "usage": {
+            "prompt_tokens": reply.input_tokens,
+            "completion_tokens": _output_tokens(reply),
+            "total_tokens": reply.input_tokens + _output_tokens(reply),
+            "prompt_tokens_details": {"cached_tokens": reply.cached_tokens},
+        },
     }
 
 
 def _anthropic_body(reply: Reply, model: str) -> dict[str, Any]:
     return {
-        "id": "msg_mock", "type": "message", "role": "assistant", "model": model,
-        "content": [{"type": "text", "text": reply.text}], "stop_reason": "end_turn",
+        "id": "msg_mock",
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": [{"type": "text", "text": reply.text}],
+        "stop_reason": "end_turn",
         "stop_sequence": None,
-        "usage": {"input_tokens": reply.input_tokens - reply.cached_tokens,
-                  "cache_read_input_tokens": reply.cached_tokens,
-                  "cache_creation_input_tokens": 0, "output_tokens": _output_tokens(reply)},
+        "usage": {
+            "input_tokens": reply.input_tokens - reply.cached_tokens,
+            "cache_read_input_tokens": reply.cached_tokens,
+            "cache_creation_input_tokens": 0,
+            "output_tokens": _output_tokens(reply),
+        },
     }
 
 

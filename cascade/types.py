@@ -39,8 +39,12 @@ class Verdict:
     data: Any = field(default=None, compare=False)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"evaluator": self.evaluator, "passed": self.passed, "score": self.score,
-                "reason": self.reason}
+        return {
+            "evaluator": self.evaluator,
+            "passed": self.passed,
+            "score": self.score,
+            "reason": self.reason,
+        }
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,8 +27,10 @@ RECIPES: dict[str, tuple[str, ...]] = {
     # LaTeX \boxed{...} (innermost braces only), else the last number.
     "boxed": (r"\\boxed\{([^{}]*)\}", f"({_NUMBER})"),
     # A multiple-choice letter A-E: "Answer: (C)" or a line holding just the letter.
-    "choice": (r"\b(?i:answer)\s*(?:is|:)?\s*\(?([A-E])\)?(?![A-Za-z])",
-               r"(?m)^\s*\(?([A-E])\)?[.):]?\s*$"),
+    "choice": (
+        r"\b(?i:answer)\s*(?:is|:)?\s*\(?([A-E])\)?(?![A-Za-z])",
+        r"(?m)^\s*\(?([A-E])\)?[.):]?\s*$",
+    ),
 }
 _NUMERIC = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:e[+-]?\d+)?")
 _SNIPPET = 40
@@ -114,8 +116,11 @@ class Agreement:
             try:
                 self.patterns.append(re.compile(pattern))
             except re.error as exc:
-                key = "extract" if isinstance(config.extract, tuple) and len(sources) == 1 \
+                key = (
+                    "extract"
+                    if isinstance(config.extract, tuple) and len(sources) == 1
                     else f"extract[{i}]"
+                )
                 raise context.error(f"invalid regular expression: {exc}", key) from exc
 
     def extract(self, text: str) -> str | None:
@@ -139,12 +144,19 @@ class Agreement:
     def __call__(self, request: Request, completion: Completion) -> Verdict:
         earlier = request.history
         if not earlier:
-            return Verdict(self.name, self.config.when_first == "pass", None,
-                           "no earlier answer to compare with")
+            return Verdict(
+                self.name,
+                self.config.when_first == "pass",
+                None,
+                "no earlier answer to compare with",
+            )
         mine = self.extract(completion.text)
         if mine is None:
-            reason = ("the extract pattern found nothing in this answer" if self.patterns
-                      else "this answer is empty")
+            reason = (
+                "the extract pattern found nothing in this answer"
+                if self.patterns
+                else "this answer is empty"
+            )
             return Verdict(self.name, False, 0.0, reason)
         key = normalize(mine, numeric=self.config.numeric)
         agree = 0
@@ -156,6 +168,8 @@ class Agreement:
             seen.append(f"{past.model or '?'}={_short(theirs) if theirs is not None else 'none'}")
         share = agree / len(earlier)
         passed = share >= self.config.min_agree
-        reason = (f"{agree} of {len(earlier)} earlier answers agree with {_short(mine)} "
-                  f"(need {self.config.min_agree:.0%}); earlier: {', '.join(seen)}")
+        reason = (
+            f"{agree} of {len(earlier)} earlier answers agree with {_short(mine)} "
+            f"(need {self.config.min_agree:.0%}); earlier: {', '.join(seen)}"
+        )
         return Verdict(self.name, passed, share, reason)

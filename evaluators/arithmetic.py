@@ -2,7 +2,8 @@
 
 Math answers from small models are often right in method and wrong in one multiplication.
 This evaluator recomputes every equation it can read and rejects the answer when one is wrong:
-calculator annotations such as ``<<12*3=36>>`` and plain ``12 x 3 = 36`` / ``(12 / 20) * 100 = 60%``.
+calculator annotations such as ``<<12*3=36>>`` and plain ``12 x 3 = 36`` or
+``(12 / 20) * 100 = 60%``.
 Numbers may carry ``$``, ``%`` and thousands separators. Only + - * / and parentheses are
 evaluated, with ``ast`` (never ``eval``).
 """
@@ -21,17 +22,29 @@ from cascade.types import Completion, Request, Verdict
 
 _NUM = r"\$?\d[\d,]*(?:\.\d+)?%?"
 _OPERAND = r"\(?\s*" + _NUM + r"\s*\)?"
-_EQUATION = re.compile(r"((?:" + _OPERAND + r"\s*(?:[-+*/x×÷]|\\\*)\s*)+" + _OPERAND + r")"
-                       r"\s*=\s*(" + _NUM + ")")
+_EQUATION = re.compile(
+    r"((?:" + _OPERAND + r"\s*(?:[-+*/x×÷]|\\\*)\s*)+" + _OPERAND + r")"  # noqa: RUF001
+    r"\s*=\s*(" + _NUM + ")"
+)
 _ANNOTATION = re.compile(r"<<([^=<>]{1,200})=([^<>]{1,50})>>")
 _OPS: dict[type, Callable[[float, float], float]] = {
-    ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
-    ast.Div: operator.truediv}
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.Div: operator.truediv,
+}
 
 
 def _clean(text: str) -> str:
-    for old, new in (("\\*", "*"), ("$", ""), (",", ""), ("%", ""), ("×", "*"), ("÷", "/"),
-                     ("x", "*")):
+    for old, new in (
+        ("\\*", "*"),
+        ("$", ""),
+        (",", ""),
+        ("%", ""),
+        ("×", "*"),  # noqa: RUF001  (models write the multiplication sign)
+        ("÷", "/"),
+        ("x", "*"),
+    ):
         text = text.replace(old, new)
     return text
 
@@ -98,13 +111,18 @@ class Arithmetic:
     def __call__(self, request: Request, completion: Completion) -> Verdict:
         checked = list(equations(completion.text))
         if not checked:
-            return Verdict(self.name, not self.config.require_equations, None,
-                           "no equations to check")
+            return Verdict(
+                self.name, not self.config.require_equations, None, "no equations to check"
+            )
         wrong = [(w, c) for w, c, claimed in checked if self._wrong(c, claimed)]
         score = 1 - len(wrong) / len(checked)
         if wrong:
             written, computed = wrong[0]
-            return Verdict(self.name, False, score,
-                           f"{len(wrong)} of {len(checked)} equations wrong, e.g. "
-                           f"{written!r} (it is {computed:g})")
+            return Verdict(
+                self.name,
+                False,
+                score,
+                f"{len(wrong)} of {len(checked)} equations wrong, e.g. "
+                f"{written!r} (it is {computed:g})",
+            )
         return Verdict(self.name, True, score, f"all {len(checked)} equations check out")

@@ -48,8 +48,10 @@ DEFAULT_WORDS: Mapping[str, float] = {
 _DECOR = re.compile(r"[*_`]+")
 _LEAD = re.compile(r"^\s*(?:[#>]+\s*|[-+]\s+)*")
 _NUMBER = r"(?:\d+(?:\.\d+)?|\.\d+)"
-_VALUE = (rf"(?:{_NUMBER}\s*%|{_NUMBER}\s*(?:/|out\s+of)\s*{_NUMBER}|{_NUMBER}"
-          r"|[a-z]+(?:[\s-]+[a-z]+){0,2})")
+_VALUE = (
+    rf"(?:{_NUMBER}\s*%|{_NUMBER}\s*(?:/|out\s+of)\s*{_NUMBER}|{_NUMBER}"
+    r"|[a-z]+(?:[\s-]+[a-z]+){0,2})"
+)
 # Trailing matter allowed after a value: a short parenthetical aside and closing punctuation.
 _TAIL = r"\s*(?:\([^()]{0,80}\))?\s*[.!]?\s*"
 _LABEL = r"(?:(?:my|overall|final)\s+)?confidence(?:\s+(?:level|score|rating))?(?:\s+is)?"
@@ -59,8 +61,7 @@ _LABEL_LINE = re.compile(rf"^{_LABEL}{_SEP}(?P<raw>.*?)\s*$", re.I)
 # The same without a separator ("Confidence 0.9", "Confidence is high"): the value must parse.
 _LABEL_SPACE = re.compile(rf"^{_LABEL}\s+(?P<raw>{_VALUE}){_TAIL}$", re.I)
 # A confidence statement closing the last line, after the answer text on the same line.
-_TRAILING = re.compile(rf"^(?P<body>.*\S)\s+{_LABEL}(?:{_SEP}|\s+)(?P<raw>{_VALUE}){_TAIL}$",
-                       re.I)
+_TRAILING = re.compile(rf"^(?P<body>.*\S)\s+{_LABEL}(?:{_SEP}|\s+)(?P<raw>{_VALUE}){_TAIL}$", re.I)
 _BARE = re.compile(rf"^(?P<raw>{_NUMBER}\s*%|{_NUMBER}\s*/\s*{_NUMBER}|{_NUMBER}){_TAIL}$")
 
 
@@ -196,8 +197,9 @@ def _with_instruction(messages: tuple[Message, ...], instruction: str) -> tuple[
             content = message.get("content")
             if isinstance(content, str):
                 if instruction not in content:
-                    message["content"] = f"{content.rstrip()}\n\n{instruction}" if content.strip() \
-                        else instruction
+                    message["content"] = (
+                        f"{content.rstrip()}\n\n{instruction}" if content.strip() else instruction
+                    )
                 return tuple(out)
             if isinstance(content, list):  # OpenAI content parts
                 message["content"] = [*content, {"type": "text", "text": instruction}]
@@ -249,8 +251,9 @@ class SelfConfidence:
     def __repr__(self) -> str:
         return f"SelfConfidence(min={self.config.min})"
 
-    def prepare(self, messages: tuple[Message, ...],
-                params: dict[str, Any]) -> tuple[tuple[Message, ...], dict[str, Any]]:
+    def prepare(
+        self, messages: tuple[Message, ...], params: dict[str, Any]
+    ) -> tuple[tuple[Message, ...], dict[str, Any]]:
         return _with_instruction(tuple(messages), self.config.instruction.strip()), dict(params)
 
     def finalize(self, text: str) -> str:
@@ -262,13 +265,21 @@ class SelfConfidence:
             return Verdict(self.name, False, 0.0, "empty answer")
         found = parse_confidence(text, self.words)
         if found is None:
-            return Verdict(self.name, False, 0.0,
-                           "confidence missing: the answer does not end with 'Confidence: <0..1>'")
+            return Verdict(
+                self.name,
+                False,
+                0.0,
+                "confidence missing: the answer does not end with 'Confidence: <0..1>'",
+            )
         if found.value is None:
             return Verdict(self.name, False, 0.0, f"confidence unparseable: {found.raw[:80]!r}")
         if found.value < self.config.min:
-            return Verdict(self.name, False, found.value,
-                           f"confidence {found.value:g}, below the minimum {self.config.min:g}")
+            return Verdict(
+                self.name,
+                False,
+                found.value,
+                f"confidence {found.value:g}, below the minimum {self.config.min:g}",
+            )
         return Verdict(self.name, True, found.value, f"confidence {found.value:g}")
 
 
@@ -302,13 +313,15 @@ class Logprob:
             raise context.error(
                 f"the {context.provider_type} provider cannot return log-probabilities; "
                 f"use self_confidence or llm_judge on the rung of model {context.model!r}",
-                "type")
+                "type",
+            )
 
     def __repr__(self) -> str:
         return f"Logprob(min={self.config.min}, aggregate={self.config.aggregate!r})"
 
-    def prepare(self, messages: tuple[Message, ...],
-                params: dict[str, Any]) -> tuple[tuple[Message, ...], dict[str, Any]]:
+    def prepare(
+        self, messages: tuple[Message, ...], params: dict[str, Any]
+    ) -> tuple[tuple[Message, ...], dict[str, Any]]:
         return tuple(messages), {**params, "logprobs": True}
 
     def __call__(self, request: Request, completion: Completion) -> Verdict:
@@ -330,6 +343,7 @@ class Logprob:
         probability = math.exp(min(logprob, 0.0))
         shown = f"{how} token probability {probability:.3f}"
         if probability < self.config.min:
-            return Verdict(self.name, False, probability,
-                           f"{shown}, below the minimum {self.config.min:g}")
+            return Verdict(
+                self.name, False, probability, f"{shown}, below the minimum {self.config.min:g}"
+            )
         return Verdict(self.name, True, probability, shown)

@@ -147,13 +147,16 @@ def install_offline_cmudict() -> None:
         _count_syllables.count_syllables.cache_clear()
 
 
-_UNSUPPORTED = ("this textstat version keeps its syllable dictionary somewhere other than "
-                "textstat.backend.utils.get_cmudict (0.7.13 layout); readability cannot score "
-                "offline with it")
+_UNSUPPORTED = (
+    "this textstat version keeps its syllable dictionary somewhere other than "
+    "textstat.backend.utils.get_cmudict (0.7.13 layout); readability cannot score "
+    "offline with it"
+)
 
 
-def score_text(text: str, metric: str = "flesch_reading_ease",
-               language: str = DEFAULT_LANGUAGE) -> float:
+def score_text(
+    text: str, metric: str = "flesch_reading_ease", language: str = DEFAULT_LANGUAGE
+) -> float:
     """Compute one textstat metric for ``text`` without touching global textstat state.
 
     Args:
@@ -234,8 +237,10 @@ class Readability:
                 return None
             code = value.strip().replace("-", "_")
             if not code or pyphen.language_fallback(code) is None:
-                raise ValueError(f"no hyphenation dictionary for language {value!r} "
-                                 "(use a pyphen code such as en_US, de, es, fr)")
+                raise ValueError(
+                    f"no hyphenation dictionary for language {value!r} "
+                    "(use a pyphen code such as en_US, de, es, fr)"
+                )
             return code
 
         @model_validator(mode="after")
@@ -247,12 +252,15 @@ class Readability:
             spec = METRICS[self.metric]
             root = _lang_root(self.language or DEFAULT_LANGUAGE)
             if spec.easy_words and not _has_easy_words(root):
-                raise ValueError(f"{self.metric} needs an easy-word list, which textstat has "
-                                 f"for en and es only (language {self.language!r})")
+                raise ValueError(
+                    f"{self.metric} needs an easy-word list, which textstat has "
+                    f"for en and es only (language {self.language!r})"
+                )
             return self
 
-    def __init__(self, config: Config, context: EvaluatorContext | None = None,
-                 scorer: Scorer | None = None):
+    def __init__(
+        self, config: Config, context: EvaluatorContext | None = None, scorer: Scorer | None = None
+    ):
         self.config = config
         self.language = config.language or DEFAULT_LANGUAGE
         if scorer is None:
@@ -268,8 +276,10 @@ class Readability:
 
     def __repr__(self) -> str:
         c = self.config
-        return (f"Readability(metric={c.metric!r}, min={c.min}, max={c.max}, "
-                f"language={self.language!r})")
+        return (
+            f"Readability(metric={c.metric!r}, min={c.min}, max={c.max}, "
+            f"language={self.language!r})"
+        )
 
     def __call__(self, request: Request, completion: Completion) -> Verdict:
         c = self.config

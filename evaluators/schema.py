@@ -102,10 +102,10 @@ def _fenced_blocks(text: str) -> Iterator[tuple[str, str]]:
                 continue  # inline code such as ```x```, not a fence (CommonMark)
             opened = (marks[0], len(marks), rest.strip(), m.end() + 1)
         elif marks[0] == opened[0] and len(marks) >= opened[1] and not rest.strip():
-            yield opened[2], text[opened[3]:m.start()]
+            yield opened[2], text[opened[3] : m.start()]
             opened = None
     if opened is not None:
-        yield opened[2], text[opened[3]:]
+        yield opened[2], text[opened[3] :]
 
 
 def _tag(info: str) -> str:
@@ -205,8 +205,10 @@ def extract_json(text: str) -> Extraction:
     if not isinstance(whole, str):
         return Extraction((Found(whole[0], "the whole answer", whole[1], len(stripped)),))
     first_error: str | None = None
-    for where, source in (("a fenced code block", _fence_candidates(stripped)),
-                          ("the prose", _prose_candidates(stripped))):
+    for where, source in (
+        ("a fenced code block", _fence_candidates(stripped)),
+        ("the prose", _prose_candidates(stripped)),
+    ):
         found: list[Found] = []
         for item in source:
             if isinstance(item, str):
@@ -302,17 +304,20 @@ class JsonSchema:
         try:
             Draft202012Validator.check_schema(schema)
         except SchemaError as exc:
-            raise context.error(f"invalid JSON Schema at {exc.json_path}: "
-                                f"{_short(exc.message)}", key) from exc
+            raise context.error(
+                f"invalid JSON Schema at {exc.json_path}: {_short(exc.message)}", key
+            ) from exc
         self.schema: dict[str, Any] = schema
         base = schema.get("$id", "") if isinstance(schema.get("$id"), str) else ""
         # An explicit registry also switches off jsonschema's (deprecated) fetching of remote
         # $refs over the network: the default ``Registry`` retrieves nothing.
         registry: Registry[Any] = Registry().with_resource(
-            base, DRAFT202012.create_resource(schema))
+            base, DRAFT202012.create_resource(schema)
+        )
         self._check_refs(registry, base, key)
         self.validator = Draft202012Validator(
-            schema, registry=registry, format_checker=Draft202012Validator.FORMAT_CHECKER)
+            schema, registry=registry, format_checker=Draft202012Validator.FORMAT_CHECKER
+        )
 
     def _read(self, context: EvaluatorContext) -> dict[str, Any]:
         assert self.config.schema_file is not None
@@ -322,16 +327,20 @@ class JsonSchema:
         try:
             raw = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
-            raise context.error(f"cannot read schema file {str(path)!r}: {exc}",
-                                "schema_file") from exc
+            raise context.error(
+                f"cannot read schema file {str(path)!r}: {exc}", "schema_file"
+            ) from exc
         try:
             loaded = json.loads(raw) if path.suffix.lower() == ".json" else yaml.safe_load(raw)
         except (ValueError, yaml.YAMLError) as exc:
-            raise context.error(f"schema file {str(path)!r} is not valid JSON/YAML: {exc}",
-                                "schema_file") from exc
+            raise context.error(
+                f"schema file {str(path)!r} is not valid JSON/YAML: {exc}", "schema_file"
+            ) from exc
         if not isinstance(loaded, dict):
-            raise context.error(f"schema file {str(path)!r} must hold a mapping, got "
-                                f"{type(loaded).__name__}", "schema_file")
+            raise context.error(
+                f"schema file {str(path)!r} must hold a mapping, got {type(loaded).__name__}",
+                "schema_file",
+            )
         return loaded
 
     def _check_refs(self, registry: Registry[Any], base: str, key: str) -> None:
@@ -345,7 +354,9 @@ class JsonSchema:
             except Unresolvable as exc:
                 raise self.context.error(
                     f"cannot resolve $ref {ref!r} (only references inside the schema are "
-                    "followed; remote ones are never fetched)", key) from exc
+                    "followed; remote ones are never fetched)",
+                    key,
+                ) from exc
 
     def __call__(self, request: Request, completion: Completion) -> Verdict:
         """Extract the answer's JSON and validate it.
@@ -367,8 +378,9 @@ class JsonSchema:
         for found in extraction.candidates:
             problem = self._validate(found.value)
             if problem is None:
-                return Verdict(self.name, True, 1.0, self._how(found, "matches the schema"),
-                               data=found.value)
+                return Verdict(
+                    self.name, True, 1.0, self._how(found, "matches the schema"), data=found.value
+                )
             failures.append((found, problem))
         found, problem = max(failures, key=lambda f: f[0].size)
         return Verdict(self.name, False, 0.0, self._how(found, problem))
@@ -379,8 +391,9 @@ class JsonSchema:
         except RecursionError:
             return "$: the JSON is nested too deeply to validate (rule: depth)"
         except Unresolvable as exc:
-            raise self.context.error(f"cannot resolve a $ref while validating: {exc}",
-                                     self._key) from exc
+            raise self.context.error(
+                f"cannot resolve a $ref while validating: {exc}", self._key
+            ) from exc
         if not errors:
             return None
         best = best_match(errors)
@@ -397,5 +410,7 @@ class JsonSchema:
 
     def repair_message(self, verdict: Verdict) -> str:
         """The follow-up message asking the model to fix its JSON."""
-        return (f"Your answer failed the JSON Schema check: {verdict.reason}. "
-                "Reply with only the corrected JSON.")
+        return (
+            f"Your answer failed the JSON Schema check: {verdict.reason}. "
+            "Reply with only the corrected JSON."
+        )

@@ -22,20 +22,35 @@ DEFAULT_MAX_TOKENS = 1024
 # OpenAI-style names a caller may use, and what Anthropic calls them.
 _RENAMED = {"stop": "stop_sequences", "max_completion_tokens": "max_tokens"}
 # Parameters that only make sense for OpenAI and would be rejected here.
-_OPENAI_ONLY = frozenset({"logprobs", "top_logprobs", "n", "frequency_penalty",
-                          "presence_penalty", "seed", "response_format", "logit_bias"})
+_OPENAI_ONLY = frozenset(
+    {
+        "logprobs",
+        "top_logprobs",
+        "n",
+        "frequency_penalty",
+        "presence_penalty",
+        "seed",
+        "response_format",
+        "logit_bias",
+    }
+)
 
 
 def to_anthropic(messages: Sequence[Message]) -> tuple[str | None, list[dict[str, Any]]]:
     """Split OpenAI-style messages into Anthropic's ``system`` string and turn list."""
-    system = [str(m.get("content", "")) for m in messages if m.get("role") in ("system", "developer")]
-    turns = [{"role": m["role"], "content": m.get("content", "")}
-             for m in messages if m.get("role") in ("user", "assistant")]
+    system = [
+        str(m.get("content", "")) for m in messages if m.get("role") in ("system", "developer")
+    ]
+    turns = [
+        {"role": m["role"], "content": m.get("content", "")}
+        for m in messages
+        if m.get("role") in ("user", "assistant")
+    ]
     return ("\n\n".join(system) if system else None), turns
 
 
 class AnthropicProvider:
-    """Calls ``messages.create``; SDK retries are off so the engine's tenacity layer is the only one.
+    """Calls ``messages.create``; SDK retries are off: the engine's tenacity layer is the only one.
 
     Args:
         name: The ``providers:`` key.
@@ -46,9 +61,14 @@ class AnthropicProvider:
 
     supports_logprobs = False
 
-    def __init__(self, name: str, config: ProviderConfig, *,
-                 client: anthropic.Anthropic | None = None,
-                 async_client: anthropic.AsyncAnthropic | None = None):
+    def __init__(
+        self,
+        name: str,
+        config: ProviderConfig,
+        *,
+        client: anthropic.Anthropic | None = None,
+        async_client: anthropic.AsyncAnthropic | None = None,
+    ):
         self.name = name
         self.config = config
         self._client = client
@@ -61,8 +81,11 @@ class AnthropicProvider:
 
     def _options(self) -> dict[str, Any]:
         self._secret = api_key(self.config, self.name)
-        options: dict[str, Any] = {"api_key": self._secret, "max_retries": 0,
-                                   "timeout": self.config.timeout_s}
+        options: dict[str, Any] = {
+            "api_key": self._secret,
+            "max_retries": 0,
+            "timeout": self.config.timeout_s,
+        }
         if self.config.base_url:
             options["base_url"] = self.config.base_url
         return options
@@ -97,8 +120,9 @@ class AnthropicProvider:
         if client is not None:
             await client.close()
 
-    def _kwargs(self, method: Any, messages: Sequence[Message], model: str,
-                params: Mapping[str, Any]) -> dict[str, Any]:
+    def _kwargs(
+        self, method: Any, messages: Sequence[Message], model: str, params: Mapping[str, Any]
+    ) -> dict[str, Any]:
         system, turns = to_anthropic(messages)
         renamed = {_RENAMED.get(k, k): v for k, v in params.items() if k not in _OPENAI_ONLY}
         renamed.setdefault("max_tokens", DEFAULT_MAX_TOKENS)
@@ -108,38 +132,63 @@ class AnthropicProvider:
             kwargs["system"] = system
         return kwargs
 
-    def complete(self, messages: Sequence[Message], *, model: str, params: Mapping[str, Any],
-                 query_id: str | None = None) -> Completion:
+    def complete(
+        self,
+        messages: Sequence[Message],
+        *,
+        model: str,
+        params: Mapping[str, Any],
+        query_id: str | None = None,
+    ) -> Completion:
         client = self.client
         kwargs = self._kwargs(client.messages.create, messages, model, params)
         started = time.perf_counter()
         try:
             response = client.messages.create(**kwargs)
-        except (anthropic.AnthropicError, ValueError) as exc:  # ValueError: a 200 whose body is not JSON
+        except (
+            anthropic.AnthropicError,
+            ValueError,
+        ) as exc:  # ValueError: a 200 whose body is not JSON
             raise self._error(exc, model) from exc
         return self._parse(response, model, (time.perf_counter() - started) * 1000)
 
-    async def acomplete(self, messages: Sequence[Message], *, model: str,
-                        params: Mapping[str, Any], query_id: str | None = None) -> Completion:
+    async def acomplete(
+        self,
+        messages: Sequence[Message],
+        *,
+        model: str,
+        params: Mapping[str, Any],
+        query_id: str | None = None,
+    ) -> Completion:
         client = self.async_client
         kwargs = self._kwargs(client.messages.create, messages, model, params)
         started = time.perf_counter()
         try:
             response = await client.messages.create(**kwargs)
-        except (anthropic.AnthropicError, ValueError) as exc:  # ValueError: a 200 whose body is not JSON
+        except (
+            anthropic.AnthropicError,
+            ValueError,
+        ) as exc:  # ValueError: a 200 whose body is not JSON
             raise self._error(exc, model) from exc
         return self._parse(response, model, (time.perf_counter() - started) * 1000)
 
     def _error(self, exc: Exception, model: str) -> ProviderError:
-        return map_sdk_error(exc, anthropic, provider=self.name, model=model,
-                             key_env=self.config.key_env(), secret=self._secret)
+        return map_sdk_error(
+            exc,
+            anthropic,
+            provider=self.name,
+            model=model,
+            key_env=self.config.key_env(),
+            secret=self._secret,
+        )
 
     def _parse(self, response: Any, model: str, latency_ms: float) -> Completion:
         blocks = getattr(response, "content", None)
         if isinstance(response, (str, bytes)) or blocks is None:
             raise empty_answer(self.name, model, "a body that is not a message")
-        text = "".join(getattr(b, "text", "") or "" for b in blocks
-                       if getattr(b, "type", None) == "text")
+        text = "".join(
+            getattr(b, "text", "") or "" for b in blocks if getattr(b, "type", None) == "text"
+        )
         if not text.strip():
             raise empty_answer(self.name, model, "no text content")
         usage = getattr(response, "usage", None)

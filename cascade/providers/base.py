@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import email.utils
-import re
 import inspect
 import os
+import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
@@ -38,19 +38,33 @@ class Provider(Protocol):
     name: str
     supports_logprobs: bool
 
-    def complete(self, messages: Sequence[Message], *, model: str,
-                 params: Mapping[str, Any], query_id: str | None = None) -> Completion: ...
+    def complete(
+        self,
+        messages: Sequence[Message],
+        *,
+        model: str,
+        params: Mapping[str, Any],
+        query_id: str | None = None,
+    ) -> Completion: ...
 
-    async def acomplete(self, messages: Sequence[Message], *, model: str,
-                        params: Mapping[str, Any], query_id: str | None = None) -> Completion: ...
+    async def acomplete(
+        self,
+        messages: Sequence[Message],
+        *,
+        model: str,
+        params: Mapping[str, Any],
+        query_id: str | None = None,
+    ) -> Completion: ...
 
 
 def is_retryable_status(status: int) -> bool:
     return status in _RETRYABLE or status >= 500
 
 
-def parse_retry_after(headers: Mapping[str, str] | None, *, now: float | None = None) -> float | None:
-    """Seconds the server asked us to wait: ``retry-after-ms``, then ``retry-after`` (secs or date)."""
+def parse_retry_after(
+    headers: Mapping[str, str] | None, *, now: float | None = None
+) -> float | None:
+    """Seconds the server asked to wait: ``retry-after-ms``, then ``retry-after`` (secs or date)."""
     if not headers:
         return None
     raw_ms = headers.get("retry-after-ms")
@@ -113,26 +127,41 @@ def split_params(method: Callable[..., Any], params: Mapping[str, Any]) -> dict[
 
 def empty_answer(provider: str, model: str, what: str) -> ProviderError:
     """A 200 that carries no answer is a fault, never an empty string handed to the user."""
-    return ProviderError(f"{provider}: {model} returned {what}", provider=provider, model=model,
-                         retryable=True, malformed=True)
+    return ProviderError(
+        f"{provider}: {model} returned {what}",
+        provider=provider,
+        model=model,
+        retryable=True,
+        malformed=True,
+    )
 
 
-def map_sdk_error(exc: Exception, sdk: Any, *, provider: str, model: str,
-                  key_env: str | None, secret: str | None) -> ProviderError:
+def map_sdk_error(
+    exc: Exception, sdk: Any, *, provider: str, model: str, key_env: str | None, secret: str | None
+) -> ProviderError:
     """Translate an official SDK's exception into a ``ProviderError`` with a clear message.
 
     Both SDKs share the same exception names, so one mapping serves them. The message never
     contains the key: whatever the server echoed back is scrubbed of it.
     """
+
     def scrub(text: str) -> str:
         return redact(text, secret)[:300]
 
     if isinstance(exc, sdk.APITimeoutError):
-        return ProviderError(f"{provider}: request to {model} timed out", provider=provider,
-                             model=model, retryable=True)
+        return ProviderError(
+            f"{provider}: request to {model} timed out",
+            provider=provider,
+            model=model,
+            retryable=True,
+        )
     if isinstance(exc, sdk.APIConnectionError):
-        return ProviderError(f"{provider}: cannot connect ({scrub(str(exc))})",
-                             provider=provider, model=model, retryable=True)
+        return ProviderError(
+            f"{provider}: cannot connect ({scrub(str(exc))})",
+            provider=provider,
+            model=model,
+            retryable=True,
+        )
     if isinstance(exc, sdk.APIStatusError):
         status = exc.status_code
         detail = scrub(_server_message(exc))
@@ -144,14 +173,28 @@ def map_sdk_error(exc: Exception, sdk: Any, *, provider: str, model: str,
         else:
             message = f"{provider}: HTTP {status} from {model}: {detail}"
         headers = getattr(exc.response, "headers", None)
-        return ProviderError(message, provider=provider, model=model, status_code=status,
-                             retryable=is_retryable_status(status),
-                             retry_after_s=parse_retry_after(headers))
+        return ProviderError(
+            message,
+            provider=provider,
+            model=model,
+            status_code=status,
+            retryable=is_retryable_status(status),
+            retry_after_s=parse_retry_after(headers),
+        )
     if isinstance(exc, (sdk.APIResponseValidationError, ValueError)):
-        return ProviderError(f"{provider}: malformed response body from {model}",
-                             provider=provider, model=model, retryable=True, malformed=True)
-    return ProviderError(f"{provider}: {type(exc).__name__}: {scrub(str(exc))}",
-                         provider=provider, model=model, retryable=False)
+        return ProviderError(
+            f"{provider}: malformed response body from {model}",
+            provider=provider,
+            model=model,
+            retryable=True,
+            malformed=True,
+        )
+    return ProviderError(
+        f"{provider}: {type(exc).__name__}: {scrub(str(exc))}",
+        provider=provider,
+        model=model,
+        retryable=False,
+    )
 
 
 def redact(text: str, *extra: str | None) -> str:

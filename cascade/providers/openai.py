@@ -33,8 +33,14 @@ class OpenAIProvider:
 
     supports_logprobs = True
 
-    def __init__(self, name: str, config: ProviderConfig, *, client: openai.OpenAI | None = None,
-                 async_client: openai.AsyncOpenAI | None = None):
+    def __init__(
+        self,
+        name: str,
+        config: ProviderConfig,
+        *,
+        client: openai.OpenAI | None = None,
+        async_client: openai.AsyncOpenAI | None = None,
+    ):
         self.name = name
         self.config = config
         self._client = client
@@ -47,8 +53,11 @@ class OpenAIProvider:
 
     def _options(self) -> dict[str, Any]:
         self._secret = api_key(self.config, self.name)
-        options: dict[str, Any] = {"api_key": self._secret, "max_retries": 0,
-                                   "timeout": self.config.timeout_s}
+        options: dict[str, Any] = {
+            "api_key": self._secret,
+            "max_retries": 0,
+            "timeout": self.config.timeout_s,
+        }
         if self.config.base_url:
             options["base_url"] = self.config.base_url
         return options
@@ -84,28 +93,49 @@ class OpenAIProvider:
             await client.close()
 
     def _error(self, exc: Exception, model: str) -> ProviderError:
-        return map_sdk_error(exc, openai, provider=self.name, model=model,
-                             key_env=self.config.key_env(), secret=self._secret)
+        return map_sdk_error(
+            exc,
+            openai,
+            provider=self.name,
+            model=model,
+            key_env=self.config.key_env(),
+            secret=self._secret,
+        )
 
-    def complete(self, messages: Sequence[Message], *, model: str, params: Mapping[str, Any],
-                 query_id: str | None = None) -> Completion:
+    def complete(
+        self,
+        messages: Sequence[Message],
+        *,
+        model: str,
+        params: Mapping[str, Any],
+        query_id: str | None = None,
+    ) -> Completion:
         client = self.client
         kwargs = split_params(client.chat.completions.create, params)
         started = time.perf_counter()
         try:
-            response = client.chat.completions.create(model=model, messages=list(messages), **kwargs)
+            response = client.chat.completions.create(
+                model=model, messages=list(messages), **kwargs
+            )
         except (openai.OpenAIError, ValueError) as exc:  # ValueError: a 200 whose body is not JSON
             raise self._error(exc, model) from exc
         return self._parse(response, model, (time.perf_counter() - started) * 1000)
 
-    async def acomplete(self, messages: Sequence[Message], *, model: str,
-                        params: Mapping[str, Any], query_id: str | None = None) -> Completion:
+    async def acomplete(
+        self,
+        messages: Sequence[Message],
+        *,
+        model: str,
+        params: Mapping[str, Any],
+        query_id: str | None = None,
+    ) -> Completion:
         client = self.async_client
         kwargs = split_params(client.chat.completions.create, params)
         started = time.perf_counter()
         try:
             response = await client.chat.completions.create(
-                model=model, messages=list(messages), **kwargs)
+                model=model, messages=list(messages), **kwargs
+            )
         except (openai.OpenAIError, ValueError) as exc:  # ValueError: a 200 whose body is not JSON
             raise self._error(exc, model) from exc
         return self._parse(response, model, (time.perf_counter() - started) * 1000)
@@ -121,8 +151,9 @@ class OpenAIProvider:
         text = getattr(message, "content", None)
         if not isinstance(text, str) or not text.strip():
             refusal = getattr(message, "refusal", None)
-            raise empty_answer(self.name, model,
-                               f"a refusal: {refusal}" if refusal else "an empty message")
+            raise empty_answer(
+                self.name, model, f"a refusal: {refusal}" if refusal else "an empty message"
+            )
         usage = getattr(response, "usage", None)
         details = getattr(usage, "prompt_tokens_details", None)
         logprobs = None
@@ -139,5 +170,3 @@ class OpenAIProvider:
             logprobs=logprobs,
             finish_reason=getattr(choice, "finish_reason", None),
         )
-
-

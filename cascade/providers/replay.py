@@ -33,8 +33,13 @@ class ReplayProvider:
     supports_logprobs = True  # recordings may carry a mean token log-probability
     transient_faults = False  # nothing to retry: a missing recording stays missing
 
-    def __init__(self, name: str, config: ProviderConfig | None = None, *,
-                 records: Iterable[ReplayRecord] | None = None):
+    def __init__(
+        self,
+        name: str,
+        config: ProviderConfig | None = None,
+        *,
+        records: Iterable[ReplayRecord] | None = None,
+    ):
         self.name = name
         self.config = config or ProviderConfig(type="replay")
         self._index: dict[str, Mapping[str, RecordedResponse]] | None = None
@@ -56,24 +61,43 @@ class ReplayProvider:
                     if not self.config.dataset:
                         raise ConfigError(
                             "a replay provider needs a dataset: set dataset: PATH, or run it "
-                            "through cascade bench/calibrate", location=f"providers.{self.name}")
+                            "through cascade bench/calibrate",
+                            location=f"providers.{self.name}",
+                        )
                     self.use(iter_dataset(Path(self.config.dataset)))
         assert self._index is not None
         return self._index
 
-    def complete(self, messages: Sequence[Message], *, model: str, params: Mapping[str, Any],
-                 query_id: str | None = None) -> Completion:
+    def complete(
+        self,
+        messages: Sequence[Message],
+        *,
+        model: str,
+        params: Mapping[str, Any],
+        query_id: str | None = None,
+    ) -> Completion:
         if query_id is None:
-            raise ProviderError(f"{self.name}: replay needs a query id (complete(..., query_id=))",
-                                provider=self.name, model=model)
+            raise ProviderError(
+                f"{self.name}: replay needs a query id (complete(..., query_id=))",
+                provider=self.name,
+                model=model,
+            )
         responses = self._responses().get(query_id)
         if responses is None:
-            raise ProviderError(f"{self.name}: no recorded query {query_id!r}",
-                                provider=self.name, model=model, status_code=404)
+            raise ProviderError(
+                f"{self.name}: no recorded query {query_id!r}",
+                provider=self.name,
+                model=model,
+                status_code=404,
+            )
         recorded = responses.get(model)
         if recorded is None:
-            raise ProviderError(f"{self.name}: no recording of {model!r} for query {query_id!r}",
-                                provider=self.name, model=model, status_code=404)
+            raise ProviderError(
+                f"{self.name}: no recording of {model!r} for query {query_id!r}",
+                provider=self.name,
+                model=model,
+                status_code=404,
+            )
         if not recorded.text.strip():
             # Live providers treat an empty answer as a fault; replay must decide the same way.
             error = empty_answer(self.name, model, "an empty message (recorded)")
@@ -89,6 +113,12 @@ class ReplayProvider:
             cost_usd=recorded.cost_usd,
         )
 
-    async def acomplete(self, messages: Sequence[Message], *, model: str,
-                        params: Mapping[str, Any], query_id: str | None = None) -> Completion:
+    async def acomplete(
+        self,
+        messages: Sequence[Message],
+        *,
+        model: str,
+        params: Mapping[str, Any],
+        query_id: str | None = None,
+    ) -> Completion:
         return self.complete(messages, model=model, params=params, query_id=query_id)
