@@ -190,7 +190,7 @@ def _replay_one(engine: Cascade, cfg: CascadeConfig, record: ReplayRecord, task:
         recorded = record.responses.get(cfg.models[step.model].name)
         if recorded is None:
             continue  # no recording: an error step that took no time
-        if recorded.latency_ms is None:
+        if recorded.latency_ms is None or latency is None:
             latency = None
             break
         latency += recorded.latency_ms
@@ -235,10 +235,10 @@ def _summarise(
         }
     oracle_cost = oracle_quality = 0.0
     for q in range(n):
-        scores = [per_model_scores[i][q] for i in range(len(ladder))]
-        best = max((s for s in scores if s is not None), default=0.0)
+        recorded = [per_model_scores[i][q] for i in range(len(ladder))]
+        best = max((s for s in recorded if s is not None), default=0.0)
         stop = next(
-            (i for i, s in enumerate(scores) if s is not None and s >= best), len(ladder) - 1
+            (i for i, s in enumerate(recorded) if s is not None and s >= best), len(ladder) - 1
         )
         oracle_cost += sum(per_model_costs[i][q] for i in range(stop + 1))
         oracle_quality += best

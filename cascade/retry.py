@@ -18,6 +18,7 @@ from tenacity import (
     wait_exponential,
     wait_random,
 )
+from tenacity.stop import stop_base
 
 from cascade.config import RetryConfig
 from cascade.errors import ProviderError
@@ -48,9 +49,12 @@ class _WaitRetryAfterOrBackoff:
         return float(min(self.backoff(state), self.max_wait_s))
 
 
-def _malformed_twice(state: RetryCallState) -> bool:
-    exc = state.outcome.exception() if state.outcome else None
-    return state.attempt_number >= 2 and bool(getattr(exc, "malformed", False))
+class _MalformedTwice(stop_base):
+    """A 200 without a usable answer is retried once, then the rung fails over."""
+
+    def __call__(self, retry_state: RetryCallState) -> bool:
+        exc = retry_state.outcome.exception() if retry_state.outcome else None
+        return retry_state.attempt_number >= 2 and bool(getattr(exc, "malformed", False))
 
 
 def _log_retry(state: RetryCallState) -> None:
@@ -82,7 +86,7 @@ class RetryPolicy:
 
     def _common(self) -> dict[str, Any]:
         return {
-            "stop": stop_any(stop_after_attempt(self.config.attempts), _malformed_twice),
+            "stop": stop_any(stop_after_attempt(self.config.attempts), _MalformedTwice()),
             "wait": _WaitRetryAfterOrBackoff(self.config),
             "retry": retry_if_exception(_retryable),
             "before_sleep": _log_retry,

@@ -115,7 +115,9 @@ class OpenAIProvider:
         started = time.perf_counter()
         try:
             response = client.chat.completions.create(
-                model=model, messages=list(messages), **kwargs
+                model=model,
+                messages=list(messages),  # type: ignore[arg-type]  # OpenAI-style dicts
+                **kwargs,
             )
         except (openai.OpenAIError, ValueError) as exc:  # ValueError: a 200 whose body is not JSON
             raise self._error(exc, model) from exc
@@ -134,7 +136,9 @@ class OpenAIProvider:
         started = time.perf_counter()
         try:
             response = await client.chat.completions.create(
-                model=model, messages=list(messages), **kwargs
+                model=model,
+                messages=list(messages),  # type: ignore[arg-type]  # OpenAI-style dicts
+                **kwargs,
             )
         except (openai.OpenAIError, ValueError) as exc:  # ValueError: a 200 whose body is not JSON
             raise self._error(exc, model) from exc
