@@ -7,11 +7,10 @@ with ``await``, so both paths take exactly the same decisions.
 
 from __future__ import annotations
 
-import contextvars
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ import structlog
 
 from cascade.budget import DEFAULT_MAX_TOKENS, max_output_tokens
 from cascade.cache import ResponseCache, cache_key
+from cascade.caller import Call, Caller, Outcome
 from cascade.config import CascadeConfig, MinScore, ModelConfig, load_config, parse_config
 from cascade.errors import (
     BudgetExceeded,
@@ -31,8 +31,8 @@ from cascade.evaluation import EvaluatorContext, Slot, build_evaluators, combine
 from cascade.ledger import Ledger
 from cascade.limits import Gate, Limits
 from cascade.plugins import PROVIDERS, load_plugin
-from cascade.pricing import cost_usd
 from cascade.providers.base import Provider
+from cascade.recorder import Recorder, Run, current_run
 from cascade.retry import RetryPolicy
 from cascade.types import (
     CascadeResult,
@@ -40,7 +40,6 @@ from cascade.types import (
     Decision,
     Message,
     Request,
-    StepRecord,
     Verdict,
     as_messages,
 )
@@ -51,7 +50,7 @@ log = structlog.get_logger("cascade")
 
 
 @dataclass(frozen=True, slots=True)
-class _Rung:
+class Rung:
     key: str
     model: ModelConfig
     provider: Provider
@@ -62,44 +61,9 @@ class _Rung:
 @dataclass(frozen=True, slots=True)
 class _Task:
     name: str
-    rungs: tuple[_Rung, ...]
+    rungs: tuple[Rung, ...]
     on_exhausted: str
     params: Mapping[str, Any]
-
-
-@dataclass(slots=True)
-class _Run:
-    """Mutable bookkeeping of one run; evaluators that call models add their steps here."""
-
-    run_id: str
-    task: str
-    started: float
-    log_content: bool
-    steps: list[StepRecord] = field(default_factory=list)
-    counter: int = 0
-
-    def next_index(self) -> int:
-        self.counter += 1
-        return self.counter
-
-    def cost(self) -> float:
-        return sum(s.cost_usd for s in self.steps)
-
-
-@dataclass(frozen=True, slots=True)
-class _Call:
-    model_key: str
-    messages: tuple[Message, ...]
-    params: Mapping[str, Any]
-    query_id: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class _Outcome:
-    completion: Completion | None
-    error: ProviderError | None
-    attempts: int
-    latency_ms: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,11 +73,7 @@ class _Eval:
     completion: Completion
 
 
-_current_run: contextvars.ContextVar[_Run | None] = contextvars.ContextVar(
-    "cascade_current_run", default=None
-)
-
-_Plan = Generator["_Call | _Eval", Any, CascadeResult]
+_Plan = Generator["Call | _Eval", Any, CascadeResult]
 _Attempt = tuple[Completion, tuple[Verdict, ...], bool, "tuple[Slot, Verdict] | None"]
 
 
@@ -146,9 +106,7 @@ class Cascade:
     ):
         self.config = config
         self.path = path
-        self._retry = RetryPolicy(
-            config.retry, sleep=sleep, **({"asleep": asleep} if asleep else {})
-        )
+        retry = RetryPolicy(config.retry, sleep=sleep, **({"asleep": asleep} if asleep else {}))
         try:
             self.providers: dict[str, Provider] = {
                 name: self._build_provider(name, providers) for name in config.providers
@@ -168,6 +126,19 @@ class Cascade:
             raise ConfigError(exc.message, path=path, location=exc.location) from exc
         cached_tasks = any(t.cache for t in config.tasks.values())
         self.cache = ResponseCache(config.cache.path) if cached_tasks else None
+        self._caller = Caller(config, self.providers, retry, self.limits)
+        self._recorder = Recorder(config, self.ledger)
+
+    @property
+    def retry(self) -> RetryPolicy:
+        """The retry policy (tenacity); shared by engines built for one service."""
+        return self._caller.retry
+
+    @retry.setter
+    def retry(self, policy: RetryPolicy) -> None:
+        self._caller.retry = policy
+
+    _retry = retry  # the name the gateway used first
 
     @classmethod
     def from_yaml(cls, path: str | Path, **kwargs: Any) -> Cascade:
@@ -246,7 +217,7 @@ class Cascade:
                 config_dir=Path(self.path).parent if self.path else None,
             )
             rungs.append(
-                _Rung(
+                Rung(
                     key=rung.model,
                     model=model,
                     provider=provider,
@@ -291,14 +262,14 @@ class Cascade:
             BudgetExceeded: no rung fits the cost cap or the period budgets.
         """
         plan, run = self._start(task, prompt, query_id, max_cost_usd, log_content, params)
-        token = _current_run.set(run)
+        token = current_run.set(run)
         try:
-            return self._finish(self._drive(plan), run)
+            return self._recorder.finish(self._drive(plan), run)
         except CascadeError as exc:
-            self._fail(exc, run)
+            self._recorder.fail(exc, run)
             raise
         finally:
-            _current_run.reset(token)
+            current_run.reset(token)
 
     async def acomplete(
         self,
@@ -312,14 +283,14 @@ class Cascade:
     ) -> CascadeResult:
         """The async twin of ``complete``, with the same arguments, result and errors."""
         plan, run = self._start(task, prompt, query_id, max_cost_usd, log_content, params)
-        token = _current_run.set(run)
+        token = current_run.set(run)
         try:
-            return self._finish(await self._adrive(plan), run)
+            return self._recorder.finish(await self._adrive(plan), run)
         except CascadeError as exc:
-            self._fail(exc, run)
+            self._recorder.fail(exc, run)
             raise
         finally:
-            _current_run.reset(token)
+            current_run.reset(token)
 
     # -- ModelServices, lent to evaluators that call a model (the judge) -----------------------
 
@@ -334,24 +305,24 @@ class Cascade:
     ) -> Completion:
         """Call one model outside the ladder; the call is a ``judge`` step of the current run."""
         op = self._side_call(model, messages, params)
-        return self._side_result(op, self._call(op))
+        return self._side_result(op, self._caller.call(op))
 
     async def acall_model(
         self, model: str, messages: Sequence[Message], params: Mapping[str, Any] | None = None
     ) -> Completion:
         op = self._side_call(model, messages, params)
-        return self._side_result(op, await self._acall(op))
+        return self._side_result(op, await self._caller.acall(op))
 
     def _side_call(
         self, model: str, messages: Sequence[Message], params: Mapping[str, Any] | None
-    ) -> _Call:
+    ) -> Call:
         merged = {**self.config.models[model].params, **(params or {})}
-        return _Call(model, as_messages(messages), merged, None)
+        return Call(model, as_messages(messages), merged, None)
 
-    def _side_result(self, op: _Call, outcome: _Outcome) -> Completion:
-        run = _current_run.get()
+    def _side_result(self, op: Call, outcome: Outcome) -> Completion:
+        run = current_run.get()
         if run is not None:
-            self._record(run, op.model_key, outcome, "judge", ())
+            self._recorder.step(run, op.model_key, outcome, "judge", ())
         if outcome.error is not None:
             raise outcome.error
         assert outcome.completion is not None
@@ -367,7 +338,7 @@ class Cascade:
         max_cost_usd: float | None,
         log_content: bool | None,
         params: dict[str, Any],
-    ) -> tuple[_Plan, _Run]:
+    ) -> tuple[_Plan, Run]:
         if task not in self.tasks:
             raise ConfigError(
                 f"unknown task {task!r} (defined: {', '.join(self.tasks)})",
@@ -375,7 +346,7 @@ class Cascade:
                 location="tasks",
             )
         content = self.config.logging.content if log_content is None else log_content
-        run = _Run(
+        run = Run(
             run_id=uuid.uuid4().hex, task=task, started=time.perf_counter(), log_content=content
         )
         messages = as_messages(prompt)
@@ -397,10 +368,10 @@ class Cascade:
             ), run
         return self._plan(self.tasks[task], messages, params, run, query_id, cap), run
 
-    def _cached(self, run: _Run, model: str, text: str, parsed: Any) -> _Plan:
+    def _cached(self, run: Run, model: str, text: str, parsed: Any) -> _Plan:
         """A cache hit: one free step marked ``cache``, no provider call."""
         done = Completion(text=text, model=model, provider=self.config.models[model].provider)
-        self._record(run, model, _Outcome(done, None, 0, 0.0), "cache", ())
+        self._recorder.step(run, model, Outcome(done, None, 0, 0.0), "cache", ())
         return replace(
             self._result(run, None, done, (), accepted=True), model=model, json=parsed, cached=True
         )
@@ -411,13 +382,13 @@ class Cascade:
         task: _Task,
         messages: tuple[Message, ...],
         params: dict[str, Any],
-        run: _Run,
+        run: Run,
         query_id: str | None,
         cap: float | None = None,
         cache_as: tuple[str, float] | None = None,
     ) -> _Plan:
         history: list[Completion] = []
-        last: tuple[_Rung, Completion, tuple[Verdict, ...]] | None = None
+        last: tuple[Rung, Completion, tuple[Verdict, ...]] | None = None
         refused: list[Gate] = []
         for rung in task.rungs:
             call_params: dict[str, Any] = {**rung.model.params, **task.params, **params}
@@ -435,8 +406,8 @@ class Cascade:
                 )
                 if gate.skipped:
                     refused.append(gate)
-                    self._record(
-                        run, rung.key, _Outcome(None, None, 0, 0.0), "skip", (), error=gate.reason
+                    self._recorder.step(
+                        run, rung.key, Outcome(None, None, 0, 0.0), "skip", (), error=gate.reason
                     )
                     break
                 try:
@@ -503,18 +474,18 @@ class Cascade:
 
     def _attempt(
         self,
-        run: _Run,
+        run: Run,
         task: _Task,
-        rung: _Rung,
+        rung: Rung,
         convo: tuple[Message, ...],
         call_params: dict[str, Any],
         request: Request,
         repairs: Mapping[str, int],
-    ) -> Generator[_Call | _Eval, Any, _Attempt | None]:
+    ) -> Generator[Call | _Eval, Any, _Attempt | None]:
         """Call one rung once, evaluate the answer and record the step; None if the call failed."""
-        outcome = yield _Call(rung.key, convo, call_params, request.query_id)
+        outcome = yield Call(rung.key, convo, call_params, request.query_id)
         if outcome.completion is None:
-            self._record(run, rung.key, outcome, "error", ())
+            self._recorder.step(run, rung.key, outcome, "error", ())
             return None
         completion = replace(outcome.completion, model=rung.key)
         # Evaluators that add to the answer (a confidence line) read it raw; the others judge
@@ -535,7 +506,7 @@ class Cascade:
         ok = combine(rung.accept, verdicts, weights)
         fixer = None if ok else _repairer(rung, verdicts, repairs)
         decision: Decision = "accept" if ok else ("repair" if fixer else "escalate")
-        self._record(
+        self._recorder.step(
             run, rung.key, outcome, decision, tuple(verdicts), completion=completion, index=index
         )
         return completion, tuple(verdicts), ok, fixer
@@ -551,7 +522,9 @@ class Cascade:
                 result: CascadeResult = done.value
                 return result
             reply = (
-                self._call(op) if isinstance(op, _Call) else op.slot.run(op.request, op.completion)
+                self._caller.call(op)
+                if isinstance(op, Call)
+                else op.slot.run(op.request, op.completion)
             )
 
     async def _adrive(self, plan: _Plan) -> CascadeResult:
@@ -562,215 +535,37 @@ class Cascade:
             except StopIteration as done:
                 result: CascadeResult = done.value
                 return result
-            if isinstance(op, _Call):
-                reply = await self._acall(op)
+            if isinstance(op, Call):
+                reply = await self._caller.acall(op)
             else:
                 reply = await op.slot.arun(op.request, op.completion)
 
-    def _call(self, op: _Call) -> _Outcome:
-        model = self.config.models[op.model_key]
-        provider = self.providers[model.provider]
-        slot = self.limits.sync_slot(model.provider)
-        attempts = 0
-        started = time.perf_counter()
-        if not getattr(provider, "transient_faults", True):
-            # A recording never fails transiently, so replay skips the retry machinery.
-            try:
-                done = provider.complete(
-                    op.messages, model=model.name, params=op.params, query_id=op.query_id
-                )
-            except ProviderError as exc:
-                return _Outcome(None, exc, 1, (time.perf_counter() - started) * 1000)
-            return _Outcome(done, None, 1, (time.perf_counter() - started) * 1000)
-        try:
-            for attempt in self._retry.retrying():
-                with attempt:
-                    attempts += 1
-                    self._breaker_gate(model.provider, model.name)
-                    try:
-                        if slot is None:
-                            completion = provider.complete(
-                                op.messages,
-                                model=model.name,
-                                params=op.params,
-                                query_id=op.query_id,
-                            )
-                        else:
-                            with slot:
-                                completion = provider.complete(
-                                    op.messages,
-                                    model=model.name,
-                                    params=op.params,
-                                    query_id=op.query_id,
-                                )
-                    except ProviderError:
-                        self._breaker_note(model.provider, ok=False)
-                        raise
-                    self._breaker_note(model.provider, ok=True)
-        except ProviderError as exc:
-            return _Outcome(None, exc, attempts, (time.perf_counter() - started) * 1000)
-        return _Outcome(completion, None, attempts, (time.perf_counter() - started) * 1000)
-
-    async def _acall(self, op: _Call) -> _Outcome:
-        model = self.config.models[op.model_key]
-        provider = self.providers[model.provider]
-        slot = self.limits.async_slot(model.provider)
-        attempts = 0
-        started = time.perf_counter()
-        try:
-            async for attempt in self._retry.aretrying():
-                with attempt:
-                    attempts += 1
-                    self._breaker_gate(model.provider, model.name)
-                    try:
-                        if slot is None:
-                            completion = await provider.acomplete(
-                                op.messages,
-                                model=model.name,
-                                params=op.params,
-                                query_id=op.query_id,
-                            )
-                        else:
-                            async with slot:
-                                completion = await provider.acomplete(
-                                    op.messages,
-                                    model=model.name,
-                                    params=op.params,
-                                    query_id=op.query_id,
-                                )
-                    except ProviderError:
-                        self._breaker_note(model.provider, ok=False)
-                        raise
-                    self._breaker_note(model.provider, ok=True)
-        except ProviderError as exc:
-            return _Outcome(None, exc, attempts, (time.perf_counter() - started) * 1000)
-        return _Outcome(completion, None, attempts, (time.perf_counter() - started) * 1000)
-
-    def _breaker_gate(self, provider: str, model: str) -> None:
-        """Stop retrying into a provider whose circuit opened during this step."""
-        breaker = self.limits.breakers.get(provider)
-        left = breaker.open_for() if breaker else None
-        if left is not None:
-            raise ProviderError(
-                f"{provider}: circuit open ({left:.1f}s of cool-down left)",
-                provider=provider,
-                model=model,
-                retryable=False,
-            )
-
-    def _breaker_note(self, provider: str, *, ok: bool) -> None:
-        if self.limits.record(provider, ok):
-            breaker = self.limits.breakers[provider]
-            log.warning(
-                "cascade.circuit_open",
-                provider=provider,
-                failures=breaker.failures,
-                cooldown_s=breaker.cooldown_s,
-            )
-
-    # -- records ----------------------------------------------------------------------------------
-
-    def _record(
-        self,
-        run: _Run,
-        model_key: str,
-        outcome: _Outcome,
-        decision: Decision,
-        verdicts: tuple[Verdict, ...],
-        *,
-        completion: Completion | None = None,
-        index: int | None = None,
-        error: str | None = None,
-    ) -> StepRecord:
-        model = self.config.models[model_key]
-        done = completion or outcome.completion
-        # A recorded (replayed) latency is longer than the replay itself; a live one is shorter
-        # than the wall time that includes retries. The larger is the step's real latency.
-        latency = max(outcome.latency_ms, done.latency_ms if done else 0.0)
-        step = StepRecord(
-            run_id=run.run_id,
-            task=run.task,
-            step=index or run.next_index(),
-            model=model_key,
-            provider=model.provider,
-            attempts=outcome.attempts,
-            input_tokens=done.input_tokens if done else 0,
-            output_tokens=done.output_tokens if done else 0,
-            cached_input_tokens=done.cached_input_tokens if done else 0,
-            cost_usd=cost_usd(done, model.price) if done and decision != "cache" else 0.0,
-            latency_ms=latency,
-            decision=decision,
-            verdicts=verdicts,
-            error=error or (outcome.error.message if outcome.error else None),
-            ts=time.time(),
-            text=done.text if done else None,
-        )
-        run.steps.append(step)
-        log.info("cascade.step", **step.as_event(log_content=run.log_content))
-        if self.ledger is not None:
-            self.ledger.record_step(step)
-        return step
-
     def _result(
         self,
-        run: _Run,
-        rung: _Rung | None,
+        run: Run,
+        rung: Rung | None,
         completion: Completion | None,
         verdicts: tuple[Verdict, ...],
         *,
         accepted: bool,
     ) -> CascadeResult:
-        text = completion.text if completion else ""
-        if rung is not None:
-            for slot in rung.slots:
-                if "finalize" in slot.hooks:
-                    text = slot.hooks["finalize"](text)
-        parsed = next((v.data for v in verdicts if v.data is not None and v.passed), None)
-        return CascadeResult(
-            text=text,
-            model=rung.key if rung else "",
+        finalizers = [
+            slot.hooks["finalize"]
+            for slot in (rung.slots if rung else ())
+            if "finalize" in slot.hooks
+        ]
+        return self._recorder.result(
+            run,
+            rung.key if rung else "",
+            completion,
+            verdicts,
             accepted=accepted,
-            cost_usd=run.cost(),
-            latency_ms=(time.perf_counter() - run.started) * 1000,
-            run_id=run.run_id,
-            steps=tuple(sorted(run.steps, key=lambda s: s.step)),
-            task=run.task,
-            json=parsed,
+            finalizers=finalizers,
         )
-
-    def _finish(self, result: CascadeResult, run: _Run) -> CascadeResult:
-        self._close_run(result, "ok" if result.accepted else "exhausted")
-        return result
-
-    def _fail(self, exc: CascadeError, run: _Run) -> None:
-        """Close the run's ledger record when it ends in an exception, so no spend goes missing."""
-        if isinstance(exc, CascadeExhausted):
-            self._close_run(exc.result, "exhausted")
-        elif isinstance(exc, (ProviderError, BudgetExceeded)) and exc.result is not None:
-            self._close_run(exc.result, "failed" if isinstance(exc, ProviderError) else "budget")
-        elif run.steps:
-            self._close_run(
-                self._result(run, None, None, (), accepted=False), f"error: {type(exc).__name__}"
-            )
-
-    def _close_run(self, result: CascadeResult, status: str) -> None:
-        log.info(
-            "cascade.run",
-            run_id=result.run_id,
-            task=result.task,
-            model=result.model,
-            accepted=result.accepted,
-            status=status,
-            steps=len(result.steps),
-            cost_usd=result.cost_usd,
-            latency_ms=round(result.latency_ms, 3),
-        )
-        if self.ledger is not None:
-            self.ledger.record_run(result, status=status)
 
 
 def _repairer(
-    rung: _Rung, verdicts: Sequence[Verdict], left: Mapping[str, int]
+    rung: Rung, verdicts: Sequence[Verdict], left: Mapping[str, int]
 ) -> tuple[Slot, Verdict] | None:
     """The first failing evaluator that can still ask the model to fix its answer."""
     # verdicts may stop short of the slots (short-circuit), hence strict=False

@@ -28,10 +28,11 @@ import numpy as np
 from cascade.bench import replay_engine
 from cascade.config import CascadeConfig, MinScore
 from cascade.dataset import ReplayRecord
-from cascade.engine import _current_run, _Run
 from cascade.errors import CascadeError, ConfigError, ProviderError
 from cascade.evaluation import EvaluatorContext, Slot, build_one, combine, decided
 from cascade.pricing import cost_usd
+from cascade.recorder import Run as _Run
+from cascade.recorder import current_run as _current_run
 from cascade.types import Completion, Request, Verdict
 
 __all__ = [

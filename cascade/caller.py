@@ -1,0 +1,147 @@
+"""One model call of a step: concurrency slot, circuit breaker, and tenacity's retries."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from cascade.config import CascadeConfig
+from cascade.errors import ProviderError
+from cascade.limits import Limits
+from cascade.providers.base import Provider
+from cascade.retry import RetryPolicy
+from cascade.types import Completion, Message
+
+__all__ = ["Call", "Caller", "Outcome"]
+
+log = structlog.get_logger("cascade")
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """A request to call one ``models:`` key once (with its retries)."""
+
+    model_key: str
+    messages: tuple[Message, ...]
+    params: Mapping[str, Any]
+    query_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What a call produced: an answer or the error that ended its retries."""
+
+    completion: Completion | None
+    error: ProviderError | None
+    attempts: int
+    latency_ms: float
+
+
+class Caller:
+    """Runs ``Call``s against the configured providers, sync or async."""
+
+    def __init__(
+        self,
+        config: CascadeConfig,
+        providers: Mapping[str, Provider],
+        retry: RetryPolicy,
+        limits: Limits,
+    ):
+        self.config = config
+        self.providers = providers
+        self.retry = retry
+        self.limits = limits
+
+    def call(self, op: Call) -> Outcome:
+        model = self.config.models[op.model_key]
+        provider = self.providers[model.provider]
+        started = time.perf_counter()
+        if not getattr(provider, "transient_faults", True):
+            # A recording never fails transiently, so replay skips the retry machinery.
+            try:
+                done = provider.complete(
+                    op.messages, model=model.name, params=op.params, query_id=op.query_id
+                )
+            except ProviderError as exc:
+                return Outcome(None, exc, 1, _since(started))
+            return Outcome(done, None, 1, _since(started))
+        slot = self.limits.sync_slot(model.provider)
+        attempts = 0
+        try:
+            for attempt in self.retry.retrying():
+                with attempt:
+                    attempts += 1
+                    self._gate(model.provider, model.name)
+                    try:
+                        with slot or contextlib.nullcontext():
+                            completion = provider.complete(
+                                op.messages,
+                                model=model.name,
+                                params=op.params,
+                                query_id=op.query_id,
+                            )
+                    except ProviderError:
+                        self._note(model.provider, ok=False)
+                        raise
+                    self._note(model.provider, ok=True)
+        except ProviderError as exc:
+            return Outcome(None, exc, attempts, _since(started))
+        return Outcome(completion, None, attempts, _since(started))
+
+    async def acall(self, op: Call) -> Outcome:
+        model = self.config.models[op.model_key]
+        provider = self.providers[model.provider]
+        slot = self.limits.async_slot(model.provider)
+        attempts = 0
+        started = time.perf_counter()
+        try:
+            async for attempt in self.retry.aretrying():
+                with attempt:
+                    attempts += 1
+                    self._gate(model.provider, model.name)
+                    try:
+                        async with slot or contextlib.nullcontext():
+                            completion = await provider.acomplete(
+                                op.messages,
+                                model=model.name,
+                                params=op.params,
+                                query_id=op.query_id,
+                            )
+                    except ProviderError:
+                        self._note(model.provider, ok=False)
+                        raise
+                    self._note(model.provider, ok=True)
+        except ProviderError as exc:
+            return Outcome(None, exc, attempts, _since(started))
+        return Outcome(completion, None, attempts, _since(started))
+
+    def _gate(self, provider: str, model: str) -> None:
+        """Stop retrying into a provider whose circuit opened during this step."""
+        breaker = self.limits.breakers.get(provider)
+        left = breaker.open_for() if breaker else None
+        if left is not None:
+            raise ProviderError(
+                f"{provider}: circuit open ({left:.1f}s of cool-down left)",
+                provider=provider,
+                model=model,
+                retryable=False,
+            )
+
+    def _note(self, provider: str, *, ok: bool) -> None:
+        if self.limits.record(provider, ok):
+            breaker = self.limits.breakers[provider]
+            log.warning(
+                "cascade.circuit_open",
+                provider=provider,
+                failures=breaker.failures,
+                cooldown_s=breaker.cooldown_s,
+            )
+
+
+def _since(started: float) -> float:
+    return (time.perf_counter() - started) * 1000

@@ -1,0 +1,151 @@
+"""What a run leaves behind: step records, the result, log events and ledger rows."""
+
+from __future__ import annotations
+
+import contextvars
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import structlog
+
+from cascade.caller import Outcome
+from cascade.config import CascadeConfig
+from cascade.errors import BudgetExceeded, CascadeError, CascadeExhausted, ProviderError
+from cascade.ledger import Ledger
+from cascade.pricing import cost_usd
+from cascade.types import CascadeResult, Completion, Decision, StepRecord, Verdict
+
+__all__ = ["Recorder", "Run", "current_run"]
+
+log = structlog.get_logger("cascade")
+
+
+@dataclass(slots=True)
+class Run:
+    """Mutable bookkeeping of one run; evaluators that call models add their steps here."""
+
+    run_id: str
+    task: str
+    started: float
+    log_content: bool
+    steps: list[StepRecord] = field(default_factory=list)
+    counter: int = 0
+
+    def next_index(self) -> int:
+        self.counter += 1
+        return self.counter
+
+    def cost(self) -> float:
+        return sum(s.cost_usd for s in self.steps)
+
+
+# The run in progress in this thread or task, so a judge's model call lands in the right run.
+current_run: contextvars.ContextVar[Run | None] = contextvars.ContextVar(
+    "cascade_current_run", default=None
+)
+
+
+class Recorder:
+    """Turns outcomes into ``StepRecord``s, logs them and writes them to the ledger at once."""
+
+    def __init__(self, config: CascadeConfig, ledger: Ledger | None):
+        self.config = config
+        self.ledger = ledger
+
+    def step(
+        self,
+        run: Run,
+        model_key: str,
+        outcome: Outcome,
+        decision: Decision,
+        verdicts: tuple[Verdict, ...],
+        *,
+        completion: Completion | None = None,
+        index: int | None = None,
+        error: str | None = None,
+    ) -> StepRecord:
+        model = self.config.models[model_key]
+        done = completion or outcome.completion
+        # A recorded (replayed) latency is longer than the replay itself; a live one is shorter
+        # than the wall time that includes retries. The larger is the step's real latency.
+        latency = max(outcome.latency_ms, done.latency_ms if done else 0.0)
+        step = StepRecord(
+            run_id=run.run_id,
+            task=run.task,
+            step=index or run.next_index(),
+            model=model_key,
+            provider=model.provider,
+            attempts=outcome.attempts,
+            input_tokens=done.input_tokens if done else 0,
+            output_tokens=done.output_tokens if done else 0,
+            cached_input_tokens=done.cached_input_tokens if done else 0,
+            cost_usd=cost_usd(done, model.price) if done and decision != "cache" else 0.0,
+            latency_ms=latency,
+            decision=decision,
+            verdicts=verdicts,
+            error=error or (outcome.error.message if outcome.error else None),
+            ts=time.time(),
+            text=done.text if done else None,
+        )
+        run.steps.append(step)
+        log.info("cascade.step", **step.as_event(log_content=run.log_content))
+        if self.ledger is not None:
+            self.ledger.record_step(step)
+        return step
+
+    def result(
+        self,
+        run: Run,
+        model_key: str,
+        completion: Completion | None,
+        verdicts: tuple[Verdict, ...],
+        *,
+        accepted: bool,
+        finalizers: Sequence[Callable[[str], str]] = (),
+    ) -> CascadeResult:
+        text = completion.text if completion else ""
+        for finalize in finalizers:
+            text = finalize(text)
+        parsed = next((v.data for v in verdicts if v.data is not None and v.passed), None)
+        return CascadeResult(
+            text=text,
+            model=model_key,
+            accepted=accepted,
+            cost_usd=run.cost(),
+            latency_ms=(time.perf_counter() - run.started) * 1000,
+            run_id=run.run_id,
+            steps=tuple(sorted(run.steps, key=lambda s: s.step)),
+            task=run.task,
+            json=parsed,
+        )
+
+    def finish(self, result: CascadeResult, run: Run) -> CascadeResult:
+        self.close(result, "ok" if result.accepted else "exhausted")
+        return result
+
+    def fail(self, exc: CascadeError, run: Run) -> None:
+        """Close the run's ledger record when it ends in an exception, so no spend goes missing."""
+        if isinstance(exc, CascadeExhausted):
+            self.close(exc.result, "exhausted")
+        elif isinstance(exc, (ProviderError, BudgetExceeded)) and exc.result is not None:
+            self.close(exc.result, "failed" if isinstance(exc, ProviderError) else "budget")
+        elif run.steps:
+            self.close(
+                self.result(run, "", None, (), accepted=False), f"error: {type(exc).__name__}"
+            )
+
+    def close(self, result: CascadeResult, status: str) -> None:
+        log.info(
+            "cascade.run",
+            run_id=result.run_id,
+            task=result.task,
+            model=result.model,
+            accepted=result.accepted,
+            status=status,
+            steps=len(result.steps),
+            cost_usd=result.cost_usd,
+            latency_ms=round(result.latency_ms, 3),
+        )
+        if self.ledger is not None:
+            self.ledger.record_run(result, status=status)
