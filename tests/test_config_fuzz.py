@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -62,11 +64,19 @@ def paths(node: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
 ALL_PATHS = paths(VALID)[1:]
 
 
+# Mutated configs may name any cache or ledger file; keep them out of the working tree.
+SCRATCH = Path(tempfile.mkdtemp(prefix="cascade-fuzz-"))
+
+
 def build(data: Any) -> None:
+    previous = os.getcwd()
+    os.chdir(SCRATCH)
     try:
         Cascade.from_dict(data, ledger=Ledger(":memory:")).close()
     except ConfigError:
         pass
+    finally:
+        os.chdir(previous)
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
