@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sqlite3
 import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from cascade.ledger import open_sqlite
 from cascade.types import Message
 
 __all__ = ["ResponseCache", "cache_key"]
@@ -36,14 +36,9 @@ class ResponseCache:
 
     def __init__(self, path: str | Path):
         self.path = str(path)
-        if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        self._conn = sqlite3.connect(
-            self.path, check_same_thread=False, isolation_level=None, timeout=30
-        )
+        self._conn = open_sqlite(self.path)
         self._lock = threading.Lock()
         with self._lock:
-            self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute(
                 "CREATE TABLE IF NOT EXISTS cache (key TEXT PRIMARY KEY, task TEXT NOT NULL,"
                 " created REAL NOT NULL, expires REAL NOT NULL, model TEXT NOT NULL,"

@@ -17,7 +17,7 @@ from typing import Any
 
 from cascade.types import CascadeResult, StepRecord
 
-__all__ = ["Ledger"]
+__all__ = ["Ledger", "open_sqlite"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS steps (
@@ -55,6 +55,19 @@ CREATE INDEX IF NOT EXISTS runs_task_ts ON runs(task, ts);
 """
 
 
+def open_sqlite(path: str) -> sqlite3.Connection:
+    """A WAL-mode connection shared by threads (callers hold a lock around every use).
+
+    One connection behind a lock: SQLite serialises writers anyway, and this keeps concurrent
+    threads from ever seeing "database is locked".
+    """
+    if path != ":memory:":
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
+    conn.execute("PRAGMA journal_mode=WAL")
+    return conn
+
+
 class Ledger:
     """Append-only record of spend. Safe to share between threads and asyncio tasks.
 
@@ -64,16 +77,9 @@ class Ledger:
 
     def __init__(self, path: str | Path):
         self.path = str(path)
-        if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        # One connection behind a lock: SQLite serialises writers anyway, and this keeps
-        # concurrent threads from ever seeing "database is locked".
-        self._conn = sqlite3.connect(
-            self.path, check_same_thread=False, isolation_level=None, timeout=30
-        )
+        self._conn = open_sqlite(self.path)
         self._lock = threading.Lock()
         with self._lock:
-            self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=NORMAL")
             self._conn.executescript(_SCHEMA)
 

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
-import weakref
 from collections.abc import Mapping, Sequence
-from typing import Any
+from types import ModuleType
+from typing import Any, ClassVar
 
 import anthropic
 
-from cascade.config import ProviderConfig
-from cascade.errors import ProviderError
-from cascade.providers.base import api_key, empty_answer, map_sdk_error, split_params
+from cascade.providers.base import empty_answer, split_params
+from cascade.providers.sdk import SDKProvider
 from cascade.types import Completion, Message
 
 __all__ = ["AnthropicProvider", "to_anthropic"]
@@ -49,7 +47,7 @@ def to_anthropic(messages: Sequence[Message]) -> tuple[str | None, list[dict[str
     return ("\n\n".join(system) if system else None), turns
 
 
-class AnthropicProvider:
+class AnthropicProvider(SDKProvider[anthropic.Anthropic, anthropic.AsyncAnthropic]):
     """Calls ``messages.create``; SDK retries are off: the engine's tenacity layer is the only one.
 
     Args:
@@ -59,66 +57,10 @@ class AnthropicProvider:
         async_client: An injected ``anthropic.AsyncAnthropic``.
     """
 
-    supports_logprobs = False
-
-    def __init__(
-        self,
-        name: str,
-        config: ProviderConfig,
-        *,
-        client: anthropic.Anthropic | None = None,
-        async_client: anthropic.AsyncAnthropic | None = None,
-    ):
-        self.name = name
-        self.config = config
-        self._client = client
-        self._async_client = async_client
-        self._secret: str | None = None
-        self._async_clients: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
-
-    def __repr__(self) -> str:
-        return f"AnthropicProvider(name={self.name!r}, base_url={self.config.base_url!r})"
-
-    def _options(self) -> dict[str, Any]:
-        self._secret = api_key(self.config, self.name)
-        options: dict[str, Any] = {
-            "api_key": self._secret,
-            "max_retries": 0,
-            "timeout": self.config.timeout_s,
-        }
-        if self.config.base_url:
-            options["base_url"] = self.config.base_url
-        return options
-
-    @property
-    def client(self) -> anthropic.Anthropic:
-        if self._client is None:
-            self._client = anthropic.Anthropic(**self._options())
-        return self._client
-
-    @property
-    def async_client(self) -> anthropic.AsyncAnthropic:
-        # An async client belongs to the event loop that first used it, so each loop gets its
-        # own; a second asyncio.run() must not reuse connections of a closed loop.
-        loop = asyncio.get_running_loop()
-        client = self._async_clients.get(loop)
-        if client is None:
-            client = self._async_client or anthropic.AsyncAnthropic(**self._options())
-            self._async_client = None
-            self._async_clients[loop] = client
-        return client
-
-    def close(self) -> None:
-        """Close the sync client's connections."""
-        if self._client is not None:
-            self._client.close()
-            self._client = None
-
-    async def aclose(self) -> None:
-        """Close this event loop's async client (call before the loop ends)."""
-        client = self._async_clients.pop(asyncio.get_running_loop(), None)
-        if client is not None:
-            await client.close()
+    sdk: ClassVar[ModuleType] = anthropic
+    client_class = anthropic.Anthropic
+    async_client_class = anthropic.AsyncAnthropic
+    supports_logprobs: ClassVar[bool] = False
 
     def _kwargs(
         self, method: Any, messages: Sequence[Message], model: str, params: Mapping[str, Any]
@@ -171,16 +113,6 @@ class AnthropicProvider:
         ) as exc:  # ValueError: a 200 whose body is not JSON
             raise self._error(exc, model) from exc
         return self._parse(response, model, (time.perf_counter() - started) * 1000)
-
-    def _error(self, exc: Exception, model: str) -> ProviderError:
-        return map_sdk_error(
-            exc,
-            anthropic,
-            provider=self.name,
-            model=model,
-            key_env=self.config.key_env(),
-            secret=self._secret,
-        )
 
     def _parse(self, response: Any, model: str, latency_ms: float) -> Completion:
         blocks = getattr(response, "content", None)

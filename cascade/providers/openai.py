@@ -2,23 +2,21 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
-import weakref
 from collections.abc import Mapping, Sequence
-from typing import Any
+from types import ModuleType
+from typing import Any, ClassVar
 
 import openai
 
-from cascade.config import ProviderConfig
-from cascade.errors import ProviderError
-from cascade.providers.base import api_key, empty_answer, map_sdk_error, split_params
+from cascade.providers.base import empty_answer, split_params
+from cascade.providers.sdk import SDKProvider
 from cascade.types import Completion, Message
 
 __all__ = ["OpenAIProvider"]
 
 
-class OpenAIProvider:
+class OpenAIProvider(SDKProvider[openai.OpenAI, openai.AsyncOpenAI]):
     """Calls ``chat.completions.create`` through the official SDK.
 
     The SDK's own retries are off (``max_retries=0``): the engine's tenacity layer is the only
@@ -31,76 +29,10 @@ class OpenAIProvider:
         async_client: An injected ``openai.AsyncOpenAI``.
     """
 
-    supports_logprobs = True
-
-    def __init__(
-        self,
-        name: str,
-        config: ProviderConfig,
-        *,
-        client: openai.OpenAI | None = None,
-        async_client: openai.AsyncOpenAI | None = None,
-    ):
-        self.name = name
-        self.config = config
-        self._client = client
-        self._async_client = async_client
-        self._secret: str | None = None
-        self._async_clients: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
-
-    def __repr__(self) -> str:
-        return f"OpenAIProvider(name={self.name!r}, base_url={self.config.base_url!r})"
-
-    def _options(self) -> dict[str, Any]:
-        self._secret = api_key(self.config, self.name)
-        options: dict[str, Any] = {
-            "api_key": self._secret,
-            "max_retries": 0,
-            "timeout": self.config.timeout_s,
-        }
-        if self.config.base_url:
-            options["base_url"] = self.config.base_url
-        return options
-
-    @property
-    def client(self) -> openai.OpenAI:
-        if self._client is None:
-            self._client = openai.OpenAI(**self._options())
-        return self._client
-
-    @property
-    def async_client(self) -> openai.AsyncOpenAI:
-        # An async client belongs to the event loop that first used it, so each loop gets its
-        # own; a second asyncio.run() must not reuse connections of a closed loop.
-        loop = asyncio.get_running_loop()
-        client = self._async_clients.get(loop)
-        if client is None:
-            client = self._async_client or openai.AsyncOpenAI(**self._options())
-            self._async_client = None
-            self._async_clients[loop] = client
-        return client
-
-    def close(self) -> None:
-        """Close the sync client's connections."""
-        if self._client is not None:
-            self._client.close()
-            self._client = None
-
-    async def aclose(self) -> None:
-        """Close this event loop's async client (call before the loop ends)."""
-        client = self._async_clients.pop(asyncio.get_running_loop(), None)
-        if client is not None:
-            await client.close()
-
-    def _error(self, exc: Exception, model: str) -> ProviderError:
-        return map_sdk_error(
-            exc,
-            openai,
-            provider=self.name,
-            model=model,
-            key_env=self.config.key_env(),
-            secret=self._secret,
-        )
+    sdk: ClassVar[ModuleType] = openai
+    client_class = openai.OpenAI
+    async_client_class = openai.AsyncOpenAI
+    supports_logprobs: ClassVar[bool] = True
 
     def complete(
         self,
