@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from cascade.bench import run_bench
+from cascade.errors import ConfigError
 
 __all__ = ["register"]
 
@@ -98,9 +99,21 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.plot:
         from cascade.plot import plot_tradeoff
 
-        plot_tradeoff(report["tasks"], args.plot)
+        plot_tradeoff(report["tasks"], args.plot, frontier=_frontier(args.frontier))
         _say(f"wrote {args.plot}")
     return 0
+
+
+def _frontier(path: str | None) -> dict[str, Any] | None:
+    """The calibration curve saved by ``cascade calibrate --json``, to draw beside the bench."""
+    if not path:
+        return None
+    try:
+        saved = json.loads(Path(path).read_text())
+        return {saved["task"]: [tuple(p) for p in saved["frontier"]]}
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"not a calibration result from cascade calibrate --json: {exc}",
+                          path=path) from exc
 
 
 def _quiet() -> None:
@@ -190,6 +203,8 @@ def register(sub: Any) -> None:
     bench.add_argument("--task", help="task for queries that do not name one")
     bench.add_argument("--json", metavar="OUT", help="also write the report as JSON")
     bench.add_argument("--plot", metavar="OUT.png", help="write a cost/quality plot (matplotlib)")
+    bench.add_argument("--frontier", metavar="CALIBRATION.json",
+                       help="draw the calibration curve saved by cascade calibrate --json")
     bench.set_defaults(handler=cmd_bench)
 
     cal = sub.add_parser(
