@@ -17,7 +17,7 @@ from typing import Any
 
 import structlog
 
-from cascade import cli_replay
+from cascade import cli_replay, server_cli
 from cascade.config import load_config
 from cascade.engine import Cascade
 from cascade.errors import CascadeError, CascadeExhausted, ConfigError, DatasetError, ProviderError
@@ -228,6 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.set_defaults(handler=cmd_report)
 
     cli_replay.register(sub)
+    server_cli.register(sub)
     return parser
 
 

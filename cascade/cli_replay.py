@@ -112,8 +112,9 @@ def _frontier(path: str | None) -> dict[str, Any] | None:
         saved = json.loads(Path(path).read_text())
         return {saved["task"]: [tuple(p) for p in saved["frontier"]]}
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ConfigError(f"not a calibration result from cascade calibrate --json: {exc}",
-                          path=path) from exc
+        raise ConfigError(
+            f"not a calibration result from cascade calibrate --json: {exc}", path=path
+        ) from exc
 
 
 def _quiet() -> None:
@@ -203,8 +204,11 @@ def register(sub: Any) -> None:
     bench.add_argument("--task", help="task for queries that do not name one")
     bench.add_argument("--json", metavar="OUT", help="also write the report as JSON")
     bench.add_argument("--plot", metavar="OUT.png", help="write a cost/quality plot (matplotlib)")
-    bench.add_argument("--frontier", metavar="CALIBRATION.json",
-                       help="draw the calibration curve saved by cascade calibrate --json")
+    bench.add_argument(
+        "--frontier",
+        metavar="CALIBRATION.json",
+        help="draw the calibration curve saved by cascade calibrate --json",
+    )
     bench.set_defaults(handler=cmd_bench)
 
     cal = sub.add_parser(

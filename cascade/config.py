@@ -25,6 +25,7 @@ __all__ = [
     "ProviderConfig",
     "RetryConfig",
     "RungConfig",
+    "ServerConfig",
     "TaskConfig",
     "format_location",
     "load_config",
@@ -166,6 +167,21 @@ class TaskConfig(BaseModel):
         return value
 
 
+class ServerConfig(BaseModel):
+    """The ``server:`` section, read by ``cascade serve``.
+
+    ``api_keys_env`` names the variable holding the gateway's comma-separated bearer keys; with
+    none configured the gateway serves loopback only. ``host`` and ``port`` are defaults that
+    ``--host`` and ``--port`` override.
+    """
+
+    model_config = _STRICT
+
+    api_keys_env: str | None = None
+    host: str | None = None
+    port: int | None = Field(default=None, ge=0, le=65535)
+
+
 class CascadeConfig(BaseModel):
     """The whole file."""
 
@@ -179,6 +195,7 @@ class CascadeConfig(BaseModel):
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     budgets: BudgetsConfig | None = None
     cache: CacheConfig = Field(default_factory=CacheConfig)
+    server: ServerConfig = Field(default_factory=ServerConfig)
 
 
 def format_location(loc: tuple[int | str, ...]) -> str:

@@ -7,6 +7,7 @@ with ``await``, so both paths take exactly the same decisions.
 
 from __future__ import annotations
 
+import copy
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
@@ -19,7 +20,14 @@ import structlog
 from cascade.budget import DEFAULT_MAX_TOKENS, max_output_tokens
 from cascade.cache import ResponseCache, cache_key
 from cascade.caller import Call, Caller, Outcome
-from cascade.config import CascadeConfig, MinScore, ModelConfig, load_config, parse_config
+from cascade.config import (
+    CascadeConfig,
+    MinScore,
+    ModelConfig,
+    TaskConfig,
+    load_config,
+    parse_config,
+)
 from cascade.errors import (
     BudgetExceeded,
     CascadeError,
@@ -173,6 +181,22 @@ class Cascade:
             self.ledger.close()
         if self.cache is not None:
             self.cache.close()
+
+    def with_tasks(self, tasks: Mapping[str, TaskConfig]) -> Cascade:
+        """A view of this engine that runs other tasks and shares everything else.
+
+        The providers (and their connections), the ledger, the limits (budgets, circuit
+        breakers, concurrency slots), the retry policy and the cache stay this engine's; only
+        the task table differs. Close this engine, not the view. The gateway runs a bare
+        ``models:`` key as a one-rung task through such a view.
+
+        Raises:
+            ConfigError: a task's evaluators are invalid or a plug-in is missing.
+        """
+        view = copy.copy(self)
+        view.config = self.config.model_copy(update={"tasks": dict(tasks)})
+        view.tasks = {name: view._build_task(name) for name in tasks}
+        return view
 
     async def aclose(self) -> None:
         """Close the async SDK clients of the running event loop."""

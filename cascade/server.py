@@ -15,8 +15,8 @@ request paid for reaches the ledger. ``cascade serve`` lives in ``cascade.server
 from __future__ import annotations
 
 import asyncio
+import gc
 import hmac
-import json
 import os
 import socket
 import threading
@@ -56,7 +56,17 @@ from cascade.server_openai import (
 )
 from cascade.types import CascadeResult
 
-__all__ = ["MODEL_TASK_PREFIX", "Gateway", "create_app", "read_api_keys", "running"]
+__all__ = [
+    "MODEL_TASK_PREFIX",
+    "Gateway",
+    "bind",
+    "create_app",
+    "freeze_heap",
+    "read_api_keys",
+    "running",
+    "url_of",
+    "uvicorn_server",
+]
 
 log = structlog.get_logger("cascade")
 
@@ -73,19 +83,28 @@ def read_api_keys(env: str | None) -> tuple[str, ...]:
 
 
 def _direct_engine(engine: Cascade) -> Cascade:
-    """An engine whose tasks are one rung per model key, sharing everything with ``engine``.
+    """An engine whose tasks are one rung per model key, sharing what it can with ``engine``.
 
-    It shares the providers (clients, connections), the ledger, the limits (budgets,
-    breakers, concurrency slots) and the retry policy; only the task table differs, and the
-    user's config object is left as it is.
+    ``Cascade.with_tasks`` shares everything but the task table (providers and their
+    connections, ledger, budgets, breakers, concurrency slots, retry policy). Without it, a
+    second engine shares the providers, the ledger, the period-budget bookkeeping and the retry
+    policy. The user's config object is never changed.
     """
-    tasks = {f"{MODEL_TASK_PREFIX}{key}": TaskConfig(ladder=[RungConfig(model=key)])
-             for key in engine.config.models}
+    tasks = {
+        f"{MODEL_TASK_PREFIX}{key}": TaskConfig(ladder=[RungConfig(model=key)])
+        for key in engine.config.models
+    }
+    with_tasks = getattr(engine, "with_tasks", None)
+    if with_tasks is not None:
+        view: Cascade = with_tasks(tasks)
+        return view
     config = engine.config.model_copy(update={"tasks": tasks})
-    direct = Cascade(config, path=engine.path, providers=engine.providers,
-                     ledger=engine.ledger or False)
+    direct = Cascade(
+        config, path=engine.path, providers=engine.providers, ledger=engine.ledger or False
+    )
     direct.limits = engine.limits
-    direct._retry = engine._retry  # the caller's injected sleeps apply here too
+    if hasattr(engine, "retry"):
+        direct.retry = engine.retry  # the caller's injected sleeps apply here too
     return direct
 
 
@@ -103,10 +122,6 @@ class Gateway:
         self._keys = tuple(k.encode() for k in api_keys)
         self.metrics = GatewayMetrics()
         self.inflight: set[asyncio.Task[CascadeResult]] = set()
-
-    @property
-    def auth(self) -> bool:
-        return bool(self._keys)
 
     def authorized(self, request: Request) -> bool:
         if not self._keys:
@@ -128,8 +143,9 @@ class Gateway:
             return self.direct, MODEL_TASK_PREFIX + name
         return None
 
-    async def run(self, engine: Cascade, task: str, messages: list[dict[str, Any]],
-                  params: dict[str, Any]) -> CascadeResult:
+    async def run(
+        self, engine: Cascade, task: str, messages: list[dict[str, Any]], params: dict[str, Any]
+    ) -> CascadeResult:
         """Run the cascade in a task of its own, so a cancelled request does not cut it short."""
         job = asyncio.ensure_future(self._run(engine, task, messages, params))
         self.inflight.add(job)
@@ -141,8 +157,9 @@ class Gateway:
         if not job.cancelled():
             job.exception()  # retrieved, so an abandoned failure is not reported as lost
 
-    async def _run(self, engine: Cascade, task: str, messages: list[dict[str, Any]],
-                   params: dict[str, Any]) -> CascadeResult:
+    async def _run(
+        self, engine: Cascade, task: str, messages: list[dict[str, Any]], params: dict[str, Any]
+    ) -> CascadeResult:
         started = time.perf_counter()
         try:
             result = await engine.acomplete(task, messages, **params)
@@ -174,10 +191,13 @@ def _failure(exc: BaseException) -> tuple[str, Sequence[Any]]:
 
 # -- responses ------------------------------------------------------------------------------------
 
-def _error(status: int, message: str, kind: str, code: str | None,
-           headers: Mapping[str, str] | None = None) -> JSONResponse:
-    return JSONResponse(error_body(redact(message), kind, code), status_code=status,
-                        headers=dict(headers or {}))
+
+def _error(
+    status: int, message: str, kind: str, code: str | None, headers: Mapping[str, str] | None = None
+) -> JSONResponse:
+    return JSONResponse(
+        error_body(redact(message), kind, code), status_code=status, headers=dict(headers or {})
+    )
 
 
 def _refuse(gateway: Gateway, kind: str, status: int, message: str, code: str) -> JSONResponse:
@@ -187,27 +207,44 @@ def _refuse(gateway: Gateway, kind: str, status: int, message: str, code: str) -
 
 
 def _unauthorized(gateway: Gateway) -> JSONResponse:
-    return _refuse(gateway, "Unauthorized", 401,
-                   "invalid or missing API key: send 'Authorization: Bearer <key>' with one of "
-                   "the gateway's keys", "invalid_api_key")
+    return _refuse(
+        gateway,
+        "Unauthorized",
+        401,
+        "invalid or missing API key: send 'Authorization: Bearer <key>' with one of "
+        "the gateway's keys",
+        "invalid_api_key",
+    )
 
 
 def _from_exception(exc: Exception) -> JSONResponse:
-    """Map an engine error to its HTTP answer; messages are scrubbed of anything key-shaped."""
+    """Map an engine error to its HTTP answer; messages are scrubbed of anything key-shaped.
+
+    Every 5xx and the 429 say ``x-should-retry: false``: a retry would rerun a whole ladder.
+    When the run got as far as a result, its cascade headers come along, so a client sees what
+    the failed request cost.
+    """
+    headers = dict(_NO_RETRY)
+    result = getattr(exc, "result", None)
+    if isinstance(result, CascadeResult):
+        headers.update(cascade_headers(result))
     if isinstance(exc, BudgetExceeded):
-        return _error(429, str(exc), "budget_error", "budget_exceeded", _NO_RETRY)
+        return _error(429, str(exc), "budget_error", "budget_exceeded", headers)
     if isinstance(exc, (CascadeExhausted, ProviderError)):
-        return _error(502, str(exc), "upstream_error", "cascade_exhausted", _NO_RETRY)
+        return _error(502, str(exc), "upstream_error", "cascade_exhausted", headers)
     if isinstance(exc, ConfigError):
         # A missing provider key and the like: the operator's mistake, not the client's.
-        return _error(500, f"gateway configuration error: {exc}", "server_error",
-                      "config_error", _NO_RETRY)
+        return _error(
+            500, f"gateway configuration error: {exc}", "server_error", "config_error", headers
+        )
     if isinstance(exc, EvaluatorError):
-        return _error(500, str(exc), "server_error", "evaluator_error", _NO_RETRY)
+        return _error(500, str(exc), "server_error", "evaluator_error", headers)
     if isinstance(exc, CascadeError):
-        return _error(500, str(exc), "server_error", "cascade_error", _NO_RETRY)
+        return _error(500, str(exc), "server_error", "cascade_error", headers)
     log.error("cascade.gateway_error", error=redact(repr(exc)))
-    return _error(500, f"internal error ({type(exc).__name__})", "server_error", "internal_error")
+    return _error(
+        500, f"internal error ({type(exc).__name__})", "server_error", "internal_error", headers
+    )
 
 
 async def _stream(result: CascadeResult, include_usage: bool) -> AsyncIterator[bytes]:
@@ -217,31 +254,34 @@ async def _stream(result: CascadeResult, include_usage: bool) -> AsyncIterator[b
 
 # -- routes ---------------------------------------------------------------------------------------
 
+
 async def chat_completions(request: Request) -> Response:
     gateway: Gateway = request.app.state.gateway
     if not gateway.authorized(request):
         return _unauthorized(gateway)
     try:
-        payload = json.loads(await request.body())
-    except ValueError:
-        return _refuse(gateway, "InvalidRequest", 400, "request body is not valid JSON",
-                       "invalid_request")
-    try:
-        body = ChatRequest.model_validate(payload)
+        body = ChatRequest.model_validate_json(await request.body())
     except ValidationError as exc:
-        return _refuse(gateway, "InvalidRequest", 400, describe_validation(exc),
-                       "invalid_request")
+        return _refuse(gateway, "InvalidRequest", 400, describe_validation(exc), "invalid_request")
     params = body.params()
     reserved = sorted(ENGINE_KEYWORDS & params.keys())
     if reserved:
-        return _refuse(gateway, "InvalidRequest", 400,
-                       f"invalid request body: {', '.join(reserved)}: reserved by the gateway",
-                       "invalid_request")
+        return _refuse(
+            gateway,
+            "InvalidRequest",
+            400,
+            f"invalid request body: {', '.join(reserved)}: reserved by the gateway",
+            "invalid_request",
+        )
     target = gateway.resolve(body.model)
     if target is None:
-        return _refuse(gateway, "UnknownModel", 404,
-                       f"unknown task or model {body.model!r} (GET /v1/models lists them)",
-                       "model_not_found")
+        return _refuse(
+            gateway,
+            "UnknownModel",
+            404,
+            f"unknown task or model {body.model!r} (GET /v1/models lists them)",
+            "model_not_found",
+        )
     try:
         result = await gateway.run(*target, body.engine_messages(), params)
     except Exception as exc:
@@ -249,17 +289,22 @@ async def chat_completions(request: Request) -> Response:
     headers = cascade_headers(result)
     if body.stream:
         headers["cache-control"] = "no-cache"
-        return StreamingResponse(_stream(result, body.include_usage), headers=headers,
-                                 media_type="text/event-stream")
+        return StreamingResponse(
+            _stream(result, body.include_usage), headers=headers, media_type="text/event-stream"
+        )
     return JSONResponse(completion_body(result), headers=headers)
 
 
 def _model_entries(gateway: Gateway) -> list[dict[str, Any]]:
     config = gateway.engine.config
-    tasks = [{"id": f"cascade/{name}", "object": "model", "created": 0, "owned_by": "cascade"}
-             for name in config.tasks]
-    models = [{"id": key, "object": "model", "created": 0, "owned_by": model.provider}
-              for key, model in config.models.items()]
+    tasks = [
+        {"id": f"cascade/{name}", "object": "model", "created": 0, "owned_by": "cascade"}
+        for name in config.tasks
+    ]
+    models = [
+        {"id": key, "object": "model", "created": 0, "owned_by": model.provider}
+        for key, model in config.models.items()
+    ]
     return tasks + models
 
 
@@ -277,8 +322,9 @@ async def get_model(request: Request) -> Response:
     name = request.path_params["name"]
     target = gateway.resolve(name)
     if target is None:
-        return _refuse(gateway, "UnknownModel", 404, f"unknown task or model {name!r}",
-                       "model_not_found")
+        return _refuse(
+            gateway, "UnknownModel", 404, f"unknown task or model {name!r}", "model_not_found"
+        )
     wanted = f"cascade/{target[1]}" if target[0] is gateway.engine else name
     entry = next(e for e in _model_entries(gateway) if e["id"] == wanted)
     return JSONResponse(entry)
@@ -295,8 +341,13 @@ async def metrics(request: Request) -> Response:
     return Response(gateway.metrics.render(), headers={"content-type": CONTENT_TYPE_LATEST})
 
 
-def create_app(engine: Cascade, *, api_keys_env: str | None = None,
-               api_keys: Sequence[str] | None = None, drain_s: float = 60.0) -> Starlette:
+def create_app(
+    engine: Cascade,
+    *,
+    api_keys_env: str | None = None,
+    api_keys: Sequence[str] | None = None,
+    drain_s: float = 60.0,
+) -> Starlette:
     """Build the gateway app around an engine.
 
     Args:
@@ -324,30 +375,70 @@ def create_app(engine: Cascade, *, api_keys_env: str | None = None,
         await gateway.drain(drain_s)
         await engine.aclose()
 
-    app = Starlette(routes=[
-        Route("/v1/chat/completions", chat_completions, methods=["POST"]),
-        Route("/v1/models", list_models, methods=["GET"]),
-        Route("/v1/models/{name:path}", get_model, methods=["GET"]),
-        Route("/healthz", healthz, methods=["GET"]),
-        Route("/metrics", metrics, methods=["GET"]),
-    ], lifespan=lifespan)
+    app = Starlette(
+        routes=[
+            Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+            Route("/v1/models", list_models, methods=["GET"]),
+            Route("/v1/models/{name:path}", get_model, methods=["GET"]),
+            Route("/healthz", healthz, methods=["GET"]),
+            Route("/metrics", metrics, methods=["GET"]),
+        ],
+        lifespan=lifespan,
+    )
     app.state.gateway = gateway
     return app
 
 
 # -- serving --------------------------------------------------------------------------------------
 
+
 def bind(host: str, port: int) -> socket.socket:
-    """A listening socket; port 0 picks a free one (read it back with ``getsockname``)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    return socket.create_server((host, port), family=family, backlog=2048)
+    """A listening socket; port 0 picks a free one (read it back with ``getsockname``).
+
+    The socket names its protocol (TCP) explicitly: asyncio switches Nagle's algorithm off
+    only on connections whose socket says so, and with Nagle on, a response written in two
+    parts (headers, then body) waits ~40 ms for the client's delayed ACK.
+    """
+    family, kind, proto, _, address = socket.getaddrinfo(
+        host.strip("[]"),
+        port,
+        type=socket.SOCK_STREAM,
+        proto=socket.IPPROTO_TCP,
+        flags=socket.AI_PASSIVE,
+    )[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 def uvicorn_server(app: Starlette, **options: Any) -> uvicorn.Server:
     """A uvicorn server that leaves logging alone and logs no access lines."""
-    settings: dict[str, Any] = {"lifespan": "on", "log_config": None, "log_level": "warning",
-                                "access_log": False, "ws": "none", **options}
+    settings: dict[str, Any] = {
+        "lifespan": "on",
+        "log_config": None,
+        "log_level": "warning",
+        "access_log": False,
+        "ws": "none",
+        **options,
+    }
     return uvicorn.Server(uvicorn.Config(app, **settings))
+
+
+def freeze_heap() -> None:
+    """Exempt everything loaded so far from garbage collection, in a process that only serves.
+
+    The SDKs, pydantic models and the config live as long as the process; left to the
+    collector, a full collection walks them all while every request in flight waits
+    (180 ms measured with the OpenAI SDK loaded, the whole of the gateway's p99 at 50 req/s).
+    """
+    gc.collect()
+    gc.freeze()
 
 
 def url_of(sock: socket.socket) -> str:

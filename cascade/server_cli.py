@@ -58,13 +58,14 @@ def load_serve_config(path: str) -> tuple[CascadeConfig, ServeSettings]:
             settings = ServeSettings.model_validate(section or {})
         except ValidationError as bad:
             first = bad.errors()[0]
-            raise ConfigError(first["msg"], path=path,
-                              location=format_location(("server", *first["loc"]))) from bad
+            raise ConfigError(
+                first["msg"], path=path, location=format_location(("server", *first["loc"]))
+            ) from bad
         return parse_config(data, path=path), settings
-    section: Any = getattr(config, "server", None)
-    if section is None:
+    declared: Any = getattr(config, "server", None)
+    if declared is None:
         return config, ServeSettings()
-    return config, ServeSettings.model_validate(section.model_dump())
+    return config, ServeSettings.model_validate(declared.model_dump())
 
 
 def is_loopback(host: str) -> bool:
@@ -77,8 +78,9 @@ def is_loopback(host: str) -> bool:
         infos = socket.getaddrinfo(host, None)
     except OSError:
         return False
-    return bool(infos) and all(ipaddress.ip_address(str(i[4][0]).split("%")[0]).is_loopback
-                               for i in infos)
+    return bool(infos) and all(
+        ipaddress.ip_address(str(i[4][0]).split("%")[0]).is_loopback for i in infos
+    )
 
 
 @contextmanager
@@ -102,31 +104,52 @@ def _graceful_signals() -> Iterator[None]:
 def cmd_serve(args: argparse.Namespace) -> int:
     """Serve until interrupted; a refused bind or a bad config raises ``ConfigError`` (exit 2)."""
     from cascade.engine import Cascade
-    from cascade.server import bind, create_app, read_api_keys, url_of, uvicorn_server
+    from cascade.server import (
+        bind,
+        create_app,
+        freeze_heap,
+        read_api_keys,
+        url_of,
+        uvicorn_server,
+    )
 
     config, settings = load_serve_config(args.config)
     host = args.host or settings.host or DEFAULT_HOST
     port = args.port if args.port is not None else (settings.port or DEFAULT_PORT)
     keys = read_api_keys(settings.api_keys_env)
     if not keys and not is_loopback(host):
-        why = (f"${settings.api_keys_env} is unset or empty" if settings.api_keys_env
-               else "no server.api_keys_env in the config")
-        raise ConfigError(f"refusing to serve on {host} without API keys ({why}); bind to "
-                          "127.0.0.1, or set server.api_keys_env and export comma-separated keys",
-                          path=args.config, location="server.api_keys_env")
+        why = (
+            f"${settings.api_keys_env} is unset or empty"
+            if settings.api_keys_env
+            else "no server.api_keys_env in the config"
+        )
+        raise ConfigError(
+            f"refusing to serve on {host} without API keys ({why}); bind to "
+            "127.0.0.1, or set server.api_keys_env and export comma-separated keys",
+            path=args.config,
+            location="server.api_keys_env",
+        )
     engine = Cascade(config, path=args.config)
     try:
         app = create_app(engine, api_keys=keys)
         try:
             sock = bind(host, port)
         except OSError as exc:
-            raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}",
-                              path=args.config) from exc
-        auth = (f"{len(keys)} API key(s) from ${settings.api_keys_env}" if keys
-                else "no auth, loopback only")
-        print(f"cascade serve: listening on {url_of(sock)} ({auth}; tasks: "
-              f"{', '.join(config.tasks)}; models: {', '.join(config.models)})",
-              file=sys.stderr, flush=True)
+            raise ConfigError(
+                f"cannot listen on {host}:{port}: {exc.strerror or exc}", path=args.config
+            ) from exc
+        auth = (
+            f"{len(keys)} API key(s) from ${settings.api_keys_env}"
+            if keys
+            else "no auth, loopback only"
+        )
+        print(
+            f"cascade serve: listening on {url_of(sock)} ({auth}; tasks: "
+            f"{', '.join(config.tasks)}; models: {', '.join(config.models)})",
+            file=sys.stderr,
+            flush=True,
+        )
+        freeze_heap()
         with _graceful_signals():
             uvicorn_server(app).run(sockets=[sock])
     finally:
@@ -137,13 +160,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def register(sub: Any) -> None:
     """Add ``serve`` to the ``cascade`` command's subparsers."""
     serve = sub.add_parser(
-        "serve", help="serve an OpenAI-compatible gateway in front of the config's tasks",
+        "serve",
+        help="serve an OpenAI-compatible gateway in front of the config's tasks",
         description="POST /v1/chat/completions with model=<task> (or cascade/<task>, or a "
         "models: key) runs the cascade. Bearer keys come from the variable named by "
-        "server.api_keys_env; without keys only loopback addresses are served.")
+        "server.api_keys_env; without keys only loopback addresses are served.",
+    )
     serve.add_argument("config", help="YAML config file")
     serve.add_argument("--host", help=f"address to bind (default: server.host or {DEFAULT_HOST})")
-    serve.add_argument("--port", type=int,
-                       help=f"port to bind, 0 for any free one (default: server.port or "
-                       f"{DEFAULT_PORT})")
+    serve.add_argument(
+        "--port",
+        type=int,
+        help=f"port to bind, 0 for any free one (default: server.port or {DEFAULT_PORT})",
+    )
     serve.set_defaults(handler=cmd_serve)

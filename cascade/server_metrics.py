@@ -34,21 +34,36 @@ class GatewayMetrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self.requests = Counter("cascade_requests", "Cascade runs served, by outcome.",
-                                ["task", "status"], registry=self.registry)
-        self.escalations = Counter("cascade_escalations",
-                                   "Rungs passed over: answer rejected or call failed.",
-                                   ["task", "rung"], registry=self.registry)
-        self.cost = Counter("cascade_cost_usd", "Spend in USD, every step included.",
-                            ["task", "model"], registry=self.registry)
-        self.latency = Histogram("cascade_request_latency_seconds",
-                                 "Wall time of a cascade run.", ["task"],
-                                 buckets=_LATENCY_BUCKETS, registry=self.registry)
-        self.errors = Counter("cascade_errors", "Failed requests, by error class.", ["class"],
-                              registry=self.registry)
+        self.requests = Counter(
+            "cascade_requests",
+            "Cascade runs served, by outcome.",
+            ["task", "status"],
+            registry=self.registry,
+        )
+        self.escalations = Counter(
+            "cascade_escalations",
+            "Rungs passed over: answer rejected or call failed.",
+            ["task", "rung"],
+            registry=self.registry,
+        )
+        self.cost = Counter(
+            "cascade_cost_usd",
+            "Spend in USD, every step included.",
+            ["task", "model"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "cascade_request_latency_seconds",
+            "Wall time of a cascade run.",
+            ["task"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.errors = Counter(
+            "cascade_errors", "Failed requests, by error class.", ["class"], registry=self.registry
+        )
 
-    def run(self, task: str, status: str, seconds: float,
-            steps: Iterable[StepRecord] = ()) -> None:
+    def run(self, task: str, status: str, seconds: float, steps: Iterable[StepRecord] = ()) -> None:
         """Count one finished run (with whatever steps it took, even if it then failed)."""
         self.requests.labels(task, status).inc()
         self.latency.labels(task).observe(seconds)
@@ -58,8 +73,9 @@ class GatewayMetrics:
                 self.escalations.labels(task, step.model).inc()
 
     def result(self, result: CascadeResult, seconds: float) -> None:
-        self.run(result.task, "accepted" if result.accepted else "not_accepted", seconds,
-                 result.steps)
+        self.run(
+            result.task, "accepted" if result.accepted else "not_accepted", seconds, result.steps
+        )
 
     def error(self, kind: str) -> None:
         self.errors.labels(kind).inc()

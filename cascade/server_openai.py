@@ -79,6 +79,8 @@ class ChatRequest(BaseModel):
 def describe_validation(exc: ValidationError) -> str:
     """The first problem of an invalid body, as ``key.path: what is wrong``."""
     first = exc.errors()[0]
+    if first["type"] == "json_invalid":
+        return f"request body is not valid JSON ({first['msg'].removeprefix('Invalid JSON: ')})"
     where = format_location(tuple(p for p in first["loc"] if not _union_tag(p)))
     more = len(exc.errors()) - 1
     suffix = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
@@ -87,8 +89,9 @@ def describe_validation(exc: ValidationError) -> str:
 
 def _union_tag(part: int | str) -> bool:
     """Union members name themselves in pydantic's error locations; users never wrote those."""
-    return isinstance(part, str) and (part in ("str", "int", "float", "bool", "none")
-                                      or "[" in part or part[:1].isupper())
+    return isinstance(part, str) and (
+        part in ("str", "int", "float", "bool", "none") or "[" in part or part[:1].isupper()
+    )
 
 
 def format_cost(usd: float) -> str:
@@ -98,29 +101,41 @@ def format_cost(usd: float) -> str:
 
 
 def cascade_headers(result: CascadeResult) -> dict[str, str]:
-    return {
+    """``x-cascade-*``; ``x-cascade-model`` is left out when no model answered."""
+    headers = {
         "x-cascade-run-id": result.run_id,
-        "x-cascade-model": result.model,
         "x-cascade-accepted": "true" if result.accepted else "false",
         "x-cascade-cost-usd": format_cost(result.cost_usd),
         "x-cascade-steps": str(len(result.steps)),
     }
+    if result.model:
+        headers["x-cascade-model"] = result.model
+    return headers
 
 
 def _usage(result: CascadeResult) -> dict[str, int]:
-    return {"prompt_tokens": result.input_tokens, "completion_tokens": result.output_tokens,
-            "total_tokens": result.input_tokens + result.output_tokens}
+    return {
+        "prompt_tokens": result.input_tokens,
+        "completion_tokens": result.output_tokens,
+        "total_tokens": result.input_tokens + result.output_tokens,
+    }
 
 
 def completion_body(result: CascadeResult, *, created: int | None = None) -> dict[str, Any]:
-    """A ``chat.completion`` whose ``model`` is the answering models: key, usage summed over steps."""
+    """A ``chat.completion``: ``model`` is the answering models: key, usage sums every step."""
     return {
         "id": f"chatcmpl-{result.run_id}",
         "object": "chat.completion",
         "created": int(time.time()) if created is None else created,
         "model": result.model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": result.text},
-                     "logprobs": None, "finish_reason": "stop"}],
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": result.text},
+                "logprobs": None,
+                "finish_reason": "stop",
+            }
+        ],
         "usage": _usage(result),
         "system_fingerprint": None,
     }
@@ -129,25 +144,36 @@ def completion_body(result: CascadeResult, *, created: int | None = None) -> dic
 def split_text(text: str, words: int = _WORDS_PER_CHUNK) -> list[str]:
     """Pieces of a few words each that join back to exactly ``text``."""
     tokens = re.findall(r"\s*\S+|\s+$", text)
-    return ["".join(tokens[i:i + words]) for i in range(0, len(tokens), words)] or [text]
+    return ["".join(tokens[i : i + words]) for i in range(0, len(tokens), words)] or [text]
 
 
 def _event(data: Mapping[str, Any]) -> bytes:
     return b"data: " + json.dumps(data, separators=(",", ":")).encode() + b"\n\n"
 
 
-def sse_events(result: CascadeResult, *, include_usage: bool,
-               created: int | None = None) -> Iterator[bytes]:
+def sse_events(
+    result: CascadeResult, *, include_usage: bool, created: int | None = None
+) -> Iterator[bytes]:
     """The returned answer as OpenAI ``chat.completion.chunk`` events, ending with ``[DONE]``."""
-    base = {"id": f"chatcmpl-{result.run_id}", "object": "chat.completion.chunk",
-            "created": int(time.time()) if created is None else created, "model": result.model,
-            "system_fingerprint": None}
+    base = {
+        "id": f"chatcmpl-{result.run_id}",
+        "object": "chat.completion.chunk",
+        "created": int(time.time()) if created is None else created,
+        "model": result.model,
+        "system_fingerprint": None,
+    }
     if include_usage:
         base["usage"] = None
 
     def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
-        return _event({**base, "choices": [{"index": 0, "delta": delta, "logprobs": None,
-                                            "finish_reason": finish}]})
+        return _event(
+            {
+                **base,
+                "choices": [
+                    {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+                ],
+            }
+        )
 
     yield chunk({"role": "assistant", "content": ""})
     for piece in split_text(result.text):
