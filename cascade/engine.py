@@ -291,7 +291,7 @@ class Cascade:
             return self._recorder.finish(self._drive(plan), run)
         except CascadeError as exc:
             self._recorder.fail(exc, run)
-            raise
+            raise self._located(exc) from exc.__cause__
         finally:
             current_run.reset(token)
 
@@ -312,7 +312,7 @@ class Cascade:
             return self._recorder.finish(await self._adrive(plan), run)
         except CascadeError as exc:
             self._recorder.fail(exc, run)
-            raise
+            raise self._located(exc) from exc.__cause__
         finally:
             current_run.reset(token)
 
@@ -563,6 +563,12 @@ class Cascade:
                 reply = await self._caller.acall(op)
             else:
                 reply = await op.slot.arun(op.request, op.completion)
+
+    def _located(self, exc: CascadeError) -> CascadeError:
+        """Name this engine's config file in a ConfigError raised deep inside (a missing key)."""
+        if isinstance(exc, ConfigError) and exc.path is None and self.path is not None:
+            return ConfigError(exc.message, path=self.path, location=exc.location)
+        return exc
 
     def _result(
         self,
