@@ -84,7 +84,9 @@ class BudgetGuard:
         self.ledger = ledger
         self.limits = tuple(limits)
         self._lock = threading.Lock()
-        self._reserved: dict[Limit, float] = {}
+        # Open reservations by id, summed when checked: adding and subtracting floats would
+        # leave residue that never returns to zero.
+        self._open: dict[Limit, dict[int, float]] = {}
 
     def applicable(self, task: str) -> tuple[Limit, ...]:
         return tuple(lim for lim in self.limits if lim.scope in ("global", task))
@@ -109,7 +111,7 @@ class BudgetGuard:
             return Reservation(0.0, ()), None, ""
         with self._lock:
             for limit in limits:
-                used = self.spent(limit) + self._reserved.get(limit, 0.0)
+                used = self.spent(limit) + self.reserved(limit)
                 if used + amount > limit.limit_usd:
                     where = "global" if limit.scope == "global" else f"task {limit.scope!r}"
                     return (
@@ -121,19 +123,22 @@ class BudgetGuard:
                             f"${limit.limit_usd:.6f}"
                         ),
                     )
+            reservation = Reservation(amount, limits)
             for limit in limits:
-                self._reserved[limit] = self._reserved.get(limit, 0.0) + amount
-        return Reservation(amount, limits), None, ""
+                self._open.setdefault(limit, {})[id(reservation)] = amount
+        return reservation, None, ""
 
     def release(self, reservation: Reservation | None) -> None:
         if reservation is None or reservation.released:
             return
         with self._lock:
             for limit in reservation.limits:
-                self._reserved[limit] = max(
-                    self._reserved.get(limit, 0.0) - reservation.amount, 0.0
-                )
+                self._open.get(limit, {}).pop(id(reservation), None)
             reservation.released = True
+
+    def reserved(self, limit: Limit) -> float:
+        """The worst cases reserved under ``limit`` by calls still in flight."""
+        return sum(self._open.get(limit, {}).values())
 
     def status(self) -> list[dict[str, Any]]:
         """Spend against each budget, for ``cascade report``."""

@@ -327,24 +327,54 @@ class Cascade:
     def call_model(
         self, model: str, messages: Sequence[Message], params: Mapping[str, Any] | None = None
     ) -> Completion:
-        """Call one model outside the ladder; the call is a ``judge`` step of the current run."""
-        op = self._side_call(model, messages, params)
-        return self._side_result(op, self._caller.call(op))
+        """Call one model outside the ladder; the call is a ``judge`` step of the current run.
+
+        The run's cost cap and period budgets apply to it like to any rung.
+
+        Raises:
+            ProviderError: the call failed, or a budget or open circuit refused it.
+        """
+        op, run, gate = self._side_call(model, messages, params)
+        try:
+            return self._side_result(op, run, self._caller.call(op))
+        finally:
+            self.limits.release(gate)
 
     async def acall_model(
         self, model: str, messages: Sequence[Message], params: Mapping[str, Any] | None = None
     ) -> Completion:
-        op = self._side_call(model, messages, params)
-        return self._side_result(op, await self._caller.acall(op))
+        """The async twin of ``call_model``."""
+        op, run, gate = self._side_call(model, messages, params)
+        try:
+            return self._side_result(op, run, await self._caller.acall(op))
+        finally:
+            self.limits.release(gate)
 
     def _side_call(
         self, model: str, messages: Sequence[Message], params: Mapping[str, Any] | None
-    ) -> Call:
-        merged = {**self.config.models[model].params, **(params or {})}
-        return Call(model, as_messages(messages), merged, None)
-
-    def _side_result(self, op: Call, outcome: Outcome) -> Completion:
+    ) -> tuple[Call, Run | None, Gate]:
+        settings = self.config.models[model]
+        op = Call(model, as_messages(messages), {**settings.params, **(params or {})}, None)
         run = current_run.get()
+        if run is None:
+            return op, None, Gate()
+        if self.limits.budgeted(run.task, run.cap) and max_output_tokens(op.params) is None:
+            op = replace(op, params={**op.params, "max_tokens": DEFAULT_MAX_TOKENS})
+        gate = self.limits.check(
+            run.task, settings.provider, model, op.messages, op.params, run.cost(), run.cap
+        )
+        if gate.skipped:
+            self._recorder.step(
+                run, model, Outcome(None, None, 0, 0.0), "skip", (), error=gate.reason
+            )
+            raise ProviderError(
+                f"judge call refused: {gate.reason}",
+                provider=settings.provider,
+                model=settings.name,
+            )
+        return op, run, gate
+
+    def _side_result(self, op: Call, run: Run | None, outcome: Outcome) -> Completion:
         if run is not None:
             self._recorder.step(run, op.model_key, outcome, "judge", ())
         if outcome.error is not None:
@@ -376,6 +406,7 @@ class Cascade:
         messages = as_messages(prompt)
         settings = self.config.tasks[task]
         cap = max_cost_usd if max_cost_usd is not None else settings.max_cost_usd
+        run.cap = cap
         if settings.cache is not None and self.cache is not None:
             key = cache_key(settings.model_dump(mode="json"), messages, params)
             hit = self.cache.get(key)

@@ -31,6 +31,7 @@ class Run:
     log_content: bool
     steps: list[StepRecord] = field(default_factory=list)
     counter: int = 0
+    cap: float | None = None  # max_cost_usd of this run, which judge calls must respect too
 
     def next_index(self) -> int:
         self.counter += 1

@@ -311,3 +311,32 @@ def test_report_shows_budgets(tmp_path: Path, capsys: pytest.CaptureFixture[str]
         {"scope": "t", "period": "monthly", "limit_usd": 10.0, "spent_usd": 1.0}]
     assert main(["report", "--ledger", str(tmp_path / "l.sqlite"), "--config", str(cfg)]) == 0
     assert "daily budget (global): $1.000000 of $2.00 (50.0%)" in capsys.readouterr().out
+
+
+def test_judge_calls_respect_the_cost_cap() -> None:
+    """A judge call that would break max_cost_usd is refused (a skip step) and fails closed."""
+    data = config(ladder=["small"], evaluators=[{"type": "llm_judge", "model": "large"}])
+    fake = FakeProvider("p", {"small": [make_completion("an answer", input_tokens=10,
+                                                        output_tokens=2)],
+                              "large": ["Score: 9/10"]})
+    engine = Cascade.from_dict(data, providers={"p": fake}, ledger=False)
+    cap = worst("small", "q", 100) + 1e-6  # room for the rung, not for a large-model judge
+    result = engine.complete("t", "q", max_cost_usd=cap, max_tokens=100)
+    assert [s.decision for s in result.steps] == ["escalate", "skip"]
+    assert "max_cost_usd" in (result.steps[1].error or "")
+    assert "judge call refused" in result.steps[0].verdicts[0].reason
+    assert [c["model"] for c in fake.calls] == ["small"]
+    assert result.cost_usd <= cap
+
+
+def test_judge_calls_count_against_period_budgets(tmp_path: Path) -> None:
+    """Judge spend is reserved and recorded like any rung's."""
+    data = config(ladder=["small"], evaluators=[{"type": "llm_judge", "model": "large"}])
+    data["budgets"] = {"daily_usd": 1.0}
+    fake = FakeProvider("p", {"small": ["an answer"], "large": ["Score: 9/10"]})
+    engine = Cascade.from_dict(data, providers={"p": fake}, ledger=Ledger(tmp_path / "l.db"))
+    result = engine.complete("t", "q", max_tokens=50)
+    assert [s.decision for s in result.steps] == ["accept", "judge"]
+    assert engine.limits.guard is not None
+    assert engine.limits.guard.status()[0]["spent_usd"] == pytest.approx(result.cost_usd)
+    assert [engine.limits.guard.reserved(lim) for lim in engine.limits.guard.limits] == [0]
