@@ -72,11 +72,12 @@ class Caller:
             return Outcome(done, None, 1, _since(started))
         slot = self.limits.sync_slot(model.provider)
         attempts = 0
+        last: ProviderError | None = None
         try:
             for attempt in self.retry.retrying():
                 with attempt:
-                    attempts += 1
                     self._gate(model.provider, model.name)
+                    attempts += 1
                     try:
                         with slot or contextlib.nullcontext():
                             completion = provider.complete(
@@ -85,12 +86,14 @@ class Caller:
                                 params=op.params,
                                 query_id=op.query_id,
                             )
-                    except ProviderError:
-                        self._note(model.provider, ok=False)
+                    except ProviderError as exc:
+                        last = exc
+                        self._note(model.provider, exc)
                         raise
-                    self._note(model.provider, ok=True)
+                    self._note(model.provider, None)
         except ProviderError as exc:
-            return Outcome(None, exc, attempts, _since(started))
+            # When the circuit opened mid-step, the fault that opened it is the better story.
+            return Outcome(None, last or exc, attempts, _since(started))
         return Outcome(completion, None, attempts, _since(started))
 
     async def acall(self, op: Call) -> Outcome:
@@ -98,12 +101,13 @@ class Caller:
         provider = self.providers[model.provider]
         slot = self.limits.async_slot(model.provider)
         attempts = 0
+        last: ProviderError | None = None
         started = time.perf_counter()
         try:
             async for attempt in self.retry.aretrying():
                 with attempt:
-                    attempts += 1
                     self._gate(model.provider, model.name)
+                    attempts += 1
                     try:
                         async with slot or contextlib.nullcontext():
                             completion = await provider.acomplete(
@@ -112,12 +116,14 @@ class Caller:
                                 params=op.params,
                                 query_id=op.query_id,
                             )
-                    except ProviderError:
-                        self._note(model.provider, ok=False)
+                    except ProviderError as exc:
+                        last = exc
+                        self._note(model.provider, exc)
                         raise
-                    self._note(model.provider, ok=True)
+                    self._note(model.provider, None)
         except ProviderError as exc:
-            return Outcome(None, exc, attempts, _since(started))
+            # When the circuit opened mid-step, the fault that opened it is the better story.
+            return Outcome(None, last or exc, attempts, _since(started))
         return Outcome(completion, None, attempts, _since(started))
 
     def _gate(self, provider: str, model: str) -> None:
@@ -132,8 +138,15 @@ class Caller:
                 retryable=False,
             )
 
-    def _note(self, provider: str, *, ok: bool) -> None:
-        if self.limits.record(provider, ok):
+    def _note(self, provider: str, error: ProviderError | None) -> None:
+        """Feed the breaker: a provider fault counts, a request the provider refused does not.
+
+        A 400 (prompt too long) or 404 (a typo in a model name) says nothing about the
+        provider's health and must not take it out of service for everyone.
+        """
+        if error is not None and not (error.retryable or error.status_code is None):
+            return
+        if self.limits.record(provider, error is None):
             breaker = self.limits.breakers[provider]
             log.warning(
                 "cascade.circuit_open",

@@ -10,6 +10,7 @@ import argparse
 import json
 import logging
 import os
+import sqlite3
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -136,9 +137,12 @@ def cmd_report(args: argparse.Namespace) -> int:
         raise ConfigError(
             "ledger file not found (run something first, or pass --ledger)", path=str(path)
         )
-    ledger = Ledger(path)
     try:
+        ledger = Ledger(path)
         report = ledger_report(ledger)
+    except sqlite3.DatabaseError as exc:
+        raise ConfigError(f"not a cascade ledger: {exc}", path=str(path)) from exc
+    try:
         if args.config:
             guard = Limits(load_config(args.config), ledger).guard
             report["budgets"] = guard.status() if guard else []

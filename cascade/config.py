@@ -32,7 +32,8 @@ __all__ = [
     "parse_config",
 ]
 
-_STRICT = ConfigDict(extra="forbid", frozen=True)
+# Infinite and NaN numbers are refused: a price or cap of .inf would silently disable a check.
+_STRICT = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 DEFAULT_KEY_ENV = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}
 
 

@@ -39,6 +39,7 @@ from cascade.evaluation import EvaluatorContext, Slot, build_evaluators, combine
 from cascade.ledger import Ledger
 from cascade.limits import Gate, Limits
 from cascade.plugins import PROVIDERS, load_plugin
+from cascade.pricing import cost_usd
 from cascade.providers.base import Provider
 from cascade.recorder import Recorder, Run, current_run
 from cascade.retry import RetryPolicy
@@ -361,7 +362,13 @@ class Cascade:
         if self.limits.budgeted(run.task, run.cap) and max_output_tokens(op.params) is None:
             op = replace(op, params={**op.params, "max_tokens": DEFAULT_MAX_TOKENS})
         gate = self.limits.check(
-            run.task, settings.provider, model, op.messages, op.params, run.cost(), run.cap
+            run.task,
+            settings.provider,
+            model,
+            op.messages,
+            op.params,
+            run.cost() + run.pending,
+            run.cap,
         )
         if gate.skipped:
             self._recorder.step(
@@ -408,7 +415,16 @@ class Cascade:
         cap = max_cost_usd if max_cost_usd is not None else settings.max_cost_usd
         run.cap = cap
         if settings.cache is not None and self.cache is not None:
-            key = cache_key(settings.model_dump(mode="json"), messages, params)
+            # Models and providers are part of the key: a changed model name, price or
+            # parameter must not serve an answer cached under the old one.
+            definition = {
+                "task": settings.model_dump(mode="json"),
+                "models": {k: m.model_dump(mode="json") for k, m in self.config.models.items()},
+                "providers": {
+                    k: p.model_dump(mode="json") for k, p in self.config.providers.items()
+                },
+            }
+            key = cache_key(definition, messages, params)
             hit = self.cache.get(key)
             if hit is not None:
                 return self._cached(run, *hit), run
@@ -550,13 +566,31 @@ class Cascade:
             if "finalize" in slot.hooks:
                 clean = replace(clean, text=slot.hooks["finalize"](clean.text))
         index = run.next_index()  # before evaluation, so judge steps number after it
+        # A judge called during evaluation must count this answer's cost against the cap.
+        run.pending = cost_usd(completion, rung.model.price)
         verdicts: list[Verdict] = []
-        for slot in rung.slots:
-            seen = completion if "finalize" in slot.hooks else clean
-            verdict = yield _Eval(slot, request, seen)
-            verdicts.append(verdict)
-            if decided(rung.accept, verdict):
-                break
+        try:
+            for slot in rung.slots:
+                seen = completion if "finalize" in slot.hooks else clean
+                verdict = yield _Eval(slot, request, seen)
+                verdicts.append(verdict)
+                if decided(rung.accept, verdict):
+                    break
+        except Exception as exc:
+            # The answer was paid for: its step goes to the ledger before the error goes up.
+            self._recorder.step(
+                run,
+                rung.key,
+                outcome,
+                "error",
+                tuple(verdicts),
+                completion=completion,
+                index=index,
+                error=f"evaluation failed: {exc}",
+            )
+            raise
+        finally:
+            run.pending = 0.0
         weights = [s.weight for s in rung.slots[: len(verdicts)]]
         ok = combine(rung.accept, verdicts, weights)
         fixer = None if ok else _repairer(rung, verdicts, repairs)
@@ -568,32 +602,52 @@ class Cascade:
 
     # -- drivers ----------------------------------------------------------------------------------
 
+    # Both drivers hand an operation's exception back into the plan (so it can record the step
+    # it belongs to) and close the plan on the way out, so a cancelled or failed run releases
+    # its budget reservations at once rather than whenever the generator is collected.
+
     def _drive(self, plan: _Plan) -> CascadeResult:
         reply: Any = None
-        while True:
-            try:
-                op = plan.send(reply)
-            except StopIteration as done:
-                result: CascadeResult = done.value
-                return result
-            reply = (
-                self._caller.call(op)
-                if isinstance(op, Call)
-                else op.slot.run(op.request, op.completion)
-            )
+        error: Exception | None = None
+        try:
+            while True:
+                try:
+                    op = plan.send(reply) if error is None else plan.throw(error)
+                except StopIteration as done:
+                    result: CascadeResult = done.value
+                    return result
+                error = None
+                try:
+                    reply = (
+                        self._caller.call(op)
+                        if isinstance(op, Call)
+                        else op.slot.run(op.request, op.completion)
+                    )
+                except Exception as exc:
+                    error = exc
+        finally:
+            plan.close()
 
     async def _adrive(self, plan: _Plan) -> CascadeResult:
         reply: Any = None
-        while True:
-            try:
-                op = plan.send(reply)
-            except StopIteration as done:
-                result: CascadeResult = done.value
-                return result
-            if isinstance(op, Call):
-                reply = await self._caller.acall(op)
-            else:
-                reply = await op.slot.arun(op.request, op.completion)
+        error: Exception | None = None
+        try:
+            while True:
+                try:
+                    op = plan.send(reply) if error is None else plan.throw(error)
+                except StopIteration as done:
+                    result: CascadeResult = done.value
+                    return result
+                error = None
+                try:
+                    if isinstance(op, Call):
+                        reply = await self._caller.acall(op)
+                    else:
+                        reply = await op.slot.arun(op.request, op.completion)
+                except Exception as exc:
+                    error = exc
+        finally:
+            plan.close()
 
     def _located(self, exc: CascadeError) -> CascadeError:
         """Name this engine's config file in a ConfigError raised deep inside (a missing key)."""

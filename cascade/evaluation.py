@@ -16,6 +16,7 @@ the ``cascade.evaluators`` entry-point group may also declare:
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -162,7 +163,12 @@ def build_one(spec: Mapping[str, Any], ctx: EvaluatorContext) -> Slot:
     if not isinstance(kind, str):
         raise ctx.error("each evaluator needs a 'type'", "type")
     weight = settings.pop("weight", 1.0)
-    if not isinstance(weight, (int, float)) or isinstance(weight, bool) or weight < 0:
+    if (
+        not isinstance(weight, (int, float))
+        or isinstance(weight, bool)
+        or not math.isfinite(weight)
+        or weight < 0
+    ):
         raise ctx.error(f"weight must be a number >= 0, got {weight!r}", "weight")
     label = settings.pop("name", None)
     if kind == "callable":

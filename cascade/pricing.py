@@ -14,7 +14,7 @@ _PER_TOKEN = 1_000_000
 class Price(BaseModel):
     """USD per 1M tokens. ``cached_input`` defaults to the plain input price."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     input: float = Field(ge=0)
     output: float = Field(ge=0)

@@ -32,6 +32,7 @@ class Run:
     steps: list[StepRecord] = field(default_factory=list)
     counter: int = 0
     cap: float | None = None  # max_cost_usd of this run, which judge calls must respect too
+    pending: float = 0.0  # cost of the answer being evaluated, not yet a recorded step
 
     def next_index(self) -> int:
         self.counter += 1

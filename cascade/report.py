@@ -12,8 +12,9 @@ __all__ = ["ledger_report"]
 def ledger_report(ledger: Ledger, *, since: float | None = None) -> dict[str, Any]:
     """Summarise a ledger.
 
-    A run counts as escalated when at least one of its rungs was passed over, either because
-    its answer was rejected or because the call failed.
+    A run counts as escalated when at least one of its rungs was passed over: its answer was
+    rejected, the call failed, or a budget or open circuit skipped it. ``calls`` counts the
+    calls that reached a provider (not skipped rungs, not cache hits).
 
     Returns:
         ``{"total_cost_usd", "runs", "tasks": {TASK: {"runs", "cost_usd", "escalation_rate",
@@ -24,7 +25,8 @@ def ledger_report(ledger: Ledger, *, since: float | None = None) -> dict[str, An
     tasks: dict[str, dict[str, Any]] = {}
     for row in ledger.query(
         "SELECT task, COUNT(DISTINCT run_id) AS runs, SUM(cost_usd) AS cost,"
-        " COUNT(DISTINCT CASE WHEN decision IN ('escalate', 'error') THEN run_id END) AS escalated,"
+        " COUNT(DISTINCT CASE WHEN decision IN ('escalate', 'error', 'skip')"
+        " THEN run_id END) AS escalated,"
         f" SUM(decision = 'error') AS errors FROM steps {where} GROUP BY task ORDER BY task",
         args,
     ):
@@ -43,7 +45,8 @@ def ledger_report(ledger: Ledger, *, since: float | None = None) -> dict[str, An
         if row["task"] in tasks:
             tasks[row["task"]]["accepted_rate"] = row["accepted"]
     for row in ledger.query(
-        "SELECT task, model, COUNT(*) AS calls, SUM(cost_usd) AS cost, SUM(input_tokens) AS tin,"
+        "SELECT task, model, SUM(decision NOT IN ('skip', 'cache')) AS calls,"
+        " SUM(cost_usd) AS cost, SUM(input_tokens) AS tin,"
         f" SUM(output_tokens) AS tout FROM steps {where} GROUP BY task, model ORDER BY task, model",
         args,
     ):
