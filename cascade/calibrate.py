@@ -468,7 +468,10 @@ def calibrate(
     started = time.perf_counter()
     shown = str(config_path)
     cfg = load_config(config_path)
-    raw = yaml.safe_load(Path(config_path).read_text(encoding="utf-8"))
+    raw = _anchor_paths(
+        yaml.safe_load(Path(config_path).read_text(encoding="utf-8")),
+        Path(config_path).resolve().parent,
+    )
     all_train = load_dataset(train)
     task = _resolve_task(cfg, all_train, task, shown)
     _check_simulable(cfg, task, shown)
@@ -565,6 +568,24 @@ def calibrate(
     )
 
 
+def _anchor_paths(raw: Any, base: Path) -> Any:
+    """Make relative ``schema_file`` paths absolute, so the written config works anywhere.
+
+    They resolve against the config's folder, and the calibrated file may be written elsewhere.
+    """
+    if isinstance(raw, dict):
+        out = {}
+        for key, value in raw.items():
+            if key == "schema_file" and isinstance(value, str) and not Path(value).is_absolute():
+                out[key] = str(base / value)
+            else:
+                out[key] = _anchor_paths(value, base)
+        return out
+    if isinstance(raw, list):
+        return [_anchor_paths(item, base) for item in raw]
+    return raw
+
+
 def write_calibrated(
     result: CalibrationResult, out: str | Path, *, command: str | None = None
 ) -> None:
@@ -606,4 +627,5 @@ def write_calibrated(
             f"bootstrap 95% CI {ci})"
         )
     body = yaml.safe_dump(result.config, sort_keys=False, allow_unicode=True)
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
     Path(out).write_text("\n".join(lines) + "\n" + body, encoding="utf-8")

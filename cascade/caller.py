@@ -40,6 +40,7 @@ class Outcome:
     error: ProviderError | None
     attempts: int
     latency_ms: float
+    billed: tuple[Completion, ...] = ()  # usage of failed attempts that was billed anyway
 
 
 class Caller:
@@ -68,11 +69,13 @@ class Caller:
                     op.messages, model=model.name, params=op.params, query_id=op.query_id
                 )
             except ProviderError as exc:
-                return Outcome(None, exc, 1, _since(started))
+                paid = (exc.billed,) if exc.billed is not None else ()
+                return Outcome(None, exc, 1, _since(started), paid)
             return Outcome(done, None, 1, _since(started))
         slot = self.limits.sync_slot(model.provider)
         attempts = 0
         last: ProviderError | None = None
+        billed: list[Completion] = []
         try:
             for attempt in self.retry.retrying():
                 with attempt:
@@ -88,13 +91,15 @@ class Caller:
                             )
                     except ProviderError as exc:
                         last = exc
+                        if exc.billed is not None:
+                            billed.append(exc.billed)
                         self._note(model.provider, exc)
                         raise
                     self._note(model.provider, None)
         except ProviderError as exc:
             # When the circuit opened mid-step, the fault that opened it is the better story.
-            return Outcome(None, last or exc, attempts, _since(started))
-        return Outcome(completion, None, attempts, _since(started))
+            return Outcome(None, last or exc, attempts, _since(started), tuple(billed))
+        return Outcome(completion, None, attempts, _since(started), tuple(billed))
 
     async def acall(self, op: Call) -> Outcome:
         model = self.config.models[op.model_key]
@@ -102,6 +107,7 @@ class Caller:
         slot = self.limits.async_slot(model.provider)
         attempts = 0
         last: ProviderError | None = None
+        billed: list[Completion] = []
         started = time.perf_counter()
         try:
             async for attempt in self.retry.aretrying():
@@ -118,13 +124,15 @@ class Caller:
                             )
                     except ProviderError as exc:
                         last = exc
+                        if exc.billed is not None:
+                            billed.append(exc.billed)
                         self._note(model.provider, exc)
                         raise
                     self._note(model.provider, None)
         except ProviderError as exc:
             # When the circuit opened mid-step, the fault that opened it is the better story.
-            return Outcome(None, last or exc, attempts, _since(started))
-        return Outcome(completion, None, attempts, _since(started))
+            return Outcome(None, last or exc, attempts, _since(started), tuple(billed))
+        return Outcome(completion, None, attempts, _since(started), tuple(billed))
 
     def _gate(self, provider: str, model: str) -> None:
         """Stop retrying into a provider whose circuit opened during this step."""

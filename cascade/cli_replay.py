@@ -18,6 +18,10 @@ def _say(message: str) -> None:
     print(message, file=sys.stderr)
 
 
+def _ratio(part: float, whole: float) -> float | None:
+    return part / whole if whole else None
+
+
 def _fmt(value: float | None, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
@@ -152,9 +156,10 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         ci = numbers.get("quality_ratio_ci95") or [None, None]
         print(
             f"{label}: n={numbers['n']} cost/query ${numbers['cost_per_query']:.7f} "
-            f"({_fmt(numbers['cost_per_query'] / top['cost_per_query'], '.1%')} of always-top), "
+            f"({_fmt(_ratio(numbers['cost_per_query'], top['cost_per_query']), '.1%')} "
+            "of always-top), "
             f"quality {numbers['quality']:.4f} "
-            f"({_fmt(numbers['quality'] / top['quality'], '.1%')} of always-top, "
+            f"({_fmt(_ratio(numbers['quality'], top['quality']), '.1%')} of always-top, "
             f"95% CI {_fmt(ci[0], '.1%')}..{_fmt(ci[1], '.1%')}), "
             f"escalation {', '.join(f'{e:.1%}' for e in numbers['escalation_rate']) or '-'}"
         )

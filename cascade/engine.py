@@ -35,7 +35,15 @@ from cascade.errors import (
     ConfigError,
     ProviderError,
 )
-from cascade.evaluation import EvaluatorContext, Slot, build_evaluators, combine, decided
+from cascade.evaluation import (
+    EvaluatorContext,
+    Slot,
+    build_evaluators,
+    combine,
+    decided,
+    finalized,
+    shown,
+)
 from cascade.ledger import Ledger
 from cascade.limits import Gate, Limits
 from cascade.plugins import PROVIDERS, load_plugin
@@ -355,8 +363,9 @@ class Cascade:
         self, model: str, messages: Sequence[Message], params: Mapping[str, Any] | None
     ) -> tuple[Call, Run | None, Gate]:
         settings = self.config.models[model]
-        op = Call(model, as_messages(messages), {**settings.params, **(params or {})}, None)
         run = current_run.get()
+        query_id = run.query_id if run is not None else None
+        op = Call(model, as_messages(messages), {**settings.params, **(params or {})}, query_id)
         if run is None:
             return op, None, Gate()
         if self.limits.budgeted(run.task, run.cap) and max_output_tokens(op.params) is None:
@@ -414,6 +423,7 @@ class Cascade:
         settings = self.config.tasks[task]
         cap = max_cost_usd if max_cost_usd is not None else settings.max_cost_usd
         run.cap = cap
+        run.query_id = query_id
         if settings.cache is not None and self.cache is not None:
             # Models and providers are part of the key: a changed model name, price or
             # parameter must not serve an answer cached under the old one.
@@ -514,7 +524,8 @@ class Cascade:
                     return result
                 last = (rung, completion, verdicts)
                 if fixer is None:
-                    history.append(completion)
+                    # Later rungs compare with what this rung said, not its confidence line.
+                    history.append(finalized(rung.slots, completion))
                     break
                 slot, verdict = fixer
                 repairs[slot.name] -= 1
@@ -561,18 +572,14 @@ class Cascade:
         completion = replace(outcome.completion, model=rung.key)
         # Evaluators that add to the answer (a confidence line) read it raw; the others judge
         # the text the user would get.
-        clean = completion
-        for slot in rung.slots:
-            if "finalize" in slot.hooks:
-                clean = replace(clean, text=slot.hooks["finalize"](clean.text))
+        clean = finalized(rung.slots, completion)
         index = run.next_index()  # before evaluation, so judge steps number after it
         # A judge called during evaluation must count this answer's cost against the cap.
         run.pending = cost_usd(completion, rung.model.price)
         verdicts: list[Verdict] = []
         try:
             for slot in rung.slots:
-                seen = completion if "finalize" in slot.hooks else clean
-                verdict = yield _Eval(slot, request, seen)
+                verdict = yield _Eval(slot, request, shown(slot, completion, clean))
                 verdicts.append(verdict)
                 if decided(rung.accept, verdict):
                     break

@@ -19,7 +19,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from cascade.types import CascadeResult
+    from cascade.types import CascadeResult, Completion
 
 __all__ = [
     "BudgetExceeded",
@@ -82,6 +82,7 @@ class ProviderError(CascadeError):
         result: Set when a whole ladder failed: the ``CascadeResult`` with every failed step.
         malformed: A 200 reply with no usable answer (bad JSON, no choices, empty text);
             retried once only, since a model that answers garbage rarely recovers.
+        billed: The usage a failed call was still billed for (an empty 200 reply).
     """
 
     def __init__(
@@ -95,9 +96,11 @@ class ProviderError(CascadeError):
         retry_after_s: float | None = None,
         result: CascadeResult | None = None,
         malformed: bool = False,
+        billed: Completion | None = None,
     ):
         super().__init__(message)
         self.malformed = malformed
+        self.billed = billed
         self.message = message
         self.provider = provider
         self.model = model

@@ -18,7 +18,7 @@ from __future__ import annotations
 import inspect
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -40,6 +40,8 @@ __all__ = [
     "Slot",
     "build_evaluators",
     "combine",
+    "finalized",
+    "shown",
     "to_verdict",
 ]
 
@@ -124,6 +126,20 @@ class Slot:
         except Exception as exc:
             raise EvaluatorError(self.name, f"{type(exc).__name__}: {exc}") from exc
         return to_verdict(self.name, outcome)
+
+
+def finalized(slots: Sequence[Slot], completion: Completion) -> Completion:
+    """The answer as the user gets it: every ``finalize`` hook applied (a confidence line cut)."""
+    clean = completion
+    for slot in slots:
+        if "finalize" in slot.hooks:
+            clean = replace(clean, text=slot.hooks["finalize"](clean.text))
+    return clean
+
+
+def shown(slot: Slot, raw: Completion, clean: Completion) -> Completion:
+    """What one evaluator judges: its own raw form if it finalizes, else the user's text."""
+    return raw if "finalize" in slot.hooks else clean
 
 
 def to_verdict(name: str, outcome: Any) -> Verdict:

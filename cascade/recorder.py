@@ -33,6 +33,7 @@ class Run:
     counter: int = 0
     cap: float | None = None  # max_cost_usd of this run, which judge calls must respect too
     pending: float = 0.0  # cost of the answer being evaluated, not yet a recorded step
+    query_id: str | None = None  # passed on to side calls, so a replayed judge finds its reply
 
     def next_index(self) -> int:
         self.counter += 1
@@ -72,6 +73,8 @@ class Recorder:
         # A recorded (replayed) latency is longer than the replay itself; a live one is shorter
         # than the wall time that includes retries. The larger is the step's real latency.
         latency = max(outcome.latency_ms, done.latency_ms if done else 0.0)
+        # Every attempt's bill: the answer's, plus failed attempts that were charged anyway.
+        paid = [*outcome.billed, *([done] if done and decision != "cache" else [])]
         step = StepRecord(
             run_id=run.run_id,
             task=run.task,
@@ -79,10 +82,10 @@ class Recorder:
             model=model_key,
             provider=model.provider,
             attempts=outcome.attempts,
-            input_tokens=done.input_tokens if done else 0,
-            output_tokens=done.output_tokens if done else 0,
-            cached_input_tokens=done.cached_input_tokens if done else 0,
-            cost_usd=cost_usd(done, model.price) if done and decision != "cache" else 0.0,
+            input_tokens=sum(c.input_tokens for c in paid),
+            output_tokens=sum(c.output_tokens for c in paid),
+            cached_input_tokens=sum(c.cached_input_tokens for c in paid),
+            cost_usd=sum(cost_usd(c, model.price) for c in paid),
             latency_ms=latency,
             decision=decision,
             verdicts=verdicts,

@@ -29,7 +29,15 @@ from cascade.bench import replay_engine
 from cascade.config import CascadeConfig, MinScore
 from cascade.dataset import ReplayRecord
 from cascade.errors import CascadeError, ConfigError, ProviderError
-from cascade.evaluation import EvaluatorContext, Slot, build_one, combine, decided
+from cascade.evaluation import (
+    EvaluatorContext,
+    Slot,
+    build_one,
+    combine,
+    decided,
+    finalized,
+    shown,
+)
 from cascade.pricing import cost_usd
 from cascade.recorder import Run as _Run
 from cascade.recorder import current_run as _current_run
@@ -145,11 +153,13 @@ def _run_slot(slot: Slot, request: Request, completion: Completion) -> tuple[Ver
     return verdict, run.cost()
 
 
-def _chain(slots: Sequence[Slot], request: Request, completion: Completion) -> tuple[bool, float]:
+def _chain(
+    slots: Sequence[Slot], request: Request, raw: Completion, clean: Completion
+) -> tuple[bool, float]:
     """Run slots in order under ``accept: all`` until one rejects: (all passed, side cost)."""
     cost = 0.0
     for slot in slots:
-        verdict, spent = _run_slot(slot, request, completion)
+        verdict, spent = _run_slot(slot, request, shown(slot, raw, clean))
         cost += spent
         if not verdict.passed:
             return False, cost
@@ -187,11 +197,12 @@ class ReplayTable:
         self.completions: list[list[Completion | None]] = []
         self.answered, self.call_cost, self.score = [], [], []
         for rung in built:
-            outs = [self._complete(rung, r) for r in records]
+            calls = [self._complete(rung, r) for r in records]
+            outs = [done for done, _ in calls]
             self.completions.append(outs)
             self.answered.append(np.array([c is not None for c in outs]))
             self.call_cost.append(
-                np.array([cost_usd(c, rung.model.price) if c is not None else 0.0 for c in outs])
+                np.array([cost_usd(paid, rung.model.price) if paid else 0.0 for _, paid in calls])
             )
             self.score.append(np.array([self._score(r, rung.key) for r in records]))
         self._cache: dict[tuple[int, int, tuple[int, ...]], _Eval] = {}
@@ -201,15 +212,19 @@ class ReplayTable:
         response = record.responses.get(self.engine.config.models[key].name)
         return response.score if response is not None else 0.0
 
-    def _complete(self, rung: Any, record: ReplayRecord) -> Completion | None:
+    def _complete(
+        self, rung: Any, record: ReplayRecord
+    ) -> tuple[Completion | None, Completion | None]:
+        """The rung's answer (None for an error step) and what the call was billed for."""
         messages = tuple(m.model_dump() for m in record.messages)
         try:
             done: Completion = rung.provider.complete(
                 messages, model=rung.model.name, params={}, query_id=record.id
             )
-        except ProviderError:
-            return None  # an error step: costs nothing, the ladder moves on
-        return replace(done, model=rung.key)
+        except ProviderError as exc:
+            return None, exc.billed  # an error step; a recorded empty answer is still billed
+        done = replace(done, model=rung.key)
+        return done, done
 
     def _plan(
         self,
@@ -284,7 +299,13 @@ class ReplayTable:
         if completion is None:
             return (False, 0.0, 0.0, math.nan, False, 0.0)
         record = self.records[q]
-        earlier = tuple(c for j in history if (c := self.completions[j][q]) is not None)
+        # The engine's history holds each earlier answer as its user would read it.
+        earlier = tuple(
+            finalized(self.rungs[j].slots, c)
+            for j in history
+            if (c := self.completions[j][q]) is not None
+        )
+        clean = finalized(self.rungs[i].slots, completion)
         request = Request(
             task=self.task,
             messages=tuple(m.model_dump() for m in record.messages),
@@ -297,7 +318,7 @@ class ReplayTable:
         if rung.tuned is None:  # the engine's loop, any accept policy
             verdicts, cost = [], 0.0
             for slot in rung.slots:
-                verdict, spent = _run_slot(slot, request, completion)
+                verdict, spent = _run_slot(slot, request, shown(slot, completion, clean))
                 verdicts.append(verdict)
                 cost += spent
                 if decided(rung.accept, verdict):
@@ -305,22 +326,23 @@ class ReplayTable:
             weights = [s.weight for s in rung.slots[: len(verdicts)]]
             return (combine(rung.accept, verdicts, weights), cost, 0.0, math.nan, True, 0.0)
         t = rung.tuned
-        pre_pass, pre_cost = _chain(rung.slots[:t], request, completion)
+        pre_pass, pre_cost = _chain(rung.slots[:t], request, completion, clean)
         if not pre_pass:
             return (False, pre_cost, 0.0, math.nan, False, 0.0)
-        verdict, tuned_cost = _run_slot(rung.slots[t], request, completion)
+        seen = shown(rung.slots[t], completion, clean)
+        verdict, tuned_cost = _run_slot(rung.slots[t], request, seen)
         assert rung.tunable is not None
         basis = verdict
         if rung.variant is not None:
-            basis, _ = _run_slot(rung.variant, request, completion)
-        value = rung.tunable.value(basis, completion)
+            basis, _ = _run_slot(rung.variant, request, seen)
+        value = rung.tunable.value(basis, seen)
         if verdict.passed != (value is not None and value >= rung.configured):
             raise CascadeError(
                 f"calibration cannot model the {rung.slots[t].name!r} evaluator of rung "
                 f"{rung.key!r}: its verdict ({verdict.passed}, score {verdict.score}) does not "
                 f"follow from value {value} >= {rung.tunable.setting} {rung.configured}"
             )
-        post_pass, post_cost = _chain(rung.slots[t + 1 :], request, completion)
+        post_pass, post_cost = _chain(rung.slots[t + 1 :], request, completion, clean)
         return (
             True,
             pre_cost,
@@ -422,7 +444,7 @@ class View:
     answered: np.ndarray  # (N,)
     score: np.ndarray  # (N,)
     accept: np.ndarray  # (J, N)
-    cost: np.ndarray  # (J, N), zero where the rung did not answer
+    cost: np.ndarray  # (J, N); where the rung did not answer, what the failed call was billed
 
 
 def build_views(
@@ -449,13 +471,13 @@ def build_views(
                     np.where(
                         ans,
                         call + pre_cost + np.where(pre, extra + np.where(ok, post_cost, 0.0), 0.0),
-                        0.0,
+                        call,  # an error step costs what it was billed (an empty reply)
                     )
                 )
             accept, cost = np.array(rows_a), np.array(rows_c)
         else:
             accept = (ans & pre)[None, :]
-            cost = np.where(ans, call + pre_cost, 0.0)[None, :]
+            cost = np.where(ans, call + pre_cost, call)[None, :]
         views.append(View(i, i == subset[-1], ans, table.score[i], accept, cost))
     return views
 

@@ -20,12 +20,6 @@ from pydantic import BaseModel, ConfigDict, Field
 from cascade.evaluation import EvaluatorContext
 from cascade.types import Completion, Request, Verdict
 
-_NUM = r"\$?\d[\d,]*(?:\.\d+)?%?"
-_OPERAND = r"\(?\s*" + _NUM + r"\s*\)?"
-_EQUATION = re.compile(
-    r"((?:" + _OPERAND + r"\s*(?:[-+*/x×÷]|\\\*)\s*)+" + _OPERAND + r")"  # noqa: RUF001
-    r"\s*=\s*(" + _NUM + ")"
-)
 _ANNOTATION = re.compile(r"<<([^=<>]{1,200})=([^<>]{1,50})>>")
 _OPS: dict[type, Callable[[float, float], float]] = {
     ast.Add: operator.add,
@@ -33,20 +27,26 @@ _OPS: dict[type, Callable[[float, float], float]] = {
     ast.Mult: operator.mul,
     ast.Div: operator.truediv,
 }
+# What a written-out expression is made of. Sides are found by scanning outwards from each "="
+# over these characters: linear in the answer's length, where a regular expression for
+# "number (operator number)+" backtracks exponentially on long sums without an "=".
+_SIDE = set("0123456789.,$%()+-*/x\\ \t") | {"\u00d7", "\u00f7"}  # plus the signs x and ÷
+_START = set("0123456789($-")
+_MAX_SIDE = 200
+_MAX_EQUATIONS = 2000
 
 
-def _clean(text: str) -> str:
+def _clean(text: str, percent: str) -> str:
     for old, new in (
         ("\\*", "*"),
         ("$", ""),
         (",", ""),
-        ("%", ""),
-        ("×", "*"),  # noqa: RUF001  (models write the multiplication sign)
-        ("÷", "/"),
+        ("\u00d7", "*"),
+        ("\u00f7", "/"),
         ("x", "*"),
     ):
         text = text.replace(old, new)
-    return text
+    return text.replace("%", percent)
 
 
 def _value(node: ast.AST) -> float:
@@ -61,24 +61,65 @@ def _value(node: ast.AST) -> float:
     raise ValueError("not plain arithmetic")
 
 
-def _compute(expression: str) -> float | None:
-    try:
-        return _value(ast.parse(_clean(expression).strip(), mode="eval"))
-    except (SyntaxError, ValueError, ZeroDivisionError, RecursionError):
-        return None
+def _readings(expression: str) -> set[float]:
+    """Every value the written expression can mean.
+
+    Models write "50%" both as a number (``60%`` after ``* 100``) and as a fraction
+    (``20 * 50% = 10``), so both readings are kept; an equation is wrong only if no reading
+    of either side matches.
+    """
+    values = set()
+    for percent in ("", "/100"):
+        try:
+            values.add(_value(ast.parse(_clean(expression, percent).strip(), mode="eval")))
+        except (SyntaxError, ValueError, ZeroDivisionError, RecursionError, OverflowError):
+            continue
+    return values
 
 
-def equations(text: str) -> Iterator[tuple[str, float, float]]:
-    """Yield ``(written, computed, claimed)`` for every equation that can be recomputed."""
+def _has_operator(expression: str) -> bool:
+    body = expression.strip().lstrip("-")
+    return any(op in body for op in "+-*/x\u00d7\u00f7")
+
+
+def _sides(text: str, at: int) -> tuple[str, str]:
+    start = at
+    while start > 0 and text[start - 1] in _SIDE and at - start < _MAX_SIDE:
+        start -= 1
+    left = text[start:at]
+    while left and left[0] not in _START:  # a word's trailing "x", a stray operator
+        left = left[1:]
+    if left.startswith("-") and start > 0 and text[start - 1].isalnum():
+        left = left[1:]  # "2019-2020": a hyphen in a word, not a minus
+    end = at + 1
+    while end < len(text) and text[end] in _SIDE and end - at < _MAX_SIDE:
+        end += 1
+    right = text[at + 1 : end].rstrip(" \t.,+-*/")
+    return left, right
+
+
+def equations(text: str) -> Iterator[tuple[str, set[float], set[float]]]:
+    """Yield ``(written, left readings, right readings)`` for each equation that computes.
+
+    The right side counts both as a whole (``= 500 - 2``) and as its first number
+    (``4 * 125 = 500 - 2 = 498``, where each step restarts from the last result).
+    """
     for match in _ANNOTATION.finditer(text):
-        left, right = _compute(match.group(1)), _compute(match.group(2))
-        if left is not None and right is not None:
-            yield match.group(0), left, right
+        lvalues, rvalues = _readings(match.group(1)), _readings(match.group(2))
+        if lvalues and rvalues:
+            yield match.group(0), lvalues, rvalues
     plain = _ANNOTATION.sub("", text)
-    for match in _EQUATION.finditer(plain):
-        left, right = _compute(match.group(1)), _compute(match.group(2))
-        if left is not None and right is not None:
-            yield match.group(0).strip(), left, right
+    seen = 0
+    at = plain.find("=")
+    while at != -1 and seen < _MAX_EQUATIONS:
+        seen += 1
+        left, right = _sides(plain, at)
+        if _has_operator(left) and right.strip():
+            first = right.strip().split()[0]
+            lvalues, rvalues = _readings(left), _readings(right) | _readings(first)
+            if lvalues and rvalues:
+                yield f"{left.strip()} = {right.strip()}", lvalues, rvalues
+        at = plain.find("=", at + 1)
 
 
 class Arithmetic:
@@ -103,10 +144,10 @@ class Arithmetic:
     def __init__(self, config: Config, context: EvaluatorContext | None = None):
         self.config = config
 
-    def _wrong(self, computed: float, claimed: float) -> bool:
+    def _matches(self, computed: float, claimed: float) -> bool:
         # Rounded intermediate results ("= 33.33") are fine; a different number is not.
         allowed = max(self.config.tolerance, self.config.relative_tolerance * abs(claimed))
-        return abs(computed - claimed) > allowed
+        return abs(computed - claimed) <= allowed
 
     def __call__(self, request: Request, completion: Completion) -> Verdict:
         checked = list(equations(completion.text))
@@ -114,7 +155,11 @@ class Arithmetic:
             return Verdict(
                 self.name, not self.config.require_equations, None, "no equations to check"
             )
-        wrong = [(w, c) for w, c, claimed in checked if self._wrong(c, claimed)]
+        wrong = [
+            (written, min(left))
+            for written, left, right in checked
+            if not any(self._matches(c, r) for c in left for r in right)
+        ]
         score = 1 - len(wrong) / len(checked)
         if wrong:
             written, computed = wrong[0]

@@ -62,7 +62,9 @@ _LABEL_LINE = re.compile(rf"^{_LABEL}{_SEP}(?P<raw>.*?)\s*$", re.I)
 _LABEL_SPACE = re.compile(rf"^{_LABEL}\s+(?P<raw>{_VALUE}){_TAIL}$", re.I)
 # A confidence statement closing the last line, after the answer text on the same line.
 _TRAILING = re.compile(rf"^(?P<body>.*\S)\s+{_LABEL}(?:{_SEP}|\s+)(?P<raw>{_VALUE}){_TAIL}$", re.I)
-_BARE = re.compile(rf"^(?P<raw>{_NUMBER}\s*%|{_NUMBER}\s*/\s*{_NUMBER}|{_NUMBER}){_TAIL}$")
+# A bare value on its own last line. A bare integer ("1", "42") is far more often the end of
+# the answer than a confidence, so only a decimal, a percentage or a fraction counts.
+_BARE = re.compile(rf"^(?P<raw>{_NUMBER}\s*%|{_NUMBER}\s*/\s*{_NUMBER}|\d*\.\d+){_TAIL}$")
 
 
 @dataclass(frozen=True, slots=True)

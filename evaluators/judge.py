@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from cascade.errors import ProviderError
 from cascade.evaluation import EvaluatorContext, ModelServices
 from cascade.types import Completion, Message, Request, Verdict
+from evaluators.schema import drop_trailing_commas
 
 __all__ = ["DEFAULT_PARAMS", "DEFAULT_RUBRIC", "LLMJudge", "parse_score"]
 
@@ -79,6 +80,8 @@ def _number(token: str, scale: str | None = None) -> float | None:
 def _from_json(reply: str) -> tuple[float | None, str] | None:
     """The score and reason of the first JSON object in the reply that has a score key."""
     chunks = [m.group(1) for m in _FENCE.finditer(reply)] + [reply]
+    # Judges write trailing commas too; read those objects rather than failing closed.
+    chunks += [fixed for chunk in chunks if (fixed := drop_trailing_commas(chunk)) != chunk]
     decoder = json.JSONDecoder()
     for chunk in chunks:
         starts = [i for i, ch in enumerate(chunk) if ch == "{"][:_MAX_OBJECTS]

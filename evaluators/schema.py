@@ -75,6 +75,13 @@ class Extraction:
     parse_error: str | None = None
 
 
+def drop_trailing_commas(text: str) -> str:
+    """``{"a": 1,}`` -> ``{"a": 1}``; commas inside strings are left alone."""
+    if not _CLOSE_AFTER_COMMA.search(text):
+        return text
+    return _TRAILING_COMMA.sub(lambda m: m.group(1) or m.group(2), text)
+
+
 def _loads(text: str) -> tuple[Any, bool] | str:
     """``(value, repaired)`` or the parse error message."""
     try:

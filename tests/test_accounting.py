@@ -161,3 +161,34 @@ def test_report_on_a_file_that_is_not_a_ledger(tmp_path: Path,
     err = capsys.readouterr().err
     assert err.startswith(f"error: {bad}: not a cascade ledger")
     assert err.count("\n") == 1
+
+
+def test_agreement_compares_answers_without_confidence_lines() -> None:
+    """Later rungs compare with what an earlier rung said, not with its confidence line."""
+    data = config(ladder=["small", "medium"], evaluators=[])
+    data["tasks"]["t"]["ladder"] = [
+        {"model": "small", "evaluators": [{"type": "self_confidence", "min": 0.9}]},
+        {"model": "medium", "evaluators": [{"type": "agreement", "recipe": "final_number",
+                                            "min_agree": 1.0}]},
+    ]
+    fake = FakeProvider("p", {"small": ["It is 42.\nConfidence: 0.4"], "medium": ["42"]})
+    result = Cascade.from_dict(data, providers={"p": fake}, ledger=False).complete("t", "q")
+    assert (result.model, result.accepted) == ("medium", True)
+
+
+def test_empty_reply_is_billed_on_its_error_step(tmp_path: Path) -> None:
+    """A 200 with an empty answer is an error step that still carries what it was billed."""
+    from cascade.dataset import ReplayRecord
+    from cascade.providers.replay import ReplayProvider
+
+    record = ReplayRecord.model_validate({
+        "id": "q", "messages": [{"role": "user", "content": "x"}],
+        "responses": {"small": {"text": "  ", "score": 0.0, "cost_usd": 0.25},
+                      "large": {"text": "a good answer", "score": 1.0, "cost_usd": 1.0}}})
+    data = config(ladder=["small", "large"], evaluators=[])
+    data["providers"]["p"] = {"type": "replay"}
+    engine = Cascade.from_dict(data, providers={"p": ReplayProvider("p", records=[record])},
+                               ledger=False)
+    result = engine.complete("t", "x", query_id="q")
+    assert [(s.decision, s.cost_usd) for s in result.steps] == [("error", 0.25), ("accept", 1.0)]
+    assert result.cost_usd == 1.25

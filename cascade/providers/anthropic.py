@@ -121,15 +121,13 @@ class AnthropicProvider(SDKProvider[anthropic.Anthropic, anthropic.AsyncAnthropi
         text = "".join(
             getattr(b, "text", "") or "" for b in blocks if getattr(b, "type", None) == "text"
         )
-        if not text.strip():
-            raise empty_answer(self.name, model, "no text content")
         usage = getattr(response, "usage", None)
         fresh = int(getattr(usage, "input_tokens", 0) or 0)
         read = int(getattr(usage, "cache_read_input_tokens", 0) or 0)
         written = int(getattr(usage, "cache_creation_input_tokens", 0) or 0)
         # Anthropic reports cache reads apart from input_tokens; fold them in so that
         # input_tokens means the same thing for every provider.
-        return Completion(
+        done = Completion(
             text=text,
             provider=self.name,
             input_tokens=fresh + read + written,
@@ -138,3 +136,6 @@ class AnthropicProvider(SDKProvider[anthropic.Anthropic, anthropic.AsyncAnthropi
             latency_ms=latency_ms,
             finish_reason=getattr(response, "stop_reason", None),
         )
+        if not text.strip():
+            raise empty_answer(self.name, model, "no text content", done)
+        return done

@@ -132,14 +132,20 @@ def split_params(method: Callable[..., Any], params: Mapping[str, Any]) -> dict[
     return direct
 
 
-def empty_answer(provider: str, model: str, what: str) -> ProviderError:
-    """A 200 that carries no answer is a fault, never an empty string handed to the user."""
+def empty_answer(
+    provider: str, model: str, what: str, billed: Completion | None = None
+) -> ProviderError:
+    """A 200 that carries no answer is a fault, never an empty string handed to the user.
+
+    Its usage, when the reply reported any, is still billed and goes with the error.
+    """
     return ProviderError(
         f"{provider}: {model} returned {what}",
         provider=provider,
         model=model,
         retryable=True,
         malformed=True,
+        billed=billed,
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from types import ModuleType
 from typing import Any, ClassVar
 
@@ -85,24 +86,23 @@ class OpenAIProvider(SDKProvider[openai.OpenAI, openai.AsyncOpenAI]):
         choice = response.choices[0]
         message = getattr(choice, "message", None)
         text = getattr(message, "content", None)
-        if not isinstance(text, str) or not text.strip():
-            refusal = getattr(message, "refusal", None)
-            raise empty_answer(
-                self.name, model, f"a refusal: {refusal}" if refusal else "an empty message"
-            )
         usage = getattr(response, "usage", None)
         details = getattr(usage, "prompt_tokens_details", None)
-        logprobs = None
-        content_lp = getattr(getattr(choice, "logprobs", None), "content", None)
-        if content_lp:
-            logprobs = tuple(float(t.logprob) for t in content_lp)
-        return Completion(
-            text=text,
+        billed = Completion(
+            text="",
             provider=self.name,
             input_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
             output_tokens=int(getattr(usage, "completion_tokens", 0) or 0),
             cached_input_tokens=int(getattr(details, "cached_tokens", 0) or 0),
             latency_ms=latency_ms,
-            logprobs=logprobs,
             finish_reason=getattr(choice, "finish_reason", None),
         )
+        if not isinstance(text, str) or not text.strip():
+            refusal = getattr(message, "refusal", None)
+            what = f"a refusal: {refusal}" if refusal else "an empty message"
+            raise empty_answer(self.name, model, what, billed)
+        logprobs = None
+        content_lp = getattr(getattr(choice, "logprobs", None), "content", None)
+        if content_lp:
+            logprobs = tuple(float(t.logprob) for t in content_lp)
+        return replace(billed, text=text, logprobs=logprobs)

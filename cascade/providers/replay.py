@@ -98,12 +98,7 @@ class ReplayProvider:
                 model=model,
                 status_code=404,
             )
-        if not recorded.text.strip():
-            # Live providers treat an empty answer as a fault; replay must decide the same way.
-            error = empty_answer(self.name, model, "an empty message (recorded)")
-            error.retryable = False
-            raise error
-        return Completion(
+        done = Completion(
             text=recorded.text,
             provider=self.name,
             input_tokens=recorded.input_tokens or 0,
@@ -112,6 +107,12 @@ class ReplayProvider:
             logprobs=(recorded.logprob,) if recorded.logprob is not None else None,
             cost_usd=recorded.cost_usd,
         )
+        if not recorded.text.strip():
+            # Live providers treat an empty answer as a fault, still billed; replay does too.
+            error = empty_answer(self.name, model, "an empty message (recorded)", done)
+            error.retryable = False
+            raise error
+        return done
 
     async def acomplete(
         self,

@@ -76,3 +76,20 @@ def test_unknown_setting() -> None:
     """A typo in settings is a ConfigError with its key path."""
     with pytest.raises(ConfigError, match=r"tasks\.t\.evaluators\[0\]\.tolerence: unknown key"):
         build_one({"type": "arithmetic", "tolerence": 1}, CTX)
+
+
+def test_long_sums_without_equals_are_linear() -> None:
+    """A long chain of sums with no '=' is scanned in linear time (no regex backtracking)."""
+    import time
+    text = "Her weekly totals were " + " + ".join(str(10 + i) for i in range(400)) + " dollars."
+    started = time.perf_counter()
+    assert judge(text * 50)[0]
+    assert time.perf_counter() - started < 2
+
+
+@pytest.mark.parametrize("text", ["4 * 125 - 2 = 500 - 2 = 498", "4 * 125 = 500 - 2 = 498",
+                                  "20 * 50% = 10", "(12 / 20) x 100 = 60%", "-3 + 5 = 2"])
+def test_common_written_forms_pass(text: str) -> None:
+    """Chains, percentages written either way and a leading minus are read correctly."""
+    passed, _, reason = judge(text)
+    assert passed, reason

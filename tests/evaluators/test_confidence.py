@@ -436,3 +436,15 @@ def test_logprob_unknown_key() -> None:
     """A typo fails at load time with the key path."""
     error = config_error({"type": "logprob", "min": 0.5, "agregate": "min"})
     assert error.location == "tasks.t.evaluators[0].agregate"
+
+
+def test_bare_integer_last_line_is_not_a_confidence() -> None:
+    """An answer ending in a bare integer keeps it: only decimals, percentages and fractions
+    count as bare confidences."""
+    from evaluators.confidence import parse_confidence, strip_confidence
+
+    assert parse_confidence("Total: 3\n1") is None
+    assert strip_confidence("Total: 3\n1") == "Total: 3\n1"
+    found = parse_confidence("Paris\n0.85")
+    assert found is not None
+    assert found.value == 0.85

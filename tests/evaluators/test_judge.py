@@ -346,3 +346,10 @@ def test_judge_steps_are_priced_and_recorded_end_to_end(
     judge_bodies = [c["body"] for c in server.calls("m-judge")]
     assert [b["response_format"] for b in judge_bodies] == [{"type": "json_object"}] * 2
     assert all("response_format" not in c["body"] for c in server.calls("m-small"))
+
+
+def test_judge_json_with_trailing_comma() -> None:
+    """A JSON reply with a trailing comma is read, not failed closed."""
+    from evaluators.judge import parse_score
+
+    assert parse_score('{"score": 8,}')[0] == 8.0
