@@ -155,8 +155,6 @@ class Cascade:
     def retry(self, policy: RetryPolicy) -> None:
         self._caller.retry = policy
 
-    _retry = retry  # the name the gateway used first
-
     @classmethod
     def from_yaml(cls, path: str | Path, **kwargs: Any) -> Cascade:
         """Load, validate and build a config file. See ``Cascade`` for the keyword arguments.
@@ -614,45 +612,38 @@ class Cascade:
     # its budget reservations at once rather than whenever the generator is collected.
 
     def _drive(self, plan: _Plan) -> CascadeResult:
-        reply: Any = None
-        error: Exception | None = None
         try:
-            while True:
+            step = _advance(plan, None, None)
+            while not isinstance(step, CascadeResult):
+                reply: Outcome | Verdict | None = None
+                error: Exception | None = None
                 try:
-                    op = plan.send(reply) if error is None else plan.throw(error)
-                except StopIteration as done:
-                    result: CascadeResult = done.value
-                    return result
-                error = None
-                try:
-                    reply = (
-                        self._caller.call(op)
-                        if isinstance(op, Call)
-                        else op.slot.run(op.request, op.completion)
-                    )
+                    if isinstance(step, Call):
+                        reply = self._caller.call(step)
+                    else:
+                        reply = step.slot.run(step.request, step.completion)
                 except Exception as exc:
                     error = exc
+                step = _advance(plan, reply, error)
+            return step
         finally:
             plan.close()
 
     async def _adrive(self, plan: _Plan) -> CascadeResult:
-        reply: Any = None
-        error: Exception | None = None
         try:
-            while True:
+            step = _advance(plan, None, None)
+            while not isinstance(step, CascadeResult):
+                reply: Outcome | Verdict | None = None
+                error: Exception | None = None
                 try:
-                    op = plan.send(reply) if error is None else plan.throw(error)
-                except StopIteration as done:
-                    result: CascadeResult = done.value
-                    return result
-                error = None
-                try:
-                    if isinstance(op, Call):
-                        reply = await self._caller.acall(op)
+                    if isinstance(step, Call):
+                        reply = await self._caller.acall(step)
                     else:
-                        reply = await op.slot.arun(op.request, op.completion)
+                        reply = await step.slot.arun(step.request, step.completion)
                 except Exception as exc:
                     error = exc
+                step = _advance(plan, reply, error)
+            return step
         finally:
             plan.close()
 
@@ -684,6 +675,15 @@ class Cascade:
             accepted=accepted,
             finalizers=finalizers,
         )
+
+
+def _advance(plan: _Plan, reply: Any, error: Exception | None) -> Call | _Eval | CascadeResult:
+    """The plan's next operation, or its result once it is done."""
+    try:
+        return plan.send(reply) if error is None else plan.throw(error)
+    except StopIteration as done:
+        result: CascadeResult = done.value
+        return result
 
 
 def _repairer(

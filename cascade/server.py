@@ -83,29 +83,16 @@ def read_api_keys(env: str | None) -> tuple[str, ...]:
 
 
 def _direct_engine(engine: Cascade) -> Cascade:
-    """An engine whose tasks are one rung per model key, sharing what it can with ``engine``.
+    """An engine whose tasks are one rung per model key, sharing everything else with ``engine``.
 
-    ``Cascade.with_tasks`` shares everything but the task table (providers and their
-    connections, ledger, budgets, breakers, concurrency slots, retry policy). Without it, a
-    second engine shares the providers, the ledger, the period-budget bookkeeping and the retry
-    policy. The user's config object is never changed.
+    ``Cascade.with_tasks`` shares the providers and their connections, the ledger, budgets,
+    breakers, concurrency slots and the retry policy. The user's config object is never changed.
     """
     tasks = {
         f"{MODEL_TASK_PREFIX}{key}": TaskConfig(ladder=[RungConfig(model=key)])
         for key in engine.config.models
     }
-    with_tasks = getattr(engine, "with_tasks", None)
-    if with_tasks is not None:
-        view: Cascade = with_tasks(tasks)
-        return view
-    config = engine.config.model_copy(update={"tasks": tasks})
-    direct = Cascade(
-        config, path=engine.path, providers=engine.providers, ledger=engine.ledger or False
-    )
-    direct.limits = engine.limits
-    if hasattr(engine, "retry"):
-        direct.retry = engine.retry  # the caller's injected sleeps apply here too
-    return direct
+    return engine.with_tasks(tasks)
 
 
 class Gateway:
