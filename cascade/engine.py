@@ -17,7 +17,6 @@ from typing import Any
 
 import structlog
 
-from cascade.budget import DEFAULT_MAX_TOKENS, max_output_tokens
 from cascade.cache import ResponseCache, cache_key
 from cascade.caller import Call, Caller, Outcome
 from cascade.config import (
@@ -46,6 +45,7 @@ from cascade.evaluation import (
 )
 from cascade.ledger import Ledger
 from cascade.limits import Gate, Limits
+from cascade.money import DEFAULT_MAX_TOKENS, max_output_tokens
 from cascade.plugins import PROVIDERS, load_plugin
 from cascade.pricing import cost_usd
 from cascade.providers.base import Provider
@@ -102,13 +102,15 @@ class Cascade:
         path: The file it came from, used in error messages and to resolve relative paths.
         providers: Provider instances to use instead of building them from the config,
             keyed by ``providers:`` name (tests, custom clients).
-        ledger: A ``Ledger`` to record into; by default the config's ``ledger.path``.
-            Pass ``False`` to record nothing.
+        ledger: A ``Ledger`` to record into; by default the config's ``ledger:`` section
+            (a SQLite ``path`` or a PostgreSQL ``url_env``/``url``). Pass ``False`` to record
+            nothing.
         sleep: The retry layer's sleep (inject a no-op in tests).
         asleep: The async retry layer's sleep.
 
     Raises:
         ConfigError: an evaluator's settings are invalid, or a plug-in is missing.
+        LedgerError: the configured ledger cannot be opened.
     """
 
     def __init__(
@@ -134,7 +136,7 @@ class Cascade:
                 raise ConfigError(exc.message, path=path, location=exc.location) from exc
             raise
         if ledger is None or ledger is True:
-            self.ledger = Ledger(config.ledger.path) if config.ledger.path else None
+            self.ledger = Ledger.from_config(config.ledger, path=path)
         else:
             self.ledger = ledger or None
         try:
@@ -144,7 +146,7 @@ class Cascade:
         cached_tasks = any(t.cache for t in config.tasks.values())
         self.cache = ResponseCache(config.cache.path) if cached_tasks else None
         self._caller = Caller(config, self.providers, retry, self.limits)
-        self._recorder = Recorder(config, self.ledger)
+        self._recorder = Recorder(config, self.ledger, self.limits.accounts)
 
     @property
     def retry(self) -> RetryPolicy:
@@ -312,16 +314,29 @@ class Cascade:
         log_content: bool | None = None,
         **params: Any,
     ) -> CascadeResult:
-        """The async twin of ``complete``, with the same arguments, result and errors."""
-        plan, run = self._start(task, prompt, query_id, max_cost_usd, log_content, params)
+        """The async twin of ``complete``, with the same arguments, result and errors.
+
+        Ledger I/O (the write-ahead rows, budget reservations, settlements) runs on the
+        ledger's threads, never on the event loop.
+        """
+        plan, run = await self._off_loop(
+            self._start, task, prompt, query_id, max_cost_usd, log_content, params
+        )
         token = current_run.set(run)
         try:
-            return self._recorder.finish(await self._adrive(plan), run)
+            result = await self._adrive(plan)
+            return await self._off_loop(self._recorder.finish, result, run)
         except CascadeError as exc:
-            self._recorder.fail(exc, run)
+            await self._off_loop(self._recorder.fail, exc, run)
             raise self._located(exc) from exc.__cause__
         finally:
             current_run.reset(token)
+
+    async def _off_loop(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run plan code that may touch the ledger on the ledger's threads (inline without one)."""
+        if self.ledger is None:
+            return fn(*args)
+        return await self.ledger.run(fn, *args)
 
     # -- ModelServices, lent to evaluators that call a model (the judge) -----------------------
 
@@ -341,9 +356,9 @@ class Cascade:
         Raises:
             ProviderError: the call failed, or a budget or open circuit refused it.
         """
-        op, run, gate = self._side_call(model, messages, params)
+        op, run, gate, index = self._side_call(model, messages, params)
         try:
-            return self._side_result(op, run, self._caller.call(op))
+            return self._side_result(op, run, self._caller.call(op), gate, index)
         finally:
             self.limits.release(gate)
 
@@ -351,21 +366,23 @@ class Cascade:
         self, model: str, messages: Sequence[Message], params: Mapping[str, Any] | None = None
     ) -> Completion:
         """The async twin of ``call_model``."""
-        op, run, gate = self._side_call(model, messages, params)
+        op, run, gate, index = await self._off_loop(self._side_call, model, messages, params)
         try:
-            return self._side_result(op, run, await self._caller.acall(op))
+            outcome = await self._caller.acall(op)
+            done: Completion = await self._off_loop(self._side_result, op, run, outcome, gate, index)
+            return done
         finally:
-            self.limits.release(gate)
+            await self._off_loop(self.limits.release, gate)
 
     def _side_call(
         self, model: str, messages: Sequence[Message], params: Mapping[str, Any] | None
-    ) -> tuple[Call, Run | None, Gate]:
+    ) -> tuple[Call, Run | None, Gate, int]:
         settings = self.config.models[model]
         run = current_run.get()
         query_id = run.query_id if run is not None else None
         op = Call(model, as_messages(messages), {**settings.params, **(params or {})}, query_id)
         if run is None:
-            return op, None, Gate()
+            return op, None, Gate(), 0
         if self.limits.budgeted(run.task, run.cap) and max_output_tokens(op.params) is None:
             op = replace(op, params={**op.params, "max_tokens": DEFAULT_MAX_TOKENS})
         gate = self.limits.check(
@@ -376,21 +393,27 @@ class Cascade:
             op.params,
             run.cost() + run.pending,
             run.cap,
+            run_id=run.run_id,
+            step=(index := run.next_index()),
         )
         if gate.skipped:
             self._recorder.step(
-                run, model, Outcome(None, None, 0, 0.0), "skip", (), error=gate.reason
+                run, model, Outcome(None, None, 0, 0.0), "skip", (), error=gate.reason,
+                index=index,
             )
             raise ProviderError(
                 f"judge call refused: {gate.reason}",
                 provider=settings.provider,
                 model=settings.name,
             )
-        return op, run, gate
+        return op, run, gate, index
 
-    def _side_result(self, op: Call, run: Run | None, outcome: Outcome) -> Completion:
+    def _side_result(
+        self, op: Call, run: Run | None, outcome: Outcome, gate: Gate, index: int
+    ) -> Completion:
         if run is not None:
-            self._recorder.step(run, op.model_key, outcome, "judge", ())
+            self._recorder.step(run, op.model_key, outcome, "judge", (), index=index,
+                                hold=gate.hold)
         if outcome.error is not None:
             raise outcome.error
         assert outcome.completion is not None
@@ -480,13 +503,17 @@ class Cascade:
                     convo, call_params = slot.hooks["prepare"](convo, call_params)
             repairs = {s.name: int(getattr(s.evaluator, "repair_attempts", 0)) for s in rung.slots}
             while True:
+                index = run.next_index()
+                # Writes the step's pending row before the call, or raises LedgerError.
                 gate = self.limits.check(
-                    task.name, rung.model.provider, rung.key, convo, call_params, run.cost(), cap
+                    task.name, rung.model.provider, rung.key, convo, call_params, run.cost(), cap,
+                    run_id=run.run_id, step=index,
                 )
                 if gate.skipped:
                     refused.append(gate)
                     self._recorder.step(
-                        run, rung.key, Outcome(None, None, 0, 0.0), "skip", (), error=gate.reason
+                        run, rung.key, Outcome(None, None, 0, 0.0), "skip", (), error=gate.reason,
+                        index=index,
                     )
                     break
                 try:
@@ -505,10 +532,12 @@ class Cascade:
                             query_id=query_id,
                         ),
                         repairs,
+                        index,
+                        gate,
                     )
                 finally:
-                    # Only now is the step's real cost in the ledger, so the budget never
-                    # loses sight of this spend.
+                    # A hold still open here never heard back from its call (cancelled): it is
+                    # settled as lost at its worst case, never silently dropped.
                     self.limits.release(gate)
                 if step is None:
                     break
@@ -561,17 +590,18 @@ class Cascade:
         call_params: dict[str, Any],
         request: Request,
         repairs: Mapping[str, int],
+        index: int,
+        gate: Gate,
     ) -> Generator[Call | _Eval, Any, _Attempt | None]:
         """Call one rung once, evaluate the answer and record the step; None if the call failed."""
         outcome = yield Call(rung.key, convo, call_params, request.query_id)
         if outcome.completion is None:
-            self._recorder.step(run, rung.key, outcome, "error", ())
+            self._recorder.step(run, rung.key, outcome, "error", (), index=index, hold=gate.hold)
             return None
         completion = replace(outcome.completion, model=rung.key)
         # Evaluators that add to the answer (a confidence line) read it raw; the others judge
         # the text the user would get.
         clean = finalized(rung.slots, completion)
-        index = run.next_index()  # before evaluation, so judge steps number after it
         # A judge called during evaluation must count this answer's cost against the cap.
         run.pending = cost_usd(completion, rung.model.price)
         verdicts: list[Verdict] = []
@@ -592,6 +622,7 @@ class Cascade:
                 completion=completion,
                 index=index,
                 error=f"evaluation failed: {exc}",
+                hold=gate.hold,
             )
             raise
         finally:
@@ -601,7 +632,8 @@ class Cascade:
         fixer = None if ok else _repairer(rung, verdicts, repairs)
         decision: Decision = "accept" if ok else ("repair" if fixer else "escalate")
         self._recorder.step(
-            run, rung.key, outcome, decision, tuple(verdicts), completion=completion, index=index
+            run, rung.key, outcome, decision, tuple(verdicts), completion=completion, index=index,
+            hold=gate.hold,
         )
         return completion, tuple(verdicts), ok, fixer
 
@@ -630,8 +662,10 @@ class Cascade:
             plan.close()
 
     async def _adrive(self, plan: _Plan) -> CascadeResult:
+        # The plan's own code (budget checks, ledger rows, the cache) runs off the loop; only
+        # model calls and evaluators run on it.
         try:
-            step = _advance(plan, None, None)
+            step = await self._off_loop(_advance, plan, None, None)
             while not isinstance(step, CascadeResult):
                 reply: Outcome | Verdict | None = None
                 error: Exception | None = None
@@ -642,10 +676,10 @@ class Cascade:
                         reply = await step.slot.arun(step.request, step.completion)
                 except Exception as exc:
                     error = exc
-                step = _advance(plan, reply, error)
+                step = await self._off_loop(_advance, plan, reply, error)
             return step
         finally:
-            plan.close()
+            await self._off_loop(plan.close)
 
     def _located(self, exc: CascadeError) -> CascadeError:
         """Name this engine's config file in a ConfigError raised deep inside (a missing key)."""

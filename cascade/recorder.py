@@ -11,9 +11,15 @@ import structlog
 
 from cascade.caller import Outcome
 from cascade.config import CascadeConfig
-from cascade.errors import BudgetExceeded, CascadeError, CascadeExhausted, ProviderError
+from cascade.errors import (
+    BudgetExceeded,
+    CascadeError,
+    CascadeExhausted,
+    LedgerError,
+    ProviderError,
+)
 from cascade.ledger import Ledger
-from cascade.pricing import cost_usd
+from cascade.money import Accounts, Hold, bill
 from cascade.types import CascadeResult, Completion, Decision, StepRecord, Verdict
 
 __all__ = ["Recorder", "Run", "current_run"]
@@ -50,11 +56,16 @@ current_run: contextvars.ContextVar[Run | None] = contextvars.ContextVar(
 
 
 class Recorder:
-    """Turns outcomes into ``StepRecord``s, logs them and writes them to the ledger at once."""
+    """Turns outcomes into ``StepRecord``s, logs them and writes them to the ledger at once.
 
-    def __init__(self, config: CascadeConfig, ledger: Ledger | None):
+    A step that called a model settles its write-ahead row (``hold``); one that called nothing
+    (a skip, a cache hit) gets a row of its own.
+    """
+
+    def __init__(self, config: CascadeConfig, ledger: Ledger | None, accounts: Accounts):
         self.config = config
         self.ledger = ledger
+        self.accounts = accounts
 
     def step(
         self,
@@ -67,6 +78,7 @@ class Recorder:
         completion: Completion | None = None,
         index: int | None = None,
         error: str | None = None,
+        hold: Hold | None = None,
     ) -> StepRecord:
         model = self.config.models[model_key]
         done = completion or outcome.completion
@@ -85,7 +97,7 @@ class Recorder:
             input_tokens=sum(c.input_tokens for c in paid),
             output_tokens=sum(c.output_tokens for c in paid),
             cached_input_tokens=sum(c.cached_input_tokens for c in paid),
-            cost_usd=sum(cost_usd(c, model.price) for c in paid),
+            cost_usd=bill(paid, model.price),
             latency_ms=latency,
             decision=decision,
             verdicts=verdicts,
@@ -95,8 +107,10 @@ class Recorder:
         )
         run.steps.append(step)
         log.info("cascade.step", **step.as_event(log_content=run.log_content))
-        if self.ledger is not None:
-            self.ledger.record_step(step)
+        if hold is not None:
+            self.accounts.settle(hold, step)
+        elif self.ledger is not None:
+            self.accounts.record(step)
         return step
 
     def result(
@@ -153,4 +167,8 @@ class Recorder:
             latency_ms=round(result.latency_ms, 3),
         )
         if self.ledger is not None:
-            self.ledger.record_run(result, status=status)
+            try:
+                self.ledger.record_run(result, status=status)
+            except LedgerError as exc:
+                # The steps carry the money; a missing run row loses none of it.
+                log.error("cascade.ledger_write_failed", run_id=result.run_id, error=str(exc))
