@@ -8,6 +8,7 @@ from cascade.errors import (
     ConfigError,
     DatasetError,
     EvaluatorError,
+    LedgerError,
     PluginNotFound,
     ProviderError,
 )
@@ -25,6 +26,7 @@ __all__ = [
     "DatasetError",
     "EvaluatorError",
     "Ledger",
+    "LedgerError",
     "PluginNotFound",
     "ProviderError",
     "Request",

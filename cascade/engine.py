@@ -324,13 +324,15 @@ class Cascade:
         )
         token = current_run.set(run)
         try:
-            result = await self._adrive(plan)
-            return await self._off_loop(self._recorder.finish, result, run)
+            result: CascadeResult = await self._off_loop(
+                self._recorder.finish, await self._adrive(plan), run
+            )
         except CascadeError as exc:
             await self._off_loop(self._recorder.fail, exc, run)
             raise self._located(exc) from exc.__cause__
         finally:
             current_run.reset(token)
+        return result
 
     async def _off_loop(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run plan code that may touch the ledger on the ledger's threads (inline without one)."""
@@ -369,7 +371,9 @@ class Cascade:
         op, run, gate, index = await self._off_loop(self._side_call, model, messages, params)
         try:
             outcome = await self._caller.acall(op)
-            done: Completion = await self._off_loop(self._side_result, op, run, outcome, gate, index)
+            done: Completion = await self._off_loop(
+                self._side_result, op, run, outcome, gate, index
+            )
             return done
         finally:
             await self._off_loop(self.limits.release, gate)

@@ -42,6 +42,7 @@ __all__ = [
     "Refusal",
     "bill",
     "estimate_input_tokens",
+    "ledger_failed",
     "max_output_tokens",
     "worst_case_cost",
 ]
@@ -51,6 +52,12 @@ log = structlog.get_logger("cascade")
 # Used for the worst case when a call sets no max_tokens; the engine then sends it explicitly,
 # so that the estimate is a real bound.
 DEFAULT_MAX_TOKENS = 4096
+
+
+def ledger_failed(event: str, **fields: Any) -> None:
+    """Log a ledger write that failed after the money was spent: one line, no traceback
+    (a traceback could carry a database URL)."""
+    log.error(event, **fields)
 
 
 def estimate_input_tokens(messages: Sequence[Message]) -> int:
@@ -202,7 +209,7 @@ class Accounts:
                 log.warning("cascade.ledger_settled_late", run_id=step.run_id, step=step.step,
                             note="the row was already settled as lost; its reserved cost stands")
         except LedgerError as exc:
-            log.error("cascade.ledger_settle_failed", run_id=step.run_id, step=step.step,
+            ledger_failed("cascade.ledger_settle_failed", run_id=step.run_id, step=step.step,
                       reserved_usd=hold.pending.reserved_usd, cost_usd=step.cost_usd,
                       error=str(exc))
 
@@ -218,7 +225,7 @@ class Accounts:
                 "reserved worst case",
             )
         except LedgerError as exc:
-            log.error("cascade.ledger_settle_failed", step_id=hold.step_id, error=str(exc))
+            ledger_failed("cascade.ledger_settle_failed", step_id=hold.step_id, error=str(exc))
 
     def record(self, step: StepRecord) -> None:
         """Record a step that called nothing (a skip, a cache hit); a failure is only logged."""
@@ -227,7 +234,7 @@ class Accounts:
         try:
             self.ledger.record_step(step)
         except LedgerError as exc:
-            log.error("cascade.ledger_write_failed", run_id=step.run_id, step=step.step,
+            ledger_failed("cascade.ledger_write_failed", run_id=step.run_id, step=step.step,
                       decision=step.decision, error=str(exc))
 
     def reserved(self, limit: Limit, now: float | None = None) -> float:

@@ -19,7 +19,7 @@ from cascade.errors import (
     ProviderError,
 )
 from cascade.ledger import Ledger
-from cascade.money import Accounts, Hold, bill
+from cascade.money import Accounts, Hold, bill, ledger_failed
 from cascade.types import CascadeResult, Completion, Decision, StepRecord, Verdict
 
 __all__ = ["Recorder", "Run", "current_run"]
@@ -171,4 +171,4 @@ class Recorder:
                 self.ledger.record_run(result, status=status)
             except LedgerError as exc:
                 # The steps carry the money; a missing run row loses none of it.
-                log.error("cascade.ledger_write_failed", run_id=result.run_id, error=str(exc))
+                ledger_failed("cascade.ledger_write_failed", run_id=result.run_id, error=str(exc))

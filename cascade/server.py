@@ -41,6 +41,7 @@ from cascade.errors import (
     CascadeExhausted,
     ConfigError,
     EvaluatorError,
+    LedgerError,
     ProviderError,
 )
 from cascade.providers.base import redact
@@ -173,6 +174,8 @@ def _failure(exc: BaseException) -> tuple[str, Sequence[Any]]:
         return "exhausted", steps
     if isinstance(exc, ProviderError):
         return "no_answer", steps
+    if isinstance(exc, LedgerError):
+        return "ledger_unavailable", steps
     return "error", steps
 
 
@@ -226,6 +229,18 @@ def _from_exception(exc: Exception) -> JSONResponse:
         )
     if isinstance(exc, EvaluatorError):
         return _error(500, str(exc), "server_error", "evaluator_error", headers)
+    if isinstance(exc, LedgerError):
+        # Fail closed: no model is called while the ledger cannot record the call. The client
+        # is told what happened, not where the ledger lives; the operator's log says that.
+        log.error("cascade.ledger_unavailable", error=str(exc))
+        return _error(
+            503,
+            "ledger unavailable: the gateway cannot record spend, so no (further) model call "
+            "was made for this request",
+            "server_error",
+            "ledger_unavailable",
+            headers,
+        )
     if isinstance(exc, CascadeError):
         return _error(500, str(exc), "server_error", "cascade_error", headers)
     log.error("cascade.gateway_error", error=redact(repr(exc)))

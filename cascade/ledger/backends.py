@@ -11,6 +11,7 @@ Every database error leaves here as a ``LedgerError`` whose message holds no pas
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
@@ -121,10 +122,9 @@ class SqliteBackend:
                 raise
 
     def _rollback(self) -> None:
-        try:
+        # The failed statement may already have ended the transaction.
+        with contextlib.suppress(sqlite3.Error):
             self._conn.execute("ROLLBACK")
-        except sqlite3.Error:
-            pass  # the failed statement already ended the transaction
 
     def read(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
         with self._lock:
@@ -134,7 +134,9 @@ class SqliteBackend:
                 raise self._error(exc) from exc
 
     def has_table(self, tx: Tx, name: str) -> bool:
-        rows = tx.execute("SELECT name FROM sqlite_master WHERE type = 'table' AND name = ?", (name,))
+        rows = tx.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)
+        )
         return bool(rows)
 
     def _error(self, exc: sqlite3.Error) -> LedgerError:
@@ -220,11 +222,18 @@ class PostgresBackend:
             open=False,
             name="cascade-ledger",
         )
+        # One direct connection first: it fails fast with the real reason (refused, unknown
+        # database), where the pool would retry until its timeout and report only that.
+        failure = None
         try:
+            psycopg.connect(url, connect_timeout=5).close()
             self._pool.open(wait=True, timeout=PG_CONNECTION_TIMEOUT_S)
         except Exception as exc:
+            failure = self._error("cannot connect", exc)
+        if failure is not None:
+            # Raised outside the handler, so no chained exception can carry the URL along.
             self._pool.close()
-            raise self._error("cannot connect", exc) from None
+            raise failure
 
     def describe(self) -> str:
         return self._where
@@ -255,7 +264,9 @@ class PostgresBackend:
     def read(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
         try:
             with self._pool.connection(timeout=PG_CONNECTION_TIMEOUT_S) as conn:
-                return list(conn.execute(sql.replace("?", "%s"), tuple(params)).fetchall())
+                cursor: Any = conn.execute(sql.replace("?", "%s"), tuple(params))
+                rows: list[Row] = cursor.fetchall()  # dict rows: the pool's row_factory
+                return rows
         except Exception as exc:
             if isinstance(exc, self._psycopg.Error) or type(exc).__module__.startswith(
                 "psycopg_pool"

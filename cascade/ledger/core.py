@@ -275,8 +275,9 @@ class Ledger:
 
         In one transaction (SQLite: ``BEGIN IMMEDIATE``; PostgreSQL: the totals rows locked
         ``FOR UPDATE``): read the spend under the step's four totals, ask ``decide`` (None to
-        go, or the reason to refuse; spend in nano-dollars), then insert the row and add the reservation. Concurrent
-        reservations from any number of processes are serialised on those rows.
+        go, or the reason to refuse; spend in nano-dollars), then insert the row and add the
+        reservation. Concurrent reservations from any number of processes are serialised on
+        those rows.
 
         Returns:
             The new row's id, or ``decide``'s refusal (nothing written).

@@ -91,7 +91,7 @@ def is_alive(row: dict[str, Any] | None, me: Owner, now: float | None = None) ->
         if started is None:
             return False
         if started and row["proc_start"]:
-            return started == row["proc_start"]
+            return bool(started == row["proc_start"])
         return _pid_exists(int(row["pid"]))  # no /proc here: the pid alone
     if row["host"] == me.host and me.boot_id and row["boot_id"] != me.boot_id:
         return False  # this machine rebooted since
