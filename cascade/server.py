@@ -349,6 +349,7 @@ def create_app(
     api_keys_env: str | None = None,
     api_keys: Sequence[str] | None = None,
     drain_s: float = 60.0,
+    close_engine: bool = False,
 ) -> Starlette:
     """Build the gateway app around an engine.
 
@@ -359,6 +360,8 @@ def create_app(
             config's ``server.api_keys_env``.
         api_keys: The keys themselves, instead of a variable (tests, embedding).
         drain_s: How long shutdown waits for runs whose clients disconnected.
+        close_engine: Also close the engine (its ledger) on shutdown: for an app that owns
+            its engine, as each worker of ``cascade serve --workers N`` does.
 
     Returns:
         A Starlette app; ``app.state.gateway`` is its ``Gateway``.
@@ -376,6 +379,8 @@ def create_app(
         yield
         await gateway.drain(drain_s)
         await engine.aclose()
+        if close_engine:
+            engine.close()
 
     app = Starlette(
         routes=[
