@@ -72,6 +72,14 @@ _STEP_COLUMNS = (
 )
 
 
+class _Refused(Exception):
+    """A budget refused the reservation: roll the transaction back."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
 class Ledger:
     """Append-only record of spend. Safe to share between threads and asyncio tasks.
 
@@ -234,37 +242,22 @@ class Ledger:
     # -- writes -------------------------------------------------------------------------------
 
     @staticmethod
-    def _add(tx: Tx, keys: Sequence[TotalsKey], nusd: int) -> None:
-        if not nusd:
-            return
-        for scope, period, bucket in sorted(keys):
-            tx.execute(
-                "INSERT INTO totals (scope, period, bucket, spent_nusd) VALUES (?,?,?,?)"
-                " ON CONFLICT (scope, period, bucket)"
-                " DO UPDATE SET spent_nusd = totals.spent_nusd + excluded.spent_nusd",
-                (scope, period, bucket, nusd),
-            )
+    def _add(tx: Tx, keys: Sequence[TotalsKey], nusd: int) -> dict[TotalsKey, int]:
+        """Add ``nusd`` to each of ``keys`` (creating rows as needed); returns the new totals.
 
-    def _spent(self, tx: Tx, keys: Sequence[TotalsKey], lock: bool) -> dict[TotalsKey, int]:
-        if lock:
-            # The rows must exist to be locked; inserting them in key order keeps two
-            # reservations from locking the same rows in opposite orders (a deadlock).
-            for key in sorted(keys):
-                tx.execute(
-                    "INSERT INTO totals (scope, period, bucket, spent_nusd) VALUES (?,?,?,0)"
-                    " ON CONFLICT (scope, period, bucket) DO NOTHING",
-                    key,
-                )
-        spent = dict.fromkeys(keys, 0)
-        for key in sorted(keys):
-            rows = tx.execute(
-                "SELECT spent_nusd FROM totals WHERE scope = ? AND period = ? AND bucket = ?"
-                f"{self.backend.lock_rows if lock else ''}",
-                key,
-            )
-            if rows:
-                spent[key] = int(rows[0]["spent_nusd"])
-        return spent
+        One statement, rows in sorted order: every writer locks the rows in the same order, so
+        two transactions never wait on each other in a cycle (PostgreSQL).
+        """
+        ordered = sorted(keys)
+        rows = tx.execute(
+            "INSERT INTO totals (scope, period, bucket, spent_nusd) VALUES "
+            + ", ".join("(?,?,?,?)" for _ in ordered)
+            + " ON CONFLICT (scope, period, bucket)"
+            " DO UPDATE SET spent_nusd = totals.spent_nusd + excluded.spent_nusd"
+            " RETURNING scope, period, bucket, spent_nusd",
+            [v for key in ordered for v in (*key, nusd)],
+        )
+        return {(r["scope"], r["period"], r["bucket"]): int(r["spent_nusd"]) for r in rows}
 
     def reserve(
         self,
@@ -273,11 +266,12 @@ class Ledger:
     ) -> int | str:
         """Write the pending row and charge its reserved cost, if ``decide`` allows it.
 
-        In one transaction (SQLite: ``BEGIN IMMEDIATE``; PostgreSQL: the totals rows locked
-        ``FOR UPDATE``): read the spend under the step's four totals, ask ``decide`` (None to
-        go, or the reason to refuse; spend in nano-dollars), then insert the row and add the
-        reservation. Concurrent reservations from any number of processes are serialised on
-        those rows.
+        One transaction: insert the row, add the reservation to the step's four totals (which
+        locks them: SQLite holds the database's write lock from ``BEGIN IMMEDIATE``, PostgreSQL
+        the rows' locks from the upsert), then ask ``decide`` about the spend before this
+        reservation (None to go, or the reason to refuse; nano-dollars). A refusal rolls
+        everything back. Concurrent reservations from any number of processes and hosts are
+        serialised on those rows, and hold them only for the upsert and the commit.
 
         Returns:
             The new row's id, or ``decide``'s refusal (nothing written).
@@ -286,20 +280,24 @@ class Ledger:
             LedgerError: nothing could be written; the model must not be called.
         """
         keys = buckets(pending.task, pending.ts)
-        with self.backend.transaction() as tx:
-            if decide is not None:
-                refusal = decide(self._spent(tx, keys, lock=True))
-                if refusal is not None:
-                    return refusal
-            rows = tx.execute(
-                f"INSERT INTO steps ({_STEP_COLUMNS}) VALUES"
-                " (?,?,?,?,?,?,0,0,0,0,?,0,'pending',NULL,'[]','pending',?,?) RETURNING id",
-                (pending.run_id, pending.ts, pending.task, pending.step, pending.model,
-                 pending.provider, pending.reserved_usd, pending.reserved_usd,
-                 self.owner.owner),
-            )
-            self._add(tx, keys, nano(pending.reserved_usd))
-            return int(rows[0]["id"])
+        amount = nano(pending.reserved_usd)
+        try:
+            with self.backend.transaction() as tx:
+                rows = tx.execute(
+                    f"INSERT INTO steps ({_STEP_COLUMNS}) VALUES"
+                    " (?,?,?,?,?,?,0,0,0,0,?,0,'pending',NULL,'[]','pending',?,?) RETURNING id",
+                    (pending.run_id, pending.ts, pending.task, pending.step, pending.model,
+                     pending.provider, pending.reserved_usd, pending.reserved_usd,
+                     self.owner.owner),
+                )
+                after = self._add(tx, keys, amount)
+                if decide is not None:
+                    refusal = decide({key: total - amount for key, total in after.items()})
+                    if refusal is not None:
+                        raise _Refused(refusal)
+                return int(rows[0]["id"])
+        except _Refused as refused:
+            return refused.reason
 
     def settle(self, step_id: int, pending: Pending, step: StepRecord) -> bool:
         """Replace a pending row's reservation with the step's real outcome and cost.
@@ -317,8 +315,9 @@ class Ledger:
                  step.cost_usd, step.latency_ms, step.decision, step.error,
                  json.dumps([v.as_dict() for v in step.verdicts]), step_id),
             )
-            if changed:
-                self._add(tx, keys, nano(step.cost_usd) - nano(pending.reserved_usd))
+            delta = nano(step.cost_usd) - nano(pending.reserved_usd)
+            if changed and delta:
+                self._add(tx, keys, delta)
         return bool(changed)
 
     def abandon(self, step_id: int, reason: str) -> None:
@@ -342,7 +341,8 @@ class Ledger:
                  step.output_tokens, step.cost_usd, step.latency_ms, step.decision, step.error,
                  json.dumps([v.as_dict() for v in step.verdicts])),
             )
-            self._add(tx, buckets(step.task, ts), nano(step.cost_usd))
+            if nano(step.cost_usd):
+                self._add(tx, buckets(step.task, ts), nano(step.cost_usd))
 
     def record_run(self, result: CascadeResult, *, status: str = "ok") -> None:
         with self.backend.transaction() as tx:
