@@ -112,6 +112,13 @@ def load_worker(where: str, openai_url: str, tasks: int) -> None:
 
 
 if __name__ == "__main__":
+    import logging
+
+    import structlog
+
+    # Only the summary goes to stdout: the parent reads just that, and a full pipe would block.
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR),
+                        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr))
     mode, where, *rest = sys.argv[1:]
     if mode == "budget":
         budget_worker(where, float(rest[0]), int(rest[1]))

@@ -279,25 +279,31 @@ class Ledger:
         Raises:
             LedgerError: nothing could be written; the model must not be called.
         """
-        keys = buckets(pending.task, pending.ts)
-        amount = nano(pending.reserved_usd)
         try:
             with self.backend.transaction() as tx:
-                rows = tx.execute(
-                    f"INSERT INTO steps ({_STEP_COLUMNS}) VALUES"
-                    " (?,?,?,?,?,?,0,0,0,0,?,0,'pending',NULL,'[]','pending',?,?) RETURNING id",
-                    (pending.run_id, pending.ts, pending.task, pending.step, pending.model,
-                     pending.provider, pending.reserved_usd, pending.reserved_usd,
-                     self.owner.owner),
-                )
-                after = self._add(tx, keys, amount)
-                if decide is not None:
-                    refusal = decide({key: total - amount for key, total in after.items()})
-                    if refusal is not None:
-                        raise _Refused(refusal)
-                return int(rows[0]["id"])
+                return self._reserve(tx, pending, decide)
         except _Refused as refused:
             return refused.reason
+
+    def _reserve(
+        self,
+        tx: Tx,
+        pending: Pending,
+        decide: Callable[[Mapping[TotalsKey, int]], str | None] | None,
+    ) -> int:
+        amount = nano(pending.reserved_usd)
+        rows = tx.execute(
+            f"INSERT INTO steps ({_STEP_COLUMNS}) VALUES"
+            " (?,?,?,?,?,?,0,0,0,0,?,0,'pending',NULL,'[]','pending',?,?) RETURNING id",
+            (pending.run_id, pending.ts, pending.task, pending.step, pending.model,
+             pending.provider, pending.reserved_usd, pending.reserved_usd, self.owner.owner),
+        )
+        after = self._add(tx, buckets(pending.task, pending.ts), amount)
+        if decide is not None:
+            refusal = decide({key: total - amount for key, total in after.items()})
+            if refusal is not None:
+                raise _Refused(refusal)  # rolls the row and the charge back
+        return int(rows[0]["id"])
 
     def settle(self, step_id: int, pending: Pending, step: StepRecord) -> bool:
         """Replace a pending row's reservation with the step's real outcome and cost.
