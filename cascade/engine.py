@@ -8,6 +8,7 @@ with ``await``, so both paths take exactly the same decisions.
 from __future__ import annotations
 
 import copy
+import inspect
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
@@ -319,8 +320,14 @@ class Cascade:
         Ledger I/O (the write-ahead rows, budget reservations, settlements) runs on the
         ledger's threads, never on the event loop.
         """
-        plan, run = await self._off_loop(
-            self._start, task, prompt, query_id, max_cost_usd, log_content, params
+        # The start touches no ledger (only the response cache, which has its own file).
+        start = self._start if self.cache is None else None
+        plan, run = (
+            start(task, prompt, query_id, max_cost_usd, log_content, params)
+            if start is not None
+            else await self._off_loop(
+                self._start, task, prompt, query_id, max_cost_usd, log_content, params
+            )
         )
         token = current_run.set(run)
         try:
@@ -683,7 +690,9 @@ class Cascade:
                 step = await self._off_loop(_advance, plan, reply, error)
             return step
         finally:
-            await self._off_loop(plan.close)
+            # Not run to its end (cancelled, failed): closing it may settle a hold.
+            if inspect.getgeneratorstate(plan) != inspect.GEN_CLOSED:
+                await self._off_loop(plan.close)
 
     def _located(self, exc: CascadeError) -> CascadeError:
         """Name this engine's config file in a ConfigError raised deep inside (a missing key)."""
