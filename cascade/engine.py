@@ -91,7 +91,21 @@ class _Eval:
     completion: Completion
 
 
-_Plan = Generator["Call | _Eval", Any, CascadeResult]
+@dataclass(frozen=True, slots=True)
+class _Io:
+    """A ledger operation of the plan. The sync driver runs it in place; the async driver runs
+    it on the event loop only if it needs no waiting, else on the ledger's thread."""
+
+    fn: Callable[..., Any]
+    args: tuple[Any, ...]
+    kwargs: Mapping[str, Any]
+
+
+def _io(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> _Io:
+    return _Io(fn, args, kwargs)
+
+
+_Plan = Generator["Call | _Eval | _Io", Any, CascadeResult]
 _Attempt = tuple[Completion, tuple[Verdict, ...], bool, "tuple[Slot, Verdict] | None"]
 
 
@@ -320,32 +334,30 @@ class Cascade:
         Ledger I/O (the write-ahead rows, budget reservations, settlements) runs on the
         ledger's threads, never on the event loop.
         """
-        # The start touches no ledger (only the response cache, which has its own file).
-        start = self._start if self.cache is None else None
-        plan, run = (
-            start(task, prompt, query_id, max_cost_usd, log_content, params)
-            if start is not None
-            else await self._off_loop(
-                self._start, task, prompt, query_id, max_cost_usd, log_content, params
-            )
-        )
+        plan, run = self._start(task, prompt, query_id, max_cost_usd, log_content, params)
         token = current_run.set(run)
         try:
-            result: CascadeResult = await self._off_loop(
+            result: CascadeResult = await self._ledger_io(
                 self._recorder.finish, await self._adrive(plan), run
             )
         except CascadeError as exc:
-            await self._off_loop(self._recorder.fail, exc, run)
+            await self._ledger_io(self._recorder.fail, exc, run)
             raise self._located(exc) from exc.__cause__
         finally:
             current_run.reset(token)
         return result
 
     async def _off_loop(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """Run plan code that may touch the ledger on the ledger's threads (inline without one)."""
+        """Run code that may wait for the ledger on the ledger's threads (inline without one)."""
         if self.ledger is None:
             return fn(*args)
         return await self.ledger.run(fn, *args)
+
+    async def _ledger_io(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """A ledger operation: on the loop if the ledger is free right now, else on its thread."""
+        if self.ledger is None:
+            return fn(*args, **kwargs)
+        return await self.ledger.arun(fn, *args, **kwargs)
 
     # -- ModelServices, lent to evaluators that call a model (the judge) -----------------------
 
@@ -484,11 +496,11 @@ class Cascade:
     def _cached(self, run: Run, model: str, text: str, parsed: Any) -> _Plan:
         """A cache hit: one free step marked ``cache``, no provider call."""
         done = Completion(text=text, model=model, provider=self.config.models[model].provider)
-        self._recorder.step(run, model, Outcome(done, None, 0, 0.0), "cache", ())
+        yield _io(self._recorder.step, run, model, Outcome(done, None, 0, 0.0), "cache", (),
+                  index=run.next_index())
         return replace(
             self._result(run, None, done, (), accepted=True), model=model, json=parsed, cached=True
         )
-        yield  # a generator, so both drivers take it like any plan
 
     def _plan(
         self,
@@ -516,13 +528,15 @@ class Cascade:
             while True:
                 index = run.next_index()
                 # Writes the step's pending row before the call, or raises LedgerError.
-                gate = self.limits.check(
+                gate: Gate = yield _io(
+                    self.limits.check,
                     task.name, rung.model.provider, rung.key, convo, call_params, run.cost(), cap,
                     run_id=run.run_id, step=index,
                 )
                 if gate.skipped:
                     refused.append(gate)
-                    self._recorder.step(
+                    yield _io(
+                        self._recorder.step,
                         run, rung.key, Outcome(None, None, 0, 0.0), "skip", (), error=gate.reason,
                         index=index,
                     )
@@ -603,11 +617,12 @@ class Cascade:
         repairs: Mapping[str, int],
         index: int,
         gate: Gate,
-    ) -> Generator[Call | _Eval, Any, _Attempt | None]:
+    ) -> Generator[Call | _Eval | _Io, Any, _Attempt | None]:
         """Call one rung once, evaluate the answer and record the step; None if the call failed."""
         outcome = yield Call(rung.key, convo, call_params, request.query_id)
         if outcome.completion is None:
-            self._recorder.step(run, rung.key, outcome, "error", (), index=index, hold=gate.hold)
+            yield _io(self._recorder.step, run, rung.key, outcome, "error", (), index=index,
+                      hold=gate.hold)
             return None
         completion = replace(outcome.completion, model=rung.key)
         # Evaluators that add to the answer (a confidence line) read it raw; the others judge
@@ -624,7 +639,8 @@ class Cascade:
                     break
         except Exception as exc:
             # The answer was paid for: its step goes to the ledger before the error goes up.
-            self._recorder.step(
+            yield _io(
+                self._recorder.step,
                 run,
                 rung.key,
                 outcome,
@@ -642,7 +658,8 @@ class Cascade:
         ok = combine(rung.accept, verdicts, weights)
         fixer = None if ok else _repairer(rung, verdicts, repairs)
         decision: Decision = "accept" if ok else ("repair" if fixer else "escalate")
-        self._recorder.step(
+        yield _io(
+            self._recorder.step,
             run, rung.key, outcome, decision, tuple(verdicts), completion=completion, index=index,
             hold=gate.hold,
         )
@@ -658,11 +675,13 @@ class Cascade:
         try:
             step = _advance(plan, None, None)
             while not isinstance(step, CascadeResult):
-                reply: Outcome | Verdict | None = None
+                reply: Any = None
                 error: Exception | None = None
                 try:
                     if isinstance(step, Call):
                         reply = self._caller.call(step)
+                    elif isinstance(step, _Io):
+                        reply = step.fn(*step.args, **step.kwargs)
                     else:
                         reply = step.slot.run(step.request, step.completion)
                 except Exception as exc:
@@ -673,21 +692,23 @@ class Cascade:
             plan.close()
 
     async def _adrive(self, plan: _Plan) -> CascadeResult:
-        # The plan's own code (budget checks, ledger rows, the cache) runs off the loop; only
-        # model calls and evaluators run on it.
+        # Ledger operations (budget checks, write-ahead rows, settlements) never wait on the
+        # loop: they run on it only when the ledger is free at once, else on the ledger's thread.
         try:
-            step = await self._off_loop(_advance, plan, None, None)
+            step = _advance(plan, None, None)
             while not isinstance(step, CascadeResult):
-                reply: Outcome | Verdict | None = None
+                reply: Any = None
                 error: Exception | None = None
                 try:
                     if isinstance(step, Call):
                         reply = await self._caller.acall(step)
+                    elif isinstance(step, _Io):
+                        reply = await self._ledger_io(step.fn, *step.args, **step.kwargs)
                     else:
                         reply = await step.slot.arun(step.request, step.completion)
                 except Exception as exc:
                     error = exc
-                step = await self._off_loop(_advance, plan, reply, error)
+                step = _advance(plan, reply, error)
             return step
         finally:
             # Not run to its end (cancelled, failed): closing it may settle a hold.
@@ -724,7 +745,9 @@ class Cascade:
         )
 
 
-def _advance(plan: _Plan, reply: Any, error: Exception | None) -> Call | _Eval | CascadeResult:
+def _advance(
+    plan: _Plan, reply: Any, error: Exception | None
+) -> Call | _Eval | _Io | CascadeResult:
     """The plan's next operation, or its result once it is done."""
     try:
         return plan.send(reply) if error is None else plan.throw(error)

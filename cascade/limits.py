@@ -72,7 +72,8 @@ class Limits:
                     limits.append(Limit(scope, period, value))
         if limits and ledger is None:
             raise ConfigError(
-                "period budgets are enforced from the ledger; set ledger.path", location="budgets"
+                "period budgets are enforced from the ledger; set ledger.path or ledger.url_env",
+                location="budgets",
             )
         self.accounts = Accounts(ledger, limits)
 

@@ -105,12 +105,14 @@ class Recorder:
             ts=time.time(),
             text=done.text if done else None,
         )
-        run.steps.append(step)
-        log.info("cascade.step", **step.as_event(log_content=run.log_content))
+        # The write comes first: on the event loop it may decline to wait (WouldBlock) and be
+        # run again on the ledger's thread, so nothing before it may change the run.
         if hold is not None:
             self.accounts.settle(hold, step)
         elif self.ledger is not None:
             self.accounts.record(step)
+        run.steps.append(step)
+        log.info("cascade.step", **step.as_event(log_content=run.log_content))
         return step
 
     def result(
@@ -155,6 +157,14 @@ class Recorder:
             )
 
     def close(self, result: CascadeResult, status: str) -> None:
+        if self.ledger is not None:
+            # First, for the same reason as in ``step``.
+            try:
+                self.ledger.record_run(result, status=status)
+            except LedgerError as exc:
+                # The steps carry the money; a missing run row loses none of it.
+                ledger_failed("cascade.ledger_write_failed", run_id=result.run_id,
+                              error=str(exc))
         log.info(
             "cascade.run",
             run_id=result.run_id,
@@ -166,9 +176,3 @@ class Recorder:
             cost_usd=result.cost_usd,
             latency_ms=round(result.latency_ms, 3),
         )
-        if self.ledger is not None:
-            try:
-                self.ledger.record_run(result, status=status)
-            except LedgerError as exc:
-                # The steps carry the money; a missing run row loses none of it.
-                ledger_failed("cascade.ledger_write_failed", run_id=result.run_id, error=str(exc))

@@ -32,7 +32,7 @@ def ledger_report(ledger: Ledger, *, since: float | None = None) -> dict[str, An
     tasks: dict[str, dict[str, Any]] = {}
     for row in ledger.query(
         "SELECT task, COUNT(DISTINCT run_id) AS runs, SUM(cost_usd) AS cost,"
-        " COUNT(DISTINCT CASE WHEN decision IN ('escalate', 'error', 'skip', 'lost', 'pending')"
+        " COUNT(DISTINCT CASE WHEN decision IN ('escalate', 'error', 'skip')"
         " THEN run_id END) AS escalated,"
         " SUM(CASE WHEN decision = 'error' THEN 1 ELSE 0 END) AS errors,"
         f" {unfinished} AS unfinished FROM steps {where} GROUP BY task ORDER BY task",

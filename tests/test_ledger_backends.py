@@ -358,3 +358,45 @@ def test_missing_url_env_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="ledger.url_env: environment variable "
                                           "NO_SUCH_VARIABLE_4711"):
         Cascade.from_dict(data, providers={"p": FakeProvider("p", {})})
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path) -> Any:
+    """A 256 KiB tmpfs (needs root, as on this machine and in CI)."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)],
+                          capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "--lazy", str(mount)], check=True)
+
+
+def test_full_disk_means_no_upstream_call(tiny_disk: Path) -> None:
+    """A real full disk under a SQLite ledger: the next call is never made, one LedgerError."""
+    data = config()
+    data["ledger"] = {"path": str(tiny_disk / "ledger.sqlite")}
+    fake = FakeProvider("p", {"small": ["a fine answer"]})
+    with Cascade.from_dict(data, providers={"p": fake}) as engine:
+        fill_up(engine, fake, tiny_disk)
+
+
+def fill_up(engine: Cascade, fake: FakeProvider, tiny_disk: Path) -> None:
+    engine.complete("t", "q")
+    assert len(fake.calls) == 1
+    with (tiny_disk / "filler").open("wb", buffering=0) as filler, \
+            pytest.raises(OSError, match="No space"):
+        while True:
+            filler.write(b"x" * 4096)
+    with pytest.raises(LedgerError, match="database or disk is full"):
+        for i in range(20):  # the WAL reuses its free pages first; it needs a new one soon
+            engine.complete("t", "q" * 1000 + str(i))
+    calls = len(fake.calls)
+    with pytest.raises(LedgerError, match="database or disk is full"):
+        engine.complete("t", "q" * 2000)
+    assert len(fake.calls) == calls  # the refused call reached no provider
+    rows = Db("sqlite", path=tiny_disk / "ledger.sqlite").rows("SELECT COUNT(*) FROM steps")
+    assert rows == [(calls,)]  # every call made has its row, and no refused one has

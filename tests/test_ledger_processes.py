@@ -30,9 +30,9 @@ def spawn(*args: str) -> subprocess.Popen[str]:
 
 
 def test_budget_holds_across_four_processes(db: Db) -> None:
-    """Four processes of two threads each spend against one $0.25 daily budget, started
+    """Four processes of two threads each spend against one $1 daily budget, started
     together: the recorded spend never exceeds it by more than one call's worst case."""
-    budget = 0.25  # about 80 worst cases, about 110 real calls
+    budget = 1.0  # about 325 worst cases, about 430 real calls
     db.open().close()  # create the tables before the race
     workers = [spawn("budget", where(db), str(budget), "2") for _ in range(4)]
     for w in workers:

@@ -12,6 +12,7 @@ Every database error leaves here as a ``LedgerError`` whose message holds no pas
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
@@ -21,7 +22,17 @@ from typing import Any, Protocol
 
 from cascade.errors import LedgerError
 
-__all__ = ["Backend", "PostgresBackend", "Row", "SqliteBackend", "Tx", "open_sqlite", "safe_url"]
+__all__ = [
+    "NOWAIT",
+    "Backend",
+    "PostgresBackend",
+    "Row",
+    "SqliteBackend",
+    "Tx",
+    "WouldBlock",
+    "open_sqlite",
+    "safe_url",
+]
 
 Row = dict[str, Any]
 
@@ -29,6 +40,19 @@ Row = dict[str, Any]
 SQLITE_BUSY_TIMEOUT_S = 30.0
 # How long a PostgreSQL caller waits for a pooled connection before failing closed.
 PG_CONNECTION_TIMEOUT_S = 10.0
+# A SQLite ledger checkpoints its WAL itself, after this many commits, on a thread of its own
+# when it runs on an event loop (an automatic checkpoint would fsync inside a commit).
+CHECKPOINT_EVERY = 1000
+
+
+class WouldBlock(Exception):
+    """The ledger is busy right now; the caller asked not to wait (``NOWAIT``)."""
+
+
+# Set while the event loop runs a ledger operation: a transaction that would wait for a lock
+# raises WouldBlock before changing anything, and the operation is run again on a thread.
+NOWAIT: contextvars.ContextVar[bool] = contextvars.ContextVar("cascade_ledger_nowait",
+                                                              default=False)
 
 
 class Tx(Protocol):
@@ -42,6 +66,7 @@ class Tx(Protocol):
 class Backend(Protocol):
     name: str  # "sqlite" | "postgres"
     lock_rows: str  # appended to a SELECT that must lock what it reads
+    nowait: bool  # transaction() honours NOWAIT
 
     def transaction(self) -> Any: ...  # a context manager yielding a Tx
 
@@ -89,6 +114,7 @@ class SqliteBackend:
 
     name = "sqlite"
     lock_rows = ""  # BEGIN IMMEDIATE already holds the database's write lock
+    nowait = True  # a transaction can start without waiting, or say it would have to
 
     def __init__(self, path: str):
         self.path = path
@@ -97,20 +123,23 @@ class SqliteBackend:
             # NORMAL in WAL mode: a commit survives a killed process (not a power cut) and
             # costs no fsync per step.
             self._conn.execute("PRAGMA synchronous=NORMAL")
+            self._conn.execute("PRAGMA wal_autocheckpoint=0")
         except (sqlite3.Error, OSError) as exc:
             raise LedgerError(f"{path}: cannot open the ledger: {exc}", backend="sqlite") from exc
         self._lock = threading.Lock()
+        self._commits = 0
+        self.checkpoint_due = False
 
     def describe(self) -> str:
         return self.path
 
     @contextmanager
     def transaction(self) -> Iterator[_SqliteTx]:
-        with self._lock:
-            try:
-                self._conn.execute("BEGIN IMMEDIATE")
-            except sqlite3.Error as exc:
-                raise self._error(exc) from exc
+        nowait = NOWAIT.get()
+        if not self._lock.acquire(blocking=not nowait):
+            raise WouldBlock
+        try:
+            self._begin(nowait)
             try:
                 yield _SqliteTx(self._conn)
                 self._conn.execute("COMMIT")
@@ -120,6 +149,41 @@ class SqliteBackend:
             except BaseException:
                 self._rollback()
                 raise
+            self._commits += 1
+            if self._commits % CHECKPOINT_EVERY == 0:
+                if nowait:
+                    self.checkpoint_due = True  # the ledger runs it on its thread
+                else:
+                    self._checkpoint()
+        finally:
+            self._lock.release()
+
+    def _begin(self, nowait: bool) -> None:
+        if not nowait:
+            try:
+                self._conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                raise self._error(exc) from exc
+            return
+        self._conn.execute("PRAGMA busy_timeout = 0")
+        try:
+            self._conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            if "locked" in str(exc) or "busy" in str(exc):
+                raise WouldBlock from None  # another process holds the write lock
+            raise self._error(exc) from exc
+        finally:
+            self._conn.execute(f"PRAGMA busy_timeout = {int(SQLITE_BUSY_TIMEOUT_S * 1000)}")
+
+    def _checkpoint(self) -> None:
+        # PASSIVE: copies what it can without waiting for readers or writers.
+        with contextlib.suppress(sqlite3.Error):
+            self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+
+    def checkpoint(self) -> None:
+        with self._lock:
+            self.checkpoint_due = False
+            self._checkpoint()
 
     def _rollback(self) -> None:
         # The failed statement may already have ended the transaction.
@@ -188,6 +252,7 @@ class PostgresBackend:
 
     name = "postgres"
     lock_rows = " FOR UPDATE"
+    nowait = False  # every statement is a network round trip: always on a thread
 
     def __init__(self, url: str, *, pool_size: int = 10, app_name: str = "cascade-ledger"):
         try:
