@@ -400,3 +400,41 @@ def fill_up(engine: Cascade, fake: FakeProvider, tiny_disk: Path) -> None:
     assert len(fake.calls) == calls  # the refused call reached no provider
     rows = Db("sqlite", path=tiny_disk / "ledger.sqlite").rows("SELECT COUNT(*) FROM steps")
     assert rows == [(calls,)]  # every call made has its row, and no refused one has
+
+
+def test_a_busy_ledger_moves_the_write_to_its_thread_without_repeating_it(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """acomplete: when another connection holds the SQLite write lock at settle time, the
+    settlement is not waited for on the event loop but run on the ledger's thread, once: one
+    step in the result, one row, one log event."""
+    import asyncio
+    import sqlite3
+
+    path = tmp_path / "l.sqlite"
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+
+    class LocksOnReturn(FakeProvider):
+        async def acomplete(self, *args: Any, **kwargs: Any) -> Completion:
+            holder.execute("BEGIN IMMEDIATE")  # held when the engine settles this step
+            asyncio.get_running_loop().call_soon(holder.execute, "ROLLBACK")
+            return self.complete(*args, **kwargs)
+
+    data = config(ladder=["small"], evaluators=[])
+    data["ledger"] = {"path": str(path)}
+    engine = Cascade.from_dict(data, providers={"p": LocksOnReturn("p", {"small": ["ok"]})})
+    assert engine.ledger is not None
+    on_thread: list[str] = []
+    run = engine.ledger.run
+
+    async def counted(fn: Any, *args: Any) -> Any:
+        on_thread.append(getattr(getattr(fn, "func", fn), "__name__", "?"))
+        return await run(fn, *args)
+
+    engine.ledger.run = counted  # type: ignore[method-assign]
+    with engine:
+        result = asyncio.run(engine.acomplete("t", "q", max_tokens=10))
+    holder.close()
+    assert on_thread == ["step"]  # only the settlement had to wait, and went to the thread
+    assert len(result.steps) == 1
+    assert Db("sqlite", path=path).rows("SELECT status FROM steps") == [("settled",)]
+    assert capsys.readouterr().out.count("cascade.step") == 1
