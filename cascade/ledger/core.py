@@ -128,8 +128,9 @@ class Ledger:
         except BaseException:
             self.backend.close()
             raise
-        # Async callers (acomplete, the gateway) run ledger I/O here, never on the event loop.
-        # SQLite has one connection, so more threads would only queue on its lock.
+        # Ledger work of async callers (acomplete, the gateway) that would wait runs here, never
+        # on the event loop (see ``arun``). SQLite has one connection, so more threads would only
+        # queue on its lock.
         workers = pool_size if self.backend.name == "postgres" else 2
         self.executor = ThreadPoolExecutor(workers, thread_name_prefix="cascade-ledger")
         self._heartbeat: threading.Thread | None = None
