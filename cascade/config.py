@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -146,6 +146,15 @@ class RungConfig(BaseModel):
     accept: Accept | None = None
 
 
+class RouterConfig(BaseModel):
+    """A task's ``router:``: skip a rung when its prompt-only success estimate is too low."""
+
+    model_config = _STRICT
+
+    model: str | dict[str, Any]
+    skip_below: dict[str, Annotated[float, Field(ge=0, le=1)]] = Field(default_factory=dict)
+
+
 class TaskConfig(BaseModel):
     """One ``tasks:`` entry: the ladder, how answers are judged, and what happens at the top."""
 
@@ -159,6 +168,7 @@ class TaskConfig(BaseModel):
     max_cost_usd: float | None = Field(default=None, gt=0)
     budgets: BudgetsConfig | None = None
     cache: TaskCacheConfig | None = None
+    router: RouterConfig | None = None
 
     @field_validator("ladder", mode="before")
     @classmethod

@@ -44,6 +44,7 @@ from cascade.evaluation import (
     finalized,
     shown,
 )
+from cascade.features import prompt_text
 from cascade.ledger import Ledger
 from cascade.limits import Gate, Limits
 from cascade.plugins import PROVIDERS, load_plugin
@@ -51,6 +52,7 @@ from cascade.pricing import cost_usd
 from cascade.providers.base import Provider
 from cascade.recorder import Recorder, Run, current_run
 from cascade.retry import RetryPolicy
+from cascade.router import Router, load_router
 from cascade.types import (
     CascadeResult,
     Completion,
@@ -81,6 +83,7 @@ class _Task:
     rungs: tuple[Rung, ...]
     on_exhausted: str
     params: Mapping[str, Any]
+    router: Router | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,8 +259,22 @@ class Cascade:
                     accept=rung.accept if rung.accept is not None else task.accept,
                 )
             )
+        router = None
+        if task.router is not None:
+            router = load_router(
+                task.router.model,
+                task.router.skip_below,
+                [r.model for r in task.ladder],
+                config_dir=Path(self.path).parent if self.path else None,
+                path=self.path,
+                location=f"tasks.{name}.router",
+            )
         return _Task(
-            name=name, rungs=tuple(rungs), on_exhausted=task.on_exhausted, params=task.params
+            name=name,
+            rungs=tuple(rungs),
+            on_exhausted=task.on_exhausted,
+            params=task.params,
+            router=router,
         )
 
     # -- public API -----------------------------------------------------------------------------
@@ -469,7 +486,17 @@ class Cascade:
         history: list[Completion] = []
         last: tuple[Rung, Completion, tuple[Verdict, ...]] | None = None
         refused: list[Gate] = []
+        prompt = prompt_text(messages) if task.router is not None else ""
         for rung in task.rungs:
+            if task.router is not None and (skip := task.router.skip(rung.key, prompt)):
+                # Predicted to fail from the prompt alone: neither the call nor its checks are
+                # paid for, and the step says why.
+                p, threshold = skip
+                verdict = Verdict(
+                    "router", False, p, f"predicted P(correct) = {p:.3f} < skip_below {threshold:g}"
+                )
+                self._recorder.step(run, rung.key, Outcome(None, None, 0, 0.0), "skip", (verdict,))
+                continue
             call_params: dict[str, Any] = {**rung.model.params, **task.params, **params}
             if self.limits.budgeted(task.name, cap) and max_output_tokens(call_params) is None:
                 # The worst case assumes this many output tokens, so the call must be held to it.

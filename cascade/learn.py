@@ -203,33 +203,28 @@ def fit_isotonic(raw: Sequence[float], y: Sequence[float], *, knots: int = 200) 
     # tied scores are one point with their mean label, so the map is a function of the score
     sums = np.bincount(inverse, weights=np.asarray(y, dtype=float), minlength=len(ux))
     counts = np.bincount(inverse, minlength=len(ux)).astype(float)
-    # blocks: [sum of y, count, min x, max x]
+    # blocks: [sum of y, count, sum of count x score]
     blocks: list[list[float]] = []
     for xv, s, c in zip(ux, sums, counts, strict=True):
-        blocks.append([float(s), float(c), float(xv), float(xv)])
+        blocks.append([float(s), float(c), float(c * xv)])
         while len(blocks) > 1 and blocks[-2][0] / blocks[-2][1] >= blocks[-1][0] / blocks[-1][1]:
-            s2, c2, _, hi = blocks.pop()
+            s2, c2, x2 = blocks.pop()
             blocks[-1][0] += s2
             blocks[-1][1] += c2
-            blocks[-1][3] = hi
-    kx, ky = [], []
-    for s, c, lo, hi in blocks:
-        value = min(1.0, max(0.0, s / c))
-        kx.append(lo)
-        ky.append(value)
-        if hi > lo:
-            kx.append(hi)
-            ky.append(value)
+            blocks[-1][2] += x2
+    # Knots at each block's mean score: the map rises linearly between blocks instead of
+    # staying flat inside them, so it keeps the model's ranking (thresholds stay fine-grained).
+    kx = [x / c for _, c, x in blocks]
+    ky = [min(1.0, max(0.0, s / c)) for s, c, _ in blocks]
     if len(kx) > knots:
         pick = np.unique(np.linspace(0, len(kx) - 1, knots).round().astype(int))
         kx, ky = [kx[i] for i in pick], [ky[i] for i in pick]
-    # strictly increasing x for interpolation (equal x from single-point blocks are merged)
     out_x: list[float] = []
     out_y: list[float] = []
     for xv, yv in zip(kx, ky, strict=True):
         if out_x and xv <= out_x[-1]:
             out_y[-1] = max(out_y[-1], yv)
             continue
-        out_x.append(float(xv))
-        out_y.append(float(yv))
+        out_x.append(xv)
+        out_y.append(yv)
     return Calibrator(x=out_x, y=out_y)

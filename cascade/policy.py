@@ -1,0 +1,407 @@
+"""``cascade calibrate``'s default method: learn the policy, then certify it (Learn-then-Test).
+
+1. The train file is split in two (seeded): a *fit* part and a *certify* part.
+2. On the fit part, a calibrated ``quality_model`` is fitted per rung from the rung's candidate
+   evaluators (their verdicts become features) plus log-probabilities, agreement with earlier
+   rungs and the answer's and prompt's shape; a prompt-only router per rung likewise.
+   Cross-fitting gives every fit query a prediction from a model that did not see it.
+3. Still on the fit part, the cheapest policy (kept rungs, router skip thresholds, acceptance
+   thresholds) is searched for each price of quality lambda (minimise cost/top - lambda x
+   quality/top), from quality-first to cost-first. The optimal policies, most conservative
+   first, form the candidate sequence; always-top comes first.
+4. On the certify part, never used so far, the candidates are tested in that order
+   (``cascade.guarantee``): each must show E[q - R x q_top] >= 0 at level delta. The cheapest
+   certified candidate is chosen. With probability >= 1 - delta it meets the target.
+5. The chosen policy is written as an ordinary config (``quality_model`` evaluators, a
+   ``router``), replayed through the real engine on train and test, and checked against the
+   simulation query by query in aggregate.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from cascade.config import load_config, parse_config
+from cascade.dataset import ReplayRecord, load_dataset
+from cascade.errors import CascadeError, ConfigError, DatasetError
+from cascade.guarantee import fixed_sequence
+from cascade.policy_table import AnswerTable, Estimates, FitSettings, Policy, simulate
+
+__all__ = ["calibrate_policy"]
+
+LAMBDAS = np.geomspace(50.0, 0.02, 28)  # quality-first to cost-first
+ACCEPT_POINTS = 48  # candidate acceptance thresholds per rung
+SKIP_QUANTILES = (0.1, 0.25, 0.5)
+MIN_CERTIFY = 20
+
+
+def _subsets(rungs: int) -> list[tuple[int, ...]]:
+    top = rungs - 1
+    out = []
+    for mask in range(1 << top):
+        out.append((*(j for j in range(top) if mask >> j & 1), top))
+    return sorted(out, key=len, reverse=True)
+
+
+def _midpoints(values: np.ndarray, points: int) -> list[float]:
+    """Thresholds between distinct values, never equal to one (so no rounding flips a tie)."""
+    distinct = np.unique(values[np.isfinite(values)])
+    if len(distinct) < 2:
+        return []
+    mids = (distinct[1:] + distinct[:-1]) / 2
+    if len(mids) > points:
+        mids = mids[np.unique(np.linspace(0, len(mids) - 1, points).round().astype(int))]
+    return [float(m) for m in mids]
+
+
+class _Search:
+    """Lambda sweep with coordinate descent over one subset's thresholds, on the fit part."""
+
+    def __init__(self, table: AnswerTable, est: Estimates, rows: np.ndarray):
+        self.table, self.est, self.rows = table, est, rows
+        self.cache: dict[Any, np.ndarray] = {}
+        top = len(table.rungs) - 1
+        self.top_cost = float(table.call_cost[top][rows].mean()) or 1e-12
+        self.top_quality = float(table.score[top][rows].mean()) or 1e-12
+        self.seen: dict[Policy, tuple[float, float]] = {}
+
+    @property
+    def points(self) -> list[tuple[float, float]]:
+        return list(self.seen.values())
+
+    def run(self, policy: Policy) -> tuple[float, float]:
+        if policy not in self.seen:
+            cost, quality = simulate(
+                policy, self.table, self.est, self.rows, crossfit=True, cache=self.cache
+            )
+            self.seen[policy] = (float(cost.mean()), float(quality.mean()))
+        return self.seen[policy]
+
+    def options(self, subset: tuple[int, ...]) -> dict[tuple[str, int], list[float]]:
+        opts: dict[tuple[str, int], list[float]] = {}
+        for i in subset[:-1]:
+            kept = sum(1 << j for j in subset if j < i)
+            p = self.est.quality_p(self.table, i, kept, kept, crossfit=True)[self.rows]
+            p = p[self.table.answered[i][self.rows]]
+            opts[("accept", i)] = [0.0, *_midpoints(p, ACCEPT_POINTS), math.inf]
+            rp = self.est.router_p(self.table, i, crossfit=True)[self.rows]
+            qs = np.quantile(rp, SKIP_QUANTILES) if len(rp) else []
+            opts[("skip", i)] = [0.0, *sorted({float(v) + 1e-12 for v in qs if v > 0})]
+        return opts
+
+    def sweep(self, subset: tuple[int, ...]) -> list[Policy]:
+        """The lambda-optimal policy of this subset for every lambda, quality-first."""
+        opts = self.options(subset)
+        state = {k: (v[-1] if k[0] == "accept" else 0.0) for k, v in opts.items()}
+
+        def policy(s: Mapping[tuple[str, int], float]) -> Policy:
+            return Policy(
+                subset,
+                {i: v for (kind, i), v in s.items() if kind == "skip"},
+                {i: v for (kind, i), v in s.items() if kind == "accept"},
+            )
+
+        out = []
+        for lam in LAMBDAS:
+
+            def objective(point: tuple[float, float], lam: float = float(lam)) -> float:
+                return point[0] / self.top_cost - lam * point[1] / self.top_quality
+
+            best = objective(self.run(policy(state)))
+            for _ in range(6):
+                moved = False
+                for key, values in opts.items():
+                    for v in values:
+                        if v == state[key]:
+                            continue
+                        trial = {**state, key: v}
+                        value = objective(self.run(policy(trial)))
+                        if value < best - 1e-12:
+                            best, state, moved = value, trial, True
+                if not moved:
+                    break
+            out.append(policy(state))
+        return out
+
+
+def _path(search: _Search, subsets: Sequence[tuple[int, ...]]) -> list[Policy]:
+    """Candidates, most conservative first: every policy the sweeps evaluated that no other
+    beats on both cost and quality on the fit part, from the highest quality down."""
+    for s in subsets:
+        search.sweep(s)
+    top = len(search.table.rungs) - 1
+    always_top = Policy((top,))
+    top_cost, _ = search.run(always_top)
+    ranked = sorted(search.seen.items(), key=lambda kv: (-kv[1][1], kv[1][0]))
+    path = [always_top]
+    cheapest = top_cost
+    for policy, (c, _) in ranked:
+        if c < cheapest - 1e-15:
+            path.append(policy)
+            cheapest = c
+    return path
+
+
+def _describe(table: AnswerTable, policy: Policy) -> dict[str, dict[str, float]]:
+    out: dict[str, dict[str, float]] = {}
+    for i in policy.subset[:-1]:
+        settings = {"quality_model.min": float(policy.accept.get(i, math.inf))}
+        if policy.skip.get(i, 0.0) > 0:
+            settings["router.skip_below"] = float(policy.skip[i])
+        out[table.keys[i]] = settings
+    return out
+
+
+def _config(
+    raw: Mapping[str, Any],
+    task: str,
+    table: AnswerTable,
+    est: Estimates,
+    policy: Policy,
+    specs: Sequence[list[dict[str, Any]]],
+    recipe: str | None,
+) -> dict[str, Any]:
+    """The original mapping with the task's ladder and router rewritten for ``policy``."""
+    out = copy.deepcopy(dict(raw))
+    old = raw["tasks"][task]["ladder"]
+    ladder: list[Any] = []
+    for i in policy.subset:
+        if i == policy.subset[-1]:
+            ladder.append(copy.deepcopy(old[i]))
+            continue
+        entry = copy.deepcopy(old[i]) if isinstance(old[i], dict) else {}
+        entry.pop("model", None)
+        entry.pop("accept", None)
+        threshold = policy.accept.get(i, math.inf)
+        kept = sum(1 << j for j in policy.subset if j < i)
+        model, _ = est.quality_model(i, kept)
+        evaluators: list[dict[str, Any]] = []
+        if threshold > 0:
+            spec: dict[str, Any] = {
+                "type": "quality_model",
+                "min": min(1.0, threshold),
+                "model": model.model_dump(mode="json", exclude_none=True),
+                "signals": copy.deepcopy(specs[i]),
+            }
+            if recipe is not None:
+                spec["recipe"] = recipe
+            evaluators.append(spec)
+        ladder.append({"model": table.keys[i], **entry, "evaluators": evaluators})
+    out["tasks"][task]["ladder"] = ladder
+    out["tasks"][task].pop("router", None)
+    skips = {table.keys[i]: float(v) for i, v in policy.skip.items() if v > 0}
+    if skips:
+        out["tasks"][task]["router"] = {
+            "model": {
+                "rungs": {
+                    table.keys[i]: est.router_model(i)[0].model_dump(mode="json", exclude_none=True)
+                    for i, v in policy.skip.items()
+                    if v > 0
+                }
+            },
+            "skip_below": skips,
+        }
+    return out
+
+
+def _candidate_specs(raw: Mapping[str, Any], task: str) -> list[list[dict[str, Any]]]:
+    raw_task = raw["tasks"][task]
+    out = []
+    for entry in raw_task["ladder"]:
+        own = isinstance(entry, dict) and entry.get("evaluators") is not None
+        out.append(copy.deepcopy(entry["evaluators"] if own else raw_task.get("evaluators") or []))
+    return out
+
+
+def calibrate_policy(
+    config_path: str | Path,
+    train: str | Path,
+    *,
+    target_quality: float,
+    delta: float = 0.1,
+    test: str | Path | None = None,
+    task: str | None = None,
+    fit_fraction: float = 0.5,
+    seed: int = 0,
+    text_features: bool = False,
+    bound: str = "betting",
+    say: Callable[[str], None] = lambda s: None,
+) -> Any:
+    """Learn a policy on part of ``train`` and certify it on the rest; see the module doc.
+
+    Returns:
+        A ``cascade.calibrate.CalibrationResult`` whose ``guarantee`` states what was certified.
+    """
+    from cascade import calibrate as cal  # the result type and the shared checks live there
+
+    if not 0 < delta < 1:
+        raise ValueError(f"delta must be in (0, 1), got {delta!r}")
+    if not 0 < fit_fraction < 1:
+        raise ValueError(f"fit_fraction must be in (0, 1), got {fit_fraction!r}")
+    started = time.perf_counter()
+    shown = str(config_path)
+    cfg = load_config(config_path)
+    raw = cal._anchor_paths(
+        yaml.safe_load(Path(config_path).read_text(encoding="utf-8")),
+        Path(config_path).resolve().parent,
+    )
+    all_train = load_dataset(train)
+    task = cal._resolve_task(cfg, all_train, task, shown)
+    cal._check_simulable(cfg, task, shown)
+    if cfg.tasks[task].router is not None:
+        raise ConfigError(
+            "calibration fits its own router; remove this one to calibrate",
+            path=shown,
+            location=f"tasks.{task}.router",
+        )
+    records: list[ReplayRecord] = [r for r in all_train if (r.task or task) == task]
+    if not records:
+        raise DatasetError(f"{train}: no query of task {task!r} (train set)")
+    test_records = cal._load(Path(test), task, "test") if test is not None else None
+    specs = _candidate_specs(raw, task)
+    recipe = next(
+        (s.get("recipe") for rung in specs for s in rung if s.get("type") == "agreement"), None
+    )
+    table = AnswerTable(cfg, records, task, recipe, shown)
+    for i, rung in enumerate(table.rungs):
+        if any("repair_message" in s.hooks and getattr(s.evaluator, "repair_attempts", 0) for s in rung.slots):
+            raise ConfigError(
+                "an evaluator that re-asks the model (repair_attempts > 0) cannot be replayed; "
+                "set repair_attempts: 0 to calibrate",
+                path=shown,
+                location=f"tasks.{task}.ladder[{i}].evaluators",
+            )
+    n = table.n
+    order = np.random.default_rng(seed).permutation(n)
+    n_fit = int(round(fit_fraction * n))
+    fit_rows, cert_rows = np.sort(order[:n_fit]), np.sort(order[n_fit:])
+    if len(cert_rows) < MIN_CERTIFY or len(fit_rows) < MIN_CERTIFY:
+        raise DatasetError(
+            f"{train}: {n} queries of task {task!r} are too few to fit on one part and "
+            f"certify on the other (need {2 * MIN_CERTIFY})"
+        )
+    say(
+        f"task {task}: {n} train queries: {len(fit_rows)} to fit and search, "
+        f"{len(cert_rows)} to certify; ladder {' -> '.join(table.keys)}"
+    )
+    est = Estimates(table, fit_rows, FitSettings(text=text_features), seed)
+    search = _Search(table, est, fit_rows)
+    path = _path(search, _subsets(len(table.rungs)))
+    say(f"searched {len(search.points):,} policies; {len(path)} candidates to certify")
+    top = len(table.rungs) - 1
+    q_top = table.score[top][cert_rows]
+    cert_cache: dict[Any, np.ndarray] = {}
+    results = [
+        simulate(p, table, est, cert_rows, crossfit=False, cache=cert_cache) for p in path
+    ]
+    diffs = [q - target_quality * q_top for _, q in results[1:]]
+    cert = fixed_sequence(diffs, -target_quality, 1.0, delta, seed=seed, bound=bound)
+    certified = [0, *(k + 1 for k in cert.certified)]
+    chosen = min(certified, key=lambda k: (float(results[k][0].mean()), -k))
+    policy = path[chosen]
+    p_chosen = 0.0 if chosen == 0 else cert.pvalues[chosen - 1]
+    guarantee = {
+        "method": "learn-then-test (fixed-sequence testing)",
+        "bound": bound,
+        "delta": delta,
+        "target_quality": target_quality,
+        "statement": (
+            f"with probability >= {1 - delta:g}, expected quality >= {target_quality:g} x "
+            "always-top's, for queries drawn like the train file's"
+        ),
+        "fit_queries": int(len(fit_rows)),
+        "certify_queries": int(len(cert_rows)),
+        "candidates": len(path),
+        "tested": len(cert.pvalues),
+        "certified": len(certified),
+        "chosen": chosen,
+        "p_value": p_chosen,
+        "certified_cheaper_than_top": chosen != 0,
+    }
+    mapping = _config(raw, task, table, est, policy, specs, recipe)
+    new_cfg = parse_config(mapping, path=shown)
+    train_report = _replayed(new_cfg, mapping, records, task, target_quality, say, "train", policy, cfg, recipe, est, shown)
+    test_report = None
+    if test_records is not None:
+        test_report = _replayed(new_cfg, mapping, test_records, task, target_quality, say, "test", policy, cfg, recipe, est, shown)
+    ladder = tuple(table.keys[i] for i in policy.subset)
+    thresholds = _describe(table, policy)
+    top_cost = float(table.call_cost[top].mean())
+    status, message = cal._summary(ladder, thresholds, train_report, test_report, top_cost)
+    if chosen == 0:
+        message = (
+            f"no policy could be certified cheaper than always-top at R = {target_quality:g}, "
+            f"delta = {delta:g} ({len(path) - 1} candidates, the first failed with p = "
+            f"{cert.pvalues[0] if cert.pvalues else 1.0:.3f}); keep the top rung alone. {message}"
+        )
+    else:
+        message += f"; certified: {guarantee['statement']} (p = {p_chosen:.4f})"
+    say(f"calibration took {time.perf_counter() - started:.1f} s")
+    cost_c, q_c = results[chosen]
+    return cal.CalibrationResult(
+        task=task,
+        status=status,
+        message=message,
+        target_quality=target_quality,
+        guard=f"learn-then-test, delta={delta:g} on {len(cert_rows)} held-out train queries",
+        ladder=ladder,
+        thresholds=thresholds,
+        train=train_report,
+        test=test_report,
+        simulated_train={
+            "certify_cost_per_query": float(cost_c.mean()),
+            "certify_quality": float(q_c.mean()),
+            "certify_always_top_cost_per_query": float(table.call_cost[top][cert_rows].mean()),
+            "certify_always_top_quality": float(q_top.mean()),
+        },
+        frontier=sorted(set(search.points)),
+        config=mapping,
+        guarantee=guarantee,
+    )
+
+
+def _replayed(
+    new_cfg: Any,
+    mapping: Mapping[str, Any],
+    records: Sequence[ReplayRecord],
+    task: str,
+    target: float,
+    say: Callable[[str], None],
+    label: str,
+    policy: Policy,
+    cfg: Any,
+    recipe: str | None,
+    est: Estimates,
+    shown: str,
+) -> dict[str, Any]:
+    """run_bench's report of the calibrated config, checked against the simulation."""
+    from cascade import calibrate as cal
+    from cascade.bench import run_bench
+
+    say(f"replaying the calibrated config on {label} ({len(records)} queries) with run_bench")
+    report = dict(run_bench(new_cfg, records, task=task).tasks[task])
+    table = est.table if records is est.table.records else AnswerTable(cfg, records, task, recipe, shown)
+    cost, quality = simulate(policy, table, est, np.arange(len(records)), crossfit=False)
+    if (
+        abs(cost.mean() - report["cost_per_query"]) > 1e-9
+        or abs(quality.mean() - report["quality"]) > 1e-9
+    ):
+        raise CascadeError(
+            f"calibration: the simulation disagrees with run_bench on {label} "
+            f"(cost {cost.mean()} vs {report['cost_per_query']}, quality "
+            f"{quality.mean()} vs {report['quality']}); please report this bug"
+        )
+    top = len(table.rungs) - 1
+    report["quality_ratio_ci95"] = cal._ratio_ci(quality, table.score[top])
+    report["target_met"] = bool(
+        report["quality"] >= target * report["baselines"]["always_top"]["quality"] - 1e-12
+    )
+    return report
