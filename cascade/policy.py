@@ -302,12 +302,39 @@ def calibrate_policy(
     results = [
         simulate(p, table, est, cert_rows, crossfit=False, cache=cert_cache) for p in path
     ]
-    diffs = [q - target_quality * q_top for _, q in results[1:]]
-    cert = fixed_sequence(diffs, -target_quality, 1.0, delta, seed=seed, bound=bound)
-    certified = [0, *(k + 1 for k in cert.certified)]
+    diffs = [q - target_quality * q_top for _, q in results]
+    if target_quality <= 1:
+        # always-top meets any R <= 1 by construction (d = (1 - R) q_top >= 0): no test needed
+        cert = fixed_sequence(diffs[1:], -target_quality, 1.0, delta, seed=seed, bound=bound)
+        certified = [0, *(k + 1 for k in cert.certified)]
+        pvalues = (0.0, *cert.pvalues)
+    else:
+        cert = fixed_sequence(diffs, -target_quality, 1.0, delta, seed=seed, bound=bound)
+        certified = list(cert.certified)
+        pvalues = cert.pvalues
+    if not certified:
+        return cal.CalibrationResult(
+            task=task,
+            status="failed",
+            message=(
+                f"target unreachable: no policy, always-top included, could be certified to "
+                f"keep quality >= {target_quality:g} x always-top at delta = {delta:g}; "
+                "lower the target"
+            ),
+            target_quality=target_quality,
+            guard=f"learn-then-test, delta={delta:g} on {len(cert_rows)} held-out train queries",
+            ladder=(),
+            thresholds={},
+            train={},
+            test=None,
+            simulated_train={},
+            frontier=sorted(set(search.points)),
+            config={},
+            guarantee=None,
+        )
     chosen = min(certified, key=lambda k: (float(results[k][0].mean()), -k))
     policy = path[chosen]
-    p_chosen = 0.0 if chosen == 0 else cert.pvalues[chosen - 1]
+    p_chosen = pvalues[chosen]
     guarantee = {
         "method": "learn-then-test (fixed-sequence testing)",
         "bound": bound,
@@ -320,7 +347,7 @@ def calibrate_policy(
         "fit_queries": int(len(fit_rows)),
         "certify_queries": int(len(cert_rows)),
         "candidates": len(path),
-        "tested": len(cert.pvalues),
+        "tested": len(pvalues),
         "certified": len(certified),
         "chosen": chosen,
         "p_value": p_chosen,
@@ -340,7 +367,7 @@ def calibrate_policy(
         message = (
             f"no policy could be certified cheaper than always-top at R = {target_quality:g}, "
             f"delta = {delta:g} ({len(path) - 1} candidates, the first failed with p = "
-            f"{cert.pvalues[0] if cert.pvalues else 1.0:.3f}); keep the top rung alone. {message}"
+            f"{pvalues[1] if len(pvalues) > 1 else 1.0:.3f}); keep the top rung alone. {message}"
         )
     else:
         message += f"; certified: {guarantee['statement']} (p = {p_chosen:.4f})"
