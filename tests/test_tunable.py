@@ -164,7 +164,7 @@ def test_agreement_rule() -> None:
     assert consistent(build("fail"), [0.3, 1.0], [(request(), Completion(text="4"))]) == [None]
 
 
-@pytest.mark.parametrize("reply, fail_closed, expected", [
+@pytest.mark.parametrize(("reply", "fail_closed", "expected"), [
     ("Score: 7/10", True, 7.0),
     ("Score: 7.2/10", True, 7.2),  # exactly 7.2: 0.72 * 10 is 7.199999999999999
     ("Score: 3/10", True, 3.0),
@@ -226,7 +226,8 @@ def test_threshold_values_is_the_rule_over_a_batch() -> None:
                 Verdict("llm_judge", True, None), Verdict("llm_judge", False, None),
                 Verdict("llm_judge", False, 0.0)]
     values = threshold_values(judge, verdicts, [done] * 5)
-    assert values.dtype == np.float64 and values.shape == (5,)
+    assert values.dtype == np.float64
+    assert values.shape == (5,)
     np.testing.assert_array_equal(values, [8.0, 6.0, math.inf, math.nan, 0.0])
     np.testing.assert_array_equal(values >= 7, [True, False, True, False, False])
     assert threshold_values(judge, [], []).shape == (0,)
@@ -324,6 +325,22 @@ def test_plug_in_without_the_setting_is_a_config_error(tmp_path: Path, plug_ins:
     """A declared setting its Config lacks cannot be written back: a clear error, not a guess."""
     data = dataset(tmp_path / "d.jsonl", 20, separable)
     cfg = config(tmp_path, ["small", "large"], [{"type": "untuned"}])
-    with pytest.raises(ConfigError, match="'missing'.*no such field") as info:
+    with pytest.raises(ConfigError, match=r"'missing'.*no such field") as info:
         calibrate(cfg, data, target_quality=1.0)
     assert info.value.location == "tasks.t.evaluators"
+
+
+def test_documented_example_is_calibratable() -> None:
+    """The docs' example plug-in declares a threshold whose rule holds at every threshold."""
+    text = (Path(__file__).resolve().parents[1] / "docs" / "evaluators.md").read_text()
+    section = text.split("### Making a custom evaluator calibratable", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    scope: dict[str, Any] = {}
+    exec(compile(code, "docs/evaluators.md", "exec"), scope)
+    cls = scope["Citations"]
+    assert tunable_of(cls(cls.Config(), ctx())) == Tunable(
+        "min_citations", 0, math.inf, low_open=False, integer=True)
+    cases = [(request(), Completion(text=x)) for x in ("none", "one [1]", "two [1] [2]")]
+    values = consistent(lambda t: cls(cls.Config(min_citations=int(t)), ctx()), [0, 1, 2, 3],
+                        cases)
+    assert values == [0.0, 1.0, 2.0]
