@@ -271,6 +271,10 @@ class Stated:
         return verdict.score
 
 
+# A built instance reached through ``type: callable``: it takes no YAML settings.
+STATED = Stated(Stated.Config(at_least=0.99), None)  # type: ignore[arg-type]
+
+
 class Untuned(Stated):
     """Declares a threshold its Config does not have."""
 
@@ -344,3 +348,14 @@ def test_documented_example_is_calibratable() -> None:
     values = consistent(lambda t: cls(cls.Config(min_citations=int(t)), ctx()), [0, 1, 2, 3],
                         cases)
     assert values == [0.0, 1.0, 2.0]
+
+
+def test_callable_is_never_tuned(tmp_path: Path) -> None:
+    """type: callable has no settings to write a threshold to: its rung is simulated as is."""
+    data = dataset(tmp_path / "d.jsonl", 60, separable)
+    cfg = config(tmp_path, ["small", "large"],
+                 [{"type": "callable", "path": f"{__name__}:STATED"}])
+    result = calibrate(cfg, data, target_quality=0.5)
+    assert result.status == "ok", result.message
+    assert "small" not in result.thresholds
+    assert result.train["target_met"] is True
