@@ -8,9 +8,11 @@ Choice under a guard against overfitting: the cheapest configuration whose one-s
 confidence bound of mean(q_cascade(x) - R * q_top(x)) over train queries is >= 0 (paired normal
 approximation). The chosen config is then replayed through ``run_bench`` on train and test.
 
-Tunable settings (the first evaluator of a rung, cheapest first, whose type is listed here):
-``logprob.min``, ``self_confidence.min``, ``llm_judge.min_score``, ``agreement.min_agree``,
-``length.min_words``. "Accept all" is the evaluator removed (``min_words: 0`` for length).
+Tuned: the first evaluator of a rung (cheapest first) that declares a threshold
+(``cascade.evaluation.Thresholded``: a ``tunable`` and a ``threshold_value``). The built-ins are
+``logprob.min``, ``self_confidence.min``, ``llm_judge.min_score``, ``agreement.min_agree`` and
+``length.min_words``; a plug-in that declares one is tuned the same way. "Accept all" is the
+evaluator removed (``min_words: 0`` for length, whose ``Tunable.drop`` is False).
 """
 
 from __future__ import annotations
@@ -34,9 +36,7 @@ from cascade.dataset import ReplayRecord, load_dataset
 from cascade.errors import CascadeError, ConfigError, DatasetError
 from cascade.simulation import (
     DROP,
-    TUNABLE,
     ReplayTable,
-    Tunable,
     View,
     build_views,
     grids,
@@ -44,7 +44,7 @@ from cascade.simulation import (
     subsets,
 )
 
-__all__ = ["GUARD", "TUNABLE", "CalibrationResult", "Tunable", "calibrate", "write_calibrated"]
+__all__ = ["GUARD", "CalibrationResult", "calibrate", "write_calibrated"]
 
 Z = 1.2816  # one-sided 90% normal quantile
 GUARD = "paired lower confidence bound, z=1.28 (one-sided 90%)"

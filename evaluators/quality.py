@@ -17,11 +17,18 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from cascade.evaluation import EvaluatorContext, Slot, build_evaluators, finalized, shown
+from cascade.evaluation import (
+    EvaluatorContext,
+    Slot,
+    Tunable,
+    build_evaluators,
+    finalized,
+    shown,
+)
 from cascade.features import (
     agreement_features,
     answer_features,
@@ -136,6 +143,7 @@ class QualityModel:
     """
 
     name = "quality_model"
+    tunable: ClassVar[Tunable] = Tunable("min", 0.0, 1.0, low_open=False)
 
     class Config(BaseModel):
         model_config = ConfigDict(extra="forbid", frozen=True)
@@ -214,6 +222,6 @@ class QualityModel:
         verdicts = await self.features.averdicts(request, completion)
         return self._verdict(self.probability(request, completion, verdicts), verdicts)
 
-    # calibration's threshold hook: the setting `min` compared with the probability
     def threshold_value(self, verdict: Verdict, completion: Completion) -> float | None:
+        """The probability that ``min`` is compared with (calibration's threshold hook)."""
         return verdict.score
