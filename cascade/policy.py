@@ -23,13 +23,14 @@ import copy
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import yaml
 
-from cascade.config import load_config, parse_config
+from cascade.config import CascadeConfig, load_config, parse_config
 from cascade.dataset import ReplayRecord, load_dataset
 from cascade.errors import CascadeError, ConfigError, DatasetError
 from cascade.guarantee import fixed_sequence
@@ -272,7 +273,10 @@ def calibrate_policy(
     )
     table = AnswerTable(cfg, records, task, recipe, shown)
     for i, rung in enumerate(table.rungs):
-        if any("repair_message" in s.hooks and getattr(s.evaluator, "repair_attempts", 0) for s in rung.slots):
+        if any(
+            "repair_message" in s.hooks and getattr(s.evaluator, "repair_attempts", 0)
+            for s in rung.slots
+        ):
             raise ConfigError(
                 "an evaluator that re-asks the model (repair_attempts > 0) cannot be replayed; "
                 "set repair_attempts: 0 to calibrate",
@@ -281,7 +285,7 @@ def calibrate_policy(
             )
     n = table.n
     order = np.random.default_rng(seed).permutation(n)
-    n_fit = int(round(fit_fraction * n))
+    n_fit = round(fit_fraction * n)
     fit_rows, cert_rows = np.sort(order[:n_fit]), np.sort(order[n_fit:])
     if len(cert_rows) < MIN_CERTIFY or len(fit_rows) < MIN_CERTIFY:
         raise DatasetError(
@@ -299,9 +303,7 @@ def calibrate_policy(
     top = len(table.rungs) - 1
     q_top = table.score[top][cert_rows]
     cert_cache: dict[Any, np.ndarray] = {}
-    results = [
-        simulate(p, table, est, cert_rows, crossfit=False, cache=cert_cache) for p in path
-    ]
+    results = [simulate(p, table, est, cert_rows, crossfit=False, cache=cert_cache) for p in path]
     diffs = [q - target_quality * q_top for _, q in results]
     if target_quality <= 1:
         # always-top meets any R <= 1 by construction (d = (1 - R) q_top >= 0): no test needed
@@ -344,8 +346,8 @@ def calibrate_policy(
             f"with probability >= {1 - delta:g}, expected quality >= {target_quality:g} x "
             "always-top's, for queries drawn like the train file's"
         ),
-        "fit_queries": int(len(fit_rows)),
-        "certify_queries": int(len(cert_rows)),
+        "fit_queries": len(fit_rows),
+        "certify_queries": len(cert_rows),
         "candidates": len(path),
         "tested": len(pvalues),
         "certified": len(certified),
@@ -355,10 +357,9 @@ def calibrate_policy(
     }
     mapping = _config(raw, task, table, est, policy, specs, recipe)
     new_cfg = parse_config(mapping, path=shown)
-    train_report = _replayed(new_cfg, mapping, records, task, target_quality, say, "train", policy, cfg, recipe, est, shown)
-    test_report = None
-    if test_records is not None:
-        test_report = _replayed(new_cfg, mapping, test_records, task, target_quality, say, "test", policy, cfg, recipe, est, shown)
+    check = _Check(new_cfg, cfg, task, target_quality, policy, est, recipe, shown, say)
+    train_report = check.replayed(records, "train")
+    test_report = check.replayed(test_records, "test") if test_records is not None else None
     ladder = tuple(table.keys[i] for i in policy.subset)
     thresholds = _describe(table, policy)
     top_cost = float(table.call_cost[top].mean())
@@ -395,40 +396,49 @@ def calibrate_policy(
     )
 
 
-def _replayed(
-    new_cfg: Any,
-    mapping: Mapping[str, Any],
-    records: Sequence[ReplayRecord],
-    task: str,
-    target: float,
-    say: Callable[[str], None],
-    label: str,
-    policy: Policy,
-    cfg: Any,
-    recipe: str | None,
-    est: Estimates,
-    shown: str,
-) -> dict[str, Any]:
-    """run_bench's report of the calibrated config, checked against the simulation."""
-    from cascade import calibrate as cal
-    from cascade.bench import run_bench
+@dataclass(frozen=True, slots=True)
+class _Check:
+    """Replays the written config through the real engine and holds it to the simulation."""
 
-    say(f"replaying the calibrated config on {label} ({len(records)} queries) with run_bench")
-    report = dict(run_bench(new_cfg, records, task=task).tasks[task])
-    table = est.table if records is est.table.records else AnswerTable(cfg, records, task, recipe, shown)
-    cost, quality = simulate(policy, table, est, np.arange(len(records)), crossfit=False)
-    if (
-        abs(cost.mean() - report["cost_per_query"]) > 1e-9
-        or abs(quality.mean() - report["quality"]) > 1e-9
-    ):
-        raise CascadeError(
-            f"calibration: the simulation disagrees with run_bench on {label} "
-            f"(cost {cost.mean()} vs {report['cost_per_query']}, quality "
-            f"{quality.mean()} vs {report['quality']}); please report this bug"
+    new_cfg: CascadeConfig
+    cfg: CascadeConfig
+    task: str
+    target: float
+    policy: Policy
+    est: Estimates
+    recipe: str | None
+    shown: str
+    say: Callable[[str], None]
+
+    def replayed(self, records: Sequence[ReplayRecord], label: str) -> dict[str, Any]:
+        """run_bench's report of the calibrated config on ``records``, checked against
+        ``simulate`` (the same policy, the same fitted estimates)."""
+        from cascade import calibrate as cal
+        from cascade.bench import run_bench
+
+        self.say(
+            f"replaying the calibrated config on {label} ({len(records)} queries) with run_bench"
         )
-    top = len(table.rungs) - 1
-    report["quality_ratio_ci95"] = cal._ratio_ci(quality, table.score[top])
-    report["target_met"] = bool(
-        report["quality"] >= target * report["baselines"]["always_top"]["quality"] - 1e-12
-    )
-    return report
+        report = dict(run_bench(self.new_cfg, records, task=self.task).tasks[self.task])
+        table = (
+            self.est.table
+            if records is self.est.table.records
+            else AnswerTable(self.cfg, records, self.task, self.recipe, self.shown)
+        )
+        rows = np.arange(len(records))
+        cost, quality = simulate(self.policy, table, self.est, rows, crossfit=False)
+        if (
+            abs(cost.mean() - report["cost_per_query"]) > 1e-9
+            or abs(quality.mean() - report["quality"]) > 1e-9
+        ):
+            raise CascadeError(
+                f"calibration: the simulation disagrees with run_bench on {label} "
+                f"(cost {cost.mean()} vs {report['cost_per_query']}, quality "
+                f"{quality.mean()} vs {report['quality']}); please report this bug"
+            )
+        top = len(table.rungs) - 1
+        report["quality_ratio_ci95"] = cal._ratio_ci(quality, table.score[top])
+        report["target_met"] = bool(
+            report["quality"] >= self.target * report["baselines"]["always_top"]["quality"] - 1e-12
+        )
+        return report

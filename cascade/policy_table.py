@@ -139,7 +139,8 @@ class AnswerTable:
         ``pattern``, and the side cost (judge calls) of its signals per query."""
         key = (i, pattern)
         if key not in self._features:
-            rows, side = [], np.zeros(self.n)
+            rows: list[dict[str, float]] = []
+            side = np.zeros(self.n)
             ex = self.extractors[i]
             for q, record in enumerate(self.records):
                 completion = self.completions[i][q]
@@ -176,7 +177,7 @@ class FitSettings:
 
     l2: tuple[float, ...] = (1.0, 10.0)
     text: bool = False
-    hashing: Hashing = field(default_factory=lambda: Hashing(buckets=256, ngrams=2))
+    hashing: Hashing = field(default_factory=lambda: Hashing(buckets=256, ngrams=2, max_chars=4000))
 
 
 def _matrix(rows: Sequence[Mapping[str, float]], names: Sequence[str]) -> np.ndarray:
@@ -260,7 +261,7 @@ def fit_calibrated(
             best = (loss, l2, oof, models)
     assert best is not None
     _, l2, oof, models = best
-    calibrator = fit_isotonic(oof, y)
+    calibrator = fit_isotonic(oof.tolist(), y.tolist())
     final = _fit_one(x, t, y, l2, design, s).model_copy(update={"calibrator": calibrator})
     return final, [(held, m.model_copy(update={"calibrator": calibrator})) for held, m in models]
 
@@ -355,7 +356,8 @@ def simulate(
     crossfit: bool,
     cache: dict[Any, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Per-query (cost, quality) of ``policy`` on rows ``idx`` of ``table``, as the engine runs it."""
+    """Per-query (cost, quality) of ``policy`` on rows ``idx`` of ``table``, as the engine
+    runs it."""
     cache = {} if cache is None else cache
 
     def get(key: Any, make: Any) -> np.ndarray:
