@@ -73,7 +73,8 @@ DATASETS: dict[str, Dataset] = {
     d.name: d
     for d in (
         Dataset("gsm8k", "routellm-gsm8k", "routellm", "configs/bench/gsm8k.yaml", "math"),
-        Dataset("arc", "routerbench", "routerbench-subset", "configs/bench/routerbench.yaml", "arc"),
+        Dataset("arc", "routerbench", "routerbench-subset", "configs/bench/routerbench.yaml",
+                "arc"),
         Dataset("winogrande", "routerbench", "routerbench-subset",
                 "configs/bench/routerbench.yaml", "winogrande"),
         Dataset("mbpp", "routerbench", "routerbench-subset", "configs/bench/routerbench.yaml",
@@ -176,7 +177,7 @@ def run_seed(job: Job) -> list[dict[str, Any]]:
                 ROOT / job.config, train_path, target_quality=target, test=test_path,
                 task=ds.task, say=lambda s: None, **kwargs,
             )
-        except Exception as exc:  # noqa: BLE001 - recorded per seed, the run goes on
+        except Exception as exc:
             row.update(outcome="error", error=f"{type(exc).__name__}: {exc}",
                        traceback=traceback.format_exc(limit=3), runtime_s=None,
                        cost_ratio=None, quality_ratio=None, violated=None)
@@ -314,8 +315,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                                else argv),
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "machine": {"python": platform.python_version(), "cpus": multiprocessing.cpu_count()},
-        "settings": {"seeds": args.seeds, "targets": args.targets, "method": args.method, "label": label,
-                     "delta": args.delta, "train_fraction": args.train_fraction,
+        "settings": {"seeds": args.seeds, "targets": args.targets, "method": args.method,
+                     "label": label, "delta": args.delta, "train_fraction": args.train_fraction,
                      "jobs": args.jobs},
         "datasets": info,
         "wall_s": time.perf_counter() - started,

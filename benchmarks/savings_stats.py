@@ -36,15 +36,16 @@ import numpy as np
 __all__ = [
     "baselines",
     "markdown_table",
-    "random_mix",
     "matched_oracle",
-    "spread",
+    "random_mix",
     "split_records",
+    "spread",
     "summarize",
 ]
 
 T = TypeVar("T")
 EPS = 1e-12
+DASH = "\u2013"  # en dash for ranges in the Markdown table
 
 
 def split_records(
@@ -154,7 +155,7 @@ def baselines(cost: np.ndarray, score: np.ndarray, target: float) -> dict[str, A
         Absolute means (``always_top``, ``always_first``, ``oracle``) and ratios to always-top
         (``*_cost_ratio``, ``*_quality_ratio``).
     """
-    rungs, n = cost.shape
+    n = cost.shape[1]
     cum = np.cumsum(cost, axis=0)
     c = cum.mean(axis=1)  # stop at rung i
     q = score.mean(axis=1)
@@ -264,7 +265,7 @@ def _pct(x: float | None) -> str:
 
 
 def _ranged(s: Mapping[str, float] | None) -> str:
-    return "-" if s is None else f"{s['median']:.1%} [{s['min']:.1%}–{s['max']:.1%}]"
+    return "-" if s is None else f"{s['median']:.1%} [{s['min']:.1%}{DASH}{s['max']:.1%}]"
 
 
 def _med(s: Mapping[str, float] | None) -> str:
@@ -272,8 +273,8 @@ def _med(s: Mapping[str, float] | None) -> str:
 
 
 HEADER = (
-    "| dataset | R | method | seeds ok/failed/error | cost/top: median [min–max] | IQR | "
-    "quality/top: median [min–max] | violation rate | failed share | oracle at R | "
+    f"| dataset | R | method | seeds ok/failed/error | cost/top: median [min{DASH}max] | IQR | "
+    f"quality/top: median [min{DASH}max] | violation rate | failed share | oracle at R | "
     "oracle (best) | random at R: two-point / best mix | always-first cost / quality | "
     "s per calibration |\n"
     "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
@@ -286,7 +287,7 @@ def markdown_table(summary: Sequence[Mapping[str, Any]]) -> str:
     for s in summary:
         b = s["baselines"]
         cost = s["cost_ratio"]
-        iqr = "-" if cost is None else f"{cost['q25']:.1%}–{cost['q75']:.1%}"
+        iqr = "-" if cost is None else f"{cost['q25']:.1%}{DASH}{cost['q75']:.1%}"
         runtime = s["runtime_s"]
         lines.append(
             f"| {s['dataset']} | {s['target']:g} | {s['method']} | "

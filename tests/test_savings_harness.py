@@ -138,7 +138,7 @@ def test_summary_counts_violations_failures_and_errors() -> None:
     assert s["runtime_s"]["median"] == pytest.approx(2.0)
     assert s["baselines"]["random_two_point_cost_ratio"]["median"] == pytest.approx(0.9)
     table = markdown_table([s])
-    assert "| x | 0.9 | thresholds | 2/1/1 | 40.0% [20.0%–100.0%] |" in table
+    assert "| x | 0.9 | thresholds | 2/1/1 | 40.0% [20.0%\u2013100.0%] |" in table
     assert "| 33.3% | 33.3% | 50.0% | 60.0% | 90.0% / 82.0% | 10.0% / 50.0% |" in table
 
 
@@ -225,10 +225,10 @@ def test_exceptions_are_recorded_and_method_delta_forwarded(
     data, cfg = _synthetic(tmp_path)
     fake = _Fake(raise_=True)
     monkeypatch.setattr(calibration, "calibrate", fake)
-    rows = savings.run_seed(_job(tmp_path, data, cfg, method="ltt", delta=0.1,
+    rows = savings.run_seed(_job(tmp_path, data, cfg, method="ltt", delta=0.0,
                                  targets=(0.9, 0.95)))
     assert [r["outcome"] for r in rows] == ["error", "error"]
     assert rows[0]["error"] == "RuntimeError: no policy"
     assert fake.kwargs["method"] == "ltt"
-    assert fake.kwargs["delta"] == 0.1
+    assert fake.kwargs["delta"] == 0.0  # given, even though falsy
     assert fake.kwargs["target_quality"] == 0.95
