@@ -232,3 +232,15 @@ def test_exceptions_are_recorded_and_method_delta_forwarded(
     assert fake.kwargs["method"] == "ltt"
     assert fake.kwargs["delta"] == 0.0  # given, even though falsy
     assert fake.kwargs["target_quality"] == 0.95
+
+
+def test_every_dataset_config_loads_with_its_task() -> None:
+    from cascade.config import load_config
+
+    root = Path(savings.ROOT)
+    for ds in savings.DATASETS.values():
+        cfg = load_config(root / ds.config)
+        assert ds.task in cfg.tasks, ds.name
+    for path in sorted((root / "benchmarks" / "configs").glob("*.yaml")):
+        cfg = load_config(path)  # the candidate configs too (accept: any, logprob + agreement)
+        assert [r.model for r in cfg.tasks["gsm8k"].ladder], path
