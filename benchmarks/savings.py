@@ -45,6 +45,7 @@ from benchmarks.savings_stats import baselines, markdown_table, split_records, s
 from cascade.bench import recorded_cost  # noqa: E402
 from cascade.config import CascadeConfig, load_config  # noqa: E402
 from cascade.dataset import ReplayRecord, load_dataset, write_dataset  # noqa: E402
+from cascade.errors import CascadeError  # noqa: E402
 from cascade.importers import import_dataset  # noqa: E402
 
 __all__ = ["DATASETS", "Dataset", "load_rows", "main", "run_seed", "test_matrix"]
@@ -226,7 +227,7 @@ def _parse_configs(items: Sequence[str]) -> dict[str, str]:
         if not sep or name not in DATASETS:
             raise SystemExit(f"--config wants NAME=PATH with NAME one of {', '.join(DATASETS)}; "
                              f"got {item!r}")
-        out[name] = path
+        out[name] = str(Path(path).resolve())  # relative to the current folder
     return out
 
 
@@ -294,7 +295,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         jobs, info = [], {}
         for name in names:
             ds = DATASETS[name]
-            rows = load_rows(ds, args.data, work)
+            try:
+                rows = load_rows(ds, args.data, work)
+            except (CascadeError, OSError) as exc:
+                parser.exit(2, f"savings: {name}: {exc}\n")
             path = Path(scratch) / f"{name}.jsonl"
             write_dataset(path, rows)
             config = configs.get(name, ds.config)

@@ -111,7 +111,7 @@ def matched_oracle(cost: np.ndarray, score: np.ndarray, target_total: float) -> 
     hull of (cost, score) points; all queries' climbs are taken in order of score gained per
     dollar, the last one fractionally. Returns ``math.inf`` if the target cannot be reached.
     """
-    rungs, n = cost.shape
+    rungs, n = int(cost.shape[0]), int(cost.shape[1])
     base_cost = float(cost[0].sum())
     need = target_total - float(score[0].sum())
     if need <= EPS:
@@ -239,8 +239,11 @@ def summarize(runs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
             "failed": failed,
             "errors": len(rows) - len(done),
             "error_messages": sorted({r["error"] for r in rows if r["outcome"] == "error"}),
-            "cost_ratio": spread([r["cost_ratio"] for r in done]),
-            "quality_ratio": spread([r["quality_ratio"] for r in done]),
+            "cost_ratio": spread([r["cost_ratio"] for r in done
+                                  if r["cost_ratio"] is not None]),
+            # None where always-top scores 0 on the test half (the ratio is undefined).
+            "quality_ratio": spread([r["quality_ratio"] for r in done
+                                     if r["quality_ratio"] is not None]),
             "violations": violations,
             "violation_rate": violations / len(done) if done else None,
             "failed_share": failed / len(done) if done else None,

@@ -11,7 +11,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.savings_stats import markdown_table  # noqa: E402
+from benchmarks.savings_stats import markdown_table
 
 RESULTS = Path(__file__).parent / "results"
 

@@ -244,3 +244,11 @@ def test_every_dataset_config_loads_with_its_task() -> None:
     for path in sorted((root / "benchmarks" / "configs").glob("*.yaml")):
         cfg = load_config(path)  # the candidate configs too (accept: any, logprob + agreement)
         assert [r.model for r in cfg.tasks["gsm8k"].ladder], path
+
+
+def test_summary_skips_undefined_quality_ratios() -> None:
+    # Always-top scoring 0 on a test half leaves quality/top undefined (None) for that seed.
+    runs = [_run("ok", 0.5, None, False, 0), _run("ok", 0.7, 0.9, False, 1)]
+    (s,) = summarize(runs)
+    assert s["quality_ratio"]["median"] == pytest.approx(0.9)
+    assert s["cost_ratio"]["median"] == pytest.approx(0.6)
