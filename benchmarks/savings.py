@@ -332,6 +332,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.out.write_text(json.dumps(doc, indent=1, allow_nan=False) + "\n", encoding="utf-8")
         print(f"wrote {args.out}", file=sys.stderr)
     print(markdown_table(summary))
+    for s in summary:
+        for message in s["error_messages"]:
+            print(f"error: {s['dataset']} R={s['target']:g}: {message}", file=sys.stderr)
     mismatched = sum(r.get("baselines_match_run_bench") is False for r in runs)
     if mismatched:
         print(f"warning: {mismatched} runs whose baselines disagree with run_bench's",
