@@ -340,3 +340,24 @@ def test_agreement_features_compare_extracted_answers() -> None:
     assert f["history.agree_last"] == 0.0 and f["history.agree_any"] == 1.0
     assert agreement_features("no answer", ["#### 5"], extract)["history.unreadable"] == 1.0
     assert agreement_features("#### 5", [], extract) == {"history.answers": 0.0}
+
+
+def test_bench_latency_leaves_out_skipped_rungs(tmp_path: Path) -> None:
+    """A rung the router skipped adds nothing to the replayed latency of the query."""
+    router = {"rungs": {"small": {"dense": ["prompt.words"], "weights": [0.0], "mean": [0.0],
+                                  "scale": [1.0], "bias": -5.0}}}
+    cfg = {"providers": {"rec": {"type": "replay"}},
+           "models": {k: {"provider": "rec", "name": k, "price": {"input": 1, "output": 2}}
+                      for k in ("small", "large")},
+           "ledger": {"path": None},
+           "tasks": {"t": {"ladder": ["small", "large"],
+                           "router": {"model": router, "skip_below": {"small": 0.5}}}}}
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    record = ReplayRecord.model_validate({
+        "id": "q", "task": "t", "messages": [{"role": "user", "content": "hi"}],
+        "responses": {"small": {"text": "a", "score": 1, "latency_ms": 400},
+                      "large": {"text": "b", "score": 1, "latency_ms": 900}}})
+    report = run_bench(path, [record], task="t").tasks["t"]
+    assert report["latency_ms"]["p50"] == 900
+    assert report["accepted_share"][0] == 0.0
