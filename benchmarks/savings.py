@@ -31,7 +31,7 @@ import tempfile
 import time
 import traceback
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -131,6 +131,7 @@ class Job:
     label: str
     records_path: str
     scratch: str
+    extra: dict[str, Any] = field(default_factory=dict)  # more calibrate(...) keywords
 
 
 def _quiet() -> None:
@@ -158,6 +159,7 @@ def run_seed(job: Job) -> list[dict[str, Any]]:
         kwargs["method"] = job.method
     if job.delta is not None:
         kwargs["delta"] = job.delta
+    kwargs.update(job.extra)
     out = []
     for target in job.targets:
         base = baselines(cost, score, target)
@@ -264,6 +266,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--method", default=None, help="forwarded as calibrate(method=...)")
     parser.add_argument("--delta", type=float, default=None,
                         help="forwarded as calibrate(delta=...)")
+    parser.add_argument("--bound", default=None, help="forwarded as calibrate(bound=...)")
+    parser.add_argument("--fit-fraction", type=float, default=None,
+                        help="forwarded as calibrate(fit_fraction=...)")
     parser.add_argument("--label", default=None,
                         help="the method's name in the table (default: --method, else "
                         "'default')")
@@ -287,6 +292,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unknown dataset(s) {', '.join(unknown)} (known: {', '.join(DATASETS)})")
     configs = _parse_configs(args.config)
     label = args.label or args.method or "default"
+    extra: dict[str, Any] = {}
+    if args.bound is not None:
+        extra["bound"] = args.bound
+    if args.fit_fraction is not None:
+        extra["fit_fraction"] = args.fit_fraction
     _quiet()
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="savings-") as scratch:
@@ -304,7 +314,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             config = configs.get(name, ds.config)
             info[name] = {**asdict(ds), "config": config, "rows": len(rows)}
             jobs += [Job(ds, config, seed, tuple(args.targets), args.train_fraction, args.method,
-                         args.delta, label, str(path), scratch) for seed in range(args.seeds)]
+                         args.delta, label, str(path), scratch, extra) for seed in range(args.seeds)]
         print(f"{len(jobs)} splits x {len(args.targets)} targets on {args.jobs} process(es)",
               file=sys.stderr)
         if args.jobs > 1:
@@ -320,7 +330,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "machine": {"python": platform.python_version(), "cpus": multiprocessing.cpu_count()},
         "settings": {"seeds": args.seeds, "targets": args.targets, "method": args.method,
-                     "label": label, "delta": args.delta, "train_fraction": args.train_fraction,
+                     "label": label, "delta": args.delta, "extra": extra, "train_fraction": args.train_fraction,
                      "jobs": args.jobs},
         "datasets": info,
         "wall_s": time.perf_counter() - started,
