@@ -171,6 +171,12 @@ def cmd_report(args: argparse.Namespace) -> int:
         for model, m in t["models"].items():
             table.add_row("", model, str(m["calls"]), f"{m['cost_usd']:.6f}", "", "")
     Console().print(table)
+    for task, t in report["tasks"].items():
+        if t["usage_estimated"]:
+            print(
+                f"{task}: {t['usage_estimated']} step(s) billed at an estimate "
+                "(the provider reported no usage)"
+            )
     for budget in report.get("budgets", []):
         scope = "global" if budget["scope"] == "global" else f"task {budget['scope']}"
         share = budget["spent_usd"] / budget["limit_usd"] if budget["limit_usd"] else 1.0

@@ -36,7 +36,8 @@ CREATE TABLE IF NOT EXISTS steps (
     latency_ms REAL NOT NULL,
     decision TEXT NOT NULL,
     error TEXT,
-    verdicts TEXT NOT NULL DEFAULT '[]'
+    verdicts TEXT NOT NULL DEFAULT '[]',
+    usage_estimated INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS steps_run ON steps(run_id);
 CREATE INDEX IF NOT EXISTS steps_task_ts ON steps(task, ts);
@@ -82,9 +83,21 @@ class Ledger:
         with self._lock:
             self._conn.execute("PRAGMA synchronous=NORMAL")
             self._conn.executescript(_SCHEMA)
+            self._migrate()
 
     def __repr__(self) -> str:
         return f"Ledger({self.path!r})"
+
+    def _migrate(self) -> None:
+        """Bring a ledger written by an older version up to this schema, in place.
+
+        Adding a column with a default rewrites nothing: old rows read as 0 (usage reported).
+        """
+        columns = {row[1] for row in self._conn.execute("PRAGMA table_info(steps)")}
+        if "usage_estimated" not in columns:
+            self._conn.execute(
+                "ALTER TABLE steps ADD COLUMN usage_estimated INTEGER NOT NULL DEFAULT 0"
+            )
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
@@ -103,7 +116,7 @@ class Ledger:
                 "INSERT INTO steps (run_id, ts, task, step, model, provider, attempts,"
                 " input_tokens,"
                 " cached_input_tokens, output_tokens, cost_usd, latency_ms, decision, error,"
-                " verdicts) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                " verdicts, usage_estimated) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
                     step.run_id,
                     step.ts or time.time(),
@@ -120,6 +133,7 @@ class Ledger:
                     step.decision,
                     step.error,
                     json.dumps([v.as_dict() for v in step.verdicts]),
+                    int(step.usage_estimated),
                 ),
             )
 

@@ -18,9 +18,15 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 
-from cascade.config import CascadeConfig, format_location, load_config, parse_config
+from cascade.config import (
+    CascadeConfig,
+    ServerConfig,
+    format_location,
+    load_config,
+    parse_config,
+)
 from cascade.errors import ConfigError
 
 __all__ = ["ServeSettings", "cmd_serve", "is_loopback", "load_serve_config", "register"]
@@ -29,14 +35,8 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
 
 
-class ServeSettings(BaseModel):
-    """The ``server:`` section: ``api_keys_env`` names the variable with comma-separated keys."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    api_keys_env: str | None = None
-    host: str | None = None
-    port: int | None = Field(default=None, ge=0, le=65535)
+class ServeSettings(ServerConfig):
+    """The ``server:`` section (``cascade.config.ServerConfig``), as ``cascade serve`` reads it."""
 
 
 def load_serve_config(path: str) -> tuple[CascadeConfig, ServeSettings]:
