@@ -22,7 +22,7 @@ from cascade import cli_replay, server_cli
 from cascade.config import load_config
 from cascade.engine import Cascade
 from cascade.errors import CascadeError, CascadeExhausted, ConfigError, DatasetError, ProviderError
-from cascade.ledger import Ledger
+from cascade.ledger import Ledger, check_ledger_path
 from cascade.limits import Limits
 from cascade.report import ledger_report
 
@@ -114,11 +114,9 @@ def _result_json(result: Any) -> dict[str, Any]:
 def cmd_validate(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     engine = Cascade(config, path=args.config, ledger=False)
-    warnings = []
-    for name, provider in config.providers.items():
-        env = provider.key_env()
-        if env and not os.environ.get(env):
-            warnings.append(f"warning: providers.{name}: environment variable {env} is not set")
+    if config.ledger.path:
+        check_ledger_path(config.ledger.path, config_path=args.config)
+    warnings = server_cli.unset_key_warnings(config)
     for name in sorted(set(config.tasks) & set(config.models)):
         warnings.append(f"warning: {name!r} is both a task and a model key")
     for line in warnings:

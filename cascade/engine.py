@@ -43,7 +43,7 @@ from cascade.evaluation import (
     finalized,
     shown,
 )
-from cascade.ledger import Ledger
+from cascade.ledger import Ledger, open_ledger
 from cascade.limits import Gate, Limits
 from cascade.params import bound_output, check_call_params
 from cascade.plugins import PROVIDERS, load_plugin
@@ -134,7 +134,9 @@ class Cascade:
                 raise ConfigError(exc.message, path=path, location=exc.location) from exc
             raise
         if ledger is None or ledger is True:
-            self.ledger = Ledger(config.ledger.path) if config.ledger.path else None
+            self.ledger = (
+                open_ledger(config.ledger.path, config_path=path) if config.ledger.path else None
+            )
         else:
             self.ledger = ledger or None
         try:

@@ -6,7 +6,7 @@
     ├── ConfigError          path, location        (bad YAML, unknown key, missing API key)
     │   └── PluginNotFound   group, name
     ├── DatasetError         path, line            (a malformed replay dataset line)
-    ├── RequestError         param                 (a call's parameters are refused, e.g. max_tokens)
+    ├── RequestError         param                 (a call parameter is refused: max_tokens...)
     ├── ProviderError        provider, model, status_code, retryable, result
     │   └── InvalidUsage                           (a reply's token counts are not believable)
     ├── EvaluatorError       evaluator             (an evaluator crashed: a bug, not a rejection)

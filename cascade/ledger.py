@@ -7,6 +7,7 @@ leaves the steps it paid for. WAL mode lets a reader (``cascade report``) run be
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -15,9 +16,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from cascade.errors import ConfigError
 from cascade.types import CascadeResult, StepRecord
 
-__all__ = ["Ledger", "open_sqlite"]
+__all__ = ["Ledger", "check_ledger_path", "open_ledger", "open_sqlite"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS steps (
@@ -67,6 +69,45 @@ def open_sqlite(path: str) -> sqlite3.Connection:
     conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
     conn.execute("PRAGMA journal_mode=WAL")
     return conn
+
+
+def _unopenable(path: str, why: str, config_path: str | None) -> ConfigError:
+    return ConfigError(
+        f"cannot open the ledger {path!r}: {why}", path=config_path, location="ledger.path"
+    )
+
+
+def check_ledger_path(path: str, *, config_path: str | None = None) -> None:
+    """Check, without creating anything, that a ledger could be opened at ``path``.
+
+    Raises:
+        ConfigError: one line naming ``ledger.path`` (a directory, a read-only place...).
+    """
+    if path == ":memory:":
+        return
+    target = Path(path)
+    if target.is_dir():
+        raise _unopenable(path, "it is a directory", config_path)
+    if target.exists():
+        if not os.access(target, os.R_OK | os.W_OK):
+            raise _unopenable(path, "the file is not readable and writable", config_path)
+        return
+    parent = target.parent
+    while not parent.exists():  # the ledger creates missing folders
+        parent = parent.parent
+    if not parent.is_dir():
+        raise _unopenable(path, f"{str(parent)!r} is not a directory", config_path)
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise _unopenable(path, f"cannot create files in {str(parent)!r}", config_path)
+
+
+def open_ledger(path: str, *, config_path: str | None = None) -> Ledger:
+    """``Ledger(path)``, with a failure to open it reported as a one-line ``ConfigError``."""
+    check_ledger_path(path, config_path=config_path)
+    try:
+        return Ledger(path)
+    except (OSError, sqlite3.Error) as exc:
+        raise _unopenable(path, str(exc), config_path) from exc
 
 
 class Ledger:

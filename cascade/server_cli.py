@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import os
 import signal
 import socket
 import sys
@@ -29,7 +30,14 @@ from cascade.config import (
 )
 from cascade.errors import ConfigError
 
-__all__ = ["ServeSettings", "cmd_serve", "is_loopback", "load_serve_config", "register"]
+__all__ = [
+    "ServeSettings",
+    "cmd_serve",
+    "is_loopback",
+    "load_serve_config",
+    "register",
+    "unset_key_warnings",
+]
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
@@ -66,6 +74,16 @@ def load_serve_config(path: str) -> tuple[CascadeConfig, ServeSettings]:
     if declared is None:
         return config, ServeSettings()
     return config, ServeSettings.model_validate(declared.model_dump())
+
+
+def unset_key_warnings(config: CascadeConfig) -> list[str]:
+    """One warning per provider whose API key variable is unset (its calls would fail)."""
+    warnings = []
+    for name, provider in config.providers.items():
+        env = provider.key_env()
+        if env and not os.environ.get(env):
+            warnings.append(f"warning: providers.{name}: environment variable {env} is not set")
+    return warnings
 
 
 def is_loopback(host: str) -> bool:
@@ -129,9 +147,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
             path=args.config,
             location="server.api_keys_env",
         )
+    for warning in unset_key_warnings(config):
+        print(warning, file=sys.stderr, flush=True)
     engine = Cascade(config, path=args.config)
     try:
-        app = create_app(engine, api_keys=keys)
+        app = create_app(engine, api_keys=keys, settings=settings)
         try:
             sock = bind(host, port)
         except OSError as exc:

@@ -101,6 +101,10 @@ class Reply:
         logprobs: Token log-probabilities to report when the request asks for them.
         delay_s: Time to wait before answering.
         message: The error message for non-200 replies.
+        usage: Sent as the reply's ``usage`` object verbatim, instead of one built from the
+            token counts (invalid-usage tests).
+        omit_usage: Send no ``usage`` at all.
+        trickle_s: Send the body one byte at a time, this many seconds apart (slow upstreams).
     """
 
     text: str = "ok"
@@ -113,6 +117,9 @@ class Reply:
     logprobs: Sequence[float] | None = None
     delay_s: float = 0.0
     message: str = "scripted error"
+    usage: Mapping[str, Any] | None = None
+    omit_usage: bool = False
+    trickle_s: float = 0.0
 
 
 class MockLLMServer:
@@ -216,17 +223,30 @@ class MockLLMServer:
             payload = reply.body.encode() if isinstance(reply.body, str) else reply.body
         elif reply.status != 200:
             payload = json.dumps(_error_body(reply, anthropic)).encode()
-        elif anthropic:
-            payload = json.dumps(_anthropic_body(reply, model)).encode()
         else:
-            payload = json.dumps(_openai_body(reply, model, bool(body.get("logprobs")))).encode()
+            document = (
+                _anthropic_body(reply, model)
+                if anthropic
+                else _openai_body(reply, model, bool(body.get("logprobs")))
+            )
+            if reply.omit_usage:
+                document.pop("usage")
+            elif reply.usage is not None:
+                document["usage"] = dict(reply.usage)
+            payload = json.dumps(document).encode()
         handler.send_response(reply.status)
         handler.send_header("content-type", "application/json")
         handler.send_header("content-length", str(len(payload)))
         for key, value in reply.headers.items():
             handler.send_header(key, value)
         handler.end_headers()
-        handler.wfile.write(payload)
+        if not reply.trickle_s:
+            handler.wfile.write(payload)
+            return
+        for i in range(len(payload)):
+            handler.wfile.write(payload[i : i + 1])
+            handler.wfile.flush()
+            time.sleep(reply.trickle_s)
 
 
 class _Server(ThreadingHTTPServer):

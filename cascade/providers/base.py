@@ -198,7 +198,8 @@ def validate_usage(
             or not 0 <= value <= MAX_USAGE_TOKENS
             or (name == output and limit is not None and value > limit)
         ):
-            bad.append(f"{name}={str(value)[:24]!r}" if isinstance(value, str) else f"{name}={value}"[:48])
+            shown = repr(value[:24]) if isinstance(value, str) else str(value)[:24]
+            bad.append(f"{name}={shown}")
         else:
             checked[name] = value
     if bad:
