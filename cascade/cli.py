@@ -113,9 +113,10 @@ def _result_json(result: Any) -> dict[str, Any]:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     config = load_config(args.config)
-    engine = Cascade(config, path=args.config, ledger=False)
     if config.ledger.path:
         check_ledger_path(config.ledger.path, config_path=args.config)
+    # An in-memory ledger: validating must not create the real one, but budgets need one.
+    engine = Cascade(config, path=args.config, ledger=Ledger(":memory:"))
     warnings = server_cli.unset_key_warnings(config)
     for name in sorted(set(config.tasks) & set(config.models)):
         warnings.append(f"warning: {name!r} is both a task and a model key")

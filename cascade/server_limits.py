@@ -57,9 +57,12 @@ class BodyRefused(Exception):
     """A request body the gateway will not take: the HTTP status and the message."""
 
     def __init__(self, status: int, message: str):
-        super().__init__(message)
+        super().__init__(status, message)  # both in args, so it survives the worker's pickling
         self.status = status
         self.message = message
+
+    def __str__(self) -> str:
+        return self.message
 
 
 # -- the body -------------------------------------------------------------------------------------

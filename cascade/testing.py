@@ -224,10 +224,11 @@ class MockLLMServer:
         elif reply.status != 200:
             payload = json.dumps(_error_body(reply, anthropic)).encode()
         else:
+            limit = body.get("max_tokens", body.get("max_completion_tokens"))
             document = (
-                _anthropic_body(reply, model)
+                _anthropic_body(reply, model, limit)
                 if anthropic
-                else _openai_body(reply, model, bool(body.get("logprobs")))
+                else _openai_body(reply, model, bool(body.get("logprobs")), limit)
             )
             if reply.omit_usage:
                 document.pop("usage")
@@ -259,11 +260,17 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
 
 
-def _output_tokens(reply: Reply) -> int:
-    return reply.output_tokens if reply.output_tokens is not None else len(reply.text.split())
+def _output_tokens(reply: Reply, limit: Any = None) -> int:
+    """The scripted count, else one per word, held to the request's limit as a real server is."""
+    if reply.output_tokens is not None:
+        return reply.output_tokens
+    words = len(reply.text.split())
+    return min(words, limit) if isinstance(limit, int) and limit > 0 else words
 
 
-def _openai_body(reply: Reply, model: str, want_logprobs: bool) -> dict[str, Any]:
+def _openai_body(
+    reply: Reply, model: str, want_logprobs: bool, limit: Any = None
+) -> dict[str, Any]:
     choice: dict[str, Any] = {
         "index": 0,
         "finish_reason": "stop",
@@ -284,14 +291,14 @@ def _openai_body(reply: Reply, model: str, want_logprobs: bool) -> dict[str, Any
         "choices": [choice],
         "usage": {
             "prompt_tokens": reply.input_tokens,
-            "completion_tokens": _output_tokens(reply),
-            "total_tokens": reply.input_tokens + _output_tokens(reply),
+            "completion_tokens": _output_tokens(reply, limit),
+            "total_tokens": reply.input_tokens + _output_tokens(reply, limit),
             "prompt_tokens_details": {"cached_tokens": reply.cached_tokens},
         },
     }
 
 
-def _anthropic_body(reply: Reply, model: str) -> dict[str, Any]:
+def _anthropic_body(reply: Reply, model: str, limit: Any = None) -> dict[str, Any]:
     return {
         "id": "msg_mock",
         "type": "message",
@@ -304,7 +311,7 @@ def _anthropic_body(reply: Reply, model: str) -> dict[str, Any]:
             "input_tokens": reply.input_tokens - reply.cached_tokens,
             "cache_read_input_tokens": reply.cached_tokens,
             "cache_creation_input_tokens": 0,
-            "output_tokens": _output_tokens(reply),
+            "output_tokens": _output_tokens(reply, limit),
         },
     }
 
