@@ -233,3 +233,111 @@ def test_positive_logprob_counts_as_certainty() -> None:
     verdict = evaluator(Request("t", ()), Completion("yes", logprobs=(0.4, 0.2)))
     assert verdict.passed
     assert verdict.score == 1.0
+
+
+# -- bench ----------------------------------------------------------------------------------------
+
+
+def _bench(tmp_path: Path, rows: list[dict[str, Any]], ladder: list[Any]) -> dict[str, Any]:
+    import yaml
+
+    from cascade.bench import run_bench
+    from cascade.dataset import ReplayRecord, write_dataset
+
+    data = {
+        "providers": {"rec": {"type": "replay"}},
+        "models": {k: {"provider": "rec", "name": f"model-{k}",
+                       "price": {"input": 1, "output": 1}} for k in "abc"},
+        "tasks": {"qa": {"ladder": ladder, "evaluators": [{"type": "length", "min_words": 3}]}},
+    }
+    config = tmp_path / "bench.yaml"
+    config.write_text(yaml.safe_dump(data))
+    dataset = tmp_path / "data.jsonl"
+    write_dataset(dataset, [ReplayRecord.model_validate(r) for r in rows])
+    report: dict[str, Any] = run_bench(config, dataset).as_json()["tasks"]["qa"]
+    return report
+
+
+def _row(rid: str, **answers: str) -> dict[str, Any]:
+    return {"id": rid, "task": "qa", "messages": [{"role": "user", "content": f"question {rid}"}],
+            "responses": {f"model-{k}": {"text": text, "score": 1.0, "cost_usd": 0.001}
+                          for k, text in answers.items()}}
+
+
+def test_bench_unaccepted_share_leaves_out_queries_nobody_answered(tmp_path: Path) -> None:
+    """A query no rung answered is ``failed``, not "answered but not accepted"."""
+    report = _bench(tmp_path, [
+        _row("q1", a="no", c="nope"),                 # answered by c, never accepted
+        _row("q2", z="recorded for no rung"),         # nobody answered: failed
+        _row("q3", a="a good answer here"),           # accepted at a
+    ], ["a", "b", "c"])
+    assert report["failed"] == 1
+    assert report["unaccepted_share"] == pytest.approx(1 / 3)
+
+
+def test_bench_depth_ignores_judge_steps(tmp_path: Path) -> None:
+    """A judge call to the top model is not an escalation to it."""
+    judged = {"model": "a", "evaluators": [{"type": "llm_judge", "model": "c", "min_score": 7}]}
+    report = _bench(tmp_path, [_row("q1", a="a good answer here", c="Score: 9")],
+                    [judged, "b", "c"])
+    assert report["accepted_share"] == [1.0, 0.0, 0.0]
+    assert report["escalation_rate"] == [0.0, 0.0]
+
+
+# -- calibrate ------------------------------------------------------------------------------------
+
+
+def test_calibrate_target_met_tolerates_float_rounding(tmp_path: Path) -> None:
+    """9/13 is exactly 90% of 10/13, though 0.9 * (10/13) rounds above 9/13 in floats."""
+    import yaml
+
+    import cascade.calibrate as calibration
+    from cascade.config import load_config
+    from cascade.dataset import ReplayRecord
+
+    records = [
+        ReplayRecord.model_validate({
+            "id": f"q{i}", "task": "t", "messages": [{"role": "user", "content": f"q{i}"}],
+            "responses": {"small": {"text": "s", "score": float(i < 9), "cost_usd": 1e-5},
+                          "large": {"text": "l", "score": float(i < 10), "cost_usd": 1e-3}}})
+        for i in range(13)]
+    raw = {"providers": {"rec": {"type": "replay"}},
+           "models": {k: {"provider": "rec", "name": k, "price": {"input": 1, "output": 2}}
+                      for k in ("small", "large")},
+           "ledger": {"path": None},
+           "tasks": {"t": {"ladder": ["small", "large"], "evaluators": []}}}
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    report = calibration._replayed(load_config(path), raw, records, "t", 0.9, lambda s: None,
+                                   "test")
+    assert report["quality"] == 9 / 13
+    assert report["quality"] < 0.9 * report["baselines"]["always_top"]["quality"]  # in floats
+    assert report["target_met"] is True
+
+
+# -- gateway --------------------------------------------------------------------------------------
+
+
+@pytest.mark.usefixtures("keys")
+def test_gateway_prefers_a_task_over_a_model_of_the_same_name(server: MockLLMServer,
+                                                              tmp_path: Path) -> None:
+    """``model: mini`` runs task ``mini`` (with its evaluators) when a task has that name."""
+    import openai
+
+    from cascade.server import create_app, running
+
+    data = live_config(server, ledger=str(tmp_path / "l.sqlite"))
+    data["tasks"]["mini"] = data["tasks"].pop("faq")  # ladder mini -> sonnet, length >= 3 words
+    server.script("gpt-4o-mini", ["short"])
+    server.script("claude-sonnet-4-6", ["a long enough answer"])
+    engine = Cascade.from_dict(data, sleep=lambda s: None)
+    try:
+        with running(create_app(engine)) as url, openai.OpenAI(
+                base_url=f"{url}/v1", api_key="unused") as api:
+            raw = api.chat.completions.with_raw_response.create(
+                model="mini", messages=[{"role": "user", "content": "q"}])
+    finally:
+        engine.close()
+    assert (raw.headers["x-cascade-model"], raw.headers["x-cascade-steps"]) == ("sonnet", "2")
+    with sqlite3.connect(tmp_path / "l.sqlite") as db:
+        assert db.execute("SELECT DISTINCT task FROM steps").fetchall() == [("mini",)]
