@@ -327,10 +327,10 @@ def _connect(url: str) -> socket.socket:
 
 
 def test_6_slow_headers_are_cut_off(tmp_path: Path) -> None:
-    """A client still sending headers after client_timeout_s is disconnected."""
+    """A client still sending headers (or silent) after client_timeout_s is disconnected."""
     with gateway(tmp_path, client_timeout_s=0.3) as (url, _, _ledger, _engine):
         slow = [_connect(url) for _ in range(20)]
-        for sock in slow:
+        for sock in slow[:10]:  # the other ten send nothing at all
             sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n")
         started = time.monotonic()
         for sock in slow:
