@@ -1,7 +1,8 @@
 """The ``cascade`` command. Every failure is one clear line on stderr and a non-zero exit code.
 
 Exit codes: 0 success, 1 the cascade ran but failed (provider faults, exhausted ladder),
-2 a usage or configuration mistake (bad config, missing API key, bad dataset).
+2 a usage or configuration mistake (bad config, missing API key, bad dataset, a refused
+parameter such as ``--max-tokens`` above the model's ``max_output_tokens``).
 """
 
 from __future__ import annotations
@@ -21,7 +22,14 @@ import structlog
 from cascade import cli_replay, server_cli
 from cascade.config import load_config
 from cascade.engine import Cascade
-from cascade.errors import CascadeError, CascadeExhausted, ConfigError, DatasetError, ProviderError
+from cascade.errors import (
+    CascadeError,
+    CascadeExhausted,
+    ConfigError,
+    DatasetError,
+    ProviderError,
+    RequestError,
+)
 from cascade.ledger import Ledger, check_ledger_path
 from cascade.limits import Limits
 from cascade.report import ledger_report
@@ -249,7 +257,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler: Handler = args.handler
     try:
         return handler(args)
-    except (ConfigError, DatasetError) as exc:
+    except (ConfigError, DatasetError, RequestError) as exc:
         _say(f"error: {exc}")
         return 2
     except (ProviderError, CascadeError) as exc:

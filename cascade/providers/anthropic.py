@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 
 import anthropic
 
-from cascade.providers.base import empty_answer, split_params, validate_usage
+from cascade.providers.base import empty_answer, split_params, untransformed, validate_usage
 from cascade.providers.sdk import SDKProvider
 from cascade.tokens import estimate_input_tokens, estimate_output_tokens
 from cascade.types import Completion, Message
@@ -70,7 +70,8 @@ class AnthropicProvider(SDKProvider[anthropic.Anthropic, anthropic.AsyncAnthropi
         renamed = {_RENAMED.get(k, k): v for k, v in params.items() if k not in _OPENAI_ONLY}
         renamed.setdefault("max_tokens", DEFAULT_MAX_TOKENS)
         kwargs = split_params(method, renamed)
-        kwargs.update(model=model, messages=turns)
+        kwargs["model"] = model
+        untransformed(kwargs, "messages", turns)
         if system is not None:
             kwargs["system"] = system
         return kwargs

@@ -22,6 +22,7 @@ __all__ = [
     "is_retryable_status",
     "parse_retry_after",
     "split_params",
+    "untransformed",
     "validate_usage",
     "worst_case_completion",
 ]
@@ -116,6 +117,19 @@ def api_key(config: ProviderConfig, provider: str) -> str:
 def _parameter_names(function: Callable[..., Any]) -> frozenset[str]:
     # inspect.signature costs ~0.1 ms on the SDKs' create(); it is the same every call.
     return frozenset(inspect.signature(function).parameters)
+
+
+def untransformed(kwargs: dict[str, Any], key: str, value: Sequence[Any]) -> None:
+    """Send ``value`` as the body field ``key`` without the SDK's per-item transformation.
+
+    Both SDKs walk every message through their TypedDict annotations before sending (about
+    0.2 ms a message, on the event loop: a 1,000-message request stalls every other request
+    for 200 ms). For the plain JSON dicts the engine passes, that walk changes nothing, so
+    the list goes through ``extra_body``, which the SDKs merge into the JSON body unchanged,
+    and the named argument gets an empty list.
+    """
+    kwargs[key] = []
+    kwargs["extra_body"] = {**(kwargs.get("extra_body") or {}), key: list(value)}
 
 
 def split_params(method: Callable[..., Any], params: Mapping[str, Any]) -> dict[str, Any]:

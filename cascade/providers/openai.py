@@ -10,7 +10,7 @@ from typing import Any, ClassVar
 
 import openai
 
-from cascade.providers.base import empty_answer, split_params, validate_usage
+from cascade.providers.base import empty_answer, split_params, untransformed, validate_usage
 from cascade.providers.sdk import SDKProvider
 from cascade.tokens import estimate_input_tokens, estimate_output_tokens
 from cascade.types import Completion, Message
@@ -46,13 +46,10 @@ class OpenAIProvider(SDKProvider[openai.OpenAI, openai.AsyncOpenAI]):
     ) -> Completion:
         client = self.client
         kwargs = split_params(client.chat.completions.create, params)
+        untransformed(kwargs, "messages", messages)
         started = time.perf_counter()
         try:
-            response = client.chat.completions.create(
-                model=model,
-                messages=list(messages),  # type: ignore[arg-type]  # OpenAI-style dicts
-                **kwargs,
-            )
+            response = client.chat.completions.create(model=model, **kwargs)
         except (openai.OpenAIError, ValueError) as exc:  # ValueError: a 200 whose body is not JSON
             raise self._error(exc, model) from exc
         return self._parse(
@@ -69,13 +66,10 @@ class OpenAIProvider(SDKProvider[openai.OpenAI, openai.AsyncOpenAI]):
     ) -> Completion:
         client = self.async_client
         kwargs = split_params(client.chat.completions.create, params)
+        untransformed(kwargs, "messages", messages)
         started = time.perf_counter()
         try:
-            response = await client.chat.completions.create(
-                model=model,
-                messages=list(messages),  # type: ignore[arg-type]  # OpenAI-style dicts
-                **kwargs,
-            )
+            response = await client.chat.completions.create(model=model, **kwargs)
         except (openai.OpenAIError, ValueError) as exc:  # ValueError: a 200 whose body is not JSON
             raise self._error(exc, model) from exc
         return self._parse(
