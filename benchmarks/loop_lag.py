@@ -4,7 +4,7 @@
 
 Three processes: a loopback upstream (``MockLLMServer``), the gateway (``cascade serve`` with its
 default limits: 4 MiB bodies, 1,000 messages) and this client. For each body kind the client
-sends the body ``--repeat`` times while a second thread polls ``GET /healthz`` back to back; the
+sends the body ``--repeat`` times while a fourth process polls ``GET /healthz`` back to back; the
 health check's latency while the body is being handled is what any other client of the gateway
 waits. The baseline is the same poll with no body in flight. A stall of the loop shows as the
 maximum health-check latency minus the baseline's.
@@ -16,10 +16,10 @@ import argparse
 import json
 import os
 import platform
+import multiprocessing
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -69,19 +69,23 @@ def bodies() -> dict[str, bytes]:
     }
 
 
-def poll(url: str, stop: threading.Event, out: list[float]) -> None:
+def poll(url: str, stop: Any, out: Any) -> None:
+    """Health checks back to back, in a process of its own (no GIL shared with the sender)."""
+    latencies = []
     with httpx2.Client() as client:
         while not stop.is_set():
             t = time.perf_counter()
             client.get(f"{url}/healthz")
-            out.append((time.perf_counter() - t) * 1000)
+            latencies.append((time.perf_counter() - t) * 1000)
+    out.put(latencies)
 
 
 def measure(url: str, body: bytes | None, repeat: int) -> dict[str, Any]:
-    latencies: list[float] = []
-    stop = threading.Event()
-    poller = threading.Thread(target=poll, args=(url, stop, latencies))
+    context = multiprocessing.get_context("spawn")
+    stop, queue = context.Event(), context.Queue()
+    poller = context.Process(target=poll, args=(url, stop, queue))
     poller.start()
+    time.sleep(1.0)  # the poller's interpreter starts
     statuses = []
     try:
         with httpx2.Client(timeout=120) as client:
@@ -97,6 +101,7 @@ def measure(url: str, body: bytes | None, repeat: int) -> dict[str, Any]:
                 statuses.append(response.status_code)
     finally:
         stop.set()
+        latencies: list[float] = queue.get()
         poller.join()
     return {
         "statuses": sorted(set(statuses)),

@@ -152,6 +152,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     engine = Cascade(config, path=args.config)
     try:
         app = create_app(engine, api_keys=keys, settings=settings)
+        app.state.gateway.parser.start()
         try:
             sock = bind(host, port)
         except OSError as exc:

@@ -151,18 +151,29 @@ class BodyParser:
         if len(raw) <= INLINE_PARSE_BYTES:
             outcome = parse_chat_request(raw, self.max_messages)
         else:
-            if self._pool is None:
-                # spawn: forking a process that runs threads (uvicorn, the SDKs) is unsafe.
-                self._pool = ProcessPoolExecutor(
-                    max_workers=1, mp_context=multiprocessing.get_context("spawn")
-                )
             loop = asyncio.get_running_loop()
             outcome = await loop.run_in_executor(
-                self._pool, parse_chat_request, raw, self.max_messages
+                self._executor(), parse_chat_request, raw, self.max_messages
             )
         if isinstance(outcome, BodyRefused):
             raise outcome
         return outcome
+
+    def _executor(self) -> ProcessPoolExecutor:
+        if self._pool is None:
+            # spawn: forking a process that runs threads (uvicorn, the SDKs) is unsafe.
+            self._pool = ProcessPoolExecutor(
+                max_workers=1, mp_context=multiprocessing.get_context("spawn")
+            )
+        return self._pool
+
+    def start(self) -> None:
+        """Start the worker process and its imports now, blocking until it is ready.
+
+        ``cascade serve`` calls this before it listens: the worker's start-up takes a core for
+        about a second, which the first large body would otherwise compete with.
+        """
+        self._executor().submit(parse_chat_request, b"{}", 1).result()
 
     def close(self) -> None:
         if self._pool is not None:
