@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import sys
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from concurrent.futures import ProcessPoolExecutor
@@ -95,6 +96,9 @@ async def read_body(receive: Receive, headers: Any, limit: int, timeout_s: float
                 return b"".join(chunks)
 
     try:
+        if sys.version_info >= (3, 11):  # no task of its own, unlike wait_for
+            async with asyncio.timeout(timeout_s):
+                return await collect()
         return await asyncio.wait_for(collect(), timeout_s)
     except asyncio.TimeoutError:
         raise BodyRefused(408, f"the request body was not received within {timeout_s:g}s") from None
