@@ -103,7 +103,7 @@ class Caller:
                                     query_id=op.query_id,
                                 ),
                             )
-                    except TimeoutError:
+                    except (TimeoutError, asyncio.TimeoutError):  # distinct on 3.10
                         last = _timed_out(model.provider, model.name, timeout, cut_short)
                         if not cut_short:
                             self._note(model.provider, last)
@@ -145,7 +145,7 @@ class Caller:
                                     query_id=op.query_id,
                                 ),
                             )
-                    except TimeoutError:
+                    except (TimeoutError, asyncio.TimeoutError):  # distinct on 3.10
                         last = _timed_out(model.provider, model.name, timeout, cut_short)
                         if not cut_short:
                             self._note(model.provider, last)

@@ -330,7 +330,7 @@ async def chat_completions(request: Request) -> Response:
     access["task"] = target[1]
     try:
         result = await gateway.run(*target, body.engine_messages(), params)
-    except TimeoutError:
+    except (TimeoutError, asyncio.TimeoutError):  # distinct classes before Python 3.11
         gateway.metrics.error("Timeout")
         return _error(
             504,

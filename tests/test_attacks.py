@@ -252,6 +252,35 @@ def test_4_invalid_usage_on_the_only_rung_is_502_with_a_ledger_row(tmp_path: Pat
         assert rows[0][1] > 0
 
 
+@pytest.mark.parametrize("usage", [
+    {"input_tokens": -5, "output_tokens": 3},
+    {"input_tokens": 10, "output_tokens": "many"},
+    {"input_tokens": 10, "cache_read_input_tokens": 2**70, "output_tokens": 3},
+], ids=["negative", "string", "huge cache read"])
+def test_4_anthropic_invalid_usage_is_billed_at_the_worst_case(
+        tmp_path: Path, usage: dict[str, Any]) -> None:
+    """The Anthropic SDK path checks usage the same way."""
+    with gateway(tmp_path) as (url, upstream, ledger, _):
+        upstream.script(SONNET, [Reply(GOOD, usage=usage)])
+        response = post(url, {"model": "sonnet", "messages": ASK})
+        assert response.status_code == 502
+        rows = ledger_rows(ledger, "SELECT decision, cost_usd, error FROM steps")
+        worst = Price(input=3.0, output=15.0).estimate(
+            estimate_input_tokens(ASK, {"max_tokens": 256}), 256)
+        assert rows[0][0] == "error"
+        assert rows[0][1] == pytest.approx(worst)
+        assert "invalid usage" in rows[0][2]
+
+
+def test_4_anthropic_missing_usage_is_estimated(tmp_path: Path) -> None:
+    with gateway(tmp_path) as (url, upstream, ledger, _):
+        upstream.script(SONNET, [Reply(GOOD, omit_usage=True)])
+        assert post(url, {"model": "sonnet", "messages": ASK}).status_code == 200
+        rows = ledger_rows(ledger, "SELECT input_tokens, output_tokens, usage_estimated"
+                                   " FROM steps")
+        assert rows == [(estimate_input_tokens(ASK, {"max_tokens": 256}), -(-len(GOOD) // 3), 1)]
+
+
 def test_4_missing_usage_is_billed_at_the_estimate_and_marked(tmp_path: Path,
                                                               capsys: pytest.CaptureFixture[str]) -> None:
     """A reply without usage costs the estimate, marked usage_estimated in step, ledger, report."""
