@@ -382,7 +382,7 @@ def test_6_slow_body_is_408(tmp_path: Path) -> None:
 
 def test_6_connections_over_the_cap_get_503_but_healthz_answers(tmp_path: Path) -> None:
     """Past max_connections: 503 for the API, /healthz still answers, and held sockets are cut."""
-    with gateway(tmp_path, max_connections=3, client_timeout_s=1.0) as (url, _, _ledger, _e):
+    with gateway(tmp_path, max_connections=3, client_timeout_s=2.0) as (url, _, _ledger, _e):
         held = [_connect(url) for _ in range(3)]
         for sock in held:
             # One answered request proves the server holds the connection; the second request
