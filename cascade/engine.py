@@ -33,6 +33,7 @@ from cascade.errors import (
     CascadeExhausted,
     ConfigError,
     ProviderError,
+    RequestError,
 )
 from cascade.evaluation import (
     EvaluatorContext,
@@ -436,6 +437,10 @@ class Cascade:
         # Refused before anything is called: an output limit above any rung's would make the
         # reservation a fiction, and extra_body must not override what was checked.
         check_call_params(params)
+        if deadline_s is not None and not deadline_s > 0:
+            raise RequestError(
+                f"must be a positive number of seconds (got {deadline_s!r})", param="deadline_s"
+            )
         for rung in self.tasks[task].rungs:
             bound_output(
                 {**rung.model.params, **self.tasks[task].params, **params},

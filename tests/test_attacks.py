@@ -164,6 +164,8 @@ def test_2_negative_max_tokens_is_refused_and_frees_nothing(tmp_path: Path) -> N
             assert "max_tokens" in response.json()["error"]["message"]
         with pytest.raises(RequestError, match="positive integer"):
             engine.complete("faq", "q", max_tokens=-5)
+        with pytest.raises(RequestError, match="deadline_s: must be a positive"):
+            engine.complete("faq", "q", deadline_s=-1)
         assert upstream.requests == []
         assert ledger_rows(ledger, "SELECT * FROM steps") == []
         assert engine.limits.guard is not None
