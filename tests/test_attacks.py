@@ -138,6 +138,7 @@ def test_1_sent_max_tokens_is_the_reserved_one(tmp_path: Path) -> None:
             api.chat.completions.create(model="faq", messages=ASK, max_tokens=40)
             api.chat.completions.create(model="faq", messages=ASK)
         assert [c["body"]["max_tokens"] for c in upstream.calls(MINI)] == [40, 100]
+        assert upstream.calls(MINI)[0]["body"]["messages"] == ASK  # sent untransformed, intact
         assert spent(ledger) > 0
 
 
