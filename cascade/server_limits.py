@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -143,6 +144,11 @@ def parse_chat_request(raw: bytes, max_messages: int) -> ChatRequest | BodyRefus
     return body
 
 
+def _leave_sigint_to_the_server() -> None:
+    """Ctrl-C reaches the whole process group; the server shuts the worker down itself."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 class BodyParser:
     """Parses chat requests without holding the event loop for more than a few milliseconds."""
 
@@ -167,7 +173,9 @@ class BodyParser:
         if self._pool is None:
             # spawn: forking a process that runs threads (uvicorn, the SDKs) is unsafe.
             self._pool = ProcessPoolExecutor(
-                max_workers=1, mp_context=multiprocessing.get_context("spawn")
+                max_workers=1,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_leave_sigint_to_the_server,
             )
         return self._pool
 
@@ -181,7 +189,9 @@ class BodyParser:
 
     def close(self) -> None:
         if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
+            # Wait for the worker to exit: shutdown(wait=False) leaves concurrent.futures' exit
+            # hook writing to a closed pipe ("Exception ignored ... Bad file descriptor").
+            self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
 
 
