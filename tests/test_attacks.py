@@ -566,3 +566,29 @@ def test_access_line_names_task_model_cost_and_run(tmp_path: Path) -> None:
         "info", 200, "faq", "mini")
     assert line["run_id"] == raw.headers["x-cascade-run-id"]
     assert line["cost_usd"] == pytest.approx(float(raw.headers["x-cascade-cost-usd"]))
+
+
+@pytest.mark.usefixtures("keys")
+def test_serve_stops_cleanly_on_ctrl_c_to_its_process_group(tmp_path: Path) -> None:
+    """Ctrl-C reaches the body-parsing worker too: exit 0 and nothing on stderr."""
+    import signal
+
+    path = tmp_path / "gateway.yaml"
+    path.write_text(yaml.safe_dump(attack_config(NOWHERE, tmp_path / "l.sqlite")))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cascade.cli", "serve", str(path), "--port", "0"],
+        stderr=subprocess.PIPE, text=True, start_new_session=True,
+        cwd=Path(__file__).resolve().parent.parent)
+    try:
+        assert proc.stderr is not None
+        url = proc.stderr.readline().split()[4]
+        assert httpx2.get(f"{url}/healthz").status_code == 200
+        os.killpg(proc.pid, signal.SIGINT)
+        assert proc.wait(timeout=20) == 0
+        assert proc.stderr.read() == ""
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if proc.stderr is not None:
+            proc.stderr.close()
