@@ -8,8 +8,10 @@ from cascade.errors import (
     ConfigError,
     DatasetError,
     EvaluatorError,
+    InvalidUsage,
     PluginNotFound,
     ProviderError,
+    RequestError,
 )
 from cascade.ledger import Ledger
 from cascade.types import CascadeResult, Completion, Request, StepRecord, Verdict
@@ -24,10 +26,12 @@ __all__ = [
     "ConfigError",
     "DatasetError",
     "EvaluatorError",
+    "InvalidUsage",
     "Ledger",
     "PluginNotFound",
     "ProviderError",
     "Request",
+    "RequestError",
     "StepRecord",
     "Verdict",
 ]

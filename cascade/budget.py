@@ -8,7 +8,6 @@ overshoot a budget by at most the amount one request's estimate undershoots its 
 
 from __future__ import annotations
 
-import math
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -18,40 +17,26 @@ from typing import Any
 
 from cascade.ledger import Ledger
 from cascade.pricing import Price
+from cascade.tokens import estimate_input_tokens, max_output_tokens
 from cascade.types import Message
 
-__all__ = ["BudgetGuard", "Reservation", "estimate_input_tokens", "worst_case_cost"]
+__all__ = [
+    "BudgetGuard",
+    "Reservation",
+    "estimate_input_tokens",
+    "max_output_tokens",
+    "worst_case_cost",
+]
 
-# Used for the worst case when a call sets no max_tokens; the engine then sends it explicitly,
-# so that the estimate is a real bound.
+# Used for the worst case when a call sets no output limit. The engine always sends one (the
+# model's max_output_tokens, by default this value), so that the estimate is a real bound.
 DEFAULT_MAX_TOKENS = 4096
 
 
-def estimate_input_tokens(messages: Sequence[Message]) -> int:
-    """A deliberately high token count for the prompt: one token per 3 characters plus framing.
-
-    Real tokenisers give about one token per 4 characters of English; over-estimating keeps a
-    cap a cap.
-    """
-    total = 3
-    for message in messages:
-        content = message.get("content", "")
-        text = content if isinstance(content, str) else str(content)
-        total += 4 + math.ceil(len(text) / 3)
-    return total
-
-
-def max_output_tokens(params: Mapping[str, Any]) -> int | None:
-    for key in ("max_tokens", "max_completion_tokens"):
-        value = params.get(key)
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    return None
-
-
 def worst_case_cost(messages: Sequence[Message], params: Mapping[str, Any], price: Price) -> float:
+    """The most a call can cost: the prompt counted high, plus the whole output limit."""
     out = max_output_tokens(params) or DEFAULT_MAX_TOKENS
-    return price.estimate(estimate_input_tokens(messages), out)
+    return price.estimate(estimate_input_tokens(messages, params), out)
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,7 +17,6 @@ from typing import Any
 
 import structlog
 
-from cascade.budget import DEFAULT_MAX_TOKENS, max_output_tokens
 from cascade.cache import ResponseCache, cache_key
 from cascade.caller import Call, Caller, Outcome
 from cascade.config import (
@@ -34,6 +33,7 @@ from cascade.errors import (
     CascadeExhausted,
     ConfigError,
     ProviderError,
+    RequestError,
 )
 from cascade.evaluation import (
     EvaluatorContext,
@@ -45,8 +45,9 @@ from cascade.evaluation import (
     shown,
 )
 from cascade.features import prompt_text
-from cascade.ledger import Ledger
+from cascade.ledger import Ledger, open_ledger
 from cascade.limits import Gate, Limits
+from cascade.params import bound_output, check_call_params
 from cascade.plugins import PROVIDERS, load_plugin
 from cascade.pricing import cost_usd
 from cascade.providers.base import Provider
@@ -137,7 +138,9 @@ class Cascade:
                 raise ConfigError(exc.message, path=path, location=exc.location) from exc
             raise
         if ledger is None or ledger is True:
-            self.ledger = Ledger(config.ledger.path) if config.ledger.path else None
+            self.ledger = (
+                open_ledger(config.ledger.path, config_path=path) if config.ledger.path else None
+            )
         else:
             self.ledger = ledger or None
         try:
@@ -287,6 +290,7 @@ class Cascade:
         query_id: str | None = None,
         max_cost_usd: float | None = None,
         log_content: bool | None = None,
+        deadline_s: float | None = None,
         **params: Any,
     ) -> CascadeResult:
         """Run ``task``'s ladder on a prompt and return the first accepted answer.
@@ -297,6 +301,8 @@ class Cascade:
             query_id: An external id for the query (the replay provider looks answers up by it).
             max_cost_usd: A cap on this call's total cost (overrides the task's ``max_cost_usd``).
             log_content: Put prompt and answer text in log events (default: the config's).
+            deadline_s: End the run within this many seconds (it can only shorten the task's
+                ``deadline_s``); rungs left when it passes are ``skip`` steps.
             **params: Provider parameters such as ``max_tokens`` or ``temperature``.
 
         Returns:
@@ -308,8 +314,13 @@ class Cascade:
             CascadeExhausted: no rung passed and the task says ``on_exhausted: raise``.
             EvaluatorError: an evaluator crashed.
             BudgetExceeded: no rung fits the cost cap or the period budgets.
+            RequestError: a parameter is refused (a transport option, an ``extra_body`` that
+                overrides a checked parameter, ``max_tokens`` above a rung's
+                ``max_output_tokens``); nothing was called.
         """
-        plan, run = self._start(task, prompt, query_id, max_cost_usd, log_content, params)
+        plan, run = self._start(
+            task, prompt, query_id, max_cost_usd, log_content, deadline_s, params
+        )
         token = current_run.set(run)
         try:
             return self._recorder.finish(self._drive(plan), run)
@@ -327,10 +338,13 @@ class Cascade:
         query_id: str | None = None,
         max_cost_usd: float | None = None,
         log_content: bool | None = None,
+        deadline_s: float | None = None,
         **params: Any,
     ) -> CascadeResult:
         """The async twin of ``complete``, with the same arguments, result and errors."""
-        plan, run = self._start(task, prompt, query_id, max_cost_usd, log_content, params)
+        plan, run = self._start(
+            task, prompt, query_id, max_cost_usd, log_content, deadline_s, params
+        )
         token = current_run.set(run)
         try:
             return self._recorder.finish(await self._adrive(plan), run)
@@ -380,11 +394,17 @@ class Cascade:
         settings = self.config.models[model]
         run = current_run.get()
         query_id = run.query_id if run is not None else None
-        op = Call(model, as_messages(messages), {**settings.params, **(params or {})}, query_id)
+        merged = {**settings.params, **(params or {})}
+        check_call_params(merged)
+        op = Call(
+            model,
+            as_messages(messages),
+            bound_output(merged, settings.max_output_tokens, model),
+            query_id,
+            run.deadline if run is not None else None,
+        )
         if run is None:
             return op, None, Gate()
-        if self.limits.budgeted(run.task, run.cap) and max_output_tokens(op.params) is None:
-            op = replace(op, params={**op.params, "max_tokens": DEFAULT_MAX_TOKENS})
         gate = self.limits.check(
             run.task,
             settings.provider,
@@ -422,6 +442,7 @@ class Cascade:
         query_id: str | None,
         max_cost_usd: float | None,
         log_content: bool | None,
+        deadline_s: float | None,
         params: dict[str, Any],
     ) -> tuple[_Plan, Run]:
         if task not in self.tasks:
@@ -429,6 +450,19 @@ class Cascade:
                 f"unknown task {task!r} (defined: {', '.join(self.tasks)})",
                 path=self.path,
                 location="tasks",
+            )
+        # Refused before anything is called: an output limit above any rung's would make the
+        # reservation a fiction, and extra_body must not override what was checked.
+        check_call_params(params)
+        if deadline_s is not None and not deadline_s > 0:
+            raise RequestError(
+                f"must be a positive number of seconds (got {deadline_s!r})", param="deadline_s"
+            )
+        for rung in self.tasks[task].rungs:
+            bound_output(
+                {**rung.model.params, **self.tasks[task].params, **params},
+                rung.model.max_output_tokens,
+                rung.key,
             )
         content = self.config.logging.content if log_content is None else log_content
         run = Run(
@@ -439,6 +473,8 @@ class Cascade:
         cap = max_cost_usd if max_cost_usd is not None else settings.max_cost_usd
         run.cap = cap
         run.query_id = query_id
+        limit = settings.deadline_s if deadline_s is None else min(deadline_s, settings.deadline_s)
+        run.deadline = time.monotonic() + limit
         if settings.cache is not None and self.cache is not None:
             # Models and providers are part of the key: a changed model name, price or
             # parameter must not serve an answer cached under the old one.
@@ -497,16 +533,28 @@ class Cascade:
                 )
                 self._recorder.step(run, rung.key, Outcome(None, None, 0, 0.0), "skip", (verdict,))
                 continue
-            call_params: dict[str, Any] = {**rung.model.params, **task.params, **params}
-            if self.limits.budgeted(task.name, cap) and max_output_tokens(call_params) is None:
-                # The worst case assumes this many output tokens, so the call must be held to it.
-                call_params["max_tokens"] = DEFAULT_MAX_TOKENS
+            # The worst case assumes this many output tokens, so the call is held to it.
+            call_params = bound_output(
+                {**rung.model.params, **task.params, **params},
+                rung.model.max_output_tokens,
+                rung.key,
+            )
             convo = messages
             for slot in rung.slots:
                 if "prepare" in slot.hooks:
                     convo, call_params = slot.hooks["prepare"](convo, call_params)
             repairs = {s.name: int(getattr(s.evaluator, "repair_attempts", 0)) for s in rung.slots}
             while True:
+                if run.deadline is not None and time.monotonic() >= run.deadline:
+                    self._recorder.step(
+                        run,
+                        rung.key,
+                        Outcome(None, None, 0, 0.0),
+                        "skip",
+                        (),
+                        error="the run's deadline passed (deadline_s)",
+                    )
+                    break
                 gate = self.limits.check(
                     task.name, rung.model.provider, rung.key, convo, call_params, run.cost(), cap
                 )
@@ -590,7 +638,7 @@ class Cascade:
         repairs: Mapping[str, int],
     ) -> Generator[Call | _Eval, Any, _Attempt | None]:
         """Call one rung once, evaluate the answer and record the step; None if the call failed."""
-        outcome = yield Call(rung.key, convo, call_params, request.query_id)
+        outcome = yield Call(rung.key, convo, call_params, request.query_id, run.deadline)
         if outcome.completion is None:
             self._recorder.step(run, rung.key, outcome, "error", ())
             return None

@@ -7,6 +7,7 @@ leaves the steps it paid for. WAL mode lets a reader (``cascade report``) run be
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -15,9 +16,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from cascade.errors import ConfigError
 from cascade.types import CascadeResult, StepRecord
 
-__all__ = ["Ledger", "open_sqlite"]
+__all__ = ["Ledger", "check_ledger_path", "open_ledger", "open_sqlite"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS steps (
@@ -36,7 +38,8 @@ CREATE TABLE IF NOT EXISTS steps (
     latency_ms REAL NOT NULL,
     decision TEXT NOT NULL,
     error TEXT,
-    verdicts TEXT NOT NULL DEFAULT '[]'
+    verdicts TEXT NOT NULL DEFAULT '[]',
+    usage_estimated INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS steps_run ON steps(run_id);
 CREATE INDEX IF NOT EXISTS steps_task_ts ON steps(task, ts);
@@ -68,6 +71,45 @@ def open_sqlite(path: str) -> sqlite3.Connection:
     return conn
 
 
+def _unopenable(path: str, why: str, config_path: str | None) -> ConfigError:
+    return ConfigError(
+        f"cannot open the ledger {path!r}: {why}", path=config_path, location="ledger.path"
+    )
+
+
+def check_ledger_path(path: str, *, config_path: str | None = None) -> None:
+    """Check, without creating anything, that a ledger could be opened at ``path``.
+
+    Raises:
+        ConfigError: one line naming ``ledger.path`` (a directory, a read-only place...).
+    """
+    if path == ":memory:":
+        return
+    target = Path(path)
+    if target.is_dir():
+        raise _unopenable(path, "it is a directory", config_path)
+    if target.exists():
+        if not os.access(target, os.R_OK | os.W_OK):
+            raise _unopenable(path, "the file is not readable and writable", config_path)
+        return
+    parent = target.parent
+    while not parent.exists():  # the ledger creates missing folders
+        parent = parent.parent
+    if not parent.is_dir():
+        raise _unopenable(path, f"{str(parent)!r} is not a directory", config_path)
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise _unopenable(path, f"cannot create files in {str(parent)!r}", config_path)
+
+
+def open_ledger(path: str, *, config_path: str | None = None) -> Ledger:
+    """``Ledger(path)``, with a failure to open it reported as a one-line ``ConfigError``."""
+    check_ledger_path(path, config_path=config_path)
+    try:
+        return Ledger(path)
+    except (OSError, sqlite3.Error) as exc:
+        raise _unopenable(path, str(exc), config_path) from exc
+
+
 class Ledger:
     """Append-only record of spend. Safe to share between threads and asyncio tasks.
 
@@ -82,9 +124,21 @@ class Ledger:
         with self._lock:
             self._conn.execute("PRAGMA synchronous=NORMAL")
             self._conn.executescript(_SCHEMA)
+            self._migrate()
 
     def __repr__(self) -> str:
         return f"Ledger({self.path!r})"
+
+    def _migrate(self) -> None:
+        """Bring a ledger written by an older version up to this schema, in place.
+
+        Adding a column with a default rewrites nothing: old rows read as 0 (usage reported).
+        """
+        columns = {row[1] for row in self._conn.execute("PRAGMA table_info(steps)")}
+        if "usage_estimated" not in columns:
+            self._conn.execute(
+                "ALTER TABLE steps ADD COLUMN usage_estimated INTEGER NOT NULL DEFAULT 0"
+            )
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
@@ -103,7 +157,7 @@ class Ledger:
                 "INSERT INTO steps (run_id, ts, task, step, model, provider, attempts,"
                 " input_tokens,"
                 " cached_input_tokens, output_tokens, cost_usd, latency_ms, decision, error,"
-                " verdicts) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                " verdicts, usage_estimated) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
                     step.run_id,
                     step.ts or time.time(),
@@ -120,6 +174,7 @@ class Ledger:
                     step.decision,
                     step.error,
                     json.dumps([v.as_dict() for v in step.verdicts]),
+                    int(step.usage_estimated),
                 ),
             )
 

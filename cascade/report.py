@@ -18,8 +18,9 @@ def ledger_report(ledger: Ledger, *, since: float | None = None) -> dict[str, An
 
     Returns:
         ``{"total_cost_usd", "runs", "tasks": {TASK: {"runs", "cost_usd", "escalation_rate",
-        "accepted_rate", "errors", "models": {MODEL: {"calls", "cost_usd", "input_tokens",
-        "output_tokens"}}}}}``
+        "accepted_rate", "errors", "usage_estimated", "models": {MODEL: {"calls", "cost_usd",
+        "input_tokens", "output_tokens", "usage_estimated"}}}}}``. ``usage_estimated`` counts the
+        steps billed at the engine's estimate because the provider reported no usage.
     """
     where, args = ("WHERE ts >= ?", (since,)) if since is not None else ("", ())
     tasks: dict[str, dict[str, Any]] = {}
@@ -27,7 +28,8 @@ def ledger_report(ledger: Ledger, *, since: float | None = None) -> dict[str, An
         "SELECT task, COUNT(DISTINCT run_id) AS runs, SUM(cost_usd) AS cost,"
         " COUNT(DISTINCT CASE WHEN decision IN ('escalate', 'error', 'skip')"
         " THEN run_id END) AS escalated,"
-        f" SUM(decision = 'error') AS errors FROM steps {where} GROUP BY task ORDER BY task",
+        " SUM(decision = 'error') AS errors, SUM(usage_estimated) AS estimated"
+        f" FROM steps {where} GROUP BY task ORDER BY task",
         args,
     ):
         tasks[row["task"]] = {
@@ -36,6 +38,7 @@ def ledger_report(ledger: Ledger, *, since: float | None = None) -> dict[str, An
             "escalation_rate": row["escalated"] / row["runs"] if row["runs"] else 0.0,
             "accepted_rate": None,
             "errors": row["errors"] or 0,
+            "usage_estimated": row["estimated"] or 0,
             "models": {},
         }
     for row in ledger.query(
@@ -46,7 +49,7 @@ def ledger_report(ledger: Ledger, *, since: float | None = None) -> dict[str, An
             tasks[row["task"]]["accepted_rate"] = row["accepted"]
     for row in ledger.query(
         "SELECT task, model, SUM(decision NOT IN ('skip', 'cache')) AS calls,"
-        " SUM(cost_usd) AS cost, SUM(input_tokens) AS tin,"
+        " SUM(cost_usd) AS cost, SUM(input_tokens) AS tin, SUM(usage_estimated) AS estimated,"
         f" SUM(output_tokens) AS tout FROM steps {where} GROUP BY task, model ORDER BY task, model",
         args,
     ):
@@ -55,6 +58,7 @@ def ledger_report(ledger: Ledger, *, since: float | None = None) -> dict[str, An
             "cost_usd": row["cost"] or 0.0,
             "input_tokens": row["tin"] or 0,
             "output_tokens": row["tout"] or 0,
+            "usage_estimated": row["estimated"] or 0,
         }
     return {
         "total_cost_usd": sum(t["cost_usd"] for t in tasks.values()),

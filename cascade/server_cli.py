@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import os
 import signal
 import socket
 import sys
@@ -18,25 +19,32 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 
-from cascade.config import CascadeConfig, format_location, load_config, parse_config
+from cascade.config import (
+    CascadeConfig,
+    ServerConfig,
+    format_location,
+    load_config,
+    parse_config,
+)
 from cascade.errors import ConfigError
 
-__all__ = ["ServeSettings", "cmd_serve", "is_loopback", "load_serve_config", "register"]
+__all__ = [
+    "ServeSettings",
+    "cmd_serve",
+    "is_loopback",
+    "load_serve_config",
+    "register",
+    "unset_key_warnings",
+]
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
 
 
-class ServeSettings(BaseModel):
-    """The ``server:`` section: ``api_keys_env`` names the variable with comma-separated keys."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    api_keys_env: str | None = None
-    host: str | None = None
-    port: int | None = Field(default=None, ge=0, le=65535)
+class ServeSettings(ServerConfig):
+    """The ``server:`` section (``cascade.config.ServerConfig``), as ``cascade serve`` reads it."""
 
 
 def load_serve_config(path: str) -> tuple[CascadeConfig, ServeSettings]:
@@ -66,6 +74,16 @@ def load_serve_config(path: str) -> tuple[CascadeConfig, ServeSettings]:
     if declared is None:
         return config, ServeSettings()
     return config, ServeSettings.model_validate(declared.model_dump())
+
+
+def unset_key_warnings(config: CascadeConfig) -> list[str]:
+    """One warning per provider whose API key variable is unset (its calls would fail)."""
+    warnings = []
+    for name, provider in config.providers.items():
+        env = provider.key_env()
+        if env and not os.environ.get(env):
+            warnings.append(f"warning: providers.{name}: environment variable {env} is not set")
+    return warnings
 
 
 def is_loopback(host: str) -> bool:
@@ -129,9 +147,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
             path=args.config,
             location="server.api_keys_env",
         )
+    for warning in unset_key_warnings(config):
+        print(warning, file=sys.stderr, flush=True)
     engine = Cascade(config, path=args.config)
     try:
-        app = create_app(engine, api_keys=keys)
+        app = create_app(engine, api_keys=keys, settings=settings)
+        app.state.gateway.parser.start()
         try:
             sock = bind(host, port)
         except OSError as exc:
