@@ -20,6 +20,7 @@
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -39,9 +40,10 @@ from cascade.policy_table import AnswerTable, Estimates, FitSettings, Policy, si
 __all__ = ["calibrate_policy"]
 
 LAMBDAS = np.geomspace(50.0, 0.02, 28)  # quality-first to cost-first
-ACCEPT_POINTS = 48  # candidate acceptance thresholds per rung
+ACCEPT_POINTS = 64  # candidate acceptance thresholds per rung
 SKIP_QUANTILES = (0.1, 0.25, 0.5)
 MIN_CERTIFY = 20
+EXHAUSTIVE = 4000  # combinations of one subset evaluated exhaustively (else coordinate descent)
 
 
 def _subsets(rungs: int) -> list[tuple[int, ...]]:
@@ -110,6 +112,12 @@ class _Search:
                 {i: v for (kind, i), v in s.items() if kind == "accept"},
             )
 
+        grid = math.prod(len(v) for v in opts.values())
+        if grid <= EXHAUSTIVE:  # small ladders: every combination, so the path is complete
+            keys = list(opts)
+            for values in itertools.product(*(opts[k] for k in keys)):
+                self.run(policy(dict(zip(keys, values, strict=True))))
+            return []
         out = []
         for lam in LAMBDAS:
 
