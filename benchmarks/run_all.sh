@@ -39,6 +39,11 @@ cascade bench configs/bench/alpacaeval-fusechat.yaml "$WORK/alpaca_test.jsonl" -
 python benchmarks/replay_speed.py --queries 20000 | tee "$OUT/replay_speed.json"
 python benchmarks/load_test.py --runs 1000 --json "$OUT/load_test.json" > /dev/null
 python benchmarks/load_test.py --runs 1000 --max-concurrency 64 --json "$OUT/load_test_mc64.json" > /dev/null
+# Savings over 20 split seeds and calibration speed (about 5 and 1.5 minutes; see RESULTS.md).
+# savings_baseline_thresholds.json and calibrate_speed_baseline_thresholds.json record the
+# threshold calibrator as the baseline of issue #9; write a new method's run to another file:
+# python benchmarks/savings.py --seeds 20 --targets 0.90 0.95 --jobs 2 --label thresholds --out "$OUT/savings_baseline_thresholds.json"
+# python benchmarks/calibrate_speed.py --queries 10000 --accept all --json "$OUT/calibrate_speed_baseline_thresholds.json"
 # The gateway benchmark takes about a minute on its own:
 # python benchmarks/gateway_overhead.py --rates 50 200 --duration 20 --latency-ms 20 --json "$OUT/gateway_overhead.json" > /dev/null
 echo "results in $OUT"

@@ -6,7 +6,12 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.savings_stats import markdown_table
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -58,6 +63,10 @@ def main() -> None:
         t = json.loads((RESULTS / name).read_text())["tasks"]["chat"]
         lengths = ", ".join(f"{k} {v['answer_chars']:.0f}" for k, v in t["models"].items())
         print(f"- {name}: mean answer chars: cascade {t['answer_chars']:.0f}; {lengths}")
+    for name in sorted(RESULTS.glob("savings_*.json")):  # benchmarks/savings.py
+        doc = json.loads(name.read_text())
+        print(f"\n{name.name}: `{doc['command']}`\n")
+        print(markdown_table(doc["summary"]))
 
 
 if __name__ == "__main__":

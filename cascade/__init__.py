@@ -8,9 +8,11 @@ from cascade.errors import (
     ConfigError,
     DatasetError,
     EvaluatorError,
+    InvalidUsage,
     LedgerError,
     PluginNotFound,
     ProviderError,
+    RequestError,
 )
 from cascade.ledger import Ledger
 from cascade.types import CascadeResult, Completion, Request, StepRecord, Verdict
@@ -25,11 +27,13 @@ __all__ = [
     "ConfigError",
     "DatasetError",
     "EvaluatorError",
+    "InvalidUsage",
     "Ledger",
     "LedgerError",
     "PluginNotFound",
     "ProviderError",
     "Request",
+    "RequestError",
     "StepRecord",
     "Verdict",
 ]

@@ -187,8 +187,10 @@ def _replay_one(engine: Cascade, cfg: CascadeConfig, record: ReplayRecord, task:
     )
     latency: float | None = 0.0
     for step in result.steps:
-        if step.decision == "judge":
-            continue  # the recording is the judge model's answer to the query, not its grading
+        if step.decision in ("judge", "skip"):
+            # a judge's recording is its answer to the query, not its grading; a skipped rung
+            # never ran
+            continue
         recorded = record.responses.get(cfg.models[step.model].name)
         if recorded is None:
             continue  # no recording: an error step that took no time

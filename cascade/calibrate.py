@@ -8,15 +8,18 @@ Choice under a guard against overfitting: the cheapest configuration whose one-s
 confidence bound of mean(q_cascade(x) - R * q_top(x)) over train queries is >= 0 (paired normal
 approximation). The chosen config is then replayed through ``run_bench`` on train and test.
 
-Tunable settings (the first evaluator of a rung, cheapest first, whose type is listed here):
-``logprob.min``, ``self_confidence.min``, ``llm_judge.min_score``, ``agreement.min_agree``,
-``length.min_words``. "Accept all" is the evaluator removed (``min_words: 0`` for length).
+Tuned: the first evaluator of a rung (cheapest first) that declares a threshold
+(``cascade.evaluation.Thresholded``: a ``tunable`` and a ``threshold_value``). The built-ins are
+``logprob.min``, ``self_confidence.min``, ``llm_judge.min_score``, ``agreement.min_agree`` and
+``length.min_words``; a plug-in that declares one is tuned the same way. "Accept all" is the
+evaluator removed (``min_words: 0`` for length, whose ``Tunable.drop`` is False).
 """
 
 from __future__ import annotations
 
 import copy
 import datetime as dt
+import json
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -33,9 +36,7 @@ from cascade.dataset import ReplayRecord, load_dataset
 from cascade.errors import CascadeError, ConfigError, DatasetError
 from cascade.simulation import (
     DROP,
-    TUNABLE,
     ReplayTable,
-    Tunable,
     View,
     build_views,
     grids,
@@ -43,7 +44,7 @@ from cascade.simulation import (
     subsets,
 )
 
-__all__ = ["GUARD", "TUNABLE", "CalibrationResult", "Tunable", "calibrate", "write_calibrated"]
+__all__ = ["GUARD", "CalibrationResult", "calibrate", "write_calibrated"]
 
 Z = 1.2816  # one-sided 90% normal quantile
 GUARD = "paired lower confidence bound, z=1.28 (one-sided 90%)"
@@ -85,6 +86,7 @@ class CalibrationResult:
     simulated_train: dict[str, float]
     frontier: list[tuple[float, float]]
     config: dict[str, Any]
+    guarantee: dict[str, Any] | None = None
 
     def as_json(self) -> dict[str, Any]:
         """A JSON-safe dict (a removed evaluator's ``-inf`` becomes null)."""
@@ -104,6 +106,7 @@ class CalibrationResult:
             "simulated_train": self.simulated_train,
             "frontier": [list(p) for p in self.frontier],
             "config": self.config,
+            "guarantee": self.guarantee,
         }
 
 
@@ -440,8 +443,20 @@ def calibrate(
     test: str | Path | None = None,
     task: str | None = None,
     say: Callable[[str], None] = lambda s: None,
+    method: Literal["policy", "thresholds"] = "policy",
+    delta: float = 0.1,
+    fit_fraction: float = 0.5,
+    seed: int = 0,
+    text_features: bool = False,
+    bound: Literal["betting", "clt"] = "betting",
+    scheme: Literal["holdout", "crossfit"] = "holdout",
 ) -> CalibrationResult:
-    """Find the cheapest thresholds (and rungs) that keep quality >= R x always-top on train.
+    """Find the cheapest policy (or thresholds) that keeps quality >= R x always-top.
+
+    ``method="policy"`` (the default) learns quality models and a router and certifies the
+    choice by Learn-then-Test (``cascade.policy``): with probability >= 1 - ``delta`` the
+    chosen config's expected quality is >= R x always-top's. ``method="thresholds"`` is the
+    earlier search over each rung's one evaluator threshold with a heuristic 90% guard.
 
     Args:
         config_path: The YAML config to calibrate.
@@ -465,6 +480,26 @@ def calibrate(
     """
     if not (isinstance(target_quality, (int, float)) and 0 < target_quality < math.inf):
         raise ValueError(f"target_quality must be a positive number, got {target_quality!r}")
+    if method == "policy":
+        from cascade.policy import calibrate_policy
+
+        result: CalibrationResult = calibrate_policy(
+            config_path,
+            train,
+            target_quality=target_quality,
+            delta=delta,
+            test=test,
+            task=task,
+            fit_fraction=fit_fraction,
+            seed=seed,
+            text_features=text_features,
+            bound=bound,
+            scheme=scheme,
+            say=say,
+        )
+        return result
+    if method != "thresholds":
+        raise ValueError(f"method must be 'policy' or 'thresholds', got {method!r}")
     started = time.perf_counter()
     shown = str(config_path)
     cfg = load_config(config_path)
@@ -626,6 +661,37 @@ def write_calibrated(
             f"({_pct(report['quality'], top['quality'])} of always-top {top['quality']:.4f}; "
             f"bootstrap 95% CI {ci})"
         )
-    body = yaml.safe_dump(result.config, sort_keys=False, allow_unicode=True)
+    if result.guarantee is not None:
+        g = result.guarantee
+        lines.append(
+            f"# guarantee: {g['statement']} ({g['method']}, {g['bound']} bound, "
+            f"{g['certify_queries']} certify queries, p = {g['p_value']:.4g})"
+        )
     Path(out).parent.mkdir(parents=True, exist_ok=True)
+    config = _externalize(result.config, result.task, Path(out))
+    body = yaml.safe_dump(config, sort_keys=False, allow_unicode=True)
     Path(out).write_text("\n".join(lines) + "\n" + body, encoding="utf-8")
+
+
+def _externalize(config: Mapping[str, Any], task: str, out: Path) -> dict[str, Any]:
+    """Move fitted models (quality_model, router) into JSON files beside ``out``.
+
+    The YAML then names each file relative to itself, so the pair can be moved together.
+    """
+    mapping = copy.deepcopy(dict(config))
+    settings = mapping["tasks"][task]
+    stem = out.name.removesuffix(out.suffix)
+    for entry in settings.get("ladder", []):
+        if not isinstance(entry, dict):
+            continue
+        for spec in entry.get("evaluators") or []:
+            if spec.get("type") == "quality_model" and isinstance(spec.get("model"), dict):
+                name = f"{stem}.{task}.{entry['model']}.quality.json"
+                (out.parent / name).write_text(json.dumps(spec["model"], indent=1))
+                spec["model"] = name
+    router = settings.get("router")
+    if isinstance(router, dict) and isinstance(router.get("model"), dict):
+        name = f"{stem}.{task}.router.json"
+        (out.parent / name).write_text(json.dumps(router["model"], indent=1))
+        router["model"] = name
+    return mapping

@@ -1,12 +1,21 @@
-"""One model call of a step: concurrency slot, circuit breaker, and tenacity's retries."""
+"""One model call of a step: concurrency slot, circuit breaker, deadlines and tenacity's retries.
+
+A provider's ``timeout_s`` bounds each attempt as a whole (the SDKs' own timeout only bounds
+each read, so an upstream trickling one byte a second could hold a call for ever), and the
+run's deadline bounds all attempts together.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import contextvars
+import sys
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 
@@ -30,6 +39,7 @@ class Call:
     messages: tuple[Message, ...]
     params: Mapping[str, Any]
     query_id: str | None
+    deadline: float | None = None  # time.monotonic() by which the run must end
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,18 +87,27 @@ class Caller:
         last: ProviderError | None = None
         billed: list[Completion] = []
         try:
-            for attempt in self.retry.retrying():
+            for attempt in self.retry.retrying(op.deadline):
                 with attempt:
                     self._gate(model.provider, model.name)
+                    timeout, cut_short = self._timeout(op, model.provider, model.name)
                     attempts += 1
                     try:
                         with slot or contextlib.nullcontext():
-                            completion = provider.complete(
-                                op.messages,
-                                model=model.name,
-                                params=op.params,
-                                query_id=op.query_id,
+                            completion = _within(
+                                timeout,
+                                lambda: provider.complete(
+                                    op.messages,
+                                    model=model.name,
+                                    params=op.params,
+                                    query_id=op.query_id,
+                                ),
                             )
+                    except (TimeoutError, asyncio.TimeoutError):  # distinct on 3.10
+                        last = _timed_out(model.provider, model.name, timeout, cut_short)
+                        if not cut_short:
+                            self._note(model.provider, last)
+                        raise last from None
                     except ProviderError as exc:
                         last = exc
                         if exc.billed is not None:
@@ -110,18 +129,27 @@ class Caller:
         billed: list[Completion] = []
         started = time.perf_counter()
         try:
-            async for attempt in self.retry.aretrying():
+            async for attempt in self.retry.aretrying(op.deadline):
                 with attempt:
                     self._gate(model.provider, model.name)
+                    timeout, cut_short = self._timeout(op, model.provider, model.name)
                     attempts += 1
                     try:
                         async with slot or contextlib.nullcontext():
-                            completion = await provider.acomplete(
-                                op.messages,
-                                model=model.name,
-                                params=op.params,
-                                query_id=op.query_id,
+                            completion = await _awithin(
+                                timeout,
+                                provider.acomplete(
+                                    op.messages,
+                                    model=model.name,
+                                    params=op.params,
+                                    query_id=op.query_id,
+                                ),
                             )
+                    except (TimeoutError, asyncio.TimeoutError):  # distinct on 3.10
+                        last = _timed_out(model.provider, model.name, timeout, cut_short)
+                        if not cut_short:
+                            self._note(model.provider, last)
+                        raise last from None
                     except ProviderError as exc:
                         last = exc
                         if exc.billed is not None:
@@ -133,6 +161,28 @@ class Caller:
             # When the circuit opened mid-step, the fault that opened it is the better story.
             return Outcome(None, last or exc, attempts, _since(started), tuple(billed))
         return Outcome(completion, None, attempts, _since(started), tuple(billed))
+
+    def _timeout(self, op: Call, provider: str, model: str) -> tuple[float, bool]:
+        """This attempt's time: ``timeout_s``, or less if the run's deadline comes first.
+
+        The second value says the deadline cut it short: a timeout then says nothing about
+        the provider's health and must not count towards its circuit breaker.
+
+        Raises:
+            ProviderError: the run's deadline has already passed (not a provider fault).
+        """
+        full = self.config.providers[provider].timeout_s
+        if op.deadline is None:
+            return full, False
+        left = op.deadline - time.monotonic()
+        if left <= 0:
+            raise ProviderError(
+                f"{provider}: the run's deadline passed before calling {model}",
+                provider=provider,
+                model=model,
+                retryable=False,
+            )
+        return min(full, left), left < full
 
     def _gate(self, provider: str, model: str) -> None:
         """Stop retrying into a provider whose circuit opened during this step."""
@@ -162,6 +212,63 @@ class Caller:
                 failures=breaker.failures,
                 cooldown_s=breaker.cooldown_s,
             )
+
+
+_T = TypeVar("_T")
+
+
+def _within(timeout: float, call: Callable[[], _T]) -> _T:
+    """Run a blocking call with a deadline for the whole of it.
+
+    The SDKs' sync clients offer only per-read timeouts, so the call runs in a thread of its
+    own and the caller stops waiting at the deadline. The abandoned thread ends at its next
+    read timeout or byte; what it returns is dropped.
+
+    Raises:
+        TimeoutError: the call did not finish in ``timeout`` seconds.
+    """
+    box: dict[str, Any] = {}
+    done = threading.Event()
+    context = contextvars.copy_context()
+
+    def work() -> None:
+        try:
+            box["value"] = context.run(call)
+        except BaseException as exc:  # handed to the caller's thread below
+            box["error"] = exc
+        finally:
+            done.set()
+
+    threading.Thread(target=work, name="cascade-call", daemon=True).start()
+    if not done.wait(timeout):
+        raise TimeoutError
+    if "error" in box:
+        raise box["error"]
+    result: _T = box["value"]
+    return result
+
+
+async def _awithin(timeout: float, call: Awaitable[_T]) -> _T:
+    """Await a call with a deadline for the whole of it (``TimeoutError`` past it).
+
+    ``asyncio.timeout`` (3.11+) cancels in place; ``wait_for`` wraps the call in a task of its
+    own, an extra scheduling hop on every call.
+    """
+    if sys.version_info >= (3, 11):
+        async with asyncio.timeout(timeout):
+            return await call
+    return await asyncio.wait_for(call, timeout)
+
+
+def _timed_out(provider: str, model: str, timeout: float, cut_short: bool) -> ProviderError:
+    why = "the run's deadline" if cut_short else "providers.timeout_s"
+    return ProviderError(
+        f"{provider}: request to {model} timed out after {timeout:.3g}s ({why})",
+        provider=provider,
+        model=model,
+        # Another try helps after a slow reply, never once the run's time is up.
+        retryable=not cut_short,
+    )
 
 
 def _since(started: float) -> float:

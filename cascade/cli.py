@@ -1,7 +1,8 @@
 """The ``cascade`` command. Every failure is one clear line on stderr and a non-zero exit code.
 
 Exit codes: 0 success, 1 the cascade ran but failed (provider faults, exhausted ladder),
-2 a usage or configuration mistake (bad config, missing API key, bad dataset).
+2 a usage or configuration mistake (bad config, missing API key, bad dataset, a refused
+parameter such as ``--max-tokens`` above the model's ``max_output_tokens``).
 """
 
 from __future__ import annotations
@@ -19,7 +20,15 @@ import structlog
 from cascade import cli_ledger, cli_replay, server_cli
 from cascade.config import load_config
 from cascade.engine import Cascade
-from cascade.errors import CascadeError, CascadeExhausted, ConfigError, DatasetError, ProviderError
+from cascade.errors import (
+    CascadeError,
+    CascadeExhausted,
+    ConfigError,
+    DatasetError,
+    ProviderError,
+    RequestError,
+)
+from cascade.ledger import Ledger, check_ledger_config
 
 __all__ = ["main"]
 
@@ -108,12 +117,10 @@ def _result_json(result: Any) -> dict[str, Any]:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     config = load_config(args.config)
-    engine = Cascade(config, path=args.config, ledger=False)
-    warnings = []
-    for name, provider in config.providers.items():
-        env = provider.key_env()
-        if env and not os.environ.get(env):
-            warnings.append(f"warning: providers.{name}: environment variable {env} is not set")
+    check_ledger_config(config.ledger, config_path=args.config)
+    # An in-memory ledger: validating must not create the real one, but budgets need one.
+    engine = Cascade(config, path=args.config, ledger=Ledger(":memory:"))
+    warnings = server_cli.unset_key_warnings(config)
     for name in sorted(set(config.tasks) & set(config.models)):
         warnings.append(f"warning: {name!r} is both a task and a model key")
     for line in warnings:
@@ -180,7 +187,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler: Handler = args.handler
     try:
         return handler(args)
-    except (ConfigError, DatasetError) as exc:
+    except (ConfigError, DatasetError, RequestError) as exc:
         _say(f"error: {exc}")
         return 2
     except (ProviderError, CascadeError) as exc:

@@ -16,7 +16,7 @@ from typing import Any
 
 from cascade.config import load_config
 from cascade.errors import ConfigError, LedgerError
-from cascade.ledger import Ledger
+from cascade.ledger import Ledger, open_ledger
 from cascade.limits import Limits
 from cascade.report import ledger_report
 
@@ -39,7 +39,7 @@ def open_for_cli(args: argparse.Namespace) -> Ledger:
                               location="--url-env")
         return Ledger(url=url)
     if args.ledger is None and args.config:
-        ledger = Ledger.from_config(load_config(args.config).ledger, path=args.config)
+        ledger = open_ledger(load_config(args.config).ledger, config_path=args.config)
         if ledger is None:
             raise ConfigError("the config turns the ledger off (ledger.path: null)",
                               path=args.config, location="ledger")
@@ -95,6 +95,10 @@ def _print_report(where: str, report: dict[str, Any]) -> None:
             table.add_row("", model, str(m["calls"]), f"{m['cost_usd']:.6f}", "", "",
                           str(m["unfinished"]))
     Console().print(table)
+    for task, t in report["tasks"].items():
+        if t["usage_estimated"]:
+            print(f"{task}: {t['usage_estimated']} step(s) billed at an estimate "
+                  "(the provider reported no usage)")
     if report["unfinished"]:
         print(f"{report['unfinished']} unfinished call(s) (pending, or lost by a process that "
               "died or was cancelled) are counted at their reserved worst case")

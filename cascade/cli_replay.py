@@ -141,6 +141,13 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         test=args.test,
         task=args.task,
         say=_say,
+        method=args.method,
+        delta=args.delta,
+        fit_fraction=args.fit_fraction,
+        seed=args.seed,
+        text_features=args.text_features,
+        bound=args.bound,
+        scheme=args.scheme,
     )
     report = result.as_json()
     if args.json:
@@ -164,6 +171,14 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
             f"escalation {', '.join(f'{e:.1%}' for e in numbers['escalation_rate']) or '-'}"
         )
     print(result.message)
+    if result.guarantee is not None:
+        g = result.guarantee
+        print(
+            f"guarantee: {g['statement']} ({g['method']}, {g['scheme']}, {g['bound']} bound; "
+            f"fitted on {g['fit_queries']} train queries, certified on {g['certify_queries']}; "
+            f"{g['certified']} of {g['candidates']} candidate policies certified, "
+            f"chosen p = {g['p_value']:.4g})"
+        )
     write_calibrated(result, args.out, command="cascade " + " ".join(sys.argv[1:]))
     _say(f"wrote {args.out}")
     if args.plot:
@@ -218,11 +233,13 @@ def register(sub: Any) -> None:
 
     cal = sub.add_parser(
         "calibrate",
-        help="tune evaluator thresholds to a quality target on labelled data",
-        description="Search each rung's evaluator thresholds (logprob.min, self_confidence.min, "
-        "llm_judge.min_score, agreement.min_agree, length.min_words) and which rungs to keep, "
-        "minimising cost per query subject to quality >= R x always-top quality on TRAIN, "
-        "guarded by a paired lower confidence bound against overfitting.",
+        help="choose the cheapest cascade policy that meets a quality target, with a guarantee",
+        description="Learn a quality_model per rung (from the rungs' candidate evaluators, "
+        "log-probabilities, agreement and answer shape) and a prompt-only router on part of "
+        "TRAIN, search which rungs to keep and every threshold, then certify the choice on "
+        "the rest of TRAIN by Learn-then-Test: with probability >= 1 - delta the expected "
+        "quality is >= R x always-top's. --method thresholds runs the earlier per-evaluator "
+        "threshold search instead.",
     )
     cal.add_argument("config", help="YAML config file")
     cal.add_argument("train", help="labelled replay dataset to tune on")
@@ -238,6 +255,46 @@ def register(sub: Any) -> None:
     cal.add_argument("--task", help="task to calibrate (default: the only one)")
     cal.add_argument("--json", metavar="OUT", help="also write the full result as JSON")
     cal.add_argument("--plot", metavar="OUT.png", help="plot the trade-off and frontier")
+    cal.add_argument(
+        "--method",
+        choices=["policy", "thresholds"],
+        default="policy",
+        help="policy (default): learned estimates + Learn-then-Test; thresholds: the earlier "
+        "one-threshold-per-rung search with a heuristic guard",
+    )
+    cal.add_argument(
+        "--delta",
+        type=float,
+        default=0.1,
+        help="allowed probability that the quality target is missed (default 0.1)",
+    )
+    cal.add_argument(
+        "--bound",
+        choices=["betting", "clt"],
+        default="betting",
+        help="betting (default): valid at every sample size; clt: normal approximation, "
+        "valid as the certify set grows, cheaper policies",
+    )
+    cal.add_argument(
+        "--fit-fraction",
+        type=float,
+        default=0.5,
+        help="share of TRAIN used to fit and search; the rest certifies (default 0.5)",
+    )
+    cal.add_argument(
+        "--scheme",
+        choices=["holdout", "crossfit"],
+        default="holdout",
+        help="holdout (default): fit and search on one part, certify on the other; crossfit: "
+        "5-fold estimates for every train query, certified along thresholds fixed in advance "
+        "(more data for both, the deployed model is refit on all of it)",
+    )
+    cal.add_argument("--seed", type=int, default=0, help="seed of the fit/certify split")
+    cal.add_argument(
+        "--text-features",
+        action="store_true",
+        help="also hash the prompt's word n-grams into the estimates (needs more data)",
+    )
     cal.set_defaults(handler=cmd_calibrate)
 
     data = sub.add_parser("data", help="dataset tools", description="Dataset tools.")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -38,11 +38,22 @@ __all__ = [
     "format_location",
     "load_config",
     "parse_config",
+    "safe_load_bounded",
 ]
 
 # Infinite and NaN numbers are refused: a price or cap of .inf would silently disable a check.
 _STRICT = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 DEFAULT_KEY_ENV = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}
+# A config file is a few hundred nodes; aliases may repeat parts of it, but a file whose aliases
+# expand past this many nodes is an alias bomb (740 bytes can stand for gigabytes).
+MAX_YAML_NODES = 100_000
+# The output limit of a model whose entry sets no max_output_tokens.
+DEFAULT_MAX_OUTPUT_TOKENS = 4096
+# Engine arguments and transport options: never a gateway parameter, whatever the operator says.
+_NEVER_ALLOWED = frozenset(
+    {"task", "prompt", "query_id", "max_cost_usd", "log_content", "deadline_s"}
+    | {"timeout", "extra_headers", "extra_query", "model", "messages"}
+)
 
 
 class CircuitBreakerConfig(BaseModel):
@@ -62,6 +73,7 @@ class ProviderConfig(BaseModel):
     type: str
     api_key_env: str | None = None
     base_url: str | None = None
+    # A deadline for the whole call (connect, send, every read), not a per-read timeout.
     timeout_s: float = Field(default=60.0, gt=0)
     dataset: str | None = None  # replay only: the recorded dataset to serve
     max_concurrency: int | None = Field(default=None, ge=1)
@@ -80,6 +92,8 @@ class ModelConfig(BaseModel):
     name: str
     price: Price
     params: dict[str, Any] = Field(default_factory=dict)
+    # The most output tokens a call may ask for; sent as max_tokens when a call sets none.
+    max_output_tokens: int = Field(default=DEFAULT_MAX_OUTPUT_TOKENS, ge=1)
 
 
 class RetryConfig(BaseModel):
@@ -173,6 +187,15 @@ class RungConfig(BaseModel):
     accept: Accept | None = None
 
 
+class RouterConfig(BaseModel):
+    """A task's ``router:``: skip a rung when its prompt-only success estimate is too low."""
+
+    model_config = _STRICT
+
+    model: str | dict[str, Any]
+    skip_below: dict[str, Annotated[float, Field(ge=0, le=1)]] = Field(default_factory=dict)
+
+
 class TaskConfig(BaseModel):
     """One ``tasks:`` entry: the ladder, how answers are judged, and what happens at the top."""
 
@@ -186,6 +209,10 @@ class TaskConfig(BaseModel):
     max_cost_usd: float | None = Field(default=None, gt=0)
     budgets: BudgetsConfig | None = None
     cache: TaskCacheConfig | None = None
+    router: RouterConfig | None = None
+    # The whole run (every rung, retry and judge call) ends by then; complete(deadline_s=)
+    # and the gateway's server.request_timeout_s can only shorten it.
+    deadline_s: float = Field(default=120.0, gt=0)
 
     @field_validator("ladder", mode="before")
     @classmethod
@@ -208,6 +235,26 @@ class ServerConfig(BaseModel):
     api_keys_env: str | None = None
     host: str | None = None
     port: int | None = Field(default=None, ge=0, le=65535)
+    # Body fields beyond the OpenAI chat parameters that clients may send (vendor knobs).
+    allow_params: list[str] = Field(default_factory=list)
+    max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)  # larger bodies get 413
+    max_messages: int = Field(default=1000, ge=1)  # more messages get 400
+    # A client that has not sent its headers, or its whole body, by then is cut off.
+    client_timeout_s: float = Field(default=10.0, gt=0)
+    max_connections: int = Field(default=1000, ge=1)  # connections beyond it get 503
+    # A gateway request's run ends by then (it bounds the task's deadline_s).
+    request_timeout_s: float = Field(default=120.0, gt=0)
+
+    @field_validator("allow_params")
+    @classmethod
+    def _no_reserved_names(cls, value: list[str]) -> list[str]:
+        refused = sorted(_NEVER_ALLOWED & set(value))
+        if refused:
+            raise ValueError(
+                f"{', '.join(refused)} can never be a client parameter (engine arguments and "
+                "transport options are the gateway's own)"
+            )
+        return value
 
 
 class CascadeConfig(BaseModel):
@@ -262,6 +309,14 @@ def _from_validation(exc: ValidationError, path: str | None) -> ConfigError:
 
 def _check_references(config: CascadeConfig, path: str | None) -> None:
     for key, model in config.models.items():
+        for name in ("max_tokens", "max_completion_tokens"):
+            value = model.params.get(name)
+            if isinstance(value, int) and value > model.max_output_tokens:
+                raise ConfigError(
+                    f"{value} is above max_output_tokens {model.max_output_tokens}",
+                    path=path,
+                    location=f"models.{key}.params.{name}",
+                )
         if model.provider not in config.providers:
             raise ConfigError(
                 f"unknown provider {model.provider!r} (defined: {', '.join(config.providers)})",
@@ -298,6 +353,52 @@ def parse_config(data: Any, *, path: str | None = None) -> CascadeConfig:
     return config
 
 
+class _BoundedLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses documents whose aliases expand past ``MAX_YAML_NODES``.
+
+    PyYAML shares an aliased node instead of copying it, so loading an alias bomb is cheap; the
+    copies happen later (validation, hashing a cache key, the first request) and take gigabytes.
+    The expanded size is counted on the composed node graph, once per distinct node.
+    """
+
+    def compose_document(self) -> yaml.Node | None:
+        node = super().compose_document()
+        if node is not None:
+            _expanded_size(node, {}, set())
+        return node
+
+
+def _expanded_size(node: yaml.Node, sizes: dict[int, int], active: set[int]) -> int:
+    key = id(node)
+    if key in sizes:
+        return sizes[key]
+    if key in active:
+        raise yaml.YAMLError("recursive alias")
+    active.add(key)
+    size = 1
+    if isinstance(node, yaml.SequenceNode):
+        size += sum(_expanded_size(child, sizes, active) for child in node.value)
+    elif isinstance(node, yaml.MappingNode):
+        for k, v in node.value:
+            size += _expanded_size(k, sizes, active) + _expanded_size(v, sizes, active)
+    active.discard(key)
+    if size > MAX_YAML_NODES:
+        raise yaml.YAMLError(
+            f"aliases expand to more than {MAX_YAML_NODES:,} nodes (an alias bomb?)"
+        )
+    sizes[key] = size
+    return size
+
+
+def safe_load_bounded(text: str) -> Any:
+    """``yaml.safe_load`` with alias expansion bounded by ``MAX_YAML_NODES``.
+
+    Raises:
+        yaml.YAMLError: invalid YAML, a recursive alias, or an expansion past the bound.
+    """
+    return yaml.load(text, Loader=_BoundedLoader)
+
+
 def load_config(path: str | os.PathLike[str]) -> CascadeConfig:
     """Read and validate a YAML config file.
 
@@ -312,7 +413,7 @@ def load_config(path: str | os.PathLike[str]) -> CascadeConfig:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read config file: {exc}", path=shown) from exc
     try:
-        data = yaml.safe_load(text)
+        data = safe_load_bounded(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else None

@@ -34,6 +34,7 @@ from cascade.errors import (
     CascadeExhausted,
     ConfigError,
     ProviderError,
+    RequestError,
 )
 from cascade.evaluation import (
     EvaluatorContext,
@@ -44,14 +45,16 @@ from cascade.evaluation import (
     finalized,
     shown,
 )
-from cascade.ledger import Ledger
+from cascade.features import prompt_text
+from cascade.ledger import Ledger, open_ledger
 from cascade.limits import Gate, Limits
-from cascade.money import DEFAULT_MAX_TOKENS, max_output_tokens
+from cascade.params import bound_output, check_call_params
 from cascade.plugins import PROVIDERS, load_plugin
 from cascade.pricing import cost_usd
 from cascade.providers.base import Provider
 from cascade.recorder import Recorder, Run, current_run
 from cascade.retry import RetryPolicy
+from cascade.router import Router, load_router
 from cascade.types import (
     CascadeResult,
     Completion,
@@ -82,6 +85,7 @@ class _Task:
     rungs: tuple[Rung, ...]
     on_exhausted: str
     params: Mapping[str, Any]
+    router: Router | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,7 +155,7 @@ class Cascade:
                 raise ConfigError(exc.message, path=path, location=exc.location) from exc
             raise
         if ledger is None or ledger is True:
-            self.ledger = Ledger.from_config(config.ledger, path=path)
+            self.ledger = open_ledger(config.ledger, config_path=path)
         else:
             self.ledger = ledger or None
         try:
@@ -273,8 +277,22 @@ class Cascade:
                     accept=rung.accept if rung.accept is not None else task.accept,
                 )
             )
+        router = None
+        if task.router is not None:
+            router = load_router(
+                task.router.model,
+                task.router.skip_below,
+                [r.model for r in task.ladder],
+                config_dir=Path(self.path).parent if self.path else None,
+                path=self.path,
+                location=f"tasks.{name}.router",
+            )
         return _Task(
-            name=name, rungs=tuple(rungs), on_exhausted=task.on_exhausted, params=task.params
+            name=name,
+            rungs=tuple(rungs),
+            on_exhausted=task.on_exhausted,
+            params=task.params,
+            router=router,
         )
 
     # -- public API -----------------------------------------------------------------------------
@@ -287,6 +305,7 @@ class Cascade:
         query_id: str | None = None,
         max_cost_usd: float | None = None,
         log_content: bool | None = None,
+        deadline_s: float | None = None,
         **params: Any,
     ) -> CascadeResult:
         """Run ``task``'s ladder on a prompt and return the first accepted answer.
@@ -297,6 +316,8 @@ class Cascade:
             query_id: An external id for the query (the replay provider looks answers up by it).
             max_cost_usd: A cap on this call's total cost (overrides the task's ``max_cost_usd``).
             log_content: Put prompt and answer text in log events (default: the config's).
+            deadline_s: End the run within this many seconds (it can only shorten the task's
+                ``deadline_s``); rungs left when it passes are ``skip`` steps.
             **params: Provider parameters such as ``max_tokens`` or ``temperature``.
 
         Returns:
@@ -308,8 +329,13 @@ class Cascade:
             CascadeExhausted: no rung passed and the task says ``on_exhausted: raise``.
             EvaluatorError: an evaluator crashed.
             BudgetExceeded: no rung fits the cost cap or the period budgets.
+            RequestError: a parameter is refused (a transport option, an ``extra_body`` that
+                overrides a checked parameter, ``max_tokens`` above a rung's
+                ``max_output_tokens``); nothing was called.
         """
-        plan, run = self._start(task, prompt, query_id, max_cost_usd, log_content, params)
+        plan, run = self._start(
+            task, prompt, query_id, max_cost_usd, log_content, deadline_s, params
+        )
         token = current_run.set(run)
         try:
             return self._recorder.finish(self._drive(plan), run)
@@ -327,6 +353,7 @@ class Cascade:
         query_id: str | None = None,
         max_cost_usd: float | None = None,
         log_content: bool | None = None,
+        deadline_s: float | None = None,
         **params: Any,
     ) -> CascadeResult:
         """The async twin of ``complete``, with the same arguments, result and errors.
@@ -335,7 +362,9 @@ class Cascade:
         settlement runs in place only when the ledger can take it at once (SQLite, about
         0.1 ms), else on the ledger's thread (PostgreSQL: always).
         """
-        plan, run = self._start(task, prompt, query_id, max_cost_usd, log_content, params)
+        plan, run = self._start(
+            task, prompt, query_id, max_cost_usd, log_content, deadline_s, params
+        )
         token = current_run.set(run)
         try:
             result: CascadeResult = await self._ledger_io(
@@ -404,11 +433,17 @@ class Cascade:
         settings = self.config.models[model]
         run = current_run.get()
         query_id = run.query_id if run is not None else None
-        op = Call(model, as_messages(messages), {**settings.params, **(params or {})}, query_id)
+        merged = {**settings.params, **(params or {})}
+        check_call_params(merged)
+        op = Call(
+            model,
+            as_messages(messages),
+            bound_output(merged, settings.max_output_tokens, model),
+            query_id,
+            run.deadline if run is not None else None,
+        )
         if run is None:
             return op, None, Gate(), 0
-        if self.limits.budgeted(run.task, run.cap) and max_output_tokens(op.params) is None:
-            op = replace(op, params={**op.params, "max_tokens": DEFAULT_MAX_TOKENS})
         gate = self.limits.check(
             run.task,
             settings.provider,
@@ -452,6 +487,7 @@ class Cascade:
         query_id: str | None,
         max_cost_usd: float | None,
         log_content: bool | None,
+        deadline_s: float | None,
         params: dict[str, Any],
     ) -> tuple[_Plan, Run]:
         if task not in self.tasks:
@@ -459,6 +495,19 @@ class Cascade:
                 f"unknown task {task!r} (defined: {', '.join(self.tasks)})",
                 path=self.path,
                 location="tasks",
+            )
+        # Refused before anything is called: an output limit above any rung's would make the
+        # reservation a fiction, and extra_body must not override what was checked.
+        check_call_params(params)
+        if deadline_s is not None and not deadline_s > 0:
+            raise RequestError(
+                f"must be a positive number of seconds (got {deadline_s!r})", param="deadline_s"
+            )
+        for rung in self.tasks[task].rungs:
+            bound_output(
+                {**rung.model.params, **self.tasks[task].params, **params},
+                rung.model.max_output_tokens,
+                rung.key,
             )
         content = self.config.logging.content if log_content is None else log_content
         run = Run(
@@ -469,6 +518,8 @@ class Cascade:
         cap = max_cost_usd if max_cost_usd is not None else settings.max_cost_usd
         run.cap = cap
         run.query_id = query_id
+        limit = settings.deadline_s if deadline_s is None else min(deadline_s, settings.deadline_s)
+        run.deadline = time.monotonic() + limit
         if settings.cache is not None and self.cache is not None:
             # Models and providers are part of the key: a changed model name, price or
             # parameter must not serve an answer cached under the old one.
@@ -516,17 +567,41 @@ class Cascade:
         history: list[Completion] = []
         last: tuple[Rung, Completion, tuple[Verdict, ...]] | None = None
         refused: list[Gate] = []
+        prompt = prompt_text(messages) if task.router is not None else ""
         for rung in task.rungs:
-            call_params: dict[str, Any] = {**rung.model.params, **task.params, **params}
-            if self.limits.budgeted(task.name, cap) and max_output_tokens(call_params) is None:
-                # The worst case assumes this many output tokens, so the call must be held to it.
-                call_params["max_tokens"] = DEFAULT_MAX_TOKENS
+            if task.router is not None and (skip := task.router.skip(rung.key, prompt)):
+                # Predicted to fail from the prompt alone: neither the call nor its checks are
+                # paid for, and the step says why.
+                p, threshold = skip
+                verdict = Verdict(
+                    "router", False, p, f"predicted P(correct) = {p:.3f} < skip_below {threshold:g}"
+                )
+                yield _io(
+                    self._recorder.step,
+                    run, rung.key, Outcome(None, None, 0, 0.0), "skip", (verdict,),
+                    index=run.next_index(),
+                )
+                continue
+            # The worst case assumes this many output tokens, so the call is held to it.
+            call_params = bound_output(
+                {**rung.model.params, **task.params, **params},
+                rung.model.max_output_tokens,
+                rung.key,
+            )
             convo = messages
             for slot in rung.slots:
                 if "prepare" in slot.hooks:
                     convo, call_params = slot.hooks["prepare"](convo, call_params)
             repairs = {s.name: int(getattr(s.evaluator, "repair_attempts", 0)) for s in rung.slots}
             while True:
+                if run.deadline is not None and time.monotonic() >= run.deadline:
+                    # Nothing is called, so nothing is reserved: a row of its own, cost 0.
+                    yield _io(
+                        self._recorder.step,
+                        run, rung.key, Outcome(None, None, 0, 0.0), "skip", (),
+                        error="the run's deadline passed (deadline_s)", index=run.next_index(),
+                    )
+                    break
                 index = run.next_index()
                 # Writes the step's pending row before the call, or raises LedgerError.
                 gate: Gate = yield _io(
@@ -620,7 +695,7 @@ class Cascade:
         gate: Gate,
     ) -> Generator[Call | _Eval | _Io, Any, _Attempt | None]:
         """Call one rung once, evaluate the answer and record the step; None if the call failed."""
-        outcome = yield Call(rung.key, convo, call_params, request.query_id)
+        outcome = yield Call(rung.key, convo, call_params, request.query_id, run.deadline)
         if outcome.completion is None:
             yield _io(self._recorder.step, run, rung.key, outcome, "error", (), index=index,
                       hold=gate.hold)

@@ -6,7 +6,9 @@
     ├── ConfigError          path, location        (bad YAML, unknown key, missing API key)
     │   └── PluginNotFound   group, name
     ├── DatasetError         path, line            (a malformed replay dataset line)
+    ├── RequestError         param                 (a call parameter is refused: max_tokens...)
     ├── ProviderError        provider, model, status_code, retryable, result
+    │   └── InvalidUsage                           (a reply's token counts are not believable)
     ├── EvaluatorError       evaluator             (an evaluator crashed: a bug, not a rejection)
     ├── BudgetExceeded       limit_usd, estimate_usd, result
     ├── LedgerError          backend               (the ledger cannot take a write: fail closed)
@@ -29,9 +31,11 @@ __all__ = [
     "ConfigError",
     "DatasetError",
     "EvaluatorError",
+    "InvalidUsage",
     "LedgerError",
     "PluginNotFound",
     "ProviderError",
+    "RequestError",
 ]
 
 
@@ -110,6 +114,27 @@ class ProviderError(CascadeError):
         self.retryable = retryable
         self.retry_after_s = retry_after_s
         self.result = result
+
+
+class InvalidUsage(ProviderError):
+    """A reply reported token counts that are not integers within sane bounds.
+
+    Such a reply is billed at the reserved worst case (``billed``), never retried, and counted
+    by the circuit breaker as a provider fault: the bill it reports cannot be trusted.
+    """
+
+
+class RequestError(CascadeError, ValueError):
+    """A call's parameters are refused before anything is spent.
+
+    Attributes:
+        param: The parameter at fault, as a key path (``max_tokens``, ``extra_body.n``).
+    """
+
+    def __init__(self, message: str, *, param: str):
+        super().__init__(f"{param}: {message}")
+        self.message = message
+        self.param = param
 
 
 class EvaluatorError(CascadeError):

@@ -11,6 +11,8 @@ the ``cascade.evaluators`` entry-point group may also declare:
 - ``finalize(text) -> text``: clean the accepted answer (strip a confidence line).
 - ``acall(request, completion)``: an async version, used by ``acomplete``.
 - ``repair_attempts`` and ``repair_message(verdict)``: re-ask the same model after a rejection.
+- ``tunable`` and ``threshold_value(verdict, completion)`` (``Thresholded``): one threshold that
+  ``cascade calibrate`` can tune, and the number each verdict compares with it.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ValidationError
 
@@ -30,6 +32,8 @@ from cascade.plugins import EVALUATORS, load_object, load_plugin
 from cascade.types import Completion, Request, Verdict
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from cascade.types import Message
 
 __all__ = [
@@ -38,11 +42,15 @@ __all__ = [
     "EvaluatorLike",
     "ModelServices",
     "Slot",
+    "Thresholded",
+    "Tunable",
     "build_evaluators",
     "combine",
     "finalized",
     "shown",
+    "threshold_values",
     "to_verdict",
+    "tunable_of",
 ]
 
 
@@ -54,6 +62,90 @@ class Evaluator(Protocol):
 
 
 EvaluatorLike = Evaluator | Callable[[Request, Completion], "Verdict | bool"]
+
+
+@dataclass(frozen=True, slots=True)
+class Tunable:
+    """How calibration reads and writes one evaluator's threshold.
+
+    The evaluator passes exactly when ``threshold_value(verdict, completion) >= threshold``, where
+    the threshold is the number its YAML holds under ``setting``.
+
+    Attributes:
+        setting: The YAML key (a field of the evaluator's ``Config``) that holds the threshold,
+            e.g. ``"min"``; calibration writes the chosen value back under this key.
+        low / high: The setting's allowed range (``math.inf`` for no upper bound); calibration
+            only proposes thresholds inside it.
+        low_open: ``low`` itself is not allowed (``min > 0``); False when it is (``min_score``
+            may be 1).
+        integer: The setting takes whole numbers only (``min_words``).
+        drop: "Accept all" is written as the evaluator removed from the rung. When False it is
+            written as the ``low`` bound instead, because the evaluator checks other things too
+            (``length`` with ``max_words``) and must stay.
+    """
+
+    setting: str
+    low: float
+    high: float
+    low_open: bool = True
+    integer: bool = False
+    drop: bool = True
+
+
+@runtime_checkable
+class Thresholded(Protocol):
+    """An evaluator with one tunable threshold: it passes exactly when value >= threshold.
+
+    ``threshold_value`` maps one of the evaluator's verdicts (and the answer it judged) to that
+    value: None never passes, ``math.inf`` always passes (the verdict was decided by something
+    other than the threshold, e.g. ``when_first`` or ``fail_closed``). It must hold for the
+    configured threshold, and it is what lets simulation and calibration try any other threshold
+    without re-running the evaluator.
+    """
+
+    tunable: ClassVar[Tunable]
+
+    def threshold_value(self, verdict: Verdict, completion: Completion) -> float | None: ...
+
+
+def tunable_of(evaluator: Any) -> Tunable | None:
+    """The evaluator's ``Tunable``, or None when it has no tunable threshold.
+
+    Only a built evaluator (an instance, as held by ``Slot.evaluator``) counts: a class or a
+    plain function without both ``tunable`` and ``threshold_value`` has none.
+    """
+    if inspect.isclass(evaluator) or not isinstance(evaluator, Thresholded):
+        return None
+    found = evaluator.tunable
+    return found if isinstance(found, Tunable) else None
+
+
+def threshold_values(
+    evaluator: Any, verdicts: Sequence[Verdict], completions: Sequence[Completion]
+) -> np.ndarray:
+    """Vectorised: one float per (verdict, completion); NaN where threshold_value is None.
+
+    ``values >= threshold`` is then the evaluator's pass/fail for every answer at once (NaN
+    compares False, so "no value" never passes).
+
+    Raises:
+        TypeError: the evaluator has no tunable threshold.
+        ValueError: ``verdicts`` and ``completions`` differ in length.
+    """
+    import numpy as np  # here, not at import time: the engine's hot path never needs it
+
+    if tunable_of(evaluator) is None:
+        raise TypeError(f"{type(evaluator).__name__} has no tunable threshold")
+    if len(verdicts) != len(completions):
+        raise ValueError(
+            f"{len(verdicts)} verdicts but {len(completions)} completions: they must pair up"
+        )
+    rule = evaluator.threshold_value
+    out = np.empty(len(verdicts), dtype=float)
+    for k, (verdict, completion) in enumerate(zip(verdicts, completions, strict=True)):
+        value = rule(verdict, completion)
+        out[k] = math.nan if value is None else value
+    return out
 
 
 class ModelServices(Protocol):

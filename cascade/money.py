@@ -1,8 +1,9 @@
 """Money, in one place: estimate a call's worst case, reserve it, bill the call, settle it.
 
-- **Estimate**: ``worst_case_cost`` prices a deliberately high prompt-token count plus the
-  call's ``max_tokens`` (the engine sends one whenever a cap or budget applies, so the bound
-  is real).
+- **Estimate**: ``worst_case_cost`` prices a deliberately high prompt-token count
+  (``cascade.tokens``: system prompt, tools, response format and non-ASCII text included) plus
+  the call's output limit (the engine always sends one, the model's ``max_output_tokens``, so
+  the bound is real).
 - **Reserve**: ``Accounts.reserve`` checks the request's cost cap, then, in one ledger
   transaction, checks every period budget that applies against the shared totals, writes the
   step's write-ahead row (``pending``, at its worst case) and charges that worst case. Any
@@ -20,7 +21,6 @@ never called: nothing is paid for that the ledger does not show.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -32,6 +32,7 @@ import structlog
 from cascade.errors import LedgerError
 from cascade.ledger import Ledger, Pending, TotalsKey, buckets, nano
 from cascade.pricing import Price, cost_usd
+from cascade.tokens import estimate_input_tokens, max_output_tokens
 from cascade.types import Completion, Message, StepRecord
 
 __all__ = [
@@ -49,8 +50,8 @@ __all__ = [
 
 log = structlog.get_logger("cascade")
 
-# Used for the worst case when a call sets no max_tokens; the engine then sends it explicitly,
-# so that the estimate is a real bound.
+# Used for the worst case when a call sets no output limit. The engine always sends one (the
+# model's max_output_tokens, by default this value), so that the estimate is a real bound.
 DEFAULT_MAX_TOKENS = 4096
 
 
@@ -60,31 +61,10 @@ def ledger_failed(event: str, **fields: Any) -> None:
     log.error(event, **fields)
 
 
-def estimate_input_tokens(messages: Sequence[Message]) -> int:
-    """A deliberately high token count for the prompt: one token per 3 characters plus framing.
-
-    Real tokenisers give about one token per 4 characters of English; over-estimating keeps a
-    cap a cap.
-    """
-    total = 3
-    for message in messages:
-        content = message.get("content", "")
-        text = content if isinstance(content, str) else str(content)
-        total += 4 + math.ceil(len(text) / 3)
-    return total
-
-
-def max_output_tokens(params: Mapping[str, Any]) -> int | None:
-    for key in ("max_tokens", "max_completion_tokens"):
-        value = params.get(key)
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    return None
-
-
 def worst_case_cost(messages: Sequence[Message], params: Mapping[str, Any], price: Price) -> float:
+    """The most a call can cost: the prompt counted high, plus the whole output limit."""
     out = max_output_tokens(params) or DEFAULT_MAX_TOKENS
-    return price.estimate(estimate_input_tokens(messages), out)
+    return price.estimate(estimate_input_tokens(messages, params), out)
 
 
 def bill(paid: Iterable[Completion], price: Price) -> float:

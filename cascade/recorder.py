@@ -40,6 +40,7 @@ class Run:
     cap: float | None = None  # max_cost_usd of this run, which judge calls must respect too
     pending: float = 0.0  # cost of the answer being evaluated, not yet a recorded step
     query_id: str | None = None  # passed on to side calls, so a replayed judge finds its reply
+    deadline: float | None = None  # time.monotonic() by which the run must end
 
     def next_index(self) -> int:
         self.counter += 1
@@ -104,6 +105,7 @@ class Recorder:
             error=error or (outcome.error.message if outcome.error else None),
             ts=time.time(),
             text=done.text if done else None,
+            usage_estimated=any(c.usage_estimated for c in paid),
         )
         # The write comes first: on the event loop it may decline to wait (WouldBlock) and be
         # run again on the ledger's thread, so nothing before it may change the run.

@@ -24,8 +24,10 @@ def ledger_report(ledger: Ledger, *, since: float | None = None) -> dict[str, An
 
     Returns:
         ``{"total_cost_usd", "runs", "unfinished", "tasks": {TASK: {"runs", "cost_usd",
-        "escalation_rate", "accepted_rate", "errors", "unfinished", "models": {MODEL:
-        {"calls", "cost_usd", "input_tokens", "output_tokens", "unfinished"}}}}}``
+        "escalation_rate", "accepted_rate", "errors", "unfinished", "usage_estimated", "models":
+        {MODEL: {"calls", "cost_usd", "input_tokens", "output_tokens", "unfinished",
+        "usage_estimated"}}}}}``. ``usage_estimated`` counts the steps billed at the engine's
+        estimate because the provider reported no usage.
     """
     where, args = ("WHERE ts >= ?", (since,)) if since is not None else ("", ())
     unfinished = "SUM(CASE WHEN status <> 'settled' THEN 1 ELSE 0 END)"
@@ -35,6 +37,7 @@ def ledger_report(ledger: Ledger, *, since: float | None = None) -> dict[str, An
         " COUNT(DISTINCT CASE WHEN decision IN ('escalate', 'error', 'skip')"
         " THEN run_id END) AS escalated,"
         " SUM(CASE WHEN decision = 'error' THEN 1 ELSE 0 END) AS errors,"
+        " SUM(usage_estimated) AS estimated,"
         f" {unfinished} AS unfinished FROM steps {where} GROUP BY task ORDER BY task",
         args,
     ):
@@ -46,6 +49,7 @@ def ledger_report(ledger: Ledger, *, since: float | None = None) -> dict[str, An
             "accepted_rate": None,
             "errors": int(row["errors"] or 0),
             "unfinished": int(row["unfinished"] or 0),
+            "usage_estimated": int(row["estimated"] or 0),
             "models": {},
         }
     for row in ledger.query(
@@ -58,7 +62,7 @@ def ledger_report(ledger: Ledger, *, since: float | None = None) -> dict[str, An
         "SELECT task, model,"
         " SUM(CASE WHEN decision NOT IN ('skip', 'cache') THEN 1 ELSE 0 END) AS calls,"
         " SUM(cost_usd) AS cost, SUM(input_tokens) AS tin, SUM(output_tokens) AS tout,"
-        f" {unfinished} AS unfinished FROM steps {where}"
+        f" SUM(usage_estimated) AS estimated, {unfinished} AS unfinished FROM steps {where}"
         " GROUP BY task, model ORDER BY task, model",
         args,
     ):
@@ -68,6 +72,7 @@ def ledger_report(ledger: Ledger, *, since: float | None = None) -> dict[str, An
             "input_tokens": int(row["tin"] or 0),
             "output_tokens": int(row["tout"] or 0),
             "unfinished": int(row["unfinished"] or 0),
+            "usage_estimated": int(row["estimated"] or 0),
         }
     return {
         "total_cost_usd": sum(t["cost_usd"] for t in tasks.values()),

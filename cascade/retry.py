@@ -57,6 +57,17 @@ class _MalformedTwice(stop_base):
         return retry_state.attempt_number >= 2 and bool(getattr(exc, "malformed", False))
 
 
+class _PastDeadline(stop_base):
+    """Stop when the next try could not start before the run's deadline."""
+
+    def __init__(self, deadline: float):
+        self.deadline = deadline
+
+    def __call__(self, retry_state: RetryCallState) -> bool:
+        # tenacity computes the wait before it asks the stop condition.
+        return time.monotonic() + retry_state.upcoming_sleep >= self.deadline
+
+
 def _log_retry(state: RetryCallState) -> None:
     exc = state.outcome.exception() if state.outcome else None
     log.warning(
@@ -84,17 +95,22 @@ class RetryPolicy:
         self.sleep = sleep
         self.asleep = asleep
 
-    def _common(self) -> dict[str, Any]:
+    def _common(self, deadline: float | None) -> dict[str, Any]:
+        stops: list[stop_base] = [stop_after_attempt(self.config.attempts), _MalformedTwice()]
+        if deadline is not None:
+            stops.append(_PastDeadline(deadline))
         return {
-            "stop": stop_any(stop_after_attempt(self.config.attempts), _MalformedTwice()),
+            "stop": stop_any(*stops),
             "wait": _WaitRetryAfterOrBackoff(self.config),
             "retry": retry_if_exception(_retryable),
             "before_sleep": _log_retry,
             "reraise": True,
         }
 
-    def retrying(self) -> Retrying:
-        return Retrying(sleep=self.sleep, **self._common())
+    def retrying(self, deadline: float | None = None) -> Retrying:
+        """A sync retryer; ``deadline`` (``time.monotonic()``) stops retries that would pass it."""
+        return Retrying(sleep=self.sleep, **self._common(deadline))
 
-    def aretrying(self) -> AsyncRetrying:
-        return AsyncRetrying(sleep=self.asleep, **self._common())
+    def aretrying(self, deadline: float | None = None) -> AsyncRetrying:
+        """The async twin of ``retrying``."""
+        return AsyncRetrying(sleep=self.asleep, **self._common(deadline))

@@ -15,25 +15,21 @@ request paid for reaches the ledger. ``cascade serve`` lives in ``cascade.server
 from __future__ import annotations
 
 import asyncio
-import gc
 import hmac
 import os
-import socket
-import threading
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
 from typing import Any
 
 import structlog
-import uvicorn
-from pydantic import ValidationError
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from cascade.config import RungConfig, TaskConfig
+from cascade.config import RungConfig, ServerConfig, TaskConfig
 from cascade.engine import Cascade
 from cascade.errors import (
     BudgetExceeded,
@@ -43,18 +39,19 @@ from cascade.errors import (
     EvaluatorError,
     LedgerError,
     ProviderError,
+    RequestError,
 )
 from cascade.providers.base import redact
+from cascade.server_limits import AccessLog, BodyParser, BodyRefused, read_body
 from cascade.server_metrics import CONTENT_TYPE_LATEST, GatewayMetrics
 from cascade.server_openai import (
     ENGINE_KEYWORDS,
-    ChatRequest,
     cascade_headers,
     completion_body,
-    describe_validation,
     error_body,
     sse_events,
 )
+from cascade.server_serve import bind, freeze_heap, running, url_of, uvicorn_server
 from cascade.types import CascadeResult
 
 __all__ = [
@@ -75,6 +72,9 @@ log = structlog.get_logger("cascade")
 MODEL_TASK_PREFIX = "__model__"
 # Tells OpenAI's SDKs not to resend: a rerun would pay for a whole ladder again.
 _NO_RETRY = {"x-should-retry": "false"}
+# The run ends by server.request_timeout_s on its own (it is the run's deadline); this grace
+# lets it report how it ended before the gateway gives up waiting and answers 504.
+_REQUEST_GRACE_S = 2.0
 
 
 def read_api_keys(env: str | None) -> tuple[str, ...]:
@@ -102,14 +102,25 @@ class Gateway:
     Args:
         engine: The cascade to serve; the gateway closes its async clients on shutdown.
         api_keys: Accepted bearer keys; empty means no auth.
+        settings: The limits (``server:`` section); by default the engine config's.
     """
 
-    def __init__(self, engine: Cascade, api_keys: Sequence[str] = ()):
+    def __init__(
+        self,
+        engine: Cascade,
+        api_keys: Sequence[str] = (),
+        settings: ServerConfig | None = None,
+    ):
         self.engine = engine
         self.direct = _direct_engine(engine)
         self._keys = tuple(k.encode() for k in api_keys)
         self.metrics = GatewayMetrics()
         self.inflight: set[asyncio.Task[CascadeResult]] = set()
+        configured = getattr(engine.config, "server", None)
+        self.settings = settings or (
+            configured if isinstance(configured, ServerConfig) else ServerConfig()
+        )
+        self.parser = BodyParser(self.settings.max_messages)
 
     def authorized(self, request: Request) -> bool:
         if not self._keys:
@@ -134,11 +145,23 @@ class Gateway:
     async def run(
         self, engine: Cascade, task: str, messages: list[dict[str, Any]], params: dict[str, Any]
     ) -> CascadeResult:
-        """Run the cascade in a task of its own, so a cancelled request does not cut it short."""
-        job = asyncio.ensure_future(self._run(engine, task, messages, params))
+        """Run the cascade in a task of its own, so a cancelled request does not cut it short.
+
+        The run's deadline is ``server.request_timeout_s``.
+
+        Raises:
+            TimeoutError: the run had not ended shortly after that; it goes on in the background.
+        """
+        job = asyncio.ensure_future(
+            self._run(
+                engine, task, messages, {**params, "deadline_s": self.settings.request_timeout_s}
+            )
+        )
         self.inflight.add(job)
         job.add_done_callback(self._done)
-        return await asyncio.shield(job)
+        return await asyncio.wait_for(
+            asyncio.shield(job), self.settings.request_timeout_s + _REQUEST_GRACE_S
+        )
 
     def _done(self, job: asyncio.Task[CascadeResult]) -> None:
         self.inflight.discard(job)
@@ -183,20 +206,37 @@ def _failure(exc: BaseException) -> tuple[str, Sequence[Any]]:
 
 
 def _error(
-    status: int, message: str, kind: str, code: str | None, headers: Mapping[str, str] | None = None
+    status: int,
+    message: str,
+    kind: str,
+    code: str | None,
+    headers: Mapping[str, str] | None = None,
+    *,
+    scrub: bool = True,
 ) -> JSONResponse:
+    text = redact(message) if scrub else message
     return JSONResponse(
-        error_body(redact(message), kind, code), status_code=status, headers=dict(headers or {})
+        error_body(text, kind, code), status_code=status, headers=dict(headers or {})
     )
 
 
-def _refuse(gateway: Gateway, kind: str, status: int, message: str, code: str) -> JSONResponse:
+def _refuse(
+    gateway: Gateway,
+    kind: str,
+    status: int,
+    message: str,
+    code: str,
+    *,
+    scrub: bool = True,
+    headers: Mapping[str, str] | None = None,
+) -> JSONResponse:
     gateway.metrics.error(kind)
     error_type = "authentication_error" if status == 401 else "invalid_request_error"
-    return _error(status, message, error_type, code)
+    return _error(status, message, error_type, code, headers, scrub=scrub)
 
 
 def _unauthorized(gateway: Gateway) -> JSONResponse:
+    # The gateway's own text, with no secret in it: scrubbing would garble "Bearer <key>".
     return _refuse(
         gateway,
         "Unauthorized",
@@ -204,6 +244,7 @@ def _unauthorized(gateway: Gateway) -> JSONResponse:
         "invalid or missing API key: send 'Authorization: Bearer <key>' with one of "
         "the gateway's keys",
         "invalid_api_key",
+        scrub=False,
     )
 
 
@@ -218,6 +259,10 @@ def _from_exception(exc: Exception) -> JSONResponse:
     result = getattr(exc, "result", None)
     if isinstance(result, CascadeResult):
         headers.update(cascade_headers(result))
+    if isinstance(exc, RequestError):
+        return _error(
+            400, f"invalid request body: {exc}", "invalid_request_error", "invalid_request"
+        )
     if isinstance(exc, BudgetExceeded):
         return _error(429, str(exc), "budget_error", "budget_exceeded", headers)
     if isinstance(exc, (CascadeExhausted, ProviderError)):
@@ -257,15 +302,27 @@ async def _stream(result: CascadeResult, include_usage: bool) -> AsyncIterator[b
 # -- routes ---------------------------------------------------------------------------------------
 
 
+_CLOSE = {"connection": "close"}
+
+
 async def chat_completions(request: Request) -> Response:
     gateway: Gateway = request.app.state.gateway
     if not gateway.authorized(request):
         return _unauthorized(gateway)
+    settings = gateway.settings
     try:
-        body = ChatRequest.model_validate_json(await request.body())
-    except ValidationError as exc:
-        return _refuse(gateway, "InvalidRequest", 400, describe_validation(exc), "invalid_request")
-    params = body.params()
+        raw = await read_body(
+            request.receive, request.headers, settings.max_body_bytes, settings.client_timeout_s
+        )
+        body = await gateway.parser.parse(raw)
+    except BodyRefused as exc:
+        kind = {413: "BodyTooLarge", 408: "SlowClient"}.get(exc.status, "InvalidRequest")
+        # The rest of a refused body is not read, so the connection cannot be reused.
+        return _refuse(gateway, kind, exc.status, exc.message, "invalid_request", headers=_CLOSE)
+    try:
+        params = body.params(settings.allow_params)
+    except ValueError as exc:
+        return _refuse(gateway, "InvalidRequest", 400, str(exc), "invalid_request")
     reserved = sorted(ENGINE_KEYWORDS & params.keys())
     if reserved:
         return _refuse(
@@ -284,10 +341,27 @@ async def chat_completions(request: Request) -> Response:
             f"unknown task or model {body.model!r} (GET /v1/models lists them)",
             "model_not_found",
         )
+    access = request.scope.setdefault("state", {}).setdefault("access", {})
+    access["task"] = target[1]
     try:
         result = await gateway.run(*target, body.engine_messages(), params)
+    except (TimeoutError, asyncio.TimeoutError):  # distinct classes before Python 3.11
+        gateway.metrics.error("Timeout")
+        return _error(
+            504,
+            f"the run did not end within server.request_timeout_s "
+            f"({settings.request_timeout_s:g}s); it is recorded when it does",
+            "server_error",
+            "timeout",
+            _NO_RETRY,
+        )
     except Exception as exc:
+        failed = getattr(exc, "result", None)
+        if isinstance(failed, CascadeResult):
+            access.update(model=failed.model or None, cost_usd=failed.cost_usd)
+            access["run_id"] = failed.run_id
         return _from_exception(exc)
+    access.update(model=result.model, cost_usd=result.cost_usd, run_id=result.run_id)
     headers = cascade_headers(result)
     if body.stream:
         headers["cache-control"] = "no-cache"
@@ -349,6 +423,7 @@ def create_app(
     api_keys_env: str | None = None,
     api_keys: Sequence[str] | None = None,
     drain_s: float = 60.0,
+    settings: ServerConfig | None = None,
     close_engine: bool = False,
 ) -> Starlette:
     """Build the gateway app around an engine.
@@ -360,6 +435,7 @@ def create_app(
             config's ``server.api_keys_env``.
         api_keys: The keys themselves, instead of a variable (tests, embedding).
         drain_s: How long shutdown waits for runs whose clients disconnected.
+        settings: The gateway's limits; by default the config's ``server:`` section.
         close_engine: Also close the engine (its ledger) on shutdown: for an app that owns
             its engine, as each worker of ``cascade serve --workers N`` does.
 
@@ -372,13 +448,14 @@ def create_app(
     if api_keys is None:
         env = api_keys_env or getattr(getattr(engine.config, "server", None), "api_keys_env", None)
         api_keys = read_api_keys(env)
-    gateway = Gateway(engine, api_keys)
+    gateway = Gateway(engine, api_keys, settings)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         yield
         await gateway.drain(drain_s)
         await engine.aclose()
+        gateway.parser.close()
         if close_engine:
             engine.close()
 
@@ -391,87 +468,7 @@ def create_app(
             Route("/metrics", metrics, methods=["GET"]),
         ],
         lifespan=lifespan,
+        middleware=[Middleware(AccessLog)],
     )
     app.state.gateway = gateway
     return app
-
-
-# -- serving --------------------------------------------------------------------------------------
-
-
-def bind(host: str, port: int) -> socket.socket:
-    """A listening socket; port 0 picks a free one (read it back with ``getsockname``).
-
-    The socket names its protocol (TCP) explicitly: asyncio switches Nagle's algorithm off
-    only on connections whose socket says so, and with Nagle on, a response written in two
-    parts (headers, then body) waits ~40 ms for the client's delayed ACK.
-    """
-    family, kind, proto, _, address = socket.getaddrinfo(
-        host.strip("[]"),
-        port,
-        type=socket.SOCK_STREAM,
-        proto=socket.IPPROTO_TCP,
-        flags=socket.AI_PASSIVE,
-    )[0]
-    sock = socket.socket(family, kind, proto)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(address)
-        sock.listen(2048)
-    except OSError:
-        sock.close()
-        raise
-    return sock
-
-
-def uvicorn_server(app: Starlette, **options: Any) -> uvicorn.Server:
-    """A uvicorn server that leaves logging alone and logs no access lines."""
-    settings: dict[str, Any] = {
-        "lifespan": "on",
-        "log_config": None,
-        "log_level": "warning",
-        "access_log": False,
-        "ws": "none",
-        **options,
-    }
-    return uvicorn.Server(uvicorn.Config(app, **settings))
-
-
-def freeze_heap() -> None:
-    """Exempt everything loaded so far from garbage collection, in a process that only serves.
-
-    The SDKs, pydantic models and the config live as long as the process; left to the
-    collector, a full collection walks them all while every request in flight waits
-    (180 ms measured with the OpenAI SDK loaded, the whole of the gateway's p99 at 50 req/s).
-    """
-    gc.collect()
-    gc.freeze()
-
-
-def url_of(sock: socket.socket) -> str:
-    host, port = sock.getsockname()[:2]
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
-
-
-@contextmanager
-def running(app: Starlette, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
-    """Serve ``app`` with uvicorn in a background thread; yields the base URL (tests, benchmarks).
-
-    Raises:
-        RuntimeError: the server did not start within 10 seconds.
-    """
-    sock = bind(host, port)
-    server = uvicorn_server(app)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 10
-        while not server.started:
-            if not thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("the gateway did not start")
-            time.sleep(0.005)
-        yield url_of(sock)
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
-        sock.close()

@@ -23,9 +23,15 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 
-from cascade.config import CascadeConfig, format_location, load_config, parse_config
+from cascade.config import (
+    CascadeConfig,
+    ServerConfig,
+    format_location,
+    load_config,
+    parse_config,
+)
 from cascade.errors import ConfigError
 
 __all__ = [
@@ -34,6 +40,7 @@ __all__ = [
     "is_loopback",
     "load_serve_config",
     "register",
+    "unset_key_warnings",
     "worker_app",
 ]
 
@@ -46,14 +53,8 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
 
 
-class ServeSettings(BaseModel):
-    """The ``server:`` section: ``api_keys_env`` names the variable with comma-separated keys."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    api_keys_env: str | None = None
-    host: str | None = None
-    port: int | None = Field(default=None, ge=0, le=65535)
+class ServeSettings(ServerConfig):
+    """The ``server:`` section (``cascade.config.ServerConfig``), as ``cascade serve`` reads it."""
 
 
 def load_serve_config(path: str) -> tuple[CascadeConfig, ServeSettings]:
@@ -83,6 +84,16 @@ def load_serve_config(path: str) -> tuple[CascadeConfig, ServeSettings]:
     if declared is None:
         return config, ServeSettings()
     return config, ServeSettings.model_validate(declared.model_dump())
+
+
+def unset_key_warnings(config: CascadeConfig) -> list[str]:
+    """One warning per provider whose API key variable is unset (its calls would fail)."""
+    warnings = []
+    for name, provider in config.providers.items():
+        env = provider.key_env()
+        if env and not os.environ.get(env):
+            warnings.append(f"warning: providers.{name}: environment variable {env} is not set")
+    return warnings
 
 
 def is_loopback(host: str) -> bool:
@@ -146,6 +157,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             path=args.config,
             location="server.api_keys_env",
         )
+    for warning in unset_key_warnings(config):
+        print(warning, file=sys.stderr, flush=True)
     workers = args.workers or 1
     if workers > 1:
         as_json = ",json" if getattr(args, "log_json", False) else ""
@@ -153,7 +166,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return _serve_workers(args.config, host, port, workers, keys, settings, config)
     engine = Cascade(config, path=args.config)
     try:
-        app = create_app(engine, api_keys=keys)
+        app = create_app(engine, api_keys=keys, settings=settings)
+        app.state.gateway.parser.start()
         try:
             sock = bind(host, port)
         except OSError as exc:
@@ -190,9 +204,25 @@ def worker_app() -> Any:
     path = os.environ[CONFIG_ENV]
     config, settings = load_serve_config(path)
     engine = Cascade(config, path=path)
-    app = create_app(engine, api_keys=read_api_keys(settings.api_keys_env), close_engine=True)
+    app = create_app(
+        engine, api_keys=read_api_keys(settings.api_keys_env), settings=settings,
+        close_engine=True,
+    )
+    app.state.gateway.parser.start()
     freeze_heap()
     return app
+
+
+def __getattr__(name: str) -> Any:
+    """``WorkerProtocol``: uvicorn's HTTP protocol with the limits of the worker's config."""
+    if name != "WorkerProtocol":
+        raise AttributeError(name)
+    from cascade.server_limits import guarded_protocol, protocol_classes
+
+    _, settings = load_serve_config(os.environ[CONFIG_ENV])
+    return guarded_protocol(
+        protocol_classes()[0], settings.client_timeout_s, settings.max_connections
+    )
 
 
 def _serve_workers(
@@ -240,6 +270,9 @@ def _serve_workers(
         log_level="warning",
         access_log=False,
         ws="none",
+        # By import path: the config travels to spawned workers, and a class made at run time
+        # (the header deadline and connection cap of ``server:``) does not pickle.
+        http="cascade.server_cli:WorkerProtocol",
     )
     with _graceful_signals():
         Multiprocess(uv_config, sockets=[sock]).run()

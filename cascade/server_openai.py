@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -30,8 +30,10 @@ __all__ = [
 
 # Names that ``Cascade.acomplete`` takes itself; a body field with one of them would not reach the
 # provider but change what the engine does (or collide with its positional arguments).
-ENGINE_KEYWORDS = frozenset({"task", "prompt", "query_id", "max_cost_usd", "log_content"})
-# Fields the gateway consumes; everything else in the body is a provider parameter.
+ENGINE_KEYWORDS = frozenset(
+    {"task", "prompt", "query_id", "max_cost_usd", "log_content", "deadline_s"}
+)
+# Fields the gateway consumes; every other declared field is a provider parameter.
 _GATEWAY_FIELDS = frozenset({"model", "messages", "stream", "stream_options", "n"})
 # Words per streamed chunk: enough chunks to look like a stream, few enough to stay cheap.
 _WORDS_PER_CHUNK = 4
@@ -52,8 +54,17 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
+Number = float | int
+Json = dict[str, Any]
+
+
 class ChatRequest(BaseModel):
-    """The body of ``POST /v1/chat/completions``. Unknown fields are provider parameters."""
+    """The body of ``POST /v1/chat/completions``: the OpenAI chat parameters, types checked.
+
+    Every parameter the gateway forwards is declared here (``cascade.params.CHAT_PARAMS`` names
+    the same set). Other fields are kept aside and refused by ``params`` unless the operator
+    allows them under ``server.allow_params``.
+    """
 
     model_config = ConfigDict(extra="allow", strict=True)
 
@@ -62,14 +73,61 @@ class ChatRequest(BaseModel):
     stream: bool = False
     stream_options: StreamOptions | None = None
     n: int | None = Field(default=None, ge=1, le=1)  # a cascade returns one answer
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    temperature: Number | None = Field(default=None, ge=0, le=2)
+    top_p: Number | None = Field(default=None, ge=0, le=1)
+    presence_penalty: Number | None = Field(default=None, ge=-2, le=2)
+    frequency_penalty: Number | None = Field(default=None, ge=-2, le=2)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    logit_bias: dict[str, Number] | None = None
+    response_format: Json | None = None
+    tools: list[Json] | None = None
+    tool_choice: str | Json | None = None
+    parallel_tool_calls: bool | None = None
+    functions: list[Json] | None = None
+    function_call: str | Json | None = None
+    user: str | None = None
+    metadata: dict[str, str] | None = None
+    store: bool | None = None
+    service_tier: str | None = None
+    reasoning_effort: str | None = None
+    verbosity: str | None = None
+    modalities: list[str] | None = None
+    audio: Json | None = None
+    prediction: Json | None = None
+    web_search_options: Json | None = None
+    prompt_cache_key: str | None = None
+    safety_identifier: str | None = None
 
     def engine_messages(self) -> list[dict[str, Any]]:
         return [m.model_dump(exclude_none=True) for m in self.messages]
 
-    def params(self) -> dict[str, Any]:
-        """Provider parameters: every other field, with nulls dropped (null means the default)."""
+    def params(self, allow: Collection[str] = ()) -> dict[str, Any]:
+        """Provider parameters, with nulls dropped (null means the default).
+
+        Raises:
+            ValueError: a field that is neither a chat parameter nor in ``allow``; the
+                message names it.
+        """
         extra = self.model_extra or {}
-        return {k: v for k, v in extra.items() if k not in _GATEWAY_FIELDS and v is not None}
+        unknown = sorted(k for k in extra if k not in allow)
+        if unknown:
+            raise ValueError(
+                f"invalid request body: {', '.join(unknown)}: unknown parameter (the gateway "
+                "forwards the OpenAI chat parameters only; an operator can allow others under "
+                "server.allow_params)"
+            )
+        declared = {
+            name: getattr(self, name)
+            for name in self.model_fields_set
+            if name not in _GATEWAY_FIELDS and name in type(self).model_fields
+        }
+        merged = {**declared, **extra}
+        return {k: v for k, v in merged.items() if v is not None}
 
     @property
     def include_usage(self) -> bool:

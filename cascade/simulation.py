@@ -17,7 +17,7 @@ import copy
 import itertools
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from decimal import ROUND_FLOOR, Decimal
 from pathlib import Path
@@ -32,11 +32,13 @@ from cascade.errors import CascadeError, ConfigError, ProviderError
 from cascade.evaluation import (
     EvaluatorContext,
     Slot,
+    Tunable,
     build_one,
     combine,
     decided,
     finalized,
     shown,
+    tunable_of,
 )
 from cascade.pricing import cost_usd
 from cascade.recorder import Run as _Run
@@ -45,9 +47,7 @@ from cascade.types import Completion, Request, Verdict
 
 __all__ = [
     "DROP",
-    "TUNABLE",
     "ReplayTable",
-    "Tunable",
     "View",
     "build_views",
     "candidates",
@@ -58,58 +58,6 @@ __all__ = [
 
 DROP = -math.inf  # the tuned evaluator removed: the rung accepts whenever the others pass
 QUANTILES = 30  # at most about this many candidate thresholds per rung
-
-
-@dataclass(frozen=True, slots=True)
-class Tunable:
-    """How calibration reads and writes one evaluator type's threshold.
-
-    Attributes:
-        setting: The YAML key that holds the threshold.
-        value: Maps the verdict (and the answer) to the number the threshold is compared with,
-            so that the evaluator passes exactly when ``value >= threshold``; None never passes.
-        low / high: The setting's allowed range; ``low_open`` excludes ``low`` itself.
-        integer: Whole-number settings.
-        drop: "Accept all" is the evaluator removed (else the ``low`` bound, as for length).
-    """
-
-    setting: str
-    value: Callable[[Verdict, Completion], float | None]
-    low: float
-    high: float
-    low_open: bool = True
-    integer: bool = False
-    drop: bool = True
-
-
-def _score(v: Verdict, c: Completion) -> float | None:
-    # A failure scored 0 is "no value" (missing, unreadable or empty), never a pass.
-    return None if v.score is None or (not v.passed and v.score == 0.0) else v.score
-
-
-def _share(v: Verdict, c: Completion) -> float | None:
-    if v.score is None:  # no earlier answer: when_first decides, whatever the threshold
-        return math.inf if v.passed else None
-    return v.score
-
-
-def _judge(v: Verdict, c: Completion) -> float | None:
-    if v.score is None:  # judge failed: fail_closed decides, whatever the threshold
-        return math.inf if v.passed else None
-    return round(v.score * 10, 9)
-
-
-def _words(v: Verdict, c: Completion) -> float | None:
-    return float(len(c.text.strip().split())) if v.passed else None
-
-
-TUNABLE: Mapping[str, Tunable] = {
-    "logprob": Tunable("min", _score, 0.0, 1.0),
-    "self_confidence": Tunable("min", _score, 0.0, 1.0),
-    "llm_judge": Tunable("min_score", _judge, 1.0, 10.0, low_open=False),
-    "agreement": Tunable("min_agree", _share, 0.0, 1.0),
-    "length": Tunable("min_words", _words, 0.0, math.inf, low_open=False, integer=True, drop=False),
-}
 
 
 # -- evaluating each rung once per query ---------------------------------------------------------
@@ -258,8 +206,18 @@ class ReplayTable:
         spec_of = tuple(sorted(range(len(specs)), key=lambda j: costs[j]))
         if [rung.slots[k].cost for k in range(len(spec_of))] != [costs[j] for j in spec_of]:
             raise CascadeError(f"calibration: cannot match the evaluators of {where}")
+        # The first evaluator (cheapest first) that declares a tunable threshold. A ``callable``
+        # takes no YAML settings, so there is nowhere to write a threshold back: never tuned.
         tuned = (
-            next((k for k, j in enumerate(spec_of) if specs[j].get("type") in TUNABLE), None)
+            next(
+                (
+                    k
+                    for k, j in enumerate(spec_of)
+                    if specs[j].get("type") != "callable"
+                    and tunable_of(rung.slots[k].evaluator) is not None
+                ),
+                None,
+            )
             if tune
             else None
         )
@@ -275,13 +233,21 @@ class ReplayTable:
                 location=f"{where}.accept",
             )
         spec = specs[spec_of[tuned]]
-        tunable = TUNABLE[spec["type"]]
+        evaluator = rung.slots[tuned].evaluator
+        tunable = tunable_of(evaluator)
+        assert tunable is not None
+        settings = getattr(evaluator, "config", None)
+        if not hasattr(settings, tunable.setting):
+            raise ConfigError(
+                f"evaluator {rung.slots[tuned].name!r} declares the tunable setting "
+                f"{tunable.setting!r}, but its config has no such field to read or write",
+                path=path,
+                location=f"{where}.evaluators",
+            )
         variant = None
         if not tunable.drop:
             variant = build_one({**spec, tunable.setting: None}, ctx)
-        setting = getattr(
-            getattr(rung.slots[tuned].evaluator, "config", None), tunable.setting, None
-        )
+        setting = getattr(settings, tunable.setting)
         configured = -math.inf if setting is None else float(setting)
         return _Rung(
             i, rung.key, specs, rung.slots, spec_of, "all", tuned, tunable, variant, configured
@@ -335,7 +301,7 @@ class ReplayTable:
         basis = verdict
         if rung.variant is not None:
             basis, _ = _run_slot(rung.variant, request, seen)
-        value = rung.tunable.value(basis, seen)
+        value = rung.slots[t].evaluator.threshold_value(basis, seen)
         if verdict.passed != (value is not None and value >= rung.configured):
             raise CascadeError(
                 f"calibration cannot model the {rung.slots[t].name!r} evaluator of rung "

@@ -101,6 +101,10 @@ class Reply:
         logprobs: Token log-probabilities to report when the request asks for them.
         delay_s: Time to wait before answering.
         message: The error message for non-200 replies.
+        usage: Sent as the reply's ``usage`` object verbatim, instead of one built from the
+            token counts (invalid-usage tests).
+        omit_usage: Send no ``usage`` at all.
+        trickle_s: Send the body one byte at a time, this many seconds apart (slow upstreams).
     """
 
     text: str = "ok"
@@ -113,6 +117,9 @@ class Reply:
     logprobs: Sequence[float] | None = None
     delay_s: float = 0.0
     message: str = "scripted error"
+    usage: Mapping[str, Any] | None = None
+    omit_usage: bool = False
+    trickle_s: float = 0.0
 
 
 class MockLLMServer:
@@ -216,17 +223,31 @@ class MockLLMServer:
             payload = reply.body.encode() if isinstance(reply.body, str) else reply.body
         elif reply.status != 200:
             payload = json.dumps(_error_body(reply, anthropic)).encode()
-        elif anthropic:
-            payload = json.dumps(_anthropic_body(reply, model)).encode()
         else:
-            payload = json.dumps(_openai_body(reply, model, bool(body.get("logprobs")))).encode()
+            limit = body.get("max_tokens", body.get("max_completion_tokens"))
+            document = (
+                _anthropic_body(reply, model, limit)
+                if anthropic
+                else _openai_body(reply, model, bool(body.get("logprobs")), limit)
+            )
+            if reply.omit_usage:
+                document.pop("usage")
+            elif reply.usage is not None:
+                document["usage"] = dict(reply.usage)
+            payload = json.dumps(document).encode()
         handler.send_response(reply.status)
         handler.send_header("content-type", "application/json")
         handler.send_header("content-length", str(len(payload)))
         for key, value in reply.headers.items():
             handler.send_header(key, value)
         handler.end_headers()
-        handler.wfile.write(payload)
+        if not reply.trickle_s:
+            handler.wfile.write(payload)
+            return
+        for i in range(len(payload)):
+            handler.wfile.write(payload[i : i + 1])
+            handler.wfile.flush()
+            time.sleep(reply.trickle_s)
 
 
 class _Server(ThreadingHTTPServer):
@@ -239,11 +260,17 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
 
 
-def _output_tokens(reply: Reply) -> int:
-    return reply.output_tokens if reply.output_tokens is not None else len(reply.text.split())
+def _output_tokens(reply: Reply, limit: Any = None) -> int:
+    """The scripted count, else one per word, held to the request's limit as a real server is."""
+    if reply.output_tokens is not None:
+        return reply.output_tokens
+    words = len(reply.text.split())
+    return min(words, limit) if isinstance(limit, int) and limit > 0 else words
 
 
-def _openai_body(reply: Reply, model: str, want_logprobs: bool) -> dict[str, Any]:
+def _openai_body(
+    reply: Reply, model: str, want_logprobs: bool, limit: Any = None
+) -> dict[str, Any]:
     choice: dict[str, Any] = {
         "index": 0,
         "finish_reason": "stop",
@@ -264,14 +291,14 @@ def _openai_body(reply: Reply, model: str, want_logprobs: bool) -> dict[str, Any
         "choices": [choice],
         "usage": {
             "prompt_tokens": reply.input_tokens,
-            "completion_tokens": _output_tokens(reply),
-            "total_tokens": reply.input_tokens + _output_tokens(reply),
+            "completion_tokens": _output_tokens(reply, limit),
+            "total_tokens": reply.input_tokens + _output_tokens(reply, limit),
             "prompt_tokens_details": {"cached_tokens": reply.cached_tokens},
         },
     }
 
 
-def _anthropic_body(reply: Reply, model: str) -> dict[str, Any]:
+def _anthropic_body(reply: Reply, model: str, limit: Any = None) -> dict[str, Any]:
     return {
         "id": "msg_mock",
         "type": "message",
@@ -284,7 +311,7 @@ def _anthropic_body(reply: Reply, model: str) -> dict[str, Any]:
             "input_tokens": reply.input_tokens - reply.cached_tokens,
             "cache_read_input_tokens": reply.cached_tokens,
             "cache_creation_input_tokens": 0,
-            "output_tokens": _output_tokens(reply),
+            "output_tokens": _output_tokens(reply, limit),
         },
     }
 

@@ -64,6 +64,7 @@ class Completion:
     logprobs: tuple[float, ...] | None = None
     finish_reason: str | None = None
     cost_usd: float | None = None  # set only when the source reports a billed cost (replay)
+    usage_estimated: bool = False  # the reply reported no usage: the counts are our estimate
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +117,7 @@ class StepRecord:
     cached_input_tokens: int = 0
     ts: float = 0.0
     text: str | None = None
+    usage_estimated: bool = False  # some of the usage billed was estimated, not reported
 
     def as_event(self, *, log_content: bool = False) -> dict[str, Any]:
         """The structured-log and ledger view of this step (answer text only if asked)."""

@@ -7,13 +7,14 @@ answers come from ``request.history``, so on the first rung there is nothing to 
 
 from __future__ import annotations
 
+import math
 import re
 from decimal import Decimal, InvalidOperation
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from cascade.evaluation import EvaluatorContext
+from cascade.evaluation import EvaluatorContext, Tunable
 from cascade.types import Completion, Request, Verdict
 
 __all__ = ["RECIPES", "Agreement", "normalize"]
@@ -85,6 +86,7 @@ class Agreement:
 
     name = "agreement"
     cost = 0
+    tunable: ClassVar[Tunable] = Tunable("min_agree", 0.0, 1.0)
 
     class Config(BaseModel):
         model_config = ConfigDict(extra="forbid", frozen=True)
@@ -140,6 +142,15 @@ class Agreement:
             if last is not None:
                 return last
         return None
+
+    def threshold_value(self, verdict: Verdict, completion: Completion) -> float | None:
+        """The share of earlier answers that agree (passes when >= ``min_agree``).
+
+        With no earlier answer ``when_first`` decided, whatever the threshold.
+        """
+        if verdict.score is None:
+            return math.inf if verdict.passed else None
+        return verdict.score
 
     def __call__(self, request: Request, completion: Completion) -> Verdict:
         earlier = request.history

@@ -11,11 +11,11 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from cascade.evaluation import EvaluatorContext
+from cascade.evaluation import EvaluatorContext, Tunable
 from cascade.types import Completion, Message, Request, Verdict
 
 __all__ = [
@@ -191,6 +191,16 @@ def strip_confidence(text: str, words: Mapping[str, float] = DEFAULT_WORDS) -> s
     return before + (after[2:] if after.startswith("\r\n") else after[1:])
 
 
+def _stated(verdict: Verdict) -> float | None:
+    """The score a confidence gate compares with ``min``; None when there is nothing to compare.
+
+    A failure scored 0 is "no value" (missing, unreadable or empty), never a pass.
+    """
+    if verdict.score is None or (not verdict.passed and verdict.score == 0.0):
+        return None
+    return verdict.score
+
+
 def _with_instruction(messages: tuple[Message, ...], instruction: str) -> tuple[Message, ...]:
     """Add the instruction to the first system message, or put one at the start."""
     out = [dict(m) for m in messages]
@@ -225,6 +235,7 @@ class SelfConfidence:
 
     name = "self_confidence"
     cost = 0
+    tunable: ClassVar[Tunable] = Tunable("min", 0.0, 1.0)
 
     class Config(BaseModel):
         model_config = ConfigDict(extra="forbid", frozen=True)
@@ -260,6 +271,10 @@ class SelfConfidence:
 
     def finalize(self, text: str) -> str:
         return strip_confidence(text, self.words)
+
+    def threshold_value(self, verdict: Verdict, completion: Completion) -> float | None:
+        """The stated confidence (passes when >= ``min``); None when it is missing or unread."""
+        return _stated(verdict)
 
     def __call__(self, request: Request, completion: Completion) -> Verdict:
         text = completion.text
@@ -302,6 +317,7 @@ class Logprob:
 
     name = "logprob"
     cost = 0
+    tunable: ClassVar[Tunable] = Tunable("min", 0.0, 1.0)
 
     class Config(BaseModel):
         model_config = ConfigDict(extra="forbid", frozen=True)
@@ -325,6 +341,10 @@ class Logprob:
         self, messages: tuple[Message, ...], params: dict[str, Any]
     ) -> tuple[tuple[Message, ...], dict[str, Any]]:
         return tuple(messages), {**params, "logprobs": True}
+
+    def threshold_value(self, verdict: Verdict, completion: Completion) -> float | None:
+        """The aggregate token probability (passes when >= ``min``); None when there is none."""
+        return _stated(verdict)
 
     def __call__(self, request: Request, completion: Completion) -> Verdict:
         if not completion.text.strip():

@@ -7,14 +7,15 @@ priced from the ``models:`` table, and recorded as its own ``judge`` step of the
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from cascade.errors import ProviderError
-from cascade.evaluation import EvaluatorContext, ModelServices
+from cascade.evaluation import EvaluatorContext, ModelServices, Tunable
 from cascade.types import Completion, Message, Request, Verdict
 from evaluators.schema import drop_trailing_commas
 
@@ -164,6 +165,7 @@ class LLMJudge:
 
     name = "llm_judge"
     cost = 100
+    tunable: ClassVar[Tunable] = Tunable("min_score", 1.0, 10.0, low_open=False)
 
     class Config(BaseModel):
         model_config = ConfigDict(extra="forbid", frozen=True)
@@ -231,6 +233,17 @@ class LLMJudge:
         except ProviderError as exc:
             return self._failed(f"judge failed: {exc}")
         return self._verdict(reply.text)
+
+    def threshold_value(self, verdict: Verdict, completion: Completion) -> float | None:
+        """The judge's grade out of 10 (passes when >= ``min_score``).
+
+        With no grade (the judge failed) ``fail_closed`` decided, whatever the threshold.
+        """
+        if verdict.score is None:
+            return math.inf if verdict.passed else None
+        # The verdict holds grade / 10; rounding undoes the float error of dividing and
+        # multiplying back, so a grade of 7 compares as exactly 7.
+        return round(verdict.score * 10, 9)
 
     def _failed(self, reason: str) -> Verdict:
         if self.config.fail_closed:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import math
+from typing import ClassVar
+
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from cascade.evaluation import EvaluatorContext
+from cascade.evaluation import EvaluatorContext, Tunable
 from cascade.types import Completion, Request, Verdict
 
 
@@ -18,6 +21,10 @@ class Length:
 
     name = "length"
     cost = 0
+    # "Accept all" is min_words 0, never the evaluator dropped: its other bounds still apply.
+    tunable: ClassVar[Tunable] = Tunable(
+        "min_words", 0.0, math.inf, low_open=False, integer=True, drop=False
+    )
 
     class Config(BaseModel):
         model_config = ConfigDict(extra="forbid", frozen=True)
@@ -38,6 +45,14 @@ class Length:
 
     def __init__(self, config: Config, context: EvaluatorContext | None = None):
         self.config = config
+
+    def threshold_value(self, verdict: Verdict, completion: Completion) -> float | None:
+        """The answer's word count (passes when >= ``min_words``); None when it failed.
+
+        Give it the verdict of this evaluator without ``min_words`` (the other bounds alone) to
+        read any ``min_words``; with its own verdict it holds for the configured one.
+        """
+        return float(len(completion.text.strip().split())) if verdict.passed else None
 
     def __call__(self, request: Request, completion: Completion) -> Verdict:
         c = self.config

@@ -15,7 +15,8 @@ import yaml
 import cascade.calibrate as calibration
 from cascade import Cascade, CascadeError, ConfigError, Request
 from cascade.bench import run_bench
-from cascade.calibrate import GUARD, calibrate, write_calibrated
+from cascade.calibrate import GUARD, write_calibrated
+from cascade.calibrate import calibrate as _calibrate
 from cascade.config import load_config, parse_config
 from cascade.dataset import ReplayRecord, load_dataset, write_dataset
 from cascade.simulation import ReplayTable, build_views, grids, simulate, subsets
@@ -23,6 +24,11 @@ from cascade.types import Completion, Verdict
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "routellm"
 COST = {"small": 1e-5, "mid": 2e-4, "large": 1e-3}
+
+
+def calibrate(*args: Any, **kwargs: Any) -> Any:
+    """These tests pin the per-evaluator threshold search (``method="thresholds"``)."""
+    return _calibrate(*args, method="thresholds", **kwargs)
 
 Answer = dict[str, Any]
 Maker = Callable[[int, np.random.Generator], dict[str, Answer]]

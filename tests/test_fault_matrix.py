@@ -28,6 +28,7 @@ class Row:
     sleeps: tuple[float, ...] | None = None   # exact waits, when the server dictates them
     message: str = ""           # must appear in the step's error
     first: str = "mini"         # the faulty rung (openai) or "sonnet" (anthropic)
+    estimated: bool = False     # a 200 without usage: billed at the engine's estimate
 
 
 ROWS = [
@@ -45,10 +46,10 @@ ROWS = [
         2, message="no choices"),
     Row("empty content", (Reply(body='{"id": "x", "choices": [{"index": 0, "finish_reason": '
                                       '"stop", "message": {"role": "assistant", "content": ""}}]}'),),
-        2, message="empty message"),
+        2, message="empty message", estimated=True),
     Row("anthropic empty content", (Reply(body='{"id": "m", "type": "message", "role": '
                                                '"assistant", "model": "c", "content": []}'),),
-        2, message="no text content", first="sonnet"),
+        2, message="no text content", first="sonnet", estimated=True),
     Row("401", (Reply(status=401),), 1, message="$OPENAI_API_KEY"),
     Row("403", (Reply(status=403),), 1, message="$OPENAI_API_KEY"),
     Row("anthropic 401", (Reply(status=401),), 1, message="$ANTHROPIC_API_KEY", first="sonnet"),
@@ -77,7 +78,10 @@ def test_fault(row: Row, server: MockLLMServer, tmp_path: Path) -> None:
 
     assert len(server.calls(faulty)) == row.tries
     step = result.steps[0]
-    assert (step.decision, step.attempts, step.cost_usd) == ("error", row.tries, 0.0)
+    assert (step.decision, step.attempts) == ("error", row.tries)
+    # A reply that reports no usage is still billed (at the estimate), and marked.
+    assert step.usage_estimated is row.estimated
+    assert (step.cost_usd > 0) is row.estimated
     assert row.message in (step.error or "")
     assert result.text == "the answer from the next rung"
     assert result.model == ladder[1]
@@ -85,10 +89,10 @@ def test_fault(row: Row, server: MockLLMServer, tmp_path: Path) -> None:
         assert tuple(sleeps) == row.sleeps
     assert len(sleeps) == row.tries - 1
     with sqlite3.connect(tmp_path / "l.db") as conn:
-        ledger = conn.execute("SELECT model, attempts, decision, cost_usd, error FROM steps "
-                              "ORDER BY step").fetchall()
-    assert ledger == [(s.model, s.attempts, s.decision, s.cost_usd, s.error)
-                      for s in result.steps]
+        ledger = conn.execute("SELECT model, attempts, decision, cost_usd, error,"
+                              " usage_estimated FROM steps ORDER BY step").fetchall()
+    assert ledger == [(s.model, s.attempts, s.decision, s.cost_usd, s.error,
+                       int(s.usage_estimated)) for s in result.steps]
 
 
 @pytest.mark.usefixtures("keys")

@@ -121,4 +121,36 @@ def test_report_json_keys_and_numbers(tmp_path: Path) -> None:
     assert task["models"]["small"]["calls"] == 2
     assert task["models"]["small"]["cost_usd"] == pytest.approx(small)
     assert task["models"]["medium"] == {"calls": 1, "cost_usd": pytest.approx(medium),
-                                        "input_tokens": 10, "output_tokens": 3, "unfinished": 0}
+                                        "input_tokens": 10, "output_tokens": 3, "unfinished": 0,
+                                        "usage_estimated": 0}
+
+
+def test_old_ledger_gains_usage_estimated_in_place(tmp_path: Path) -> None:
+    """A ledger written before issue 10 opens, keeps its rows (usage as reported) and reports."""
+    import sqlite3 as sq
+
+    from cascade.report import ledger_report
+    from cascade.types import StepRecord
+
+    path = tmp_path / "old.sqlite"
+    with sq.connect(path) as db:
+        db.executescript(
+            "CREATE TABLE steps (id INTEGER PRIMARY KEY AUTOINCREMENT, run_id TEXT NOT NULL,"
+            " ts REAL NOT NULL, task TEXT NOT NULL, step INTEGER NOT NULL, model TEXT NOT NULL,"
+            " provider TEXT NOT NULL, attempts INTEGER NOT NULL, input_tokens INTEGER NOT NULL,"
+            " cached_input_tokens INTEGER NOT NULL DEFAULT 0, output_tokens INTEGER NOT NULL,"
+            " cost_usd REAL NOT NULL, latency_ms REAL NOT NULL, decision TEXT NOT NULL,"
+            " error TEXT, verdicts TEXT NOT NULL DEFAULT '[]');"
+            "INSERT INTO steps (run_id, ts, task, step, model, provider, attempts, input_tokens,"
+            " output_tokens, cost_usd, latency_ms, decision) VALUES"
+            " ('old', 1, 't', 1, 'm', 'p', 1, 10, 5, 0.5, 1, 'accept');")
+    ledger = Ledger(path)
+    ledger.record_step(StepRecord("new", "t", 1, "m", "p", 1, 10, 5, 0.25, 1.0, "accept",
+                                  usage_estimated=True))
+    report = ledger_report(ledger)
+    ledger.close()
+    assert report["tasks"]["t"]["usage_estimated"] == 1
+    assert report["total_cost_usd"] == pytest.approx(0.75)
+    with sq.connect(path) as db:
+        assert db.execute("SELECT run_id, usage_estimated FROM steps ORDER BY id").fetchall() == [
+            ("old", 0), ("new", 1)]

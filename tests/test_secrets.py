@@ -29,13 +29,24 @@ FAULTS = [Reply(status=401, message=f"Incorrect API key provided: {FAKE_OPENAI_K
 @pytest.mark.usefixtures("keys")
 @pytest.mark.parametrize("fault", FAULTS, ids=lambda r: str(r.status if r.body is None else "body"))
 def test_fault_paths_leak_no_key(fault: Reply, server: MockLLMServer, tmp_path: Path,
-                                 capsys: pytest.CaptureFixture[str]) -> None:
+                                 capsys: pytest.CaptureFixture[str],
+                                 monkeypatch: pytest.MonkeyPatch) -> None:
     """Logs, ledger, exceptions, results, reprs and CLI output never contain the key."""
+    # The CLI builds its own engine: give it a sleep that records instead of waiting.
+    cli_sleeps: list[float] = []
+    from_yaml = Cascade.from_yaml.__func__  # type: ignore[attr-defined]
+    monkeypatch.setattr(Cascade, "from_yaml", classmethod(
+        lambda cls, path, **kw: from_yaml(cls, path, sleep=cli_sleeps.append, **kw)))
     server.script("gpt-4o-mini", [fault])
     server.script("claude-sonnet-4-6", [fault])
     data = live_config(server, attempts=2, ledger=str(tmp_path / "l.sqlite"),
                        on_exhausted="raise")
-    engine = Cascade.from_dict(data, sleep=lambda s: None)
+    async_sleeps: list[float] = []
+
+    async def asleep(seconds: float) -> None:
+        async_sleeps.append(seconds)
+
+    engine = Cascade.from_dict(data, sleep=lambda s: None, asleep=asleep)
     seen: list[str] = []
     with capture_logs() as logs:
         try:
@@ -60,6 +71,8 @@ def test_fault_paths_leak_no_key(fault: Reply, server: MockLLMServer, tmp_path: 
     config = tmp_path / "c.yaml"
     config.write_text(yaml.safe_dump(data))
     main(["--log-level", "debug", "run", str(config), "faq", "q"])
+    if fault.status in (429, 500):  # retried: the backoff went through the injected sleep
+        assert cli_sleeps
     main(["report", "--ledger", str(tmp_path / "l.sqlite"), "--json"])
     out, err = capsys.readouterr()
     seen += [out, err]

@@ -135,6 +135,7 @@ def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
         faq = config["tasks"]["faq"]
         config["tasks"].update(budget={**faq, "max_cost_usd": 1e-9},
                                strict={**faq, "on_exhausted": "raise"}, slow=faq)
+        config["server"] = {"allow_params": ["vendor_knob"]}
         with serving(config, api_keys=[KEY, OTHER_KEY]) as (url, _):
             yield Gateway(url, upstream, ledger, server)
 
@@ -267,7 +268,7 @@ def test_cost_header_is_a_plain_decimal() -> None:
 # -- parameters -----------------------------------------------------------------------------------
 
 def test_params_reach_both_providers(escalating: Gateway) -> None:
-    """temperature, max_tokens, stop and unknown fields reach the OpenAI and the Anthropic rung."""
+    """temperature, max_tokens, stop and allowed extra fields reach the OpenAI and Anthropic rung."""
     with escalating.client() as api:
         api.chat.completions.create(
             model="faq", messages=[{"role": "system", "content": "Be brief."}, *ASK],
@@ -295,7 +296,7 @@ def test_params_reach_both_providers(escalating: Gateway) -> None:
     ({"model": "faq", "messages": [{"role": "robot", "content": "hi"}]}, "messages[0].role"),
     ({"model": "faq", "messages": ASK, "stream": "yes"}, "stream"),
     ({"model": "faq", "messages": ASK, "n": 2}, "n"),
-    ({"model": "faq", "messages": ASK, "log_content": True}, "reserved"),
+    ({"model": "faq", "messages": ASK, "log_content": True}, "log_content: unknown parameter"),
 ])
 def test_invalid_body_is_400(gw: Gateway, body: dict[str, Any], where: str) -> None:
     """A body that is not a chat completion request gets 400 saying which field is wrong."""

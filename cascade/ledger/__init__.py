@@ -17,6 +17,19 @@ The money rules (what is estimated, which budgets apply, when to refuse) live in
 
 from cascade.ledger.backends import open_sqlite, safe_url
 from cascade.ledger.core import Ledger, Pending, TotalsKey, buckets, nano
+from cascade.ledger.opening import check_ledger_config, check_ledger_path, open_ledger
 from cascade.ledger.rows import Record
 
-__all__ = ["Ledger", "Pending", "Record", "TotalsKey", "buckets", "nano", "open_sqlite", "safe_url"]
+__all__ = [
+    "Ledger",
+    "Pending",
+    "Record",
+    "TotalsKey",
+    "buckets",
+    "check_ledger_config",
+    "check_ledger_path",
+    "nano",
+    "open_ledger",
+    "open_sqlite",
+    "safe_url",
+]

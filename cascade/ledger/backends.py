@@ -74,6 +74,8 @@ class Backend(Protocol):
 
     def has_table(self, tx: Tx, name: str) -> bool: ...
 
+    def has_column(self, tx: Tx, table: str, column: str) -> bool: ...
+
     def describe(self) -> str: ...  # safe to print: no password
 
     def close(self) -> None: ...
@@ -201,6 +203,10 @@ class SqliteBackend:
         rows = tx.execute(
             "SELECT name FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)
         )
+        return bool(rows)
+
+    def has_column(self, tx: Tx, table: str, column: str) -> bool:
+        rows = tx.execute("SELECT name FROM pragma_table_info(?) WHERE name = ?", (table, column))
         return bool(rows)
 
     def _error(self, exc: sqlite3.Error) -> LedgerError:
@@ -342,6 +348,14 @@ class PostgresBackend:
     def has_table(self, tx: Tx, name: str) -> bool:
         rows = tx.execute("SELECT to_regclass(?) IS NOT NULL AS present", (name,))
         return bool(rows[0]["present"])
+
+    def has_column(self, tx: Tx, table: str, column: str) -> bool:
+        rows = tx.execute(
+            "SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema()"
+            " AND table_name = ? AND column_name = ?",
+            (table, column),
+        )
+        return bool(rows)
 
     def close(self) -> None:
         self._pool.close()

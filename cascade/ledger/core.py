@@ -75,7 +75,8 @@ class Pending:
 
 _STEP_COLUMNS = (
     "run_id, ts, task, step, model, provider, attempts, input_tokens, cached_input_tokens,"
-    " output_tokens, cost_usd, latency_ms, decision, error, verdicts, status, reserved_usd, owner"
+    " output_tokens, cost_usd, latency_ms, decision, error, verdicts, status, reserved_usd, owner,"
+    " usage_estimated"
 )
 
 
@@ -325,7 +326,7 @@ class Ledger:
         amount = nano(pending.reserved_usd)
         rows = tx.execute(
             f"INSERT INTO steps ({_STEP_COLUMNS}) VALUES"
-            " (?,?,?,?,?,?,0,0,0,0,?,0,'pending',NULL,'[]','pending',?,?) RETURNING id",
+            " (?,?,?,?,?,?,0,0,0,0,?,0,'pending',NULL,'[]','pending',?,?,0) RETURNING id",
             (pending.run_id, pending.ts, pending.task, pending.step, pending.model,
              pending.provider, pending.reserved_usd, pending.reserved_usd, self.owner.owner),
         )
@@ -347,10 +348,12 @@ class Ledger:
             changed = tx.rowcount(
                 "UPDATE steps SET attempts = ?, input_tokens = ?, cached_input_tokens = ?,"
                 " output_tokens = ?, cost_usd = ?, latency_ms = ?, decision = ?, error = ?,"
-                " verdicts = ?, status = 'settled' WHERE id = ? AND status = 'pending'",
+                " verdicts = ?, usage_estimated = ?, status = 'settled'"
+                " WHERE id = ? AND status = 'pending'",
                 (step.attempts, step.input_tokens, step.cached_input_tokens, step.output_tokens,
                  step.cost_usd, step.latency_ms, step.decision, step.error,
-                 json.dumps([v.as_dict() for v in step.verdicts]), step_id),
+                 json.dumps([v.as_dict() for v in step.verdicts]), int(step.usage_estimated),
+                 step_id),
             )
             delta = nano(step.cost_usd) - nano(pending.reserved_usd)
             if changed and delta:
@@ -372,11 +375,11 @@ class Ledger:
         with self.backend.transaction() as tx:
             tx.execute(
                 f"INSERT INTO steps ({_STEP_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,"
-                "'settled',0,NULL)",
+                "'settled',0,NULL,?)",
                 (step.run_id, ts, step.task, step.step, step.model, step.provider,
                  step.attempts, step.input_tokens, step.cached_input_tokens,
                  step.output_tokens, step.cost_usd, step.latency_ms, step.decision, step.error,
-                 json.dumps([v.as_dict() for v in step.verdicts])),
+                 json.dumps([v.as_dict() for v in step.verdicts]), int(step.usage_estimated)),
             )
             if nano(step.cost_usd):
                 self._add(tx, buckets(step.task, ts), nano(step.cost_usd))

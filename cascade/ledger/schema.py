@@ -14,6 +14,11 @@ Schema 2 adds:
   exactly the real cost, with no float residue;
 - ``owners``: which process (host, boot, pid, start time, heartbeat) owns pending rows, so the
   next process can tell a dead writer's rows from a live one's.
+
+Schema 3 adds ``steps.usage_estimated`` (1: the provider reported no usage, so the step was
+billed at the engine's estimate). The hardening release added that column to schema-1 files
+without a ``schema_version`` table, so the upgrade adds it only where it is missing: a release
+0.1 ledger and one written by that release both reach schema 3, rows kept (old rows read 0).
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from cascade.ledger.backends import Backend, Tx
 
 __all__ = ["VERSION", "migrate"]
 
-VERSION = 2
+VERSION = 3
 
 _TYPES = {
     "sqlite": {
@@ -53,7 +58,8 @@ CREATE TABLE steps (
     verdicts TEXT NOT NULL DEFAULT '[]',
     status TEXT NOT NULL DEFAULT 'settled',
     reserved_usd {real} NOT NULL DEFAULT 0,
-    owner TEXT
+    owner TEXT,
+    usage_estimated INTEGER NOT NULL DEFAULT 0
 )"""
 
 _RUNS = """
@@ -137,7 +143,12 @@ def migrate(backend: Backend) -> int:
         if found == 0:
             for ddl in (_STEPS, _RUNS, *_V1_INDEXES, *_V2):
                 tx.execute(ddl.format(**types))
-        else:  # schema 1: the tables of release 0.1
+            tx.execute("INSERT INTO schema_version (version) VALUES (?)", (VERSION,))
+            return found
+        if found == 1:  # the tables of release 0.1 (perhaps with usage_estimated, see above)
+            if not backend.has_table(tx, "runs"):  # release 0.1 created it on first open
+                tx.execute(_RUNS.format(**types))
+                tx.execute(_V1_INDEXES[2])
             for column in (
                 "status TEXT NOT NULL DEFAULT 'settled'",
                 "reserved_usd {real} NOT NULL DEFAULT 0",
@@ -148,6 +159,10 @@ def migrate(backend: Backend) -> int:
                 tx.execute(ddl.format(**types))
             if backend.name == "sqlite":
                 tx.execute(_BACKFILL_SQLITE)
+        # Schema 2 -> 3.
+        if not backend.has_column(tx, "steps", "usage_estimated"):
+            tx.execute("ALTER TABLE steps ADD COLUMN usage_estimated INTEGER NOT NULL DEFAULT 0")
+        tx.execute("DELETE FROM schema_version")
         tx.execute("INSERT INTO schema_version (version) VALUES (?)", (VERSION,))
         return found
 

@@ -9,8 +9,9 @@ from typing import Any, ClassVar
 
 import anthropic
 
-from cascade.providers.base import empty_answer, split_params
+from cascade.providers.base import empty_answer, split_params, untransformed, validate_usage
 from cascade.providers.sdk import SDKProvider
+from cascade.tokens import estimate_input_tokens, estimate_output_tokens
 from cascade.types import Completion, Message
 
 __all__ = ["AnthropicProvider", "to_anthropic"]
@@ -69,7 +70,8 @@ class AnthropicProvider(SDKProvider[anthropic.Anthropic, anthropic.AsyncAnthropi
         renamed = {_RENAMED.get(k, k): v for k, v in params.items() if k not in _OPENAI_ONLY}
         renamed.setdefault("max_tokens", DEFAULT_MAX_TOKENS)
         kwargs = split_params(method, renamed)
-        kwargs.update(model=model, messages=turns)
+        kwargs["model"] = model
+        untransformed(kwargs, "messages", turns)
         if system is not None:
             kwargs["system"] = system
         return kwargs
@@ -92,7 +94,9 @@ class AnthropicProvider(SDKProvider[anthropic.Anthropic, anthropic.AsyncAnthropi
             ValueError,
         ) as exc:  # ValueError: a 200 whose body is not JSON
             raise self._error(exc, model) from exc
-        return self._parse(response, model, (time.perf_counter() - started) * 1000)
+        return self._parse(
+            response, model, (time.perf_counter() - started) * 1000, messages, params
+        )
 
     async def acomplete(
         self,
@@ -112,9 +116,18 @@ class AnthropicProvider(SDKProvider[anthropic.Anthropic, anthropic.AsyncAnthropi
             ValueError,
         ) as exc:  # ValueError: a 200 whose body is not JSON
             raise self._error(exc, model) from exc
-        return self._parse(response, model, (time.perf_counter() - started) * 1000)
+        return self._parse(
+            response, model, (time.perf_counter() - started) * 1000, messages, params
+        )
 
-    def _parse(self, response: Any, model: str, latency_ms: float) -> Completion:
+    def _parse(
+        self,
+        response: Any,
+        model: str,
+        latency_ms: float,
+        messages: Sequence[Message],
+        params: Mapping[str, Any],
+    ) -> Completion:
         blocks = getattr(response, "content", None)
         if isinstance(response, (str, bytes)) or blocks is None:
             raise empty_answer(self.name, model, "a body that is not a message")
@@ -122,19 +135,36 @@ class AnthropicProvider(SDKProvider[anthropic.Anthropic, anthropic.AsyncAnthropi
             getattr(b, "text", "") or "" for b in blocks if getattr(b, "type", None) == "text"
         )
         usage = getattr(response, "usage", None)
-        fresh = int(getattr(usage, "input_tokens", 0) or 0)
-        read = int(getattr(usage, "cache_read_input_tokens", 0) or 0)
-        written = int(getattr(usage, "cache_creation_input_tokens", 0) or 0)
+        counts = validate_usage(
+            self.name,
+            model,
+            {
+                "input_tokens": getattr(usage, "input_tokens", None),
+                "cache_read_input_tokens": getattr(usage, "cache_read_input_tokens", None),
+                "cache_creation_input_tokens": getattr(usage, "cache_creation_input_tokens", None),
+                "output_tokens": getattr(usage, "output_tokens", None),
+            },
+            output="output_tokens",
+            messages=messages,
+            params=params,
+        )
+        fresh, answer = counts["input_tokens"], counts["output_tokens"]
+        read = counts["cache_read_input_tokens"] or 0
+        written = counts["cache_creation_input_tokens"] or 0
         # Anthropic reports cache reads apart from input_tokens; fold them in so that
-        # input_tokens means the same thing for every provider.
+        # input_tokens means the same thing for every provider. A reply without usage is
+        # billed at our (high) estimate, and says so.
         done = Completion(
             text=text,
             provider=self.name,
-            input_tokens=fresh + read + written,
-            output_tokens=int(getattr(usage, "output_tokens", 0) or 0),
+            input_tokens=(
+                estimate_input_tokens(messages, params) if fresh is None else fresh + read + written
+            ),
+            output_tokens=estimate_output_tokens(text) if answer is None else answer,
             cached_input_tokens=read,
             latency_ms=latency_ms,
             finish_reason=getattr(response, "stop_reason", None),
+            usage_estimated=fresh is None or answer is None,
         )
         if not text.strip():
             raise empty_answer(self.name, model, "no text content", done)

@@ -10,8 +10,9 @@ from typing import Any, ClassVar
 
 import openai
 
-from cascade.providers.base import empty_answer, split_params
+from cascade.providers.base import empty_answer, split_params, untransformed, validate_usage
 from cascade.providers.sdk import SDKProvider
+from cascade.tokens import estimate_input_tokens, estimate_output_tokens
 from cascade.types import Completion, Message
 
 __all__ = ["OpenAIProvider"]
@@ -45,16 +46,15 @@ class OpenAIProvider(SDKProvider[openai.OpenAI, openai.AsyncOpenAI]):
     ) -> Completion:
         client = self.client
         kwargs = split_params(client.chat.completions.create, params)
+        untransformed(kwargs, "messages", messages)
         started = time.perf_counter()
         try:
-            response = client.chat.completions.create(
-                model=model,
-                messages=list(messages),  # type: ignore[arg-type]  # OpenAI-style dicts
-                **kwargs,
-            )
+            response = client.chat.completions.create(model=model, **kwargs)
         except (openai.OpenAIError, ValueError) as exc:  # ValueError: a 200 whose body is not JSON
             raise self._error(exc, model) from exc
-        return self._parse(response, model, (time.perf_counter() - started) * 1000)
+        return self._parse(
+            response, model, (time.perf_counter() - started) * 1000, messages, params
+        )
 
     async def acomplete(
         self,
@@ -66,18 +66,24 @@ class OpenAIProvider(SDKProvider[openai.OpenAI, openai.AsyncOpenAI]):
     ) -> Completion:
         client = self.async_client
         kwargs = split_params(client.chat.completions.create, params)
+        untransformed(kwargs, "messages", messages)
         started = time.perf_counter()
         try:
-            response = await client.chat.completions.create(
-                model=model,
-                messages=list(messages),  # type: ignore[arg-type]  # OpenAI-style dicts
-                **kwargs,
-            )
+            response = await client.chat.completions.create(model=model, **kwargs)
         except (openai.OpenAIError, ValueError) as exc:  # ValueError: a 200 whose body is not JSON
             raise self._error(exc, model) from exc
-        return self._parse(response, model, (time.perf_counter() - started) * 1000)
+        return self._parse(
+            response, model, (time.perf_counter() - started) * 1000, messages, params
+        )
 
-    def _parse(self, response: Any, model: str, latency_ms: float) -> Completion:
+    def _parse(
+        self,
+        response: Any,
+        model: str,
+        latency_ms: float,
+        messages: Sequence[Message],
+        params: Mapping[str, Any],
+    ) -> Completion:
         # A 200 whose body is not a chat completion is a fault, not an empty answer.
         if isinstance(response, (str, bytes)) or not hasattr(response, "choices"):
             raise empty_answer(self.name, model, "a body that is not a chat completion")
@@ -88,14 +94,33 @@ class OpenAIProvider(SDKProvider[openai.OpenAI, openai.AsyncOpenAI]):
         text = getattr(message, "content", None)
         usage = getattr(response, "usage", None)
         details = getattr(usage, "prompt_tokens_details", None)
+        counts = validate_usage(
+            self.name,
+            model,
+            {
+                "prompt_tokens": getattr(usage, "prompt_tokens", None),
+                "completion_tokens": getattr(usage, "completion_tokens", None),
+                "cached_tokens": getattr(details, "cached_tokens", None),
+            },
+            output="completion_tokens",
+            messages=messages,
+            params=params,
+        )
+        prompt, answer = counts["prompt_tokens"], counts["completion_tokens"]
+        # A reply without usage is billed at our (high) estimate, and says so.
         billed = Completion(
             text="",
             provider=self.name,
-            input_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
-            output_tokens=int(getattr(usage, "completion_tokens", 0) or 0),
-            cached_input_tokens=int(getattr(details, "cached_tokens", 0) or 0),
+            input_tokens=estimate_input_tokens(messages, params) if prompt is None else prompt,
+            output_tokens=(
+                estimate_output_tokens(text if isinstance(text, str) else "")
+                if answer is None
+                else answer
+            ),
+            cached_input_tokens=counts["cached_tokens"] or 0,
             latency_ms=latency_ms,
             finish_reason=getattr(choice, "finish_reason", None),
+            usage_estimated=prompt is None or answer is None,
         )
         if not isinstance(text, str) or not text.strip():
             refusal = getattr(message, "refusal", None)

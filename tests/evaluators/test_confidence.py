@@ -374,7 +374,8 @@ def test_logprob_prepare_asks_for_logprobs_and_keeps_params() -> None:
     _, fake = run([{"type": "logprob", "min": 0.5}],
                   {"small": [Completion(text="Paris", logprobs=(-0.01,))]},
                   params={"temperature": 0.2})
-    assert fake.calls[0]["params"] == {"temperature": 0.2, "logprobs": True}
+    # max_tokens is the model's max_output_tokens: every call is held to what was reserved.
+    assert fake.calls[0]["params"] == {"temperature": 0.2, "logprobs": True, "max_tokens": 4096}
 
 
 def test_logprob_through_the_openai_sdk(server: MockLLMServer,
