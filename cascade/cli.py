@@ -17,7 +17,7 @@ from typing import Any
 
 import structlog
 
-from cascade import cli_ledger, cli_replay, server_cli
+from cascade import cli_feedback, cli_ledger, cli_replay, server_cli
 from cascade.config import load_config
 from cascade.engine import Cascade
 from cascade.errors import (
@@ -175,6 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     cli_ledger.register(sub)
     cli_replay.register(sub)
+    cli_feedback.register(sub)
     server_cli.register(sub)
     return parser
 

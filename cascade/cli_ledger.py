@@ -20,7 +20,7 @@ from cascade.ledger import Ledger, open_ledger
 from cascade.limits import Limits
 from cascade.report import ledger_report
 
-__all__ = ["cmd_recover", "cmd_report", "open_for_cli", "register"]
+__all__ = ["cmd_recover", "cmd_report", "open_for_cli", "register", "where_args"]
 
 DEFAULT_LEDGER = "cascade-ledger.sqlite"
 
@@ -57,6 +57,13 @@ def open_for_cli(args: argparse.Namespace) -> Ledger:
 
 def cmd_report(args: argparse.Namespace) -> int:
     ledger = open_for_cli(args)
+    if getattr(args, "drift", False):
+        from cascade.cli_feedback import cmd_drift
+
+        try:
+            return cmd_drift(args, ledger)
+        finally:
+            ledger.close()
     try:
         report = ledger_report(ledger)
         if args.config:
@@ -126,7 +133,7 @@ def cmd_recover(args: argparse.Namespace) -> int:
     return 0
 
 
-def _where_args(parser: argparse.ArgumentParser) -> None:
+def where_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ledger", help=f"SQLite ledger file (default: {DEFAULT_LEDGER})")
     parser.add_argument("--url-env", help="variable holding a PostgreSQL ledger URL")
     parser.add_argument("--config", help="read the ledger from this config's ledger: section "
@@ -140,8 +147,14 @@ def register(sub: Any) -> None:
         help="spend, calls and escalation rate from the ledger",
         description="Summarise the ledger per task and per model.",
     )
-    _where_args(report)
+    where_args(report)
     report.add_argument("--json", action="store_true", help="print JSON for scripts")
+    report.add_argument("--drift", action="store_true", help="per task, rung and week: "
+                        "acceptance, accepted quality from feedback, cost per run; flags weeks "
+                        "below tasks.T.quality_target (from --config) or --target")
+    report.add_argument("--target", type=float, help="with --drift: the quality target")
+    report.add_argument("--min-evidence", type=int, default=20,
+                        help="with --drift: scores needed to flag a week (default 20)")
     report.set_defaults(handler=cmd_report)
 
     ledger = sub.add_parser("ledger", help="ledger maintenance",
@@ -154,5 +167,5 @@ def register(sub: Any) -> None:
         "it. Rows left pending by a process that died are settled as lost at their reserved "
         "worst case (opening the ledger does this too); live processes' rows are left alone.",
     )
-    _where_args(recover)
+    where_args(recover)
     recover.set_defaults(handler=cmd_recover)

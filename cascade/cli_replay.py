@@ -312,3 +312,7 @@ def register(sub: Any) -> None:
     imp.add_argument("--split", choices=["train", "test", "all"], default="all")
     imp.add_argument("--seed", type=int, default=0, help="seed of the train/test split")
     imp.set_defaults(handler=cmd_import)
+
+    from cascade.cli_feedback import register_data
+
+    register_data(data_sub)

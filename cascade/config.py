@@ -213,6 +213,12 @@ class TaskConfig(BaseModel):
     # The whole run (every rung, retry and judge call) ends by then; complete(deadline_s=)
     # and the gateway's server.request_timeout_s can only shorten it.
     deadline_s: float = Field(default=120.0, gt=0)
+    # Learning from production (docs/learning.md): the share of accepted runs whose higher
+    # rungs are also called, after the run, for a label; example prompts for the task router;
+    # the accepted quality below which `cascade report --drift` flags a week.
+    shadow_rate: float = Field(default=0.0, ge=0, le=1)
+    examples: list[str] = Field(default_factory=list)
+    quality_target: float | None = Field(default=None, ge=0, le=1)
 
     @field_validator("ladder", mode="before")
     @classmethod
@@ -220,6 +226,20 @@ class TaskConfig(BaseModel):
         if isinstance(value, list):
             return [{"model": v} if isinstance(v, str) else v for v in value]
         return value
+
+
+class TaskRouterConfig(BaseModel):
+    """The ``task_router:`` section: how task ``auto`` picks a task from the prompt.
+
+    ``model`` is the fitted classifier (plain data, or a JSON file beside the config) that
+    ``cascade router fit`` writes; below ``min_confidence`` the run goes to ``default_task``.
+    """
+
+    model_config = _STRICT
+
+    model: str | dict[str, Any] | None = None
+    min_confidence: float = Field(default=0.5, ge=0, le=1)
+    default_task: str | None = None
 
 
 class ServerConfig(BaseModel):
@@ -271,6 +291,7 @@ class CascadeConfig(BaseModel):
     budgets: BudgetsConfig | None = None
     cache: CacheConfig = Field(default_factory=CacheConfig)
     server: ServerConfig = Field(default_factory=ServerConfig)
+    task_router: TaskRouterConfig | None = None
 
 
 def format_location(loc: tuple[int | str, ...]) -> str:
@@ -322,6 +343,14 @@ def _check_references(config: CascadeConfig, path: str | None) -> None:
                 f"unknown provider {model.provider!r} (defined: {', '.join(config.providers)})",
                 path=path,
                 location=f"models.{key}.provider",
+            )
+    router = config.task_router
+    if router is not None and router.default_task is not None:
+        if router.default_task not in config.tasks:
+            raise ConfigError(
+                f"unknown task {router.default_task!r} (defined: {', '.join(config.tasks)})",
+                path=path,
+                location="task_router.default_task",
             )
     for name, task in config.tasks.items():
         for i, rung in enumerate(task.ladder):

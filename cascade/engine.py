@@ -46,6 +46,7 @@ from cascade.evaluation import (
     shown,
 )
 from cascade.features import prompt_text
+from cascade.feedback import FeedbackRecord, add_feedback
 from cascade.ledger import Ledger, open_ledger
 from cascade.limits import Gate, Limits
 from cascade.params import bound_output, check_call_params
@@ -55,6 +56,8 @@ from cascade.providers.base import Provider
 from cascade.recorder import Recorder, Run, current_run
 from cascade.retry import RetryPolicy
 from cascade.router import Router, load_router
+from cascade.shadow import Shadows
+from cascade.task_router import AUTO, Choice, load_task_router
 from cascade.types import (
     CascadeResult,
     Completion,
@@ -166,6 +169,9 @@ class Cascade:
         self.cache = ResponseCache(config.cache.path) if cached_tasks else None
         self._caller = Caller(config, self.providers, retry, self.limits)
         self._recorder = Recorder(config, self.ledger, self.limits.accounts)
+        # Learning from production (docs/learning.md): shadow evaluation and task "auto".
+        self.shadows = Shadows(self)
+        self.task_router = load_task_router(config, config_path=path)
 
     @property
     def retry(self) -> RetryPolicy:
@@ -201,6 +207,7 @@ class Cascade:
 
     def close(self) -> None:
         """Close the providers' sync clients, the ledger and the cache."""
+        self.shadows.close()  # shadow calls still running finish first: they use the ledger
         for provider in self.providers.values():
             close = getattr(provider, "close", None)
             if close is not None:
@@ -333,17 +340,21 @@ class Cascade:
                 overrides a checked parameter, ``max_tokens`` above a rung's
                 ``max_output_tokens``); nothing was called.
         """
+        task, choice = self._pick(task, prompt)
         plan, run = self._start(
             task, prompt, query_id, max_cost_usd, log_content, deadline_s, params
         )
+        run.task_probability = choice.probability if choice else None
         token = current_run.set(run)
         try:
-            return self._recorder.finish(self._drive(plan), run)
+            result = self._recorder.finish(self._drive(plan), run)
         except CascadeError as exc:
             self._recorder.fail(exc, run)
             raise self._located(exc) from exc.__cause__
         finally:
             current_run.reset(token)
+        self.shadows.submit(self.tasks[task], run, result, params)
+        return result
 
     async def acomplete(
         self,
@@ -362,9 +373,11 @@ class Cascade:
         settlement runs in place only when the ledger can take it at once (SQLite, about
         0.1 ms), else on the ledger's thread (PostgreSQL: always).
         """
+        task, choice = self._pick(task, prompt)
         plan, run = self._start(
             task, prompt, query_id, max_cost_usd, log_content, deadline_s, params
         )
+        run.task_probability = choice.probability if choice else None
         token = current_run.set(run)
         try:
             result: CascadeResult = await self._ledger_io(
@@ -375,7 +388,31 @@ class Cascade:
             raise self._located(exc) from exc.__cause__
         finally:
             current_run.reset(token)
+        self.shadows.asubmit(self.tasks[task], run, result, params)
         return result
+
+    def feedback(self, run_id: str, score: float, comment: str | None = None) -> FeedbackRecord:
+        """Store a user's score in [0, 1] for the answer of run ``run_id`` (``result.run_id``).
+
+        Raises:
+            FeedbackError: a score outside [0, 1], an unknown run id, or no ledger.
+            LedgerError: the ledger cannot be written.
+        """
+        return add_feedback(self.ledger, run_id, score, comment)
+
+    def _pick(
+        self, task: str, prompt: str | Sequence[Message]
+    ) -> tuple[str, Choice | None]:
+        """Task ``auto`` (when no task has that name): the task router's choice."""
+        if task != AUTO or AUTO in self.tasks:
+            return task, None
+        if self.task_router is None:
+            raise ConfigError(
+                "task 'auto' needs a fitted task router (run: cascade router fit CONFIG)",
+                path=self.path, location="task_router.model",
+            )
+        choice = self.task_router.choose(prompt_text(as_messages(prompt)))
+        return choice.task, choice
 
     async def _off_loop(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run code that may wait for the ledger on the ledger's threads (inline without one)."""
@@ -514,6 +551,7 @@ class Cascade:
             run_id=uuid.uuid4().hex, task=task, started=time.perf_counter(), log_content=content
         )
         messages = as_messages(prompt)
+        run.messages = messages
         settings = self.config.tasks[task]
         cap = max_cost_usd if max_cost_usd is not None else settings.max_cost_usd
         run.cap = cap

@@ -7,6 +7,7 @@
     │   └── PluginNotFound   group, name
     ├── DatasetError         path, line            (a malformed replay dataset line)
     ├── RequestError         param                 (a call parameter is refused: max_tokens...)
+    │   └── FeedbackError    param                 (a score outside [0, 1], an unknown run id)
     ├── ProviderError        provider, model, status_code, retryable, result
     │   └── InvalidUsage                           (a reply's token counts are not believable)
     ├── EvaluatorError       evaluator             (an evaluator crashed: a bug, not a rejection)
@@ -31,6 +32,7 @@ __all__ = [
     "ConfigError",
     "DatasetError",
     "EvaluatorError",
+    "FeedbackError",
     "InvalidUsage",
     "LedgerError",
     "PluginNotFound",
@@ -190,3 +192,11 @@ class CascadeExhausted(CascadeError):
             f"cost ${result.cost_usd:.6f}"
         )
         self.result = result
+
+
+class FeedbackError(RequestError):
+    """Feedback that cannot be stored: a score outside [0, 1], an unknown run id, no ledger.
+
+    Attributes:
+        param: ``score``, ``run_id``, ``comment`` or ``ledger``.
+    """

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextvars
+import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from cascade.errors import (
 )
 from cascade.ledger import Ledger
 from cascade.money import Accounts, Hold, bill, ledger_failed
-from cascade.types import CascadeResult, Completion, Decision, StepRecord, Verdict
+from cascade.types import CascadeResult, Completion, Decision, Message, StepRecord, Verdict
 
 __all__ = ["Recorder", "Run", "current_run"]
 
@@ -41,6 +42,8 @@ class Run:
     pending: float = 0.0  # cost of the answer being evaluated, not yet a recorded step
     query_id: str | None = None  # passed on to side calls, so a replayed judge finds its reply
     deadline: float | None = None  # time.monotonic() by which the run must end
+    messages: tuple[Message, ...] = ()  # the prompt, kept for the ledger's content rows
+    task_probability: float | None = None  # set when task "auto" chose the task
 
     def next_index(self) -> int:
         self.counter += 1
@@ -141,28 +144,49 @@ class Recorder:
             steps=tuple(sorted(run.steps, key=lambda s: s.step)),
             task=run.task,
             json=parsed,
+            task_probability=run.task_probability,
         )
 
     def finish(self, result: CascadeResult, run: Run) -> CascadeResult:
-        self.close(result, "ok" if result.accepted else "exhausted")
+        self.close(result, "ok" if result.accepted else "exhausted", run)
         return result
 
     def fail(self, exc: CascadeError, run: Run) -> None:
         """Close the run's ledger record when it ends in an exception, so no spend goes missing."""
         if isinstance(exc, CascadeExhausted):
-            self.close(exc.result, "exhausted")
+            self.close(exc.result, "exhausted", run)
         elif isinstance(exc, (ProviderError, BudgetExceeded)) and exc.result is not None:
-            self.close(exc.result, "failed" if isinstance(exc, ProviderError) else "budget")
+            self.close(exc.result, "failed" if isinstance(exc, ProviderError) else "budget", run)
         elif run.steps:
             self.close(
-                self.result(run, "", None, (), accepted=False), f"error: {type(exc).__name__}"
+                self.result(run, "", None, (), accepted=False), f"error: {type(exc).__name__}",
+                run,
             )
 
-    def close(self, result: CascadeResult, status: str) -> None:
+    def content(
+        self, run: Run, steps: Sequence[StepRecord], *, prompt: bool = True
+    ) -> list[tuple[int, str, str | None, str | None, str]]:
+        """The ``content`` rows of a run logged with content (none otherwise): the prompt and
+        each answer, so ``cascade data export`` can rebuild a dataset from the ledger."""
+        if not run.log_content:
+            return []
+        rows: list[tuple[int, str, str | None, str | None, str]] = []
+        if prompt and run.messages:
+            rows.append((0, "prompt", None, None, json.dumps(list(run.messages))))
+        for step in steps:
+            if step.text is not None and step.decision not in ("judge", "cache"):
+                name = self.config.models[step.model].name
+                rows.append((step.step, "answer", step.model, name, step.text))
+        return rows
+
+    def close(self, result: CascadeResult, status: str, run: Run | None = None) -> None:
         if self.ledger is not None:
             # First, for the same reason as in ``step``.
             try:
-                self.ledger.record_run(result, status=status)
+                self.ledger.record_run(
+                    result, status=status,
+                    content=self.content(run, result.steps) if run is not None else (),
+                )
             except LedgerError as exc:
                 # The steps carry the money; a missing run row loses none of it.
                 ledger_failed("cascade.ledger_write_failed", run_id=result.run_id,

@@ -6,6 +6,7 @@
   ``models:`` key, called alone. The ladder runs to the end before the first byte is sent, so a
   stream carries only the answer that is returned, never one that was later rejected.
 - ``GET /v1/models`` and ``GET /v1/models/{id}``: every task as ``cascade/<task>``, every model key.
+- ``POST /v1/feedback``: a score for a run's answer (``cascade.server_feedback``).
 - ``GET /healthz``: liveness, without auth. ``GET /metrics``: Prometheus text, with auth.
 
 Each run is a task of its own that a disconnecting client does not cancel, so every step a
@@ -42,6 +43,7 @@ from cascade.errors import (
     RequestError,
 )
 from cascade.providers.base import redact
+from cascade.server_feedback import feedback, refresh_drift
 from cascade.server_limits import AccessLog, BodyParser, BodyRefused, read_body
 from cascade.server_metrics import CONTENT_TYPE_LATEST, GatewayMetrics
 from cascade.server_openai import (
@@ -52,6 +54,7 @@ from cascade.server_openai import (
     sse_events,
 )
 from cascade.server_serve import bind, freeze_heap, running, url_of, uvicorn_server
+from cascade.task_router import AUTO
 from cascade.types import CascadeResult
 
 __all__ = [
@@ -132,7 +135,13 @@ class Gateway:
         return scheme.lower() == "bearer" and any(matches)
 
     def resolve(self, name: str) -> tuple[Cascade, str] | None:
-        """``cascade/X`` is always task X; a bare name is a task if one exists, else a model."""
+        """``cascade/X`` is always task X; a bare name is a task if one exists, else a model.
+
+        ``auto`` (or ``cascade/auto``) lets the task router pick the task, when one is fitted.
+        """
+        if (name in (AUTO, f"cascade/{AUTO}") and AUTO not in self.engine.tasks
+                and self.engine.task_router is not None):
+            return self.engine, AUTO
         if name.startswith("cascade/"):
             task = name.removeprefix("cascade/")
             return (self.engine, task) if task in self.engine.tasks else None
@@ -375,7 +384,7 @@ def _model_entries(gateway: Gateway) -> list[dict[str, Any]]:
     config = gateway.engine.config
     tasks = [
         {"id": f"cascade/{name}", "object": "model", "created": 0, "owned_by": "cascade"}
-        for name in config.tasks
+        for name in [*config.tasks, *([AUTO] if gateway.engine.task_router else [])]
     ]
     models = [
         {"id": key, "object": "model", "created": 0, "owned_by": model.provider}
@@ -414,6 +423,7 @@ async def metrics(request: Request) -> Response:
     gateway: Gateway = request.app.state.gateway
     if not gateway.authorized(request):
         return _unauthorized(gateway)
+    await refresh_drift(gateway)
     return Response(gateway.metrics.render(), headers={"content-type": CONTENT_TYPE_LATEST})
 
 
@@ -454,6 +464,7 @@ def create_app(
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         yield
         await gateway.drain(drain_s)
+        await engine.shadows.drain(drain_s)
         await engine.aclose()
         gateway.parser.close()
         if close_engine:
@@ -463,6 +474,7 @@ def create_app(
         routes=[
             Route("/v1/chat/completions", chat_completions, methods=["POST"]),
             Route("/v1/models", list_models, methods=["GET"]),
+            Route("/v1/feedback", feedback, methods=["POST"]),
             Route("/v1/models/{name:path}", get_model, methods=["GET"]),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),

@@ -7,8 +7,9 @@ tests, live in one process without counting into each other.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from cascade.types import CascadeResult, StepRecord
@@ -62,6 +63,33 @@ class GatewayMetrics:
         self.errors = Counter(
             "cascade_errors", "Failed requests, by error class.", ["class"], registry=self.registry
         )
+        self.feedback = Counter(
+            "cascade_feedback", "Feedback rows stored, by source.", ["source"],
+            registry=self.registry,
+        )
+        # The numbers of `cascade report --drift`, per task, rung and ISO week, refreshed from
+        # the ledger at each scrape (cascade.server_feedback.refresh_drift).
+        drift = ["task", "rung", "week"]
+        self.drift_gauges = {
+            "acceptance_rate": Gauge("cascade_drift_acceptance_rate",
+                                     "Share of the rung's answers accepted.", drift,
+                                     registry=self.registry),
+            "accepted_score": Gauge("cascade_drift_accepted_score",
+                                    "Mean feedback or shadow score of accepted answers.", drift,
+                                    registry=self.registry),
+            "evidence": Gauge("cascade_drift_evidence",
+                              "Scores behind cascade_drift_accepted_score.", drift,
+                              registry=self.registry),
+            "cost_per_run": Gauge("cascade_drift_cost_per_run_usd",
+                                  "Mean cost of the runs the rung answered.", drift,
+                                  registry=self.registry),
+            "shadow_cost_usd": Gauge("cascade_drift_shadow_cost_usd",
+                                     "Cost of the rung's shadow calls.", drift,
+                                     registry=self.registry),
+            "flagged": Gauge("cascade_drift_flagged",
+                             "1 when the week's accepted quality is below the target.", drift,
+                             registry=self.registry),
+        }
 
     def run(self, task: str, status: str, seconds: float, steps: Iterable[StepRecord] = ()) -> None:
         """Count one finished run (with whatever steps it took, even if it then failed)."""
@@ -79,6 +107,17 @@ class GatewayMetrics:
 
     def error(self, kind: str) -> None:
         self.errors.labels(kind).inc()
+
+    def drift(self, rows: Iterable[Any]) -> None:
+        """Replace the drift gauges with these ``cascade.drift.DriftRow``s."""
+        for gauge in self.drift_gauges.values():
+            gauge.clear()
+        for row in rows:
+            labels = (row.task, row.rung, row.week)
+            for name, gauge in self.drift_gauges.items():
+                value = getattr(row, name)
+                if value is not None:
+                    gauge.labels(*labels).set(float(value))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

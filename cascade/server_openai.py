@@ -168,6 +168,10 @@ def cascade_headers(result: CascadeResult) -> dict[str, str]:
     }
     if result.model:
         headers["x-cascade-model"] = result.model
+    if result.task and not result.task.startswith("__model__"):
+        headers["x-cascade-task"] = result.task
+    if result.task_probability is not None:
+        headers["x-cascade-task-probability"] = f"{result.task_probability:.4f}"
     return headers
 
 

@@ -17,7 +17,9 @@ __all__ = [
 ]
 
 Message = Mapping[str, Any]
-Decision = Literal["accept", "escalate", "error", "judge", "repair", "skip", "cache"]
+# "shadow": a rung above the one that answered, called after the run for a label (its cost is
+# reported apart from the run's).
+Decision = Literal["accept", "escalate", "error", "judge", "repair", "skip", "cache", "shadow"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +149,8 @@ class CascadeResult:
         task: The task name.
         json: The parsed JSON object when a ``json_schema`` evaluator accepted the answer.
         cached: True when the answer came from the response cache (cost 0).
+        task_probability: With task ``auto``, the task router's probability for ``task``
+            (None when the caller named the task).
     """
 
     text: str
@@ -159,6 +163,7 @@ class CascadeResult:
     task: str = ""
     json: Any = None
     cached: bool = False
+    task_probability: float | None = None
 
     @property
     def input_tokens(self) -> int:

@@ -384,19 +384,35 @@ class Ledger:
             if nano(step.cost_usd):
                 self._add(tx, buckets(step.task, ts), nano(step.cost_usd))
 
-    def record_run(self, result: CascadeResult, *, status: str = "ok") -> None:
+    def record_run(
+        self,
+        result: CascadeResult,
+        *,
+        status: str = "ok",
+        content: Sequence[tuple[int, str, str | None, str | None, str]] = (),
+    ) -> None:
+        """Write the run's row, and its ``content`` rows (step, kind, model, model name, text)
+        in the same transaction, so a retried write never duplicates them."""
+        now = time.time()
         with self.backend.transaction() as tx:
             tx.execute(
                 "INSERT INTO runs (run_id, ts, task, model, accepted, cost_usd, latency_ms,"
-                " steps, status) VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT (run_id) DO UPDATE SET"
+                " steps, status, task_probability) VALUES (?,?,?,?,?,?,?,?,?,?)"
+                " ON CONFLICT (run_id) DO UPDATE SET"
                 " ts = excluded.ts, task = excluded.task, model = excluded.model,"
                 " accepted = excluded.accepted, cost_usd = excluded.cost_usd,"
                 " latency_ms = excluded.latency_ms, steps = excluded.steps,"
-                " status = excluded.status",
-                (result.run_id, time.time(), result.task, result.model or None,
+                " status = excluded.status, task_probability = excluded.task_probability",
+                (result.run_id, now, result.task, result.model or None,
                  int(result.accepted), result.cost_usd, result.latency_ms, len(result.steps),
-                 status),
+                 status, result.task_probability),
             )
+            for row in content:
+                tx.execute(
+                    "INSERT INTO content (run_id, ts, step, kind, model, model_name, text)"
+                    " VALUES (?,?,?,?,?,?,?)",
+                    (result.run_id, now, *row),
+                )
 
     # -- reads --------------------------------------------------------------------------------
 

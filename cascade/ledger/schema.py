@@ -19,6 +19,16 @@ Schema 3 adds ``steps.usage_estimated`` (1: the provider reported no usage, so t
 billed at the engine's estimate). The hardening release added that column to schema-1 files
 without a ``schema_version`` table, so the upgrade adds it only where it is missing: a release
 0.1 ledger and one written by that release both reach schema 3, rows kept (old rows read 0).
+
+Schema 4 (learning from production) adds:
+
+- ``feedback``: scores in [0, 1] for a run's answer, from a user (``source = 'user'``) or from
+  a shadow evaluation (``shadow:agreement``), with an optional comment;
+- ``content``: the prompt (``kind = 'prompt'``, the messages as JSON, ``step = 0``) and every
+  answer (``kind = 'answer'``, with the ``models:`` key and the provider's model name) of runs
+  logged with ``logging: {content: true}``, which ``cascade data export`` turns into a dataset;
+- ``runs.task_probability``: the task router's probability when the task was chosen by
+  ``auto`` (NULL when the caller named the task).
 """
 
 from __future__ import annotations
@@ -28,7 +38,7 @@ from cascade.ledger.backends import Backend, Tx
 
 __all__ = ["VERSION", "migrate"]
 
-VERSION = 3
+VERSION = 4
 
 _TYPES = {
     "sqlite": {
@@ -97,6 +107,30 @@ _V2 = [
     "CREATE TABLE schema_version (version INTEGER NOT NULL)",
 ]
 
+# Schema 4's additions (see the module docstring).
+_V4 = [
+    """CREATE TABLE feedback (
+        id {id},
+        run_id TEXT NOT NULL,
+        ts {real} NOT NULL,
+        score {real} NOT NULL,
+        comment TEXT,
+        source TEXT NOT NULL
+    )""",
+    "CREATE INDEX feedback_run ON feedback(run_id)",
+    """CREATE TABLE content (
+        id {id},
+        run_id TEXT NOT NULL,
+        ts {real} NOT NULL,
+        step INTEGER NOT NULL,
+        kind TEXT NOT NULL,
+        model TEXT,
+        model_name TEXT,
+        text TEXT NOT NULL
+    )""",
+    "CREATE INDEX content_run ON content(run_id)",
+]
+
 _V1_INDEXES = [
     "CREATE INDEX steps_run ON steps(run_id)",
     "CREATE INDEX steps_task_ts ON steps(task, ts)",
@@ -143,9 +177,8 @@ def migrate(backend: Backend) -> int:
         if found == 0:
             for ddl in (_STEPS, _RUNS, *_V1_INDEXES, *_V2):
                 tx.execute(ddl.format(**types))
-            tx.execute("INSERT INTO schema_version (version) VALUES (?)", (VERSION,))
-            return found
-        if found == 1:  # the tables of release 0.1 (perhaps with usage_estimated, see above)
+            # and on through the later steps below, like an upgraded ledger
+        elif found == 1:  # the tables of release 0.1 (perhaps with usage_estimated, see above)
             if not backend.has_table(tx, "runs"):  # release 0.1 created it on first open
                 tx.execute(_RUNS.format(**types))
                 tx.execute(_V1_INDEXES[2])
@@ -162,6 +195,11 @@ def migrate(backend: Backend) -> int:
         # Schema 2 -> 3.
         if not backend.has_column(tx, "steps", "usage_estimated"):
             tx.execute("ALTER TABLE steps ADD COLUMN usage_estimated INTEGER NOT NULL DEFAULT 0")
+        # Schema 3 -> 4.
+        if not backend.has_table(tx, "feedback"):
+            for ddl in _V4:
+                tx.execute(ddl.format(**types))
+            tx.execute(f"ALTER TABLE runs ADD COLUMN task_probability {types['real']}")
         tx.execute("DELETE FROM schema_version")
         tx.execute("INSERT INTO schema_version (version) VALUES (?)", (VERSION,))
         return found

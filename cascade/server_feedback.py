@@ -1,0 +1,85 @@
+"""The gateway's learning routes: ``POST /v1/feedback`` and the drift numbers of ``/metrics``.
+
+``POST /v1/feedback`` takes ``{"run_id": ..., "score": 0..1, "comment": ...}`` with the same
+bearer auth as the chat route, and answers 200 with the stored row, or a 400 naming the field
+(a score outside [0, 1], an unknown run id, a body that is not a JSON object).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import TYPE_CHECKING, Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from cascade.drift import drift_report
+from cascade.errors import FeedbackError, LedgerError
+from cascade.feedback import add_feedback
+from cascade.server_limits import BodyRefused, read_body
+
+if TYPE_CHECKING:
+    from cascade.server import Gateway
+
+__all__ = ["DRIFT_WEEKS", "feedback", "refresh_drift"]
+
+DRIFT_WEEKS = 8  # /metrics shows the drift of the last weeks only, so a scrape stays cheap
+
+
+async def feedback(request: Request) -> Response:
+    from cascade.server import _error, _from_exception, _refuse, _unauthorized
+
+    gateway: Gateway = request.app.state.gateway
+    if not gateway.authorized(request):
+        return _unauthorized(gateway)
+    settings = gateway.settings
+    try:
+        raw = await read_body(
+            request.receive, request.headers, settings.max_body_bytes, settings.client_timeout_s
+        )
+        body: Any = json.loads(raw)
+    except BodyRefused as exc:
+        return _refuse(gateway, "InvalidRequest", exc.status, exc.message, "invalid_request",
+                       headers={"connection": "close"})
+    except ValueError:
+        return _refuse(gateway, "InvalidRequest", 400, "invalid request body: not JSON",
+                       "invalid_request")
+    if not isinstance(body, dict):
+        return _refuse(gateway, "InvalidRequest", 400,
+                       "invalid request body: a JSON object with run_id and score",
+                       "invalid_request")
+    unknown = sorted(set(body) - {"run_id", "score", "comment"})
+    if unknown:
+        return _refuse(gateway, "InvalidRequest", 400,
+                       f"invalid request body: unknown field(s) {', '.join(unknown)}",
+                       "invalid_request")
+    ledger = gateway.engine.ledger
+    try:
+        if ledger is None:
+            raise FeedbackError("feedback needs a ledger (the config turns it off)",
+                                param="ledger")
+        row = await ledger.run(
+            add_feedback, ledger, body.get("run_id"), body.get("score"), body.get("comment")
+        )
+    except FeedbackError as exc:
+        gateway.metrics.error("InvalidFeedback")
+        code = "run_not_found" if exc.param == "run_id" and body.get("run_id") else "invalid_request"
+        return _error(400, f"invalid feedback: {exc}", "invalid_request_error", code)
+    except LedgerError as exc:
+        return _from_exception(exc)
+    gateway.metrics.feedback.labels(row.source).inc()
+    return JSONResponse({"object": "feedback", "id": row.id, "run_id": row.run_id,
+                         "score": row.score, "comment": row.comment, "source": row.source})
+
+
+async def refresh_drift(gateway: Gateway) -> None:
+    """Put the drift rows of the last weeks on the metrics (read off the event loop)."""
+    ledger = gateway.engine.ledger
+    if ledger is None:
+        return
+    targets = {name: t.quality_target for name, t in gateway.engine.config.tasks.items()
+               if t.quality_target is not None}
+    since = time.time() - DRIFT_WEEKS * 7 * 86400
+    rows = await ledger.run(lambda: drift_report(ledger, targets=targets, since=since))
+    gateway.metrics.drift(rows)
