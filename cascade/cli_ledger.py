@@ -106,6 +106,10 @@ def _print_report(where: str, report: dict[str, Any]) -> None:
         if t["usage_estimated"]:
             print(f"{task}: {t['usage_estimated']} step(s) billed at an estimate "
                   "(the provider reported no usage)")
+    for task, t in report["tasks"].items():
+        if t.get("shadow_calls"):
+            print(f"{task}: {t['shadow_calls']} shadow call(s) cost ${t['shadow_cost_usd']:.6f} "
+                  "(included above; not part of any run's cost)")
     if report["unfinished"]:
         print(f"{report['unfinished']} unfinished call(s) (pending, or lost by a process that "
               "died or was cancelled) are counted at their reserved worst case")

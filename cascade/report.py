@@ -24,7 +24,8 @@ def ledger_report(ledger: Ledger, *, since: float | None = None) -> dict[str, An
 
     Returns:
         ``{"total_cost_usd", "runs", "unfinished", "tasks": {TASK: {"runs", "cost_usd",
-        "escalation_rate", "accepted_rate", "errors", "unfinished", "usage_estimated", "models":
+        "escalation_rate", "accepted_rate", "errors", "unfinished", "usage_estimated",
+        "shadow_cost_usd", "shadow_calls", "models":
         {MODEL: {"calls", "cost_usd", "input_tokens", "output_tokens", "unfinished",
         "usage_estimated"}}}}}``. ``usage_estimated`` counts the steps billed at the engine's
         estimate because the provider reported no usage.
@@ -38,6 +39,8 @@ def ledger_report(ledger: Ledger, *, since: float | None = None) -> dict[str, An
         " THEN run_id END) AS escalated,"
         " SUM(CASE WHEN decision = 'error' THEN 1 ELSE 0 END) AS errors,"
         " SUM(usage_estimated) AS estimated,"
+        " SUM(CASE WHEN decision = 'shadow' THEN cost_usd ELSE 0 END) AS shadow_cost,"
+        " SUM(CASE WHEN decision = 'shadow' THEN 1 ELSE 0 END) AS shadow_calls,"
         f" {unfinished} AS unfinished FROM steps {where} GROUP BY task ORDER BY task",
         args,
     ):
@@ -50,6 +53,9 @@ def ledger_report(ledger: Ledger, *, since: float | None = None) -> dict[str, An
             "errors": int(row["errors"] or 0),
             "unfinished": int(row["unfinished"] or 0),
             "usage_estimated": int(row["estimated"] or 0),
+            # shadow evaluation (cascade.shadow): in cost_usd, and shown apart here
+            "shadow_cost_usd": float(row["shadow_cost"] or 0.0),
+            "shadow_calls": int(row["shadow_calls"] or 0),
             "models": {},
         }
     for row in ledger.query(
