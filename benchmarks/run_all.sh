@@ -46,4 +46,9 @@ python benchmarks/load_test.py --runs 1000 --max-concurrency 64 --json "$OUT/loa
 # python benchmarks/calibrate_speed.py --queries 10000 --accept all --json "$OUT/calibrate_speed_baseline_thresholds.json"
 # The gateway benchmark takes about a minute on its own:
 # python benchmarks/gateway_overhead.py --rates 50 200 --duration 20 --latency-ms 20 --json "$OUT/gateway_overhead.json" > /dev/null
+# Task routing (task auto): which benchmark a prompt came from, held-out accuracy.
+python benchmarks/task_routing.py \
+  --train "$WORK/rb_train.jsonl" gsm8k="$WORK/gsm_train.jsonl" alpacaeval="$WORK/alpaca_train.jsonl" \
+  --test "$WORK/rb_test.jsonl" gsm8k="$WORK/gsm_test.jsonl" alpacaeval="$WORK/alpaca_test.jsonl" \
+  --json "$OUT/task_routing.json" > /dev/null
 echo "results in $OUT"
