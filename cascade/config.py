@@ -345,13 +345,13 @@ def _check_references(config: CascadeConfig, path: str | None) -> None:
                 location=f"models.{key}.provider",
             )
     router = config.task_router
-    if router is not None and router.default_task is not None:
-        if router.default_task not in config.tasks:
-            raise ConfigError(
-                f"unknown task {router.default_task!r} (defined: {', '.join(config.tasks)})",
-                path=path,
-                location="task_router.default_task",
-            )
+    if (router is not None and router.default_task is not None
+            and router.default_task not in config.tasks):
+        raise ConfigError(
+            f"unknown task {router.default_task!r} (defined: {', '.join(config.tasks)})",
+            path=path,
+            location="task_router.default_task",
+        )
     for name, task in config.tasks.items():
         for i, rung in enumerate(task.ladder):
             if rung.model not in config.models:

@@ -59,7 +59,8 @@ def parse_since(value: str) -> float:
 
 
 def _filters(task: str | None, since: float | None) -> tuple[str, tuple[Any, ...]]:
-    where, args = ["r.run_id IN (SELECT run_id FROM content WHERE kind = 'prompt')"], []
+    where = ["r.run_id IN (SELECT run_id FROM content WHERE kind = 'prompt')"]
+    args: list[Any] = []
     if task is not None:
         where.append("r.task = ?")
         args.append(task)

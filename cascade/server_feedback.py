@@ -56,15 +56,13 @@ async def feedback(request: Request) -> Response:
                        "invalid_request")
     ledger = gateway.engine.ledger
     try:
-        if ledger is None:
-            raise FeedbackError("feedback needs a ledger (the config turns it off)",
-                                param="ledger")
-        row = await ledger.run(
-            add_feedback, ledger, body.get("run_id"), body.get("score"), body.get("comment")
-        )
+        args = (ledger, body.get("run_id"), body.get("score"), body.get("comment"))
+        # no ledger: add_feedback refuses with the reason, like the library call
+        row = await ledger.run(add_feedback, *args) if ledger else add_feedback(*args)
     except FeedbackError as exc:
         gateway.metrics.error("InvalidFeedback")
-        code = "run_not_found" if exc.param == "run_id" and body.get("run_id") else "invalid_request"
+        known = exc.param == "run_id" and bool(body.get("run_id"))
+        code = "run_not_found" if known else "invalid_request"
         return _error(400, f"invalid feedback: {exc}", "invalid_request_error", code)
     except LedgerError as exc:
         return _from_exception(exc)

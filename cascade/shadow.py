@@ -17,6 +17,7 @@ are ignored (``evaluators.agreement.normalize``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import re
 import time
@@ -114,10 +115,8 @@ class Shadows:
     def wait(self, timeout: float | None = None) -> None:
         """Wait for the shadow evaluations started by ``complete``."""
         for future in list(self._futures):
-            try:
+            with contextlib.suppress(Exception):  # failures are logged by _finished
                 future.result(timeout)
-            except Exception:  # noqa: BLE001 - logged by _finished
-                pass
 
     async def drain(self, timeout: float | None = None) -> None:
         """Wait for the shadow evaluations started by ``acomplete`` (the gateway's shutdown)."""

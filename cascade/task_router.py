@@ -31,9 +31,9 @@ __all__ = [
     "AUTO",
     "Choice",
     "TaskClassifier",
+    "TaskRouter",
     "fit_classifier",
     "load_task_router",
-    "TaskRouter",
 ]
 
 AUTO = "auto"
@@ -121,7 +121,7 @@ def fit_classifier(
     tasks = sorted({task for _, task in examples})
     if len(tasks) < 2:
         raise ValueError(f"the task router needs examples of at least two tasks (got {tasks})")
-    hashing = Hashing(buckets=min(buckets, MAX_BUCKETS), ngrams=ngrams)
+    hashing = Hashing(buckets=min(buckets, MAX_BUCKETS), ngrams=ngrams, max_chars=4000)
     x = np.zeros((len(examples), hashing.buckets))
     for i, (prompt, _) in enumerate(examples):
         for bucket, value in features(prompt, hashing, char_ngrams).items():
@@ -133,8 +133,8 @@ def fit_classifier(
         w, b = fit_logistic(x, y, l2=l2, iterations=15)
         weights.append([round(float(v), 6) for v in w])
         bias.append(round(b, 6))
-    return TaskClassifier(tasks=tasks, hashing=hashing, char_ngrams=list(char_ngrams),
-                          weights=weights, bias=bias)
+    return TaskClassifier(kind="task_router", tasks=tasks, hashing=hashing,
+                          char_ngrams=list(char_ngrams), weights=weights, bias=bias)
 
 
 @dataclass(frozen=True, slots=True)
