@@ -57,7 +57,7 @@ from cascade.recorder import Recorder, Run, current_run
 from cascade.retry import RetryPolicy
 from cascade.router import Router, load_router
 from cascade.shadow import Shadows
-from cascade.task_router import AUTO, Choice, load_task_router
+from cascade.task_router import Choice, load_task_router, pick_task
 from cascade.types import (
     CascadeResult,
     Completion,
@@ -234,7 +234,8 @@ class Cascade:
         return view
 
     async def aclose(self) -> None:
-        """Close the async SDK clients of the running event loop."""
+        """Close the async SDK clients of the running event loop (after its shadow calls)."""
+        await self.shadows.drain()
         for provider in self.providers.values():
             aclose = getattr(provider, "aclose", None)
             if aclose is not None:
@@ -400,19 +401,8 @@ class Cascade:
         """
         return add_feedback(self.ledger, run_id, score, comment)
 
-    def _pick(
-        self, task: str, prompt: str | Sequence[Message]
-    ) -> tuple[str, Choice | None]:
-        """Task ``auto`` (when no task has that name): the task router's choice."""
-        if task != AUTO or AUTO in self.tasks:
-            return task, None
-        if self.task_router is None:
-            raise ConfigError(
-                "task 'auto' needs a fitted task router (run: cascade router fit CONFIG)",
-                path=self.path, location="task_router.model",
-            )
-        choice = self.task_router.choose(prompt_text(as_messages(prompt)))
-        return choice.task, choice
+    def _pick(self, task: str, prompt: str | Sequence[Message]) -> tuple[str, Choice | None]:
+        return pick_task(task, prompt, self.task_router, self.tasks, self.path)
 
     async def _off_loop(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run code that may wait for the ledger on the ledger's threads (inline without one)."""

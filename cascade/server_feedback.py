@@ -11,6 +11,7 @@ import json
 import time
 from typing import TYPE_CHECKING, Any
 
+import structlog
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
@@ -23,6 +24,8 @@ if TYPE_CHECKING:
     from cascade.server import Gateway
 
 __all__ = ["DRIFT_WEEKS", "feedback", "refresh_drift"]
+
+log = structlog.get_logger("cascade")
 
 DRIFT_WEEKS = 8  # /metrics shows the drift of the last weeks only, so a scrape stays cheap
 
@@ -79,5 +82,10 @@ async def refresh_drift(gateway: Gateway) -> None:
     targets = {name: t.quality_target for name, t in gateway.engine.config.tasks.items()
                if t.quality_target is not None}
     since = time.time() - DRIFT_WEEKS * 7 * 86400
-    rows = await ledger.run(lambda: drift_report(ledger, targets=targets, since=since))
+    try:
+        rows = await ledger.run(lambda: drift_report(ledger, targets=targets, since=since))
+    except LedgerError as exc:
+        # The counters are still worth serving; the drift gauges keep their last values.
+        log.warning("cascade.drift_metrics_failed", error=str(exc))
+        return
     gateway.metrics.drift(rows)

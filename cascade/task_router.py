@@ -25,7 +25,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from cascade.config import CascadeConfig
 from cascade.errors import ConfigError
+from cascade.features import prompt_text
 from cascade.learn import MAX_BUCKETS, Hashing, fit_logistic, hashed
+from cascade.types import Message, as_messages
 
 __all__ = [
     "AUTO",
@@ -34,6 +36,7 @@ __all__ = [
     "TaskRouter",
     "fit_classifier",
     "load_task_router",
+    "pick_task",
 ]
 
 AUTO = "auto"
@@ -198,6 +201,30 @@ def load_task_router(
     return TaskRouter(classifier, section.min_confidence, section.default_task)
 
 
+def pick_task(
+    task: str,
+    prompt: str | Sequence[Message],
+    router: TaskRouter | None,
+    tasks: Mapping[str, Any],
+    path: str | None,
+) -> tuple[str, Choice | None]:
+    """The task to run: ``task`` itself, or for ``auto`` (when no task has that name) the task
+    router's choice.
+
+    Raises:
+        ConfigError: ``auto`` without a fitted task router.
+    """
+    if task != AUTO or AUTO in tasks:
+        return task, None
+    if router is None:
+        raise ConfigError(
+            "task 'auto' needs a fitted task router (run: cascade router fit CONFIG)",
+            path=path, location="task_router.model",
+        )
+    choice = router.choose(prompt_text(as_messages(prompt)))
+    return choice.task, choice
+
+
 def config_examples(config: CascadeConfig) -> list[tuple[str, str]]:
     """The ``tasks.T.examples:`` of a config as (prompt, task) pairs."""
     return [(text, name) for name, task in config.tasks.items() for text in task.examples]
@@ -206,8 +233,6 @@ def config_examples(config: CascadeConfig) -> list[tuple[str, str]]:
 def ledger_examples(ledger: Any, tasks: Mapping[str, Any]) -> list[tuple[str, str]]:
     """Prompts of runs whose task the caller named (not chosen by ``auto``), from the ledger's
     content rows, for tasks the config still has."""
-    from cascade.features import prompt_text
-
     rows = ledger.query(
         "SELECT r.task AS task, c.text AS text FROM runs r JOIN content c ON c.run_id = r.run_id"
         " WHERE c.kind = 'prompt' AND r.task_probability IS NULL ORDER BY r.ts"
