@@ -127,8 +127,6 @@ def _record(
         return None
     ordered = sorted(answers.values(), key=lambda r: int(r["step"]))
     returned = run["model"]
-    if len(ordered) < 2 and (feedback is None or returned not in answers):
-        return None
     reference = ordered[-1]
     responses: dict[str, dict[str, Any]] = {}
     score_sources: dict[str, str] = {}
@@ -137,7 +135,7 @@ def _record(
         if feedback is not None and row["model"] == returned:
             score, source = feedback, "feedback"
         elif len(ordered) < 2:
-            continue
+            continue  # one answer and no user score: nothing to compare it with
         elif row is reference:
             score, source = 1.0, "reference"
         else:

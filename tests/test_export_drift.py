@@ -70,6 +70,8 @@ def test_export_scores_and_their_sources(db: Db, tmp_path: Path) -> None:
     fb = records[rated.run_id]
     assert fb.meta["score_sources"]["small-v1"] == "feedback"
     assert fb.responses["small-v1"].score == 0.5
+    assert fb.meta["score_sources"]["large-v1"] == "reference"  # the user rated small's answer
+    assert fb.responses["large-v1"].score == 1.0
     # --task and --since filter; a file with nothing to export says why.
     if db.backend == "sqlite":
         assert main(["data", "export", "--from-ledger", str(db.path), "--task", "other",
