@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +64,7 @@ def test_whole_loop_through_the_gateway(tmp_path: Path) -> None:
         config.write_text(yaml.safe_dump(data))
         engine = Cascade.from_yaml(config)
         runs: list[tuple[str, bool]] = []
-        with engine, running(create_app(engine, api_keys=[KEY])) as url:
+        with running(create_app(engine, api_keys=[KEY])) as url:
             for i in range(N):
                 prompt, a, b = _question(i)
                 reply = _post(url, "/v1/chat/completions", {
@@ -86,13 +85,16 @@ def test_whole_loop_through_the_gateway(tmp_path: Path) -> None:
             assert unknown.json()["error"]["code"] == "run_not_found"
             assert httpx2.post(f"{url}/v1/feedback", json={"run_id": runs[0][0], "score": 1},
                                timeout=30).status_code == 401
-            # Shadows run off the request path; wait for them before reading the ledger.
-            deadline = time.monotonic() + 30
-            while engine.shadows._tasks and time.monotonic() < deadline:
-                time.sleep(0.01)
+        # Shadow calls run off the request path; the gateway's shutdown waited for them.
+        assert not engine.shadows._tasks
+        with engine, running(create_app(engine, api_keys=[KEY])) as url:
             metrics = httpx2.get(f"{url}/metrics", timeout=30,
                                  headers={"authorization": f"Bearer {KEY}"}).text
-        assert 'cascade_drift_accepted_score{rung="mini",task="faq"' in metrics
+        week = re.search(r'cascade_drift_accepted_score\{rung="mini",task="faq",week="([^"]+)"\} '
+                         r'([0-9.]+)', metrics)
+        assert week is not None
+        # every mini answer is labelled (users or shadows), and the label is the truth here
+        assert float(week.group(2)) == pytest.approx(sum(r for _, r in runs) / N)
     # Every accepted mini answer got a shadow call to sonnet, recorded apart from the run.
     out = tmp_path / "prod.jsonl"
     assert main(["data", "export", "--from-ledger", str(ledger), str(out)]) == 0
