@@ -122,3 +122,25 @@ def test_whole_loop_through_the_gateway(tmp_path: Path) -> None:
     q_after = json.loads(after.read_text())["tasks"]["faq"]["quality"]
     assert q_before < 0.7
     assert q_after >= 0.9
+
+
+@pytest.mark.usefixtures("keys")
+def test_gateway_shutdown_waits_for_shadow_calls(tmp_path: Path) -> None:
+    """A shadow call still running when the gateway stops is finished and recorded, not lost."""
+    ledger = tmp_path / "ledger.sqlite"
+    with MockLLMServer() as upstream:
+        upstream.script("gpt-4o-mini", ["The answer is 4."])
+        upstream.script("claude-sonnet-4-6", [Reply("The answer is 4.", delay_s=0.5)])
+        data = live_config(upstream, ledger=str(ledger), shadow_rate=1.0)
+        with Cascade.from_dict(data) as engine:
+            with running(create_app(engine, api_keys=[KEY])) as url:
+                reply = _post(url, "/v1/chat/completions", {
+                    "model": "faq", "messages": [{"role": "user", "content": "2+2?"}]})
+                assert reply.status_code == 200
+            rows = engine.ledger.query(  # type: ignore[union-attr]
+                "SELECT model, decision, status FROM steps ORDER BY step")
+            labels = engine.ledger.query(  # type: ignore[union-attr]
+                "SELECT score, source FROM feedback")
+    assert [tuple(r) for r in rows] == [("mini", "accept", "settled"),
+                                        ("sonnet", "shadow", "settled")]
+    assert [tuple(r) for r in labels] == [(1.0, "shadow:agreement")]
