@@ -1,14 +1,14 @@
 """The engine: call a rung -> price it -> evaluate -> log and record -> accept or escalate.
 
 The ladder logic is written once, as a generator that yields the I/O it needs (a model call,
-an evaluation) and receives the outcome. ``complete`` drives it synchronously and ``acomplete``
-with ``await``, so both paths take exactly the same decisions.
+an evaluation, a ledger operation) and receives the outcome. ``complete`` drives it
+synchronously and ``acomplete`` with ``await`` (``cascade.plan``), so both paths take exactly the
+same decisions.
 """
 
 from __future__ import annotations
 
 import copy
-import inspect
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
@@ -50,6 +50,7 @@ from cascade.feedback import FeedbackRecord, add_feedback
 from cascade.ledger import Ledger, open_ledger
 from cascade.limits import Gate, Limits
 from cascade.params import bound_output, check_call_params
+from cascade.plan import Eval, Io, Plan, adrive, drive, io
 from cascade.plugins import PROVIDERS, load_plugin
 from cascade.pricing import cost_usd
 from cascade.providers.base import Provider
@@ -91,28 +92,6 @@ class _Task:
     router: Router | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class _Eval:
-    slot: Slot
-    request: Request
-    completion: Completion
-
-
-@dataclass(frozen=True, slots=True)
-class _Io:
-    """A ledger operation of the plan. The sync driver runs it in place; the async driver runs
-    it on the event loop only if it needs no waiting, else on the ledger's thread."""
-
-    fn: Callable[..., Any]
-    args: tuple[Any, ...]
-    kwargs: Mapping[str, Any]
-
-
-def _io(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> _Io:
-    return _Io(fn, args, kwargs)
-
-
-_Plan = Generator["Call | _Eval | _Io", Any, CascadeResult]
 _Attempt = tuple[Completion, tuple[Verdict, ...], bool, "tuple[Slot, Verdict] | None"]
 
 
@@ -348,7 +327,7 @@ class Cascade:
         run.task_probability = choice.probability if choice else None
         token = current_run.set(run)
         try:
-            result = self._recorder.finish(self._drive(plan), run)
+            result = self._recorder.finish(drive(plan, self._caller.call), run)
         except CascadeError as exc:
             self._recorder.fail(exc, run)
             raise self._located(exc) from exc.__cause__
@@ -381,9 +360,8 @@ class Cascade:
         run.task_probability = choice.probability if choice else None
         token = current_run.set(run)
         try:
-            result: CascadeResult = await self._ledger_io(
-                self._recorder.finish, await self._adrive(plan), run
-            )
+            done = await adrive(plan, self._caller.acall, self._ledger_io, self._off_loop)
+            result: CascadeResult = await self._ledger_io(self._recorder.finish, done, run)
         except CascadeError as exc:
             await self._ledger_io(self._recorder.fail, exc, run)
             raise self._located(exc) from exc.__cause__
@@ -516,7 +494,7 @@ class Cascade:
         log_content: bool | None,
         deadline_s: float | None,
         params: dict[str, Any],
-    ) -> tuple[_Plan, Run]:
+    ) -> tuple[Plan, Run]:
         if task not in self.tasks:
             raise ConfigError(
                 f"unknown task {task!r} (defined: {', '.join(self.tasks)})",
@@ -573,10 +551,10 @@ class Cascade:
             ), run
         return self._plan(self.tasks[task], messages, params, run, query_id, cap), run
 
-    def _cached(self, run: Run, model: str, text: str, parsed: Any) -> _Plan:
+    def _cached(self, run: Run, model: str, text: str, parsed: Any) -> Plan:
         """A cache hit: one free step marked ``cache``, no provider call."""
         done = Completion(text=text, model=model, provider=self.config.models[model].provider)
-        yield _io(self._recorder.step, run, model, Outcome(done, None, 0, 0.0), "cache", (),
+        yield io(self._recorder.step, run, model, Outcome(done, None, 0, 0.0), "cache", (),
                   index=run.next_index())
         return replace(
             self._result(run, None, done, (), accepted=True), model=model, json=parsed, cached=True
@@ -591,7 +569,7 @@ class Cascade:
         query_id: str | None,
         cap: float | None = None,
         cache_as: tuple[str, float] | None = None,
-    ) -> _Plan:
+    ) -> Plan:
         history: list[Completion] = []
         last: tuple[Rung, Completion, tuple[Verdict, ...]] | None = None
         refused: list[Gate] = []
@@ -604,7 +582,7 @@ class Cascade:
                 verdict = Verdict(
                     "router", False, p, f"predicted P(correct) = {p:.3f} < skip_below {threshold:g}"
                 )
-                yield _io(
+                yield io(
                     self._recorder.step,
                     run, rung.key, Outcome(None, None, 0, 0.0), "skip", (verdict,),
                     index=run.next_index(),
@@ -624,7 +602,7 @@ class Cascade:
             while True:
                 if run.deadline is not None and time.monotonic() >= run.deadline:
                     # Nothing is called, so nothing is reserved: a row of its own, cost 0.
-                    yield _io(
+                    yield io(
                         self._recorder.step,
                         run, rung.key, Outcome(None, None, 0, 0.0), "skip", (),
                         error="the run's deadline passed (deadline_s)", index=run.next_index(),
@@ -632,14 +610,14 @@ class Cascade:
                     break
                 index = run.next_index()
                 # Writes the step's pending row before the call, or raises LedgerError.
-                gate: Gate = yield _io(
+                gate: Gate = yield io(
                     self.limits.check,
                     task.name, rung.model.provider, rung.key, convo, call_params, run.cost(), cap,
                     run_id=run.run_id, step=index,
                 )
                 if gate.skipped:
                     refused.append(gate)
-                    yield _io(
+                    yield io(
                         self._recorder.step,
                         run, rung.key, Outcome(None, None, 0, 0.0), "skip", (), error=gate.reason,
                         index=index,
@@ -721,11 +699,11 @@ class Cascade:
         repairs: Mapping[str, int],
         index: int,
         gate: Gate,
-    ) -> Generator[Call | _Eval | _Io, Any, _Attempt | None]:
+    ) -> Generator[Call | Eval | Io, Any, _Attempt | None]:
         """Call one rung once, evaluate the answer and record the step; None if the call failed."""
         outcome = yield Call(rung.key, convo, call_params, request.query_id, run.deadline)
         if outcome.completion is None:
-            yield _io(self._recorder.step, run, rung.key, outcome, "error", (), index=index,
+            yield io(self._recorder.step, run, rung.key, outcome, "error", (), index=index,
                       hold=gate.hold)
             return None
         completion = replace(outcome.completion, model=rung.key)
@@ -737,13 +715,13 @@ class Cascade:
         verdicts: list[Verdict] = []
         try:
             for slot in rung.slots:
-                verdict = yield _Eval(slot, request, shown(slot, completion, clean))
+                verdict = yield Eval(slot, request, shown(slot, completion, clean))
                 verdicts.append(verdict)
                 if decided(rung.accept, verdict):
                     break
         except Exception as exc:
             # The answer was paid for: its step goes to the ledger before the error goes up.
-            yield _io(
+            yield io(
                 self._recorder.step,
                 run,
                 rung.key,
@@ -762,62 +740,14 @@ class Cascade:
         ok = combine(rung.accept, verdicts, weights)
         fixer = None if ok else _repairer(rung, verdicts, repairs)
         decision: Decision = "accept" if ok else ("repair" if fixer else "escalate")
-        yield _io(
+        yield io(
             self._recorder.step,
             run, rung.key, outcome, decision, tuple(verdicts), completion=completion, index=index,
             hold=gate.hold,
         )
         return completion, tuple(verdicts), ok, fixer
 
-    # -- drivers ----------------------------------------------------------------------------------
-
-    # Both drivers hand an operation's exception back into the plan (so it can record the step
-    # it belongs to) and close the plan on the way out, so a cancelled or failed run releases
-    # its budget reservations at once rather than whenever the generator is collected.
-
-    def _drive(self, plan: _Plan) -> CascadeResult:
-        try:
-            step = _advance(plan, None, None)
-            while not isinstance(step, CascadeResult):
-                reply: Any = None
-                error: Exception | None = None
-                try:
-                    if isinstance(step, Call):
-                        reply = self._caller.call(step)
-                    elif isinstance(step, _Io):
-                        reply = step.fn(*step.args, **step.kwargs)
-                    else:
-                        reply = step.slot.run(step.request, step.completion)
-                except Exception as exc:
-                    error = exc
-                step = _advance(plan, reply, error)
-            return step
-        finally:
-            plan.close()
-
-    async def _adrive(self, plan: _Plan) -> CascadeResult:
-        # Ledger operations (budget checks, write-ahead rows, settlements) never wait on the
-        # loop: they run on it only when the ledger is free at once, else on the ledger's thread.
-        try:
-            step = _advance(plan, None, None)
-            while not isinstance(step, CascadeResult):
-                reply: Any = None
-                error: Exception | None = None
-                try:
-                    if isinstance(step, Call):
-                        reply = await self._caller.acall(step)
-                    elif isinstance(step, _Io):
-                        reply = await self._ledger_io(step.fn, *step.args, **step.kwargs)
-                    else:
-                        reply = await step.slot.arun(step.request, step.completion)
-                except Exception as exc:
-                    error = exc
-                step = _advance(plan, reply, error)
-            return step
-        finally:
-            # Not run to its end (cancelled, failed): closing it may settle a hold.
-            if inspect.getgeneratorstate(plan) != inspect.GEN_CLOSED:
-                await self._off_loop(plan.close)
+    # -- helpers ----------------------------------------------------------------------------------
 
     def _located(self, exc: CascadeError) -> CascadeError:
         """Name this engine's config file in a ConfigError raised deep inside (a missing key)."""
@@ -847,17 +777,6 @@ class Cascade:
             accepted=accepted,
             finalizers=finalizers,
         )
-
-
-def _advance(
-    plan: _Plan, reply: Any, error: Exception | None
-) -> Call | _Eval | _Io | CascadeResult:
-    """The plan's next operation, or its result once it is done."""
-    try:
-        return plan.send(reply) if error is None else plan.throw(error)
-    except StopIteration as done:
-        result: CascadeResult = done.value
-        return result
 
 
 def _repairer(

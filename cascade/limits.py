@@ -82,9 +82,6 @@ class Limits:
         """The accounts when period budgets are set (release 0.1's ``BudgetGuard``)."""
         return self.accounts if self.accounts.limits else None
 
-    def budgeted(self, task: str, cap: float | None) -> bool:
-        return self.accounts.budgeted(task, cap)
-
     def check(
         self,
         task: str,

@@ -130,10 +130,6 @@ class Accounts:
     def applicable(self, task: str) -> tuple[Limit, ...]:
         return tuple(lim for lim in self.limits if lim.scope in ("global", task))
 
-    def budgeted(self, task: str, cap: float | None) -> bool:
-        """Whether calls of ``task`` must carry a real output bound (max_tokens)."""
-        return cap is not None or bool(self.ledger and self.applicable(task))
-
     def reserve(
         self,
         *,

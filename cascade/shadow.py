@@ -30,6 +30,7 @@ import structlog
 from cascade.caller import Call, Outcome
 from cascade.feedback import add_feedback
 from cascade.params import bound_output
+from cascade.plan import adrive, drive, io
 from cascade.recorder import Run
 from cascade.types import CascadeResult, Completion
 
@@ -91,7 +92,7 @@ class Shadows:
         if self._executor is None:
             self._executor = ThreadPoolExecutor(1, thread_name_prefix="cascade-shadow")
         plan = self._plan(task, run, result, dict(params))
-        future = self._executor.submit(self.engine._drive, plan)
+        future = self._executor.submit(drive, plan, self.engine._caller.call)
         self._futures.add(future)
         future.add_done_callback(self._finished)
 
@@ -100,9 +101,11 @@ class Shadows:
         """From ``acomplete``: run the shadow calls in an asyncio task of their own."""
         if not self.due(task, result):
             return
-        job = asyncio.ensure_future(
-            self.engine._adrive(self._plan(task, run, result, dict(params)))
-        )
+        engine = self.engine
+        job = asyncio.ensure_future(adrive(
+            self._plan(task, run, result, dict(params)), engine._caller.acall, engine._ledger_io,
+            engine._off_loop,
+        ))
         self._tasks.add(job)
         job.add_done_callback(self._finished)
 
@@ -131,8 +134,6 @@ class Shadows:
     def _plan(
         self, task: _Task, run: Run, result: CascadeResult, params: dict[str, Any]
     ) -> Generator[Any, Any, CascadeResult]:
-        from cascade.engine import _io
-
         engine = self.engine
         keys = [r.key for r in task.rungs]
         settings = engine.config.tasks[task.name]
@@ -148,18 +149,18 @@ class Shadows:
             index = run.next_index()
             # Period budgets hold for shadow calls too; the request's own cap does not (the
             # caller has had its answer).
-            gate = yield _io(
+            gate = yield io(
                 engine.limits.check, task.name, rung.model.provider, rung.key, messages,
                 call_params, 0.0, None, run_id=run.run_id, step=index,
             )
             if gate.skipped:
-                yield _io(engine._recorder.step, run, rung.key, Outcome(None, None, 0, 0.0),
+                yield io(engine._recorder.step, run, rung.key, Outcome(None, None, 0, 0.0),
                           "shadow", (), error=gate.reason, index=index)
                 break
             try:
                 outcome = yield Call(rung.key, messages, call_params, None, run.deadline)
                 done = outcome.completion
-                step = yield _io(
+                step = yield io(
                     engine._recorder.step, run, rung.key, outcome, "shadow", (),
                     completion=None if done is None else done, index=index, hold=gate.hold,
                 )
@@ -170,11 +171,11 @@ class Shadows:
                 if engine.ledger is not None:
                     rows = engine._recorder.content(run, [step], prompt=False)
                     if rows:
-                        yield _io(_record_content, engine, run.run_id, rows)
+                        yield io(_record_content, engine, run.run_id, rows)
         top = keys[-1]
         if top in answers and engine.ledger is not None:
             label = agreement_label(result.text, answers[top].text)
-            yield _io(add_feedback, engine.ledger, run.run_id, label,
+            yield io(add_feedback, engine.ledger, run.run_id, label,
                       f"agreement of {result.model} with {top}", source=SOURCE)
         return result
 

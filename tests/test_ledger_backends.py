@@ -273,7 +273,7 @@ def test_cancelled_call_is_settled_lost_not_dropped(db: Db) -> None:
 def test_postgres_url_password_never_shown(capsys: pytest.CaptureFixture[str],
                                            monkeypatch: pytest.MonkeyPatch) -> None:
     """A password in the URL is in no error, repr, log line or CLI output."""
-    from tests.ledger_db import pg_base
+    from tests.ledger_db import pg_schema
     secret = "pw-SECRET-4711"
     dead = "postgresql://alice:" + secret + "@127.0.0.1:1/test"
     with pytest.raises(LedgerError) as info:
@@ -283,11 +283,16 @@ def test_postgres_url_password_never_shown(capsys: pytest.CaptureFixture[str],
                                       "OperationalError: connection failed")
     assert info.value.__cause__ is None and info.value.__context__ is None
 
-    # trust auth ignores the password, so this one connects
-    live = pg_base().replace("@", f":{secret}@", 1)
-    ledger = Ledger(url=live)
-    assert secret not in repr(ledger) + ledger.where
-    ledger.close()
+    # trust auth ignores the password, so this one connects; a schema of its own, since other
+    # branches' tests may have left the shared database's default schema at another version
+    private = pg_schema()
+    live = next(private).url.replace("@", f":{secret}@", 1)  # type: ignore[union-attr]
+    try:
+        ledger = Ledger(url=live)
+        assert secret not in repr(ledger) + ledger.where
+        ledger.close()
+    finally:
+        private.close()
 
     from cascade.config import parse_config
     data = config()

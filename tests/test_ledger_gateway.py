@@ -113,7 +113,8 @@ def _until(condition: Any, timeout: float = 10.0) -> bool:
 @pytest.mark.usefixtures("keys")
 def test_serve_workers_share_one_budget(tmp_path: Path, server: MockLLMServer) -> None:
     """``cascade serve --workers 2``: the workers reserve in one ledger, so together they
-    allow exactly as many requests as the daily budget fits, then answer 429."""
+    allow exactly as many requests as the daily budget fits, then answer 429. The workers keep
+    the config's ``server:`` limits too (a body over ``max_body_bytes`` is refused)."""
     import os
     import signal
     from concurrent.futures import ThreadPoolExecutor
@@ -130,6 +131,7 @@ def test_serve_workers_share_one_budget(tmp_path: Path, server: MockLLMServer) -
         delay_s=0.05)
     data = live_config(server, ladder=["mini"], ledger=str(tmp_path / "l.sqlite"))
     data["budgets"] = {"daily_usd": worst * 5.5}
+    data["server"] = {"max_body_bytes": 4096}
     cfg = tmp_path / "c.yaml"
     cfg.write_text(yaml.safe_dump(data))
     proc = subprocess.Popen([sys.executable, "-m", "cascade.cli", "serve", str(cfg), "--port",
@@ -146,6 +148,11 @@ def test_serve_workers_share_one_budget(tmp_path: Path, server: MockLLMServer) -
                                                           json=ask, timeout=60), range(12)))
         codes = sorted(r.status_code for r in replies)
         assert codes == [200] * 5 + [429] * 7, [r.text for r in replies]
+        big = {**ask, "messages": [{"role": "user", "content": "x" * 5000}]}
+        for _ in range(4):  # each worker, whichever takes the connection
+            refused = httpx2.post(f"{url}/v1/chat/completions", json=big, timeout=60)
+            assert refused.status_code == 413, refused.text
+            assert "server.max_body_bytes" in refused.text
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=30) == 0
     finally:
