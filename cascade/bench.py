@@ -89,10 +89,12 @@ class BenchResult:
     config: str = ""
     queries: int = 0
     wall_s: float = 0.0
+    split: str | None = None  # meta.split shared by every record (train, test), else None
 
     def as_json(self) -> dict[str, Any]:
         return {
             "dataset": self.dataset,
+            "split": self.split,
             "config": self.config,
             "queries": self.queries,
             "queries_per_second": self.queries / self.wall_s if self.wall_s else None,
@@ -112,6 +114,33 @@ def _task_of(
             f"(tasks: {', '.join(config.tasks)}); pass --task to choose one"
         )
     return task
+
+
+def _check_recorded(
+    cfg: CascadeConfig, records: Sequence[ReplayRecord], tasks: Sequence[str], dataset: str
+) -> None:
+    """Refuse a ladder rung with no recording at all: every query would be an error step there.
+
+    A few missing recordings are real data (the report counts them); none at all is a config
+    that names the model differently from the dataset.
+    """
+    recorded: set[str] = set()
+    for record in records:
+        recorded.update(record.responses)
+    problems = []
+    for name in sorted(set(tasks)):
+        for rung in cfg.tasks[name].ladder:
+            model = cfg.models[rung.model].name
+            if model not in recorded:
+                problems.append(
+                    f"task {name!r}: model {rung.model!r} (name {model!r}) has no recordings"
+                )
+    if problems:
+        raise DatasetError(
+            f"{dataset}: {'; '.join(problems)} (the dataset records: "
+            f"{', '.join(sorted(recorded)) or 'nothing'}); a model's name: must match a key "
+            "of responses"
+        )
 
 
 def run_bench(
@@ -144,7 +173,10 @@ def run_bench(
         records, ds_name = load_dataset(dataset), str(dataset)
     else:
         records, ds_name = list(dataset), "<records>"
+    if not records:
+        raise DatasetError(f"{ds_name}: the dataset has no queries; nothing to replay")
     tasks = [_task_of(r, i + 1, cfg, task, ds_name) for i, r in enumerate(records)]
+    _check_recorded(cfg, records, tasks, ds_name)
     engine = replay_engine(cfg, records, path=cfg_path, ledger=ledger)
     outcomes: dict[str, list[_Outcome]] = {}
     started = time.perf_counter()
@@ -156,6 +188,8 @@ def run_bench(
     result = BenchResult(
         dataset=ds_name, config=cfg_path or "<config>", queries=len(records), wall_s=wall
     )
+    splits = {str(r.meta.get("split")) for r in records if r.meta.get("split") is not None}
+    result.split = splits.pop() if len(splits) == 1 else ("mixed" if splits else None)
     for name, outs in outcomes.items():
         chosen = [r for r, t in zip(records, tasks, strict=True) if t == name]
         result.tasks[name] = _summarise(cfg, name, chosen, outs)

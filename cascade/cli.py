@@ -20,7 +20,7 @@ from typing import Any
 import structlog
 
 from cascade import cli_replay, server_cli
-from cascade.config import load_config
+from cascade.config import load_config, resolve_path
 from cascade.engine import Cascade
 from cascade.errors import (
     CascadeError,
@@ -37,6 +37,7 @@ from cascade.report import ledger_report
 __all__ = ["main"]
 
 Handler = Callable[[argparse.Namespace], int]
+DEFAULT_LEDGER = "cascade-ledger.sqlite"
 
 
 class _Stderr:
@@ -84,7 +85,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
     with Cascade.from_yaml(args.config) as engine:
         try:
-            result = engine.complete(args.task, prompt, **params)
+            result = engine.complete(args.task, prompt, query_id=args.query_id, **params)
         except CascadeExhausted as exc:
             result = exc.result
             print(result.text)
@@ -122,7 +123,7 @@ def _result_json(result: Any) -> dict[str, Any]:
 def cmd_validate(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     if config.ledger.path:
-        check_ledger_path(config.ledger.path, config_path=args.config)
+        check_ledger_path(resolve_path(config.ledger.path, args.config), config_path=args.config)
     # An in-memory ledger: validating must not create the real one, but budgets need one.
     engine = Cascade(config, path=args.config, ledger=Ledger(":memory:"))
     warnings = server_cli.unset_key_warnings(config)
@@ -139,7 +140,13 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    path = Path(args.ledger)
+    config = load_config(args.config) if args.config else None
+    if args.ledger is not None:
+        path = Path(args.ledger)
+    elif config is not None and config.ledger.path:
+        path = Path(resolve_path(config.ledger.path, args.config))  # the file that config writes
+    else:
+        path = Path(DEFAULT_LEDGER)
     if not path.exists():
         raise ConfigError(
             "ledger file not found (run something first, or pass --ledger)", path=str(path)
@@ -150,8 +157,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     except sqlite3.DatabaseError as exc:
         raise ConfigError(f"not a cascade ledger: {exc}", path=str(path)) from exc
     try:
-        if args.config:
-            guard = Limits(load_config(args.config), ledger).guard
+        if config is not None:
+            guard = Limits(config, ledger).guard
             report["budgets"] = guard.status() if guard else []
     finally:
         ledger.close()
@@ -223,6 +230,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--max-tokens", type=int, help="override max_tokens for every rung")
     run.add_argument("--temperature", type=float, help="override temperature for every rung")
     run.add_argument("--json", action="store_true", help="print the full result as JSON")
+    run.add_argument(
+        "--query-id",
+        help="the query's id in a replay dataset (replay configs look recorded answers up by it)",
+    )
     run.set_defaults(handler=cmd_run)
 
     validate = sub.add_parser(
@@ -239,9 +250,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="spend, calls and escalation rate from the ledger",
         description="Summarise the ledger per task and per model.",
     )
-    report.add_argument("--ledger", default="cascade-ledger.sqlite", help="ledger file")
+    report.add_argument(
+        "--ledger", help=f"ledger file (default: --config's ledger.path, else {DEFAULT_LEDGER})"
+    )
     report.add_argument("--json", action="store_true", help="print JSON for scripts")
-    report.add_argument("--config", help="also show spend against this config's budgets")
+    report.add_argument(
+        "--config", help="read ledger.path from this config and show spend against its budgets"
+    )
     report.set_defaults(handler=cmd_report)
 
     cli_replay.register(sub)

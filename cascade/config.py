@@ -246,6 +246,17 @@ class CascadeConfig(BaseModel):
     server: ServerConfig = Field(default_factory=ServerConfig)
 
 
+def resolve_path(path: str, config_path: str | os.PathLike[str] | None) -> str:
+    """A path written in a config file, relative to that file's folder (absolute stays as is).
+
+    ``~`` is expanded. Without a config file (a config built in code) the path is left as given.
+    """
+    expanded = Path(path).expanduser()
+    if expanded.is_absolute() or config_path is None or path == ":memory:":
+        return str(expanded) if path != ":memory:" else path
+    return str(Path(config_path).parent / expanded)
+
+
 def format_location(loc: tuple[int | str, ...]) -> str:
     """``("tasks", "faq", "ladder", 1)`` -> ``tasks.faq.ladder[1]``."""
     out = ""

@@ -26,6 +26,7 @@ from cascade.config import (
     TaskConfig,
     load_config,
     parse_config,
+    resolve_path,
 )
 from cascade.errors import (
     BudgetExceeded,
@@ -139,7 +140,9 @@ class Cascade:
             raise
         if ledger is None or ledger is True:
             self.ledger = (
-                open_ledger(config.ledger.path, config_path=path) if config.ledger.path else None
+                open_ledger(resolve_path(config.ledger.path, path), config_path=path)
+                if config.ledger.path
+                else None
             )
         else:
             self.ledger = ledger or None
@@ -148,7 +151,7 @@ class Cascade:
         except ConfigError as exc:
             raise ConfigError(exc.message, path=path, location=exc.location) from exc
         cached_tasks = any(t.cache for t in config.tasks.values())
-        self.cache = ResponseCache(config.cache.path) if cached_tasks else None
+        self.cache = ResponseCache(resolve_path(config.cache.path, path)) if cached_tasks else None
         self._caller = Caller(config, self.providers, retry, self.limits)
         self._recorder = Recorder(config, self.ledger)
 
@@ -231,6 +234,10 @@ class Cascade:
         if given and name in given:
             return given[name]
         settings = self.config.providers[name]
+        if settings.dataset:  # a replay dataset, like every path in the file, is the file's
+            settings = settings.model_copy(
+                update={"dataset": resolve_path(settings.dataset, self.path)}
+            )
         factory = load_plugin(PROVIDERS, settings.type, location=f"providers.{name}.type")
         provider: Provider = factory(name, settings)
         return provider
