@@ -90,6 +90,7 @@ class BenchResult:
     queries: int = 0
     wall_s: float = 0.0
     split: str | None = None  # meta.split shared by every record (train, test), else None
+    warnings: list[str] = field(default_factory=list)  # e.g. a rung with no recordings
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -118,29 +119,36 @@ def _task_of(
 
 def _check_recorded(
     cfg: CascadeConfig, records: Sequence[ReplayRecord], tasks: Sequence[str], dataset: str
-) -> None:
-    """Refuse a ladder rung with no recording at all: every query would be an error step there.
+) -> list[str]:
+    """Warnings for ladder rungs with no recording at all; an error when a whole ladder has none.
 
-    A few missing recordings are real data (the report counts them); none at all is a config
-    that names the model differently from the dataset.
+    A rung with some recordings missing is real data (the report counts its error steps); a
+    ladder none of whose model names appear in the dataset is a config written for other data,
+    and its report would be nothing but errors.
+
+    Raises:
+        DatasetError: naming the models and what the dataset does record.
     """
     recorded: set[str] = set()
     for record in records:
         recorded.update(record.responses)
-    problems = []
+    warnings: list[str] = []
     for name in sorted(set(tasks)):
-        for rung in cfg.tasks[name].ladder:
-            model = cfg.models[rung.model].name
-            if model not in recorded:
-                problems.append(
-                    f"task {name!r}: model {rung.model!r} (name {model!r}) has no recordings"
-                )
-    if problems:
-        raise DatasetError(
-            f"{dataset}: {'; '.join(problems)} (the dataset records: "
-            f"{', '.join(sorted(recorded)) or 'nothing'}); a model's name: must match a key "
-            "of responses"
+        missing = [
+            f"{rung.model!r} (name {cfg.models[rung.model].name!r})"
+            for rung in cfg.tasks[name].ladder
+            if cfg.models[rung.model].name not in recorded
+        ]
+        what = (
+            f"task {name!r}: model {', '.join(missing)} has no recordings (the dataset records: "
+            f"{', '.join(sorted(recorded)) or 'nothing'}; a model's name: must match a key of "
+            "responses)"
         )
+        if len(missing) == len(cfg.tasks[name].ladder):
+            raise DatasetError(f"{dataset}: {what}")
+        if missing:
+            warnings.append(f"{dataset}: {what}; every call to it is an error step")
+    return warnings
 
 
 def run_bench(
@@ -176,7 +184,7 @@ def run_bench(
     if not records:
         raise DatasetError(f"{ds_name}: the dataset has no queries; nothing to replay")
     tasks = [_task_of(r, i + 1, cfg, task, ds_name) for i, r in enumerate(records)]
-    _check_recorded(cfg, records, tasks, ds_name)
+    warnings = _check_recorded(cfg, records, tasks, ds_name)
     engine = replay_engine(cfg, records, path=cfg_path, ledger=ledger)
     outcomes: dict[str, list[_Outcome]] = {}
     started = time.perf_counter()
@@ -186,7 +194,11 @@ def run_bench(
             progress(done, len(records))
     wall = time.perf_counter() - started
     result = BenchResult(
-        dataset=ds_name, config=cfg_path or "<config>", queries=len(records), wall_s=wall
+        dataset=ds_name,
+        config=cfg_path or "<config>",
+        queries=len(records),
+        wall_s=wall,
+        warnings=warnings,
     )
     splits = {str(r.meta.get("split")) for r in records if r.meta.get("split") is not None}
     result.split = splits.pop() if len(splits) == 1 else ("mixed" if splits else None)

@@ -9,15 +9,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sqlite3
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
-
-import structlog
 
 from cascade import cli_replay, server_cli
 from cascade.config import load_config, resolve_path
@@ -32,6 +29,7 @@ from cascade.errors import (
 )
 from cascade.ledger import Ledger, check_ledger_path
 from cascade.limits import Limits
+from cascade.logs import configure_cli
 from cascade.report import ledger_report
 
 __all__ = ["main"]
@@ -40,33 +38,10 @@ Handler = Callable[[argparse.Namespace], int]
 DEFAULT_LEDGER = "cascade-ledger.sqlite"
 
 
-class _Stderr:
-    """Whatever sys.stderr is at write time (it may be swapped after logging is configured)."""
+def _version() -> str:
+    from cascade import __version__
 
-    def write(self, text: str) -> int:
-        return sys.stderr.write(text)
-
-    def flush(self) -> None:
-        sys.stderr.flush()
-
-
-def _configure_logging(level: str, as_json: bool) -> None:
-    """Only the CLI configures structlog; the library never does."""
-    renderer: Any = (
-        structlog.processors.JSONRenderer()
-        if as_json
-        else structlog.dev.ConsoleRenderer(colors=False)
-    )
-    structlog.configure(
-        processors=[
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso"),
-            renderer,
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(file=_Stderr()),  # type: ignore[arg-type]
-        cache_logger_on_first_use=False,
-    )
+    return __version__
 
 
 def _say(message: str) -> None:
@@ -217,6 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="structured log level on stderr (info shows every step)",
     )
     parser.add_argument("--log-json", action="store_true", help="log as JSON lines")
+    parser.add_argument("--version", action="version", version=f"cascade-ladder {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser(
@@ -268,7 +244,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``cascade`` console script; returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    _configure_logging(args.log_level, args.log_json)
+    configure_cli(args.log_level, args.log_json)
     handler: Handler = args.handler
     try:
         return handler(args)

@@ -96,6 +96,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
             progress=lambda done, total: bar.update(job, completed=done, total=total),
         )
     report = result.as_json()
+    for warning in result.warnings:
+        _say(f"warning: {warning}")
     print_bench(report)
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))
@@ -168,6 +170,8 @@ def _quiet() -> None:
     import structlog
 
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    library = logging.getLogger("cascade")
+    library.setLevel(max(library.getEffectiveLevel(), logging.WARNING))
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:

@@ -11,6 +11,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -73,6 +74,20 @@ class ProviderConfig(BaseModel):
 
     def key_env(self) -> str | None:
         return self.api_key_env or DEFAULT_KEY_ENV.get(self.type)
+
+    @field_validator("base_url")
+    @classmethod
+    def _absolute_url(cls, value: str | None) -> str | None:
+        # Without a scheme the SDKs build URLs such as "localhost:8000/v1/chat/completions"
+        # and fail at the first call with an error that does not mention base_url.
+        if value is None:
+            return value
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError(
+                f"must be an absolute http:// or https:// URL, e.g. http://{value.split('://')[-1]}"
+            )
+        return value
 
 
 class ModelConfig(BaseModel):
@@ -186,6 +201,9 @@ class TaskConfig(BaseModel):
     # The whole run (every rung, retry and judge call) ends by then; complete(deadline_s=)
     # and the gateway's server.request_timeout_s can only shorten it.
     deadline_s: float = Field(default=120.0, gt=0)
+    # An answer cut off at the output limit (finish_reason "length") is rejected and the
+    # ladder moves on; false judges it like any other answer.
+    escalate_on_truncation: bool = True
 
     @field_validator("ladder", mode="before")
     @classmethod
@@ -281,14 +299,25 @@ def _describe(error: Mapping[str, Any]) -> str:
 
 def _from_validation(exc: ValidationError, path: str | None) -> ConfigError:
     errors = exc.errors()
-    # In a union the deepest error is the member the user was aiming at.
-    first = max(errors, key=lambda e: len(e["loc"]))
-    # Union members and tagged choices add their own names to the location; drop them.
-    loc = tuple(p for p in first["loc"] if not (isinstance(p, str) and p[:1].isupper()))
-    loc = tuple(p for p in loc if p not in ("literal['all','any']", "literal['all', 'any']"))
-    more = len({e["loc"][:3] for e in errors}) - 1
-    suffix = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
-    return ConfigError(_describe(first) + suffix, path=path, location=format_location(loc))
+    # In a union the deepest error is the member the user was aiming at: one error per place.
+    chosen: dict[tuple[Any, ...], Any] = {}
+    for error in errors:
+        group = error["loc"][:3]
+        if group not in chosen or len(error["loc"]) > len(chosen[group]["loc"]):
+            chosen[group] = error
+    ordered = sorted(chosen.values(), key=lambda e: -len(e["loc"]))
+    first, rest = ordered[0], ordered[1:]
+    # Every problem is named: fixing one at a time and reloading wastes the user's time.
+    also = "".join(f"; {format_location(_clean(e['loc']))}: {_describe(e)}" for e in rest)
+    return ConfigError(
+        _describe(first) + also, path=path, location=format_location(_clean(first["loc"]))
+    )
+
+
+def _clean(loc: tuple[int | str, ...]) -> tuple[int | str, ...]:
+    """Union members and tagged choices add their own names to the location; drop them."""
+    kept = tuple(p for p in loc if not (isinstance(p, str) and p[:1].isupper()))
+    return tuple(p for p in kept if p not in ("literal['all','any']", "literal['all', 'any']"))
 
 
 def _check_references(config: CascadeConfig, path: str | None) -> None:

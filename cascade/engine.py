@@ -15,8 +15,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import structlog
-
 from cascade.cache import ResponseCache, cache_key
 from cascade.caller import Call, Caller, Outcome
 from cascade.config import (
@@ -43,11 +41,13 @@ from cascade.evaluation import (
     combine,
     decided,
     finalized,
+    judging,
     shown,
 )
 from cascade.features import prompt_text
 from cascade.ledger import Ledger, open_ledger
 from cascade.limits import Gate, Limits
+from cascade.logs import get_logger
 from cascade.params import bound_output, check_call_params
 from cascade.plugins import PROVIDERS, load_plugin
 from cascade.pricing import cost_usd
@@ -67,7 +67,12 @@ from cascade.types import (
 
 __all__ = ["Cascade"]
 
-log = structlog.get_logger("cascade")
+log = get_logger()
+
+# The verdict of an answer cut off at the output limit (task option escalate_on_truncation).
+TRUNCATED = Verdict(
+    "truncation", False, 0.0, "the answer was cut off at the output limit (finish_reason length)"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +91,7 @@ class _Task:
     on_exhausted: str
     params: Mapping[str, Any]
     router: Router | None = None
+    escalate_on_truncation: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -285,6 +291,7 @@ class Cascade:
             on_exhausted=task.on_exhausted,
             params=task.params,
             router=router,
+            escalate_on_truncation=task.escalate_on_truncation,
         )
 
     # -- public API -----------------------------------------------------------------------------
@@ -597,7 +604,8 @@ class Cascade:
                 completion, verdicts, ok, fixer = step
                 if ok:
                     result = self._result(run, rung, completion, verdicts, accepted=True)
-                    if cache_as is not None and self.cache is not None:
+                    # A tool call is a step of the caller's loop, not an answer to replay.
+                    if cache_as is not None and self.cache is not None and not result.tool_calls:
                         self.cache.put(
                             cache_as[0], task.name, rung.key, result.text, result.json, cache_as[1]
                         )
@@ -657,8 +665,13 @@ class Cascade:
         # A judge called during evaluation must count this answer's cost against the cap.
         run.pending = cost_usd(completion, rung.model.price)
         verdicts: list[Verdict] = []
+        slots = judging(rung.slots, completion)
         try:
-            for slot in rung.slots:
+            if task.escalate_on_truncation and completion.finish_reason == "length":
+                # A cut-off answer is incomplete whatever its checks say; they are not run.
+                slots = ()
+                verdicts.append(TRUNCATED)
+            for slot in slots:
                 verdict = yield _Eval(slot, request, shown(slot, completion, clean))
                 verdicts.append(verdict)
                 if decided(rung.accept, verdict):
@@ -678,9 +691,12 @@ class Cascade:
             raise
         finally:
             run.pending = 0.0
-        weights = [s.weight for s in rung.slots[: len(verdicts)]]
-        ok = combine(rung.accept, verdicts, weights)
-        fixer = None if ok else _repairer(rung, verdicts, repairs)
+        if verdicts and verdicts[0] is TRUNCATED:
+            ok, fixer = False, None
+        else:
+            weights = [s.weight for s in slots[: len(verdicts)]]
+            ok = combine(rung.accept, verdicts, weights)
+            fixer = None if ok else _repairer(slots, verdicts, repairs)
         decision: Decision = "accept" if ok else ("repair" if fixer else "escalate")
         self._recorder.step(
             run, rung.key, outcome, decision, tuple(verdicts), completion=completion, index=index
@@ -769,11 +785,11 @@ def _advance(plan: _Plan, reply: Any, error: Exception | None) -> Call | _Eval |
 
 
 def _repairer(
-    rung: Rung, verdicts: Sequence[Verdict], left: Mapping[str, int]
+    slots: Sequence[Slot], verdicts: Sequence[Verdict], left: Mapping[str, int]
 ) -> tuple[Slot, Verdict] | None:
     """The first failing evaluator that can still ask the model to fix its answer."""
     # verdicts may stop short of the slots (short-circuit), hence strict=False
-    for slot, verdict in zip(rung.slots, verdicts, strict=False):
+    for slot, verdict in zip(slots, verdicts, strict=False):
         if not verdict.passed and "repair_message" in slot.hooks and left.get(slot.name, 0) > 0:
             return slot, verdict
     return None

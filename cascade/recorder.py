@@ -7,18 +7,17 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-import structlog
-
 from cascade.caller import Outcome
 from cascade.config import CascadeConfig
 from cascade.errors import BudgetExceeded, CascadeError, CascadeExhausted, ProviderError
 from cascade.ledger import Ledger
+from cascade.logs import get_logger
 from cascade.pricing import cost_usd
 from cascade.types import CascadeResult, Completion, Decision, StepRecord, Verdict
 
 __all__ = ["Recorder", "Run", "current_run"]
 
-log = structlog.get_logger("cascade")
+log = get_logger()
 
 
 @dataclass(slots=True)
@@ -125,6 +124,9 @@ class Recorder:
             steps=tuple(sorted(run.steps, key=lambda s: s.step)),
             task=run.task,
             json=parsed,
+            tool_calls=completion.tool_calls if completion else (),
+            finish_reason=completion.finish_reason if completion else None,
+            logprobs=completion.token_logprobs if completion else None,
         )
 
     def finish(self, result: CascadeResult, run: Run) -> CascadeResult:

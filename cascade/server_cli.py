@@ -122,6 +122,15 @@ def _graceful_signals() -> Iterator[None]:
 def cmd_serve(args: argparse.Namespace) -> int:
     """Serve until interrupted; a refused bind or a bad config raises ``ConfigError`` (exit 2)."""
     from cascade.engine import Cascade
+
+    try:
+        import starlette  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as exc:
+        raise ConfigError(
+            f"cascade serve needs the [server] extra ({exc.name} is not installed): "
+            "pip install 'cascade-ladder[server]'"
+        ) from exc
     from cascade.server import (
         bind,
         create_app,

@@ -86,13 +86,22 @@ def test_bench_empty_dataset_exit_2(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert "the dataset has no queries" in err
 
 
-def test_bench_model_without_recordings_exit_2(tmp_path: Path,
-                                               capsys: pytest.CaptureFixture[str]) -> None:
+def test_bench_model_without_recordings(tmp_path: Path,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """A ladder with no recorded model exits 2; one unrecorded rung is a warning."""
     config = tmp_path / "c.yaml"
-    config.write_text(DEMO_CONFIG.read_text().replace("name: gpt-4-1106-preview", "name: gpt-5"))
+    text = DEMO_CONFIG.read_text().replace("gsm8k-300", str(DATASET.with_suffix("")))
+    config.write_text(text.replace("name: gpt-4-1106-preview", "name: gpt-5"))
+    assert main(["bench", str(config), str(DATASET)]) == 0
+    err = capsys.readouterr().err
+    assert "warning:" in err
+    assert "model 'gpt4' (name 'gpt-5') has no recordings" in err
+    config.write_text(text.replace("name: gpt-4-1106-preview", "name: gpt-5")
+                      .replace("name: mistralai/Mixtral-8x7B-Instruct-v0.1", "name: mixtral"))
     assert main(["bench", str(config), str(DATASET)]) == 2
     err = capsys.readouterr().err
-    assert "model 'gpt4' (name 'gpt-5') has no recordings" in err
+    assert err.count("\n") == 1
+    assert "model 'mixtral' (name 'mixtral'), 'gpt4' (name 'gpt-5') has no recordings" in err
     assert "gpt-4-1106-preview" in err  # what the dataset does record
 
 
