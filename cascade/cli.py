@@ -106,6 +106,13 @@ def cmd_validate(args: argparse.Namespace) -> int:
         warnings.append(f"warning: {name!r} is both a task and a model key")
     for line in warnings:
         _say(line)
+    for key, model in config.models.items():
+        p = model.price
+        cached = "" if p.cached_input is None else f", cached input ${p.cached_input:g}"
+        print(
+            f"  model {key} ({model.name}): ${p.input:g} input, ${p.output:g} output{cached} "
+            f"per 1M tokens; price from {config.price_source(key)}"
+        )
     rungs = sum(len(t.rungs) for t in engine.tasks.values())
     print(
         f"{args.config}: OK ({len(config.tasks)} tasks, {rungs} rungs, "

@@ -14,10 +14,17 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+)
 
 from cascade.errors import ConfigError
-from cascade.pricing import Price
+from cascade.pricing import Price, lookup_price
 
 __all__ = [
     "CascadeConfig",
@@ -97,6 +104,7 @@ class ModelConfig(BaseModel):
 
     provider: str
     name: str
+    # Omitted: looked up in genai-prices when the config is parsed (parse_config).
     price: Price
     params: dict[str, Any] = Field(default_factory=dict)
     # The most output tokens a call may ask for; sent as max_tokens when a call sets none.
@@ -262,6 +270,12 @@ class CascadeConfig(BaseModel):
     budgets: BudgetsConfig | None = None
     cache: CacheConfig = Field(default_factory=CacheConfig)
     server: ServerConfig = Field(default_factory=ServerConfig)
+    # Where each model's price came from ("config", or the genai-prices entry); set by
+    # parse_config, shown by cascade validate.
+    _price_sources: dict[str, str] = PrivateAttr(default_factory=dict)
+
+    def price_source(self, model: str) -> str:
+        return self._price_sources.get(model, "config")
 
 
 def resolve_path(path: str, config_path: str | os.PathLike[str] | None) -> str:
@@ -297,7 +311,9 @@ def _describe(error: Mapping[str, Any]) -> str:
     return f"{error['msg'][0].lower()}{error['msg'][1:]} (got {shown})"
 
 
-def _from_validation(exc: ValidationError, path: str | None) -> ConfigError:
+def _from_validation(
+    exc: ValidationError, path: str | None, hints: Mapping[tuple[Any, ...], str] | None = None
+) -> ConfigError:
     errors = exc.errors()
     # In a union the deepest error is the member the user was aiming at: one error per place.
     chosen: dict[tuple[Any, ...], Any] = {}
@@ -307,10 +323,15 @@ def _from_validation(exc: ValidationError, path: str | None) -> ConfigError:
             chosen[group] = error
     ordered = sorted(chosen.values(), key=lambda e: -len(e["loc"]))
     first, rest = ordered[0], ordered[1:]
+
+    def describe(error: Mapping[str, Any]) -> str:
+        hint = (hints or {}).get(tuple(error["loc"]))
+        return hint if hint and error["type"] == "missing" else _describe(error)
+
     # Every problem is named: fixing one at a time and reloading wastes the user's time.
-    also = "".join(f"; {format_location(_clean(e['loc']))}: {_describe(e)}" for e in rest)
+    also = "".join(f"; {format_location(_clean(e['loc']))}: {describe(e)}" for e in rest)
     return ConfigError(
-        _describe(first) + also, path=path, location=format_location(_clean(first["loc"]))
+        describe(first) + also, path=path, location=format_location(_clean(first["loc"]))
     )
 
 
@@ -358,12 +379,54 @@ def parse_config(data: Any, *, path: str | None = None) -> CascadeConfig:
             f"got {type(data).__name__}",
             path=path,
         )
+    data, sources, unknown = _fill_prices(data)
     try:
         config = CascadeConfig.model_validate(data)
     except ValidationError as exc:
-        raise _from_validation(exc, path) from exc
+        raise _from_validation(exc, path, unknown) from exc
     _check_references(config, path)
+    config._price_sources = sources
     return config
+
+
+def _fill_prices(
+    data: Mapping[str, Any],
+) -> tuple[Mapping[str, Any], dict[str, str], dict[tuple[Any, ...], str]]:
+    """Models without ``price:`` get genai-prices' list price; the caller's data is not changed.
+
+    Returns the data to validate, each model's price source, and for models with no price
+    found, what to tell the user at ``models.KEY.price``.
+    """
+    models, providers = data.get("models"), data.get("providers")
+    if not isinstance(models, Mapping):
+        return data, {}, {}
+    sources: dict[str, str] = {}
+    unknown: dict[tuple[Any, ...], str] = {}
+    filled: dict[Any, Any] = {}
+    for key, model in models.items():
+        filled[key] = model
+        if not isinstance(model, Mapping):
+            continue
+        if "price" in model:
+            sources[str(key)] = "config"
+            continue
+        settings = providers.get(model.get("provider")) if isinstance(providers, Mapping) else None
+        if not isinstance(settings, Mapping) or not isinstance(model.get("name"), str):
+            continue  # validation reports the real problem
+        found = lookup_price(
+            model["name"],
+            str(settings.get("type")),
+            settings.get("base_url") if isinstance(settings.get("base_url"), str) else None,
+        )
+        if isinstance(found, str):
+            unknown[("models", key, "price")] = (
+                f"no price: {found}; add price: {{input: USD, output: USD}} per 1M tokens "
+                "(and cached_input: if it has one)"
+            )
+            continue
+        price, sources[str(key)] = found
+        filled[key] = {**model, "price": price.model_dump(exclude_none=True)}
+    return {**data, "models": filled}, sources, unknown
 
 
 class _BoundedLoader(yaml.SafeLoader):

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import importlib.metadata
+from datetime import datetime, timezone
+from typing import Any
+
 from pydantic import BaseModel, ConfigDict, Field
 
 from cascade.types import Completion
 
-__all__ = ["Price", "cost_usd"]
+__all__ = ["Price", "cost_usd", "lookup_price"]
 
 _PER_TOKEN = 1_000_000
 
@@ -39,3 +43,60 @@ def cost_usd(completion: Completion, price: Price) -> float:
     return (
         fresh * price.input + cached * cached_price + completion.output_tokens * price.output
     ) / _PER_TOKEN
+
+
+# The provider types whose models genai-prices knows under the same provider id.
+_GENAI_PROVIDER_IDS = {"openai": "openai", "anthropic": "anthropic"}
+
+
+def lookup_price(
+    model: str, provider_type: str, base_url: str | None = None
+) -> tuple[Price, str] | str:
+    """The model's current list price from ``genai-prices`` (bundled data: no network).
+
+    Returns:
+        ``(price, source)``, with the source naming the package version and the entry found;
+        or, when it has no entry, a sentence saying what was looked up.
+    """
+    try:
+        from genai_prices import data_snapshot
+    except ImportError:  # pragma: no cover - a declared dependency
+        return "genai-prices is not installed"
+    version = _genai_version()
+    snapshot = data_snapshot.get_snapshot()
+    provider_id = _GENAI_PROVIDER_IDS.get(provider_type)
+    attempts: list[tuple[str | None, str | None]] = []
+    if base_url:
+        attempts.append((None, base_url))  # an OpenAI-compatible host genai-prices knows
+    attempts.append((provider_id, None))
+    for pid, api_url in attempts:
+        try:
+            provider, info = snapshot.find_provider_model(model, None, pid, api_url)
+        except LookupError:
+            continue
+        prices = info.get_prices(datetime.now(timezone.utc))
+        price = Price(
+            input=_per_million(prices.input_mtok),
+            output=_per_million(prices.output_mtok),
+            cached_input=(
+                None if prices.cache_read_mtok is None else _per_million(prices.cache_read_mtok)
+            ),
+        )
+        return price, f"genai-prices {version}: {provider.id}/{info.id}"
+    where = f"provider {provider_id!r}" if provider_id else "any provider"
+    return f"genai-prices {version} has no price for model {model!r} of {where}"
+
+
+def _per_million(value: Any) -> float:
+    """A flat price, or the base (first) tier of a tiered one, as a float per 1M tokens."""
+    if value is None:
+        return 0.0
+    base = getattr(value, "base", value)  # TieredPrices: the price below the first threshold
+    return float(base)
+
+
+def _genai_version() -> str:
+    try:
+        return importlib.metadata.version("genai-prices")
+    except importlib.metadata.PackageNotFoundError:  # pragma: no cover
+        return "(unknown version)"

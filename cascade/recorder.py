@@ -6,6 +6,7 @@ import contextvars
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from cascade.caller import Outcome
 from cascade.config import CascadeConfig
@@ -13,6 +14,7 @@ from cascade.errors import BudgetExceeded, CascadeError, CascadeExhausted, Provi
 from cascade.ledger import Ledger
 from cascade.logs import get_logger
 from cascade.pricing import cost_usd
+from cascade.telemetry import Telemetry
 from cascade.types import CascadeResult, Completion, Decision, StepRecord, Verdict
 
 __all__ = ["Recorder", "Run", "current_run"]
@@ -34,6 +36,7 @@ class Run:
     pending: float = 0.0  # cost of the answer being evaluated, not yet a recorded step
     query_id: str | None = None  # passed on to side calls, so a replayed judge finds its reply
     deadline: float | None = None  # time.monotonic() by which the run must end
+    span: Any = None  # the run's OpenTelemetry span, begun at its first step
 
     def next_index(self) -> int:
         self.counter += 1
@@ -55,6 +58,17 @@ class Recorder:
     def __init__(self, config: CascadeConfig, ledger: Ledger | None):
         self.config = config
         self.ledger = ledger
+        self.telemetry = Telemetry(
+            {k: p.type for k, p in config.providers.items()},
+            {k: m.name for k, m in config.models.items()},
+        )
+
+    def _run_span(self, run: Run) -> Any:
+        if run.span is None and self.telemetry.enabled:
+            # perf_counter has no epoch: the run's start is now minus its age.
+            age_ns = int((time.perf_counter() - run.started) * 1_000_000_000)
+            run.span = self.telemetry.start_run(run.task, time.time_ns() - age_ns)
+        return run.span
 
     def step(
         self,
@@ -96,6 +110,14 @@ class Recorder:
         )
         run.steps.append(step)
         log.info("cascade.step", **step.as_event(log_content=run.log_content))
+        if self.telemetry.enabled:
+            failure = outcome.error
+            error_type = (
+                (str(failure.status_code) if failure.status_code else type(failure).__name__)
+                if failure is not None
+                else ("CascadeError" if error and decision == "error" else None)
+            )
+            self.telemetry.step(self._run_span(run), step, error_type)
         if self.ledger is not None:
             self.ledger.record_step(step)
         return step
@@ -130,21 +152,29 @@ class Recorder:
         )
 
     def finish(self, result: CascadeResult, run: Run) -> CascadeResult:
-        self.close(result, "ok" if result.accepted else "exhausted")
+        self.close(result, "ok" if result.accepted else "exhausted", run)
         return result
 
     def fail(self, exc: CascadeError, run: Run) -> None:
         """Close the run's ledger record when it ends in an exception, so no spend goes missing."""
+        error = type(exc).__name__
         if isinstance(exc, CascadeExhausted):
-            self.close(exc.result, "exhausted")
+            self.close(exc.result, "exhausted", run, error)
         elif isinstance(exc, (ProviderError, BudgetExceeded)) and exc.result is not None:
-            self.close(exc.result, "failed" if isinstance(exc, ProviderError) else "budget")
+            status = "failed" if isinstance(exc, ProviderError) else "budget"
+            self.close(exc.result, status, run, error)
         elif run.steps:
             self.close(
-                self.result(run, "", None, (), accepted=False), f"error: {type(exc).__name__}"
+                self.result(run, "", None, (), accepted=False), f"error: {error}", run, error
             )
 
-    def close(self, result: CascadeResult, status: str) -> None:
+    def close(
+        self,
+        result: CascadeResult,
+        status: str,
+        run: Run | None = None,
+        error_type: str | None = None,
+    ) -> None:
         log.info(
             "cascade.run",
             run_id=result.run_id,
@@ -158,3 +188,5 @@ class Recorder:
         )
         if self.ledger is not None:
             self.ledger.record_run(result, status=status)
+        if run is not None and self.telemetry.enabled:
+            self.telemetry.end_run(self._run_span(run), result, status, error_type)
