@@ -27,6 +27,12 @@ _OWN_PROCESSORS: list[Any] = [
     structlog.processors.TimeStamper(fmt="iso"),
     structlog.processors.KeyValueRenderer(key_order=["event"], drop_missing=True),
 ]
+# A lazy proxy: it reads the application's structlog configuration at every call, so a later
+# structlog.configure() (or capture_logs()) applies.
+_APP = structlog.wrap_logger(_stdlib)
+_OWN = structlog.wrap_logger(
+    _stdlib, processors=_OWN_PROCESSORS, wrapper_class=structlog.stdlib.BoundLogger
+)
 _LEVELS = {
     "debug": logging.DEBUG,
     "info": logging.INFO,
@@ -42,14 +48,7 @@ class _Logger:
         configured = structlog.is_configured()
         if not configured and not _stdlib.isEnabledFor(_LEVELS[level]):
             return  # nobody listens: skip the rendering (replays log thousands of steps)
-        logger = (
-            structlog.wrap_logger(_stdlib)  # the application's processors and filtering
-            if configured
-            else structlog.wrap_logger(
-                _stdlib, processors=_OWN_PROCESSORS, wrapper_class=structlog.stdlib.BoundLogger
-            )
-        )
-        getattr(logger, level)(event, **fields)
+        getattr(_APP if configured else _OWN, level)(event, **fields)
 
     def debug(self, event: str, **fields: Any) -> None:
         self._emit("debug", event, fields)

@@ -37,6 +37,8 @@ class Run:
     query_id: str | None = None  # passed on to side calls, so a replayed judge finds its reply
     deadline: float | None = None  # time.monotonic() by which the run must end
     span: Any = None  # the run's OpenTelemetry span, begun at its first step
+    traced: bool | None = None  # whether an OpenTelemetry SDK was installed at its first step
+    metered: bool | None = None
 
     def next_index(self) -> int:
         self.counter += 1
@@ -64,7 +66,10 @@ class Recorder:
         )
 
     def _run_span(self, run: Run) -> Any:
-        if run.span is None and self.telemetry.enabled:
+        if run.traced is None:  # asked once per run: the checks cost microseconds
+            run.traced = self.telemetry.enabled and self.telemetry.tracing()
+            run.metered = self.telemetry.enabled and self.telemetry.metering()
+        if run.span is None and run.traced:
             # perf_counter has no epoch: the run's start is now minus its age.
             age_ns = int((time.perf_counter() - run.started) * 1_000_000_000)
             run.span = self.telemetry.start_run(run.task, time.time_ns() - age_ns)
@@ -110,14 +115,15 @@ class Recorder:
         )
         run.steps.append(step)
         log.info("cascade.step", **step.as_event(log_content=run.log_content))
-        if self.telemetry.enabled:
+        span = self._run_span(run)
+        if span is not None or run.metered:
             failure = outcome.error
             error_type = (
                 (str(failure.status_code) if failure.status_code else type(failure).__name__)
                 if failure is not None
                 else ("CascadeError" if error and decision == "error" else None)
             )
-            self.telemetry.step(self._run_span(run), step, error_type)
+            self.telemetry.step(span, step, error_type, metered=bool(run.metered))
         if self.ledger is not None:
             self.ledger.record_step(step)
         return step

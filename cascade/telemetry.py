@@ -81,6 +81,8 @@ class Telemetry:
 
     def __init__(self, provider_types: Mapping[str, str], model_names: Mapping[str, str]):
         self.enabled = trace is not None
+        self._tracing = False
+        self._metering = False
         self._providers = dict(provider_types)
         self._names = dict(model_names)
         if not self.enabled:
@@ -100,13 +102,29 @@ class Telemetry:
             explicit_bucket_boundaries_advisory=_DURATION_BUCKETS,
         )
 
+    def tracing(self) -> bool:
+        """An SDK tracer provider is installed (the API's default proxy records nothing).
+
+        Checked per run, so a provider installed after the engine was built is used; until
+        then the engine's hot path pays for no no-op spans (about 13% of replay throughput).
+        """
+        # A global provider is set once and for all: a True answer never changes.
+        if not self._tracing:
+            self._tracing = not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
+        return self._tracing
+
+    def metering(self) -> bool:
+        if not self._metering:
+            self._metering = type(metrics.get_meter_provider()).__name__ != "_ProxyMeterProvider"
+        return self._metering
+
     def _provider_name(self, provider_key: str) -> str:
         kind = self._providers.get(provider_key, provider_key)
         return _PROVIDER_NAMES.get(kind, kind)
 
     def start_run(self, task: str, started_ns: int) -> Any:
         """The run's span, begun at ``started_ns`` in the caller's current context."""
-        if not self.enabled:
+        if not self.enabled or not self.tracing():
             return None
         span = self._tracer.start_span(
             f"cascade {task}", kind=SpanKind.INTERNAL, start_time=started_ns
@@ -116,9 +134,11 @@ class Telemetry:
         span.set_attribute("cascade.task", task)
         return span
 
-    def step(self, run_span: Any, step: StepRecord, error_type: str | None) -> None:
+    def step(
+        self, run_span: Any, step: StepRecord, error_type: str | None, *, metered: bool
+    ) -> None:
         """A child span of the run for one step, and metric points when a model was called."""
-        if not self.enabled or run_span is None:
+        if not self.enabled:
             return
         called = step.decision not in ("skip", "cache")
         name = self._names.get(step.model, step.model)
@@ -128,6 +148,28 @@ class Telemetry:
             "gen_ai.provider.name": provider,
             "gen_ai.request.model": name,
         }
+        if run_span is not None:
+            self._step_span(run_span, step, name, base, error_type, called)
+        if not called or not metered:
+            return
+        points = {**base, **({"gen_ai.response.model": name} if error_type is None else {})}
+        self._duration.record(
+            step.latency_ms / 1000,
+            {**points, **({"error.type": error_type} if error_type else {})},
+        )
+        if step.attempts and (step.input_tokens or step.output_tokens):
+            self._tokens.record(step.input_tokens, {**points, "gen_ai.token.type": "input"})
+            self._tokens.record(step.output_tokens, {**points, "gen_ai.token.type": "output"})
+
+    def _step_span(
+        self,
+        run_span: Any,
+        step: StepRecord,
+        name: str,
+        base: Mapping[str, Any],
+        error_type: str | None,
+        called: bool,
+    ) -> None:
         end_ns = int(step.ts * _NS) if step.ts else time.time_ns()
         start_ns = end_ns - int(step.latency_ms * 1_000_000)
         context = trace.set_span_in_context(run_span)
@@ -159,16 +201,6 @@ class Telemetry:
         if error_type is not None:
             span.set_status(Status(StatusCode.ERROR, step.error or error_type))
         span.end(end_time=end_ns)
-        if not called:
-            return
-        points = {**base, **({"gen_ai.response.model": name} if error_type is None else {})}
-        self._duration.record(
-            step.latency_ms / 1000,
-            {**points, **({"error.type": error_type} if error_type else {})},
-        )
-        if step.attempts and (step.input_tokens or step.output_tokens):
-            self._tokens.record(step.input_tokens, {**points, "gen_ai.token.type": "input"})
-            self._tokens.record(step.output_tokens, {**points, "gen_ai.token.type": "output"})
 
     def end_run(
         self, run_span: Any, result: CascadeResult, status: str, error_type: str | None
