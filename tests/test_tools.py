@@ -240,3 +240,31 @@ def test_gateway_finish_reason_and_logprobs(gateway: str, server: MockLLMServer)
             model="faq", messages=[{"role": "user", "content": ASK}])
     assert done.choices[0].finish_reason == "length"
     assert done.choices[0].message.content == "also cut off"
+
+
+def test_tool_choice_for_anthropic() -> None:
+    from cascade.providers.anthropic import tool_choice_to_anthropic
+
+    named = {"type": "function", "function": {"name": "get_weather"}}
+    assert tool_choice_to_anthropic(named, None) == {"type": "tool", "name": "get_weather"}
+    assert tool_choice_to_anthropic("auto", False) == {"type": "auto",
+                                                       "disable_parallel_tool_use": True}
+    assert tool_choice_to_anthropic(None, False) == {"type": "auto",
+                                                     "disable_parallel_tool_use": True}
+    assert tool_choice_to_anthropic("none", False) == {"type": "none"}
+    assert tool_choice_to_anthropic(None, None) is None
+
+
+def test_tool_call_answers_are_not_cached(server: MockLLMServer, keys: None,
+                                          tmp_path: Any) -> None:
+    """A tool call is one step of the caller's loop: the next identical call must reach a model."""
+    config = live_config(server, ladder=["mini"], evaluators=[{"type": "tool_call"}],
+                         cache={"ttl_s": 60})
+    config["cache"] = {"path": str(tmp_path / "cache.sqlite")}
+    server.script("gpt-4o-mini", [Reply("", tool_calls=[GOOD_CALL])])
+    with Cascade.from_dict(config, sleep=lambda s: None, ledger=False) as engine:
+        first = engine.complete("faq", ASK, tools=[WEATHER])
+        second = engine.complete("faq", ASK, tools=[WEATHER])
+    assert first.tool_calls == second.tool_calls
+    assert not second.cached
+    assert len(server.calls("gpt-4o-mini")) == 2
