@@ -24,7 +24,7 @@ from pydantic import (
 )
 
 from cascade.errors import ConfigError
-from cascade.pricing import Price, lookup_price
+from cascade.pricing import Price, fill_prices
 
 __all__ = [
     "CascadeConfig",
@@ -379,7 +379,7 @@ def parse_config(data: Any, *, path: str | None = None) -> CascadeConfig:
             f"got {type(data).__name__}",
             path=path,
         )
-    data, sources, unknown = _fill_prices(data)
+    data, sources, unknown = fill_prices(data)
     try:
         config = CascadeConfig.model_validate(data)
     except ValidationError as exc:
@@ -387,46 +387,6 @@ def parse_config(data: Any, *, path: str | None = None) -> CascadeConfig:
     _check_references(config, path)
     config._price_sources = sources
     return config
-
-
-def _fill_prices(
-    data: Mapping[str, Any],
-) -> tuple[Mapping[str, Any], dict[str, str], dict[tuple[Any, ...], str]]:
-    """Models without ``price:`` get genai-prices' list price; the caller's data is not changed.
-
-    Returns the data to validate, each model's price source, and for models with no price
-    found, what to tell the user at ``models.KEY.price``.
-    """
-    models, providers = data.get("models"), data.get("providers")
-    if not isinstance(models, Mapping):
-        return data, {}, {}
-    sources: dict[str, str] = {}
-    unknown: dict[tuple[Any, ...], str] = {}
-    filled: dict[Any, Any] = {}
-    for key, model in models.items():
-        filled[key] = model
-        if not isinstance(model, Mapping):
-            continue
-        if "price" in model:
-            sources[str(key)] = "config"
-            continue
-        settings = providers.get(model.get("provider")) if isinstance(providers, Mapping) else None
-        if not isinstance(settings, Mapping) or not isinstance(model.get("name"), str):
-            continue  # validation reports the real problem
-        found = lookup_price(
-            model["name"],
-            str(settings.get("type")),
-            settings.get("base_url") if isinstance(settings.get("base_url"), str) else None,
-        )
-        if isinstance(found, str):
-            unknown[("models", key, "price")] = (
-                f"no price: {found}; add price: {{input: USD, output: USD}} per 1M tokens "
-                "(and cached_input: if it has one)"
-            )
-            continue
-        price, sources[str(key)] = found
-        filled[key] = {**model, "price": price.model_dump(exclude_none=True)}
-    return {**data, "models": filled}, sources, unknown
 
 
 class _BoundedLoader(yaml.SafeLoader):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.metadata
+from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import Any
 
@@ -10,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from cascade.types import Completion
 
-__all__ = ["Price", "cost_usd", "lookup_price"]
+__all__ = ["Price", "cost_usd", "fill_prices", "lookup_price"]
 
 _PER_TOKEN = 1_000_000
 
@@ -100,3 +101,43 @@ def _genai_version() -> str:
         return importlib.metadata.version("genai-prices")
     except importlib.metadata.PackageNotFoundError:  # pragma: no cover
         return "(unknown version)"
+
+
+def fill_prices(
+    data: Mapping[str, Any],
+) -> tuple[Mapping[str, Any], dict[str, str], dict[tuple[Any, ...], str]]:
+    """Models without ``price:`` get genai-prices' list price; the caller's data is not changed.
+
+    Returns the data to validate, each model's price source, and for models with no price
+    found, what to tell the user at ``models.KEY.price``.
+    """
+    models, providers = data.get("models"), data.get("providers")
+    if not isinstance(models, Mapping):
+        return data, {}, {}
+    sources: dict[str, str] = {}
+    unknown: dict[tuple[Any, ...], str] = {}
+    filled: dict[Any, Any] = {}
+    for key, model in models.items():
+        filled[key] = model
+        if not isinstance(model, Mapping):
+            continue
+        if "price" in model:
+            sources[str(key)] = "config"
+            continue
+        settings = providers.get(model.get("provider")) if isinstance(providers, Mapping) else None
+        if not isinstance(settings, Mapping) or not isinstance(model.get("name"), str):
+            continue  # validation reports the real problem
+        found = lookup_price(
+            model["name"],
+            str(settings.get("type")),
+            settings.get("base_url") if isinstance(settings.get("base_url"), str) else None,
+        )
+        if isinstance(found, str):
+            unknown[("models", key, "price")] = (
+                f"no price: {found}; add price: {{input: USD, output: USD}} per 1M tokens "
+                "(and cached_input: if it has one)"
+            )
+            continue
+        price, sources[str(key)] = found
+        filled[key] = {**model, "price": price.model_dump(exclude_none=True)}
+    return {**data, "models": filled}, sources, unknown
