@@ -135,3 +135,33 @@ def test_demo_config_runs_one_query_by_id(capsys: pytest.CaptureFixture[str]) ->
     assert code == 0
     assert out.strip() in {r.text.strip() for r in first.responses.values()}
     assert "model=" in err
+
+
+def test_plot_legend_names_every_mark_and_the_data(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every mark drawn has a legend entry, and the title says which split it shows."""
+    pytest.importorskip("matplotlib")
+    from matplotlib.figure import Figure
+
+    from cascade.plot import plot_tradeoff
+
+    seen: dict[str, Any] = {}
+    real_savefig = Figure.savefig
+
+    def capture(self: Figure, *args: Any, **kwargs: Any) -> None:
+        ax = self.axes[0]
+        seen["legend"] = [t.get_text() for t in ax.get_legend().get_texts()]
+        seen["title"] = ax.get_title()
+        seen["marks"] = len(ax.collections) + len(ax.lines)
+        real_savefig(self, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", capture)
+    report = run_bench(DEMO_CONFIG, DATASET).as_json()
+    plot_tradeoff(report["tasks"], tmp_path / "p.png", frontier={"math": [(0.001, 0.8),
+                                                                          (0.002, 0.84)]},
+                  data=report["split"])
+    assert seen["legend"] == ["single model (always that one)", "calibration frontier (train)",
+                              "oracle", "cascade", "always-top quality"]
+    # two single-model points share one entry; every other mark has its own
+    assert seen["marks"] == len(seen["legend"]) + 1
+    assert seen["title"].startswith("math [test data, n=300]: cascade 23% of top cost")
