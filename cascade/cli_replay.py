@@ -145,7 +145,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
         return 0
     from cascade.plot import plot_tradeoff
 
-    plot_tradeoff(report["tasks"], args.plot, data=report["split"])
+    try:
+        plot_tradeoff(report["tasks"], args.plot, data=report["split"])
+    except OSError as exc:  # a read-only folder: the numbers above stand on their own
+        print(f"plot: not written ({exc}); pass --plot PATH to choose where")
+        return 0
     print(f"plot: wrote {Path(args.plot).resolve()}")
     return 0
 

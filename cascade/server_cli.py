@@ -124,6 +124,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from cascade.engine import Cascade
 
     try:
+        import prometheus_client  # noqa: F401
         import starlette  # noqa: F401
         import uvicorn  # noqa: F401
     except ImportError as exc:

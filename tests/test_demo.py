@@ -165,3 +165,12 @@ def test_plot_legend_names_every_mark_and_the_data(tmp_path: Path,
     # two single-model points share one entry; every other mark has its own
     assert seen["marks"] == len(seen["legend"]) + 1
     assert seen["title"].startswith("math [test data, n=300]: cascade 23% of top cost")
+
+
+def test_demo_plot_to_an_unwritable_place(tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("matplotlib")
+    assert main(["demo", "--plot", str(tmp_path / "no-such-dir" / "p.png")]) == 0
+    out = capsys.readouterr().out
+    assert "plot: not written (" in out
+    assert "the cascade escalated" in out
