@@ -214,3 +214,13 @@ def test_cli_log_flags(capsys: pytest.CaptureFixture[str]) -> None:
     assert lines[0]["level"] == "info"
     assert main(["--log-level", "info", *args]) == 0
     assert re.search(r"\[info\s*\] cascade.step", capsys.readouterr().err)
+
+
+def test_resolve_path() -> None:
+    from cascade.config import resolve_path
+
+    assert resolve_path("l.sqlite", "configs/x.yaml") == "configs/l.sqlite"
+    assert resolve_path("/abs/l.sqlite", "configs/x.yaml") == "/abs/l.sqlite"
+    assert resolve_path("l.sqlite", None) == "l.sqlite"
+    assert resolve_path(":memory:", "configs/x.yaml") == ":memory:"
+    assert resolve_path("postgresql://u@h/db", "configs/x.yaml") == "postgresql://u@h/db"
