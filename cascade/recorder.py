@@ -11,9 +11,15 @@ import structlog
 
 from cascade.caller import Outcome
 from cascade.config import CascadeConfig
-from cascade.errors import BudgetExceeded, CascadeError, CascadeExhausted, ProviderError
+from cascade.errors import (
+    BudgetExceeded,
+    CascadeError,
+    CascadeExhausted,
+    LedgerError,
+    ProviderError,
+)
 from cascade.ledger import Ledger
-from cascade.pricing import cost_usd
+from cascade.money import Accounts, Hold, bill, ledger_failed
 from cascade.types import CascadeResult, Completion, Decision, StepRecord, Verdict
 
 __all__ = ["Recorder", "Run", "current_run"]
@@ -51,11 +57,16 @@ current_run: contextvars.ContextVar[Run | None] = contextvars.ContextVar(
 
 
 class Recorder:
-    """Turns outcomes into ``StepRecord``s, logs them and writes them to the ledger at once."""
+    """Turns outcomes into ``StepRecord``s, logs them and writes them to the ledger at once.
 
-    def __init__(self, config: CascadeConfig, ledger: Ledger | None):
+    A step that called a model settles its write-ahead row (``hold``); one that called nothing
+    (a skip, a cache hit) gets a row of its own.
+    """
+
+    def __init__(self, config: CascadeConfig, ledger: Ledger | None, accounts: Accounts):
         self.config = config
         self.ledger = ledger
+        self.accounts = accounts
 
     def step(
         self,
@@ -68,6 +79,7 @@ class Recorder:
         completion: Completion | None = None,
         index: int | None = None,
         error: str | None = None,
+        hold: Hold | None = None,
     ) -> StepRecord:
         model = self.config.models[model_key]
         done = completion or outcome.completion
@@ -86,7 +98,7 @@ class Recorder:
             input_tokens=sum(c.input_tokens for c in paid),
             output_tokens=sum(c.output_tokens for c in paid),
             cached_input_tokens=sum(c.cached_input_tokens for c in paid),
-            cost_usd=sum(cost_usd(c, model.price) for c in paid),
+            cost_usd=bill(paid, model.price),
             latency_ms=latency,
             decision=decision,
             verdicts=verdicts,
@@ -95,10 +107,14 @@ class Recorder:
             text=done.text if done else None,
             usage_estimated=any(c.usage_estimated for c in paid),
         )
+        # The write comes first: on the event loop it may decline to wait (WouldBlock) and be
+        # run again on the ledger's thread, so nothing before it may change the run.
+        if hold is not None:
+            self.accounts.settle(hold, step)
+        elif self.ledger is not None:
+            self.accounts.record(step)
         run.steps.append(step)
         log.info("cascade.step", **step.as_event(log_content=run.log_content))
-        if self.ledger is not None:
-            self.ledger.record_step(step)
         return step
 
     def result(
@@ -143,6 +159,14 @@ class Recorder:
             )
 
     def close(self, result: CascadeResult, status: str) -> None:
+        if self.ledger is not None:
+            # First, for the same reason as in ``step``.
+            try:
+                self.ledger.record_run(result, status=status)
+            except LedgerError as exc:
+                # The steps carry the money; a missing run row loses none of it.
+                ledger_failed("cascade.ledger_write_failed", run_id=result.run_id,
+                              error=str(exc))
         log.info(
             "cascade.run",
             run_id=result.run_id,
@@ -154,5 +178,3 @@ class Recorder:
             cost_usd=result.cost_usd,
             latency_ms=round(result.latency_ms, 3),
         )
-        if self.ledger is not None:
-            self.ledger.record_run(result, status=status)
