@@ -184,12 +184,18 @@ def _ms(values: list[float], q: float) -> float:
     return round(percentile([v * 1000 for v in values], q), 3)
 
 
-def _summary(rate: float, raw: dict[str, Any], ledger: Path) -> dict[str, Any]:
+def _summary(rate: float, raw: dict[str, Any], ledger: Path | str) -> dict[str, Any]:
     gw_s = [r[0] for r in raw["gateway"]]
     dr_s = [r[0] for r in raw["direct"]]
     run_ids = [r[1] for r in raw["gateway"]]
-    with sqlite3.connect(ledger) as db:
-        inside = dict(db.execute("SELECT run_id, latency_ms FROM steps"))
+    if isinstance(ledger, str):  # a PostgreSQL URL
+        import psycopg
+
+        with psycopg.connect(ledger) as conn:
+            inside = dict(conn.execute("SELECT run_id, latency_ms FROM steps").fetchall())
+    else:
+        with sqlite3.connect(ledger) as db:
+            inside = dict(db.execute("SELECT run_id, latency_ms FROM steps"))
     own = [g * 1000 - inside[rid] for g, rid in zip(gw_s, run_ids, strict=True) if rid in inside]
     lag = [r[2] for r in raw["gateway"] + raw["direct"]]
     return {
@@ -223,11 +229,13 @@ def main() -> None:
     parser.add_argument("--loop", default="auto", choices=["auto", "asyncio", "uvloop"],
                         help="uvicorn's event loop (auto: uvloop when installed)")
     parser.add_argument("--json", help="also write the report here")
+    parser.add_argument("--postgres", metavar="URL",
+                        help="use this PostgreSQL ledger (an empty schema) instead of SQLite")
     args = parser.parse_args()
     os.environ.setdefault("OPENAI_API_KEY", "sk-bench")
     os.environ.setdefault("ANTHROPIC_API_KEY", "sk-ant-bench")
     load_before = round(os.getloadavg()[0], 2)  # other work on the box skews the numbers
-    ledger = Path(tempfile.mkdtemp()) / "ledger.sqlite"
+    ledger: Path | str = args.postgres or Path(tempfile.mkdtemp()) / "ledger.sqlite"
     ctx = multiprocessing.get_context("spawn")
     urls, stop = ctx.Queue(), ctx.Event()
     upstream = ctx.Process(target=_upstream, args=(args.latency_ms, urls, stop), daemon=True)
@@ -240,7 +248,7 @@ def main() -> None:
                             "price": {"input": 0.15, "output": 0.6}},
                    "sonnet": {"provider": "anthropic", "name": "claude-sonnet-4-6",
                               "price": {"input": 3, "output": 15}}},
-        "ledger": {"path": str(ledger)},
+        "ledger": {"url": ledger} if args.postgres else {"path": str(ledger)},
         "tasks": {"faq": {"ladder": ["mini", "sonnet"],
                           "evaluators": [{"type": "length", "min_words": 3}]}},
     }

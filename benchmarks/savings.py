@@ -267,6 +267,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--delta", type=float, default=None,
                         help="forwarded as calibrate(delta=...)")
     parser.add_argument("--bound", default=None, help="forwarded as calibrate(bound=...)")
+    parser.add_argument("--scheme", default=None, help="forwarded as calibrate(scheme=...)")
     parser.add_argument("--fit-fraction", type=float, default=None,
                         help="forwarded as calibrate(fit_fraction=...)")
     parser.add_argument("--label", default=None,
@@ -295,6 +296,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     extra: dict[str, Any] = {}
     if args.bound is not None:
         extra["bound"] = args.bound
+    if args.scheme is not None:
+        extra["scheme"] = args.scheme
     if args.fit_fraction is not None:
         extra["fit_fraction"] = args.fit_fraction
     _quiet()

@@ -449,6 +449,7 @@ def calibrate(
     seed: int = 0,
     text_features: bool = False,
     bound: Literal["betting", "clt"] = "betting",
+    scheme: Literal["holdout", "crossfit"] = "holdout",
 ) -> CalibrationResult:
     """Find the cheapest policy (or thresholds) that keeps quality >= R x always-top.
 
@@ -493,6 +494,7 @@ def calibrate(
             seed=seed,
             text_features=text_features,
             bound=bound,
+            scheme=scheme,
             say=say,
         )
         return result

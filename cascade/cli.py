@@ -10,14 +10,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sqlite3
 import sys
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
-from cascade import cli_replay, server_cli
-from cascade.config import load_config, resolve_path
+from cascade import cli_ledger, cli_replay, server_cli
+from cascade.config import load_config
 from cascade.engine import Cascade
 from cascade.errors import (
     CascadeError,
@@ -27,15 +25,12 @@ from cascade.errors import (
     ProviderError,
     RequestError,
 )
-from cascade.ledger import Ledger, check_ledger_path
-from cascade.limits import Limits
+from cascade.ledger import Ledger, check_ledger_config
 from cascade.logs import configure_cli
-from cascade.report import ledger_report
 
 __all__ = ["main"]
 
 Handler = Callable[[argparse.Namespace], int]
-DEFAULT_LEDGER = "cascade-ledger.sqlite"
 
 
 def _version() -> str:
@@ -97,8 +92,7 @@ def _result_json(result: Any) -> dict[str, Any]:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     config = load_config(args.config)
-    if config.ledger.path:
-        check_ledger_path(resolve_path(config.ledger.path, args.config), config_path=args.config)
+    check_ledger_config(config.ledger, config_path=args.config)
     # An in-memory ledger: validating must not create the real one, but budgets need one.
     engine = Cascade(config, path=args.config, ledger=Ledger(":memory:"))
     warnings = server_cli.unset_key_warnings(config)
@@ -118,68 +112,6 @@ def cmd_validate(args: argparse.Namespace) -> int:
         f"{args.config}: OK ({len(config.tasks)} tasks, {rungs} rungs, "
         f"{len(config.models)} models, {len(config.providers)} providers)"
     )
-    return 0
-
-
-def cmd_report(args: argparse.Namespace) -> int:
-    config = load_config(args.config) if args.config else None
-    if args.ledger is not None:
-        path = Path(args.ledger)
-    elif config is not None and config.ledger.path:
-        path = Path(resolve_path(config.ledger.path, args.config))  # the file that config writes
-    else:
-        path = Path(DEFAULT_LEDGER)
-    if not path.exists():
-        raise ConfigError(
-            "ledger file not found (run something first, or pass --ledger)", path=str(path)
-        )
-    try:
-        ledger = Ledger(path)
-        report = ledger_report(ledger)
-    except sqlite3.DatabaseError as exc:
-        raise ConfigError(f"not a cascade ledger: {exc}", path=str(path)) from exc
-    try:
-        if config is not None:
-            guard = Limits(config, ledger).guard
-            report["budgets"] = guard.status() if guard else []
-    finally:
-        ledger.close()
-    if args.json:
-        print(json.dumps(report, indent=2))
-        return 0
-    from rich.console import Console
-    from rich.table import Table
-
-    print(f"{path}: {report['runs']} runs, ${report['total_cost_usd']:.6f} total")
-    table = Table()
-    for column in ("task", "model", "runs/calls", "cost USD", "escalation", "accepted"):
-        table.add_column(column, justify="left" if column in ("task", "model") else "right")
-    for task, t in report["tasks"].items():
-        accepted = "-" if t["accepted_rate"] is None else f"{t['accepted_rate']:.1%}"
-        table.add_row(
-            task,
-            "(all)",
-            str(t["runs"]),
-            f"{t['cost_usd']:.6f}",
-            f"{t['escalation_rate']:.1%}",
-            accepted,
-        )
-        for model, m in t["models"].items():
-            table.add_row("", model, str(m["calls"]), f"{m['cost_usd']:.6f}", "", "")
-    Console().print(table)
-    for task, t in report["tasks"].items():
-        if t["usage_estimated"]:
-            print(
-                f"{task}: {t['usage_estimated']} step(s) billed at an estimate "
-                "(the provider reported no usage)"
-            )
-    for budget in report.get("budgets", []):
-        scope = "global" if budget["scope"] == "global" else f"task {budget['scope']}"
-        share = budget["spent_usd"] / budget["limit_usd"] if budget["limit_usd"] else 1.0
-        print(
-            f"{budget['period']} budget ({scope}): ${budget['spent_usd']:.6f} of "
-            f"${budget['limit_usd']:.2f} ({share:.1%})"
-        )
     return 0
 
 
@@ -228,20 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("config", help="YAML config file")
     validate.set_defaults(handler=cmd_validate)
 
-    report = sub.add_parser(
-        "report",
-        help="spend, calls and escalation rate from the ledger",
-        description="Summarise the ledger per task and per model.",
-    )
-    report.add_argument(
-        "--ledger", help=f"ledger file (default: --config's ledger.path, else {DEFAULT_LEDGER})"
-    )
-    report.add_argument("--json", action="store_true", help="print JSON for scripts")
-    report.add_argument(
-        "--config", help="read ledger.path from this config and show spend against its budgets"
-    )
-    report.set_defaults(handler=cmd_report)
-
+    cli_ledger.register(sub)
     cli_replay.register(sub)
     server_cli.register(sub)
     return parser

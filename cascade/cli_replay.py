@@ -195,6 +195,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         seed=args.seed,
         text_features=args.text_features,
         bound=args.bound,
+        scheme=args.scheme,
     )
     report = result.as_json()
     if args.json:
@@ -221,8 +222,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     if result.guarantee is not None:
         g = result.guarantee
         print(
-            f"guarantee: {g['statement']} ({g['method']}, {g['bound']} bound; fitted on "
-            f"{g['fit_queries']} train queries, certified on the other {g['certify_queries']}; "
+            f"guarantee: {g['statement']} ({g['method']}, {g['scheme']}, {g['bound']} bound; "
+            f"fitted on {g['fit_queries']} train queries, certified on {g['certify_queries']}; "
             f"{g['certified']} of {g['candidates']} candidate policies certified, "
             f"chosen p = {g['p_value']:.4g})"
         )
@@ -344,6 +345,14 @@ def register(sub: Any) -> None:
         type=float,
         default=0.5,
         help="share of TRAIN used to fit and search; the rest certifies (default 0.5)",
+    )
+    cal.add_argument(
+        "--scheme",
+        choices=["holdout", "crossfit"],
+        default="holdout",
+        help="holdout (default): fit and search on one part, certify on the other; crossfit: "
+        "5-fold estimates for every train query, certified along thresholds fixed in advance "
+        "(more data for both, the deployed model is refit on all of it)",
     )
     cal.add_argument("--seed", type=int, default=0, help="seed of the fit/certify split")
     cal.add_argument(

@@ -19,8 +19,10 @@ from pydantic import (
     ConfigDict,
     Field,
     PrivateAttr,
+    SecretStr,
     ValidationError,
     field_validator,
+    model_validator,
 )
 
 from cascade.errors import ConfigError
@@ -122,11 +124,30 @@ class RetryConfig(BaseModel):
 
 
 class LedgerConfig(BaseModel):
-    """Where the SQLite ledger lives; ``path: null`` turns the ledger off."""
+    """Where the ledger lives: a SQLite ``path`` (``null`` turns the ledger off), or a
+    PostgreSQL database named by ``url_env`` (the variable holding its URL) or ``url``.
+
+    The URL may hold a password, so it is a secret: never shown in a repr, a log or an error.
+    """
 
     model_config = _STRICT
 
     path: str | None = "cascade-ledger.sqlite"
+    url: SecretStr | None = None
+    url_env: str | None = Field(default=None, min_length=1)
+    pool_size: int = Field(default=10, ge=1, le=200)
+
+    @model_validator(mode="after")
+    def _one_backend(self) -> LedgerConfig:
+        if self.url is not None and self.url_env is not None:
+            raise ValueError("set url or url_env, not both")
+        if (self.url is not None or self.url_env) and "path" in self.model_fields_set and self.path:
+            raise ValueError("set path (SQLite) or url/url_env (PostgreSQL), not both")
+        return self
+
+    @property
+    def postgres(self) -> bool:
+        return self.url is not None or self.url_env is not None
 
 
 class LoggingConfig(BaseModel):

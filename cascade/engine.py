@@ -1,8 +1,9 @@
 """The engine: call a rung -> price it -> evaluate -> log and record -> accept or escalate.
 
 The ladder logic is written once, as a generator that yields the I/O it needs (a model call,
-an evaluation) and receives the outcome. ``complete`` drives it synchronously and ``acomplete``
-with ``await``, so both paths take exactly the same decisions.
+an evaluation, a ledger operation) and receives the outcome. ``complete`` drives it
+synchronously and ``acomplete`` with ``await`` (``cascade.plan``), so both paths take exactly the
+same decisions.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ from cascade.ledger import Ledger, open_ledger
 from cascade.limits import Gate, Limits
 from cascade.logs import get_logger
 from cascade.params import bound_output, check_call_params
+from cascade.plan import Eval, Io, Plan, adrive, drive, io
 from cascade.plugins import PROVIDERS, load_plugin
 from cascade.pricing import cost_usd
 from cascade.providers.base import Provider
@@ -94,14 +96,6 @@ class _Task:
     escalate_on_truncation: bool = True
 
 
-@dataclass(frozen=True, slots=True)
-class _Eval:
-    slot: Slot
-    request: Request
-    completion: Completion
-
-
-_Plan = Generator["Call | _Eval", Any, CascadeResult]
 _Attempt = tuple[Completion, tuple[Verdict, ...], bool, "tuple[Slot, Verdict] | None"]
 
 
@@ -113,13 +107,15 @@ class Cascade:
         path: The file it came from, used in error messages and to resolve relative paths.
         providers: Provider instances to use instead of building them from the config,
             keyed by ``providers:`` name (tests, custom clients).
-        ledger: A ``Ledger`` to record into; by default the config's ``ledger.path``.
-            Pass ``False`` to record nothing.
+        ledger: A ``Ledger`` to record into; by default the config's ``ledger:`` section
+            (a SQLite ``path`` or a PostgreSQL ``url_env``/``url``). Pass ``False`` to record
+            nothing.
         sleep: The retry layer's sleep (inject a no-op in tests).
         asleep: The async retry layer's sleep.
 
     Raises:
         ConfigError: an evaluator's settings are invalid, or a plug-in is missing.
+        LedgerError: the configured ledger cannot be opened.
     """
 
     def __init__(
@@ -145,11 +141,7 @@ class Cascade:
                 raise ConfigError(exc.message, path=path, location=exc.location) from exc
             raise
         if ledger is None or ledger is True:
-            self.ledger = (
-                open_ledger(resolve_path(config.ledger.path, path), config_path=path)
-                if config.ledger.path
-                else None
-            )
+            self.ledger = open_ledger(config.ledger, config_path=path)
         else:
             self.ledger = ledger or None
         try:
@@ -159,7 +151,7 @@ class Cascade:
         cached_tasks = any(t.cache for t in config.tasks.values())
         self.cache = ResponseCache(resolve_path(config.cache.path, path)) if cached_tasks else None
         self._caller = Caller(config, self.providers, retry, self.limits)
-        self._recorder = Recorder(config, self.ledger)
+        self._recorder = Recorder(config, self.ledger, self.limits.accounts)
 
     @property
     def retry(self) -> RetryPolicy:
@@ -337,7 +329,7 @@ class Cascade:
         )
         token = current_run.set(run)
         try:
-            return self._recorder.finish(self._drive(plan), run)
+            return self._recorder.finish(drive(plan, self._caller.call), run)
         except CascadeError as exc:
             self._recorder.fail(exc, run)
             raise self._located(exc) from exc.__cause__
@@ -355,18 +347,37 @@ class Cascade:
         deadline_s: float | None = None,
         **params: Any,
     ) -> CascadeResult:
-        """The async twin of ``complete``, with the same arguments, result and errors."""
+        """The async twin of ``complete``, with the same arguments, result and errors.
+
+        The event loop never waits for the ledger: a write-ahead row, reservation or
+        settlement runs in place only when the ledger can take it at once (SQLite, about
+        0.1 ms), else on the ledger's thread (PostgreSQL: always).
+        """
         plan, run = self._start(
             task, prompt, query_id, max_cost_usd, log_content, deadline_s, params
         )
         token = current_run.set(run)
         try:
-            return self._recorder.finish(await self._adrive(plan), run)
+            done = await adrive(plan, self._caller.acall, self._ledger_io, self._off_loop)
+            result: CascadeResult = await self._ledger_io(self._recorder.finish, done, run)
         except CascadeError as exc:
-            self._recorder.fail(exc, run)
+            await self._ledger_io(self._recorder.fail, exc, run)
             raise self._located(exc) from exc.__cause__
         finally:
             current_run.reset(token)
+        return result
+
+    async def _off_loop(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run code that may wait for the ledger on the ledger's threads (inline without one)."""
+        if self.ledger is None:
+            return fn(*args)
+        return await self.ledger.run(fn, *args)
+
+    async def _ledger_io(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """A ledger operation: on the loop if the ledger is free right now, else on its thread."""
+        if self.ledger is None:
+            return fn(*args, **kwargs)
+        return await self.ledger.arun(fn, *args, **kwargs)
 
     # -- ModelServices, lent to evaluators that call a model (the judge) -----------------------
 
@@ -386,9 +397,9 @@ class Cascade:
         Raises:
             ProviderError: the call failed, or a budget or open circuit refused it.
         """
-        op, run, gate = self._side_call(model, messages, params)
+        op, run, gate, index = self._side_call(model, messages, params)
         try:
-            return self._side_result(op, run, self._caller.call(op))
+            return self._side_result(op, run, self._caller.call(op), gate, index)
         finally:
             self.limits.release(gate)
 
@@ -396,15 +407,19 @@ class Cascade:
         self, model: str, messages: Sequence[Message], params: Mapping[str, Any] | None = None
     ) -> Completion:
         """The async twin of ``call_model``."""
-        op, run, gate = self._side_call(model, messages, params)
+        op, run, gate, index = await self._off_loop(self._side_call, model, messages, params)
         try:
-            return self._side_result(op, run, await self._caller.acall(op))
+            outcome = await self._caller.acall(op)
+            done: Completion = await self._off_loop(
+                self._side_result, op, run, outcome, gate, index
+            )
+            return done
         finally:
-            self.limits.release(gate)
+            await self._off_loop(self.limits.release, gate)
 
     def _side_call(
         self, model: str, messages: Sequence[Message], params: Mapping[str, Any] | None
-    ) -> tuple[Call, Run | None, Gate]:
+    ) -> tuple[Call, Run | None, Gate, int]:
         settings = self.config.models[model]
         run = current_run.get()
         query_id = run.query_id if run is not None else None
@@ -418,7 +433,7 @@ class Cascade:
             run.deadline if run is not None else None,
         )
         if run is None:
-            return op, None, Gate()
+            return op, None, Gate(), 0
         gate = self.limits.check(
             run.task,
             settings.provider,
@@ -427,21 +442,27 @@ class Cascade:
             op.params,
             run.cost() + run.pending,
             run.cap,
+            run_id=run.run_id,
+            step=(index := run.next_index()),
         )
         if gate.skipped:
             self._recorder.step(
-                run, model, Outcome(None, None, 0, 0.0), "skip", (), error=gate.reason
+                run, model, Outcome(None, None, 0, 0.0), "skip", (), error=gate.reason,
+                index=index,
             )
             raise ProviderError(
                 f"judge call refused: {gate.reason}",
                 provider=settings.provider,
                 model=settings.name,
             )
-        return op, run, gate
+        return op, run, gate, index
 
-    def _side_result(self, op: Call, run: Run | None, outcome: Outcome) -> Completion:
+    def _side_result(
+        self, op: Call, run: Run | None, outcome: Outcome, gate: Gate, index: int
+    ) -> Completion:
         if run is not None:
-            self._recorder.step(run, op.model_key, outcome, "judge", ())
+            self._recorder.step(run, op.model_key, outcome, "judge", (), index=index,
+                                hold=gate.hold)
         if outcome.error is not None:
             raise outcome.error
         assert outcome.completion is not None
@@ -458,7 +479,7 @@ class Cascade:
         log_content: bool | None,
         deadline_s: float | None,
         params: dict[str, Any],
-    ) -> tuple[_Plan, Run]:
+    ) -> tuple[Plan, Run]:
         if task not in self.tasks:
             raise ConfigError(
                 f"unknown task {task!r} (defined: {', '.join(self.tasks)})",
@@ -514,14 +535,14 @@ class Cascade:
             ), run
         return self._plan(self.tasks[task], messages, params, run, query_id, cap), run
 
-    def _cached(self, run: Run, model: str, text: str, parsed: Any) -> _Plan:
+    def _cached(self, run: Run, model: str, text: str, parsed: Any) -> Plan:
         """A cache hit: one free step marked ``cache``, no provider call."""
         done = Completion(text=text, model=model, provider=self.config.models[model].provider)
-        self._recorder.step(run, model, Outcome(done, None, 0, 0.0), "cache", ())
+        yield io(self._recorder.step, run, model, Outcome(done, None, 0, 0.0), "cache", (),
+                  index=run.next_index())
         return replace(
             self._result(run, None, done, (), accepted=True), model=model, json=parsed, cached=True
         )
-        yield  # a generator, so both drivers take it like any plan
 
     def _plan(
         self,
@@ -532,7 +553,7 @@ class Cascade:
         query_id: str | None,
         cap: float | None = None,
         cache_as: tuple[str, float] | None = None,
-    ) -> _Plan:
+    ) -> Plan:
         history: list[Completion] = []
         last: tuple[Rung, Completion, tuple[Verdict, ...]] | None = None
         refused: list[Gate] = []
@@ -545,7 +566,11 @@ class Cascade:
                 verdict = Verdict(
                     "router", False, p, f"predicted P(correct) = {p:.3f} < skip_below {threshold:g}"
                 )
-                self._recorder.step(run, rung.key, Outcome(None, None, 0, 0.0), "skip", (verdict,))
+                yield io(
+                    self._recorder.step,
+                    run, rung.key, Outcome(None, None, 0, 0.0), "skip", (verdict,),
+                    index=run.next_index(),
+                )
                 continue
             # The worst case assumes this many output tokens, so the call is held to it.
             call_params = bound_output(
@@ -560,22 +585,26 @@ class Cascade:
             repairs = {s.name: int(getattr(s.evaluator, "repair_attempts", 0)) for s in rung.slots}
             while True:
                 if run.deadline is not None and time.monotonic() >= run.deadline:
-                    self._recorder.step(
-                        run,
-                        rung.key,
-                        Outcome(None, None, 0, 0.0),
-                        "skip",
-                        (),
-                        error="the run's deadline passed (deadline_s)",
+                    # Nothing is called, so nothing is reserved: a row of its own, cost 0.
+                    yield io(
+                        self._recorder.step,
+                        run, rung.key, Outcome(None, None, 0, 0.0), "skip", (),
+                        error="the run's deadline passed (deadline_s)", index=run.next_index(),
                     )
                     break
-                gate = self.limits.check(
-                    task.name, rung.model.provider, rung.key, convo, call_params, run.cost(), cap
+                index = run.next_index()
+                # Writes the step's pending row before the call, or raises LedgerError.
+                gate: Gate = yield io(
+                    self.limits.check,
+                    task.name, rung.model.provider, rung.key, convo, call_params, run.cost(), cap,
+                    run_id=run.run_id, step=index,
                 )
                 if gate.skipped:
                     refused.append(gate)
-                    self._recorder.step(
-                        run, rung.key, Outcome(None, None, 0, 0.0), "skip", (), error=gate.reason
+                    yield io(
+                        self._recorder.step,
+                        run, rung.key, Outcome(None, None, 0, 0.0), "skip", (), error=gate.reason,
+                        index=index,
                     )
                     break
                 try:
@@ -594,10 +623,12 @@ class Cascade:
                             query_id=query_id,
                         ),
                         repairs,
+                        index,
+                        gate,
                     )
                 finally:
-                    # Only now is the step's real cost in the ledger, so the budget never
-                    # loses sight of this spend.
+                    # A hold still open here never heard back from its call (cancelled): it is
+                    # settled as lost at its worst case, never silently dropped.
                     self.limits.release(gate)
                 if step is None:
                     break
@@ -651,17 +682,19 @@ class Cascade:
         call_params: dict[str, Any],
         request: Request,
         repairs: Mapping[str, int],
-    ) -> Generator[Call | _Eval, Any, _Attempt | None]:
+        index: int,
+        gate: Gate,
+    ) -> Generator[Call | Eval | Io, Any, _Attempt | None]:
         """Call one rung once, evaluate the answer and record the step; None if the call failed."""
         outcome = yield Call(rung.key, convo, call_params, request.query_id, run.deadline)
         if outcome.completion is None:
-            self._recorder.step(run, rung.key, outcome, "error", ())
+            yield io(self._recorder.step, run, rung.key, outcome, "error", (), index=index,
+                      hold=gate.hold)
             return None
         completion = replace(outcome.completion, model=rung.key)
         # Evaluators that add to the answer (a confidence line) read it raw; the others judge
         # the text the user would get.
         clean = finalized(rung.slots, completion)
-        index = run.next_index()  # before evaluation, so judge steps number after it
         # A judge called during evaluation must count this answer's cost against the cap.
         run.pending = cost_usd(completion, rung.model.price)
         verdicts: list[Verdict] = []
@@ -672,13 +705,14 @@ class Cascade:
                 slots = ()
                 verdicts.append(TRUNCATED)
             for slot in slots:
-                verdict = yield _Eval(slot, request, shown(slot, completion, clean))
+                verdict = yield Eval(slot, request, shown(slot, completion, clean))
                 verdicts.append(verdict)
                 if decided(rung.accept, verdict):
                     break
         except Exception as exc:
             # The answer was paid for: its step goes to the ledger before the error goes up.
-            self._recorder.step(
+            yield io(
+                self._recorder.step,
                 run,
                 rung.key,
                 outcome,
@@ -687,6 +721,7 @@ class Cascade:
                 completion=completion,
                 index=index,
                 error=f"evaluation failed: {exc}",
+                hold=gate.hold,
             )
             raise
         finally:
@@ -698,52 +733,14 @@ class Cascade:
             ok = combine(rung.accept, verdicts, weights)
             fixer = None if ok else _repairer(slots, verdicts, repairs)
         decision: Decision = "accept" if ok else ("repair" if fixer else "escalate")
-        self._recorder.step(
-            run, rung.key, outcome, decision, tuple(verdicts), completion=completion, index=index
+        yield io(
+            self._recorder.step,
+            run, rung.key, outcome, decision, tuple(verdicts), completion=completion, index=index,
+            hold=gate.hold,
         )
         return completion, tuple(verdicts), ok, fixer
 
-    # -- drivers ----------------------------------------------------------------------------------
-
-    # Both drivers hand an operation's exception back into the plan (so it can record the step
-    # it belongs to) and close the plan on the way out, so a cancelled or failed run releases
-    # its budget reservations at once rather than whenever the generator is collected.
-
-    def _drive(self, plan: _Plan) -> CascadeResult:
-        try:
-            step = _advance(plan, None, None)
-            while not isinstance(step, CascadeResult):
-                reply: Outcome | Verdict | None = None
-                error: Exception | None = None
-                try:
-                    if isinstance(step, Call):
-                        reply = self._caller.call(step)
-                    else:
-                        reply = step.slot.run(step.request, step.completion)
-                except Exception as exc:
-                    error = exc
-                step = _advance(plan, reply, error)
-            return step
-        finally:
-            plan.close()
-
-    async def _adrive(self, plan: _Plan) -> CascadeResult:
-        try:
-            step = _advance(plan, None, None)
-            while not isinstance(step, CascadeResult):
-                reply: Outcome | Verdict | None = None
-                error: Exception | None = None
-                try:
-                    if isinstance(step, Call):
-                        reply = await self._caller.acall(step)
-                    else:
-                        reply = await step.slot.arun(step.request, step.completion)
-                except Exception as exc:
-                    error = exc
-                step = _advance(plan, reply, error)
-            return step
-        finally:
-            plan.close()
+    # -- helpers ----------------------------------------------------------------------------------
 
     def _located(self, exc: CascadeError) -> CascadeError:
         """Name this engine's config file in a ConfigError raised deep inside (a missing key)."""
@@ -773,15 +770,6 @@ class Cascade:
             accepted=accepted,
             finalizers=finalizers,
         )
-
-
-def _advance(plan: _Plan, reply: Any, error: Exception | None) -> Call | _Eval | CascadeResult:
-    """The plan's next operation, or its result once it is done."""
-    try:
-        return plan.send(reply) if error is None else plan.throw(error)
-    except StopIteration as done:
-        result: CascadeResult = done.value
-        return result
 
 
 def _repairer(

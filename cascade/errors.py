@@ -11,6 +11,7 @@
     │   └── InvalidUsage                           (a reply's token counts are not believable)
     ├── EvaluatorError       evaluator             (an evaluator crashed: a bug, not a rejection)
     ├── BudgetExceeded       limit_usd, estimate_usd, result
+    ├── LedgerError          backend               (the ledger cannot take a write: fail closed)
     └── CascadeExhausted     result                (no rung passed and on_exhausted is "raise")
 
 A rejected answer is never an exception: it is a ``Verdict`` with ``passed=False``.
@@ -31,6 +32,7 @@ __all__ = [
     "DatasetError",
     "EvaluatorError",
     "InvalidUsage",
+    "LedgerError",
     "PluginNotFound",
     "ProviderError",
     "RequestError",
@@ -158,6 +160,22 @@ class BudgetExceeded(CascadeError):
         self.limit_usd = limit_usd
         self.estimate_usd = estimate_usd
         self.result = result
+
+
+class LedgerError(CascadeError):
+    """The ledger could not be opened, read or written.
+
+    Raised before any upstream call when the write-ahead row of a step cannot be written, so
+    nothing is paid for that is not recorded. The message never holds a database password.
+
+    Attributes:
+        backend: ``"sqlite"`` or ``"postgres"``.
+    """
+
+    def __init__(self, message: str, *, backend: str = ""):
+        super().__init__(message)
+        self.message = message
+        self.backend = backend
 
 
 class CascadeExhausted(CascadeError):

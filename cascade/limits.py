@@ -10,29 +10,29 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from cascade.breaker import CircuitBreaker
-from cascade.budget import BudgetGuard, Limit, Reservation, worst_case_cost
 from cascade.config import CascadeConfig
 from cascade.errors import ConfigError
 from cascade.ledger import Ledger
+from cascade.money import Accounts, Hold, Limit, worst_case_cost
 from cascade.types import Message
 
 __all__ = ["Gate", "Limits"]
 
 
 class Gate:
-    """The outcome of checking one rung: go (with a reservation to release) or skip, and why."""
+    """The outcome of checking one rung: go (with its pending-row hold) or skip, and why."""
 
-    __slots__ = ("estimate", "kind", "limit_usd", "reason", "reservation")
+    __slots__ = ("estimate", "hold", "kind", "limit_usd", "reason")
 
     def __init__(
         self,
-        reservation: Reservation | None = None,
+        hold: Hold | None = None,
         reason: str | None = None,
         kind: str = "",
         estimate: float = 0.0,
         limit_usd: float = 0.0,
     ):
-        self.reservation = reservation
+        self.hold = hold
         self.reason = reason
         self.kind = kind  # "circuit" | "budget" when skipped
         self.estimate = estimate
@@ -72,12 +72,15 @@ class Limits:
                     limits.append(Limit(scope, period, value))
         if limits and ledger is None:
             raise ConfigError(
-                "period budgets are enforced from the ledger; set ledger.path", location="budgets"
+                "period budgets are enforced from the ledger; set ledger.path or ledger.url_env",
+                location="budgets",
             )
-        self.guard = BudgetGuard(ledger, limits) if limits and ledger else None
+        self.accounts = Accounts(ledger, limits)
 
-    def budgeted(self, task: str, cap: float | None) -> bool:
-        return cap is not None or bool(self.guard and self.guard.applicable(task))
+    @property
+    def guard(self) -> Accounts | None:
+        """The accounts when period budgets are set (release 0.1's ``BudgetGuard``)."""
+        return self.accounts if self.accounts.limits else None
 
     def check(
         self,
@@ -88,7 +91,15 @@ class Limits:
         params: Mapping[str, Any],
         spent: float,
         cap: float | None,
+        *,
+        run_id: str = "",
+        step: int = 0,
     ) -> Gate:
+        """Circuit, cost cap and period budgets; a go writes the step's pending row.
+
+        Raises:
+            LedgerError: the pending row could not be written (do not call the model).
+        """
         breaker = self.breakers.get(provider)
         if breaker is not None:
             left = breaker.open_for()
@@ -98,27 +109,26 @@ class Limits:
                     f"({left:.1f}s of cool-down left)",
                     kind="circuit",
                 )
-        if not self.budgeted(task, cap):
-            return Gate()
         estimate = worst_case_cost(messages, params, self.config.models[model_key].price)
-        if cap is not None and spent + estimate > cap:
+        hold, refusal = self.accounts.reserve(
+            run_id=run_id,
+            task=task,
+            step=step,
+            model_key=model_key,
+            provider=provider,
+            estimate=estimate,
+            spent=spent,
+            cap=cap,
+        )
+        if refusal is not None:
             return Gate(
-                reason=f"max_cost_usd ${cap:.6f}: spent ${spent:.6f} + worst case "
-                f"${estimate:.6f} for {model_key}",
-                kind="budget",
-                estimate=estimate,
-                limit_usd=cap,
+                reason=refusal.reason, kind="budget", estimate=estimate,
+                limit_usd=refusal.limit_usd,
             )
-        if self.guard is None:
-            return Gate(estimate=estimate)
-        reservation, limit, refusal = self.guard.reserve(task, estimate)
-        if limit is not None:
-            return Gate(reason=refusal, kind="budget", estimate=estimate, limit_usd=limit.limit_usd)
-        return Gate(reservation=reservation, estimate=estimate)
+        return Gate(hold=hold, estimate=estimate)
 
     def release(self, gate: Gate) -> None:
-        if self.guard is not None:
-            self.guard.release(gate.reservation)
+        self.accounts.release(gate.hold)
 
     def sync_slot(self, provider: str) -> threading.BoundedSemaphore | None:
         return self._sync_slots.get(provider)

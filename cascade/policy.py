@@ -1,25 +1,36 @@
 """``cascade calibrate``'s default method: learn the policy, then certify it (Learn-then-Test).
 
+Scheme ``holdout`` (the default):
+
 1. The train file is split in two (seeded): a *fit* part and a *certify* part.
 2. On the fit part, a calibrated ``quality_model`` is fitted per rung from the rung's candidate
    evaluators (their verdicts become features) plus log-probabilities, agreement with earlier
    rungs and the answer's and prompt's shape; a prompt-only router per rung likewise.
    Cross-fitting gives every fit query a prediction from a model that did not see it.
-3. Still on the fit part, the cheapest policy (kept rungs, router skip thresholds, acceptance
-   thresholds) is searched for each price of quality lambda (minimise cost/top - lambda x
-   quality/top), from quality-first to cost-first. The optimal policies, most conservative
-   first, form the candidate sequence; always-top comes first.
+3. Still on the fit part, every policy (kept rungs, router skip thresholds, acceptance
+   thresholds) is evaluated on small grids, and on large ones the cheapest policy for each
+   price of quality lambda is searched by coordinate descent. The policies no other beats on
+   both cost and quality, most conservative first, form the candidate sequence.
 4. On the certify part, never used so far, the candidates are tested in that order
    (``cascade.guarantee``): each must show E[q - R x q_top] >= 0 at level delta. The cheapest
    certified candidate is chosen. With probability >= 1 - delta it meets the target.
-5. The chosen policy is written as an ordinary config (``quality_model`` evaluators, a
-   ``router``), replayed through the real engine on train and test, and checked against the
-   simulation query by query in aggregate.
+
+Scheme ``crossfit``: every train query gets an estimate from the fold models (5 folds) that did
+not see it, and candidates are fixed before any data is seen: per subset of kept rungs, one
+common acceptance bar on the calibrated probability, from 1.0 down to 0 in steps of 0.005.
+Each subset's sequence is tested on all train queries at level delta / (number of subsets).
+Twice the data for fitting and for certifying; the price is that the deployed model, refit on
+every train query, is not exactly the fold models the certificate was computed with.
+
+Either way the chosen policy is written as an ordinary config (``quality_model`` evaluators, a
+``router``), replayed through the real engine on train and test, and held to the simulation's
+cost and quality (a mismatch is a bug, and raises).
 """
 
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -34,14 +45,15 @@ from cascade.config import CascadeConfig, load_config, parse_config
 from cascade.dataset import ReplayRecord, load_dataset
 from cascade.errors import CascadeError, ConfigError, DatasetError
 from cascade.guarantee import fixed_sequence
-from cascade.policy_table import AnswerTable, Estimates, FitSettings, Policy, simulate
+from cascade.policy_table import FOLDS, AnswerTable, Estimates, FitSettings, Policy, simulate
 
 __all__ = ["calibrate_policy"]
 
 LAMBDAS = np.geomspace(50.0, 0.02, 28)  # quality-first to cost-first
-ACCEPT_POINTS = 48  # candidate acceptance thresholds per rung
+ACCEPT_POINTS = 64  # candidate acceptance thresholds per rung
 SKIP_QUANTILES = (0.1, 0.25, 0.5)
 MIN_CERTIFY = 20
+EXHAUSTIVE = 4000  # combinations of one subset evaluated exhaustively (else coordinate descent)
 
 
 def _subsets(rungs: int) -> list[tuple[int, ...]]:
@@ -110,6 +122,12 @@ class _Search:
                 {i: v for (kind, i), v in s.items() if kind == "accept"},
             )
 
+        grid = math.prod(len(v) for v in opts.values())
+        if grid <= EXHAUSTIVE:  # small ladders: every combination, so the path is complete
+            keys = list(opts)
+            for combo in itertools.product(*(opts[k] for k in keys)):
+                self.run(policy(dict(zip(keys, combo, strict=True))))
+            return []
         out = []
         for lam in LAMBDAS:
 
@@ -149,6 +167,19 @@ def _path(search: _Search, subsets: Sequence[tuple[int, ...]]) -> list[Policy]:
             path.append(policy)
             cheapest = c
     return path
+
+
+GRID = tuple(round(1 - k / 200, 3) for k in range(201))  # acceptance bars, 1.0 down to 0.0
+
+
+def _grid_paths(rungs: int) -> list[list[Policy]]:
+    """Data-independent candidate sequences: per kept-rung subset, one common acceptance bar
+    on the calibrated probability, from 1.0 (conservative) down to 0."""
+    out = []
+    for subset in _subsets(rungs):
+        if len(subset) > 1:
+            out.append([Policy(subset, {}, dict.fromkeys(subset[:-1], bar)) for bar in GRID])
+    return out
 
 
 def _describe(table: AnswerTable, policy: Policy) -> dict[str, dict[str, float]]:
@@ -234,6 +265,7 @@ def calibrate_policy(
     seed: int = 0,
     text_features: bool = False,
     bound: str = "betting",
+    scheme: str = "holdout",
     say: Callable[[str], None] = lambda s: None,
 ) -> Any:
     """Learn a policy on part of ``train`` and certify it on the rest; see the module doc.
@@ -245,6 +277,8 @@ def calibrate_policy(
 
     if not 0 < delta < 1:
         raise ValueError(f"delta must be in (0, 1), got {delta!r}")
+    if scheme not in ("holdout", "crossfit"):
+        raise ValueError(f"scheme must be 'holdout' or 'crossfit', got {scheme!r}")
     if not 0 < fit_fraction < 1:
         raise ValueError(f"fit_fraction must be in (0, 1), got {fit_fraction!r}")
     started = time.perf_counter()
@@ -284,36 +318,58 @@ def calibrate_policy(
                 location=f"tasks.{task}.ladder[{i}].evaluators",
             )
     n = table.n
-    order = np.random.default_rng(seed).permutation(n)
-    n_fit = round(fit_fraction * n)
-    fit_rows, cert_rows = np.sort(order[:n_fit]), np.sort(order[n_fit:])
+    top = len(table.rungs) - 1
+    always_top = Policy((top,))
+    if scheme == "holdout":
+        order = np.random.default_rng(seed).permutation(n)
+        n_fit = round(fit_fraction * n)
+        fit_rows, cert_rows = np.sort(order[:n_fit]), np.sort(order[n_fit:])
+    else:  # crossfit: every query is fitted on (by 4 of 5 fold models) and certified on
+        fit_rows = cert_rows = np.arange(n)
     if len(cert_rows) < MIN_CERTIFY or len(fit_rows) < MIN_CERTIFY:
         raise DatasetError(
             f"{train}: {n} queries of task {task!r} are too few to fit on one part and "
             f"certify on the other (need {2 * MIN_CERTIFY})"
         )
-    say(
-        f"task {task}: {n} train queries: {len(fit_rows)} to fit and search, "
-        f"{len(cert_rows)} to certify; ladder {' -> '.join(table.keys)}"
-    )
     est = Estimates(table, fit_rows, FitSettings(text=text_features), seed)
     search = _Search(table, est, fit_rows)
-    path = _path(search, _subsets(len(table.rungs)))
-    say(f"searched {len(search.points):,} policies; {len(path)} candidates to certify")
-    top = len(table.rungs) - 1
+    if scheme == "holdout":
+        say(
+            f"task {task}: {n} train queries: {len(fit_rows)} to fit and search, "
+            f"{len(cert_rows)} to certify; ladder {' -> '.join(table.keys)}"
+        )
+        sequences = [_path(search, _subsets(len(table.rungs)))[1:]]
+    else:
+        say(
+            f"task {task}: {n} train queries, cross-fitted in {FOLDS} folds; certified on "
+            f"their out-of-fold estimates; ladder {' -> '.join(table.keys)}"
+        )
+        sequences = _grid_paths(len(table.rungs))
+    candidates = [always_top, *(p for seq in sequences for p in seq)]
+    for p in candidates:
+        search.run(p)  # the frontier shows every candidate
+    say(f"searched {len(search.points):,} policies; {len(candidates)} candidates to certify")
     q_top = table.score[top][cert_rows]
-    cert_cache: dict[Any, np.ndarray] = {}
-    results = [simulate(p, table, est, cert_rows, crossfit=False, cache=cert_cache) for p in path]
-    diffs = [q - target_quality * q_top for _, q in results]
+    cache: dict[Any, np.ndarray] = {}
+    crossfit = scheme == "crossfit"
+    outcome: dict[Policy, tuple[np.ndarray, np.ndarray]] = {
+        p: simulate(p, table, est, cert_rows, crossfit=crossfit, cache=cache) for p in candidates
+    }
+    # Bonferroni across independent sequences, fixed-sequence testing within each
+    level = delta / max(1, len(sequences))
+    certified: dict[Policy, float] = {}
+    tested = 0
     if target_quality <= 1:
         # always-top meets any R <= 1 by construction (d = (1 - R) q_top >= 0): no test needed
-        cert = fixed_sequence(diffs[1:], -target_quality, 1.0, delta, seed=seed, bound=bound)
-        certified = [0, *(k + 1 for k in cert.certified)]
-        pvalues = (0.0, *cert.pvalues)
+        certified[always_top] = 0.0
     else:
-        cert = fixed_sequence(diffs, -target_quality, 1.0, delta, seed=seed, bound=bound)
-        certified = list(cert.certified)
-        pvalues = cert.pvalues
+        sequences = [[always_top, *seq] for seq in sequences]
+    for seq in sequences:
+        diffs = [outcome[p][1] - target_quality * q_top for p in seq]
+        cert = fixed_sequence(diffs, -target_quality, 1.0, level, seed=seed, bound=bound)
+        tested += len(cert.pvalues)
+        for k in cert.certified:
+            certified.setdefault(seq[k], cert.pvalues[k])
     if not certified:
         return cal.CalibrationResult(
             task=task,
@@ -324,7 +380,7 @@ def calibrate_policy(
                 "lower the target"
             ),
             target_quality=target_quality,
-            guard=f"learn-then-test, delta={delta:g} on {len(cert_rows)} held-out train queries",
+            guard=f"learn-then-test, delta={delta:g} on {len(cert_rows)} train queries",
             ladder=(),
             thresholds={},
             train={},
@@ -334,9 +390,9 @@ def calibrate_policy(
             config={},
             guarantee=None,
         )
-    chosen = min(certified, key=lambda k: (float(results[k][0].mean()), -k))
-    policy = path[chosen]
-    p_chosen = pvalues[chosen]
+    policy = min(certified, key=lambda p: (float(outcome[p][0].mean()), -len(p.subset)))
+    p_chosen = certified[policy]
+    chosen = candidates.index(policy)
     guarantee = {
         "method": "learn-then-test (fixed-sequence testing)",
         "bound": bound,
@@ -348,8 +404,9 @@ def calibrate_policy(
         ),
         "fit_queries": len(fit_rows),
         "certify_queries": len(cert_rows),
-        "candidates": len(path),
-        "tested": len(pvalues),
+        "scheme": scheme,
+        "candidates": len(candidates),
+        "tested": tested,
         "certified": len(certified),
         "chosen": chosen,
         "p_value": p_chosen,
@@ -367,19 +424,20 @@ def calibrate_policy(
     if chosen == 0:
         message = (
             f"no policy could be certified cheaper than always-top at R = {target_quality:g}, "
-            f"delta = {delta:g} ({len(path) - 1} candidates, the first failed with p = "
-            f"{pvalues[1] if len(pvalues) > 1 else 1.0:.3f}); keep the top rung alone. {message}"
+            f"delta = {delta:g} ({len(candidates) - 1} candidates in {len(sequences)} "
+            f"sequence(s) on {len(cert_rows)} queries); keep the top rung alone. {message}"
         )
     else:
         message += f"; certified: {guarantee['statement']} (p = {p_chosen:.4f})"
     say(f"calibration took {time.perf_counter() - started:.1f} s")
-    cost_c, q_c = results[chosen]
+    cost_c, q_c = outcome[policy]
     return cal.CalibrationResult(
         task=task,
         status=status,
         message=message,
         target_quality=target_quality,
-        guard=f"learn-then-test, delta={delta:g} on {len(cert_rows)} held-out train queries",
+        guard=f"learn-then-test ({scheme}, {bound} bound), delta={delta:g} on "
+        f"{len(cert_rows)} train queries",
         ladder=ladder,
         thresholds=thresholds,
         train=train_report,

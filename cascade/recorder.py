@@ -10,10 +10,16 @@ from typing import Any
 
 from cascade.caller import Outcome
 from cascade.config import CascadeConfig
-from cascade.errors import BudgetExceeded, CascadeError, CascadeExhausted, ProviderError
+from cascade.errors import (
+    BudgetExceeded,
+    CascadeError,
+    CascadeExhausted,
+    LedgerError,
+    ProviderError,
+)
 from cascade.ledger import Ledger
 from cascade.logs import get_logger
-from cascade.pricing import cost_usd
+from cascade.money import Accounts, Hold, bill, ledger_failed
 from cascade.telemetry import Telemetry
 from cascade.types import CascadeResult, Completion, Decision, StepRecord, Verdict
 
@@ -55,11 +61,16 @@ current_run: contextvars.ContextVar[Run | None] = contextvars.ContextVar(
 
 
 class Recorder:
-    """Turns outcomes into ``StepRecord``s, logs them and writes them to the ledger at once."""
+    """Turns outcomes into ``StepRecord``s, logs them and writes them to the ledger at once.
 
-    def __init__(self, config: CascadeConfig, ledger: Ledger | None):
+    A step that called a model settles its write-ahead row (``hold``); one that called nothing
+    (a skip, a cache hit) gets a row of its own.
+    """
+
+    def __init__(self, config: CascadeConfig, ledger: Ledger | None, accounts: Accounts):
         self.config = config
         self.ledger = ledger
+        self.accounts = accounts
         self.telemetry = Telemetry(
             {k: p.type for k, p in config.providers.items()},
             {k: m.name for k, m in config.models.items()},
@@ -86,6 +97,7 @@ class Recorder:
         completion: Completion | None = None,
         index: int | None = None,
         error: str | None = None,
+        hold: Hold | None = None,
     ) -> StepRecord:
         model = self.config.models[model_key]
         done = completion or outcome.completion
@@ -104,7 +116,7 @@ class Recorder:
             input_tokens=sum(c.input_tokens for c in paid),
             output_tokens=sum(c.output_tokens for c in paid),
             cached_input_tokens=sum(c.cached_input_tokens for c in paid),
-            cost_usd=sum(cost_usd(c, model.price) for c in paid),
+            cost_usd=bill(paid, model.price),
             latency_ms=latency,
             decision=decision,
             verdicts=verdicts,
@@ -113,8 +125,15 @@ class Recorder:
             text=done.text if done else None,
             usage_estimated=any(c.usage_estimated for c in paid),
         )
+        # The write comes first: on the event loop it may decline to wait (WouldBlock) and be
+        # run again on the ledger's thread, so nothing before it may change the run.
+        if hold is not None:
+            self.accounts.settle(hold, step)
+        elif self.ledger is not None:
+            self.accounts.record(step)
         run.steps.append(step)
         log.info("cascade.step", **step.as_event(log_content=run.log_content))
+        # After the ledger write, which may be retried on the ledger's thread (see above).
         span = self._run_span(run)
         if span is not None or run.metered:
             failure = outcome.error
@@ -124,8 +143,6 @@ class Recorder:
                 else ("CascadeError" if error and decision == "error" else None)
             )
             self.telemetry.step(span, step, error_type, metered=bool(run.metered))
-        if self.ledger is not None:
-            self.ledger.record_step(step)
         return step
 
     def result(
@@ -181,6 +198,14 @@ class Recorder:
         run: Run | None = None,
         error_type: str | None = None,
     ) -> None:
+        if self.ledger is not None:
+            # First, for the same reason as in ``step``.
+            try:
+                self.ledger.record_run(result, status=status)
+            except LedgerError as exc:
+                # The steps carry the money; a missing run row loses none of it.
+                ledger_failed("cascade.ledger_write_failed", run_id=result.run_id,
+                              error=str(exc))
         log.info(
             "cascade.run",
             run_id=result.run_id,
@@ -192,7 +217,5 @@ class Recorder:
             cost_usd=result.cost_usd,
             latency_ms=round(result.latency_ms, 3),
         )
-        if self.ledger is not None:
-            self.ledger.record_run(result, status=status)
         if run is not None and self.telemetry.enabled:
             self.telemetry.end_run(self._run_span(run), result, status, error_type)

@@ -36,6 +36,7 @@ from cascade.errors import (
     CascadeExhausted,
     ConfigError,
     EvaluatorError,
+    LedgerError,
     ProviderError,
     RequestError,
 )
@@ -196,6 +197,8 @@ def _failure(exc: BaseException) -> tuple[str, Sequence[Any]]:
         return "exhausted", steps
     if isinstance(exc, ProviderError):
         return "no_answer", steps
+    if isinstance(exc, LedgerError):
+        return "ledger_unavailable", steps
     return "error", steps
 
 
@@ -271,6 +274,18 @@ def _from_exception(exc: Exception) -> JSONResponse:
         )
     if isinstance(exc, EvaluatorError):
         return _error(500, str(exc), "server_error", "evaluator_error", headers)
+    if isinstance(exc, LedgerError):
+        # Fail closed: no model is called while the ledger cannot record the call. The client
+        # is told what happened, not where the ledger lives; the operator's log says that.
+        log.error("cascade.ledger_unavailable", error=str(exc))
+        return _error(
+            503,
+            "ledger unavailable: the gateway cannot record spend, so no (further) model call "
+            "was made for this request",
+            "server_error",
+            "ledger_unavailable",
+            headers,
+        )
     if isinstance(exc, CascadeError):
         return _error(500, str(exc), "server_error", "cascade_error", headers)
     log.error("cascade.gateway_error", error=redact(repr(exc)))
@@ -422,6 +437,7 @@ def create_app(
     api_keys: Sequence[str] | None = None,
     drain_s: float = 60.0,
     settings: ServerConfig | None = None,
+    close_engine: bool = False,
 ) -> Starlette:
     """Build the gateway app around an engine.
 
@@ -433,6 +449,8 @@ def create_app(
         api_keys: The keys themselves, instead of a variable (tests, embedding).
         drain_s: How long shutdown waits for runs whose clients disconnected.
         settings: The gateway's limits; by default the config's ``server:`` section.
+        close_engine: Also close the engine (its ledger) on shutdown: for an app that owns
+            its engine, as each worker of ``cascade serve --workers N`` does.
 
     Returns:
         A Starlette app; ``app.state.gateway`` is its ``Gateway``.
@@ -451,6 +469,8 @@ def create_app(
         await gateway.drain(drain_s)
         await engine.aclose()
         gateway.parser.close()
+        if close_engine:
+            engine.close()
 
     app = Starlette(
         routes=[

@@ -1,4 +1,8 @@
-"""``cascade serve CONFIG [--host H] [--port P]``: the gateway on uvicorn.
+"""``cascade serve CONFIG [--host H] [--port P] [--workers N]``: the gateway on uvicorn.
+
+With ``--workers N`` uvicorn's supervisor starts N worker processes on one listening socket.
+Each builds its own engine and opens the ledger itself, so budgets are reserved in the shared
+database (a SQLite file on this host, or PostgreSQL) and hold across the workers.
 
 Kept apart from ``cascade.server`` so that the other commands do not import the web stack
 (Starlette, uvicorn and prometheus-client add about 0.1 s to every start of the CLI).
@@ -37,7 +41,13 @@ __all__ = [
     "load_serve_config",
     "register",
     "unset_key_warnings",
+    "worker_app",
 ]
+
+# Where a worker process of ``--workers N`` finds the config (workers are spawned, not forked,
+# so they inherit the environment and nothing else).
+CONFIG_ENV = "CASCADE_SERVE_CONFIG"
+LOG_ENV = "CASCADE_SERVE_LOG"  # "LEVEL" or "LEVEL,json": the --log-level and --log-json given
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
@@ -159,6 +169,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         )
     for warning in unset_key_warnings(config):
         print(warning, file=sys.stderr, flush=True)
+    workers = args.workers or 1
+    if workers > 1:
+        as_json = ",json" if getattr(args, "log_json", False) else ""
+        os.environ[LOG_ENV] = f"{getattr(args, 'log_level', 'warning')}{as_json}"
+        return _serve_workers(args.config, host, port, workers, keys, settings, config)
     engine = Cascade(config, path=args.config)
     try:
         app = create_app(engine, api_keys=keys, settings=settings)
@@ -188,6 +203,93 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def worker_app() -> Any:
+    """The app of one ``--workers`` process: its own engine, ledger and keys, from the config."""
+    from cascade.cli import _configure_logging
+    from cascade.engine import Cascade
+    from cascade.server import create_app, freeze_heap, read_api_keys
+
+    level, _, as_json = os.environ.get(LOG_ENV, "warning").partition(",")
+    _configure_logging(level, as_json == "json")
+    path = os.environ[CONFIG_ENV]
+    config, settings = load_serve_config(path)
+    engine = Cascade(config, path=path)
+    app = create_app(
+        engine, api_keys=read_api_keys(settings.api_keys_env), settings=settings,
+        close_engine=True,
+    )
+    app.state.gateway.parser.start()
+    freeze_heap()
+    return app
+
+
+def __getattr__(name: str) -> Any:
+    """``WorkerProtocol``: uvicorn's HTTP protocol with the limits of the worker's config."""
+    if name != "WorkerProtocol":
+        raise AttributeError(name)
+    from cascade.server_limits import guarded_protocol, protocol_classes
+
+    _, settings = load_serve_config(os.environ[CONFIG_ENV])
+    return guarded_protocol(
+        protocol_classes()[0], settings.client_timeout_s, settings.max_connections
+    )
+
+
+def _serve_workers(
+    path: str,
+    host: str,
+    port: int,
+    workers: int,
+    keys: tuple[str, ...],
+    settings: ServeSettings,
+    config: CascadeConfig,
+) -> int:
+    import uvicorn
+    from uvicorn.supervisors import Multiprocess
+
+    from cascade.engine import Cascade
+    from cascade.server import bind, url_of
+
+    if config.ledger.path is None and not config.ledger.postgres:
+        why = "budgets would not be shared" if config.budgets else "spend would go unrecorded"
+        print(f"cascade serve: warning: no ledger, so {why} across workers", file=sys.stderr)
+    # Open (and upgrade, and recover) the ledger once here, so a bad ledger fails the command
+    # with one line instead of N workers failing one by one.
+    Cascade(config, path=path).close()
+    os.environ[CONFIG_ENV] = str(Path(path).resolve())
+    try:
+        sock = bind(host, port)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot listen on {host}:{port}: {exc.strerror or exc}", path=path
+        ) from exc
+    auth = f"{len(keys)} API key(s) from ${settings.api_keys_env}" if keys else (
+        "no auth, loopback only")
+    print(
+        f"cascade serve: listening on {url_of(sock)} ({auth}; {workers} workers; tasks: "
+        f"{', '.join(config.tasks)}; models: {', '.join(config.models)})",
+        file=sys.stderr,
+        flush=True,
+    )
+    uv_config = uvicorn.Config(
+        "cascade.server_cli:worker_app",
+        factory=True,
+        workers=workers,
+        lifespan="on",
+        log_config=None,
+        log_level="warning",
+        access_log=False,
+        ws="none",
+        # By import path: the config travels to spawned workers, and a class made at run time
+        # (the header deadline and connection cap of ``server:``) does not pickle.
+        http="cascade.server_cli:WorkerProtocol",
+    )
+    with _graceful_signals():
+        Multiprocess(uv_config, sockets=[sock]).run()
+    sock.close()
+    return 0
+
+
 def register(sub: Any) -> None:
     """Add ``serve`` to the ``cascade`` command's subparsers."""
     serve = sub.add_parser(
@@ -203,5 +305,12 @@ def register(sub: Any) -> None:
         "--port",
         type=int,
         help=f"port to bind, 0 for any free one (default: server.port or {DEFAULT_PORT})",
+    )
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="worker processes (uvicorn workers); budgets hold across them through the "
+        "shared ledger",
     )
     serve.set_defaults(handler=cmd_serve)

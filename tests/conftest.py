@@ -61,3 +61,6 @@ def live_config(server: MockLLMServer, *, ladder: list[Any] | None = None,
                           "evaluators": evaluators if evaluators is not None
                           else [{"type": "length", "min_words": 3}], **task}},
     }
+
+
+from tests.ledger_db import db  # noqa: E402,F401  (the SQLite/PostgreSQL ledger fixture)

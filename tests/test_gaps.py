@@ -13,10 +13,11 @@ import pytest
 
 from cascade import BudgetExceeded, Cascade, Completion, Ledger, ProviderError, Request, Verdict
 from cascade.breaker import CircuitBreaker
-from cascade.budget import BudgetGuard, Limit, period_start
 from cascade.config import MinScore
 from cascade.evaluation import combine
+from cascade.money import Accounts, Limit, period_start
 from cascade.testing import FakeProvider, MockLLMServer, Reply
+from cascade.types import StepRecord
 from evaluators.confidence import Logprob
 from tests.conftest import live_config
 from tests.test_engine import config
@@ -149,17 +150,16 @@ def test_period_start_daily_and_monthly() -> None:
 
 
 def test_spent_counts_the_period_of_an_injected_clock(tmp_path: Path) -> None:
-    """spent() sums the steps of the day or month that ``now`` falls in."""
+    """spent() reads the totals of the day or month that ``now`` falls in."""
     ledger = Ledger(tmp_path / "l.sqlite")
     day = datetime(2026, 3, 15, 12, tzinfo=timezone.utc).timestamp()
     for ts, cost in ((day, 1.0), (day - 86400, 2.0), (day - 40 * 86400, 4.0)):
-        ledger._conn.execute(
-            "INSERT INTO steps (run_id, ts, task, step, model, provider, attempts, input_tokens,"
-            " output_tokens, cost_usd, latency_ms, decision) VALUES"
-            " ('r', ?, 't', 1, 'm', 'p', 1, 0, 0, ?, 0, 'accept')", (ts, cost))
-    guard = BudgetGuard(ledger, [])
-    assert guard.spent(Limit("global", "daily", 10), now=day) == 1.0
-    assert guard.spent(Limit("global", "monthly", 10), now=day) == 3.0
+        ledger.record_step(StepRecord("r", "t", 1, "m", "p", 1, 0, 0, cost, 0.0, "accept", ts=ts))
+    accounts = Accounts(ledger, [])
+    assert accounts.spent(Limit("global", "daily", 10), now=day) == 1.0
+    assert accounts.spent(Limit("global", "monthly", 10), now=day) == 3.0
+    assert accounts.spent(Limit("t", "monthly", 10), now=day) == 3.0
+    assert accounts.spent(Limit("other", "monthly", 10), now=day) == 0.0
     ledger.close()
 
 
@@ -167,11 +167,19 @@ def test_budget_may_be_spent_to_the_cent(tmp_path: Path) -> None:
     """A worst case that lands exactly on the limit is allowed (> -> >=)."""
     ledger = Ledger(tmp_path / "l.sqlite")
     limit = Limit("global", "daily", 1.0)
-    guard = BudgetGuard(ledger, [limit])
-    reservation, refused, _ = guard.reserve("t", 1.0)
-    assert reservation is not None and refused is None
-    _, refused, why = guard.reserve("t", 0.5)
-    assert refused == limit and "> $1.000000" in why
+    accounts = Accounts(ledger, [limit])
+
+    def reserve(step: int, amount: float) -> tuple[Any, Any]:
+        return accounts.reserve(run_id="r", task="t", step=step, model_key="m", provider="p",
+                                estimate=amount, spent=0.0, cap=None)
+
+    hold, refused = reserve(1, 1.0)
+    assert hold is not None
+    assert refused is None
+    _, refused = reserve(2, 0.5)
+    assert refused is not None
+    assert refused.limit_usd == 1.0
+    assert "> $1.000000" in refused.reason
     ledger.close()
 
 

@@ -121,7 +121,7 @@ def test_report_json_keys_and_numbers(tmp_path: Path) -> None:
     assert task["models"]["small"]["calls"] == 2
     assert task["models"]["small"]["cost_usd"] == pytest.approx(small)
     assert task["models"]["medium"] == {"calls": 1, "cost_usd": pytest.approx(medium),
-                                        "input_tokens": 10, "output_tokens": 3,
+                                        "input_tokens": 10, "output_tokens": 3, "unfinished": 0,
                                         "usage_estimated": 0}
 
 

@@ -361,3 +361,22 @@ def test_bench_latency_leaves_out_skipped_rungs(tmp_path: Path) -> None:
     report = run_bench(path, [record], task="t").tasks["t"]
     assert report["latency_ms"]["p50"] == 900
     assert report["accepted_share"][0] == 0.0
+
+
+def test_crossfit_certifies_on_every_train_query(tmp_path: Path) -> None:
+    """--scheme crossfit tests out-of-fold estimates of all train queries, along sequences fixed
+    before any data is seen, and the config it writes replays to the numbers it reports."""
+    from cascade.policy import GRID, _grid_paths
+
+    cfg = _config(tmp_path, ["small", "mid", "large"])
+    write_dataset(tmp_path / "train.jsonl", _records(600, 5))
+    result = calibrate(cfg, tmp_path / "train.jsonl", target_quality=0.9, scheme="crossfit")
+    g = result.guarantee
+    assert g["scheme"] == "crossfit"
+    assert g["fit_queries"] == g["certify_queries"] == 600
+    assert g["certified_cheaper_than_top"] is True
+    assert result.train["quality"] >= 0.9 * result.train["baselines"]["always_top"]["quality"]
+    sequences = _grid_paths(3)
+    assert len(sequences) == 3  # subsets with a lower rung: (0,1,2), (0,2), (1,2)
+    assert all(len(seq) == len(GRID) for seq in sequences)
+    assert [p.accept for p in sequences[0][:2]] == [{0: 1.0, 1: 1.0}, {0: 0.995, 1: 0.995}]

@@ -1,0 +1,97 @@
+"""The two ledger backends as test fixtures: a SQLite file, or a PostgreSQL schema of its own.
+
+PostgreSQL runs at 127.0.0.1:5432 (trust auth, database ``test``) on this machine and in CI.
+Each test gets a fresh schema (dropped afterwards), selected through the URL's search_path.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from cascade import Ledger
+
+PG_HOST = "127.0.0.1:5432"
+PG_DB = "test"
+
+
+@cache
+def pg_base() -> str:
+    """A URL that connects (user postgres or root, whichever exists here)."""
+    errors = []
+    for user in ("postgres", "root"):
+        url = f"postgresql://{user}@{PG_HOST}/{PG_DB}"
+        try:
+            with psycopg.connect(url, connect_timeout=5):
+                return url
+        except psycopg.Error as exc:
+            errors.append(f"{user}: {exc}")
+    raise RuntimeError(f"PostgreSQL at {PG_HOST} is required for these tests: {errors}")
+
+
+@dataclass
+class Db:
+    backend: str
+    path: Path | None = None
+    url: str | None = None
+    schema: str | None = None
+
+    def open(self, **kwargs: Any) -> Ledger:
+        if self.backend == "sqlite":
+            return Ledger(self.path, **kwargs)
+        return Ledger(url=self.url, **kwargs)
+
+    def section(self) -> dict[str, Any]:
+        """The config's ``ledger:`` section for this database."""
+        return {"path": str(self.path)} if self.backend == "sqlite" else {"url": self.url}
+
+    def rows(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        if self.backend == "sqlite":
+            with sqlite3.connect(self.path) as conn:  # type: ignore[arg-type]
+                return conn.execute(sql, params).fetchall()
+        with psycopg.connect(self.url, autocommit=True) as conn:  # type: ignore[arg-type]
+            return [tuple(r) for r in conn.execute(sql.replace("?", "%s"), params).fetchall()]
+
+    def execute(self, sql: str) -> None:
+        """Run DDL as the database's owner (to make the ledger fail on purpose)."""
+        if self.backend == "sqlite":
+            with sqlite3.connect(self.path) as conn:  # type: ignore[arg-type]
+                conn.executescript(sql)
+            return
+        with psycopg.connect(self.url, autocommit=True) as conn:  # type: ignore[arg-type]
+            conn.execute(sql)  # type: ignore[arg-type]
+
+
+@cache
+def _pg_ok() -> bool:
+    pg_base()
+    return True
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Db]:
+    """The same test on SQLite and on PostgreSQL."""
+    if request.param == "sqlite":
+        yield Db("sqlite", path=tmp_path / "ledger.sqlite")
+        return
+    yield from pg_schema()
+
+
+def pg_schema() -> Iterator[Db]:
+    base = pg_base()
+    schema = f"cl_{uuid.uuid4().hex[:16]}"
+    with psycopg.connect(base, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")  # type: ignore[arg-type]
+    try:
+        yield Db("postgres", url=f"{base}?options=-csearch_path%3D{schema}", schema=schema)
+    finally:
+        with psycopg.connect(base, autocommit=True) as conn:
+            conn.execute(f"DROP SCHEMA {schema} CASCADE")  # type: ignore[arg-type]
