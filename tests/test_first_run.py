@@ -224,3 +224,12 @@ def test_resolve_path() -> None:
     assert resolve_path("l.sqlite", None) == "l.sqlite"
     assert resolve_path(":memory:", "configs/x.yaml") == ":memory:"
     assert resolve_path("postgresql://u@h/db", "configs/x.yaml") == "postgresql://u@h/db"
+
+
+def test_report_config_does_not_create_the_ledger(tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """report --config names the config's (missing) ledger file and creates nothing."""
+    config = _replay_config(tmp_path / "sub", "spend.sqlite")
+    assert main(["report", "--config", str(config)]) == 2
+    assert "spend.sqlite" in capsys.readouterr().err
+    assert not (tmp_path / "sub" / "spend.sqlite").exists()

@@ -10,6 +10,7 @@ import openai
 import pytest
 
 from cascade import Cascade, Completion, Request, ToolCall
+from cascade.ledger import Ledger
 from cascade.testing import MockLLMServer, Reply
 from evaluators.tools import ToolCallCheck
 from tests.conftest import live_config
@@ -268,3 +269,26 @@ def test_tool_call_answers_are_not_cached(server: MockLLMServer, keys: None,
     assert first.tool_calls == second.tool_calls
     assert not second.cached
     assert len(server.calls("gpt-4o-mini")) == 2
+
+
+def test_tool_call_without_usage_is_billed_and_settled(
+    server: MockLLMServer, keys: None
+) -> None:
+    """A tool-call answer that reports no usage is not free: its name and arguments are
+    estimated output, billed in the step and settled in the ledger like any answer."""
+    server.script("gpt-4o-mini", [Reply("", tool_calls=[BAD_CALL], omit_usage=True)])
+    server.script("claude-sonnet-4-6", [Reply("", tool_calls=[GOOD_CALL], omit_usage=True)])
+    config = live_config(server, evaluators=[{"type": "tool_call"}])
+    with Cascade.from_dict(config, sleep=lambda s: None, ledger=Ledger(":memory:")) as engine:
+        result = engine.complete("faq", ASK, tools=[WEATHER])
+        assert engine.ledger is not None
+        rows = engine.ledger.query(
+            "SELECT status, cost_usd, output_tokens FROM steps ORDER BY step")
+    assert [s.decision for s in result.steps] == ["escalate", "accept"]
+    for step in result.steps:
+        assert step.usage_estimated
+        # more than framing: the arguments' text is counted
+        assert step.output_tokens > len(BAD_CALL["arguments"]) // 4
+        assert step.cost_usd > 0
+    assert [(r["status"], r["cost_usd"], r["output_tokens"]) for r in rows] == [
+        ("settled", pytest.approx(s.cost_usd), s.output_tokens) for s in result.steps]

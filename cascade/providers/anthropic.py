@@ -281,7 +281,7 @@ class AnthropicProvider(SDKProvider[anthropic.Anthropic, anthropic.AsyncAnthropi
             input_tokens=(
                 estimate_input_tokens(messages, params) if fresh is None else fresh + read + written
             ),
-            output_tokens=estimate_output_tokens(text) if answer is None else answer,
+            output_tokens=estimate_output_tokens(text, calls) if answer is None else answer,
             cached_input_tokens=read,
             latency_ms=latency_ms,
             finish_reason=_finish_reason(getattr(response, "stop_reason", None)),

@@ -107,13 +107,14 @@ class OpenAIProvider(SDKProvider[openai.OpenAI, openai.AsyncOpenAI]):
             params=params,
         )
         prompt, answer = counts["prompt_tokens"], counts["completion_tokens"]
+        calls = _tool_calls(getattr(message, "tool_calls", None))
         # A reply without usage is billed at our (high) estimate, and says so.
         billed = Completion(
             text="",
             provider=self.name,
             input_tokens=estimate_input_tokens(messages, params) if prompt is None else prompt,
             output_tokens=(
-                estimate_output_tokens(text if isinstance(text, str) else "")
+                estimate_output_tokens(text if isinstance(text, str) else "", calls)
                 if answer is None
                 else answer
             ),
@@ -122,7 +123,6 @@ class OpenAIProvider(SDKProvider[openai.OpenAI, openai.AsyncOpenAI]):
             finish_reason=getattr(choice, "finish_reason", None),
             usage_estimated=prompt is None or answer is None,
         )
-        calls = _tool_calls(getattr(message, "tool_calls", None))
         # A reply that asks for a function call is an answer, even with no text at all.
         if not calls and (not isinstance(text, str) or not text.strip()):
             refusal = getattr(message, "refusal", None)
