@@ -130,3 +130,45 @@ def test_failed_call_has_error_type(server: MockLLMServer, otel: Any) -> None:
     assert run.status.status_code is StatusCode.ERROR
     durations = _points(reader.get_metrics_data(), "gen_ai.client.operation.duration")
     assert {p.attributes.get("error.type") for p in durations} == {"400"}
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_router_skip_step_is_a_span_without_metrics(tmp_path: Any, otel: Any, mode: str) -> None:
+    """With the write-ahead ledger: a rung the router skips is a step span at cost 0 with no
+    metric points (nothing was called); the called rung is settled in the ledger first, then
+    traced and metered once."""
+    import asyncio
+
+    from cascade.testing import FakeProvider, make_completion
+    from tests.test_engine import config
+
+    exporter, reader = otel
+    router = {"rungs": {"small": {"dense": ["prompt.words"], "weights": [-4.0], "mean": [2.0],
+                                  "scale": [1.0], "bias": 0.0}}}
+    data = config(ladder=["small", "medium"],
+                  router={"model": router, "skip_below": {"small": 0.5}})
+    data["ledger"] = {"path": str(tmp_path / "l.sqlite")}
+    data["budgets"] = {"daily_usd": 10.0}
+    fake = FakeProvider("p", {"medium": [make_completion("a fine long answer", input_tokens=10,
+                                                         output_tokens=4)]})
+    prompt = " ".join(["long"] * 40)
+    with Cascade.from_dict(data, providers={"p": fake}) as engine:
+        if mode == "sync":
+            result = engine.complete("t", prompt)
+        else:
+            result = asyncio.run(engine.acomplete("t", prompt))
+        assert engine.ledger is not None
+        rows = engine.ledger.query("SELECT decision, status, cost_usd FROM steps ORDER BY step")
+    assert [(r["decision"], r["status"], r["cost_usd"]) for r in rows] == [
+        ("skip", "settled", 0.0), ("accept", "settled", pytest.approx(result.cost_usd))]
+    steps = [s for s in exporter.get_finished_spans() if s.name.startswith("chat ")]
+    assert [(s.attributes or {})["cascade.decision"] for s in steps] == ["skip", "accept"]
+    assert (steps[0].attributes or {})["cascade.cost_usd"] == 0.0
+    assert "error.type" not in (steps[0].attributes or {})
+    run = next(s for s in exporter.get_finished_spans() if s.name == "cascade t")
+    assert (run.attributes or {})["cascade.cost_usd"] == pytest.approx(result.cost_usd)
+    data_points = reader.get_metrics_data()
+    durations = _points(data_points, "gen_ai.client.operation.duration")
+    assert [p.count for p in durations] == [1]  # the called rung only
+    tokens = _points(data_points, "gen_ai.client.token.usage")
+    assert sorted(p.sum for p in tokens) == [4, 10]
