@@ -18,7 +18,7 @@ cascade data import alpacaeval "$DATA/alpacaeval-subset" "$WORK/alpaca_test.json
 # GSM8K: hand-set text evaluators, then calibrated to 95% and 90% of GPT-4 quality.
 cascade bench configs/bench/gsm8k.yaml "$WORK/gsm_test.jsonl" --json "$OUT/gsm8k_test.json" --plot "$OUT/gsm8k_test.png"
 for r in 0.95 0.90; do
-  cascade calibrate configs/bench/gsm8k.yaml "$WORK/gsm_train.jsonl" --test "$WORK/gsm_test.jsonl" \
+  cascade calibrate --method thresholds configs/bench/gsm8k.yaml "$WORK/gsm_train.jsonl" --test "$WORK/gsm_test.jsonl" \
     --target-quality $r --out "$WORK/gsm8k_cal_$r.yaml" --json "$OUT/gsm8k_calibrated_$r.json" || true
 done
 
@@ -26,7 +26,7 @@ done
 cascade bench configs/bench/routerbench.yaml "$WORK/rb_test.jsonl" --json "$OUT/routerbench_test.json" --plot "$OUT/routerbench_test.png"
 for t in arc winogrande mbpp; do
   for r in 0.95 0.90; do
-    cascade calibrate configs/bench/routerbench.yaml "$WORK/rb_train.jsonl" --test "$WORK/rb_test.jsonl" \
+    cascade calibrate --method thresholds configs/bench/routerbench.yaml "$WORK/rb_train.jsonl" --test "$WORK/rb_test.jsonl" \
       --task $t --target-quality $r --out "$WORK/rb_cal_${t}_$r.yaml" --json "$OUT/routerbench_${t}_calibrated_$r.json" || true
   done
 done

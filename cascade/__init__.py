@@ -15,7 +15,7 @@ from cascade.errors import (
     RequestError,
 )
 from cascade.ledger import Ledger
-from cascade.types import CascadeResult, Completion, Request, StepRecord, Verdict
+from cascade.types import CascadeResult, Completion, Request, StepRecord, ToolCall, Verdict
 
 __all__ = [
     "BudgetExceeded",
@@ -35,7 +35,8 @@ __all__ = [
     "Request",
     "RequestError",
     "StepRecord",
+    "ToolCall",
     "Verdict",
 ]
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -89,10 +89,13 @@ class BenchResult:
     config: str = ""
     queries: int = 0
     wall_s: float = 0.0
+    split: str | None = None  # meta.split shared by every record (train, test), else None
+    warnings: list[str] = field(default_factory=list)  # e.g. a rung with no recordings
 
     def as_json(self) -> dict[str, Any]:
         return {
             "dataset": self.dataset,
+            "split": self.split,
             "config": self.config,
             "queries": self.queries,
             "queries_per_second": self.queries / self.wall_s if self.wall_s else None,
@@ -112,6 +115,40 @@ def _task_of(
             f"(tasks: {', '.join(config.tasks)}); pass --task to choose one"
         )
     return task
+
+
+def _check_recorded(
+    cfg: CascadeConfig, records: Sequence[ReplayRecord], tasks: Sequence[str], dataset: str
+) -> list[str]:
+    """Warnings for ladder rungs with no recording at all; an error when a whole ladder has none.
+
+    A rung with some recordings missing is real data (the report counts its error steps); a
+    ladder none of whose model names appear in the dataset is a config written for other data,
+    and its report would be nothing but errors.
+
+    Raises:
+        DatasetError: naming the models and what the dataset does record.
+    """
+    recorded: set[str] = set()
+    for record in records:
+        recorded.update(record.responses)
+    warnings: list[str] = []
+    for name in sorted(set(tasks)):
+        missing = [
+            f"{rung.model!r} (name {cfg.models[rung.model].name!r})"
+            for rung in cfg.tasks[name].ladder
+            if cfg.models[rung.model].name not in recorded
+        ]
+        what = (
+            f"task {name!r}: model {', '.join(missing)} has no recordings (the dataset records: "
+            f"{', '.join(sorted(recorded)) or 'nothing'}; a model's name: must match a key of "
+            "responses)"
+        )
+        if len(missing) == len(cfg.tasks[name].ladder):
+            raise DatasetError(f"{dataset}: {what}")
+        if missing:
+            warnings.append(f"{dataset}: {what}; every call to it is an error step")
+    return warnings
 
 
 def run_bench(
@@ -144,7 +181,10 @@ def run_bench(
         records, ds_name = load_dataset(dataset), str(dataset)
     else:
         records, ds_name = list(dataset), "<records>"
+    if not records:
+        raise DatasetError(f"{ds_name}: the dataset has no queries; nothing to replay")
     tasks = [_task_of(r, i + 1, cfg, task, ds_name) for i, r in enumerate(records)]
+    warnings = _check_recorded(cfg, records, tasks, ds_name)
     engine = replay_engine(cfg, records, path=cfg_path, ledger=ledger)
     outcomes: dict[str, list[_Outcome]] = {}
     started = time.perf_counter()
@@ -154,8 +194,14 @@ def run_bench(
             progress(done, len(records))
     wall = time.perf_counter() - started
     result = BenchResult(
-        dataset=ds_name, config=cfg_path or "<config>", queries=len(records), wall_s=wall
+        dataset=ds_name,
+        config=cfg_path or "<config>",
+        queries=len(records),
+        wall_s=wall,
+        warnings=warnings,
     )
+    splits = {str(r.meta.get("split")) for r in records if r.meta.get("split") is not None}
+    result.split = splits.pop() if len(splits) == 1 else ("mixed" if splits else None)
     for name, outs in outcomes.items():
         chosen = [r for r, t in zip(records, tasks, strict=True) if t == name]
         result.tasks[name] = _summarise(cfg, name, chosen, outs)

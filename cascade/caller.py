@@ -17,18 +17,17 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import structlog
-
 from cascade.config import CascadeConfig
 from cascade.errors import ProviderError
 from cascade.limits import Limits
+from cascade.logs import get_logger
 from cascade.providers.base import Provider
 from cascade.retry import RetryPolicy
 from cascade.types import Completion, Message
 
 __all__ = ["Call", "Caller", "Outcome"]
 
-log = structlog.get_logger("cascade")
+log = get_logger()
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,13 +9,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
-
-import structlog
 
 from cascade import cli_feedback, cli_ledger, cli_replay, server_cli
 from cascade.config import load_config
@@ -29,39 +26,17 @@ from cascade.errors import (
     RequestError,
 )
 from cascade.ledger import Ledger, check_ledger_config
+from cascade.logs import configure_cli
 
 __all__ = ["main"]
 
 Handler = Callable[[argparse.Namespace], int]
 
 
-class _Stderr:
-    """Whatever sys.stderr is at write time (it may be swapped after logging is configured)."""
+def _version() -> str:
+    from cascade import __version__
 
-    def write(self, text: str) -> int:
-        return sys.stderr.write(text)
-
-    def flush(self) -> None:
-        sys.stderr.flush()
-
-
-def _configure_logging(level: str, as_json: bool) -> None:
-    """Only the CLI configures structlog; the library never does."""
-    renderer: Any = (
-        structlog.processors.JSONRenderer()
-        if as_json
-        else structlog.dev.ConsoleRenderer(colors=False)
-    )
-    structlog.configure(
-        processors=[
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso"),
-            renderer,
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(file=_Stderr()),  # type: ignore[arg-type]
-        cache_logger_on_first_use=False,
-    )
+    return __version__
 
 
 def _say(message: str) -> None:
@@ -80,7 +55,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
     with Cascade.from_yaml(args.config) as engine:
         try:
-            result = engine.complete(args.task, prompt, **params)
+            result = engine.complete(args.task, prompt, query_id=args.query_id, **params)
         except CascadeExhausted as exc:
             result = exc.result
             print(result.text)
@@ -125,6 +100,13 @@ def cmd_validate(args: argparse.Namespace) -> int:
         warnings.append(f"warning: {name!r} is both a task and a model key")
     for line in warnings:
         _say(line)
+    for key, model in config.models.items():
+        p = model.price
+        cached = "" if p.cached_input is None else f", cached input ${p.cached_input:g}"
+        print(
+            f"  model {key} ({model.name}): ${p.input:g} input, ${p.output:g} output{cached} "
+            f"per 1M tokens; price from {config.price_source(key)}"
+        )
     rungs = sum(len(t.rungs) for t in engine.tasks.values())
     print(
         f"{args.config}: OK ({len(config.tasks)} tasks, {rungs} rungs, "
@@ -149,6 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="structured log level on stderr (info shows every step)",
     )
     parser.add_argument("--log-json", action="store_true", help="log as JSON lines")
+    parser.add_argument("--version", action="version", version=f"cascade-ladder {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser(
@@ -162,6 +145,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--max-tokens", type=int, help="override max_tokens for every rung")
     run.add_argument("--temperature", type=float, help="override temperature for every rung")
     run.add_argument("--json", action="store_true", help="print the full result as JSON")
+    run.add_argument(
+        "--query-id",
+        help="the query's id in a replay dataset (replay configs look recorded answers up by it)",
+    )
     run.set_defaults(handler=cmd_run)
 
     validate = sub.add_parser(
@@ -184,7 +171,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``cascade`` console script; returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    _configure_logging(args.log_level, args.log_json)
+    configure_cli(args.log_level, args.log_json)
     handler: Handler = args.handler
     try:
         return handler(args)

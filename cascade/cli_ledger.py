@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from cascade.config import load_config
+from cascade.config import load_config, resolve_path
 from cascade.errors import ConfigError, LedgerError
 from cascade.ledger import Ledger, open_ledger
 from cascade.limits import Limits
@@ -39,7 +39,14 @@ def open_for_cli(args: argparse.Namespace) -> Ledger:
                               location="--url-env")
         return Ledger(url=url)
     if args.ledger is None and args.config:
-        ledger = open_ledger(load_config(args.config).ledger, config_path=args.config)
+        config = load_config(args.config).ledger
+        if not config.postgres and config.path:
+            # Reading must not create an empty ledger where the config's runs never wrote.
+            path = Path(resolve_path(config.path, args.config))
+            if not path.exists():
+                raise ConfigError("ledger file not found (run something first)",
+                                  path=str(path))
+        ledger = open_ledger(config, config_path=args.config)
         if ledger is None:
             raise ConfigError("the config turns the ledger off (ledger.path: null)",
                               path=args.config, location="ledger")

@@ -11,12 +11,14 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     SecretStr,
     ValidationError,
     field_validator,
@@ -24,7 +26,7 @@ from pydantic import (
 )
 
 from cascade.errors import ConfigError
-from cascade.pricing import Price
+from cascade.pricing import Price, fill_prices
 
 __all__ = [
     "CascadeConfig",
@@ -82,6 +84,20 @@ class ProviderConfig(BaseModel):
     def key_env(self) -> str | None:
         return self.api_key_env or DEFAULT_KEY_ENV.get(self.type)
 
+    @field_validator("base_url")
+    @classmethod
+    def _absolute_url(cls, value: str | None) -> str | None:
+        # Without a scheme the SDKs build URLs such as "localhost:8000/v1/chat/completions"
+        # and fail at the first call with an error that does not mention base_url.
+        if value is None:
+            return value
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError(
+                f"must be an absolute http:// or https:// URL, e.g. http://{value.split('://')[-1]}"
+            )
+        return value
+
 
 class ModelConfig(BaseModel):
     """One ``models:`` entry: which provider serves it, under which name, at what price."""
@@ -90,6 +106,7 @@ class ModelConfig(BaseModel):
 
     provider: str
     name: str
+    # Omitted: looked up in genai-prices when the config is parsed (parse_config).
     price: Price
     params: dict[str, Any] = Field(default_factory=dict)
     # The most output tokens a call may ask for; sent as max_tokens when a call sets none.
@@ -219,6 +236,9 @@ class TaskConfig(BaseModel):
     shadow_rate: float = Field(default=0.0, ge=0, le=1)
     examples: list[str] = Field(default_factory=list)
     quality_target: float | None = Field(default=None, ge=0, le=1)
+    # An answer cut off at the output limit (finish_reason "length") is rejected and the
+    # ladder moves on; false judges it like any other answer.
+    escalate_on_truncation: bool = True
 
     @field_validator("ladder", mode="before")
     @classmethod
@@ -292,6 +312,26 @@ class CascadeConfig(BaseModel):
     cache: CacheConfig = Field(default_factory=CacheConfig)
     server: ServerConfig = Field(default_factory=ServerConfig)
     task_router: TaskRouterConfig | None = None
+    # Where each model's price came from ("config", or the genai-prices entry); set by
+    # parse_config, shown by cascade validate.
+    _price_sources: dict[str, str] = PrivateAttr(default_factory=dict)
+
+    def price_source(self, model: str) -> str:
+        return self._price_sources.get(model, "config")
+
+
+def resolve_path(path: str, config_path: str | os.PathLike[str] | None) -> str:
+    """A path written in a config file, relative to that file's folder (absolute stays as is).
+
+    ``~`` is expanded. Without a config file (a config built in code) the path is left as given,
+    and so is a URL (``postgresql://...``, ``sqlite:///...``), which is not a file path.
+    """
+    if "://" in path:
+        return path
+    expanded = Path(path).expanduser()
+    if expanded.is_absolute() or config_path is None or path == ":memory:":
+        return str(expanded) if path != ":memory:" else path
+    return str(Path(config_path).parent / expanded)
 
 
 def format_location(loc: tuple[int | str, ...]) -> str:
@@ -316,16 +356,34 @@ def _describe(error: Mapping[str, Any]) -> str:
     return f"{error['msg'][0].lower()}{error['msg'][1:]} (got {shown})"
 
 
-def _from_validation(exc: ValidationError, path: str | None) -> ConfigError:
+def _from_validation(
+    exc: ValidationError, path: str | None, hints: Mapping[tuple[Any, ...], str] | None = None
+) -> ConfigError:
     errors = exc.errors()
-    # In a union the deepest error is the member the user was aiming at.
-    first = max(errors, key=lambda e: len(e["loc"]))
-    # Union members and tagged choices add their own names to the location; drop them.
-    loc = tuple(p for p in first["loc"] if not (isinstance(p, str) and p[:1].isupper()))
-    loc = tuple(p for p in loc if p not in ("literal['all','any']", "literal['all', 'any']"))
-    more = len({e["loc"][:3] for e in errors}) - 1
-    suffix = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
-    return ConfigError(_describe(first) + suffix, path=path, location=format_location(loc))
+    # In a union the deepest error is the member the user was aiming at: one error per place.
+    chosen: dict[tuple[Any, ...], Any] = {}
+    for error in errors:
+        group = error["loc"][:3]
+        if group not in chosen or len(error["loc"]) > len(chosen[group]["loc"]):
+            chosen[group] = error
+    ordered = sorted(chosen.values(), key=lambda e: -len(e["loc"]))
+    first, rest = ordered[0], ordered[1:]
+
+    def describe(error: Mapping[str, Any]) -> str:
+        hint = (hints or {}).get(tuple(error["loc"]))
+        return hint if hint and error["type"] == "missing" else _describe(error)
+
+    # Every problem is named: fixing one at a time and reloading wastes the user's time.
+    also = "".join(f"; {format_location(_clean(e['loc']))}: {describe(e)}" for e in rest)
+    return ConfigError(
+        describe(first) + also, path=path, location=format_location(_clean(first["loc"]))
+    )
+
+
+def _clean(loc: tuple[int | str, ...]) -> tuple[int | str, ...]:
+    """Union members and tagged choices add their own names to the location; drop them."""
+    kept = tuple(p for p in loc if not (isinstance(p, str) and p[:1].isupper()))
+    return tuple(p for p in kept if p not in ("literal['all','any']", "literal['all', 'any']"))
 
 
 def _check_references(config: CascadeConfig, path: str | None) -> None:
@@ -374,11 +432,13 @@ def parse_config(data: Any, *, path: str | None = None) -> CascadeConfig:
             f"got {type(data).__name__}",
             path=path,
         )
+    data, sources, unknown = fill_prices(data)
     try:
         config = CascadeConfig.model_validate(data)
     except ValidationError as exc:
-        raise _from_validation(exc, path) from exc
+        raise _from_validation(exc, path, unknown) from exc
     _check_references(config, path)
+    config._price_sources = sources
     return config
 
 

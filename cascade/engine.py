@@ -16,8 +16,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import structlog
-
 from cascade.cache import ResponseCache, cache_key
 from cascade.caller import Call, Caller, Outcome
 from cascade.config import (
@@ -27,6 +25,7 @@ from cascade.config import (
     TaskConfig,
     load_config,
     parse_config,
+    resolve_path,
 )
 from cascade.errors import (
     BudgetExceeded,
@@ -43,12 +42,14 @@ from cascade.evaluation import (
     combine,
     decided,
     finalized,
+    judging,
     shown,
 )
 from cascade.features import prompt_text
 from cascade.feedback import FeedbackRecord, add_feedback
 from cascade.ledger import Ledger, open_ledger
 from cascade.limits import Gate, Limits
+from cascade.logs import get_logger
 from cascade.params import bound_output, check_call_params
 from cascade.plan import Eval, Io, Plan, adrive, drive, io
 from cascade.plugins import PROVIDERS, load_plugin
@@ -71,7 +72,12 @@ from cascade.types import (
 
 __all__ = ["Cascade"]
 
-log = structlog.get_logger("cascade")
+log = get_logger()
+
+# The verdict of an answer cut off at the output limit (task option escalate_on_truncation).
+TRUNCATED = Verdict(
+    "truncation", False, 0.0, "the answer was cut off at the output limit (finish_reason length)"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +96,7 @@ class _Task:
     on_exhausted: str
     params: Mapping[str, Any]
     router: Router | None = None
+    escalate_on_truncation: bool = True
 
 
 _Attempt = tuple[Completion, tuple[Verdict, ...], bool, "tuple[Slot, Verdict] | None"]
@@ -145,7 +152,7 @@ class Cascade:
         except ConfigError as exc:
             raise ConfigError(exc.message, path=path, location=exc.location) from exc
         cached_tasks = any(t.cache for t in config.tasks.values())
-        self.cache = ResponseCache(config.cache.path) if cached_tasks else None
+        self.cache = ResponseCache(resolve_path(config.cache.path, path)) if cached_tasks else None
         self._caller = Caller(config, self.providers, retry, self.limits)
         self._recorder = Recorder(config, self.ledger, self.limits.accounts)
         # Learning from production (docs/learning.md): shadow evaluation and task "auto".
@@ -233,6 +240,10 @@ class Cascade:
         if given and name in given:
             return given[name]
         settings = self.config.providers[name]
+        if settings.dataset:  # a replay dataset, like every path in the file, is the file's
+            settings = settings.model_copy(
+                update={"dataset": resolve_path(settings.dataset, self.path)}
+            )
         factory = load_plugin(PROVIDERS, settings.type, location=f"providers.{name}.type")
         provider: Provider = factory(name, settings)
         return provider
@@ -280,6 +291,7 @@ class Cascade:
             on_exhausted=task.on_exhausted,
             params=task.params,
             router=router,
+            escalate_on_truncation=task.escalate_on_truncation,
         )
 
     # -- public API -----------------------------------------------------------------------------
@@ -651,7 +663,8 @@ class Cascade:
                 completion, verdicts, ok, fixer = step
                 if ok:
                     result = self._result(run, rung, completion, verdicts, accepted=True)
-                    if cache_as is not None and self.cache is not None:
+                    # A tool call is a step of the caller's loop, not an answer to replay.
+                    if cache_as is not None and self.cache is not None and not result.tool_calls:
                         self.cache.put(
                             cache_as[0], task.name, rung.key, result.text, result.json, cache_as[1]
                         )
@@ -713,8 +726,13 @@ class Cascade:
         # A judge called during evaluation must count this answer's cost against the cap.
         run.pending = cost_usd(completion, rung.model.price)
         verdicts: list[Verdict] = []
+        slots = judging(rung.slots, completion)
         try:
-            for slot in rung.slots:
+            if task.escalate_on_truncation and completion.finish_reason == "length":
+                # A cut-off answer is incomplete whatever its checks say; they are not run.
+                slots = ()
+                verdicts.append(TRUNCATED)
+            for slot in slots:
                 verdict = yield Eval(slot, request, shown(slot, completion, clean))
                 verdicts.append(verdict)
                 if decided(rung.accept, verdict):
@@ -736,9 +754,12 @@ class Cascade:
             raise
         finally:
             run.pending = 0.0
-        weights = [s.weight for s in rung.slots[: len(verdicts)]]
-        ok = combine(rung.accept, verdicts, weights)
-        fixer = None if ok else _repairer(rung, verdicts, repairs)
+        if verdicts and verdicts[0] is TRUNCATED:
+            ok, fixer = False, None
+        else:
+            weights = [s.weight for s in slots[: len(verdicts)]]
+            ok = combine(rung.accept, verdicts, weights)
+            fixer = None if ok else _repairer(slots, verdicts, repairs)
         decision: Decision = "accept" if ok else ("repair" if fixer else "escalate")
         yield io(
             self._recorder.step,
@@ -780,11 +801,11 @@ class Cascade:
 
 
 def _repairer(
-    rung: Rung, verdicts: Sequence[Verdict], left: Mapping[str, int]
+    slots: Sequence[Slot], verdicts: Sequence[Verdict], left: Mapping[str, int]
 ) -> tuple[Slot, Verdict] | None:
     """The first failing evaluator that can still ask the model to fix its answer."""
     # verdicts may stop short of the slots (short-circuit), hence strict=False
-    for slot, verdict in zip(rung.slots, verdicts, strict=False):
+    for slot, verdict in zip(slots, verdicts, strict=False):
         if not verdict.passed and "repair_message" in slot.hooks and left.get(slot.name, 0) > 0:
             return slot, verdict
     return None

@@ -229,6 +229,18 @@ def finalized(slots: Sequence[Slot], completion: Completion) -> Completion:
     return clean
 
 
+def judging(slots: Sequence[Slot], completion: Completion) -> tuple[Slot, ...]:
+    """The evaluators that judge this answer.
+
+    An answer that calls tools has no text to judge: only evaluators that declare
+    ``judges_tool_calls = True`` (the ``tool_call`` evaluator) see it. A text answer is judged
+    by every evaluator (``tool_call`` checks that no call was required).
+    """
+    if not completion.tool_calls:
+        return tuple(slots)
+    return tuple(s for s in slots if getattr(s.evaluator, "judges_tool_calls", False))
+
+
 def shown(slot: Slot, raw: Completion, clean: Completion) -> Completion:
     """What one evaluator judges: its own raw form if it finalizes, else the user's text."""
     return raw if "finalize" in slot.hooks else clean

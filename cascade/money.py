@@ -27,10 +27,9 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-import structlog
-
 from cascade.errors import LedgerError
 from cascade.ledger import Ledger, Pending, TotalsKey, buckets, nano
+from cascade.logs import get_logger
 from cascade.pricing import Price, cost_usd
 from cascade.tokens import estimate_input_tokens, max_output_tokens
 from cascade.types import Completion, Message, StepRecord
@@ -48,7 +47,7 @@ __all__ = [
     "worst_case_cost",
 ]
 
-log = structlog.get_logger("cascade")
+log = get_logger()
 
 # Used for the worst case when a call sets no output limit. The engine always sends one (the
 # model's max_output_tokens, by default this value), so that the estimate is a real bound.

@@ -16,8 +16,16 @@ def plot_tradeoff(
     out: str | Path,
     *,
     frontier: Mapping[str, Sequence[tuple[float, float]]] | None = None,
+    data: str | None = None,
 ) -> None:
     """Write a PNG with one panel per task.
+
+    Args:
+        tasks: The bench report's ``tasks``.
+        out: The PNG to write.
+        frontier: Calibration curves to draw, per task (measured on train data).
+        data: Which data the points were measured on (``train``, ``test``...), said in the
+            title so a train-set picture is never mistaken for a held-out one.
 
     Raises:
         ConfigError: matplotlib is not installed (``pip install cascade-ladder[plot]``).
@@ -31,8 +39,14 @@ def plot_tradeoff(
         raise ConfigError("--plot needs matplotlib: pip install 'cascade-ladder[plot]'") from exc
     fig, axes = plt.subplots(1, len(tasks), figsize=(6.5 * len(tasks), 5), squeeze=False)
     for ax, (name, report) in zip(axes[0], tasks.items(), strict=True):
-        for key, model in report["models"].items():
-            ax.scatter(model["cost_per_query"], model["quality"], color="grey", zorder=3)
+        for i, (key, model) in enumerate(report["models"].items()):
+            ax.scatter(
+                model["cost_per_query"],
+                model["quality"],
+                color="grey",
+                zorder=3,
+                label="single model (always that one)" if i == 0 else None,
+            )
             ax.annotate(
                 key,
                 (model["cost_per_query"], model["quality"]),
@@ -64,15 +78,18 @@ def plot_tradeoff(
             zorder=5,
         )
         top = report["baselines"]["always_top"]
-        ax.axhline(top["quality"], color="grey", linestyle=":", linewidth=1)
+        ax.axhline(
+            top["quality"], color="grey", linestyle=":", linewidth=1, label="always-top quality"
+        )
         ax.set_xscale("log")
         ax.set_xlabel("cost per query (USD, log scale)")
         ax.set_ylabel("quality (mean recorded score)")
+        where = f" [{data} data, n={report['n']}]" if data else f" [n={report['n']}]"
         ax.set_title(
-            f"{name}: cascade {report['cost_per_query'] / top['cost_per_query']:.0%} of "
+            f"{name}{where}: cascade {report['cost_per_query'] / top['cost_per_query']:.0%} of "
             f"top cost, {report['quality'] / top['quality']:.0%} of top quality"
             if top["cost_per_query"] and top["quality"]
-            else name,
+            else name + where,
             fontsize=10,
         )
         ax.legend(fontsize=8, loc="lower right")

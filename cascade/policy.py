@@ -1,20 +1,30 @@
 """``cascade calibrate``'s default method: learn the policy, then certify it (Learn-then-Test).
 
+Scheme ``holdout`` (the default):
+
 1. The train file is split in two (seeded): a *fit* part and a *certify* part.
 2. On the fit part, a calibrated ``quality_model`` is fitted per rung from the rung's candidate
    evaluators (their verdicts become features) plus log-probabilities, agreement with earlier
    rungs and the answer's and prompt's shape; a prompt-only router per rung likewise.
    Cross-fitting gives every fit query a prediction from a model that did not see it.
-3. Still on the fit part, the cheapest policy (kept rungs, router skip thresholds, acceptance
-   thresholds) is searched for each price of quality lambda (minimise cost/top - lambda x
-   quality/top), from quality-first to cost-first. The optimal policies, most conservative
-   first, form the candidate sequence; always-top comes first.
+3. Still on the fit part, every policy (kept rungs, router skip thresholds, acceptance
+   thresholds) is evaluated on small grids, and on large ones the cheapest policy for each
+   price of quality lambda is searched by coordinate descent. The policies no other beats on
+   both cost and quality, most conservative first, form the candidate sequence.
 4. On the certify part, never used so far, the candidates are tested in that order
    (``cascade.guarantee``): each must show E[q - R x q_top] >= 0 at level delta. The cheapest
    certified candidate is chosen. With probability >= 1 - delta it meets the target.
-5. The chosen policy is written as an ordinary config (``quality_model`` evaluators, a
-   ``router``), replayed through the real engine on train and test, and checked against the
-   simulation query by query in aggregate.
+
+Scheme ``crossfit``: every train query gets an estimate from the fold models (5 folds) that did
+not see it, and candidates are fixed before any data is seen: per subset of kept rungs, one
+common acceptance bar on the calibrated probability, from 1.0 down to 0 in steps of 0.005.
+Each subset's sequence is tested on all train queries at level delta / (number of subsets).
+Twice the data for fitting and for certifying; the price is that the deployed model, refit on
+every train query, is not exactly the fold models the certificate was computed with.
+
+Either way the chosen policy is written as an ordinary config (``quality_model`` evaluators, a
+``router``), replayed through the real engine on train and test, and held to the simulation's
+cost and quality (a mismatch is a bug, and raises).
 """
 
 from __future__ import annotations

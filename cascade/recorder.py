@@ -7,8 +7,7 @@ import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-
-import structlog
+from typing import Any
 
 from cascade.caller import Outcome
 from cascade.config import CascadeConfig
@@ -20,12 +19,14 @@ from cascade.errors import (
     ProviderError,
 )
 from cascade.ledger import Ledger
+from cascade.logs import get_logger
 from cascade.money import Accounts, Hold, bill, ledger_failed
+from cascade.telemetry import Telemetry
 from cascade.types import CascadeResult, Completion, Decision, Message, StepRecord, Verdict
 
 __all__ = ["Recorder", "Run", "current_run"]
 
-log = structlog.get_logger("cascade")
+log = get_logger()
 
 
 @dataclass(slots=True)
@@ -44,6 +45,9 @@ class Run:
     deadline: float | None = None  # time.monotonic() by which the run must end
     messages: tuple[Message, ...] = ()  # the prompt, kept for the ledger's content rows
     task_probability: float | None = None  # set when task "auto" chose the task
+    span: Any = None  # the run's OpenTelemetry span, begun at its first step
+    traced: bool | None = None  # whether an OpenTelemetry SDK was installed at its first step
+    metered: bool | None = None
 
     def next_index(self) -> int:
         self.counter += 1
@@ -70,6 +74,20 @@ class Recorder:
         self.config = config
         self.ledger = ledger
         self.accounts = accounts
+        self.telemetry = Telemetry(
+            {k: p.type for k, p in config.providers.items()},
+            {k: m.name for k, m in config.models.items()},
+        )
+
+    def _run_span(self, run: Run) -> Any:
+        if run.traced is None:  # asked once per run: the checks cost microseconds
+            run.traced = self.telemetry.enabled and self.telemetry.tracing()
+            run.metered = self.telemetry.enabled and self.telemetry.metering()
+        if run.span is None and run.traced:
+            # perf_counter has no epoch: the run's start is now minus its age.
+            age_ns = int((time.perf_counter() - run.started) * 1_000_000_000)
+            run.span = self.telemetry.start_run(run.task, time.time_ns() - age_ns)
+        return run.span
 
     def step(
         self,
@@ -118,6 +136,16 @@ class Recorder:
             self.accounts.record(step)
         run.steps.append(step)
         log.info("cascade.step", **step.as_event(log_content=run.log_content))
+        # After the ledger write, which may be retried on the ledger's thread (see above).
+        span = self._run_span(run)
+        if span is not None or run.metered:
+            failure = outcome.error
+            error_type = (
+                (str(failure.status_code) if failure.status_code else type(failure).__name__)
+                if failure is not None
+                else ("CascadeError" if error and decision == "error" else None)
+            )
+            self.telemetry.step(span, step, error_type, metered=bool(run.metered))
         return step
 
     def result(
@@ -145,6 +173,9 @@ class Recorder:
             task=run.task,
             json=parsed,
             task_probability=run.task_probability,
+            tool_calls=completion.tool_calls if completion else (),
+            finish_reason=completion.finish_reason if completion else None,
+            logprobs=completion.token_logprobs if completion else None,
         )
 
     def finish(self, result: CascadeResult, run: Run) -> CascadeResult:
@@ -153,14 +184,15 @@ class Recorder:
 
     def fail(self, exc: CascadeError, run: Run) -> None:
         """Close the run's ledger record when it ends in an exception, so no spend goes missing."""
+        error = type(exc).__name__
         if isinstance(exc, CascadeExhausted):
-            self.close(exc.result, "exhausted", run)
+            self.close(exc.result, "exhausted", run, error)
         elif isinstance(exc, (ProviderError, BudgetExceeded)) and exc.result is not None:
-            self.close(exc.result, "failed" if isinstance(exc, ProviderError) else "budget", run)
+            status = "failed" if isinstance(exc, ProviderError) else "budget"
+            self.close(exc.result, status, run, error)
         elif run.steps:
             self.close(
-                self.result(run, "", None, (), accepted=False), f"error: {type(exc).__name__}",
-                run,
+                self.result(run, "", None, (), accepted=False), f"error: {error}", run, error
             )
 
     def content(
@@ -179,7 +211,13 @@ class Recorder:
                 rows.append((step.step, "answer", step.model, name, step.text))
         return rows
 
-    def close(self, result: CascadeResult, status: str, run: Run | None = None) -> None:
+    def close(
+        self,
+        result: CascadeResult,
+        status: str,
+        run: Run | None = None,
+        error_type: str | None = None,
+    ) -> None:
         if self.ledger is not None:
             # First, for the same reason as in ``step``.
             try:
@@ -202,3 +240,5 @@ class Recorder:
             cost_usd=result.cost_usd,
             latency_ms=round(result.latency_ms, 3),
         )
+        if run is not None and self.telemetry.enabled:
+            self.telemetry.end_run(self._run_span(run), result, status, error_type)

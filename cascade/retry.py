@@ -7,7 +7,6 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import structlog
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
@@ -22,10 +21,11 @@ from tenacity.stop import stop_base
 
 from cascade.config import RetryConfig
 from cascade.errors import ProviderError
+from cascade.logs import get_logger
 
 __all__ = ["RetryPolicy"]
 
-log = structlog.get_logger("cascade")
+log = get_logger()
 
 
 def _retryable(exc: BaseException) -> bool:

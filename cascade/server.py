@@ -23,7 +23,6 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
-import structlog
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -42,6 +41,7 @@ from cascade.errors import (
     ProviderError,
     RequestError,
 )
+from cascade.logs import get_logger
 from cascade.providers.base import redact
 from cascade.server_feedback import feedback, refresh_drift
 from cascade.server_limits import AccessLog, BodyParser, BodyRefused, read_body
@@ -69,7 +69,7 @@ __all__ = [
     "uvicorn_server",
 ]
 
-log = structlog.get_logger("cascade")
+log = get_logger()
 
 # A bare model key runs this one-rung task, so the ledger and metrics show it as a normal run.
 MODEL_TASK_PREFIX = "__model__"
@@ -415,6 +415,19 @@ async def get_model(request: Request) -> Response:
     return JSONResponse(entry)
 
 
+async def _no_route(request: Request, exc: Exception) -> Response:
+    """Unknown paths and methods answer in OpenAI's error shape, which every client parses."""
+    status = getattr(exc, "status_code", 404)
+    if status == 405:
+        message = f"method {request.method} is not allowed on {request.url.path}"
+        return _error(405, message, "invalid_request_error", "method_not_allowed")
+    message = (
+        f"unknown route {request.method} {request.url.path} (the gateway serves "
+        "POST /v1/chat/completions, GET /v1/models, GET /healthz and GET /metrics)"
+    )
+    return _error(404, message, "invalid_request_error", "unknown_route")
+
+
 async def healthz(request: Request) -> Response:
     return JSONResponse({"status": "ok"})
 
@@ -481,6 +494,7 @@ def create_app(
         ],
         lifespan=lifespan,
         middleware=[Middleware(AccessLog)],
+        exception_handlers={404: _no_route, 405: _no_route},
     )
     app.state.gateway = gateway
     return app

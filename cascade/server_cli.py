@@ -132,6 +132,16 @@ def _graceful_signals() -> Iterator[None]:
 def cmd_serve(args: argparse.Namespace) -> int:
     """Serve until interrupted; a refused bind or a bad config raises ``ConfigError`` (exit 2)."""
     from cascade.engine import Cascade
+
+    try:
+        import prometheus_client  # noqa: F401
+        import starlette  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as exc:
+        raise ConfigError(
+            f"cascade serve needs the [server] extra ({exc.name} is not installed): "
+            "pip install 'cascade-ladder[server]'"
+        ) from exc
     from cascade.server import (
         bind,
         create_app,
@@ -195,12 +205,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def worker_app() -> Any:
     """The app of one ``--workers`` process: its own engine, ledger and keys, from the config."""
-    from cascade.cli import _configure_logging
     from cascade.engine import Cascade
+    from cascade.logs import configure_cli
     from cascade.server import create_app, freeze_heap, read_api_keys
 
     level, _, as_json = os.environ.get(LOG_ENV, "warning").partition(",")
-    _configure_logging(level, as_json == "json")
+    configure_cli(level, as_json == "json")
     path = os.environ[CONFIG_ENV]
     config, settings = load_serve_config(path)
     engine = Cascade(config, path=path)

@@ -11,13 +11,13 @@ import json
 import time
 from typing import TYPE_CHECKING, Any
 
-import structlog
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from cascade.drift import drift_report
 from cascade.errors import FeedbackError, LedgerError
 from cascade.feedback import add_feedback
+from cascade.logs import get_logger
 from cascade.server_limits import BodyRefused, read_body
 
 if TYPE_CHECKING:
@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 __all__ = ["DRIFT_WEEKS", "feedback", "refresh_drift"]
 
-log = structlog.get_logger("cascade")
+log = get_logger()
 
 DRIFT_WEEKS = 8  # /metrics shows the drift of the last weeks only, so a scrape stays cheap
 

@@ -24,9 +24,9 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
-import structlog
 from pydantic import ValidationError
 
+from cascade.logs import get_logger
 from cascade.server_openai import ChatRequest, describe_validation, error_body
 
 __all__ = [
@@ -39,7 +39,7 @@ __all__ = [
     "read_body",
 ]
 
-log = structlog.get_logger("cascade")
+log = get_logger()
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]

@@ -24,6 +24,7 @@ __all__ = [
     "completion_body",
     "describe_validation",
     "error_body",
+    "finish_reason",
     "format_cost",
     "sse_events",
 ]
@@ -35,6 +36,8 @@ ENGINE_KEYWORDS = frozenset(
 )
 # Fields the gateway consumes; every other declared field is a provider parameter.
 _GATEWAY_FIELDS = frozenset({"model", "messages", "stream", "stream_options", "n"})
+# A hostile body can be wrong in thousands of places; the answer names this many.
+_MAX_PROBLEMS = 20
 # Words per streamed chunk: enough chunks to look like a stream, few enough to stay cheap.
 _WORDS_PER_CHUNK = 4
 
@@ -139,10 +142,14 @@ def describe_validation(exc: ValidationError) -> str:
     first = exc.errors()[0]
     if first["type"] == "json_invalid":
         return f"request body is not valid JSON ({first['msg'].removeprefix('Invalid JSON: ')})"
-    where = format_location(tuple(p for p in first["loc"] if not _union_tag(p)))
-    more = len(exc.errors()) - 1
-    suffix = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
-    return f"invalid request body: {where or 'body'}: {first['msg']}{suffix}"
+    problems: dict[str, str] = {}
+    for error in exc.errors():  # one line per field: a union reports each member's complaint
+        where = format_location(tuple(p for p in error["loc"] if not _union_tag(p))) or "body"
+        problems.setdefault(where, error["msg"])
+    shown = list(problems.items())[:_MAX_PROBLEMS]
+    listed = "; ".join(f"{where}: {msg}" for where, msg in shown)
+    left = len(problems) - len(shown)
+    return f"invalid request body: {listed}" + (f"; {left} more fields" if left else "")
 
 
 def _union_tag(part: int | str) -> bool:
@@ -183,8 +190,27 @@ def _usage(result: CascadeResult) -> dict[str, int]:
     }
 
 
+def finish_reason(result: CascadeResult) -> str:
+    """The returned answer's own finish reason (``length``, ``tool_calls``...), else ``stop``."""
+    if result.tool_calls:
+        return "tool_calls"
+    return result.finish_reason or "stop"
+
+
+def _logprobs(result: CascadeResult) -> dict[str, Any] | None:
+    return None if result.logprobs is None else {"content": [dict(t) for t in result.logprobs]}
+
+
 def completion_body(result: CascadeResult, *, created: int | None = None) -> dict[str, Any]:
-    """A ``chat.completion``: ``model`` is the answering models: key, usage sums every step."""
+    """A ``chat.completion``: ``model`` is the answering models: key, usage sums every step.
+
+    An answer that calls tools carries ``tool_calls`` (and ``content: null`` when it has no
+    text), as OpenAI sends it.
+    """
+    message: dict[str, Any] = {"role": "assistant", "content": result.text}
+    if result.tool_calls:
+        message["content"] = result.text or None
+        message["tool_calls"] = [c.as_openai() for c in result.tool_calls]
     return {
         "id": f"chatcmpl-{result.run_id}",
         "object": "chat.completion",
@@ -193,9 +219,9 @@ def completion_body(result: CascadeResult, *, created: int | None = None) -> dic
         "choices": [
             {
                 "index": 0,
-                "message": {"role": "assistant", "content": result.text},
-                "logprobs": None,
-                "finish_reason": "stop",
+                "message": message,
+                "logprobs": _logprobs(result),
+                "finish_reason": finish_reason(result),
             }
         ],
         "usage": _usage(result),
@@ -227,20 +253,30 @@ def sse_events(
     if include_usage:
         base["usage"] = None
 
-    def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
+    def chunk(delta: dict[str, Any], finish: str | None = None, logprobs: Any = None) -> bytes:
         return _event(
             {
                 **base,
                 "choices": [
-                    {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+                    {"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
                 ],
             }
         )
 
     yield chunk({"role": "assistant", "content": ""})
-    for piece in split_text(result.text):
-        yield chunk({"content": piece})
-    yield chunk({}, "stop")
+    if result.text or not result.tool_calls:
+        # The answer's token logprobs ride on its first piece: clients concatenate them.
+        logprobs = _logprobs(result)
+        for piece in split_text(result.text):
+            yield chunk({"content": piece}, logprobs=logprobs)
+            logprobs = None
+    for index, call in enumerate(result.tool_calls):
+        # As OpenAI streams a call: id, type and name first, then the arguments text.
+        head = {"id": call.id, "type": "function", "function": {"name": call.name, "arguments": ""}}
+        yield chunk({"tool_calls": [{"index": index, **head}]})
+        for piece in split_text(call.arguments):
+            yield chunk({"tool_calls": [{"index": index, "function": {"arguments": piece}}]})
+    yield chunk({}, finish_reason(result))
     if include_usage:
         yield _event({**base, "choices": [], "usage": _usage(result)})
     yield b"data: [DONE]\n\n"

@@ -25,10 +25,9 @@ from collections.abc import Generator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
-import structlog
-
 from cascade.caller import Call, Outcome
 from cascade.feedback import add_feedback
+from cascade.logs import get_logger
 from cascade.params import bound_output
 from cascade.plan import adrive, drive, io
 from cascade.recorder import Run
@@ -39,7 +38,7 @@ if TYPE_CHECKING:
 
 __all__ = ["SOURCE", "Shadows", "agreement_label"]
 
-log = structlog.get_logger("cascade")
+log = get_logger()
 
 SOURCE = "shadow:agreement"
 _NUMBER = re.compile(r"-?\d[\d,]*\.?\d*")

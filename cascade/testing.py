@@ -105,6 +105,11 @@ class Reply:
             token counts (invalid-usage tests).
         omit_usage: Send no ``usage`` at all.
         trickle_s: Send the body one byte at a time, this many seconds apart (slow upstreams).
+        tool_calls: Function calls to answer with, as ``{"id", "name", "arguments"}``
+            (``arguments`` a JSON text); Anthropic replies carry them as ``tool_use`` blocks.
+        finish_reason: OpenAI's finish reason to report (``length``, ``content_filter``...);
+            by default ``tool_calls`` when there are calls, else ``stop``. Anthropic replies
+            report the matching ``stop_reason``.
     """
 
     text: str = "ok"
@@ -120,6 +125,21 @@ class Reply:
     usage: Mapping[str, Any] | None = None
     omit_usage: bool = False
     trickle_s: float = 0.0
+    tool_calls: Sequence[Mapping[str, str]] = ()
+    finish_reason: str | None = None
+
+    @property
+    def finish(self) -> str:
+        return self.finish_reason or ("tool_calls" if self.tool_calls else "stop")
+
+
+# OpenAI finish reasons as Anthropic stop reasons.
+_STOP_REASONS = {
+    "stop": "end_turn",
+    "length": "max_tokens",
+    "tool_calls": "tool_use",
+    "content_filter": "refusal",
+}
 
 
 class MockLLMServer:
@@ -271,11 +291,18 @@ def _output_tokens(reply: Reply, limit: Any = None) -> int:
 def _openai_body(
     reply: Reply, model: str, want_logprobs: bool, limit: Any = None
 ) -> dict[str, Any]:
-    choice: dict[str, Any] = {
-        "index": 0,
-        "finish_reason": "stop",
-        "message": {"role": "assistant", "content": reply.text},
-    }
+    message: dict[str, Any] = {"role": "assistant", "content": reply.text}
+    if reply.tool_calls:
+        message["content"] = reply.text or None
+        message["tool_calls"] = [
+            {
+                "id": c["id"],
+                "type": "function",
+                "function": {"name": c["name"], "arguments": c["arguments"]},
+            }
+            for c in reply.tool_calls
+        ]
+    choice: dict[str, Any] = {"index": 0, "finish_reason": reply.finish, "message": message}
     if want_logprobs and reply.logprobs is not None:
         choice["logprobs"] = {
             "content": [
@@ -304,8 +331,19 @@ def _anthropic_body(reply: Reply, model: str, limit: Any = None) -> dict[str, An
         "type": "message",
         "role": "assistant",
         "model": model,
-        "content": [{"type": "text", "text": reply.text}],
-        "stop_reason": "end_turn",
+        "content": [
+            *([{"type": "text", "text": reply.text}] if reply.text or not reply.tool_calls else []),
+            *(
+                {
+                    "type": "tool_use",
+                    "id": c["id"],
+                    "name": c["name"],
+                    "input": json.loads(c["arguments"]),
+                }
+                for c in reply.tool_calls
+            ),
+        ],
+        "stop_reason": _STOP_REASONS.get(reply.finish, reply.finish),
         "stop_sequence": None,
         "usage": {
             "input_tokens": reply.input_tokens - reply.cached_tokens,

@@ -15,7 +15,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from cascade.types import Message
+from cascade.types import Message, ToolCall
 
 __all__ = [
     "NON_TEXT_PART_TOKENS",
@@ -84,9 +84,16 @@ def estimate_input_tokens(
     return total
 
 
-def estimate_output_tokens(text: str) -> int:
-    """A high estimate of an answer's tokens, for a reply that reported no usage."""
-    return text_tokens(text)
+def estimate_output_tokens(text: str, tool_calls: Sequence[ToolCall] = ()) -> int:
+    """A high estimate of an answer's tokens, for a reply that reported no usage.
+
+    A tool call's name and arguments are output the provider bills like text; an answer that
+    only calls tools has no text, yet is not free.
+    """
+    return text_tokens(text) + sum(
+        _MESSAGE_FRAMING + text_tokens(call.name) + text_tokens(call.arguments)
+        for call in tool_calls
+    )
 
 
 def max_output_tokens(params: Mapping[str, Any]) -> int | None:

@@ -13,6 +13,7 @@ __all__ = [
     "Message",
     "Request",
     "StepRecord",
+    "ToolCall",
     "Verdict",
 ]
 
@@ -50,6 +51,30 @@ class Verdict:
 
 
 @dataclass(frozen=True, slots=True)
+class ToolCall:
+    """A function call the model asked for, in OpenAI's terms.
+
+    Attributes:
+        id: The provider's call id (``call_...``, Anthropic's ``toolu_...``), echoed back in the
+            ``tool`` message that carries the result.
+        name: The function's name.
+        arguments: Its arguments as the model wrote them: a JSON text, not yet parsed (a model
+            can write invalid JSON, which the ``tool_call`` evaluator reports).
+    """
+
+    id: str
+    name: str
+    arguments: str
+
+    def as_openai(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "type": "function",
+            "function": {"name": self.name, "arguments": self.arguments},
+        }
+
+
+@dataclass(frozen=True, slots=True)
 class Completion:
     """A provider's answer with the usage it reported.
 
@@ -67,6 +92,12 @@ class Completion:
     finish_reason: str | None = None
     cost_usd: float | None = None  # set only when the source reports a billed cost (replay)
     usage_estimated: bool = False  # the reply reported no usage: the counts are our estimate
+    # Function calls the model asked for; a completion with tool calls is an answer even
+    # when its text is empty.
+    tool_calls: tuple[ToolCall, ...] = ()
+    # OpenAI's per-token logprob entries as sent ({"token", "logprob", "bytes",
+    # "top_logprobs"}), passed through to gateway clients that asked for them.
+    token_logprobs: tuple[Mapping[str, Any], ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +182,13 @@ class CascadeResult:
         cached: True when the answer came from the response cache (cost 0).
         task_probability: With task ``auto``, the task router's probability for ``task``
             (None when the caller named the task).
+        tool_calls: The function calls of the returned answer (OpenAI's shape: ``.id``,
+            ``.name``, ``.arguments`` as JSON text); empty for a text answer.
+        finish_reason: Why the returned answer ended, in OpenAI's words: ``stop``,
+            ``length`` (cut off at the output limit), ``tool_calls``, ``content_filter``;
+            None when no answer came back or the provider did not say.
+        logprobs: Per-token log-probabilities of the returned answer, when asked for
+            (``logprobs=True``) and the provider sent them.
     """
 
     text: str
@@ -164,6 +202,9 @@ class CascadeResult:
     json: Any = None
     cached: bool = False
     task_probability: float | None = None
+    tool_calls: tuple[ToolCall, ...] = ()
+    finish_reason: str | None = None
+    logprobs: tuple[Mapping[str, Any], ...] | None = None
 
     @property
     def input_tokens(self) -> int:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from typing import Any
 
@@ -17,6 +18,12 @@ def _reset_structlog() -> Iterator[None]:
     """The CLI configures structlog globally; put it back after each test."""
     yield
     structlog.reset_defaults()
+    library = logging.getLogger("cascade")  # the CLI configures it too
+    for handler in list(library.handlers):
+        if getattr(handler, "_cascade_cli", False):
+            library.removeHandler(handler)
+    library.setLevel(logging.NOTSET)
+    library.propagate = True
 
 
 @pytest.fixture

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 import structlog
+from structlog.testing import capture_logs
 
 from cascade import Cascade, CascadeError, Completion, Ledger, LedgerError
 from cascade.cli import main
@@ -144,14 +145,21 @@ def test_failed_settlement_still_returns_the_answer(db: Db,
     else:
         db.execute("ALTER TABLE steps ADD CONSTRAINT nosettle CHECK (status <> 'settled')"
                    " NOT VALID")
-    with engine:
+    with engine, capture_logs() as logs:
         result = engine.complete("t", "q", max_tokens=100)
     assert result.text == "a fine answer"
     assert len(fake.calls) == 1
     ((status, cost, reserved),) = db.rows("SELECT status, cost_usd, reserved_usd FROM steps")
     assert status == "pending"
     assert cost == reserved > result.cost_usd
-    assert "cascade.ledger_settle_failed" in capsys.readouterr().out
+    failed = [e for e in logs if e["event"] == "cascade.ledger_settle_failed"]
+    assert len(failed) == 1 and failed[0]["log_level"] == "error"
+    # The library prints nothing: the event goes to the stdlib logger ``cascade``.
+    again, _ = build(db, {"small": ["a fine answer"]}, ladder=["small"])
+    with again:
+        again.complete("t", "q", max_tokens=100)
+    assert db.rows("SELECT status FROM steps") == [("pending",), ("pending",)]
+    assert capsys.readouterr().out == ""
 
 
 CRASHER = """
@@ -408,7 +416,7 @@ def fill_up(engine: Cascade, fake: FakeProvider, tiny_disk: Path) -> None:
 
 
 def test_a_busy_ledger_moves_the_write_to_its_thread_without_repeating_it(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        tmp_path: Path) -> None:
     """acomplete: when another connection holds the SQLite write lock at settle time, the
     settlement is not waited for on the event loop but run on the ledger's thread, once: one
     step in the result, one row, one log event."""
@@ -436,10 +444,10 @@ def test_a_busy_ledger_moves_the_write_to_its_thread_without_repeating_it(
         return await run(fn, *args)
 
     engine.ledger.run = counted  # type: ignore[method-assign]
-    with engine:
+    with engine, capture_logs() as logs:
         result = asyncio.run(engine.acomplete("t", "q", max_tokens=10))
     holder.close()
     assert on_thread == ["step"]  # only the settlement had to wait, and went to the thread
     assert len(result.steps) == 1
     assert Db("sqlite", path=path).rows("SELECT status FROM steps") == [("settled",)]
-    assert capsys.readouterr().out.count("cascade.step") == 1
+    assert [e["event"] for e in logs].count("cascade.step") == 1

@@ -42,4 +42,4 @@ def test_python_example_runs(server: MockLLMServer, tmp_path: Path,
                   if "cascade.step" not in line and "cascade.run" not in line)
     assert out.startswith("We are open from nine to five.\nsonnet True $")
     assert "1 mini escalate 1" in out
-    assert (tmp_path / "cascade-ledger.sqlite").exists()
+    assert (tmp_path / "configs" / "cascade-ledger.sqlite").exists()  # beside the config

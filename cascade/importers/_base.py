@@ -85,10 +85,19 @@ def download(importer: Importer, base: str, dest: Path, say: Callable[[str], Non
         except DatasetError:
             pass
     say(f"{importer.name}: downloading {len(importer.files)} file(s) from {base}")
-    for rel in importer.files:
-        target = dest / rel
-        if not target.exists():
-            _fetch(f"{base}/{rel}", target)
+    try:
+        for rel in importer.files:
+            target = dest / rel
+            if not target.exists():
+                _fetch(f"{base}/{rel}", target)
+    except DatasetError as exc:
+        # Offline is the usual cause: say where the files live and how to use a local copy.
+        layout = ", ".join(importer.files)
+        raise DatasetError(
+            f"{exc}. Without network access, download the files ({layout}) from {base} on "
+            f"another machine and pass their folder: cascade data import {importer.name} "
+            "FOLDER OUT.jsonl"
+        ) from exc
     return dest
 
 

@@ -16,8 +16,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TypeVar
 
-import structlog
-
 from cascade.config import LedgerConfig
 from cascade.errors import ConfigError, LedgerError
 from cascade.ledger.backends import (
@@ -31,11 +29,12 @@ from cascade.ledger.backends import (
 from cascade.ledger.owners import HEARTBEAT_S, Owner, is_alive, this_process
 from cascade.ledger.rows import Record
 from cascade.ledger.schema import migrate
+from cascade.logs import get_logger
 from cascade.types import CascadeResult, StepRecord
 
 __all__ = ["Ledger", "Pending", "TotalsKey", "buckets", "nano"]
 
-log = structlog.get_logger("cascade")
+log = get_logger()
 
 T = TypeVar("T")
 

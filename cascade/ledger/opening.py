@@ -5,6 +5,9 @@ cannot be written) is a ``ConfigError`` naming ``ledger.path``, found by ``casca
 (without creating anything), ``cascade serve`` and ``Cascade.from_yaml`` alike. A PostgreSQL
 ledger that cannot be reached is a ``LedgerError`` naming user, host, port and database, never
 the password (``ledger.url_env`` naming an unset variable is a ``ConfigError``).
+
+A relative ``ledger.path`` is relative to the config file's folder, not to the working
+directory, so a config means the same ledger wherever it is run from.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from cascade.config import LedgerConfig
+from cascade.config import LedgerConfig, resolve_path
 from cascade.errors import ConfigError, LedgerError
 from cascade.ledger.core import Ledger
 
@@ -63,11 +66,13 @@ def check_ledger_config(config: LedgerConfig, *, config_path: str | None = None)
             location="ledger.url_env",
         )
     if not config.postgres and config.path:
-        check_ledger_path(config.path, config_path=config_path)
+        check_ledger_path(resolve_path(config.path, config_path), config_path=config_path)
 
 
 def open_ledger(config: LedgerConfig, *, config_path: str | None = None) -> Ledger | None:
     """The ledger a config's ``ledger:`` section describes (None when turned off).
+
+    A relative ``path`` is resolved against ``config_path``'s folder (as given without one).
 
     Raises:
         ConfigError: an unopenable ``ledger.path``, or an unset ``ledger.url_env``.
@@ -78,9 +83,10 @@ def open_ledger(config: LedgerConfig, *, config_path: str | None = None) -> Ledg
         return Ledger.from_config(config, path=config_path)
     if not config.path:
         return None
-    check_ledger_path(config.path, config_path=config_path)
+    path = resolve_path(config.path, config_path)
+    check_ledger_path(path, config_path=config_path)
     try:
-        return Ledger(config.path)
+        return Ledger(path)
     except LedgerError as exc:
-        why = exc.message.removeprefix(f"{config.path}: ")
-        raise _unopenable(config.path, why, config_path) from exc
+        why = exc.message.removeprefix(f"{path}: ")
+        raise _unopenable(path, why, config_path) from exc

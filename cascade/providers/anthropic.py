@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Mapping, Sequence
 from types import ModuleType
@@ -12,9 +13,9 @@ import anthropic
 from cascade.providers.base import empty_answer, split_params, untransformed, validate_usage
 from cascade.providers.sdk import SDKProvider
 from cascade.tokens import estimate_input_tokens, estimate_output_tokens
-from cascade.types import Completion, Message
+from cascade.types import Completion, Message, ToolCall
 
-__all__ = ["AnthropicProvider", "to_anthropic"]
+__all__ = ["AnthropicProvider", "to_anthropic", "tool_choice_to_anthropic", "tools_to_anthropic"]
 
 # The Messages API requires max_tokens; this is used only when neither config nor call sets it.
 DEFAULT_MAX_TOKENS = 1024
@@ -31,21 +32,125 @@ _OPENAI_ONLY = frozenset(
         "seed",
         "response_format",
         "logit_bias",
+        "functions",
+        "function_call",
     }
 )
 
 
+# Anthropic's stop reasons in OpenAI's words, so finish_reason means one thing everywhere.
+FINISH_REASONS = {
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "pause_turn": "stop",
+    "max_tokens": "length",
+    "model_context_window_exceeded": "length",
+    "tool_use": "tool_calls",
+    "refusal": "content_filter",
+}
+
+
 def to_anthropic(messages: Sequence[Message]) -> tuple[str | None, list[dict[str, Any]]]:
-    """Split OpenAI-style messages into Anthropic's ``system`` string and turn list."""
+    """Split OpenAI-style messages into Anthropic's ``system`` string and turn list.
+
+    An assistant message's ``tool_calls`` become ``tool_use`` blocks, and ``tool`` messages
+    become ``tool_result`` blocks of one user turn (Anthropic wants every result of a turn's
+    calls together, right after it).
+    """
     system = [
         str(m.get("content", "")) for m in messages if m.get("role") in ("system", "developer")
     ]
-    turns = [
-        {"role": m["role"], "content": m.get("content", "")}
-        for m in messages
-        if m.get("role") in ("user", "assistant")
-    ]
+    turns: list[dict[str, Any]] = []
+    for m in messages:
+        role = m.get("role")
+        if role == "tool":
+            block = {
+                "type": "tool_result",
+                "tool_use_id": str(m.get("tool_call_id", "")),
+                "content": _text_of(m.get("content")),
+            }
+            last = turns[-1] if turns else None
+            if last and last["role"] == "user" and _is_results(last["content"]):
+                last["content"].append(block)
+            else:
+                turns.append({"role": "user", "content": [block]})
+        elif role == "assistant" and m.get("tool_calls"):
+            blocks: list[dict[str, Any]] = []
+            if m.get("content"):
+                blocks.append({"type": "text", "text": _text_of(m.get("content"))})
+            for call in m["tool_calls"]:
+                function = call.get("function", {})
+                blocks.append(
+                    {
+                        "type": "tool_use",
+                        "id": call.get("id", ""),
+                        "name": function.get("name", ""),
+                        "input": _arguments(function.get("arguments")),
+                    }
+                )
+            turns.append({"role": "assistant", "content": blocks})
+        elif role in ("user", "assistant"):
+            turns.append({"role": role, "content": m.get("content", "")})
     return ("\n\n".join(system) if system else None), turns
+
+
+def tools_to_anthropic(tools: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """OpenAI ``tools`` (``{"type": "function", "function": {...}}``) as Anthropic tools."""
+    out = []
+    for tool in tools:
+        function = tool.get("function", tool)
+        entry = {
+            "name": function.get("name", ""),
+            "input_schema": function.get("parameters") or {"type": "object", "properties": {}},
+        }
+        if function.get("description"):
+            entry["description"] = function["description"]
+        out.append(entry)
+    return out
+
+
+def tool_choice_to_anthropic(choice: Any, parallel: bool | None) -> dict[str, Any] | None:
+    """``auto``/``required``/``none``/``{"function": {"name"}}`` in Anthropic's terms."""
+    mapped: dict[str, Any] | None
+    if choice is None:
+        mapped = {"type": "auto"} if parallel is False else None
+    elif choice == "auto":
+        mapped = {"type": "auto"}
+    elif choice == "required":
+        mapped = {"type": "any"}
+    elif choice == "none":
+        mapped = {"type": "none"}
+    elif isinstance(choice, Mapping):
+        name = (choice.get("function") or {}).get("name") or choice.get("name")
+        mapped = {"type": "tool", "name": name} if name else dict(choice)
+    else:
+        mapped = None
+    if mapped is not None and parallel is False and mapped["type"] != "none":
+        mapped["disable_parallel_tool_use"] = True
+    return mapped
+
+
+def _text_of(content: Any) -> Any:
+    if content is None:
+        return ""
+    return content
+
+
+def _is_results(content: Any) -> bool:
+    return isinstance(content, list) and all(
+        isinstance(b, Mapping) and b.get("type") == "tool_result" for b in content
+    )
+
+
+def _arguments(raw: Any) -> Any:
+    """A tool call's JSON arguments as the object Anthropic wants (text that is not JSON stays)."""
+    if isinstance(raw, Mapping):
+        return dict(raw)
+    try:
+        parsed = json.loads(raw or "{}")
+    except (TypeError, ValueError):
+        return {"arguments": raw}
+    return parsed if isinstance(parsed, dict) else {"arguments": parsed}
 
 
 class AnthropicProvider(SDKProvider[anthropic.Anthropic, anthropic.AsyncAnthropic]):
@@ -69,6 +174,13 @@ class AnthropicProvider(SDKProvider[anthropic.Anthropic, anthropic.AsyncAnthropi
         system, turns = to_anthropic(messages)
         renamed = {_RENAMED.get(k, k): v for k, v in params.items() if k not in _OPENAI_ONLY}
         renamed.setdefault("max_tokens", DEFAULT_MAX_TOKENS)
+        if renamed.get("tools") is not None:
+            renamed["tools"] = tools_to_anthropic(renamed["tools"])
+        choice = tool_choice_to_anthropic(
+            renamed.pop("tool_choice", None), renamed.pop("parallel_tool_calls", None)
+        )
+        if choice is not None and renamed.get("tools"):
+            renamed["tool_choice"] = choice
         kwargs = split_params(method, renamed)
         kwargs["model"] = model
         untransformed(kwargs, "messages", turns)
@@ -134,6 +246,15 @@ class AnthropicProvider(SDKProvider[anthropic.Anthropic, anthropic.AsyncAnthropi
         text = "".join(
             getattr(b, "text", "") or "" for b in blocks if getattr(b, "type", None) == "text"
         )
+        calls = tuple(
+            ToolCall(
+                id=str(getattr(b, "id", "")),
+                name=str(getattr(b, "name", "")),
+                arguments=json.dumps(getattr(b, "input", None) or {}, ensure_ascii=False),
+            )
+            for b in blocks
+            if getattr(b, "type", None) == "tool_use"
+        )
         usage = getattr(response, "usage", None)
         counts = validate_usage(
             self.name,
@@ -160,12 +281,19 @@ class AnthropicProvider(SDKProvider[anthropic.Anthropic, anthropic.AsyncAnthropi
             input_tokens=(
                 estimate_input_tokens(messages, params) if fresh is None else fresh + read + written
             ),
-            output_tokens=estimate_output_tokens(text) if answer is None else answer,
+            output_tokens=estimate_output_tokens(text, calls) if answer is None else answer,
             cached_input_tokens=read,
             latency_ms=latency_ms,
-            finish_reason=getattr(response, "stop_reason", None),
+            finish_reason=_finish_reason(getattr(response, "stop_reason", None)),
             usage_estimated=fresh is None or answer is None,
+            tool_calls=calls,
         )
-        if not text.strip():
+        if not text.strip() and not calls:
             raise empty_answer(self.name, model, "no text content", done)
         return done
+
+
+def _finish_reason(stop_reason: Any) -> str | None:
+    if stop_reason is None:
+        return None
+    return FINISH_REASONS.get(str(stop_reason), str(stop_reason))

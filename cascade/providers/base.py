@@ -8,6 +8,7 @@ import inspect
 import os
 import re
 import time
+import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
@@ -228,7 +229,14 @@ def validate_usage(
 
 
 def map_sdk_error(
-    exc: Exception, sdk: Any, *, provider: str, model: str, key_env: str | None, secret: str | None
+    exc: Exception,
+    sdk: Any,
+    *,
+    provider: str,
+    model: str,
+    key_env: str | None,
+    secret: str | None,
+    base_url: str | None = None,
 ) -> ProviderError:
     """Translate an official SDK's exception into a ``ProviderError`` with a clear message.
 
@@ -248,7 +256,7 @@ def map_sdk_error(
         )
     if isinstance(exc, sdk.APIConnectionError):
         return ProviderError(
-            f"{provider}: cannot connect ({scrub(str(exc))})",
+            f"{provider}: cannot connect to {_where(exc, base_url)} ({scrub(str(exc))})",
             provider=provider,
             model=model,
             retryable=True,
@@ -261,6 +269,11 @@ def map_sdk_error(
             message = f"{provider}: authentication failed (HTTP {status}){hint}: {detail}"
         elif status == 404:
             message = f"{provider}: model {model!r} not found (HTTP 404): {detail}"
+            if _lacks_v1(sdk, base_url):
+                message += (
+                    f"; base_url {_safe_url(base_url or '')} has no /v1 (OpenAI-compatible "
+                    "servers usually serve under /v1, e.g. http://host:port/v1)"
+                )
         else:
             message = f"{provider}: HTTP {status} from {model}: {detail}"
         headers = getattr(exc.response, "headers", None)
@@ -286,6 +299,28 @@ def map_sdk_error(
         model=model,
         retryable=False,
     )
+
+
+def _safe_url(url: str) -> str:
+    """A URL without user info or query string, which may hold credentials."""
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return urllib.parse.urlunsplit((parts.scheme, host, parts.path, "", ""))
+
+
+def _where(exc: Exception, base_url: str | None) -> str:
+    request = getattr(exc, "request", None)
+    url = getattr(request, "url", None)
+    return _safe_url(str(url)) if url is not None else _safe_url(base_url or "the provider")
+
+
+def _lacks_v1(sdk: Any, base_url: str | None) -> bool:
+    """An OpenAI-compatible base_url whose path has no /v1 segment (a 404 on every call)."""
+    if not base_url or getattr(sdk, "__name__", "") != "openai":
+        return False
+    return "v1" not in urllib.parse.urlsplit(base_url).path.split("/")
 
 
 def redact(text: str, *extra: str | None) -> str:

@@ -13,7 +13,7 @@ import openai
 from cascade.providers.base import empty_answer, split_params, untransformed, validate_usage
 from cascade.providers.sdk import SDKProvider
 from cascade.tokens import estimate_input_tokens, estimate_output_tokens
-from cascade.types import Completion, Message
+from cascade.types import Completion, Message, ToolCall
 
 __all__ = ["OpenAIProvider"]
 
@@ -107,13 +107,14 @@ class OpenAIProvider(SDKProvider[openai.OpenAI, openai.AsyncOpenAI]):
             params=params,
         )
         prompt, answer = counts["prompt_tokens"], counts["completion_tokens"]
+        calls = _tool_calls(getattr(message, "tool_calls", None))
         # A reply without usage is billed at our (high) estimate, and says so.
         billed = Completion(
             text="",
             provider=self.name,
             input_tokens=estimate_input_tokens(messages, params) if prompt is None else prompt,
             output_tokens=(
-                estimate_output_tokens(text if isinstance(text, str) else "")
+                estimate_output_tokens(text if isinstance(text, str) else "", calls)
                 if answer is None
                 else answer
             ),
@@ -122,12 +123,39 @@ class OpenAIProvider(SDKProvider[openai.OpenAI, openai.AsyncOpenAI]):
             finish_reason=getattr(choice, "finish_reason", None),
             usage_estimated=prompt is None or answer is None,
         )
-        if not isinstance(text, str) or not text.strip():
+        # A reply that asks for a function call is an answer, even with no text at all.
+        if not calls and (not isinstance(text, str) or not text.strip()):
             refusal = getattr(message, "refusal", None)
             what = f"a refusal: {refusal}" if refusal else "an empty message"
             raise empty_answer(self.name, model, what, billed)
         logprobs = None
+        entries = None
         content_lp = getattr(getattr(choice, "logprobs", None), "content", None)
         if content_lp:
             logprobs = tuple(float(t.logprob) for t in content_lp)
-        return replace(billed, text=text, logprobs=logprobs)
+            entries = tuple(
+                t.model_dump() if hasattr(t, "model_dump") else dict(t) for t in content_lp
+            )
+        return replace(
+            billed,
+            text=text if isinstance(text, str) else "",
+            logprobs=logprobs,
+            token_logprobs=entries,
+            tool_calls=calls,
+        )
+
+
+def _tool_calls(raw: Any) -> tuple[ToolCall, ...]:
+    """The message's function calls; other call types (custom tools) keep their name and input."""
+    calls = []
+    for item in raw or ():
+        function = getattr(item, "function", None)
+        if function is not None:
+            name, arguments = getattr(function, "name", ""), getattr(function, "arguments", "")
+        else:  # a custom tool call: {"custom": {"name", "input"}}
+            custom = getattr(item, "custom", None)
+            name, arguments = getattr(custom, "name", ""), getattr(custom, "input", "")
+        calls.append(
+            ToolCall(id=str(getattr(item, "id", "")), name=str(name), arguments=str(arguments))
+        )
+    return tuple(calls)

@@ -103,4 +103,5 @@ class SDKProvider(Generic[SyncClient, AsyncClient]):
             model=model,
             key_env=self.config.key_env(),
             secret=self._secret,
+            base_url=self.config.base_url,
         )
