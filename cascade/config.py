@@ -25,6 +25,7 @@ from pydantic import (
     model_validator,
 )
 
+from cascade.config_paths import resolve_path
 from cascade.errors import ConfigError
 from cascade.pricing import Price, fill_prices
 
@@ -40,6 +41,7 @@ __all__ = [
     "format_location",
     "load_config",
     "parse_config",
+    "resolve_path",  # from cascade.config_paths, where it lives
     "safe_load_bounded",
 ]
 
@@ -318,20 +320,6 @@ class CascadeConfig(BaseModel):
 
     def price_source(self, model: str) -> str:
         return self._price_sources.get(model, "config")
-
-
-def resolve_path(path: str, config_path: str | os.PathLike[str] | None) -> str:
-    """A path written in a config file, relative to that file's folder (absolute stays as is).
-
-    ``~`` is expanded. Without a config file (a config built in code) the path is left as given,
-    and so is a URL (``postgresql://...``, ``sqlite:///...``), which is not a file path.
-    """
-    if "://" in path:
-        return path
-    expanded = Path(path).expanduser()
-    if expanded.is_absolute() or config_path is None or path == ":memory:":
-        return str(expanded) if path != ":memory:" else path
-    return str(Path(config_path).parent / expanded)
 
 
 def format_location(loc: tuple[int | str, ...]) -> str:
