@@ -19,12 +19,11 @@ Scheme ``crossfit``: every train query gets an estimate from the fold models (5 
 not see it, and candidates are fixed before any data is seen: per subset of kept rungs, one
 common acceptance bar on the calibrated probability, from 1.0 down to 0 in steps of 0.005.
 Each subset's sequence is tested on all train queries at level delta / (number of subsets).
-Twice the data for fitting and for certifying; the price is that the deployed model, refit on
-every train query, is not exactly the fold models the certificate was computed with.
+Twice the data for fitting and certifying, but the deployed model (refit on every query) is not
+the fold models the certificate was computed with.
 
-Either way the chosen policy is written as an ordinary config (``quality_model`` evaluators, a
-``router``), replayed through the real engine on train and test, and held to the simulation's
-cost and quality (a mismatch is a bug, and raises).
+Either way the chosen policy is written as an ordinary config, replayed through the real engine
+and held to the simulation's cost and quality (a mismatch is a bug, and raises).
 """
 
 from __future__ import annotations
@@ -45,7 +44,15 @@ from cascade.config import CascadeConfig, load_config, parse_config
 from cascade.dataset import ReplayRecord, load_dataset
 from cascade.errors import CascadeError, ConfigError, DatasetError
 from cascade.guarantee import fixed_sequence
-from cascade.policy_table import FOLDS, AnswerTable, Estimates, FitSettings, Policy, simulate
+from cascade.policy_table import (
+    FOLDS,
+    AnswerTable,
+    Estimates,
+    FitSettings,
+    Policy,
+    candidate_specs,
+    simulate,
+)
 
 __all__ = ["calibrate_policy"]
 
@@ -244,15 +251,6 @@ def _config(
     return out
 
 
-def _candidate_specs(raw: Mapping[str, Any], task: str) -> list[list[dict[str, Any]]]:
-    raw_task = raw["tasks"][task]
-    out = []
-    for entry in raw_task["ladder"]:
-        own = isinstance(entry, dict) and entry.get("evaluators") is not None
-        out.append(copy.deepcopy(entry["evaluators"] if own else raw_task.get("evaluators") or []))
-    return out
-
-
 def calibrate_policy(
     config_path: str | Path,
     train: str | Path,
@@ -301,7 +299,7 @@ def calibrate_policy(
     if not records:
         raise DatasetError(f"{train}: no query of task {task!r} (train set)")
     test_records = cal._load(Path(test), task, "test") if test is not None else None
-    specs = _candidate_specs(raw, task)
+    specs = candidate_specs(raw, task)
     recipe = next(
         (s.get("recipe") for rung in specs for s in rung if s.get("type") == "agreement"), None
     )

@@ -15,10 +15,10 @@ Calibration checks it against the real engine (``run_bench``) before it reports 
 
 from __future__ import annotations
 
+import copy
 import math
-import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -26,17 +26,16 @@ import numpy as np
 from cascade.bench import replay_engine
 from cascade.config import CascadeConfig
 from cascade.dataset import ReplayRecord
-from cascade.errors import ProviderError
-from cascade.evaluation import Slot, finalized, shown
+from cascade.evaluation import finalized, shown
 from cascade.features import prompt_features, prompt_text
 from cascade.learn import Hashing, LinearModel, fit_isotonic, fit_logistic, hashed, sigmoid
 from cascade.pricing import cost_usd
-from cascade.recorder import Run, current_run
-from cascade.types import Completion, Request, Verdict
+from cascade.simulation import replay_answer, run_slot
+from cascade.types import Completion, Request
 from evaluators.agreement import Agreement
 from evaluators.quality import Features
 
-__all__ = ["AnswerTable", "Estimates", "FitSettings", "Policy", "simulate"]
+__all__ = ["AnswerTable", "Estimates", "FitSettings", "Policy", "candidate_specs", "simulate"]
 
 FOLDS = 5
 NEVER = math.inf  # no probability reaches it: the rung never accepts
@@ -67,19 +66,6 @@ class Policy:
         return hash(self._key())
 
 
-def _slot_verdict(slot: Slot, request: Request, completion: Completion) -> tuple[Verdict, float]:
-    """One verdict and what its side calls (a judge) cost, recorded as the engine would."""
-    run = Run(
-        run_id=request.run_id, task=request.task, started=time.perf_counter(), log_content=False
-    )
-    token = current_run.set(run)
-    try:
-        verdict = slot.run(request, completion)
-    finally:
-        current_run.reset(token)
-    return verdict, run.cost()
-
-
 class AnswerTable:
     """Every rung's recorded answer to every query, and the features of each answer."""
 
@@ -105,7 +91,7 @@ class AnswerTable:
             name = cfg.models[rung.key].name
             outs, costs = [], []
             for r in records:
-                done, paid = self._complete(rung, r)
+                done, paid = replay_answer(rung, r)
                 outs.append(done)
                 costs.append(cost_usd(paid, rung.model.price) if paid else 0.0)
             self.completions.append(outs)
@@ -121,18 +107,6 @@ class AnswerTable:
             )
         self.prompts = [prompt_text([m.model_dump() for m in r.messages]) for r in records]
         self._features: dict[tuple[int, int], tuple[list[dict[str, float]], np.ndarray]] = {}
-
-    @staticmethod
-    def _complete(rung: Any, record: ReplayRecord) -> tuple[Completion | None, Completion | None]:
-        messages = tuple(m.model_dump() for m in record.messages)
-        try:
-            done: Completion = rung.provider.complete(
-                messages, model=rung.model.name, params={}, query_id=record.id
-            )
-        except ProviderError as exc:
-            return None, exc.billed  # an error step; a recorded empty answer is still billed
-        done = replace(done, model=rung.key)
-        return done, done
 
     def features(self, i: int, pattern: int) -> tuple[list[dict[str, float]], np.ndarray]:
         """Rung ``i``'s features per query after the answers of the rungs in bitmask
@@ -162,7 +136,7 @@ class AnswerTable:
                 clean = finalized(ex.signals, completion)
                 verdicts = []
                 for slot in ex.signals:
-                    verdict, spent = _slot_verdict(slot, request, shown(slot, completion, clean))
+                    verdict, spent = run_slot(slot, request, shown(slot, completion, clean))
                     verdicts.append(verdict)
                     side[q] += spent
                 dense, _ = ex.of(request, completion, tuple(verdicts))
@@ -404,3 +378,13 @@ def simulate(
         last = np.where(rej, score, last)
         pattern = np.where(rej, pattern | (1 << i), pattern)
     return cost, quality
+
+
+def candidate_specs(raw: Mapping[str, Any], task: str) -> list[list[dict[str, Any]]]:
+    """Each rung's candidate evaluators as written in the YAML (its own, else the task's)."""
+    raw_task = raw["tasks"][task]
+    out = []
+    for entry in raw_task["ladder"]:
+        own = isinstance(entry, dict) and entry.get("evaluators") is not None
+        out.append(copy.deepcopy(entry["evaluators"] if own else raw_task.get("evaluators") or []))
+    return out

@@ -52,6 +52,8 @@ __all__ = [
     "build_views",
     "candidates",
     "grids",
+    "replay_answer",
+    "run_slot",
     "simulate",
     "subsets",
 ]
@@ -88,7 +90,20 @@ class _Rung:
 _Eval = tuple[bool, float, float, float, bool, float]
 
 
-def _run_slot(slot: Slot, request: Request, completion: Completion) -> tuple[Verdict, float]:
+def replay_answer(rung: Any, record: ReplayRecord) -> tuple[Completion | None, Completion | None]:
+    """A rung's recorded answer (None for an error step) and what the call was billed for."""
+    messages = tuple(m.model_dump() for m in record.messages)
+    try:
+        done: Completion = rung.provider.complete(
+            messages, model=rung.model.name, params={}, query_id=record.id
+        )
+    except ProviderError as exc:
+        return None, exc.billed  # an error step; a recorded empty answer is still billed
+    done = replace(done, model=rung.key)
+    return done, done
+
+
+def run_slot(slot: Slot, request: Request, completion: Completion) -> tuple[Verdict, float]:
     """One verdict and what its side calls (a judge) cost, recorded as the engine would."""
     run = _Run(
         run_id=request.run_id, task=request.task, started=time.perf_counter(), log_content=False
@@ -107,7 +122,7 @@ def _chain(
     """Run slots in order under ``accept: all`` until one rejects: (all passed, side cost)."""
     cost = 0.0
     for slot in slots:
-        verdict, spent = _run_slot(slot, request, shown(slot, raw, clean))
+        verdict, spent = run_slot(slot, request, shown(slot, raw, clean))
         cost += spent
         if not verdict.passed:
             return False, cost
@@ -163,16 +178,7 @@ class ReplayTable:
     def _complete(
         self, rung: Any, record: ReplayRecord
     ) -> tuple[Completion | None, Completion | None]:
-        """The rung's answer (None for an error step) and what the call was billed for."""
-        messages = tuple(m.model_dump() for m in record.messages)
-        try:
-            done: Completion = rung.provider.complete(
-                messages, model=rung.model.name, params={}, query_id=record.id
-            )
-        except ProviderError as exc:
-            return None, exc.billed  # an error step; a recorded empty answer is still billed
-        done = replace(done, model=rung.key)
-        return done, done
+        return replay_answer(rung, record)
 
     def _plan(
         self,
@@ -284,7 +290,7 @@ class ReplayTable:
         if rung.tuned is None:  # the engine's loop, any accept policy
             verdicts, cost = [], 0.0
             for slot in rung.slots:
-                verdict, spent = _run_slot(slot, request, shown(slot, completion, clean))
+                verdict, spent = run_slot(slot, request, shown(slot, completion, clean))
                 verdicts.append(verdict)
                 cost += spent
                 if decided(rung.accept, verdict):
@@ -296,11 +302,11 @@ class ReplayTable:
         if not pre_pass:
             return (False, pre_cost, 0.0, math.nan, False, 0.0)
         seen = shown(rung.slots[t], completion, clean)
-        verdict, tuned_cost = _run_slot(rung.slots[t], request, seen)
+        verdict, tuned_cost = run_slot(rung.slots[t], request, seen)
         assert rung.tunable is not None
         basis = verdict
         if rung.variant is not None:
-            basis, _ = _run_slot(rung.variant, request, seen)
+            basis, _ = run_slot(rung.variant, request, seen)
         value = rung.slots[t].evaluator.threshold_value(basis, seen)
         if verdict.passed != (value is not None and value >= rung.configured):
             raise CascadeError(

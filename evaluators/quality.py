@@ -16,6 +16,7 @@ code. The same object scores the answer in ``complete``, in the gateway and in r
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -157,15 +158,7 @@ class QualityModel:
     def __init__(self, config: Config, context: EvaluatorContext):
         self.config = config
         self.model = load_model(config.model, context, "model")
-        sub = EvaluatorContext(
-            location=f"{context.location}.signals",
-            task=context.task,
-            model=context.model,
-            provider_type=context.provider_type,
-            supports_logprobs=context.supports_logprobs,
-            services=context.services,
-            config_dir=context.config_dir,
-        )
+        sub = replace(context, location=f"{context.location}.signals")
         agree = (
             Agreement(Agreement.Config(recipe=config.recipe), context)
             if config.recipe is not None
