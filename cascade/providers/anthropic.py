@@ -10,8 +10,8 @@ from typing import Any, ClassVar
 
 import anthropic
 
-from cascade.providers.base import empty_answer, split_params, untransformed, validate_usage
-from cascade.providers.sdk import SDKProvider
+from cascade.providers.base import empty_answer, validate_usage
+from cascade.providers.sdk import SDKProvider, field, request_body
 from cascade.tokens import estimate_input_tokens, estimate_output_tokens
 from cascade.types import Completion, Message, ToolCall
 
@@ -154,7 +154,11 @@ def _arguments(raw: Any) -> Any:
 
 
 class AnthropicProvider(SDKProvider[anthropic.Anthropic, anthropic.AsyncAnthropic]):
-    """Calls ``messages.create``; SDK retries are off: the engine's tenacity layer is the only one.
+    """Calls the Messages endpoint through the official SDK's client, reading the reply's JSON once.
+
+    SDK retries are off: the engine's tenacity layer is the only one. The SDK sends the request
+    (auth, ``anthropic-version``, base_url, its error classes); the typed response models are
+    skipped (see ``SDKProvider._post``).
 
     Args:
         name: The ``providers:`` key.
@@ -168,9 +172,9 @@ class AnthropicProvider(SDKProvider[anthropic.Anthropic, anthropic.AsyncAnthropi
     async_client_class = anthropic.AsyncAnthropic
     supports_logprobs: ClassVar[bool] = False
 
-    def _kwargs(
-        self, method: Any, messages: Sequence[Message], model: str, params: Mapping[str, Any]
-    ) -> dict[str, Any]:
+    def _body(
+        self, messages: Sequence[Message], model: str, params: Mapping[str, Any]
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
         system, turns = to_anthropic(messages)
         renamed = {_RENAMED.get(k, k): v for k, v in params.items() if k not in _OPENAI_ONLY}
         renamed.setdefault("max_tokens", DEFAULT_MAX_TOKENS)
@@ -181,12 +185,10 @@ class AnthropicProvider(SDKProvider[anthropic.Anthropic, anthropic.AsyncAnthropi
         )
         if choice is not None and renamed.get("tools"):
             renamed["tool_choice"] = choice
-        kwargs = split_params(method, renamed)
-        kwargs["model"] = model
-        untransformed(kwargs, "messages", turns)
+        fields: dict[str, Any] = {"model": model, "messages": turns}
         if system is not None:
-            kwargs["system"] = system
-        return kwargs
+            fields["system"] = system
+        return request_body(renamed, **fields)
 
     def complete(
         self,
@@ -196,19 +198,13 @@ class AnthropicProvider(SDKProvider[anthropic.Anthropic, anthropic.AsyncAnthropi
         params: Mapping[str, Any],
         query_id: str | None = None,
     ) -> Completion:
-        client = self.client
-        kwargs = self._kwargs(client.messages.create, messages, model, params)
+        body, options = self._body(messages, model, params)
         started = time.perf_counter()
         try:
-            response = client.messages.create(**kwargs)
-        except (
-            anthropic.AnthropicError,
-            ValueError,
-        ) as exc:  # ValueError: a 200 whose body is not JSON
+            reply = self._post("/v1/messages", body, options)
+        except (anthropic.AnthropicError, ValueError) as exc:  # ValueError: a 200 not JSON
             raise self._error(exc, model) from exc
-        return self._parse(
-            response, model, (time.perf_counter() - started) * 1000, messages, params
-        )
+        return self._parse(reply, model, (time.perf_counter() - started) * 1000, messages, params)
 
     async def acomplete(
         self,
@@ -218,52 +214,47 @@ class AnthropicProvider(SDKProvider[anthropic.Anthropic, anthropic.AsyncAnthropi
         params: Mapping[str, Any],
         query_id: str | None = None,
     ) -> Completion:
-        client = self.async_client
-        kwargs = self._kwargs(client.messages.create, messages, model, params)
+        body, options = self._body(messages, model, params)
         started = time.perf_counter()
         try:
-            response = await client.messages.create(**kwargs)
-        except (
-            anthropic.AnthropicError,
-            ValueError,
-        ) as exc:  # ValueError: a 200 whose body is not JSON
+            reply = await self._apost("/v1/messages", body, options)
+        except (anthropic.AnthropicError, ValueError) as exc:  # ValueError: a 200 not JSON
             raise self._error(exc, model) from exc
-        return self._parse(
-            response, model, (time.perf_counter() - started) * 1000, messages, params
-        )
+        return self._parse(reply, model, (time.perf_counter() - started) * 1000, messages, params)
 
     def _parse(
         self,
-        response: Any,
+        reply: Any,
         model: str,
         latency_ms: float,
         messages: Sequence[Message],
         params: Mapping[str, Any],
     ) -> Completion:
-        blocks = getattr(response, "content", None)
-        if isinstance(response, (str, bytes)) or blocks is None:
+        """Read the message's JSON (a dict, as ``json.loads`` gave it) into a Completion."""
+        blocks = field(reply, "content")
+        if not isinstance(blocks, list):
             raise empty_answer(self.name, model, "a body that is not a message")
         text = "".join(
-            getattr(b, "text", "") or "" for b in blocks if getattr(b, "type", None) == "text"
+            str(field(b, "text") or "") for b in blocks if field(b, "type") == "text"
         )
         calls = tuple(
             ToolCall(
-                id=str(getattr(b, "id", "")),
-                name=str(getattr(b, "name", "")),
-                arguments=json.dumps(getattr(b, "input", None) or {}, ensure_ascii=False),
+                id=str(field(b, "id") or ""),
+                name=str(field(b, "name") or ""),
+                arguments=json.dumps(field(b, "input") or {}, ensure_ascii=False),
             )
             for b in blocks
-            if getattr(b, "type", None) == "tool_use"
+            if field(b, "type") == "tool_use"
         )
-        usage = getattr(response, "usage", None)
+        usage = field(reply, "usage")
         counts = validate_usage(
             self.name,
             model,
             {
-                "input_tokens": getattr(usage, "input_tokens", None),
-                "cache_read_input_tokens": getattr(usage, "cache_read_input_tokens", None),
-                "cache_creation_input_tokens": getattr(usage, "cache_creation_input_tokens", None),
-                "output_tokens": getattr(usage, "output_tokens", None),
+                "input_tokens": field(usage, "input_tokens"),
+                "cache_read_input_tokens": field(usage, "cache_read_input_tokens"),
+                "cache_creation_input_tokens": field(usage, "cache_creation_input_tokens"),
+                "output_tokens": field(usage, "output_tokens"),
             },
             output="output_tokens",
             messages=messages,
@@ -284,7 +275,7 @@ class AnthropicProvider(SDKProvider[anthropic.Anthropic, anthropic.AsyncAnthropi
             output_tokens=estimate_output_tokens(text, calls) if answer is None else answer,
             cached_input_tokens=read,
             latency_ms=latency_ms,
-            finish_reason=_finish_reason(getattr(response, "stop_reason", None)),
+            finish_reason=_finish_reason(field(reply, "stop_reason")),
             usage_estimated=fresh is None or answer is None,
             tool_calls=calls,
         )

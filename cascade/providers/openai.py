@@ -10,8 +10,8 @@ from typing import Any, ClassVar
 
 import openai
 
-from cascade.providers.base import empty_answer, split_params, untransformed, validate_usage
-from cascade.providers.sdk import SDKProvider
+from cascade.providers.base import empty_answer, validate_usage
+from cascade.providers.sdk import SDKProvider, field, request_body
 from cascade.tokens import estimate_input_tokens, estimate_output_tokens
 from cascade.types import Completion, Message, ToolCall
 
@@ -19,7 +19,10 @@ __all__ = ["OpenAIProvider"]
 
 
 class OpenAIProvider(SDKProvider[openai.OpenAI, openai.AsyncOpenAI]):
-    """Calls ``chat.completions.create`` through the official SDK.
+    """Calls the chat completions endpoint through the official SDK's client.
+
+    The SDK sends the request (auth, base_url, transport, its error classes); the reply is read
+    from its JSON once, without the SDK's typed response models (see ``SDKProvider._post``).
 
     The SDK's own retries are off (``max_retries=0``): the engine's tenacity layer is the only
     one. Clients are created on first use, so a missing key only matters when a call needs it.
@@ -44,17 +47,13 @@ class OpenAIProvider(SDKProvider[openai.OpenAI, openai.AsyncOpenAI]):
         params: Mapping[str, Any],
         query_id: str | None = None,
     ) -> Completion:
-        client = self.client
-        kwargs = split_params(client.chat.completions.create, params)
-        untransformed(kwargs, "messages", messages)
+        body, options = request_body(params, model=model, messages=list(messages))
         started = time.perf_counter()
         try:
-            response = client.chat.completions.create(model=model, **kwargs)
+            reply = self._post("/chat/completions", body, options)
         except (openai.OpenAIError, ValueError) as exc:  # ValueError: a 200 whose body is not JSON
             raise self._error(exc, model) from exc
-        return self._parse(
-            response, model, (time.perf_counter() - started) * 1000, messages, params
-        )
+        return self._parse(reply, model, (time.perf_counter() - started) * 1000, messages, params)
 
     async def acomplete(
         self,
@@ -64,50 +63,49 @@ class OpenAIProvider(SDKProvider[openai.OpenAI, openai.AsyncOpenAI]):
         params: Mapping[str, Any],
         query_id: str | None = None,
     ) -> Completion:
-        client = self.async_client
-        kwargs = split_params(client.chat.completions.create, params)
-        untransformed(kwargs, "messages", messages)
+        body, options = request_body(params, model=model, messages=list(messages))
         started = time.perf_counter()
         try:
-            response = await client.chat.completions.create(model=model, **kwargs)
+            reply = await self._apost("/chat/completions", body, options)
         except (openai.OpenAIError, ValueError) as exc:  # ValueError: a 200 whose body is not JSON
             raise self._error(exc, model) from exc
-        return self._parse(
-            response, model, (time.perf_counter() - started) * 1000, messages, params
-        )
+        return self._parse(reply, model, (time.perf_counter() - started) * 1000, messages, params)
 
     def _parse(
         self,
-        response: Any,
+        reply: Any,
         model: str,
         latency_ms: float,
         messages: Sequence[Message],
         params: Mapping[str, Any],
     ) -> Completion:
+        """Read the chat completion's JSON (a dict, as ``json.loads`` gave it) into a Completion."""
         # A 200 whose body is not a chat completion is a fault, not an empty answer.
-        if isinstance(response, (str, bytes)) or not hasattr(response, "choices"):
+        if not isinstance(reply, dict) or "choices" not in reply:
             raise empty_answer(self.name, model, "a body that is not a chat completion")
-        if not response.choices:
+        choices = reply["choices"]
+        if not choices or not isinstance(choices, list):
             raise empty_answer(self.name, model, "no choices")
-        choice = response.choices[0]
-        message = getattr(choice, "message", None)
-        text = getattr(message, "content", None)
-        usage = getattr(response, "usage", None)
-        details = getattr(usage, "prompt_tokens_details", None)
+        choice = choices[0]
+        message = field(choice, "message")
+        text = field(message, "content")
+        usage = field(reply, "usage")
+        details = field(usage, "prompt_tokens_details")
         counts = validate_usage(
             self.name,
             model,
             {
-                "prompt_tokens": getattr(usage, "prompt_tokens", None),
-                "completion_tokens": getattr(usage, "completion_tokens", None),
-                "cached_tokens": getattr(details, "cached_tokens", None),
+                "prompt_tokens": field(usage, "prompt_tokens"),
+                "completion_tokens": field(usage, "completion_tokens"),
+                "cached_tokens": field(details, "cached_tokens"),
             },
             output="completion_tokens",
             messages=messages,
             params=params,
         )
         prompt, answer = counts["prompt_tokens"], counts["completion_tokens"]
-        calls = _tool_calls(getattr(message, "tool_calls", None))
+        calls = _tool_calls(field(message, "tool_calls"))
+        finish = field(choice, "finish_reason")
         # A reply without usage is billed at our (high) estimate, and says so.
         billed = Completion(
             text="",
@@ -120,22 +118,23 @@ class OpenAIProvider(SDKProvider[openai.OpenAI, openai.AsyncOpenAI]):
             ),
             cached_input_tokens=counts["cached_tokens"] or 0,
             latency_ms=latency_ms,
-            finish_reason=getattr(choice, "finish_reason", None),
+            finish_reason=finish if isinstance(finish, str) else None,
             usage_estimated=prompt is None or answer is None,
         )
         # A reply that asks for a function call is an answer, even with no text at all.
         if not calls and (not isinstance(text, str) or not text.strip()):
-            refusal = getattr(message, "refusal", None)
+            refusal = field(message, "refusal")
             what = f"a refusal: {refusal}" if refusal else "an empty message"
             raise empty_answer(self.name, model, what, billed)
         logprobs = None
         entries = None
-        content_lp = getattr(getattr(choice, "logprobs", None), "content", None)
-        if content_lp:
-            logprobs = tuple(float(t.logprob) for t in content_lp)
-            entries = tuple(
-                t.model_dump() if hasattr(t, "model_dump") else dict(t) for t in content_lp
-            )
+        content_lp = field(field(choice, "logprobs"), "content")
+        if content_lp and isinstance(content_lp, list):
+            try:
+                logprobs = tuple(float(t["logprob"]) for t in content_lp)
+            except (TypeError, KeyError, ValueError):
+                raise empty_answer(self.name, model, "malformed logprobs", billed) from None
+            entries = tuple(dict(t) for t in content_lp)
         return replace(
             billed,
             text=text if isinstance(text, str) else "",
@@ -148,14 +147,18 @@ class OpenAIProvider(SDKProvider[openai.OpenAI, openai.AsyncOpenAI]):
 def _tool_calls(raw: Any) -> tuple[ToolCall, ...]:
     """The message's function calls; other call types (custom tools) keep their name and input."""
     calls = []
-    for item in raw or ():
-        function = getattr(item, "function", None)
+    for item in raw if isinstance(raw, list) else ():
+        function = field(item, "function")
         if function is not None:
-            name, arguments = getattr(function, "name", ""), getattr(function, "arguments", "")
+            name, arguments = field(function, "name"), field(function, "arguments")
         else:  # a custom tool call: {"custom": {"name", "input"}}
-            custom = getattr(item, "custom", None)
-            name, arguments = getattr(custom, "name", ""), getattr(custom, "input", "")
+            custom = field(item, "custom")
+            name, arguments = field(custom, "name"), field(custom, "input")
         calls.append(
-            ToolCall(id=str(getattr(item, "id", "")), name=str(name), arguments=str(arguments))
+            ToolCall(
+                id=str(field(item, "id") or ""),
+                name=str(name or ""),
+                arguments=str(arguments or ""),
+            )
         )
     return tuple(calls)

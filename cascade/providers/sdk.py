@@ -3,15 +3,49 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import weakref
+from collections.abc import Mapping
 from types import ModuleType
 from typing import Any, ClassVar, Generic, TypeVar
 
+import httpx2
+
 from cascade.config import ProviderConfig
 from cascade.errors import ProviderError
+from cascade.params import TRANSPORT_OPTIONS
 from cascade.providers.base import api_key, map_sdk_error
 
-__all__ = ["SDKProvider"]
+__all__ = ["SDKProvider", "field", "request_body"]
+
+# The SDK's request options our transport options map to (the names of ``make_request_options``).
+_OPTION_NAMES = {"extra_headers": "headers", "extra_query": "params", "timeout": "timeout"}
+
+
+def request_body(params: Mapping[str, Any], **fields: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The JSON body and the SDK request options for one call, as ``create()`` would send them.
+
+    ``extra_body`` is merged last, as the SDKs merge it; ``fields`` (model, messages...) are set
+    by the provider and win. Transport options become the SDK's request options.
+    """
+    body: dict[str, Any] = {}
+    options: dict[str, Any] = {}
+    for key, value in params.items():
+        if key in TRANSPORT_OPTIONS:
+            options[_OPTION_NAMES[key]] = value
+        elif key != "extra_body":
+            body[key] = value
+    extra = params.get("extra_body")
+    if extra:
+        body.update(extra)
+    body.update(fields)
+    return body, options
+
+
+def field(obj: Any, key: str) -> Any:
+    """``obj[key]`` when obj is a JSON object, else None (a malformed reply is checked later)."""
+    return obj.get(key) if isinstance(obj, dict) else None
+
 
 SyncClient = TypeVar("SyncClient")
 AsyncClient = TypeVar("AsyncClient")
@@ -82,6 +116,22 @@ class SDKProvider(Generic[SyncClient, AsyncClient]):
             self._async_client = None
             self._async_clients[loop] = client
         return client
+
+    # The fast path: the SDK's client sends the request (auth, base_url, transport, its error
+    # classes for non-2xx and connection faults), but the reply is read as raw JSON once instead
+    # of being built into the SDK's typed response models, which cost more than the HTTP round
+    # trip to a fast upstream (benchmarks/RESULTS.md, "Engine vs bare SDK").
+    def _post(self, path: str, body: dict[str, Any], options: dict[str, Any]) -> Any:
+        response = self.client.post(  # type: ignore[attr-defined]
+            path, body=body, options=options, cast_to=httpx2.Response
+        )
+        return json.loads(response.content)
+
+    async def _apost(self, path: str, body: dict[str, Any], options: dict[str, Any]) -> Any:
+        response = await self.async_client.post(  # type: ignore[attr-defined]
+            path, body=body, options=options, cast_to=httpx2.Response
+        )
+        return json.loads(response.content)
 
     def close(self) -> None:
         """Close the sync client's connections."""

@@ -1,0 +1,141 @@
+"""Engine overhead: a one-rung cascade against bare SDK calls, on the same loopback upstream.
+
+    python benchmarks/engine_overhead.py --requests 2000
+
+The upstream (``MockLLMServer``, answering at once) runs in its own process so that it does not
+share this process's GIL. In one event loop, the same request is sent in strict alternation by:
+
+- ``sdk_typed``: ``AsyncOpenAI().chat.completions.create`` (the SDK's typed response models);
+- ``sdk_raw``: the same client's ``post(..., cast_to=httpx2.Response)`` plus one ``json.loads``
+  (what the engine's providers do since issue #14);
+- ``engine``: ``Cascade.acomplete`` on a one-rung task whose answer is accepted, no ledger;
+- ``engine_ledger``: the same with a SQLite ledger (write-ahead row before the call, settled
+  after it, as in production).
+
+Each path has its own client and keep-alive connection. Figures are per request, in ms, with
+the engine's own time (its p50 minus ``sdk_raw``'s p50) and ratios against ``sdk_typed``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import multiprocessing
+import os
+import platform
+import socketserver
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from cascade.bench import percentile
+
+MESSAGES = [{"role": "user", "content": "What are your opening hours?"}]
+
+
+def _upstream(urls: Any, stop: Any) -> None:
+    from cascade.testing import MockLLMServer, Reply
+
+    socketserver.StreamRequestHandler.disable_nagle_algorithm = True
+    with MockLLMServer(lambda model, body: Reply("we open at nine", input_tokens=14)) as server:
+        urls.put(server.openai_url)
+        stop.wait()
+
+
+def _config(url: str, ledger: str | None) -> dict[str, Any]:
+    return {
+        "providers": {"up": {"type": "openai", "base_url": url, "api_key_env": "BENCH_KEY"}},
+        "models": {"m": {"provider": "up", "name": "bench-model",
+                         "price": {"input": 0.15, "output": 0.6}}},
+        "ledger": {"path": ledger},
+        "tasks": {"t": {"ladder": ["m"], "evaluators": []}},
+    }
+
+
+async def _run(url: str, requests: int, warmup: int) -> dict[str, list[float]]:
+    import httpx2
+    import openai
+
+    from cascade import Cascade
+
+    os.environ["BENCH_KEY"] = "bench"
+    typed_client = openai.AsyncOpenAI(api_key="bench", base_url=url, max_retries=0)
+    raw_client = openai.AsyncOpenAI(api_key="bench", base_url=url, max_retries=0)
+    tmp = tempfile.mkdtemp(prefix="engine-bench-")
+    engine = Cascade.from_dict(_config(url, None), ledger=False)
+    engine_ledger = Cascade.from_dict(_config(url, str(Path(tmp) / "ledger.db")))
+
+    async def sdk_typed() -> None:
+        r = await typed_client.chat.completions.create(model="bench-model", messages=MESSAGES)  # type: ignore[arg-type]
+        assert r.choices[0].message.content
+
+    async def sdk_raw() -> None:
+        r = await raw_client.post("/chat/completions", cast_to=httpx2.Response,
+                                  body={"model": "bench-model", "messages": MESSAGES})
+        assert json.loads(r.content)["choices"][0]["message"]["content"]
+
+    async def run_engine() -> None:
+        assert (await engine.acomplete("t", MESSAGES)).accepted
+
+    async def run_engine_ledger() -> None:
+        assert (await engine_ledger.acomplete("t", MESSAGES)).accepted
+
+    paths: dict[str, Callable[[], Awaitable[None]]] = {
+        "sdk_typed": sdk_typed, "sdk_raw": sdk_raw, "engine": run_engine,
+        "engine_ledger": run_engine_ledger,
+    }
+    times: dict[str, list[float]] = {name: [] for name in paths}
+    for i in range(warmup + requests):
+        # rotate the starting path so that none always runs right after another
+        order = list(paths.items())
+        order = order[i % len(order):] + order[:i % len(order)]
+        for name, fn in order:
+            started = time.perf_counter()
+            await fn()
+            if i >= warmup:
+                times[name].append((time.perf_counter() - started) * 1000)
+    await engine.aclose()
+    await engine_ledger.aclose()
+    engine_ledger.close()
+    return times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--warmup", type=int, default=200)
+    args = parser.parse_args()
+    logging.disable(logging.WARNING)
+    ctx = multiprocessing.get_context("spawn")
+    urls, stop = ctx.Queue(), ctx.Event()
+    upstream = ctx.Process(target=_upstream, args=(urls, stop), daemon=True)
+    upstream.start()
+    try:
+        times = asyncio.run(_run(urls.get(timeout=30), args.requests, args.warmup))
+    finally:
+        stop.set()
+        upstream.join(5)
+    p50 = {name: percentile(v, 50) for name, v in times.items()}
+    report: dict[str, Any] = {
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+                   f"Python {platform.python_version()}",
+        "requests_per_path": args.requests,
+        "ms": {name: {"p50": round(p50[name], 3),
+                      "p95": round(percentile(v, 95), 3),
+                      "p99": round(percentile(v, 99), 3)} for name, v in times.items()},
+        "engine_own_ms_p50": round(p50["engine"] - p50["sdk_raw"], 3),
+        "engine_ledger_own_ms_p50": round(p50["engine_ledger"] - p50["sdk_raw"], 3),
+        "ratio_p50_vs_sdk_typed": {name: round(p50[name] / p50["sdk_typed"], 3) for name in p50},
+    }
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
