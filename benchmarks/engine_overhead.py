@@ -10,7 +10,11 @@ share this process's GIL. In one event loop, the same request is sent in strict 
   (what the engine's providers do since issue #14);
 - ``engine``: ``Cascade.acomplete`` on a one-rung task whose answer is accepted, no ledger;
 - ``engine_ledger``: the same with a SQLite ledger (write-ahead row before the call, settled
-  after it, as in production).
+  after it, as in production);
+- ``cascadeflow`` (with ``--cascadeflow-python``): ``CascadeAgent.run`` with one model
+  (provider ``vllm``, same upstream) in a process of its own running cascadeflow's own
+  virtualenv (``benchmarks/cascadeflow_worker.py``), timed inside that process, in turn with
+  the others.
 
 Each path has its own client and keep-alive connection. Figures are per request, in ms, with
 the engine's own time (its p50 minus ``sdk_raw``'s p50) and ratios against ``sdk_typed``.
@@ -26,6 +30,7 @@ import multiprocessing
 import os
 import platform
 import socketserver
+import subprocess
 import sys
 import tempfile
 import time
@@ -59,7 +64,8 @@ def _config(url: str, ledger: str | None) -> dict[str, Any]:
     }
 
 
-async def _run(url: str, requests: int, warmup: int) -> dict[str, list[float]]:
+async def _run(url: str, requests: int, warmup: int,
+               cascadeflow: str | None = None) -> dict[str, list[float]]:
     import httpx2
     import openai
 
@@ -91,6 +97,20 @@ async def _run(url: str, requests: int, warmup: int) -> dict[str, list[float]]:
         "sdk_typed": sdk_typed, "sdk_raw": sdk_raw, "engine": run_engine,
         "engine_ledger": run_engine_ledger,
     }
+    worker = None
+    inside: list[float] = []
+    if cascadeflow is not None:
+        script = Path(__file__).with_name("cascadeflow_worker.py")
+        worker = subprocess.Popen([cascadeflow, str(script), url], stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, text=True)
+
+        async def run_cascadeflow() -> None:
+            assert worker is not None and worker.stdin and worker.stdout
+            worker.stdin.write("\n")
+            worker.stdin.flush()
+            inside.append(float(worker.stdout.readline()))
+
+        paths["cascadeflow"] = run_cascadeflow
     times: dict[str, list[float]] = {name: [] for name in paths}
     for i in range(warmup + requests):
         # rotate the starting path so that none always runs right after another
@@ -104,6 +124,12 @@ async def _run(url: str, requests: int, warmup: int) -> dict[str, list[float]]:
     await engine.aclose()
     await engine_ledger.aclose()
     engine_ledger.close()
+    if worker is not None:
+        assert worker.stdin is not None
+        worker.stdin.close()
+        worker.wait(10)
+        # its own timing, without the pipe round trip to this process
+        times["cascadeflow"] = inside[warmup:]
     return times
 
 
@@ -111,6 +137,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--warmup", type=int, default=200)
+    parser.add_argument("--cascadeflow-python", help="python of a virtualenv with cascadeflow")
     args = parser.parse_args()
     logging.disable(logging.WARNING)
     ctx = multiprocessing.get_context("spawn")
@@ -118,7 +145,8 @@ def main() -> None:
     upstream = ctx.Process(target=_upstream, args=(urls, stop), daemon=True)
     upstream.start()
     try:
-        times = asyncio.run(_run(urls.get(timeout=30), args.requests, args.warmup))
+        times = asyncio.run(_run(urls.get(timeout=30), args.requests, args.warmup,
+                                 args.cascadeflow_python))
     finally:
         stop.set()
         upstream.join(5)

@@ -238,9 +238,9 @@ class TaskConfig(BaseModel):
     shadow_rate: float = Field(default=0.0, ge=0, le=1)
     examples: list[str] = Field(default_factory=list)
     quality_target: float | None = Field(default=None, ge=0, le=1)
-    # An answer cut off at the output limit (finish_reason "length") is rejected and the
-    # ladder moves on; false judges it like any other answer.
+    # A cut-off answer (finish_reason "length") is rejected; false judges it like any other.
     escalate_on_truncation: bool = True
+    hedge_after_ms: float | None = Field(default=None, gt=0)  # docs/reliability.md
 
     @field_validator("ladder", mode="before")
     @classmethod

@@ -51,7 +51,7 @@ from cascade.ledger import Ledger, open_ledger
 from cascade.limits import Gate, Limits
 from cascade.logs import get_logger
 from cascade.params import bound_output, check_call_params
-from cascade.plan import Eval, Io, Plan, adrive, drive, io
+from cascade.plan import Eval, Hedge, Io, Plan, adrive, drive, io
 from cascade.plugins import PROVIDERS, load_plugin
 from cascade.pricing import cost_usd
 from cascade.providers.base import Provider
@@ -97,9 +97,11 @@ class _Task:
     params: Mapping[str, Any]
     router: Router | None = None
     escalate_on_truncation: bool = True
+    hedge_after_ms: float | None = None
 
 
 _Attempt = tuple[Completion, tuple[Verdict, ...], bool, "tuple[Slot, Verdict] | None"]
+_Last = tuple[Rung, Completion, tuple[Verdict, ...]]
 
 
 class Cascade:
@@ -292,6 +294,7 @@ class Cascade:
             params=task.params,
             router=router,
             escalate_on_truncation=task.escalate_on_truncation,
+            hedge_after_ms=task.hedge_after_ms,
         )
 
     # -- public API -----------------------------------------------------------------------------
@@ -583,104 +586,33 @@ class Cascade:
         cache_as: tuple[str, float] | None = None,
     ) -> Plan:
         history: list[Completion] = []
-        last: tuple[Rung, Completion, tuple[Verdict, ...]] | None = None
+        last: _Last | None = None
         refused: list[Gate] = []
         prompt = prompt_text(messages) if task.router is not None else ""
-        for rung in task.rungs:
-            if task.router is not None and (skip := task.router.skip(rung.key, prompt)):
-                # Predicted to fail from the prompt alone: neither the call nor its checks are
-                # paid for, and the step says why.
-                p, threshold = skip
-                verdict = Verdict(
-                    "router", False, p, f"predicted P(correct) = {p:.3f} < skip_below {threshold:g}"
-                )
-                yield io(
-                    self._recorder.step,
-                    run, rung.key, Outcome(None, None, 0, 0.0), "skip", (verdict,),
-                    index=run.next_index(),
-                )
-                continue
-            # The worst case assumes this many output tokens, so the call is held to it.
-            call_params = bound_output(
-                {**rung.model.params, **task.params, **params},
-                rung.model.max_output_tokens,
-                rung.key,
+
+        def rung_plan(i: int) -> Plan:
+            return self._rung_plan(
+                task, task.rungs[i], messages, params, run, query_id, cap, cache_as,
+                prompt, history, refused,
             )
-            convo = messages
-            for slot in rung.slots:
-                if "prepare" in slot.hooks:
-                    convo, call_params = slot.hooks["prepare"](convo, call_params)
-            repairs = {s.name: int(getattr(s.evaluator, "repair_attempts", 0)) for s in rung.slots}
-            while True:
-                if run.deadline is not None and time.monotonic() >= run.deadline:
-                    # Nothing is called, so nothing is reserved: a row of its own, cost 0.
-                    yield io(
-                        self._recorder.step,
-                        run, rung.key, Outcome(None, None, 0, 0.0), "skip", (),
-                        error="the run's deadline passed (deadline_s)", index=run.next_index(),
-                    )
-                    break
-                index = run.next_index()
-                # Writes the step's pending row before the call, or raises LedgerError.
-                gate: Gate = yield io(
-                    self.limits.check,
-                    task.name, rung.model.provider, rung.key, convo, call_params, run.cost(), cap,
-                    run_id=run.run_id, step=index,
-                )
-                if gate.skipped:
-                    refused.append(gate)
-                    yield io(
-                        self._recorder.step,
-                        run, rung.key, Outcome(None, None, 0, 0.0), "skip", (), error=gate.reason,
-                        index=index,
-                    )
-                    break
-                try:
-                    step = yield from self._attempt(
-                        run,
-                        task,
-                        rung,
-                        convo,
-                        call_params,
-                        Request(
-                            task=task.name,
-                            messages=messages,
-                            params=params,
-                            run_id=run.run_id,
-                            history=tuple(history),
-                            query_id=query_id,
-                        ),
-                        repairs,
-                        index,
-                        gate,
-                    )
-                finally:
-                    # A hold still open here never heard back from its call (cancelled): it is
-                    # settled as lost at its worst case, never silently dropped.
-                    self.limits.release(gate)
-                if step is None:
-                    break
-                completion, verdicts, ok, fixer = step
-                if ok:
-                    result = self._result(run, rung, completion, verdicts, accepted=True)
-                    # A tool call is a step of the caller's loop, not an answer to replay.
-                    if cache_as is not None and self.cache is not None and not result.tool_calls:
-                        self.cache.put(
-                            cache_as[0], task.name, rung.key, result.text, result.json, cache_as[1]
-                        )
-                    return result
-                last = (rung, completion, verdicts)
-                if fixer is None:
-                    # Later rungs compare with what this rung said, not its confidence line.
-                    history.append(finalized(rung.slots, completion))
-                    break
-                slot, verdict = fixer
-                repairs[slot.name] -= 1
-                convo = (
-                    *convo,
-                    {"role": "assistant", "content": completion.text},
-                    {"role": "user", "content": slot.hooks["repair_message"](verdict)},
-                )
+
+        if task.hedge_after_ms is not None and len(task.rungs) > 1:
+            winner, outcomes = yield Hedge(
+                len(task.rungs), rung_plan, lambda o: o[0] is not None,
+                task.hedge_after_ms / 1000,
+            )
+            if winner is not None:
+                done: CascadeResult = outcomes[winner][0]
+                return done
+            # The highest rung that answered is the one returned when none is accepted.
+            answered = [outcomes[i][1] for i in sorted(outcomes) if outcomes[i][1] is not None]
+            last = answered[-1] if answered else None
+        else:
+            for i in range(len(task.rungs)):
+                won, tried = yield from rung_plan(i)
+                if won is not None:
+                    return won
+                last = tried or last
         if last is None:
             result = self._result(run, None, None, (), accepted=False)
             budget = [g for g in refused if g.kind == "budget"]
@@ -700,6 +632,118 @@ class Cascade:
         if task.on_exhausted == "raise":
             raise CascadeExhausted(result)
         return result
+
+    def _rung_plan(
+        self,
+        task: _Task,
+        rung: Rung,
+        messages: tuple[Message, ...],
+        params: dict[str, Any],
+        run: Run,
+        query_id: str | None,
+        cap: float | None,
+        cache_as: tuple[str, float] | None,
+        prompt: str,
+        history: list[Completion],
+        refused: list[Gate],
+    ) -> Generator[Call | Eval | Io | Hedge, Any, tuple[CascadeResult | None, _Last | None]]:
+        """One rung, repairs included: its accepted result, or the last answer it gave."""
+        last: _Last | None = None
+        if task.router is not None and (skip := task.router.skip(rung.key, prompt)):
+            # Predicted to fail from the prompt alone: neither the call nor its checks are
+            # paid for, and the step says why.
+            p, threshold = skip
+            verdict = Verdict(
+                "router", False, p, f"predicted P(correct) = {p:.3f} < skip_below {threshold:g}"
+            )
+            yield io(
+                self._recorder.step,
+                run, rung.key, Outcome(None, None, 0, 0.0), "skip", (verdict,),
+                index=run.next_index(),
+            )
+            return None, None
+        # The worst case assumes this many output tokens, so the call is held to it.
+        call_params = bound_output(
+            {**rung.model.params, **task.params, **params},
+            rung.model.max_output_tokens,
+            rung.key,
+        )
+        convo = messages
+        for slot in rung.slots:
+            if "prepare" in slot.hooks:
+                convo, call_params = slot.hooks["prepare"](convo, call_params)
+        repairs = {s.name: int(getattr(s.evaluator, "repair_attempts", 0)) for s in rung.slots}
+        while True:
+            if run.deadline is not None and time.monotonic() >= run.deadline:
+                # Nothing is called, so nothing is reserved: a row of its own, cost 0.
+                yield io(
+                    self._recorder.step,
+                    run, rung.key, Outcome(None, None, 0, 0.0), "skip", (),
+                    error="the run's deadline passed (deadline_s)", index=run.next_index(),
+                )
+                break
+            index = run.next_index()
+            # Writes the step's pending row before the call, or raises LedgerError.
+            gate: Gate = yield io(
+                self.limits.check,
+                task.name, rung.model.provider, rung.key, convo, call_params, run.cost(), cap,
+                run_id=run.run_id, step=index,
+            )
+            if gate.skipped:
+                refused.append(gate)
+                yield io(
+                    self._recorder.step,
+                    run, rung.key, Outcome(None, None, 0, 0.0), "skip", (), error=gate.reason,
+                    index=index,
+                )
+                break
+            try:
+                step = yield from self._attempt(
+                    run,
+                    task,
+                    rung,
+                    convo,
+                    call_params,
+                    Request(
+                        task=task.name,
+                        messages=messages,
+                        params=params,
+                        run_id=run.run_id,
+                        history=tuple(history),
+                        query_id=query_id,
+                    ),
+                    repairs,
+                    index,
+                    gate,
+                )
+            finally:
+                # A hold still open here never heard back from its call (cancelled): it is
+                # settled as lost at its worst case, never silently dropped.
+                self.limits.release(gate)
+            if step is None:
+                break
+            completion, verdicts, ok, fixer = step
+            if ok:
+                result = self._result(run, rung, completion, verdicts, accepted=True)
+                # A tool call is a step of the caller's loop, not an answer to replay.
+                if cache_as is not None and self.cache is not None and not result.tool_calls:
+                    self.cache.put(
+                        cache_as[0], task.name, rung.key, result.text, result.json, cache_as[1]
+                    )
+                return result, None
+            last = (rung, completion, verdicts)
+            if fixer is None:
+                # Later rungs compare with what this rung said, not its confidence line.
+                history.append(finalized(rung.slots, completion))
+                break
+            slot, verdict = fixer
+            repairs[slot.name] -= 1
+            convo = (
+                *convo,
+                {"role": "assistant", "content": completion.text},
+                {"role": "user", "content": slot.hooks["repair_message"](verdict)},
+            )
+        return None, last
 
     def _attempt(
         self,
@@ -737,6 +781,15 @@ class Cascade:
                 verdicts.append(verdict)
                 if decided(rung.accept, verdict):
                     break
+        except GeneratorExit:
+            # Cancelled while its answer was being judged (a hedged rung that lost): the call
+            # completed, so its step is settled with its real usage, not the reserved worst
+            # case. The plan is being closed off the loop (``adrive``), so this may write.
+            self._recorder.step(
+                run, rung.key, outcome, "error", tuple(verdicts), completion=completion,
+                index=index, error="cancelled: another rung answered first", hold=gate.hold,
+            )
+            raise
         except Exception as exc:
             # The answer was paid for: its step goes to the ledger before the error goes up.
             yield io(

@@ -19,6 +19,8 @@ __all__ = ["CONTENT_TYPE_LATEST", "GatewayMetrics"]
 # LLM calls take from tens of milliseconds to minutes; prometheus-client's default buckets
 # stop at 10 s.
 _LATENCY_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+# The gateway's own time per run is well under a millisecond when all is well.
+_OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 0.5)
 # Steps that pass a rung over, counted as escalations the same way ``cascade report`` does.
 _ESCALATING = frozenset({"escalate", "error"})
 
@@ -60,6 +62,15 @@ class GatewayMetrics:
             buckets=_LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self.overhead = Histogram(
+            "cascade_gateway_overhead_seconds",
+            "Wall time of a cascade run minus the time its provider calls took (retries "
+            "included): the engine, evaluators, ledger and metrics. Runs with hedged rungs "
+            "whose calls overlapped count 0 at the least.",
+            ["task"],
+            buckets=_OVERHEAD_BUCKETS,
+            registry=self.registry,
+        )
         self.errors = Counter(
             "cascade_errors", "Failed requests, by error class.", ["class"], registry=self.registry
         )
@@ -95,6 +106,9 @@ class GatewayMetrics:
         """Count one finished run (with whatever steps it took, even if it then failed)."""
         self.requests.labels(task, status).inc()
         self.latency.labels(task).observe(seconds)
+        steps = tuple(steps)
+        calls = sum(step.latency_ms for step in steps) / 1000
+        self.overhead.labels(task).observe(max(seconds - calls, 0.0))
         for step in steps:
             self.cost.labels(task, step.model).inc(step.cost_usd)
             if step.decision in _ESCALATING:

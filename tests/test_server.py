@@ -606,3 +606,23 @@ def test_serve_logs_its_address_and_stops_cleanly(tmp_path: Path) -> None:
             proc.wait()
         if proc.stderr is not None:
             proc.stderr.close()
+
+
+def test_gateway_overhead_histogram_is_run_time_minus_provider_calls() -> None:
+    """cascade_gateway_overhead_seconds: a run's wall time less its calls' time, never < 0."""
+    from cascade.server_metrics import GatewayMetrics
+
+    metrics = GatewayMetrics()
+    step = SimpleNamespace(model="mini", cost_usd=0.0, decision="accept", latency_ms=400.0)
+    metrics.run("faq", "accepted", 0.4015, [step])
+    # hedged calls overlapped: 0.9 s of calls in a 0.6 s run is no negative overhead
+    metrics.run("faq", "accepted", 0.6, [step, SimpleNamespace(**{**vars(step),
+                                                                  "latency_ms": 500.0})])
+    families = {f.name: f for f in text_string_to_metric_families(metrics.render().decode())}
+    samples = {(s.name, s.labels.get("le")): s.value
+               for s in families["cascade_gateway_overhead_seconds"].samples}
+    assert samples[("cascade_gateway_overhead_seconds_count", None)] == 2
+    assert samples[("cascade_gateway_overhead_seconds_sum", None)] == pytest.approx(0.0015)
+    assert samples[("cascade_gateway_overhead_seconds_bucket", "0.0001")] == 1  # the hedged run
+    assert samples[("cascade_gateway_overhead_seconds_bucket", "0.001")] == 1
+    assert samples[("cascade_gateway_overhead_seconds_bucket", "0.0025")] == 2
