@@ -105,7 +105,9 @@ async def _run(url: str, requests: int, warmup: int,
                                   stdout=subprocess.PIPE, text=True)
 
         async def run_cascadeflow() -> None:
-            assert worker is not None and worker.stdin and worker.stdout
+            assert worker is not None
+            assert worker.stdin is not None
+            assert worker.stdout is not None
             worker.stdin.write("\n")
             worker.stdin.flush()
             inside.append(float(worker.stdout.readline()))
