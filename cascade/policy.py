@@ -117,8 +117,9 @@ class _Search:
             opts[("skip", i)] = [0.0, *sorted({float(v) + 1e-12 for v in qs if v > 0})]
         return opts
 
-    def sweep(self, subset: tuple[int, ...]) -> list[Policy]:
-        """The lambda-optimal policy of this subset for every lambda, quality-first."""
+    def sweep(self, subset: tuple[int, ...]) -> None:
+        """Evaluate this subset's policies: every one on a small grid, else the lambda-optimal
+        ones (quality-first). What was evaluated is in ``seen``."""
         opts = self.options(subset)
         state = {k: (v[-1] if k[0] == "accept" else 0.0) for k, v in opts.items()}
 
@@ -134,8 +135,7 @@ class _Search:
             keys = list(opts)
             for combo in itertools.product(*(opts[k] for k in keys)):
                 self.run(policy(dict(zip(keys, combo, strict=True))))
-            return []
-        out = []
+            return
         for lam in LAMBDAS:
 
             def objective(point: tuple[float, float], lam: float = float(lam)) -> float:
@@ -154,8 +154,6 @@ class _Search:
                             best, state, moved = value, trial, True
                 if not moved:
                     break
-            out.append(policy(state))
-        return out
 
 
 def _path(search: _Search, subsets: Sequence[tuple[int, ...]]) -> list[Policy]:
@@ -348,8 +346,9 @@ def calibrate_policy(
         search.run(p)  # the frontier shows every candidate
     say(f"searched {len(search.points):,} policies; {len(candidates)} candidates to certify")
     q_top = table.score[top][cert_rows]
-    cache: dict[Any, np.ndarray] = {}
     crossfit = scheme == "crossfit"
+    # crossfit certifies on the search's own rows and estimates: reuse its predictions
+    cache: dict[Any, np.ndarray] = search.cache if crossfit else {}
     outcome: dict[Policy, tuple[np.ndarray, np.ndarray]] = {
         p: simulate(p, table, est, cert_rows, crossfit=crossfit, cache=cache) for p in candidates
     }

@@ -248,7 +248,6 @@ class Estimates:
         self.table, self.rows, self.settings, self.seed = table, fit_rows, settings, seed
         self.quality: dict[tuple[int, int], tuple[LinearModel, list[Any]]] = {}
         self.router: dict[int, tuple[LinearModel, list[Any]]] = {}
-        self._texts: np.ndarray | None = None
 
     def _prompt_matrix(self, table: AnswerTable) -> np.ndarray | None:
         if not self.settings.text:
