@@ -14,10 +14,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from cascade.config import CascadeConfig
 from cascade.ledger import open_sqlite
 from cascade.types import Message
 
-__all__ = ["ResponseCache", "cache_key"]
+__all__ = ["ResponseCache", "cache_key", "task_cache_key"]
 
 
 def cache_key(
@@ -29,6 +30,22 @@ def cache_key(
         default=str,
     )
     return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def task_cache_key(
+    config: CascadeConfig, task: str, messages: Sequence[Message], params: Mapping[str, Any]
+) -> str:
+    """The key of ``task``'s answer to ``messages`` under this config.
+
+    Models and providers are part of it: a changed model name, price or parameter must not
+    serve an answer cached under the old one.
+    """
+    definition = {
+        "task": config.tasks[task].model_dump(mode="json"),
+        "models": {k: m.model_dump(mode="json") for k, m in config.models.items()},
+        "providers": {k: p.model_dump(mode="json") for k, p in config.providers.items()},
+    }
+    return cache_key(definition, messages, params)
 
 
 class ResponseCache:

@@ -51,7 +51,7 @@ class Hedge:
     The sync driver runs them one after another. The async driver starts plan i+1 when plan i
     has not finished ``after_s`` after the last start (a hedge), takes the first accepted
     outcome (lower rungs first among those that finish together) and cancels the rest:
-    closing a cancelled plan settles its write-ahead row (``Cascade._attempt``). The reply is
+    closing a cancelled plan settles its write-ahead row (``Ladder._attempt``). The reply is
     ``(winner index or None, {index: outcome of every plan that finished})``.
     """
 

@@ -34,7 +34,8 @@ from cascade.recorder import Run
 from cascade.types import CascadeResult, Completion
 
 if TYPE_CHECKING:
-    from cascade.engine import Cascade, _Task
+    from cascade.engine import Cascade
+    from cascade.ladder import TaskLadder as _Task
 
 __all__ = ["SOURCE", "Shadows", "agreement_label"]
 

@@ -205,7 +205,7 @@ class ReplayTable:
             model=rung.key,
             provider_type=self.engine.config.providers[rung.model.provider].type,
             supports_logprobs=bool(getattr(rung.provider, "supports_logprobs", False)),
-            services=self.engine,
+            services=self.engine.services,
             config_dir=Path(path).parent if path else None,
         )
         costs = [build_one(spec, ctx).cost for spec in specs]
