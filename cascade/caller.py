@@ -14,10 +14,10 @@ import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from cascade.config import CascadeConfig
+from cascade.config import CascadeConfig, ModelConfig
 from cascade.errors import ProviderError
 from cascade.limits import Limits
 from cascade.logs import get_logger
@@ -52,8 +52,29 @@ class Outcome:
     billed: tuple[Completion, ...] = ()  # usage of failed attempts that was billed anyway
 
 
+@dataclass(slots=True)
+class _Tally:
+    """What a call's attempts left behind: their count, the last fault, bills of failures."""
+
+    attempts: int = 0
+    last: ProviderError | None = None
+    billed: list[Completion] = field(default_factory=list)
+
+    def outcome(self, completion: Completion | None, error: ProviderError | None,
+                started: float) -> Outcome:
+        # When the circuit opened mid-step, the fault that opened it is the better story.
+        return Outcome(completion, self.last or error if completion is None else None,
+                       self.attempts, _since(started), tuple(self.billed))
+
+
 class Caller:
-    """Runs ``Call``s against the configured providers, sync or async."""
+    """Runs ``Call``s against the configured providers, sync or async.
+
+    Retries are tenacity's alone. The first attempt runs before tenacity is entered, since
+    most calls succeed at once and tenacity's bookkeeping is a large part of a call's own
+    time; when it fails, its error is handed to tenacity as attempt 1, so the waits, stops,
+    logs and attempt numbers are exactly those of a call made under tenacity throughout.
+    """
 
     def __init__(
         self,
@@ -71,95 +92,125 @@ class Caller:
         model = self.config.models[op.model_key]
         provider = self.providers[model.provider]
         started = time.perf_counter()
+        tally = _Tally()
         if not getattr(provider, "transient_faults", True):
             # A recording never fails transiently, so replay skips the retry machinery.
+            tally.attempts = 1
             try:
                 done = provider.complete(
                     op.messages, model=model.name, params=op.params, query_id=op.query_id
                 )
             except ProviderError as exc:
-                paid = (exc.billed,) if exc.billed is not None else ()
-                return Outcome(None, exc, 1, _since(started), paid)
-            return Outcome(done, None, 1, _since(started))
+                if exc.billed is not None:
+                    tally.billed.append(exc.billed)
+                return tally.outcome(None, exc, started)
+            return tally.outcome(done, None, started)
         slot = self.limits.sync_slot(model.provider)
-        attempts = 0
-        last: ProviderError | None = None
-        billed: list[Completion] = []
         try:
-            for attempt in self.retry.retrying(op.deadline):
-                with attempt:
-                    self._gate(model.provider, model.name)
-                    timeout, cut_short = self._timeout(op, model.provider, model.name)
-                    attempts += 1
-                    try:
-                        with slot or contextlib.nullcontext():
-                            completion = _within(
-                                timeout,
-                                lambda: provider.complete(
-                                    op.messages,
-                                    model=model.name,
-                                    params=op.params,
-                                    query_id=op.query_id,
-                                ),
-                            )
-                    except (TimeoutError, asyncio.TimeoutError):  # distinct on 3.10
-                        last = _timed_out(model.provider, model.name, timeout, cut_short)
-                        if not cut_short:
-                            self._note(model.provider, last)
-                        raise last from None
-                    except ProviderError as exc:
-                        last = exc
-                        if exc.billed is not None:
-                            billed.append(exc.billed)
-                        self._note(model.provider, exc)
-                        raise
-                    self._note(model.provider, None)
+            try:
+                completion = self._once(op, model, provider, slot, tally)
+            except ProviderError as first:
+                completion = self._retried(op, model, provider, slot, tally, first)
         except ProviderError as exc:
-            # When the circuit opened mid-step, the fault that opened it is the better story.
-            return Outcome(None, last or exc, attempts, _since(started), tuple(billed))
-        return Outcome(completion, None, attempts, _since(started), tuple(billed))
+            return tally.outcome(None, exc, started)
+        return tally.outcome(completion, None, started)
+
+    def _retried(self, op: Call, model: ModelConfig, provider: Provider,
+                 slot: threading.BoundedSemaphore | None, tally: _Tally,
+                 first: ProviderError) -> Completion:
+        """Attempts after the first, under tenacity, which sees ``first`` as its attempt 1."""
+        replay: ProviderError | None = first
+        for attempt in self.retry.retrying(op.deadline):
+            with attempt:
+                if replay is not None:
+                    error, replay = replay, None
+                    raise error
+                return self._once(op, model, provider, slot, tally)
+        raise AssertionError("tenacity re-raises the last error")  # pragma: no cover
+
+    def _once(self, op: Call, model: ModelConfig, provider: Provider,
+              slot: threading.BoundedSemaphore | None, tally: _Tally) -> Completion:
+        """One attempt: breaker, timeout, concurrency slot, the provider call, the breaker fed."""
+        self._gate(model.provider, model.name)
+        timeout, cut_short = self._timeout(op, model.provider, model.name)
+        tally.attempts += 1
+        try:
+            with slot or contextlib.nullcontext():
+                completion = _within(
+                    timeout,
+                    lambda: provider.complete(
+                        op.messages, model=model.name, params=op.params, query_id=op.query_id
+                    ),
+                )
+        except (TimeoutError, asyncio.TimeoutError):  # distinct on 3.10
+            tally.last = _timed_out(model.provider, model.name, timeout, cut_short)
+            if not cut_short:
+                self._note(model.provider, tally.last)
+            raise tally.last from None
+        except ProviderError as exc:
+            tally.last = exc
+            if exc.billed is not None:
+                tally.billed.append(exc.billed)
+            self._note(model.provider, exc)
+            raise
+        self._note(model.provider, None)
+        return completion
 
     async def acall(self, op: Call) -> Outcome:
         model = self.config.models[op.model_key]
         provider = self.providers[model.provider]
         slot = self.limits.async_slot(model.provider)
-        attempts = 0
-        last: ProviderError | None = None
-        billed: list[Completion] = []
         started = time.perf_counter()
+        tally = _Tally()
         try:
-            async for attempt in self.retry.aretrying(op.deadline):
-                with attempt:
-                    self._gate(model.provider, model.name)
-                    timeout, cut_short = self._timeout(op, model.provider, model.name)
-                    attempts += 1
-                    try:
-                        async with slot or contextlib.nullcontext():
-                            completion = await _awithin(
-                                timeout,
-                                provider.acomplete(
-                                    op.messages,
-                                    model=model.name,
-                                    params=op.params,
-                                    query_id=op.query_id,
-                                ),
-                            )
-                    except (TimeoutError, asyncio.TimeoutError):  # distinct on 3.10
-                        last = _timed_out(model.provider, model.name, timeout, cut_short)
-                        if not cut_short:
-                            self._note(model.provider, last)
-                        raise last from None
-                    except ProviderError as exc:
-                        last = exc
-                        if exc.billed is not None:
-                            billed.append(exc.billed)
-                        self._note(model.provider, exc)
-                        raise
-                    self._note(model.provider, None)
+            try:
+                completion = await self._aonce(op, model, provider, slot, tally)
+            except ProviderError as first:
+                completion = await self._aretried(op, model, provider, slot, tally, first)
         except ProviderError as exc:
-            # When the circuit opened mid-step, the fault that opened it is the better story.
-            return Outcome(None, last or exc, attempts, _since(started), tuple(billed))
-        return Outcome(completion, None, attempts, _since(started), tuple(billed))
+            return tally.outcome(None, exc, started)
+        return tally.outcome(completion, None, started)
+
+    async def _aretried(self, op: Call, model: ModelConfig, provider: Provider,
+                        slot: asyncio.Semaphore | None, tally: _Tally,
+                        first: ProviderError) -> Completion:
+        """The async twin of ``_retried``."""
+        replay: ProviderError | None = first
+        async for attempt in self.retry.aretrying(op.deadline):
+            with attempt:
+                if replay is not None:
+                    error, replay = replay, None
+                    raise error
+                return await self._aonce(op, model, provider, slot, tally)
+        raise AssertionError("tenacity re-raises the last error")  # pragma: no cover
+
+    async def _aonce(self, op: Call, model: ModelConfig, provider: Provider,
+                     slot: asyncio.Semaphore | None, tally: _Tally) -> Completion:
+        """The async twin of ``_once``."""
+        self._gate(model.provider, model.name)
+        timeout, cut_short = self._timeout(op, model.provider, model.name)
+        tally.attempts += 1
+        try:
+            async with slot or contextlib.nullcontext():
+                completion = await _awithin(
+                    timeout,
+                    provider.acomplete(
+                        op.messages, model=model.name, params=op.params, query_id=op.query_id
+                    ),
+                )
+        except (TimeoutError, asyncio.TimeoutError):  # distinct on 3.10
+            tally.last = _timed_out(model.provider, model.name, timeout, cut_short)
+            if not cut_short:
+                self._note(model.provider, tally.last)
+            raise tally.last from None
+        except ProviderError as exc:
+            tally.last = exc
+            if exc.billed is not None:
+                tally.billed.append(exc.billed)
+            self._note(model.provider, exc)
+            raise
+        self._note(model.provider, None)
+        return completion
 
     def _timeout(self, op: Call, provider: str, model: str) -> tuple[float, bool]:
         """This attempt's time: ``timeout_s``, or less if the run's deadline comes first.

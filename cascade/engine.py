@@ -15,8 +15,8 @@
 from __future__ import annotations
 
 import copy
+import secrets
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,7 @@ from cascade.feedback import FeedbackRecord, add_feedback
 from cascade.ladder import Ladder, TaskLadder
 from cascade.ledger import Ledger, open_ledger
 from cascade.limits import Limits
-from cascade.params import bound_output, check_call_params
+from cascade.params import check_call_params
 from cascade.plan import Plan, adrive, drive
 from cascade.providers.base import Provider
 from cascade.recorder import Recorder, Run, current_run
@@ -268,7 +268,8 @@ class Cascade:
         run.task_probability = choice.probability if choice else None
         token = current_run.set(run)
         try:
-            done = await adrive(plan, self._caller.acall, self._ledger_io, self._off_loop)
+            ledger_io = self._ledger_io if self.ledger is not None else None
+            done = await adrive(plan, self._caller.acall, ledger_io, self._off_loop)
             result: CascadeResult = await self._ledger_io(self._recorder.finish, done, run)
         except CascadeError as exc:
             await self._ledger_io(self._recorder.fail, exc, run)
@@ -334,16 +335,11 @@ class Cascade:
             raise RequestError(
                 f"must be a positive number of seconds (got {deadline_s!r})", param="deadline_s"
             )
-        for rung in ladder.rungs:
-            bound_output(
-                {**rung.model.params, **ladder.params, **params},
-                rung.model.max_output_tokens,
-                rung.key,
-            )
+        bounded = self._ladder.bounded(ladder, params)
         settings = self.config.tasks[task]
         limit = settings.deadline_s if deadline_s is None else min(deadline_s, settings.deadline_s)
         run = Run(
-            run_id=uuid.uuid4().hex,
+            run_id=secrets.token_hex(16),
             task=task,
             started=time.perf_counter(),
             log_content=self.config.logging.content if log_content is None else log_content,
@@ -353,13 +349,13 @@ class Cascade:
             messages=as_messages(prompt),
         )
         if settings.cache is None or self.cache is None:
-            return self._ladder.plan(ladder, run.messages, params, run), run
+            return self._ladder.plan(ladder, run.messages, params, run, None, bounded), run
         key = task_cache_key(self.config, task, run.messages, params)
         hit = self.cache.get(key)
         if hit is not None:
             return self._ladder.cached(run, *hit), run
         cache_as = (key, settings.cache.ttl_s)
-        return self._ladder.plan(ladder, run.messages, params, run, cache_as), run
+        return self._ladder.plan(ladder, run.messages, params, run, cache_as, bounded), run
 
     # -- helpers ----------------------------------------------------------------------------------
 

@@ -80,6 +80,7 @@ class Climb:
     cap: float | None
     cache_as: tuple[str, float] | None  # (key, ttl) to cache the accepted answer under
     prompt: str  # the prompt's text, for the router ("" without one)
+    bounded: tuple[dict[str, Any], ...]  # each rung's call parameters (``bounded``)
     history: list[Completion] = field(default_factory=list)  # earlier rungs' answers
     refused: list[Gate] = field(default_factory=list)  # budget and circuit refusals
 
@@ -109,6 +110,24 @@ class Ladder:
         self.limits = limits
         self.cache = cache
 
+    @staticmethod
+    def bounded(task: TaskLadder, params: Mapping[str, Any]) -> tuple[dict[str, Any], ...]:
+        """Each rung's call parameters, held to its ``max_output_tokens``: the worst case a
+        reservation assumes.
+
+        Raises:
+            RequestError: the caller asks for more output than some rung allows; checked for
+                every rung before anything is called.
+        """
+        return tuple(
+            bound_output(
+                {**rung.model.params, **task.params, **params},
+                rung.model.max_output_tokens,
+                rung.key,
+            )
+            for rung in task.rungs
+        )
+
     def plan(
         self,
         task: TaskLadder,
@@ -116,17 +135,22 @@ class Ladder:
         params: dict[str, Any],
         run: Run,
         cache_as: tuple[str, float] | None = None,
+        bounded: tuple[dict[str, Any], ...] | None = None,
     ) -> Plan:
-        """The plan of one run: its ``CascadeResult``, or the error that ends it."""
+        """The plan of one run: its ``CascadeResult``, or the error that ends it.
+
+        ``bounded`` is ``Ladder.bounded(task, params)`` when the caller has it already.
+        """
         climb = Climb(
             task, messages, params, run, run.cap, cache_as,
             prompt_text(messages) if task.router is not None else "",
+            bounded if bounded is not None else self.bounded(task, params),
         )
         last: _Last | None = None
         if task.hedge_after_ms is not None and len(task.rungs) > 1:
             winner, outcomes = yield Hedge(
                 len(task.rungs),
-                lambda i: self._rung(climb, task.rungs[i]),
+                lambda i: self._rung(climb, i),
                 lambda o: o[0] is not None,
                 task.hedge_after_ms / 1000,
             )
@@ -137,8 +161,8 @@ class Ladder:
             answered = [outcomes[i][1] for i in sorted(outcomes) if outcomes[i][1] is not None]
             last = answered[-1] if answered else None
         else:
-            for rung in task.rungs:
-                won, tried = yield from self._rung(climb, rung)
+            for i in range(len(task.rungs)):
+                won, tried = yield from self._rung(climb, i)
                 if won is not None:
                     return won
                 last = tried or last
@@ -158,9 +182,10 @@ class Ladder:
             self.result(run, None, done, (), accepted=True), model=model, json=parsed, cached=True
         )
 
-    def _rung(self, climb: Climb, rung: Rung) -> _RungPlan:
-        """One rung, repairs included: its accepted result, or the last answer it gave."""
+    def _rung(self, climb: Climb, i: int) -> _RungPlan:
+        """Rung ``i``, repairs included: its accepted result, or the last answer it gave."""
         task, run = climb.task, climb.run
+        rung = task.rungs[i]
         if task.router is not None and (skip := task.router.skip(rung.key, climb.prompt)):
             # Predicted to fail from the prompt alone: neither the call nor its checks are
             # paid for, and the step says why.
@@ -172,11 +197,7 @@ class Ladder:
                      index=run.next_index())
             return None, None
         # The worst case assumes this many output tokens, so the call is held to it.
-        call_params = bound_output(
-            {**rung.model.params, **task.params, **climb.params},
-            rung.model.max_output_tokens,
-            rung.key,
-        )
+        call_params = climb.bounded[i]
         convo = climb.messages
         for slot in rung.slots:
             if "prepare" in slot.hooks:
@@ -244,7 +265,7 @@ class Ladder:
             yield io(self.recorder.step, run, rung.key, outcome, "error", (), index=index,
                      hold=gate.hold)
             return None
-        completion = replace(outcome.completion, model=rung.key)
+        completion = outcome.completion.named(rung.key)
         # Evaluators that add to the answer (a confidence line) read it raw; the others judge
         # the text the user would get.
         clean = finalized(rung.slots, completion)

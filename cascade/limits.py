@@ -109,6 +109,8 @@ class Limits:
                     f"({left:.1f}s of cool-down left)",
                     kind="circuit",
                 )
+        if cap is None and self.accounts.ledger is None:
+            return Gate()  # nothing to reserve against and nowhere to write a pending row
         estimate = worst_case_cost(messages, params, self.config.models[model_key].price)
         hold, refusal = self.accounts.reserve(
             run_id=run_id,

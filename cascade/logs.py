@@ -44,6 +44,14 @@ _LEVELS = {
 class _Logger:
     """``log.info("cascade.step", **fields)`` and friends, routed through stdlib ``cascade``."""
 
+    def enabled(self, level: str) -> bool:
+        """Whether an event at ``level`` would be seen: the hot path builds no event for none.
+
+        Once the application has configured structlog, its processors decide, so every event
+        is handed to them.
+        """
+        return structlog.is_configured() or _stdlib.isEnabledFor(_LEVELS[level])
+
     def _emit(self, level: str, event: str, fields: dict[str, Any]) -> None:
         configured = structlog.is_configured()
         if not configured and not _stdlib.isEnabledFor(_LEVELS[level]):

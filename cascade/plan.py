@@ -96,14 +96,15 @@ def drive(plan: Plan, call: Callable[[Call], Outcome]) -> Any:
 async def adrive(
     plan: Plan,
     acall: Callable[[Call], Awaitable[Outcome]],
-    ledger_io: Callable[..., Awaitable[Any]],
+    ledger_io: Callable[..., Awaitable[Any]] | None,
     off_loop: Callable[..., Awaitable[Any]],
 ) -> Any:
     """Run ``plan`` to its result on the event loop.
 
     Ledger operations (budget checks, write-ahead rows, settlements) never wait on the loop:
     ``ledger_io`` runs them on it only when the ledger is free at once, else on the ledger's
-    thread; ``off_loop`` runs code that may wait (closing a plan that may settle a hold).
+    thread (None: there is no ledger, so they run in place); ``off_loop`` runs code that may
+    wait (closing a plan that may settle a hold).
     """
     try:
         step = _advance(plan, None, None)
@@ -114,7 +115,10 @@ async def adrive(
                 if isinstance(step, Call):
                     reply = await acall(step)
                 elif isinstance(step, Io):
-                    reply = await ledger_io(step.fn, *step.args, **step.kwargs)
+                    reply = (
+                        step.fn(*step.args, **step.kwargs) if ledger_io is None
+                        else await ledger_io(step.fn, *step.args, **step.kwargs)
+                    )
                 elif isinstance(step, Hedge):
                     reply = await _ahedge(
                         step, lambda sub: adrive(sub, acall, ledger_io, off_loop)

@@ -135,7 +135,8 @@ class Recorder:
         elif self.ledger is not None:
             self.accounts.record(step)
         run.steps.append(step)
-        log.info("cascade.step", **step.as_event(log_content=run.log_content))
+        if log.enabled("info"):
+            log.info("cascade.step", **step.as_event(log_content=run.log_content))
         # After the ledger write, which may be retried on the ledger's thread (see above).
         span = self._run_span(run)
         if span is not None or run.metered:
@@ -229,16 +230,17 @@ class Recorder:
                 # The steps carry the money; a missing run row loses none of it.
                 ledger_failed("cascade.ledger_write_failed", run_id=result.run_id,
                               error=str(exc))
-        log.info(
-            "cascade.run",
-            run_id=result.run_id,
-            task=result.task,
-            model=result.model,
-            accepted=result.accepted,
-            status=status,
-            steps=len(result.steps),
-            cost_usd=result.cost_usd,
-            latency_ms=round(result.latency_ms, 3),
-        )
+        if log.enabled("info"):
+            log.info(
+                "cascade.run",
+                run_id=result.run_id,
+                task=result.task,
+                model=result.model,
+                accepted=result.accepted,
+                status=status,
+                steps=len(result.steps),
+                cost_usd=result.cost_usd,
+                latency_ms=round(result.latency_ms, 3),
+            )
         if run is not None and self.telemetry.enabled:
             self.telemetry.end_run(self._run_span(run), result, status, error_type)

@@ -30,6 +30,9 @@ except ImportError:  # pragma: no cover - exercised by installs without the extr
 # gen_ai.provider.name values of the semantic conventions, by provider type.
 _PROVIDER_NAMES = {"openai": "openai", "anthropic": "anthropic"}
 # The semantic conventions' advised buckets for the two GenAI client histograms.
+# How often the engine asks again whether an OpenTelemetry SDK has been installed.
+RECHECK_S = 1.0
+
 _TOKEN_BUCKETS = [
     1,
     4,
@@ -83,6 +86,7 @@ class Telemetry:
         self.enabled = trace is not None
         self._tracing = False
         self._metering = False
+        self._tracing_next = self._metering_next = 0.0
         self._providers = dict(provider_types)
         self._names = dict(model_names)
         if not self.enabled:
@@ -105,17 +109,21 @@ class Telemetry:
     def tracing(self) -> bool:
         """An SDK tracer provider is installed (the API's default proxy records nothing).
 
-        Checked per run, so a provider installed after the engine was built is used; until
+        Checked per run (at most once a second while there is none), so a provider installed
+        after the engine was built is used from the next run a second later at most; until
         then the engine's hot path pays for no no-op spans (about 13% of replay throughput).
         """
-        # A global provider is set once and for all: a True answer never changes.
-        if not self._tracing:
+        # A global provider is set once and for all: a True answer never changes. A False one
+        # is asked again at most every RECHECK_S (the API reads the environment each time).
+        if not self._tracing and time.monotonic() >= self._tracing_next:
             self._tracing = not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
+            self._tracing_next = time.monotonic() + RECHECK_S
         return self._tracing
 
     def metering(self) -> bool:
-        if not self._metering:
+        if not self._metering and time.monotonic() >= self._metering_next:
             self._metering = type(metrics.get_meter_provider()).__name__ != "_ProxyMeterProvider"
+            self._metering_next = time.monotonic() + RECHECK_S
         return self._metering
 
     def _provider_name(self, provider_key: str) -> str:
