@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import email.utils
-import functools
-import inspect
 import os
 import re
 import time
 import urllib.parse
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from cascade.config import DEFAULT_MAX_OUTPUT_TOKENS, ProviderConfig
@@ -22,8 +20,6 @@ __all__ = [
     "api_key",
     "is_retryable_status",
     "parse_retry_after",
-    "split_params",
-    "untransformed",
     "validate_usage",
     "worst_case_completion",
 ]
@@ -112,45 +108,6 @@ def api_key(config: ProviderConfig, provider: str) -> str:
             location=f"providers.{provider}.api_key_env",
         )
     return value
-
-
-@functools.lru_cache(maxsize=64)
-def _parameter_names(function: Callable[..., Any]) -> frozenset[str]:
-    # inspect.signature costs ~0.1 ms on the SDKs' create(); it is the same every call.
-    return frozenset(inspect.signature(function).parameters)
-
-
-def untransformed(kwargs: dict[str, Any], key: str, value: Sequence[Any]) -> None:
-    """Send ``value`` as the body field ``key`` without the SDK's per-item transformation.
-
-    Both SDKs walk every message through their TypedDict annotations before sending (about
-    0.2 ms a message, on the event loop: a 1,000-message request stalls every other request
-    for 200 ms). For the plain JSON dicts the engine passes, that walk changes nothing, so
-    the list goes through ``extra_body``, which the SDKs merge into the JSON body unchanged,
-    and the named argument gets an empty list.
-    """
-    kwargs[key] = []
-    kwargs["extra_body"] = {**(kwargs.get("extra_body") or {}), key: list(value)}
-
-
-def split_params(method: Callable[..., Any], params: Mapping[str, Any]) -> dict[str, Any]:
-    """Pass parameters the SDK method names directly and send the rest through ``extra_body``.
-
-    This keeps new provider parameters usable before the installed SDK learns their names.
-    """
-    known = _parameter_names(getattr(method, "__func__", method))
-    direct: dict[str, Any] = {}
-    extra: dict[str, Any] = dict(params.get("extra_body") or {})
-    for key, value in params.items():
-        if key == "extra_body":
-            continue
-        if key in known:
-            direct[key] = value
-        else:
-            extra[key] = value
-    if extra:
-        direct["extra_body"] = extra
-    return direct
 
 
 def empty_answer(

@@ -42,6 +42,17 @@ def request_body(params: Mapping[str, Any], **fields: Any) -> tuple[dict[str, An
     return body, options
 
 
+def _with_timeout(options: dict[str, Any], client: Any) -> dict[str, Any]:
+    """The request options with the client's timeout made explicit.
+
+    ``create()`` always passes one; through the low-level ``post`` the Anthropic SDK would
+    otherwise send the header ``x-stainless-timeout: NOT_GIVEN``.
+    """
+    if "timeout" in options:
+        return options
+    return {**options, "timeout": client.timeout}
+
+
 def field(obj: Any, key: str) -> Any:
     """``obj[key]`` when obj is a JSON object, else None (a malformed reply is checked later)."""
     return obj.get(key) if isinstance(obj, dict) else None
@@ -122,14 +133,16 @@ class SDKProvider(Generic[SyncClient, AsyncClient]):
     # of being built into the SDK's typed response models, which cost more than the HTTP round
     # trip to a fast upstream (benchmarks/RESULTS.md, "Engine vs bare SDK").
     def _post(self, path: str, body: dict[str, Any], options: dict[str, Any]) -> Any:
-        response = self.client.post(  # type: ignore[attr-defined]
-            path, body=body, options=options, cast_to=httpx2.Response
+        client = self.client
+        response = client.post(  # type: ignore[attr-defined]
+            path, body=body, options=_with_timeout(options, client), cast_to=httpx2.Response
         )
         return json.loads(response.content)
 
     async def _apost(self, path: str, body: dict[str, Any], options: dict[str, Any]) -> Any:
-        response = await self.async_client.post(  # type: ignore[attr-defined]
-            path, body=body, options=options, cast_to=httpx2.Response
+        client = self.async_client
+        response = await client.post(  # type: ignore[attr-defined]
+            path, body=body, options=_with_timeout(options, client), cast_to=httpx2.Response
         )
         return json.loads(response.content)
 

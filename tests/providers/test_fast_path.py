@@ -177,6 +177,21 @@ def test_typed_response_models_are_not_built(
         assert call(anthropic_provider(server), sync, "c").text == "ok"
 
 
+@pytest.mark.parametrize("sync", [True, False], ids=["sync", "async"])
+@pytest.mark.parametrize("make,model", [(openai_provider, "m"), (anthropic_provider, "c")],
+                         ids=["openai", "anthropic"])
+def test_headers_carry_the_clients_timeout_as_create_would(
+    server: MockLLMServer, make: Callable[[MockLLMServer], Any], model: str, sync: bool
+) -> None:
+    """The low-level post sends no placeholder header (x-stainless-timeout: NOT_GIVEN)."""
+    call(make(server), sync, model)
+    sent = headers(server.calls(model)[0])
+    assert not [k for k, v in sent.items() if "NOT_GIVEN" in v]
+    timeout = str(float(ProviderConfig(type="openai").timeout_s))
+    # The Anthropic SDK always sends it (create() does too); OpenAI's sends it when set.
+    assert sent.get("x-stainless-timeout", None if model == "c" else timeout) == timeout
+
+
 def test_extra_body_merged_and_transport_options_sent(server: MockLLMServer) -> None:
     """extra_body lands in the JSON body; extra_headers/extra_query go on the request."""
     call(openai_provider(server), True, "m", temperature=0.5,
