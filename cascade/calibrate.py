@@ -17,13 +17,10 @@ evaluator removed (``min_words: 0`` for length, whose ``Tunable.drop`` is False)
 
 from __future__ import annotations
 
-import copy
-import datetime as dt
-import json
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -31,27 +28,16 @@ import numpy as np
 import yaml
 
 from cascade.bench import recorded_cost, run_bench
+from cascade.calibrated_file import anchor_paths, pct, write_calibrated
 from cascade.config import CascadeConfig, load_config, parse_config
 from cascade.dataset import ReplayRecord, load_dataset
 from cascade.errors import CascadeError, ConfigError, DatasetError
-from cascade.simulation import (
-    DROP,
-    ReplayTable,
-    View,
-    build_views,
-    grids,
-    simulate,
-    subsets,
-)
+from cascade.simulation import ReplayTable, build_views, grids, simulate
+from cascade.threshold_search import GUARD, SEED, calibrated_mapping, search, stats
 
 __all__ = ["GUARD", "CalibrationResult", "calibrate", "write_calibrated"]
 
-Z = 1.2816  # one-sided 90% normal quantile
-GUARD = "paired lower confidence bound, z=1.28 (one-sided 90%)"
 BOOTSTRAP = 1000
-SEED = 0
-_EXHAUSTIVE_LIMIT = 200_000  # grid points per kept-rung subset searched exhaustively
-_BATCH_CELLS = 1_000_000  # combinations x queries simulated per numpy batch
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,180 +94,6 @@ class CalibrationResult:
             "config": self.config,
             "guarantee": self.guarantee,
         }
-
-
-def _stats(
-    cost: np.ndarray, quality: np.ndarray, q_top: np.ndarray, target: float
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Mean cost, mean quality and the guard's bound for each row (one per configuration)."""
-    n = quality.shape[1]
-    diff = quality - target * q_top[None, :]
-    sd = diff.std(axis=1, ddof=1) if n > 1 else np.zeros(len(diff))
-    return cost.mean(axis=1), quality.mean(axis=1), diff.mean(axis=1) - Z * sd / math.sqrt(n)
-
-
-def _pareto(cost: np.ndarray, quality: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The points no other point beats on both cost and quality, cheapest first."""
-    order = np.lexsort((-quality, cost))
-    c, q = cost[order], quality[order]
-    best = np.maximum.accumulate(q)
-    keep = np.r_[True, q[1:] > best[:-1]]
-    return c[keep], q[keep]
-
-
-@dataclass(slots=True)
-class _Best:
-    """The running choice: cheapest feasible point (ties: higher quality), and the best bound."""
-
-    point: tuple[tuple[int, ...], tuple[int, ...]] | None = None
-    key: tuple[float, float, int] = (math.inf, 0.0, 0)
-    best_bound: float = -math.inf
-    best_bound_quality: float = 0.0
-    evaluated: int = 0
-    front_c: np.ndarray = field(default_factory=lambda: np.empty(0))
-    front_q: np.ndarray = field(default_factory=lambda: np.empty(0))
-
-    def add(
-        self,
-        subset: tuple[int, ...],
-        combos: np.ndarray,
-        mean_c: np.ndarray,
-        mean_q: np.ndarray,
-        lcb: np.ndarray,
-    ) -> None:
-        self.evaluated += len(combos)
-        c, q = _pareto(np.r_[self.front_c, mean_c], np.r_[self.front_q, mean_q])
-        self.front_c, self.front_q = c, q
-        top = int(np.argmax(lcb))
-        if lcb[top] > self.best_bound:
-            self.best_bound, self.best_bound_quality = float(lcb[top]), float(mean_q[top])
-        feasible = np.flatnonzero(lcb >= -1e-12)
-        if not len(feasible):
-            return
-        # Cheapest; among equal costs the higher quality; then the more conservative thresholds.
-        order = np.lexsort(
-            (-combos[feasible].sum(axis=1), -mean_q[feasible], np.round(mean_c[feasible], 15))
-        )
-        j = feasible[order[0]]
-        key = (round(float(mean_c[j]), 15), -float(mean_q[j]), -int(combos[j].sum()))
-        if key < self.key:
-            self.key, self.point = key, (subset, tuple(int(x) for x in combos[j]))
-
-
-def _evaluate(
-    views: Sequence[View],
-    combos: np.ndarray,
-    q_top: np.ndarray,
-    target: float,
-    best: _Best,
-    subset: tuple[int, ...],
-) -> np.ndarray:
-    """Simulate ``combos`` in batches, feed the running choice, return their bounds."""
-    size = max(1, _BATCH_CELLS // max(1, len(q_top)))
-    bounds = []
-    for start in range(0, len(combos), size):
-        part = combos[start : start + size]
-        mean_c, mean_q, lcb = _stats(*simulate(views, part), q_top, target)
-        best.add(subset, part, mean_c, mean_q, lcb)
-        bounds.append(np.c_[mean_c, mean_q, lcb])
-    return np.vstack(bounds)
-
-
-def _descend(
-    views: Sequence[View],
-    dims: Sequence[int],
-    q_top: np.ndarray,
-    target: float,
-    best: _Best,
-    subset: tuple[int, ...],
-) -> None:
-    """Coordinate descent from several starts, for grids too large to search exhaustively."""
-    rng = np.random.default_rng(SEED)
-    starts = [tuple(d - 1 for d in dims), tuple(d // 2 for d in dims), tuple(0 for _ in dims)]
-    starts += [tuple(int(rng.integers(d)) for d in dims) for _ in range(5)]
-    for start in starts:
-        point = np.array(start)
-        for _ in range(20):
-            moved = False
-            for axis, size in enumerate(dims):
-                if size == 1:
-                    continue
-                combos = np.repeat(point[None, :], size, axis=0)
-                combos[:, axis] = np.arange(size)
-                res = _evaluate(views, combos, q_top, target, best, subset)
-                ok = np.flatnonzero(res[:, 2] >= -1e-12)
-                if len(ok):
-                    pick = ok[np.lexsort((-res[ok, 1], np.round(res[ok, 0], 15)))[0]]
-                else:  # not yet feasible: climb the bound
-                    pick = int(np.argmax(res[:, 2]))
-                if pick != point[axis]:
-                    point[axis], moved = pick, True
-            if not moved:
-                break
-
-
-def _search(
-    rp: ReplayTable, grid: Mapping[int, list[float]], target: float, say: Callable[[str], None]
-) -> tuple[_Best, dict[tuple[int, ...], list[View]]]:
-    """Every subset of kept rungs; its grid exhaustively when small, else coordinate descent."""
-    best = _Best()
-    all_views = {}
-    for subset in subsets(len(rp.rungs)):
-        views = build_views(rp, subset, grid)
-        all_views[subset] = views
-        dims = [len(v.accept) for v in views]
-        total = math.prod(dims)
-        if total <= _EXHAUSTIVE_LIMIT:
-            combos = np.indices(dims).reshape(len(dims), -1).T
-            _evaluate(views, combos, rp.q_top, target, best, subset)
-        else:
-            say(
-                f"  {total:,} combinations for ladder {_names(rp, subset)}: "
-                "coordinate descent from 8 starts"
-            )
-            _descend(views, dims, rp.q_top, target, best, subset)
-    return best, all_views
-
-
-def _names(rp: ReplayTable, subset: Sequence[int]) -> str:
-    return " -> ".join(rp.rungs[i].key for i in subset)
-
-
-# -- the calibrated config and the reports -------------------------------------------------------
-
-
-def _calibrated(
-    raw: Mapping[str, Any],
-    rp: ReplayTable,
-    task: str,
-    subset: Sequence[int],
-    grid: Mapping[int, list[float]],
-    picks: Sequence[int],
-) -> tuple[dict[str, Any], dict[str, dict[str, float]]]:
-    """The original mapping with the task's ladder rewritten as explicit, tuned rungs."""
-    out = copy.deepcopy(dict(raw))
-    old = raw["tasks"][task]["ladder"]
-    ladder: list[Any] = []
-    thresholds: dict[str, dict[str, float]] = {}
-    for i, pick in zip(subset, picks, strict=True):
-        rung = rp.rungs[i]
-        if i == subset[-1]:
-            ladder.append(copy.deepcopy(old[i]))
-            continue
-        entry = copy.deepcopy(old[i]) if isinstance(old[i], dict) else {}  # keeps accept:
-        entry.pop("model", None)
-        specs = copy.deepcopy(rung.specs)
-        if rung.tuned is not None and rung.tunable is not None:
-            theta = grid[i][pick]
-            j = rung.spec_of[rung.tuned]
-            thresholds[rung.key] = {rung.label: theta}
-            if theta == DROP:
-                del specs[j]
-            else:
-                specs[j][rung.tunable.setting] = int(theta) if rung.tunable.integer else theta
-        ladder.append({"model": rung.key, **entry, "evaluators": specs})
-    out["tasks"][task]["ladder"] = ladder
-    return out, thresholds
 
 
 def _ratio_ci(quality: np.ndarray, q_top: np.ndarray) -> list[float | None]:
@@ -390,10 +202,6 @@ def _load(path: Path, task: str, name: str) -> list[ReplayRecord]:
     return records
 
 
-def _pct(x: float, of: float) -> str:
-    return f"{x / of:.1%}" if of else "-"
-
-
 def _summary(
     ladder: tuple[str, ...],
     thresholds: Mapping[str, Mapping[str, float]],
@@ -414,14 +222,14 @@ def _summary(
     )
     message = (
         f"ladder {' -> '.join(ladder)} ({settings}): cost {cost:.6g} USD/query, "
-        f"{_pct(cost, top['cost_per_query'])} of always-top; quality {quality:.4f}, "
-        f"{_pct(quality, top['quality'])} of always-top on train"
+        f"{pct(cost, top['cost_per_query'])} of always-top; quality {quality:.4f}, "
+        f"{pct(quality, top['quality'])} of always-top on train"
     )
     if test is not None:
         t_top = test["baselines"]["always_top"]
         message += (
-            f"; on test {_pct(test['cost_per_query'], t_top['cost_per_query'])} "
-            f"of the cost at {_pct(test['quality'], t_top['quality'])} of the "
+            f"; on test {pct(test['cost_per_query'], t_top['cost_per_query'])} "
+            f"of the cost at {pct(test['quality'], t_top['quality'])} of the "
             f"quality (target {'met' if test['target_met'] else 'missed'})"
         )
     if cost > top_cost * (1 + 1e-9):
@@ -503,7 +311,7 @@ def calibrate(
     started = time.perf_counter()
     shown = str(config_path)
     cfg = load_config(config_path)
-    raw = _anchor_paths(
+    raw = anchor_paths(
         yaml.safe_load(Path(config_path).read_text(encoding="utf-8")),
         Path(config_path).resolve().parent,
     )
@@ -522,7 +330,7 @@ def calibrate(
     grid = grids(rp)
     for i, values in grid.items():
         say(f"  {rp.rungs[i].key}: {len(values)} candidate values of {rp.rungs[i].label}")
-    best, all_views = _search(rp, grid, target_quality, say)
+    best, all_views = search(rp, grid, target_quality, say)
     top_key = rp.rungs[-1].key
     top_model = cfg.models[top_key]
     top_cost = float(
@@ -547,7 +355,7 @@ def calibrate(
             f"always-top ({target_quality * top_quality:.4f}) on train under the guard "
             f"({GUARD}); the best lower bound of mean(q - R*q_top) is "
             f"{best.best_bound:+.4f}, at quality {best.best_bound_quality:.4f} "
-            f"({_pct(best.best_bound_quality, top_quality)} of always-top). Lower the "
+            f"({pct(best.best_bound_quality, top_quality)} of always-top). Lower the "
             "target or add train data."
         )
         return CalibrationResult(
@@ -571,7 +379,7 @@ def calibrate(
     subset, picks = best.point
     views = all_views[subset]
     sim_cost, sim_quality = simulate(views, np.array([picks]))
-    _, _, lcb = _stats(sim_cost, sim_quality, rp.q_top, target_quality)
+    _, _, lcb = stats(sim_cost, sim_quality, rp.q_top, target_quality)
     simulated = {
         "cost_per_query": float(sim_cost.mean()),
         "quality": float(sim_quality.mean()),
@@ -579,7 +387,7 @@ def calibrate(
         "always_top_quality": top_quality,
         "lower_bound": float(lcb[0]),
     }
-    mapping, thresholds = _calibrated(raw, rp, task, subset, grid, picks)
+    mapping, thresholds = calibrated_mapping(raw, rp, task, subset, grid, picks)
     new_cfg = parse_config(mapping, path=shown)
     train_report = _replayed(new_cfg, mapping, records, task, target_quality, say, "train")
     test_report = None
@@ -603,95 +411,3 @@ def calibrate(
     )
 
 
-def _anchor_paths(raw: Any, base: Path) -> Any:
-    """Make relative ``schema_file`` paths absolute, so the written config works anywhere.
-
-    They resolve against the config's folder, and the calibrated file may be written elsewhere.
-    """
-    if isinstance(raw, dict):
-        out = {}
-        for key, value in raw.items():
-            if key == "schema_file" and isinstance(value, str) and not Path(value).is_absolute():
-                out[key] = str(base / value)
-            else:
-                out[key] = _anchor_paths(value, base)
-        return out
-    if isinstance(raw, list):
-        return [_anchor_paths(item, base) for item in raw]
-    return raw
-
-
-def write_calibrated(
-    result: CalibrationResult, out: str | Path, *, command: str | None = None
-) -> None:
-    """Write the calibrated config as YAML, with its provenance as a comment header.
-
-    Args:
-        result: An ``ok`` result of ``calibrate``.
-        out: The file to write.
-        command: The command line that produced it, recorded in the header.
-
-    Raises:
-        CascadeError: the calibration failed (there is no config to write).
-    """
-    if result.status != "ok" or not result.config:
-        raise CascadeError(f"nothing to write: calibration failed: {result.message}")
-    lines = [f"# Calibrated by cascade calibrate on {dt.date.today().isoformat()}."]
-    if command:
-        lines.append(f"# command: {command}")
-    lines += [
-        f"# task {result.task}: target quality >= {result.target_quality:g} x always-top (train)",
-        f"# guard: {result.guard}",
-        f"# ladder: {' -> '.join(result.ladder)}",
-    ]
-    for key, settings in result.thresholds.items():
-        for name, value in settings.items():
-            shown = f"{value:g}" if math.isfinite(value) else "removed (accept all)"
-            lines.append(f"# threshold {key}: {name} = {shown}")
-    for label, report in (("train", result.train), ("test", result.test)):
-        if not report:
-            continue
-        top = report["baselines"]["always_top"]
-        lo, hi = report["quality_ratio_ci95"]
-        ci = f"{lo:.1%} to {hi:.1%}" if lo is not None and hi is not None else "undefined"
-        lines.append(
-            f"# {label} (n={report['n']}): cost {report['cost_per_query']:.6g} USD/query "
-            f"({_pct(report['cost_per_query'], top['cost_per_query'])} of always-top "
-            f"{top['cost_per_query']:.6g}); quality {report['quality']:.4f} "
-            f"({_pct(report['quality'], top['quality'])} of always-top {top['quality']:.4f}; "
-            f"bootstrap 95% CI {ci})"
-        )
-    if result.guarantee is not None:
-        g = result.guarantee
-        lines.append(
-            f"# guarantee: {g['statement']} ({g['method']}, {g['bound']} bound, "
-            f"{g['certify_queries']} certify queries, p = {g['p_value']:.4g})"
-        )
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    config = _externalize(result.config, result.task, Path(out))
-    body = yaml.safe_dump(config, sort_keys=False, allow_unicode=True)
-    Path(out).write_text("\n".join(lines) + "\n" + body, encoding="utf-8")
-
-
-def _externalize(config: Mapping[str, Any], task: str, out: Path) -> dict[str, Any]:
-    """Move fitted models (quality_model, router) into JSON files beside ``out``.
-
-    The YAML then names each file relative to itself, so the pair can be moved together.
-    """
-    mapping = copy.deepcopy(dict(config))
-    settings = mapping["tasks"][task]
-    stem = out.name.removesuffix(out.suffix)
-    for entry in settings.get("ladder", []):
-        if not isinstance(entry, dict):
-            continue
-        for spec in entry.get("evaluators") or []:
-            if spec.get("type") == "quality_model" and isinstance(spec.get("model"), dict):
-                name = f"{stem}.{task}.{entry['model']}.quality.json"
-                (out.parent / name).write_text(json.dumps(spec["model"], indent=1))
-                spec["model"] = name
-    router = settings.get("router")
-    if isinstance(router, dict) and isinstance(router.get("model"), dict):
-        name = f"{stem}.{task}.router.json"
-        (out.parent / name).write_text(json.dumps(router["model"], indent=1))
-        router["model"] = name
-    return mapping

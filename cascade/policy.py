@@ -270,6 +270,7 @@ def calibrate_policy(
         A ``cascade.calibrate.CalibrationResult`` whose ``guarantee`` states what was certified.
     """
     from cascade import calibrate as cal  # the result type and the shared checks live there
+    from cascade.calibrated_file import anchor_paths
 
     if not 0 < delta < 1:
         raise ValueError(f"delta must be in (0, 1), got {delta!r}")
@@ -280,7 +281,7 @@ def calibrate_policy(
     started = time.perf_counter()
     shown = str(config_path)
     cfg = load_config(config_path)
-    raw = cal._anchor_paths(
+    raw = anchor_paths(
         yaml.safe_load(Path(config_path).read_text(encoding="utf-8")),
         Path(config_path).resolve().parent,
     )

@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 import cascade.calibrate as calibration
+import cascade.threshold_search as threshold_search
 from cascade import Cascade, CascadeError, ConfigError, Request
 from cascade.bench import run_bench
 from cascade.calibrate import GUARD, write_calibrated
@@ -20,6 +21,7 @@ from cascade.calibrate import calibrate as _calibrate
 from cascade.config import load_config, parse_config
 from cascade.dataset import ReplayRecord, load_dataset, write_dataset
 from cascade.simulation import ReplayTable, build_views, grids, simulate, subsets
+from cascade.threshold_search import calibrated_mapping
 from cascade.types import Completion, Verdict
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "routellm"
@@ -241,7 +243,7 @@ def test_simulator_matches_engine_at_every_point(tmp_path: Path) -> None:
         for _ in range(4):
             picks = [int(rng.integers(len(v.accept))) for v in views]
             cost, quality = simulate(views, np.array([picks]))
-            mapping, _ = calibration._calibrated(raw, table, "t", subset, grid, picks)
+            mapping, _ = calibrated_mapping(raw, table, "t", subset, grid, picks)
             report = run_bench(parse_config(mapping), records, task="t").tasks["t"]
             assert cost.mean() == pytest.approx(report["cost_per_query"], abs=1e-12)
             assert quality.mean() == pytest.approx(report["quality"], abs=1e-12)
@@ -330,7 +332,7 @@ def test_coordinate_descent_finds_the_exhaustive_optimum(tmp_path: Path,
     data = dataset(tmp_path / "d.jsonl", 200, noisy)
     cfg = config(tmp_path, ["small", "mid", "large"], [{"type": "logprob", "min": 0.5}])
     full = calibrate(cfg, data, target_quality=0.9)
-    monkeypatch.setattr(calibration, "_EXHAUSTIVE_LIMIT", 1)
+    monkeypatch.setattr(threshold_search, "_EXHAUSTIVE_LIMIT", 1)
     descent = calibrate(cfg, data, target_quality=0.9)
     assert descent.status == full.status == "ok"
     assert descent.train["cost_per_query"] <= full.train["cost_per_query"] * 1.05
