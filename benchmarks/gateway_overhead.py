@@ -42,7 +42,7 @@ import structlog
 from cascade.bench import percentile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gateway_peers import LITELLM_KEY, floor_process, start_litellm, wait_ready  # noqa: E402
+from gateway_peers import LITELLM_KEY, floor_process, start_litellm, wait_ready
 
 KEY = "bench-gateway-key"
 ANSWER = "a complete and useful answer"
@@ -263,8 +263,9 @@ def _litellm_version(python: str | None) -> str | None:
         return None
     import subprocess
 
-    return subprocess.run([python, "-c", "import importlib.metadata as m; print(m.version('litellm'))"],
-                          capture_output=True, text=True, check=False).stdout.strip() or None
+    code = "import importlib.metadata as m; print(m.version('litellm'))"
+    done = subprocess.run([python, "-c", code], capture_output=True, text=True, check=False)
+    return done.stdout.strip() or None
 
 
 def _installed(module: str) -> bool:
@@ -286,7 +287,7 @@ def main() -> None:
     parser.add_argument("--no-floor", action="store_true",
                         help="skip the floor (a bare ASGI + httpx2 forwarding proxy)")
     parser.add_argument("--litellm-python", metavar="PATH",
-                        help="the python of a virtualenv with litellm[proxy]: measure its proxy too")
+                        help="python of a virtualenv with litellm[proxy]: measure its proxy too")
     parser.add_argument("--latency-ms", type=float, default=20.0, help="the upstream's delay")
     parser.add_argument("--http", default="auto", choices=["auto", "h11", "httptools"],
                         help="uvicorn's HTTP parser (auto: httptools when installed)")

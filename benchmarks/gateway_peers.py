@@ -135,9 +135,10 @@ def wait_ready(url: str, process: subprocess.Popen[bytes] | None = None,
             raise RuntimeError(f"the proxy exited with status {process.returncode}")
         try:
             urllib.request.urlopen(url, timeout=2).close()
-            return
         except urllib.error.HTTPError:
-            return
+            return  # it answers, if only to refuse
         except OSError:
             time.sleep(0.25)
+        else:
+            return
     raise RuntimeError(f"nothing answered at {url} within {timeout_s:g}s")
