@@ -20,13 +20,15 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-__all__ = ["LITELLM_KEY", "floor_process", "litellm_config", "start_litellm", "wait_ready"]
+__all__ = [
+    "LITELLM_KEY", "floor_app", "floor_process", "litellm_config", "start_litellm", "wait_ready",
+]
 
 # LiteLLM requires its master key to start with "sk-".
 LITELLM_KEY = "sk-bench-litellm-key"
 
 
-def _floor_app(upstream: str, key: str) -> Any:
+def floor_app(upstream: str, key: str) -> Any:
     import httpx2
 
     client = httpx2.AsyncClient(base_url=upstream, timeout=60.0,
@@ -74,7 +76,7 @@ def floor_process(upstream: str, key: str, options: dict[str, str], urls: Any, s
     from cascade.server_serve import bind, url_of
 
     sock = bind("127.0.0.1", 0)
-    config = uvicorn.Config(_floor_app(upstream, key), log_config=None, log_level="warning",
+    config = uvicorn.Config(floor_app(upstream, key), log_config=None, log_level="warning",
                             access_log=False, ws="none", lifespan="on", **options)
     server = uvicorn.Server(config)
     threading.Thread(target=lambda: (stop.wait(), setattr(server, "should_exit", True)),
