@@ -41,6 +41,9 @@ import structlog
 
 from cascade.bench import percentile
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from gateway_peers import LITELLM_KEY, floor_process, start_litellm, wait_ready
+
 KEY = "bench-gateway-key"
 ANSWER = "a complete and useful answer"
 MESSAGES = [{"role": "user", "content": "What are your opening hours?"}]
@@ -155,59 +158,114 @@ async def _timed(pool: _Pool, raw: bytes, due: float) -> tuple[float, str | None
     return elapsed, headers.get("x-cascade-run-id"), lag
 
 
-async def _measure(rate: float, duration: float, warmup: float, direct_url: str,
-                   gateway_url: str) -> dict[str, Any]:
-    direct, gateway = _Pool(direct_url), _Pool(gateway_url)
+async def _measure(rate: float, duration: float, warmup: float, segment: float,
+                   direct_url: str, targets: dict[str, tuple[str, bytes]]) -> dict[str, Any]:
+    """Each target in turn for ``segment`` seconds, with the direct path interleaved.
+
+    Targets rotate until each has had ``duration`` measured seconds (after one unmeasured
+    ``warmup`` segment each), so slow drifts in the machine's load hit every target alike and
+    each target's added latency is taken against the direct requests of its own segments.
+    """
+    direct = _Pool(direct_url)
     direct_raw = direct.encode("/chat/completions", {
         "model": "gpt-4o-mini", "messages": MESSAGES, "max_tokens": 64}, {})
-    gateway_raw = gateway.encode("/v1/chat/completions", {
-        "model": "faq", "messages": MESSAGES, "max_tokens": 64},
-        {"Authorization": f"Bearer {KEY}"})
-    n_warm, n = int(rate * warmup), int(rate * duration)
-    start = time.perf_counter() + 0.2
+    pools = {name: _Pool(url) for name, (url, _) in targets.items()}
     period = 1.0 / rate
-    jobs = []
-    for i in range(n_warm + n):
-        due = start + i * period
-        jobs.append(asyncio.ensure_future(_timed(gateway, gateway_raw, due)))
-        jobs.append(asyncio.ensure_future(_timed(direct, direct_raw, due + period / 2)))
+    out: dict[str, dict[str, list[Any]]] = {name: {"target": [], "direct": []} for name in targets}
+    plan = [(name, warmup, False) for name in targets]
+    rounds = max(1, round(duration / segment))
+    for _ in range(rounds):
+        plan += [(name, duration / rounds, True) for name in targets]
     try:
-        results = await asyncio.gather(*jobs)
+        for name, seconds, keep in plan:
+            raw = targets[name][1]
+            start = time.perf_counter() + 0.05
+            jobs = []
+            for i in range(max(1, int(rate * seconds))):
+                due = start + i * period
+                jobs.append(asyncio.ensure_future(_timed(pools[name], raw, due)))
+                jobs.append(asyncio.ensure_future(_timed(direct, direct_raw, due + period / 2)))
+            results = await asyncio.gather(*jobs)
+            if keep:
+                out[name]["target"] += results[0::2]
+                out[name]["direct"] += results[1::2]
     finally:
         direct.close()
-        gateway.close()
-    measured = results[2 * n_warm:]
-    return {"gateway": measured[0::2], "direct": measured[1::2]}
+        for pool in pools.values():
+            pool.close()
+    return out
 
 
 def _ms(values: list[float], q: float) -> float:
     return round(percentile([v * 1000 for v in values], q), 3)
 
 
-def _summary(rate: float, raw: dict[str, Any], ledger: Path | str) -> dict[str, Any]:
-    gw_s = [r[0] for r in raw["gateway"]]
-    dr_s = [r[0] for r in raw["direct"]]
-    run_ids = [r[1] for r in raw["gateway"]]
+def _steps_latency(ledger: Path | str) -> dict[str, float]:
+    """The provider-call latency the ledger recorded for each run."""
     if isinstance(ledger, str):  # a PostgreSQL URL
         import psycopg
 
         with psycopg.connect(ledger) as conn:
-            inside = dict(conn.execute("SELECT run_id, latency_ms FROM steps").fetchall())
-    else:
-        with sqlite3.connect(ledger) as db:
-            inside = dict(db.execute("SELECT run_id, latency_ms FROM steps"))
-    own = [g * 1000 - inside[rid] for g, rid in zip(gw_s, run_ids, strict=True) if rid in inside]
-    lag = [r[2] for r in raw["gateway"] + raw["direct"]]
-    return {
-        "rate_rps": rate, "requests_per_path": len(gw_s),
-        "direct_ms": {"p50": _ms(dr_s, 50), "p99": _ms(dr_s, 99)},
-        "gateway_ms": {"p50": _ms(gw_s, 50), "p99": _ms(gw_s, 99)},
-        "added_ms": {"p50": round(_ms(gw_s, 50) - _ms(dr_s, 50), 3),
-                     "p99": round(_ms(gw_s, 99) - _ms(dr_s, 99), 3)},
-        "gateway_minus_inside_provider_ms": {
-            "p50": round(percentile(own, 50), 3), "p99": round(percentile(own, 99), 3)},
-        "send_lag_ms": {"p50": _ms(lag, 50), "p99": _ms(lag, 99)},
-    }
+            return dict(conn.execute("SELECT run_id, latency_ms FROM steps").fetchall())
+    with sqlite3.connect(ledger) as db:
+        return dict(db.execute("SELECT run_id, latency_ms FROM steps"))
+
+
+def _summary(rate: float, raw: dict[str, Any], ledger: Path | str) -> dict[str, Any]:
+    row: dict[str, Any] = {"rate_rps": rate}
+    for name, samples in raw.items():
+        got_s = [r[0] for r in samples["target"]]
+        dr_s = [r[0] for r in samples["direct"]]
+        entry: dict[str, Any] = {
+            "requests": len(got_s),
+            "direct_ms": {"p50": _ms(dr_s, 50), "p99": _ms(dr_s, 99)},
+            "proxy_ms": {"p50": _ms(got_s, 50), "p99": _ms(got_s, 99)},
+            "added_ms": {"p50": round(_ms(got_s, 50) - _ms(dr_s, 50), 3),
+                         "p99": round(_ms(got_s, 99) - _ms(dr_s, 99), 3)},
+            "send_lag_ms": _ms([r[2] for r in samples["target"] + samples["direct"]], 99),
+        }
+        if name == "gateway":
+            inside = _steps_latency(ledger)
+            run_ids = [r[1] for r in samples["target"]]
+            own = [g * 1000 - inside[rid] for g, rid in zip(got_s, run_ids, strict=True)
+                   if rid in inside]
+            entry["minus_inside_provider_ms"] = {
+                "p50": round(percentile(own, 50), 3), "p99": round(percentile(own, 99), 3)}
+        row[name] = entry
+    for peer in ("litellm", "floor"):
+        if peer in row and "gateway" in row:
+            ours, theirs = row["gateway"]["added_ms"], row[peer]["added_ms"]
+            row[f"gateway_over_{peer}_added"] = {
+                q: round(ours[q] / theirs[q], 3) if theirs[q] > 0 else None for q in ours}
+    return row
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def _litellm_version(python: str | None) -> str | None:
+    if not python:
+        return None
+    import subprocess
+
+    code = "import importlib.metadata as m; print(m.version('litellm'))"
+    done = subprocess.run([python, "-c", code], capture_output=True, text=True, check=False)
+    return done.stdout.strip() or None
 
 
 def _installed(module: str) -> bool:
@@ -222,7 +280,14 @@ def main() -> None:
     parser.add_argument("--rates", type=float, nargs="+", default=[50.0, 200.0],
                         help="requests per second on each path")
     parser.add_argument("--duration", type=float, default=20.0, help="measured seconds per rate")
-    parser.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds per rate")
+    parser.add_argument("--warmup", type=float, default=2.0,
+                        help="unmeasured seconds per rate and proxy")
+    parser.add_argument("--segment", type=float, default=5.0,
+                        help="seconds each proxy gets in turn before the next one's turn")
+    parser.add_argument("--no-floor", action="store_true",
+                        help="skip the floor (a bare ASGI + httpx2 forwarding proxy)")
+    parser.add_argument("--litellm-python", metavar="PATH",
+                        help="python of a virtualenv with litellm[proxy]: measure its proxy too")
     parser.add_argument("--latency-ms", type=float, default=20.0, help="the upstream's delay")
     parser.add_argument("--http", default="auto", choices=["auto", "h11", "httptools"],
                         help="uvicorn's HTTP parser (auto: httptools when installed)")
@@ -256,20 +321,51 @@ def main() -> None:
     gateway = ctx.Process(target=_gateway, args=(config, options, urls, stop), daemon=True)
     gateway.start()
     gateway_url = urls.get(timeout=60)
+    body = {"model": "faq", "messages": MESSAGES, "max_tokens": 64}
+    targets = {"gateway": (gateway_url, _Pool(gateway_url).encode(
+        "/v1/chat/completions", body, {"Authorization": f"Bearer {KEY}"}))}
+    children: list[Any] = [gateway]
+    litellm = None
     try:
-        rows = [_summary(rate, asyncio.run(_measure(rate, args.duration, args.warmup,
-                                                    openai_url, gateway_url)), ledger)
-                for rate in args.rates]
+        if not args.no_floor:
+            floor = ctx.Process(target=floor_process, args=(openai_url, KEY, options, urls, stop),
+                                daemon=True)
+            floor.start()
+            children.append(floor)
+            floor_url = urls.get(timeout=60)
+            targets["floor"] = (floor_url, _Pool(floor_url).encode(
+                "/v1/chat/completions", body, {"Authorization": f"Bearer {KEY}"}))
+        if args.litellm_python:
+            port = _free_port()
+            litellm = start_litellm(args.litellm_python, openai_url, port,
+                                    Path(tempfile.mkdtemp()))
+            litellm_url = f"http://127.0.0.1:{port}"
+            wait_ready(f"{litellm_url}/health/liveliness", litellm)
+            targets["litellm"] = (litellm_url, _Pool(litellm_url).encode(
+                "/v1/chat/completions", body, {"Authorization": f"Bearer {LITELLM_KEY}"}))
+        rows = []
+        for rate in args.rates:
+            load = round(os.getloadavg()[0], 2)
+            raw = asyncio.run(_measure(rate, args.duration, args.warmup, args.segment,
+                                       openai_url, targets))
+            rows.append({**_summary(rate, raw, ledger), "load_avg_1m_before": load})
     finally:
         stop.set()
-        gateway.join(timeout=30)
+        if litellm is not None:
+            litellm.terminate()
+            litellm.wait(timeout=30)
+        for child in children:
+            child.join(timeout=30)
         upstream.join(timeout=10)
-    report = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+    report = {"machine": {"cpu": _cpu_model(), "cpus": os.cpu_count(),
+                          "python": platform.python_version(),
                           "load_avg_1m_before": load_before,
                           "load_avg_1m_after": round(os.getloadavg()[0], 2)},
               "uvicorn": {"http": args.http, "loop": args.loop,
                           "installed": [m for m in ("httptools", "uvloop") if _installed(m)]},
+              "litellm": _litellm_version(args.litellm_python),
               "upstream_latency_ms": args.latency_ms, "duration_s": args.duration,
+              "segment_s": args.segment,
               "results": rows}
     print(json.dumps(report, indent=2))
     if args.json:

@@ -44,8 +44,8 @@ python benchmarks/load_test.py --runs 1000 --max-concurrency 64 --json "$OUT/loa
 # threshold calibrator as the baseline of issue #9; write a new method's run to another file:
 # python benchmarks/savings.py --seeds 20 --targets 0.90 0.95 --jobs 2 --label thresholds --out "$OUT/savings_baseline_thresholds.json"
 # python benchmarks/calibrate_speed.py --queries 10000 --accept all --json "$OUT/calibrate_speed_baseline_thresholds.json"
-# The gateway benchmark takes about a minute on its own:
-# python benchmarks/gateway_overhead.py --rates 50 200 --duration 20 --latency-ms 20 --json "$OUT/gateway_overhead.json" > /dev/null
+# The gateway benchmark (with LiteLLM's proxy from its own venv) takes about 8 minutes on its own:
+# python benchmarks/gateway_overhead.py --rates 50 200 500 --duration 20 --segment 5 --latency-ms 20 --litellm-python /tmp/gw/litellm-venv/bin/python --json "$OUT/gateway_overhead_litellm.json" > /dev/null
 # Task routing (task auto): which benchmark a prompt came from, held-out accuracy.
 python benchmarks/task_routing.py \
   --train "$WORK/rb_train.jsonl" gsm8k="$WORK/gsm_train.jsonl" alpacaeval="$WORK/alpaca_train.jsonl" \

@@ -135,6 +135,10 @@ def parse_chat_request(raw: bytes, max_messages: int) -> ChatRequest | BodyRefus
             f"invalid request body: messages: {len(body.messages):,} messages, more than "
             f"{max_messages:,} (server.max_messages)",
         )
+    if len(raw) <= MAX_JSON_VALUES:
+        # Every JSON value takes at least one byte of the text, so a body this short cannot
+        # hold too many; counting them would cost the hot path a full dump of the body.
+        return body
     values = _count_values(body.model_dump(mode="python", exclude_unset=True))
     if values > MAX_JSON_VALUES:
         return BodyRefused(

@@ -350,6 +350,20 @@ def test_5_message_count_is_capped_without_stalling_the_server(tmp_path: Path) -
         assert len(upstream.calls(SONNET)[0]["body"]["messages"]) == 1000
 
 
+def test_5_json_values_are_capped_and_short_bodies_skip_the_count() -> None:
+    """A body of more than MAX_JSON_VALUES values is refused; one that cannot hold that many
+    (fewer bytes than the cap) is accepted without being counted."""
+    from cascade.server_limits import MAX_JSON_VALUES, BodyRefused, parse_chat_request
+
+    parts = [{"type": "text", "text": ""}] * (MAX_JSON_VALUES // 3 + 10)
+    raw = json.dumps({"model": "faq", "messages": [{"role": "user", "content": parts}]}).encode()
+    refused = parse_chat_request(raw, 1000)
+    assert isinstance(refused, BodyRefused) and refused.status == 400
+    assert f"more than {MAX_JSON_VALUES:,}" in refused.message
+    small = json.dumps({"model": "faq", "messages": [{"role": "user", "content": "hi"}]})
+    assert not isinstance(parse_chat_request(small.encode(), 1000), BodyRefused)
+
+
 # -- 6. slow clients and connection floods ---------------------------------------------------------
 
 def _connect(url: str) -> socket.socket:
