@@ -31,6 +31,7 @@ from cascade.pricing import Price
 from cascade.server import create_app, running
 from cascade.testing import MockLLMServer, Reply
 from cascade.tokens import estimate_input_tokens
+from cascade.ledger.writer import flush_all
 from tests.conftest import FAKE_ANTHROPIC_KEY, FAKE_OPENAI_KEY, live_config
 
 KEY = "gw-attack-key"
@@ -91,6 +92,7 @@ def post(url: str, body: dict[str, Any] | bytes, **headers: str) -> httpx2.Respo
 def ledger_rows(ledger: Path, sql: str) -> list[tuple[Any, ...]]:
     if not ledger.exists():
         return []
+    flush_all()  # rows written behind the response by the ledger's writer thread
     with sqlite3.connect(ledger) as db:
         return db.execute(sql).fetchall()
 

@@ -74,7 +74,8 @@ def test_fault(row: Row, server: MockLLMServer, tmp_path: Path) -> None:
                                 output_tokens=6)])
     sleeps: list[float] = []
     data = live_config(server, ladder=ladder, attempts=ATTEMPTS, ledger=str(tmp_path / "l.db"))
-    result = Cascade.from_dict(data, sleep=sleeps.append).complete("faq", "q")
+    with Cascade.from_dict(data, sleep=sleeps.append) as engine:
+        result = engine.complete("faq", "q")
 
     assert len(server.calls(faulty)) == row.tries
     step = result.steps[0]

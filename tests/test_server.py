@@ -38,6 +38,7 @@ from cascade.server import create_app, running
 from cascade.server_cli import is_loopback, load_serve_config, register
 from cascade.server_openai import format_cost, split_text
 from cascade.testing import MockLLMServer, Reply
+from cascade.ledger.writer import flush_all
 from tests.conftest import FAKE_ANTHROPIC_KEY, FAKE_OPENAI_KEY, live_config
 
 KEY, OTHER_KEY = "gw-test-key-1", "gw-test-key-2"
@@ -103,6 +104,7 @@ class Gateway:
         return 0.0
 
     def steps(self, run_id: str) -> list[tuple[str, str, str]]:
+        flush_all()  # rows written behind the response by the ledger's writer thread
         with sqlite3.connect(self.ledger) as db:
             return db.execute("SELECT task, model, decision FROM steps WHERE run_id = ?"
                               " ORDER BY step", (run_id,)).fetchall()

@@ -66,7 +66,7 @@ class Tx(Protocol):
 class Backend(Protocol):
     name: str  # "sqlite" | "postgres"
     lock_rows: str  # appended to a SELECT that must lock what it reads
-    nowait: bool  # transaction() honours NOWAIT
+    nowait: bool  # transaction() honours NOWAIT (raises WouldBlock rather than wait)
 
     def transaction(self) -> Any: ...  # a context manager yielding a Tx
 
@@ -258,7 +258,9 @@ class PostgresBackend:
 
     name = "postgres"
     lock_rows = " FOR UPDATE"
-    nowait = False  # every statement is a network round trip: always on a thread
+    # Every statement is a network round trip: under NOWAIT a transaction or read says at once
+    # that it would wait, so the event loop runs only work that merely queues writes.
+    nowait = True
 
     def __init__(self, url: str, *, pool_size: int = 10, app_name: str = "cascade-ledger"):
         try:
@@ -317,6 +319,8 @@ class PostgresBackend:
 
     @contextmanager
     def transaction(self) -> Iterator[_PgTx]:
+        if NOWAIT.get():
+            raise WouldBlock
         psycopg = self._psycopg
         try:
             with (
@@ -333,6 +337,8 @@ class PostgresBackend:
             raise
 
     def read(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        if NOWAIT.get():
+            raise WouldBlock
         try:
             with self._pool.connection(timeout=PG_CONNECTION_TIMEOUT_S) as conn:
                 cursor: Any = conn.execute(sql.replace("?", "%s"), tuple(params))
