@@ -118,8 +118,9 @@ class Ledger:
         self.executor = ThreadPoolExecutor(workers, thread_name_prefix="cascade-ledger")
         self.writer = Writer(self.backend)
         self.fail_closed_s = fail_closed_s
-        # A ledger dropped without close() still gets its queue written and its thread ended.
-        weakref.finalize(self, self.writer.stop)
+        # A ledger dropped without close() still gets its queue written and its thread ended
+        # (without waiting here: at exit, writer.flush_all waits, bounded).
+        weakref.finalize(self, self.writer.stop, 0)
         self._heartbeat: threading.Thread | None = None
         if self.backend.name == "postgres":
             self._heartbeat = threading.Thread(

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import queue
 import threading
 import time
 import weakref
@@ -60,6 +61,18 @@ class Op:
     failed: Callable[[LedgerError], None] | None = None
 
 
+class _Barrier:
+    """Queued by ``flush``: set once everything queued before it is written."""
+
+    __slots__ = ("event",)
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+
+
+_STOP = object()  # queued by ``stop``: write what came before, then end the thread
+
+
 class Writer:
     """The queue of a ledger's deferred writes and the daemon thread that commits them.
 
@@ -72,10 +85,11 @@ class Writer:
         self._backend = backend
         self.where = backend.describe()
         self._name = name
-        self._cond = threading.Condition(threading.Lock())
-        self._queue: list[Op] = []
+        # SimpleQueue: a put is one C call and wakes the writer without a Condition's locks.
+        self._queue: queue.SimpleQueue[Op | _Barrier | object] = queue.SimpleQueue()
+        self._lock = threading.Lock()  # orders the count with the queue, starts the thread
         self._submitted = 0  # operations ever queued
-        self._finished = 0  # operations committed or given up, in queue order
+        self._finished = 0  # operations committed or given up (written by the thread only)
         self._stopping = False
         self._pid = os.getpid()
         self._thread: threading.Thread | None = None
@@ -92,19 +106,26 @@ class Writer:
         Raises:
             LedgerError: the ledger is closed, or was opened in another process (fork).
         """
-        with self._cond:
+        with self._lock:
             if self._stopping:
                 raise LedgerError("the ledger is closed: nothing more can be recorded")
-            if os.getpid() != self._pid:
-                # A forked child shares the parent's connection but not its thread.
-                raise LedgerError("a ledger opened before fork() cannot be used in the child; "
-                                  "open one per process")
             if self._thread is None:
-                self._thread = threading.Thread(target=self._loop, name=self._name, daemon=True)
-                self._thread.start()
-            self._queue.append(op)
+                self._start()
             self._submitted += 1
-            self._cond.notify_all()
+            self._queue.put(op)
+
+    def _start(self) -> None:
+        if os.getpid() != self._pid:
+            # A forked child shares the parent's connection but not its thread.
+            raise LedgerError("a ledger opened before fork() cannot be used in the child; "
+                              "open one per process")
+        self._thread = threading.Thread(target=self._loop, name=self._name, daemon=True)
+        self._thread.start()
+
+    @property
+    def backlog(self) -> int:
+        """Operations queued and not yet committed (or given up)."""
+        return self._submitted - self._finished
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until every operation queued before this call is committed (or given up).
@@ -115,22 +136,16 @@ class Writer:
         Returns:
             False if ``timeout`` ran out first.
         """
-        if threading.current_thread() is self._thread:
+        thread = self._thread
+        if thread is None or thread is threading.current_thread() or not self.backlog:
             return True
-        with self._cond:
-            target = self._submitted
-            if self._finished >= target:
-                return True
-            if NOWAIT.get():
-                raise WouldBlock
-            if self._thread is None or os.getpid() != self._pid:
-                return False  # nothing will ever write these (a forked child)
-            return self._cond.wait_for(lambda: self._finished >= target, timeout)
-
-    @property
-    def backlog(self) -> int:
-        """Operations queued and not yet committed."""
-        return self._submitted - self._finished
+        if NOWAIT.get():
+            raise WouldBlock
+        if os.getpid() != self._pid or not thread.is_alive():
+            return False  # nothing will write these (a forked child, a stopped writer)
+        barrier = _Barrier()
+        self._queue.put(barrier)
+        return barrier.event.wait(timeout)
 
     def stop(self, timeout: float | None = None) -> bool:
         """Refuse new operations, commit the queued ones, and end the thread.
@@ -138,30 +153,46 @@ class Writer:
         Returns:
             False if ``timeout`` ran out before the queue was written.
         """
-        with self._cond:
+        with self._lock:
+            already = self._stopping
             self._stopping = True
-            self._cond.notify_all()
             thread = self._thread
-        if thread is None or thread is threading.current_thread():
+        if thread is None or os.getpid() != self._pid:
+            return thread is None
+        if not already:
+            self._queue.put(_STOP)
+        if thread is threading.current_thread():
             return True
-        if os.getpid() != self._pid:
-            return False
         thread.join(timeout)
         return not thread.is_alive()
 
     # -- the writer thread --------------------------------------------------------------------
 
     def _loop(self) -> None:
-        while True:
-            with self._cond:
-                self._cond.wait_for(lambda: self._queue or self._stopping)
-                batch, self._queue = self._queue, []
-                if not batch:
-                    return  # stopping, and everything is written
-            self._write(batch)
-            with self._cond:
-                self._finished += len(batch)
-                self._cond.notify_all()
+        stopping = False
+        while not stopping:
+            batch = [self._queue.get()]
+            while True:  # group commit: everything that arrived meanwhile goes in
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            ops = [item for item in batch if isinstance(item, Op)]
+            if ops:
+                self._write(ops)
+                self._finished += len(ops)
+            for item in batch:
+                if isinstance(item, _Barrier):
+                    item.event.set()
+                elif item is _STOP:
+                    stopping = True
+        while True:  # a flush that raced with stop() must not wait forever
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if isinstance(item, _Barrier):
+                item.event.set()
 
     def _write(self, batch: list[Op]) -> None:
         try:

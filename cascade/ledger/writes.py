@@ -88,19 +88,13 @@ def add_to_totals(tx: Tx, keys: Sequence[TotalsKey], nusd: int) -> dict[TotalsKe
     return {(r["scope"], r["period"], r["bucket"]): int(r["spent_nusd"]) for r in rows}
 
 
-# Each builder below does its Python work (JSON, timestamps) on the caller's thread, so the
-# writer thread only runs SQL; the returned function is the write, run inside a batch.
+# Each builder below captures its (frozen) arguments and returns the write; the Python work
+# (JSON, buckets) runs inside it, on the writer thread, rather than on the request's path.
 
 
 def settle_write(step_id: int, pending: Pending, step: StepRecord) -> Callable[[Tx], bool]:
     """The settlement of a pending row: True if it was still pending (False: settled as lost by
     a recovery meanwhile, whose charge then stands)."""
-    values = (step.attempts, step.input_tokens, step.cached_input_tokens, step.output_tokens,
-              step.cost_usd, step.latency_ms, step.decision, step.error,
-              json.dumps([v.as_dict() for v in step.verdicts]), int(step.usage_estimated),
-              step_id)
-    delta = nano(step.cost_usd) - nano(pending.reserved_usd)
-    keys = buckets(pending.task, pending.ts)
 
     def write(tx: Tx) -> bool:
         changed = tx.rowcount(
@@ -108,13 +102,20 @@ def settle_write(step_id: int, pending: Pending, step: StepRecord) -> Callable[[
             " output_tokens = ?, cost_usd = ?, latency_ms = ?, decision = ?, error = ?,"
             " verdicts = ?, usage_estimated = ?, status = 'settled'"
             " WHERE id = ? AND status = 'pending'",
-            values,
+            (step.attempts, step.input_tokens, step.cached_input_tokens, step.output_tokens,
+             step.cost_usd, step.latency_ms, step.decision, step.error, _verdicts(step),
+             int(step.usage_estimated), step_id),
         )
+        delta = nano(step.cost_usd) - nano(pending.reserved_usd)
         if changed and delta:
-            add_to_totals(tx, keys, delta)
+            add_to_totals(tx, buckets(pending.task, pending.ts), delta)
         return bool(changed)
 
     return write
+
+
+def _verdicts(step: StepRecord) -> str:
+    return json.dumps([v.as_dict() for v in step.verdicts])
 
 
 def loss_write(step_id: int, reason: str) -> Callable[[Tx], None]:
@@ -133,21 +134,18 @@ def loss_write(step_id: int, reason: str) -> Callable[[Tx], None]:
 def free_step_write(step: StepRecord) -> Callable[[Tx], None]:
     """A settled row for a step that had no write-ahead row (a skip, a cache hit)."""
     ts = step.ts or time.time()
-    values = (step.run_id, ts, step.task, step.step, step.model, step.provider, step.attempts,
-              step.input_tokens, step.cached_input_tokens, step.output_tokens, step.cost_usd,
-              step.latency_ms, step.decision, step.error,
-              json.dumps([v.as_dict() for v in step.verdicts]), int(step.usage_estimated))
-    cost = nano(step.cost_usd)
-    keys = buckets(step.task, ts)
 
     def write(tx: Tx) -> None:
         tx.execute(
             f"INSERT INTO steps ({STEP_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,"
             "'settled',0,NULL,?)",
-            values,
+            (step.run_id, ts, step.task, step.step, step.model, step.provider, step.attempts,
+             step.input_tokens, step.cached_input_tokens, step.output_tokens, step.cost_usd,
+             step.latency_ms, step.decision, step.error, _verdicts(step),
+             int(step.usage_estimated)),
         )
-        if cost:
-            add_to_totals(tx, keys, cost)
+        if nano(step.cost_usd):
+            add_to_totals(tx, buckets(step.task, ts), nano(step.cost_usd))
 
     return write
 
@@ -158,9 +156,6 @@ def run_write(
     """The run's row (replacing an earlier one of the same id) and its content rows, in one
     transaction, so a retried write never duplicates them."""
     now = time.time()
-    values = (result.run_id, now, result.task, result.model or None, int(result.accepted),
-              result.cost_usd, result.latency_ms, len(result.steps), status,
-              result.task_probability)
     rows = tuple(content)
 
     def write(tx: Tx) -> None:
@@ -172,7 +167,9 @@ def run_write(
             " accepted = excluded.accepted, cost_usd = excluded.cost_usd,"
             " latency_ms = excluded.latency_ms, steps = excluded.steps,"
             " status = excluded.status, task_probability = excluded.task_probability",
-            values,
+            (result.run_id, now, result.task, result.model or None, int(result.accepted),
+             result.cost_usd, result.latency_ms, len(result.steps), status,
+             result.task_probability),
         )
         _insert_content(tx, result.run_id, now, rows)
 
