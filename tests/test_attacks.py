@@ -27,11 +27,11 @@ import yaml
 from cascade import Cascade, ConfigError, RequestError
 from cascade.breaker import CircuitBreaker
 from cascade.cli import main
+from cascade.ledger.writer import flush_all
 from cascade.pricing import Price
 from cascade.server import create_app, running
 from cascade.testing import MockLLMServer, Reply
 from cascade.tokens import estimate_input_tokens
-from cascade.ledger.writer import flush_all
 from tests.conftest import FAKE_ANTHROPIC_KEY, FAKE_OPENAI_KEY, live_config
 
 KEY = "gw-attack-key"

@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 
 from cascade import Cascade, Ledger, ProviderError
+from cascade.ledger.writer import flush_all
 from cascade.report import ledger_report
 from cascade.testing import FakeProvider, make_completion
-from cascade.ledger.writer import flush_all
 from tests.test_engine import config
 
 
