@@ -23,7 +23,7 @@ from structlog.testing import capture_logs
 from cascade import Cascade, LedgerError
 from cascade.ledger import Ledger, Pending, buckets
 from cascade.ledger.writer import Op
-from cascade.money import Accounts, Hold
+from cascade.money import Accounts, Hold, Limit
 from cascade.testing import FakeProvider, make_completion
 from cascade.types import CascadeResult, StepRecord
 from tests.ledger_db import Db
@@ -347,3 +347,27 @@ def test_postgres_async_path_sends_only_the_reservation_to_a_thread(db: Db) -> N
     assert "step" not in on_thread and "finish" not in on_thread
     assert on_thread == ([] if db.backend == "sqlite" else ["check"])
     assert db.rows("SELECT status FROM steps") == [("settled",)]
+
+
+def test_a_refusal_first_writes_this_process_s_queued_settlements(db: Db) -> None:
+    """A budget that fits the next call only once this process's queued settlement is
+    committed (real cost instead of the worst case) grants it after waiting for the writer."""
+    ledger = db.open()
+    try:
+        accounts = Accounts(ledger, [Limit("global", "daily", 0.3)])
+
+        def reserve(run_id: str) -> tuple[Hold | None, Any]:
+            return accounts.reserve(run_id=run_id, task="t", step=1, model_key="m",
+                                    provider="p", estimate=0.25, spent=0.0, cap=None)
+
+        first, refusal = reserve("a")
+        assert first is not None and refusal is None
+        release = gate(ledger)
+        accounts.settle(first, step("a", cost=0.01))
+        release_later(release)
+        second, refusal = reserve("b")  # 0.25 + 0.25 > 0.3 until the settlement is written
+        assert refusal is None and second is not None
+        third, refusal = reserve("c")  # 0.01 + 0.25 + 0.25 > 0.3: a real refusal
+        assert third is None and refusal is not None
+    finally:
+        ledger.close()

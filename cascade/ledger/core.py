@@ -283,6 +283,20 @@ class Ledger:
                 ``fail_closed_s`` ago; the model must not be called.
         """
         self._check_writer()
+        outcome = self._try_reserve(pending, decide)
+        if isinstance(outcome, str) and self.writer.backlog:
+            # The refusal may come from this process's settlements still queued (their rows
+            # count the worst case until committed): write them, then ask once more. Only a
+            # refusal pays for this wait (on the event loop it moves to the ledger's thread).
+            self.writer.flush()
+            outcome = self._try_reserve(pending, decide)
+        return outcome
+
+    def _try_reserve(
+        self,
+        pending: Pending,
+        decide: Callable[[Mapping[TotalsKey, int]], str | None] | None,
+    ) -> int | str:
         try:
             with self.backend.transaction() as tx:
                 return self._reserve(tx, pending, decide)
