@@ -12,7 +12,8 @@ share this process's GIL. In one event loop, the same request is sent in strict 
   the fast path's post and parse into a ``Completion``);
 - ``engine``: ``Cascade.acomplete`` on a one-rung task whose answer is accepted, no ledger;
 - ``engine_ledger``: the same with a SQLite ledger (write-ahead row before the call, settled
-  after it, as in production);
+  after it by the ledger's writer thread, as in production; ``--ledger-reserve-only`` drops the
+  queued writes to show what the synchronous reservation alone costs);
 - ``cascadeflow`` (with ``--cascadeflow-python``): ``CascadeAgent.run`` with one model
   (provider ``vllm``, same upstream) in a process of its own running cascadeflow's own
   virtualenv (``benchmarks/cascadeflow_worker.py``), timed inside that process, in turn with
@@ -168,7 +169,14 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--warmup", type=int, default=200)
     parser.add_argument("--cascadeflow-python", help="python of a virtualenv with cascadeflow")
+    parser.add_argument("--ledger-reserve-only", action="store_true",
+                        help="diagnostic: drop the ledger's queued writes (settlements, run "
+                             "rows), leaving only the synchronous reservation before the call")
     args = parser.parse_args()
+    if args.ledger_reserve_only:
+        from cascade.ledger.writer import Writer
+
+        Writer.submit = lambda self, op: None  # type: ignore[method-assign]
     logging.disable(logging.WARNING)
     ctx = multiprocessing.get_context("spawn")
     urls, stop = ctx.Queue(), ctx.Event()

@@ -72,6 +72,7 @@ def add_feedback(
     if ledger is None:
         raise FeedbackError("feedback needs a ledger (the config turns it off)", param="ledger")
     ts = time.time() if now is None else now
+    ledger.flush()  # the run's row may still be queued for the writer thread
     with ledger.backend.transaction() as tx:
         if not tx.execute("SELECT 1 AS one FROM runs WHERE run_id = ?", (run_id,)):
             raise FeedbackError(f"unknown run id {run_id!r} in {ledger.where}", param="run_id")

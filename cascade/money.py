@@ -10,10 +10,12 @@
   number of processes or hosts sharing the ledger therefore exceed a budget by at most what
   one call's real cost exceeds its worst case.
 - **Bill**: ``bill`` sums what every paid attempt of a step cost.
-- **Settle**: ``Accounts.settle`` replaces the reservation with the real cost. If that write
-  fails the answer is still returned (the pending row already counts its worst case) and the
-  failure is logged; ``Accounts.release`` settles a row whose outcome will never be known (a
-  cancelled call) as ``lost`` at its worst case.
+- **Settle**: ``Accounts.settle`` replaces the reservation with the real cost. The write is
+  queued for the ledger's writer thread (``cascade.ledger.writer``), which commits in batches:
+  until it commits, the pending row keeps counting its worst case. If that write fails the
+  answer has already been returned; the failure is logged from the writer, and the ledger
+  refuses new reservations for a while (fail closed). ``Accounts.release`` settles a row whose
+  outcome will never be known (a cancelled call) as ``lost`` at its worst case.
 
 If the write-ahead row cannot be written, ``reserve`` raises ``LedgerError`` and the model is
 never called: nothing is paid for that the ledger does not show.
@@ -176,41 +178,61 @@ class Accounts:
         return Hold(outcome, pending), None
 
     def settle(self, hold: Hold, step: StepRecord) -> None:
-        """Write a called step's real cost over its reservation; a failure is only logged."""
+        """Queue a called step's real cost over its reservation; a failure is only logged
+        (from the ledger's writer thread, like a settlement that came too late)."""
         hold.closed = True
         assert self.ledger is not None
-        try:
-            if not self.ledger.settle(hold.step_id, hold.pending, step):
-                log.warning("cascade.ledger_settled_late", run_id=step.run_id, step=step.step,
+        run_id, index = step.run_id, step.step
+        reserved, cost = hold.pending.reserved_usd, step.cost_usd
+
+        def done(settled: bool) -> None:
+            if not settled:
+                log.warning("cascade.ledger_settled_late", run_id=run_id, step=index,
                             note="the row was already settled as lost; its reserved cost stands")
+
+        def failed(exc: LedgerError) -> None:
+            ledger_failed("cascade.ledger_settle_failed", run_id=run_id, step=index,
+                          reserved_usd=reserved, cost_usd=cost, error=str(exc))
+
+        try:
+            self.ledger.settle(hold.step_id, hold.pending, step, done=done, failed=failed)
         except LedgerError as exc:
-            ledger_failed("cascade.ledger_settle_failed", run_id=step.run_id, step=step.step,
-                      reserved_usd=hold.pending.reserved_usd, cost_usd=step.cost_usd,
-                      error=str(exc))
+            failed(exc)
 
     def release(self, hold: Hold | None) -> None:
         """A hold whose call never reported back (cancelled mid-call): settle it as lost."""
         if hold is None or hold.closed or self.ledger is None:
             return
         hold.closed = True
+        step_id = hold.step_id
+
+        def failed(exc: LedgerError) -> None:
+            ledger_failed("cascade.ledger_settle_failed", step_id=step_id, error=str(exc))
+
         try:
             self.ledger.abandon(
-                hold.step_id,
+                step_id,
                 "the call was cancelled before its outcome was known; counted at its "
                 "reserved worst case",
+                failed=failed,
             )
         except LedgerError as exc:
-            ledger_failed("cascade.ledger_settle_failed", step_id=hold.step_id, error=str(exc))
+            failed(exc)
 
     def record(self, step: StepRecord) -> None:
-        """Record a step that called nothing (a skip, a cache hit); a failure is only logged."""
+        """Queue a step that called nothing (a skip, a cache hit); a failure is only logged."""
         if self.ledger is None:
             return
+        run_id, index, decision = step.run_id, step.step, step.decision
+
+        def failed(exc: LedgerError) -> None:
+            ledger_failed("cascade.ledger_write_failed", run_id=run_id, step=index,
+                          decision=decision, error=str(exc))
+
         try:
-            self.ledger.record_step(step)
+            self.ledger.record_step(step, failed=failed)
         except LedgerError as exc:
-            ledger_failed("cascade.ledger_write_failed", run_id=step.run_id, step=step.step,
-                      decision=step.decision, error=str(exc))
+            failed(exc)
 
     def reserved(self, limit: Limit, now: float | None = None) -> float:
         """The worst cases still reserved under ``limit`` by calls in flight (pending rows)."""

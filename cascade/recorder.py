@@ -64,7 +64,7 @@ current_run: contextvars.ContextVar[Run | None] = contextvars.ContextVar(
 
 
 class Recorder:
-    """Turns outcomes into ``StepRecord``s, logs them and writes them to the ledger at once.
+    """Turns outcomes into ``StepRecord``s, logs them and queues them for the ledger.
 
     A step that called a model settles its write-ahead row (``hold``); one that called nothing
     (a skip, a cache hit) gets a row of its own.
@@ -128,8 +128,9 @@ class Recorder:
             text=done.text if done else None,
             usage_estimated=any(c.usage_estimated for c in paid),
         )
-        # The write comes first: on the event loop it may decline to wait (WouldBlock) and be
-        # run again on the ledger's thread, so nothing before it may change the run.
+        # The write only queues (the ledger's writer thread commits it), so it never waits and
+        # never sends this call to a thread; it stays first all the same, so that a ledger
+        # operation that could decline to wait (WouldBlock) would change nothing before it.
         if hold is not None:
             self.accounts.settle(hold, step)
         elif self.ledger is not None:
@@ -137,7 +138,7 @@ class Recorder:
         run.steps.append(step)
         if log.enabled("info"):
             log.info("cascade.step", **step.as_event(log_content=run.log_content))
-        # After the ledger write, which may be retried on the ledger's thread (see above).
+        # After the ledger write (see above).
         span = self._run_span(run)
         if span is not None or run.metered:
             failure = outcome.error
@@ -220,16 +221,21 @@ class Recorder:
         error_type: str | None = None,
     ) -> None:
         if self.ledger is not None:
-            # First, for the same reason as in ``step``.
+            run_id = result.run_id
+
+            def failed(exc: LedgerError) -> None:
+                # The steps carry the money; a missing run row loses none of it.
+                ledger_failed("cascade.ledger_write_failed", run_id=run_id, error=str(exc))
+
+            # Queued for the ledger's writer thread: never waits, so it is safe first.
             try:
                 self.ledger.record_run(
                     result, status=status,
                     content=self.content(run, result.steps) if run is not None else (),
+                    failed=failed,
                 )
             except LedgerError as exc:
-                # The steps carry the money; a missing run row loses none of it.
-                ledger_failed("cascade.ledger_write_failed", run_id=result.run_id,
-                              error=str(exc))
+                failed(exc)
         if log.enabled("info"):
             log.info(
                 "cascade.run",

@@ -182,11 +182,4 @@ class Shadows:
 
 def _record_content(engine: Cascade, run_id: str, rows: list[Any]) -> None:
     assert engine.ledger is not None
-    now = time.time()
-    with engine.ledger.backend.transaction() as tx:
-        for row in rows:
-            tx.execute(
-                "INSERT INTO content (run_id, ts, step, kind, model, model_name, text)"
-                " VALUES (?,?,?,?,?,?,?)",
-                (run_id, now, *row),
-            )
+    engine.ledger.record_content(run_id, rows)  # queued for the ledger's writer thread

@@ -18,6 +18,7 @@ import psycopg
 import pytest
 
 from cascade import Ledger
+from cascade.ledger.writer import flush_all
 
 PG_HOST = "127.0.0.1:5432"
 PG_DB = "test"
@@ -54,6 +55,7 @@ class Db:
         return {"path": str(self.path)} if self.backend == "sqlite" else {"url": self.url}
 
     def rows(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        flush_all()  # what the ledgers of this process queued for their writer threads
         if self.backend == "sqlite":
             with sqlite3.connect(self.path) as conn:  # type: ignore[arg-type]
                 return conn.execute(sql, params).fetchall()

@@ -26,6 +26,7 @@ def test_evaluator_crash_keeps_the_paid_step(tmp_path: Path) -> None:
     engine = Cascade.from_dict(data, providers={"p": fake}, ledger=Ledger(tmp_path / "l.db"))
     with pytest.raises(EvaluatorError):
         engine.complete("t", "q")
+    engine.close()
     with sqlite3.connect(tmp_path / "l.db") as conn:
         steps = conn.execute("SELECT decision, cost_usd, error FROM steps").fetchall()
         runs = conn.execute("SELECT cost_usd, status FROM runs").fetchall()

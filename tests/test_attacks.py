@@ -27,6 +27,7 @@ import yaml
 from cascade import Cascade, ConfigError, RequestError
 from cascade.breaker import CircuitBreaker
 from cascade.cli import main
+from cascade.ledger.writer import flush_all
 from cascade.pricing import Price
 from cascade.server import create_app, running
 from cascade.testing import MockLLMServer, Reply
@@ -91,6 +92,7 @@ def post(url: str, body: dict[str, Any] | bytes, **headers: str) -> httpx2.Respo
 def ledger_rows(ledger: Path, sql: str) -> list[tuple[Any, ...]]:
     if not ledger.exists():
         return []
+    flush_all()  # rows written behind the response by the ledger's writer thread
     with sqlite3.connect(ledger) as db:
         return db.execute(sql).fetchall()
 

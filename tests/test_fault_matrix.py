@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from cascade import Cascade
+from cascade.ledger.writer import flush_all
 from cascade.testing import MockLLMServer, Reply
 from tests.conftest import live_config
 
@@ -74,7 +75,8 @@ def test_fault(row: Row, server: MockLLMServer, tmp_path: Path) -> None:
                                 output_tokens=6)])
     sleeps: list[float] = []
     data = live_config(server, ladder=ladder, attempts=ATTEMPTS, ledger=str(tmp_path / "l.db"))
-    result = Cascade.from_dict(data, sleep=sleeps.append).complete("faq", "q")
+    with Cascade.from_dict(data, sleep=sleeps.append) as engine:
+        result = engine.complete("faq", "q")
 
     assert len(server.calls(faulty)) == row.tries
     step = result.steps[0]
@@ -104,6 +106,7 @@ def test_connection_refused_row(server: MockLLMServer, tmp_path: Path) -> None:
     result = Cascade.from_dict(data, sleep=lambda s: None).complete("faq", "q")
     assert (result.steps[0].decision, result.steps[0].attempts) == ("error", ATTEMPTS)
     assert result.model == "sonnet"
+    flush_all()  # rows the ledger's writer thread has queued
     with sqlite3.connect(tmp_path / "l.db") as conn:
         assert conn.execute("SELECT COUNT(*) FROM steps").fetchone() == (2,)
 
@@ -119,5 +122,6 @@ def test_read_timeout_row(server: MockLLMServer, tmp_path: Path) -> None:
     assert (result.steps[0].decision, result.steps[0].attempts) == ("error", 2)
     assert "timed out" in (result.steps[0].error or "")
     assert result.model == "sonnet"
+    flush_all()  # rows the ledger's writer thread has queued
     with sqlite3.connect(tmp_path / "l.db") as conn:
         assert conn.execute("SELECT COUNT(*) FROM steps").fetchone() == (2,)

@@ -15,6 +15,7 @@ from cascade import BudgetExceeded, Cascade, Completion, Ledger, ProviderError, 
 from cascade.breaker import CircuitBreaker
 from cascade.config import MinScore
 from cascade.evaluation import combine
+from cascade.ledger.writer import flush_all
 from cascade.money import Accounts, Limit, period_start
 from cascade.testing import FakeProvider, MockLLMServer, Reply
 from cascade.types import StepRecord
@@ -206,6 +207,7 @@ def test_budget_refusal_is_recorded_as_status_budget(tmp_path: Path) -> None:
     with pytest.raises(BudgetExceeded) as info:
         engine.complete("t", "q")
     engine.close()
+    flush_all()  # rows the ledger's writer thread has queued
     with sqlite3.connect(tmp_path / "l.sqlite") as db:
         rows = db.execute("SELECT status, steps FROM runs WHERE run_id = ?",
                           (info.value.result.run_id,)).fetchall()  # type: ignore[union-attr]
@@ -227,6 +229,7 @@ def test_cache_hit_made_no_attempt(tmp_path: Path) -> None:
     hit = engine.complete("t", "same")
     engine.close()
     assert [(s.decision, s.attempts) for s in hit.steps] == [("cache", 0)]
+    flush_all()  # rows the ledger's writer thread has queued
     with sqlite3.connect(tmp_path / "l.sqlite") as db:
         assert db.execute("SELECT attempts FROM steps WHERE run_id = ?",
                           (hit.run_id,)).fetchall() == [(0,)]
@@ -347,5 +350,6 @@ def test_gateway_prefers_a_task_over_a_model_of_the_same_name(server: MockLLMSer
     finally:
         engine.close()
     assert (raw.headers["x-cascade-model"], raw.headers["x-cascade-steps"]) == ("sonnet", "2")
+    flush_all()  # rows the ledger's writer thread has queued
     with sqlite3.connect(tmp_path / "l.sqlite") as db:
         assert db.execute("SELECT DISTINCT task FROM steps").fetchall() == [("mini",)]

@@ -15,6 +15,7 @@ import pytest
 
 from cascade import BudgetExceeded, Cascade, Completion, Ledger, ProviderError
 from cascade.budget import estimate_input_tokens
+from cascade.ledger.writer import flush_all
 from cascade.testing import FakeProvider, make_completion
 from tests.test_engine import config
 
@@ -106,6 +107,7 @@ def test_hundred_concurrent_requests_respect_budget(tmp_path: Path) -> None:
     outcomes = asyncio.run(main())
     assert any(isinstance(o, BudgetExceeded) for o in outcomes)
     assert sum(not isinstance(o, Exception) for o in outcomes) > 5
+    flush_all()  # rows the ledger's writer thread has queued
     with sqlite3.connect(tmp_path / "l.sqlite") as conn:
         (spent,) = conn.execute("SELECT SUM(cost_usd) FROM steps").fetchone()
     assert spent <= budget
@@ -154,6 +156,7 @@ def test_circuit_breaker_skips_then_retries(tmp_path: Path) -> None:
     assert len(fake.calls) == 3
     time.sleep(0.25)
     assert engine.complete("t", "q").text == "recovered"
+    flush_all()  # rows the ledger's writer thread has queued
     with sqlite3.connect(tmp_path / "l.sqlite") as conn:
         decisions = [r[0] for r in conn.execute("SELECT decision FROM steps ORDER BY id")]
     assert decisions == ["error", "error", "error", "skip", "accept"]
@@ -216,6 +219,7 @@ def test_cache_hit_is_free_and_marked(tmp_path: Path) -> None:
     assert len(fake.calls) == 2
     engine.complete("t", "another question")
     assert len(fake.calls) == 4
+    flush_all()  # rows the ledger's writer thread has queued
     with sqlite3.connect(tmp_path / "l.sqlite") as conn:
         rows = conn.execute("SELECT decision, cost_usd FROM steps WHERE run_id = ?",
                             (second.run_id,)).fetchall()
@@ -273,6 +277,7 @@ def test_thousand_concurrent_runs_with_faults_lose_no_rows(tmp_path: Path) -> No
     outcomes = asyncio.run(main())
     steps = sum(len(o.steps) if not isinstance(o, Exception) else len(o.result.steps)  # type: ignore[attr-defined]
                 for o in outcomes)
+    flush_all()  # rows the ledger's writer thread has queued
     with sqlite3.connect(tmp_path / "l.sqlite") as conn:
         (rows,) = conn.execute("SELECT COUNT(*) FROM steps").fetchone()
         (runs,) = conn.execute("SELECT COUNT(*) FROM runs").fetchone()

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from cascade import Cascade
+from cascade.ledger.writer import flush_all
 from cascade.testing import make_completion
 from cascade.types import Completion, Message
 
@@ -63,6 +64,7 @@ def build(tmp_path: Path, provider: Gated, **task: Any) -> Cascade:
 
 
 def rows(tmp_path: Path) -> list[tuple[Any, ...]]:
+    flush_all()  # rows the ledger's writer thread has queued
     with sqlite3.connect(tmp_path / "ledger.db") as db:
         return db.execute(
             "SELECT model, status, decision, cost_usd, reserved_usd FROM steps ORDER BY step"

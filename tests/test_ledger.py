@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from cascade import Cascade, Ledger, ProviderError
+from cascade.ledger.writer import flush_all
 from cascade.report import ledger_report
 from cascade.testing import FakeProvider, make_completion
 from tests.test_engine import config
@@ -24,6 +25,7 @@ def build(tmp_path: Path, script: dict[str, list[Any]], **kwargs: Any) -> tuple[
 
 
 def rows(path: Path, sql: str) -> list[tuple[Any, ...]]:
+    flush_all()  # what the ledgers of this process queued for their writer threads
     with sqlite3.connect(path) as conn:
         return conn.execute(sql).fetchall()
 

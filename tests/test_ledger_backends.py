@@ -145,7 +145,7 @@ def test_failed_settlement_still_returns_the_answer(db: Db,
     else:
         db.execute("ALTER TABLE steps ADD CONSTRAINT nosettle CHECK (status <> 'settled')"
                    " NOT VALID")
-    with engine, capture_logs() as logs:
+    with capture_logs() as logs, engine:  # the engine closes (writes its queue) first
         result = engine.complete("t", "q", max_tokens=100)
     assert result.text == "a fine answer"
     assert len(fake.calls) == 1
@@ -415,13 +415,13 @@ def fill_up(engine: Cascade, fake: FakeProvider, tiny_disk: Path) -> None:
     assert rows == [(calls,)]  # every call made has its row, and no refused one has
 
 
-def test_a_busy_ledger_moves_the_write_to_its_thread_without_repeating_it(
-        tmp_path: Path) -> None:
+def test_a_busy_ledger_delays_only_the_writer_thread(tmp_path: Path) -> None:
     """acomplete: when another connection holds the SQLite write lock at settle time, the
-    settlement is not waited for on the event loop but run on the ledger's thread, once: one
-    step in the result, one row, one log event."""
+    event loop neither waits nor hands anything to a thread (the settlement is queued); the
+    writer thread commits it once the lock is free: one step, one settled row, one event."""
     import asyncio
     import sqlite3
+    import threading
 
     path = tmp_path / "l.sqlite"
     holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
@@ -429,7 +429,7 @@ def test_a_busy_ledger_moves_the_write_to_its_thread_without_repeating_it(
     class LocksOnReturn(FakeProvider):
         async def acomplete(self, *args: Any, **kwargs: Any) -> Completion:
             holder.execute("BEGIN IMMEDIATE")  # held when the engine settles this step
-            asyncio.get_running_loop().call_soon(holder.execute, "ROLLBACK")
+            threading.Timer(0.3, holder.execute, ("ROLLBACK",)).start()
             return self.complete(*args, **kwargs)
 
     data = config(ladder=["small"], evaluators=[])
@@ -444,10 +444,19 @@ def test_a_busy_ledger_moves_the_write_to_its_thread_without_repeating_it(
         return await run(fn, *args)
 
     engine.ledger.run = counted  # type: ignore[method-assign]
-    with engine, capture_logs() as logs:
-        result = asyncio.run(engine.acomplete("t", "q", max_tokens=10))
+
+    async def go() -> tuple[Any, float]:
+        started = time.perf_counter()
+        result = await engine.acomplete("t", "q", max_tokens=10)
+        return result, time.perf_counter() - started
+
+    with capture_logs() as logs, engine:
+        result, took = asyncio.run(go())
+        assert engine.ledger.writer.backlog >= 1  # still waiting for the lock
     holder.close()
-    assert on_thread == ["step"]  # only the settlement had to wait, and went to the thread
+    assert took < 0.2  # the lock was held for 0.3 s after the call returned
+    assert on_thread == []
     assert len(result.steps) == 1
     assert Db("sqlite", path=path).rows("SELECT status FROM steps") == [("settled",)]
+    assert Db("sqlite", path=path).rows("SELECT COUNT(*) FROM runs") == [(1,)]
     assert [e["event"] for e in logs].count("cascade.step") == 1

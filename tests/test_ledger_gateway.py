@@ -59,6 +59,31 @@ def test_gateway_fails_closed_with_503(db: Db, server: MockLLMServer) -> None:
 
 
 @pytest.mark.usefixtures("keys")
+def test_gateway_fails_closed_after_a_settlement_could_not_be_written(
+        db: Db, server: MockLLMServer) -> None:
+    """The first answer is returned, but its settlement (written behind it) is refused: the
+    next request gets 503 ledger_unavailable and reaches no upstream."""
+    server.script("gpt-4o-mini", ["We open at nine every day"])
+    engine = gateway_engine(server, db)
+    if db.backend == "sqlite":
+        db.execute("CREATE TRIGGER nosettle BEFORE UPDATE ON steps BEGIN "
+                   "SELECT RAISE(ABORT, 'disk I/O error'); END;")
+    else:
+        db.execute("ALTER TABLE steps ADD CONSTRAINT nosettle CHECK (status <> 'settled')"
+                   " NOT VALID")
+    with engine, running(create_app(engine, api_keys=[])) as url:
+        first = httpx2.post(f"{url}/v1/chat/completions", json=ASK, timeout=30)
+        assert engine.ledger is not None
+        engine.ledger.flush()  # the writer has tried the settlement and given it up
+        second = httpx2.post(f"{url}/v1/chat/completions", json=ASK, timeout=30)
+    assert first.status_code == 200
+    assert second.status_code == 503
+    assert second.json()["error"]["code"] == "ledger_unavailable"
+    assert len(server.requests) == 1
+    assert db.rows("SELECT status FROM steps") == [("pending",)]
+
+
+@pytest.mark.usefixtures("keys")
 def test_healthz_answers_while_another_process_holds_the_write_lock(
         tmp_path: Path, server: MockLLMServer) -> None:
     """Another process holds the SQLite write lock: a chat request waits for it off the event

@@ -21,6 +21,7 @@ from cascade.config import load_config
 from cascade.dataset import ReplayRecord, load_dataset, write_dataset
 from cascade.guarantee import betting_pvalue, clt_pvalue, fixed_sequence
 from cascade.learn import fit_isotonic, fit_logistic
+from cascade.ledger.writer import flush_all
 from cascade.server import create_app, running
 from cascade.testing import FakeProvider, MockLLMServer, Reply
 
@@ -243,6 +244,7 @@ def test_router_skip_is_a_recorded_step(tmp_path: Path) -> None:
     short = engine.complete("t", "hi")
     assert short.model == "a"
     engine.close()
+    flush_all()  # rows the ledger's writer thread has queued
     rows = sqlite3.connect(tmp_path / "l.sqlite").execute(
         "select decision from steps where model = 'a' order by ts").fetchall()
     assert [r[0] for r in rows] == ["skip", "accept"]

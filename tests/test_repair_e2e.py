@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from cascade import Cascade
+from cascade.ledger.writer import flush_all
 from cascade.testing import MockLLMServer, Reply
 from tests.conftest import live_config
 
@@ -16,6 +17,7 @@ SCHEMA = {"type": "object", "required": ["city", "population"],
 
 
 def ledger_rows(path: Path) -> list[tuple[object, ...]]:
+    flush_all()  # rows the ledger's writer thread has queued
     with sqlite3.connect(path) as conn:
         return conn.execute("SELECT step, model, decision, input_tokens, output_tokens, cost_usd "
                             "FROM steps ORDER BY step").fetchall()

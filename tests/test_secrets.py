@@ -13,6 +13,7 @@ from structlog.testing import capture_logs
 
 from cascade import Cascade
 from cascade.cli import main
+from cascade.ledger.writer import flush_all
 from cascade.testing import MockLLMServer, Reply
 from tests.conftest import FAKE_ANTHROPIC_KEY, FAKE_OPENAI_KEY, live_config
 
@@ -65,6 +66,7 @@ def test_fault_paths_leak_no_key(fault: Reply, server: MockLLMServer, tmp_path: 
         except Exception as exc:  # noqa: BLE001
             seen += [str(exc), repr(exc), repr(vars(exc))]
     seen += [repr(logs), repr(engine), repr(engine.providers), repr(engine.config)]
+    flush_all()  # rows the ledger's writer thread has queued
     with sqlite3.connect(tmp_path / "l.sqlite") as conn:
         for table in ("steps", "runs"):
             seen.append(repr(conn.execute(f"SELECT * FROM {table}").fetchall()))  # noqa: S608

@@ -34,6 +34,7 @@ from openai.types.chat import ChatCompletionMessageParam
 from prometheus_client.parser import text_string_to_metric_families
 
 from cascade import Cascade, ConfigError
+from cascade.ledger.writer import flush_all
 from cascade.server import create_app, running
 from cascade.server_cli import is_loopback, load_serve_config, register
 from cascade.server_openai import format_cost, split_text
@@ -103,6 +104,7 @@ class Gateway:
         return 0.0
 
     def steps(self, run_id: str) -> list[tuple[str, str, str]]:
+        flush_all()  # rows written behind the response by the ledger's writer thread
         with sqlite3.connect(self.ledger) as db:
             return db.execute("SELECT task, model, decision FROM steps WHERE run_id = ?"
                               " ORDER BY step", (run_id,)).fetchall()
@@ -466,6 +468,7 @@ def _ledger_rows(path: Path, task: str, timeout_s: float = 10.0) -> tuple[list[A
     """The task's steps and runs rows, once its run row has been written."""
     deadline = time.monotonic() + timeout_s
     while True:
+        flush_all()  # rows the ledger's writer thread has queued
         with sqlite3.connect(path) as db:
             runs = db.execute("SELECT model, status, steps FROM runs WHERE task = ?",
                               (task,)).fetchall()

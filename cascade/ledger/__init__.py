@@ -7,9 +7,11 @@ hosts; ``pip install 'cascade-ladder[postgres]'``).
 Write-ahead: before a model is called, ``reserve`` writes its step row as ``pending`` with the
 reserved worst-case cost (counted in spend at once) and, in the same transaction, checks and
 charges the period budgets against ``totals``. ``settle`` writes the real tokens and cost after
-the call. A pending row whose writer died is settled as ``lost`` at its reserved cost by the
-next process that opens the ledger, or by ``cascade ledger recover`` (see
-``cascade.ledger.owners`` for how a dead writer is told from a live one).
+the call: queued, with the run's row, for the ledger's writer thread, which commits in batches
+(``cascade.ledger.writer``); reads wait for what was queued before them. A pending row whose
+writer died (during the call, or before its settlement was committed) is settled as ``lost`` at
+its reserved cost by the next process that opens the ledger, or by ``cascade ledger recover``
+(see ``cascade.ledger.owners`` for how a dead writer is told from a live one).
 
 The money rules (what is estimated, which budgets apply, when to refuse) live in
 ``cascade.money``; this package keeps the rows and the totals consistent.

@@ -66,7 +66,7 @@ class Tx(Protocol):
 class Backend(Protocol):
     name: str  # "sqlite" | "postgres"
     lock_rows: str  # appended to a SELECT that must lock what it reads
-    nowait: bool  # transaction() honours NOWAIT
+    nowait: bool  # transaction() honours NOWAIT (raises WouldBlock rather than wait)
 
     def transaction(self) -> Any: ...  # a context manager yielding a Tx
 
@@ -129,6 +129,7 @@ class SqliteBackend:
         except (sqlite3.Error, OSError) as exc:
             raise LedgerError(f"{path}: cannot open the ledger: {exc}", backend="sqlite") from exc
         self._lock = threading.Lock()
+        self._busy_ms = int(SQLITE_BUSY_TIMEOUT_S * 1000)  # what sqlite3.connect(timeout=) set
         self._commits = 0
         self.checkpoint_due = False
 
@@ -161,21 +162,20 @@ class SqliteBackend:
             self._lock.release()
 
     def _begin(self, nowait: bool) -> None:
-        if not nowait:
-            try:
-                self._conn.execute("BEGIN IMMEDIATE")
-            except sqlite3.Error as exc:
-                raise self._error(exc) from exc
-            return
-        self._conn.execute("PRAGMA busy_timeout = 0")
+        # The busy timeout is switched only when the mode changes: on an event loop most
+        # transactions are NOWAIT reservations, and each PRAGMA is a statement of its own.
+        busy_ms = 0 if nowait else int(SQLITE_BUSY_TIMEOUT_S * 1000)
+        if busy_ms != self._busy_ms:
+            self._conn.execute(f"PRAGMA busy_timeout = {busy_ms}")
+            self._busy_ms = busy_ms
         try:
             self._conn.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as exc:
-            if "locked" in str(exc) or "busy" in str(exc):
+            if nowait and ("locked" in str(exc) or "busy" in str(exc)):
                 raise WouldBlock from None  # another process holds the write lock
             raise self._error(exc) from exc
-        finally:
-            self._conn.execute(f"PRAGMA busy_timeout = {int(SQLITE_BUSY_TIMEOUT_S * 1000)}")
+        except sqlite3.Error as exc:
+            raise self._error(exc) from exc
 
     def _checkpoint(self) -> None:
         # PASSIVE: copies what it can without waiting for readers or writers.
@@ -258,7 +258,9 @@ class PostgresBackend:
 
     name = "postgres"
     lock_rows = " FOR UPDATE"
-    nowait = False  # every statement is a network round trip: always on a thread
+    # Every statement is a network round trip: under NOWAIT a transaction or read says at once
+    # that it would wait, so the event loop runs only work that merely queues writes.
+    nowait = True
 
     def __init__(self, url: str, *, pool_size: int = 10, app_name: str = "cascade-ledger"):
         try:
@@ -317,6 +319,8 @@ class PostgresBackend:
 
     @contextmanager
     def transaction(self) -> Iterator[_PgTx]:
+        if NOWAIT.get():
+            raise WouldBlock
         psycopg = self._psycopg
         try:
             with (
@@ -333,6 +337,8 @@ class PostgresBackend:
             raise
 
     def read(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        if NOWAIT.get():
+            raise WouldBlock
         try:
             with self._pool.connection(timeout=PG_CONNECTION_TIMEOUT_S) as conn:
                 cursor: Any = conn.execute(sql.replace("?", "%s"), tuple(params))

@@ -5,14 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
-import json
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -29,6 +27,21 @@ from cascade.ledger.backends import (
 from cascade.ledger.owners import HEARTBEAT_S, Owner, is_alive, this_process
 from cascade.ledger.rows import Record
 from cascade.ledger.schema import migrate
+from cascade.ledger.writer import Op, Writer, flush_all
+from cascade.ledger.writes import (
+    STEP_COLUMNS,
+    ContentRow,
+    Pending,
+    TotalsKey,
+    add_to_totals,
+    buckets,
+    content_write,
+    free_step_write,
+    loss_write,
+    nano,
+    run_write,
+    settle_write,
+)
 from cascade.logs import get_logger
 from cascade.types import CascadeResult, StepRecord
 
@@ -38,46 +51,8 @@ log = get_logger()
 
 T = TypeVar("T")
 
-# (scope, period, bucket): ("global" | "task:NAME", "daily" | "monthly", "2026-12-01" | "2026-12")
-TotalsKey = tuple[str, str, str]
-
-
-def nano(usd: float) -> int:
-    """Dollars as integer nano-dollars, the unit of the ``totals`` table."""
-    return round(usd * 1e9)
-
-
-def buckets(task: str, ts: float) -> tuple[TotalsKey, ...]:
-    """The four totals a step at ``ts`` adds to: global and its task, by UTC day and month."""
-    moment = datetime.fromtimestamp(ts, tz=timezone.utc)
-    day, month = moment.strftime("%Y-%m-%d"), moment.strftime("%Y-%m")
-    return (
-        ("global", "daily", day),
-        ("global", "monthly", month),
-        (f"task:{task}", "daily", day),
-        (f"task:{task}", "monthly", month),
-    )
-
-
-@dataclass(frozen=True, slots=True)
-class Pending:
-    """A step about to call a model: what its write-ahead row says before the call."""
-
-    run_id: str
-    task: str
-    step: int
-    model: str
-    provider: str
-    reserved_usd: float
-    ts: float
-
-
-_STEP_COLUMNS = (
-    "run_id, ts, task, step, model, provider, attempts, input_tokens, cached_input_tokens,"
-    " output_tokens, cost_usd, latency_ms, decision, error, verdicts, status, reserved_usd, owner,"
-    " usage_estimated"
-)
-
+# How long the ledger refuses new reservations after a queued write could not be written.
+FAIL_CLOSED_S = 10.0
 
 class _Refused(Exception):
     """A budget refused the reservation: roll the transaction back."""
@@ -93,12 +68,19 @@ class Ledger:
     Open one per process: the rows a process leaves pending are recognised as its own by the
     owner token this object registers.
 
+    ``reserve`` writes at once; ``settle``, ``abandon``, ``record_step``, ``record_run`` and
+    ``record_content`` are queued and committed in batches by the ledger's writer thread
+    (``cascade.ledger.writer``). Reads (``query``, ``spent``) and ``close`` first wait for
+    what was queued before them (``flush``).
+
     Args:
         path: The SQLite file (created with its folder), or ``":memory:"``.
         url: A PostgreSQL URL instead of ``path``; it may hold a password, which is never
             shown (``repr``, logs and errors name only user, host, port and database).
         pool_size: PostgreSQL connections (and threads serving async callers).
         recover: Settle dead processes' pending rows as ``lost`` on open.
+        fail_closed_s: After a queued write could not be written, ``reserve`` refuses for
+            this long (the calls it would allow could not be recorded either).
 
     Raises:
         LedgerError: the database cannot be opened, upgraded or written.
@@ -111,6 +93,7 @@ class Ledger:
         url: str | None = None,
         pool_size: int = 10,
         recover: bool = True,
+        fail_closed_s: float = FAIL_CLOSED_S,
     ):
         if (path is None) == (url is None):
             raise ValueError("Ledger needs a path (SQLite) or a url (PostgreSQL)")
@@ -133,6 +116,11 @@ class Ledger:
         # queue on its lock.
         workers = pool_size if self.backend.name == "postgres" else 2
         self.executor = ThreadPoolExecutor(workers, thread_name_prefix="cascade-ledger")
+        self.writer = Writer(self.backend)
+        self.fail_closed_s = fail_closed_s
+        # A ledger dropped without close() still gets its queue written and its thread ended
+        # (without waiting here: at exit, writer.flush_all waits, bounded).
+        weakref.finalize(self, self.writer.stop, 0)
         self._heartbeat: threading.Thread | None = None
         if self.backend.name == "postgres":
             self._heartbeat = threading.Thread(
@@ -190,11 +178,12 @@ class Ledger:
     async def arun(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run a ledger operation for the event loop without ever waiting on it.
 
-        SQLite: the operation runs right here if the ledger is free (a transaction takes about
-        0.1 ms and no fsync: the WAL is checkpointed on the ledger's thread), and on the
-        ledger's thread if it would wait for a lock, another process's included. The operation
-        must start with its one transaction, so that the retry repeats nothing.
-        PostgreSQL: always on the ledger's threads.
+        The operation runs right here while it only queues writes (a settlement, a run's row)
+        or, on SQLite, while its transaction can start at once (about 0.1 ms, no fsync: the
+        WAL is checkpointed off the loop). It goes to the ledger's threads when it would wait:
+        for a lock (another process's included), for queued writes to be committed
+        (``flush``), or for any PostgreSQL transaction (a network round trip). The operation
+        must start with its one transaction or flush, so that the retry repeats nothing.
         """
         if self.backend.nowait:
             token = NOWAIT.set(True)
@@ -251,7 +240,7 @@ class Ledger:
                 if is_alive(found[0] if found else None, self.owner, now):
                     continue
                 rows = tx.execute(
-                    f"SELECT id, {_STEP_COLUMNS} FROM steps WHERE owner = ? AND status = 'pending'"
+                    f"SELECT id, {STEP_COLUMNS} FROM steps WHERE owner = ? AND status = 'pending'"
                     f"{self.backend.lock_rows}",
                     (owner,),
                 )
@@ -270,25 +259,7 @@ class Ledger:
                         reserved_usd=sum(float(r["reserved_usd"]) for r in lost))
         return lost
 
-    # -- writes -------------------------------------------------------------------------------
-
-    @staticmethod
-    def _add(tx: Tx, keys: Sequence[TotalsKey], nusd: int) -> dict[TotalsKey, int]:
-        """Add ``nusd`` to each of ``keys`` (creating rows as needed); returns the new totals.
-
-        One statement, rows in sorted order: every writer locks the rows in the same order, so
-        two transactions never wait on each other in a cycle (PostgreSQL).
-        """
-        ordered = sorted(keys)
-        rows = tx.execute(
-            "INSERT INTO totals (scope, period, bucket, spent_nusd) VALUES "
-            + ", ".join("(?,?,?,?)" for _ in ordered)
-            + " ON CONFLICT (scope, period, bucket)"
-            " DO UPDATE SET spent_nusd = totals.spent_nusd + excluded.spent_nusd"
-            " RETURNING scope, period, bucket, spent_nusd",
-            [v for key in ordered for v in (*key, nusd)],
-        )
-        return {(r["scope"], r["period"], r["bucket"]): int(r["spent_nusd"]) for r in rows}
+    # -- writes ---------------------------------------------------------------------------------
 
     def reserve(
         self,
@@ -308,13 +279,38 @@ class Ledger:
             The new row's id, or ``decide``'s refusal (nothing written).
 
         Raises:
-            LedgerError: nothing could be written; the model must not be called.
+            LedgerError: nothing could be written, or a queued write failed less than
+                ``fail_closed_s`` ago; the model must not be called.
         """
+        self._check_writer()
+        outcome = self._try_reserve(pending, decide)
+        if isinstance(outcome, str) and self.writer.backlog:
+            # The refusal may come from this process's settlements still queued (their rows
+            # count the worst case until committed): write them, then ask once more. Only a
+            # refusal pays for this wait (on the event loop it moves to the ledger's thread).
+            self.writer.flush()
+            outcome = self._try_reserve(pending, decide)
+        return outcome
+
+    def _try_reserve(
+        self,
+        pending: Pending,
+        decide: Callable[[Mapping[TotalsKey, int]], str | None] | None,
+    ) -> int | str:
         try:
             with self.backend.transaction() as tx:
                 return self._reserve(tx, pending, decide)
         except _Refused as refused:
             return refused.reason
+
+    def _check_writer(self) -> None:
+        failure = self.writer.failure
+        if failure is not None and time.monotonic() - self.writer.failed_at < self.fail_closed_s:
+            raise LedgerError(
+                f"refusing new calls for {self.fail_closed_s:g} s: the ledger could not record"
+                f" an earlier call's outcome: {failure.message}",
+                backend=self.backend.name,
+            )
 
     def _reserve(
         self,
@@ -324,99 +320,95 @@ class Ledger:
     ) -> int:
         amount = nano(pending.reserved_usd)
         rows = tx.execute(
-            f"INSERT INTO steps ({_STEP_COLUMNS}) VALUES"
+            f"INSERT INTO steps ({STEP_COLUMNS}) VALUES"
             " (?,?,?,?,?,?,0,0,0,0,?,0,'pending',NULL,'[]','pending',?,?,0) RETURNING id",
             (pending.run_id, pending.ts, pending.task, pending.step, pending.model,
              pending.provider, pending.reserved_usd, pending.reserved_usd, self.owner.owner),
         )
-        after = self._add(tx, buckets(pending.task, pending.ts), amount)
+        after = add_to_totals(tx, buckets(pending.task, pending.ts), amount)
         if decide is not None:
             refusal = decide({key: total - amount for key, total in after.items()})
             if refusal is not None:
                 raise _Refused(refusal)  # rolls the row and the charge back
         return int(rows[0]["id"])
 
-    def settle(self, step_id: int, pending: Pending, step: StepRecord) -> bool:
-        """Replace a pending row's reservation with the step's real outcome and cost.
+    def _submit(self, write: Callable[[Tx], Any], done: Callable[[Any], None] | None,
+                failed: Callable[[LedgerError], None] | None) -> None:
+        self.writer.submit(Op(write, done, failed))
 
-        Returns False when the row was no longer pending (settled as lost by a recovery that
-        took this process for dead): the lost charge then stands.
+    def settle(
+        self,
+        step_id: int,
+        pending: Pending,
+        step: StepRecord,
+        *,
+        done: Callable[[bool], None] | None = None,
+        failed: Callable[[LedgerError], None] | None = None,
+    ) -> None:
+        """Queue the replacement of a pending row's reservation by the step's real outcome.
+
+        Until the writer commits it, the row keeps counting its reserved worst case.
+
+        Args:
+            done: Called on the writer thread after the commit, with False when the row was no
+                longer pending (settled as lost by a recovery that took this process for
+                dead): the lost charge then stands.
+            failed: Called on the writer thread if the settlement cannot be written.
+
+        Raises:
+            LedgerError: the ledger is closed.
         """
-        keys = buckets(pending.task, pending.ts)
-        with self.backend.transaction() as tx:
-            changed = tx.rowcount(
-                "UPDATE steps SET attempts = ?, input_tokens = ?, cached_input_tokens = ?,"
-                " output_tokens = ?, cost_usd = ?, latency_ms = ?, decision = ?, error = ?,"
-                " verdicts = ?, usage_estimated = ?, status = 'settled'"
-                " WHERE id = ? AND status = 'pending'",
-                (step.attempts, step.input_tokens, step.cached_input_tokens, step.output_tokens,
-                 step.cost_usd, step.latency_ms, step.decision, step.error,
-                 json.dumps([v.as_dict() for v in step.verdicts]), int(step.usage_estimated),
-                 step_id),
-            )
-            delta = nano(step.cost_usd) - nano(pending.reserved_usd)
-            if changed and delta:
-                self._add(tx, keys, delta)
-        return bool(changed)
+        self.writer.submit(Op(settle_write(step_id, pending, step), done, failed))
 
-    def abandon(self, step_id: int, reason: str) -> None:
-        """Settle this process's own pending row as ``lost`` (the outcome will never be known)."""
-        with self.backend.transaction() as tx:
-            tx.execute(
-                "UPDATE steps SET status = 'lost', decision = 'lost', error = ?"
-                " WHERE id = ? AND status = 'pending'",
-                (reason, step_id),
-            )
+    def abandon(
+        self, step_id: int, reason: str, *, failed: Callable[[LedgerError], None] | None = None
+    ) -> None:
+        """Queue settling this process's own pending row as ``lost`` (the outcome will never
+        be known)."""
+        self.writer.submit(Op(loss_write(step_id, reason), None, failed))
 
-    def record_step(self, step: StepRecord) -> None:
-        """Record a finished step that had no write-ahead row (a skip, a cache hit)."""
-        ts = step.ts or time.time()
-        with self.backend.transaction() as tx:
-            tx.execute(
-                f"INSERT INTO steps ({_STEP_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,"
-                "'settled',0,NULL,?)",
-                (step.run_id, ts, step.task, step.step, step.model, step.provider,
-                 step.attempts, step.input_tokens, step.cached_input_tokens,
-                 step.output_tokens, step.cost_usd, step.latency_ms, step.decision, step.error,
-                 json.dumps([v.as_dict() for v in step.verdicts]), int(step.usage_estimated)),
-            )
-            if nano(step.cost_usd):
-                self._add(tx, buckets(step.task, ts), nano(step.cost_usd))
+    def record_step(
+        self, step: StepRecord, *, failed: Callable[[LedgerError], None] | None = None
+    ) -> None:
+        """Queue a finished step that had no write-ahead row (a skip, a cache hit)."""
+        self.writer.submit(Op(free_step_write(step), None, failed))
 
     def record_run(
         self,
         result: CascadeResult,
         *,
         status: str = "ok",
-        content: Sequence[tuple[int, str, str | None, str | None, str]] = (),
+        content: Sequence[ContentRow] = (),
+        failed: Callable[[LedgerError], None] | None = None,
     ) -> None:
-        """Write the run's row, and its ``content`` rows (step, kind, model, model name, text)
-        in the same transaction, so a retried write never duplicates them."""
-        now = time.time()
-        with self.backend.transaction() as tx:
-            tx.execute(
-                "INSERT INTO runs (run_id, ts, task, model, accepted, cost_usd, latency_ms,"
-                " steps, status, task_probability) VALUES (?,?,?,?,?,?,?,?,?,?)"
-                " ON CONFLICT (run_id) DO UPDATE SET"
-                " ts = excluded.ts, task = excluded.task, model = excluded.model,"
-                " accepted = excluded.accepted, cost_usd = excluded.cost_usd,"
-                " latency_ms = excluded.latency_ms, steps = excluded.steps,"
-                " status = excluded.status, task_probability = excluded.task_probability",
-                (result.run_id, now, result.task, result.model or None,
-                 int(result.accepted), result.cost_usd, result.latency_ms, len(result.steps),
-                 status, result.task_probability),
-            )
-            for row in content:
-                tx.execute(
-                    "INSERT INTO content (run_id, ts, step, kind, model, model_name, text)"
-                    " VALUES (?,?,?,?,?,?,?)",
-                    (result.run_id, now, *row),
-                )
+        """Queue the run's row and its ``content`` rows (step, kind, model, model name, text),
+        written in one transaction."""
+        self.writer.submit(Op(run_write(result, status, content), None, failed))
+
+    def record_content(
+        self,
+        run_id: str,
+        content: Sequence[ContentRow],
+        *,
+        failed: Callable[[LedgerError], None] | None = None,
+    ) -> None:
+        """Queue ``content`` rows for a run recorded earlier (a shadow call's answer)."""
+        self.writer.submit(Op(content_write(run_id, content), None, failed))
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every write queued before this call is committed (or given up).
+
+        Returns:
+            False if ``timeout`` ran out first.
+        """
+        return self.writer.flush(timeout)
 
     # -- reads --------------------------------------------------------------------------------
 
     def spent(self, keys: Sequence[TotalsKey]) -> dict[TotalsKey, float]:
-        """The running totals under ``keys`` in dollars (one primary-key lookup each)."""
+        """The running totals under ``keys`` in dollars (one primary-key lookup each), after
+        the queued writes."""
+        self._read_your_writes()
         rows = {}
         for key in keys:
             found = self.backend.read(
@@ -426,18 +418,27 @@ class Ledger:
         return rows
 
     def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[Record]:
-        """Run a read query (``?`` placeholders on both backends)."""
+        """Run a read query (``?`` placeholders on both backends), after the queued writes."""
+        self._read_your_writes()
         rows = self.backend.read(sql, params)
         if not rows:
             return []
         names = {k: i for i, k in enumerate(rows[0])}
         return [Record(list(r.values()), names) for r in rows]
 
+    def _read_your_writes(self) -> None:
+        # This ledger's queue, and that of any other ledger of this process on the same
+        # database (a report opened next to an engine): a read sees every write queued before.
+        self.writer.flush()
+        flush_all(None, where=self.writer.where)
+
     def close(self) -> None:
         if self._closed.is_set():
             return
         self._closed.set()
-        self.executor.shutdown(wait=True)
+        self.executor.shutdown(wait=True)  # its tasks may still queue writes
+        if not self.writer.stop():
+            log.error("cascade.ledger_write_failed", error="the writer did not finish")
         try:
             with self.backend.transaction() as tx:
                 # Keep the owner row while its pending rows exist: the next process needs it
@@ -450,3 +451,4 @@ class Ledger:
         except LedgerError:
             pass
         self.backend.close()
+

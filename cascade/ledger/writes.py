@@ -1,0 +1,191 @@
+"""The rows the ledger writes: totals arithmetic, the write-ahead row, and the writes queued for
+the writer thread (each a function of one open transaction)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from cascade.ledger.backends import Tx
+from cascade.types import CascadeResult, StepRecord
+
+__all__ = [
+    "STEP_COLUMNS",
+    "ContentRow",
+    "Pending",
+    "TotalsKey",
+    "add_to_totals",
+    "buckets",
+    "content_write",
+    "free_step_write",
+    "loss_write",
+    "nano",
+    "run_write",
+    "settle_write",
+]
+
+# (scope, period, bucket): ("global" | "task:NAME", "daily" | "monthly", "2026-12-01" | "2026-12")
+TotalsKey = tuple[str, str, str]
+
+# A ``content`` row: step, kind, model, model name, text.
+ContentRow = tuple[int, str, "str | None", "str | None", str]
+
+STEP_COLUMNS = (
+    "run_id, ts, task, step, model, provider, attempts, input_tokens, cached_input_tokens,"
+    " output_tokens, cost_usd, latency_ms, decision, error, verdicts, status, reserved_usd, owner,"
+    " usage_estimated"
+)
+
+
+def nano(usd: float) -> int:
+    """Dollars as integer nano-dollars, the unit of the ``totals`` table."""
+    return round(usd * 1e9)
+
+
+def buckets(task: str, ts: float) -> tuple[TotalsKey, ...]:
+    """The four totals a step at ``ts`` adds to: global and its task, by UTC day and month."""
+    moment = datetime.fromtimestamp(ts, tz=timezone.utc)
+    day, month = moment.strftime("%Y-%m-%d"), moment.strftime("%Y-%m")
+    return (
+        ("global", "daily", day),
+        ("global", "monthly", month),
+        (f"task:{task}", "daily", day),
+        (f"task:{task}", "monthly", month),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Pending:
+    """A step about to call a model: what its write-ahead row says before the call."""
+
+    run_id: str
+    task: str
+    step: int
+    model: str
+    provider: str
+    reserved_usd: float
+    ts: float
+
+
+def add_to_totals(tx: Tx, keys: Sequence[TotalsKey], nusd: int) -> dict[TotalsKey, int]:
+    """Add ``nusd`` to each of ``keys`` (creating rows as needed); returns the new totals.
+
+    One statement, rows in sorted order: every writer locks the rows in the same order, so
+    two transactions never wait on each other in a cycle (PostgreSQL).
+    """
+    ordered = sorted(keys)
+    rows = tx.execute(
+        "INSERT INTO totals (scope, period, bucket, spent_nusd) VALUES "
+        + ", ".join("(?,?,?,?)" for _ in ordered)
+        + " ON CONFLICT (scope, period, bucket)"
+        " DO UPDATE SET spent_nusd = totals.spent_nusd + excluded.spent_nusd"
+        " RETURNING scope, period, bucket, spent_nusd",
+        [v for key in ordered for v in (*key, nusd)],
+    )
+    return {(r["scope"], r["period"], r["bucket"]): int(r["spent_nusd"]) for r in rows}
+
+
+# Each builder below captures its (frozen) arguments and returns the write; the Python work
+# (JSON, buckets) runs inside it, on the writer thread, rather than on the request's path.
+
+
+def settle_write(step_id: int, pending: Pending, step: StepRecord) -> Callable[[Tx], bool]:
+    """The settlement of a pending row: True if it was still pending (False: settled as lost by
+    a recovery meanwhile, whose charge then stands)."""
+
+    def write(tx: Tx) -> bool:
+        changed = tx.rowcount(
+            "UPDATE steps SET attempts = ?, input_tokens = ?, cached_input_tokens = ?,"
+            " output_tokens = ?, cost_usd = ?, latency_ms = ?, decision = ?, error = ?,"
+            " verdicts = ?, usage_estimated = ?, status = 'settled'"
+            " WHERE id = ? AND status = 'pending'",
+            (step.attempts, step.input_tokens, step.cached_input_tokens, step.output_tokens,
+             step.cost_usd, step.latency_ms, step.decision, step.error, _verdicts(step),
+             int(step.usage_estimated), step_id),
+        )
+        delta = nano(step.cost_usd) - nano(pending.reserved_usd)
+        if changed and delta:
+            add_to_totals(tx, buckets(pending.task, pending.ts), delta)
+        return bool(changed)
+
+    return write
+
+
+def _verdicts(step: StepRecord) -> str:
+    return json.dumps([v.as_dict() for v in step.verdicts])
+
+
+def loss_write(step_id: int, reason: str) -> Callable[[Tx], None]:
+    """A pending row of this process settled as ``lost`` (its reserved charge stands)."""
+
+    def write(tx: Tx) -> None:
+        tx.execute(
+            "UPDATE steps SET status = 'lost', decision = 'lost', error = ?"
+            " WHERE id = ? AND status = 'pending'",
+            (reason, step_id),
+        )
+
+    return write
+
+
+def free_step_write(step: StepRecord) -> Callable[[Tx], None]:
+    """A settled row for a step that had no write-ahead row (a skip, a cache hit)."""
+    ts = step.ts or time.time()
+
+    def write(tx: Tx) -> None:
+        tx.execute(
+            f"INSERT INTO steps ({STEP_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,"
+            "'settled',0,NULL,?)",
+            (step.run_id, ts, step.task, step.step, step.model, step.provider, step.attempts,
+             step.input_tokens, step.cached_input_tokens, step.output_tokens, step.cost_usd,
+             step.latency_ms, step.decision, step.error, _verdicts(step),
+             int(step.usage_estimated)),
+        )
+        if nano(step.cost_usd):
+            add_to_totals(tx, buckets(step.task, ts), nano(step.cost_usd))
+
+    return write
+
+
+def run_write(
+    result: CascadeResult, status: str, content: Sequence[ContentRow]
+) -> Callable[[Tx], None]:
+    """The run's row (replacing an earlier one of the same id) and its content rows, in one
+    transaction, so a retried write never duplicates them."""
+    now = time.time()
+    rows = tuple(content)
+
+    def write(tx: Tx) -> None:
+        tx.execute(
+            "INSERT INTO runs (run_id, ts, task, model, accepted, cost_usd, latency_ms,"
+            " steps, status, task_probability) VALUES (?,?,?,?,?,?,?,?,?,?)"
+            " ON CONFLICT (run_id) DO UPDATE SET"
+            " ts = excluded.ts, task = excluded.task, model = excluded.model,"
+            " accepted = excluded.accepted, cost_usd = excluded.cost_usd,"
+            " latency_ms = excluded.latency_ms, steps = excluded.steps,"
+            " status = excluded.status, task_probability = excluded.task_probability",
+            (result.run_id, now, result.task, result.model or None, int(result.accepted),
+             result.cost_usd, result.latency_ms, len(result.steps), status,
+             result.task_probability),
+        )
+        _insert_content(tx, result.run_id, now, rows)
+
+    return write
+
+
+def content_write(run_id: str, content: Sequence[ContentRow]) -> Callable[[Tx], None]:
+    """Content rows for a run recorded earlier (a shadow call's answer)."""
+    now, rows = time.time(), tuple(content)
+    return lambda tx: _insert_content(tx, run_id, now, rows)
+
+
+def _insert_content(tx: Tx, run_id: str, ts: float, rows: Sequence[ContentRow]) -> None:
+    for row in rows:
+        tx.execute(
+            "INSERT INTO content (run_id, ts, step, kind, model, model_name, text)"
+            " VALUES (?,?,?,?,?,?,?)",
+            (run_id, ts, *row),
+        )
