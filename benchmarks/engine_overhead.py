@@ -90,7 +90,8 @@ async def _run(url: str, requests: int, warmup: int,
                                   body={"model": "bench-model", "messages": MESSAGES})
         assert json.loads(r.content)["choices"][0]["message"]["content"]
 
-    provider = engine.providers["up"]
+    # Its own provider (and client and connection), like every other path.
+    provider = Cascade.from_dict(_config(url, None), ledger=False).providers["up"]
     bounded = {"max_tokens": engine.config.models["m"].max_output_tokens}
 
     async def run_provider() -> None:
@@ -101,7 +102,7 @@ async def _run(url: str, requests: int, warmup: int,
     # spent inside its provider's call (a thin timing shim around ``acomplete``).
     inner: list[float] = []
     own: list[float] = []
-    call = provider.acomplete
+    call = engine.providers["up"].acomplete
 
     async def timed_call(*args: Any, **kwargs: Any) -> Any:
         started = time.perf_counter()

@@ -95,6 +95,24 @@ def test_many_settlements_commit_in_few_transactions(db: Db) -> None:
         ledger.close()
 
 
+def test_writes_arriving_together_share_a_commit(db: Db) -> None:
+    """A run's settlement and its run row, queued a moment apart, go in one transaction: the
+    writer lets a batch fill for GATHER_S instead of committing each write as it arrives."""
+    ledger = db.open()
+    try:
+        step_id = ledger.reserve(p := pending("r1"))
+        assert isinstance(step_id, int)
+        assert ledger.flush(timeout=10)
+        before = ledger.writer.batches
+        ledger.settle(step_id, p, step("r1"))
+        time.sleep(0.001)  # the engine's next write comes from the result, a little later
+        ledger.record_run(result("r1"))
+        assert ledger.flush(timeout=10)
+        assert ledger.writer.batches - before == 1
+    finally:
+        ledger.close()
+
+
 def test_reads_see_what_was_queued_before_them(db: Db) -> None:
     """query and spent, on this ledger or another of this process on the same database, and
     feedback wait for queued writes: the row is settled, the real cost counts (not the
