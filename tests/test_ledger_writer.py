@@ -113,6 +113,26 @@ def test_writes_arriving_together_share_a_commit(db: Db) -> None:
         ledger.close()
 
 
+def test_a_settlement_above_its_reservation_is_written_before_the_next_reservation(
+    db: Db,
+) -> None:
+    """A call that cost more than its worst case: the next budget decision sees that cost,
+    not the reservation it replaces, even while the writer is busy."""
+    ledger = db.open()
+    try:
+        step_id = ledger.reserve(first := pending("r1", reserved=0.25))
+        assert isinstance(step_id, int)
+        release = gate(ledger)  # the settlement stays queued behind this
+        ledger.settle(step_id, first, step("r1", cost=0.4))
+        release_later(release, 0.2)
+        seen: dict[Any, int] = {}
+        assert isinstance(ledger.reserve(pending("r2", reserved=0.1),
+                                         lambda totals: seen.update(totals)), int)
+        assert seen[buckets("t", first.ts)[0]] == round(0.4 * 1e9)  # spend before r2
+    finally:
+        ledger.close()
+
+
 def test_reads_see_what_was_queued_before_them(db: Db) -> None:
     """query and spent, on this ledger or another of this process on the same database, and
     feedback wait for queued writes: the row is settled, the real cost counts (not the

@@ -117,6 +117,11 @@ class Ledger:
         workers = pool_size if self.backend.name == "postgres" else 2
         self.executor = ThreadPoolExecutor(workers, thread_name_prefix="cascade-ledger")
         self.writer = Writer(self.backend)
+        # Queued writes that add more to the totals than was reserved for them (a call that
+        # cost more than its worst case, a free step with a cost): the next reservation waits
+        # for them, so a budget never decides on spend it could already know.
+        self._excess = 0
+        self._excess_lock = threading.Lock()
         self.fail_closed_s = fail_closed_s
         # A ledger dropped without close() still gets its queue written and its thread ended
         # (without waiting here: at exit, writer.flush_all waits, bounded).
@@ -283,6 +288,8 @@ class Ledger:
                 ``fail_closed_s`` ago; the model must not be called.
         """
         self._check_writer()
+        if self._excess:
+            self.writer.flush()  # on the event loop: WouldBlock, and so the ledger's thread
         outcome = self._try_reserve(pending, decide)
         if isinstance(outcome, str) and self.writer.backlog:
             # The refusal may come from this process's settlements still queued (their rows
@@ -358,7 +365,10 @@ class Ledger:
         Raises:
             LedgerError: the ledger is closed.
         """
-        self.writer.submit(Op(settle_write(step_id, pending, step), done, failed))
+        op = Op(settle_write(step_id, pending, step), done, failed)
+        if nano(step.cost_usd) > nano(pending.reserved_usd):
+            op = self._excess_op(op)
+        self.writer.submit(op)
 
     def abandon(
         self, step_id: int, reason: str, *, failed: Callable[[LedgerError], None] | None = None
@@ -371,7 +381,30 @@ class Ledger:
         self, step: StepRecord, *, failed: Callable[[LedgerError], None] | None = None
     ) -> None:
         """Queue a finished step that had no write-ahead row (a skip, a cache hit)."""
-        self.writer.submit(Op(free_step_write(step), None, failed))
+        op = Op(free_step_write(step), None, failed)
+        self.writer.submit(self._excess_op(op) if nano(step.cost_usd) else op)
+
+    def _excess_op(self, op: Op) -> Op:
+        """``op``, counted as excess until it is written or given up."""
+
+        def count(change: int) -> None:
+            with self._excess_lock:
+                self._excess += change
+
+        def done(result: Any) -> None:
+            count(-1)
+            if op.done is not None:
+                op.done(result)
+
+        def failed(error: LedgerError) -> None:
+            count(-1)
+            if op.failed is not None:
+                op.failed(error)
+            else:  # what the writer does for an operation without a callback
+                log.error("cascade.ledger_write_failed", error=str(error))
+
+        count(1)
+        return Op(op.write, done, failed)
 
     def record_run(
         self,
