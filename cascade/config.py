@@ -82,6 +82,8 @@ class ProviderConfig(BaseModel):
     dataset: str | None = None  # replay only: the recorded dataset to serve
     max_concurrency: int | None = Field(default=None, ge=1)
     circuit_breaker: CircuitBreakerConfig | None = None
+    # The async clients' HTTP transport; "auto" takes the SDKs' aiohttp one when installed.
+    async_http: Literal["auto", "httpx", "aiohttp"] = "auto"
 
     def key_env(self) -> str | None:
         return self.api_key_env or DEFAULT_KEY_ENV.get(self.type)

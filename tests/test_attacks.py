@@ -348,7 +348,7 @@ def test_5_message_count_is_capped_without_stalling_the_server(tmp_path: Path) -
         full = {"model": "sonnet", "max_tokens": 50,
                 "messages": [{"role": "user", "content": "y" * 3000}] * 1000}
         response = post(url, full)
-        assert response.status_code == 200
+        assert response.status_code == 200, response.text
         assert len(upstream.calls(SONNET)[0]["body"]["messages"]) == 1000
 
 

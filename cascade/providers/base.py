@@ -185,6 +185,21 @@ def validate_usage(
     return checked
 
 
+def _refused(exc: BaseException) -> bool:
+    """A connection that was refused, whatever the transport made of it: the SDKs' aiohttp
+    transport reports aiohttp's connector errors as connect timeouts."""
+    seen: BaseException | None = exc
+    for _ in range(8):  # the cause chain is short; never loop on a cycle
+        if seen is None:
+            return False
+        if isinstance(seen, ConnectionRefusedError) or type(seen).__name__ == (
+            "ClientConnectorError"
+        ):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 def map_sdk_error(
     exc: Exception,
     sdk: Any,
@@ -204,7 +219,7 @@ def map_sdk_error(
     def scrub(text: str) -> str:
         return redact(text, secret)[:300]
 
-    if isinstance(exc, sdk.APITimeoutError):
+    if isinstance(exc, sdk.APITimeoutError) and not _refused(exc):
         return ProviderError(
             f"{provider}: request to {model} timed out",
             provider=provider,

@@ -8,7 +8,9 @@ the same reply, so the fast path cannot drift from the SDK's reading.
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
+import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -17,7 +19,7 @@ import openai
 import pytest
 
 from cascade.config import ProviderConfig
-from cascade.errors import InvalidUsage, ProviderError
+from cascade.errors import ConfigError, InvalidUsage, ProviderError
 from cascade.providers.anthropic import AnthropicProvider
 from cascade.providers.openai import OpenAIProvider
 from cascade.testing import MockLLMServer, Reply
@@ -29,14 +31,25 @@ ASK = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "h
 CALL = {"id": "call_1", "name": "lookup", "arguments": '{"city": "Oslo"}'}
 
 
-def openai_provider(server: MockLLMServer) -> OpenAIProvider:
-    return OpenAIProvider("openai", ProviderConfig(type="openai", base_url=server.openai_url))
-
-
-def anthropic_provider(server: MockLLMServer) -> AnthropicProvider:
-    return AnthropicProvider(
-        "anthropic", ProviderConfig(type="anthropic", base_url=server.anthropic_url)
+def openai_provider(server: MockLLMServer, http: str = "auto") -> OpenAIProvider:
+    return OpenAIProvider(
+        "openai", ProviderConfig(type="openai", base_url=server.openai_url, async_http=http)
     )
+
+
+def anthropic_provider(server: MockLLMServer, http: str = "auto") -> AnthropicProvider:
+    return AnthropicProvider(
+        "anthropic", ProviderConfig(type="anthropic", base_url=server.anthropic_url,
+                                    async_http=http)
+    )
+
+
+# sync, and async through each of the SDKs' two transports (httpx2, aiohttp)
+MODES = ["sync", "httpx", "aiohttp"]
+
+
+def made(make: Callable[..., Any], server: MockLLMServer, mode: str) -> Any:
+    return make(server, "auto" if mode == "sync" else mode)
 
 
 def headers(sent: dict[str, Any]) -> dict[str, str]:
@@ -51,6 +64,9 @@ def call(provider: Any, sync: bool, model: str, **params: Any) -> Completion:
     async def run() -> Completion:
         try:
             result: Completion = await provider.acomplete(ASK, model=model, params=params)
+            # the transport the config asked for is the one that sent it
+            aio = isinstance(provider.async_client._client, provider.sdk.DefaultAioHttpClient)
+            assert aio == (provider.config.async_http != "httpx")
             return result
         finally:
             await provider.aclose()
@@ -58,11 +74,12 @@ def call(provider: Any, sync: bool, model: str, **params: Any) -> Completion:
     return asyncio.run(run())
 
 
-@pytest.mark.parametrize("sync", [True, False], ids=["sync", "async"])
-def test_openai_reads_every_field(server: MockLLMServer, sync: bool) -> None:
+@pytest.mark.parametrize("mode", MODES)
+def test_openai_reads_every_field(server: MockLLMServer, mode: str) -> None:
     server.script("m", [Reply("the answer", input_tokens=120, output_tokens=7, cached_tokens=100,
                               logprobs=[-0.25, -1.5], tool_calls=[CALL], finish_reason="length")])
-    done = call(openai_provider(server), sync, "m", logprobs=True, max_tokens=50)
+    done = call(made(openai_provider, server, mode), mode == "sync", "m", logprobs=True,
+                max_tokens=50)
     assert done.text == "the answer"
     assert (done.input_tokens, done.output_tokens, done.cached_input_tokens) == (120, 7, 100)
     assert done.usage_estimated is False
@@ -78,11 +95,12 @@ def test_openai_reads_every_field(server: MockLLMServer, sync: bool) -> None:
     assert headers(sent)["authorization"].startswith("Bearer ")
 
 
-@pytest.mark.parametrize("sync", [True, False], ids=["sync", "async"])
-def test_anthropic_reads_every_field(server: MockLLMServer, sync: bool) -> None:
+@pytest.mark.parametrize("mode", MODES)
+def test_anthropic_reads_every_field(server: MockLLMServer, mode: str) -> None:
     server.script("c", [Reply("the answer", input_tokens=120, output_tokens=7, cached_tokens=100,
                               tool_calls=[CALL])])
-    done = call(anthropic_provider(server), sync, "c", max_tokens=50, stop=["END"])
+    done = call(made(anthropic_provider, server, mode), mode == "sync", "c", max_tokens=50,
+                stop=["END"])
     assert done.text == "the answer"
     # cache reads are folded into input_tokens, so input means the same for every provider
     assert (done.input_tokens, done.output_tokens, done.cached_input_tokens) == (120, 7, 100)
@@ -177,14 +195,14 @@ def test_typed_response_models_are_not_built(
         assert call(anthropic_provider(server), sync, "c").text == "ok"
 
 
-@pytest.mark.parametrize("sync", [True, False], ids=["sync", "async"])
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("make,model", [(openai_provider, "m"), (anthropic_provider, "c")],
                          ids=["openai", "anthropic"])
 def test_headers_carry_the_clients_timeout_as_create_would(
-    server: MockLLMServer, make: Callable[[MockLLMServer], Any], model: str, sync: bool
+    server: MockLLMServer, make: Callable[..., Any], model: str, mode: str
 ) -> None:
     """The low-level post sends no placeholder header (x-stainless-timeout: NOT_GIVEN)."""
-    call(make(server), sync, model)
+    call(made(make, server, mode), mode == "sync", model)
     sent = headers(server.calls(model)[0])
     assert not [k for k, v in sent.items() if "NOT_GIVEN" in v]
     timeout = str(float(ProviderConfig(type="openai").timeout_s))
@@ -229,13 +247,37 @@ def test_missing_usage_is_estimated_and_flagged(server: MockLLMServer) -> None:
     assert done.usage_estimated and done.input_tokens > 0 and done.output_tokens > 0
 
 
-@pytest.mark.parametrize("sync", [True, False], ids=["sync", "async"])
-def test_http_errors_still_mapped_through_sdk_classes(server: MockLLMServer, sync: bool) -> None:
+@pytest.mark.parametrize("mode", MODES)
+def test_http_errors_still_mapped_through_sdk_classes(server: MockLLMServer, mode: str) -> None:
     server.script("m", [Reply(status=429, headers={"retry-after": "3"}, message="slow down")])
     with pytest.raises(ProviderError) as info:
-        call(openai_provider(server), sync, "m")
+        call(made(openai_provider, server, mode), mode == "sync", "m")
     assert (info.value.status_code, info.value.retryable, info.value.retry_after_s) == (429, True, 3.0)
     assert "slow down" in str(info.value)
+
+
+@pytest.mark.parametrize("http", ["httpx", "aiohttp"])
+def test_a_refused_connection_is_a_retryable_provider_error(http: str) -> None:
+    """Nothing listening: the same ProviderError through either async transport."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    provider = OpenAIProvider("openai", ProviderConfig(
+        type="openai", base_url=f"http://127.0.0.1:{port}/v1", async_http=http))
+    with pytest.raises(ProviderError) as info:
+        call(provider, False, "m")
+    assert info.value.retryable and info.value.status_code is None
+    assert "cannot connect" in str(info.value)
+
+
+def test_aiohttp_asked_for_but_missing_names_the_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "aiohttp" else real(name, *a))
+    with pytest.raises(ConfigError, match=r"providers\.openai\.async_http"):
+        OpenAIProvider("openai", ProviderConfig(type="openai", async_http="aiohttp"))
+    auto = OpenAIProvider("openai", ProviderConfig(type="openai"))  # auto: httpx2 instead
+    assert auto._aiohttp is False
 
 
 def test_refusal_is_an_empty_answer_billed(server: MockLLMServer) -> None:
