@@ -8,6 +8,9 @@ share this process's GIL. In one event loop, the same request is sent in strict 
 - ``sdk_typed``: ``AsyncOpenAI().chat.completions.create`` (the SDK's typed response models);
 - ``sdk_raw``: the same client's ``post(..., cast_to=httpx2.Response)`` plus one ``json.loads``
   (what the engine's providers do since issue #14);
+- ``sdk_typed_aiohttp`` and ``sdk_raw_aiohttp``: the same two through the SDK's own aiohttp
+  transport (``http_client=openai.DefaultAioHttpClient()``), which the engine's async calls use
+  when aiohttp is installed (``providers.X.async_http: auto``);
 - ``provider``: the engine's OpenAI provider alone (``provider.acomplete``: request body,
   the fast path's post and parse into a ``Completion``);
 - ``engine``: ``Cascade.acomplete`` on a one-rung task whose answer is accepted, no ledger;
@@ -20,13 +23,16 @@ share this process's GIL. In one event loop, the same request is sent in strict 
   the others.
 
 Each path has its own client and keep-alive connection. Figures are per request, in ms, with
-the engine's own time (its p50 minus ``sdk_raw``'s p50) and ratios against ``sdk_typed``.
+the engine's own time (its p50 minus the p50 of the bare call on the engine's transport) and
+ratios against ``sdk_typed``. ``engine_own_measured_ms`` is measured per request instead: the
+engine's whole time minus the time inside its provider's call.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import json
 import logging
 import multiprocessing
@@ -77,6 +83,11 @@ async def _run(url: str, requests: int, warmup: int,
     os.environ["BENCH_KEY"] = "bench"
     typed_client = openai.AsyncOpenAI(api_key="bench", base_url=url, max_retries=0)
     raw_client = openai.AsyncOpenAI(api_key="bench", base_url=url, max_retries=0)
+    aio = importlib.util.find_spec("aiohttp") is not None
+    typed_aio = openai.AsyncOpenAI(api_key="bench", base_url=url, max_retries=0,
+                                   http_client=openai.DefaultAioHttpClient() if aio else None)
+    raw_aio = openai.AsyncOpenAI(api_key="bench", base_url=url, max_retries=0,
+                                 http_client=openai.DefaultAioHttpClient() if aio else None)
     tmp = tempfile.mkdtemp(prefix="engine-bench-")
     engine = Cascade.from_dict(_config(url, None), ledger=False)
     engine_ledger = Cascade.from_dict(_config(url, str(Path(tmp) / "ledger.db")))
@@ -88,6 +99,15 @@ async def _run(url: str, requests: int, warmup: int,
     async def sdk_raw() -> None:
         r = await raw_client.post("/chat/completions", cast_to=httpx2.Response,
                                   body={"model": "bench-model", "messages": MESSAGES})
+        assert json.loads(r.content)["choices"][0]["message"]["content"]
+
+    async def sdk_typed_aiohttp() -> None:
+        r = await typed_aio.chat.completions.create(model="bench-model", messages=MESSAGES)  # type: ignore[arg-type]
+        assert r.choices[0].message.content
+
+    async def sdk_raw_aiohttp() -> None:
+        r = await raw_aio.post("/chat/completions", cast_to=httpx2.Response,
+                               body={"model": "bench-model", "messages": MESSAGES})
         assert json.loads(r.content)["choices"][0]["message"]["content"]
 
     # Its own provider (and client and connection), like every other path.
@@ -122,7 +142,10 @@ async def _run(url: str, requests: int, warmup: int,
         assert (await engine_ledger.acomplete("t", MESSAGES)).accepted
 
     paths: dict[str, Callable[[], Awaitable[None]]] = {
-        "sdk_typed": sdk_typed, "sdk_raw": sdk_raw, "provider": run_provider,
+        "sdk_typed": sdk_typed, "sdk_raw": sdk_raw,
+        **({"sdk_typed_aiohttp": sdk_typed_aiohttp, "sdk_raw_aiohttp": sdk_raw_aiohttp}
+           if aio else {}),
+        "provider": run_provider,
         "engine": run_engine,
         "engine_ledger": run_engine_ledger,
     }
@@ -154,6 +177,8 @@ async def _run(url: str, requests: int, warmup: int,
                 times[name].append((time.perf_counter() - started) * 1000)
     await engine.aclose()
     await engine_ledger.aclose()
+    for client in (typed_client, raw_client, typed_aio, raw_aio):
+        await client.close()
     engine_ledger.close()
     if worker is not None:
         assert worker.stdin is not None
@@ -190,6 +215,7 @@ def main() -> None:
         stop.set()
         upstream.join(5)
     p50 = {name: percentile(v, 50) for name, v in times.items()}
+    base = "sdk_raw_aiohttp" if importlib.util.find_spec("aiohttp") else "sdk_raw"
     report: dict[str, Any] = {
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
                    f"Python {platform.python_version()}",
@@ -198,14 +224,16 @@ def main() -> None:
                       "p95": round(percentile(v, 95), 3),
                       "p99": round(percentile(v, 99), 3)} for name, v in times.items()
                if name != "engine_own"},
-        "engine_own_ms_p50": round(p50["engine"] - p50["sdk_raw"], 3),
+        # the bare call on the engine's own transport is the baseline of its own time
+        "engine_transport": base,
+        "engine_own_ms_p50": round(p50["engine"] - p50[base], 3),
         # per request: the engine's time outside its provider call (shim included)
         "engine_own_measured_ms": {"p50": round(p50["engine_own"], 3),
                                    "p90": round(percentile(times["engine_own"], 90), 3)},
         # the split of the engine's own time: the provider layer, then the ladder around it
-        "provider_own_ms_p50": round(p50["provider"] - p50["sdk_raw"], 3),
+        "provider_own_ms_p50": round(p50["provider"] - p50[base], 3),
         "ladder_own_ms_p50": round(p50["engine"] - p50["provider"], 3),
-        "engine_ledger_own_ms_p50": round(p50["engine_ledger"] - p50["sdk_raw"], 3),
+        "engine_ledger_own_ms_p50": round(p50["engine_ledger"] - p50[base], 3),
         "ratio_p50_vs_sdk_typed": {name: round(p50[name] / p50["sdk_typed"], 3) for name in p50
                                    if name != "engine_own"},
     }

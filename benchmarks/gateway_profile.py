@@ -38,7 +38,7 @@ import gateway_overhead as bench
 LAYERS = [
     ("ledger: reservation, write-ahead row, settlement, run row",
      ["ledger/", "cascade/money.py", "cascade/recorder.py", "Limits.check"]),
-    ("httpx2/httpcore2/anyio: the SDK client's transport",
+    ("the SDK client's send: httpx2 and its transport (aiohttp when installed)",
      ["AsyncClient.send (httpx2", "Response.aread", "Response.aclose"]),
     ("openai SDK: request options, headers, URL, auth wrapper",
      ["AsyncAPIClient.post", "AsyncAPIClient.request"]),
