@@ -143,15 +143,9 @@ class Caller:
                     ),
                 )
         except (TimeoutError, asyncio.TimeoutError):  # distinct on 3.10
-            tally.last = _timed_out(model.provider, model.name, timeout, cut_short)
-            if not cut_short:
-                self._note(model.provider, tally.last)
-            raise tally.last from None
+            raise self._timed_out(model, tally, timeout, cut_short) from None
         except ProviderError as exc:
-            tally.last = exc
-            if exc.billed is not None:
-                tally.billed.append(exc.billed)
-            self._note(model.provider, exc)
+            self._failed(model, tally, exc)
             raise
         self._note(model.provider, None)
         return completion
@@ -199,18 +193,30 @@ class Caller:
                     ),
                 )
         except (TimeoutError, asyncio.TimeoutError):  # distinct on 3.10
-            tally.last = _timed_out(model.provider, model.name, timeout, cut_short)
-            if not cut_short:
-                self._note(model.provider, tally.last)
-            raise tally.last from None
+            raise self._timed_out(model, tally, timeout, cut_short) from None
         except ProviderError as exc:
-            tally.last = exc
-            if exc.billed is not None:
-                tally.billed.append(exc.billed)
-            self._note(model.provider, exc)
+            self._failed(model, tally, exc)
             raise
         self._note(model.provider, None)
         return completion
+
+    def _timed_out(
+        self, model: ModelConfig, tally: _Tally, timeout: float, cut_short: bool
+    ) -> ProviderError:
+        """An attempt that ran out of time: its error, fed to the breaker unless the run's
+        deadline (not the provider) cut it short."""
+        tally.last = _timed_out(model.provider, model.name, timeout, cut_short)
+        if not cut_short:
+            self._note(model.provider, tally.last)
+        return tally.last
+
+    def _failed(self, model: ModelConfig, tally: _Tally, exc: ProviderError) -> None:
+        """An attempt the provider failed: kept as the last fault, its bill (if any) kept, the
+        breaker fed."""
+        tally.last = exc
+        if exc.billed is not None:
+            tally.billed.append(exc.billed)
+        self._note(model.provider, exc)
 
     def _timeout(self, op: Call, provider: str, model: str) -> tuple[float, bool]:
         """This attempt's time: ``timeout_s``, or less if the run's deadline comes first.
