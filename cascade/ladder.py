@@ -84,13 +84,13 @@ class Climb:
     history: list[Completion] = field(default_factory=list)  # earlier rungs' answers
     refused: list[Gate] = field(default_factory=list)  # budget and circuit refusals
 
-    def request(self) -> Request:
+    def request(self, history: tuple[Completion, ...]) -> Request:
         return Request(
             task=self.task.name,
             messages=self.messages,
             params=self.params,
             run_id=self.run.run_id,
-            history=tuple(self.history),
+            history=history,
             query_id=self.run.query_id,
         )
 
@@ -260,6 +260,9 @@ class Ladder:
     ) -> Generator[Call | Eval | Io, Any, _Attempt | None]:
         """Call one rung once, evaluate the answer and record the step; None if the call failed."""
         run = climb.run
+        # The earlier answers as they stand when this call starts: a hedged rung started
+        # alongside a lower one does not see that rung's answer (docs/reliability.md).
+        history = tuple(climb.history)
         outcome = yield Call(rung.key, convo, call_params, run.query_id, run.deadline)
         if outcome.completion is None:
             yield io(self.recorder.step, run, rung.key, outcome, "error", (), index=index,
@@ -279,7 +282,7 @@ class Ladder:
                 slots = ()
                 verdicts.append(TRUNCATED)
             if slots:
-                request = climb.request()
+                request = climb.request(history)
             for slot in slots:
                 verdict = yield Eval(slot, request, shown(slot, completion, clean))
                 verdicts.append(verdict)

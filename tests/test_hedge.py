@@ -156,6 +156,34 @@ def test_rejected_lower_rung_lets_the_hedge_win(tmp_path: Path) -> None:
     assert result.cost_usd == pytest.approx((10 * 1 + 5 * 2 + 10 * 10 + 5 * 30) / 1e6)
 
 
+def test_a_hedged_rung_does_not_see_the_answer_of_the_rung_it_hedged(tmp_path: Path) -> None:
+    """large starts while small is in flight; small then answers and is rejected. large's
+    request.history is what stood when large started (nothing), as documented: the agreement
+    check has no earlier answer to compare with."""
+    provider = Gated({"small": "the answer is 42", "large": "the answer is 42"})
+    provider.gates["small"] = asyncio.Event()
+    provider.gates["large"] = asyncio.Event()
+    engine = build(tmp_path, provider, evaluators=[{"type": "agreement",
+                                                    "recipe": "final_number"}])
+
+    async def go() -> Any:
+        async with engine:
+            run = asyncio.ensure_future(engine.acomplete("t", "q", max_tokens=100))
+            await until(lambda: provider.started == ["small", "large"])
+            provider.gates["small"].set()
+            await until(lambda: provider.finished == ["small"])
+            await asyncio.sleep(0.05)  # small judged and recorded before large answers
+            provider.gates["large"].set()
+            return await run
+
+    with engine:
+        result = asyncio.run(go())
+    reasons = [(s.model, [v.reason for v in s.verdicts]) for s in result.steps]
+    assert reasons == [("small", ["no earlier answer to compare with"]),
+                       ("large", ["no earlier answer to compare with"])]
+    assert result.accepted is False
+
+
 def test_none_accepted_returns_the_highest_answer(tmp_path: Path) -> None:
     provider = Gated({"small": "no", "large": "nope"})
     provider.gates["small"] = asyncio.Event()

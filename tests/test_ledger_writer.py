@@ -10,6 +10,7 @@ thread, outside any transaction) waits for an event, so everything queued after 
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
 import threading
@@ -318,6 +319,88 @@ def test_fail_closed_engine_calls_no_model(db: Db) -> None:
             with pytest.raises(LedgerError, match="could not record"):
                 engine.complete("t", "q", max_tokens=10)
     assert len(fake.calls) == 1
+
+
+def test_text_the_database_cannot_store_is_stored_cleaned_and_closes_nothing(db: Db) -> None:
+    """An answer with NUL (PostgreSQL refuses it) and a lone surrogate (neither backend can
+    encode it), logged with content: stored with U+FFFD, and the next call goes ahead."""
+    fake = FakeProvider("p", {"small": ["a\x00b\ud800c"]})
+    data = config(ladder=["small"], evaluators=[])
+    data["ledger"] = db.section()
+    data["logging"] = {"content": True}
+    with Cascade.from_dict(data, providers={"p": fake}) as engine:
+        first = engine.complete("t", "q", max_tokens=10)
+        assert engine.ledger is not None
+        engine.ledger.flush()
+        assert engine.complete("t", "q", max_tokens=10).accepted  # not failed closed
+        assert engine.ledger.writer.failure is None
+    assert db.rows("SELECT text FROM content WHERE run_id = ? AND kind = 'answer'",
+                   (first.run_id,)) == [("a\ufffdb\ufffdc",)]
+
+
+def test_a_row_refused_for_its_data_is_logged_without_failing_closed(db: Db) -> None:
+    """A write refused for its own values (not the database's health) is given up and logged,
+    and reservations go on."""
+    ledger = db.open()
+    try:
+        def bad(tx: Any) -> None:
+            raise ValueError("A string literal cannot contain NUL (0x00) characters.")
+
+        with capture_logs() as logs:
+            ledger.writer.submit(Op(bad))
+            assert ledger.flush(timeout=10)
+        assert [e["event"] for e in logs] == ["cascade.ledger_write_failed"]
+        assert isinstance(ledger.reserve(pending("next")), int)
+    finally:
+        ledger.close()
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # fork() with threads (3.12+)
+def test_a_forked_child_cannot_queue_into_the_parents_writer(db: Db) -> None:
+    """After fork() the parent's writer thread does not exist in the child: a write there is a
+    LedgerError, never silently queued to nobody."""
+    ledger = db.open()
+    try:
+        ledger.record_run(result("parent"))  # the writer thread is running now
+        assert ledger.flush(timeout=10)
+        pid = os.fork()
+        if pid == 0:  # the child: report through the exit code only
+            try:
+                ledger.record_run(result("child"))
+            except LedgerError:
+                os._exit(0)
+            except BaseException:
+                os._exit(2)
+            os._exit(1)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+    finally:
+        ledger.close()
+
+
+def test_a_flush_racing_a_stopping_writer_returns(db: Db) -> None:
+    """A writer that ends between a flush's check and its barrier: the flush returns instead of
+    waiting for ever."""
+    ledger = db.open()
+    writer = ledger.writer
+    ledger.record_run(result("r"))
+    ledger.close()
+
+    class Racing:  # alive when the flush looks, gone once its barrier is queued
+        calls = 0
+
+        def is_alive(self) -> bool:
+            Racing.calls += 1
+            return Racing.calls == 1
+
+    real, writer._thread = writer._thread, Racing()  # type: ignore[assignment]
+    writer._submitted += 1  # something still counted as queued
+    try:
+        started = time.monotonic()
+        assert writer.flush(timeout=None) is False
+        assert time.monotonic() - started < 5
+    finally:
+        writer._thread, writer._submitted = real, writer._submitted - 1
 
 
 def test_a_settlement_after_recovery_warns_from_the_writer(db: Db) -> None:

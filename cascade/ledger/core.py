@@ -288,7 +288,7 @@ class Ledger:
                 ``fail_closed_s`` ago; the model must not be called.
         """
         self._check_writer()
-        if self._excess:
+        if self._excess and decide is not None:  # only a budget decision needs the real spend
             self.writer.flush()  # on the event loop: WouldBlock, and so the ledger's thread
         outcome = self._try_reserve(pending, decide)
         if isinstance(outcome, str) and self.writer.backlog:

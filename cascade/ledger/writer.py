@@ -42,6 +42,9 @@ log = get_logger()
 # same whatever its size, and every wake-up of this thread takes the GIL from the request path.
 GATHER_S = 0.005
 
+# How often a flush looks again whether the writer is still alive.
+_FLUSH_SLICE_S = 0.1
+
 # How long a normal interpreter exit waits for queued rows to be committed.
 EXIT_FLUSH_S = 30.0
 
@@ -110,6 +113,10 @@ class Writer:
         Raises:
             LedgerError: the ledger is closed, or was opened in another process (fork).
         """
+        if os.getpid() != self._pid:
+            # A forked child shares the parent's connection but not its thread.
+            raise LedgerError("a ledger opened before fork() cannot be used in the child; "
+                              "open one per process")
         with self._lock:
             if self._stopping:
                 raise LedgerError("the ledger is closed: nothing more can be recorded")
@@ -119,10 +126,6 @@ class Writer:
             self._queue.put(op)
 
     def _start(self) -> None:
-        if os.getpid() != self._pid:
-            # A forked child shares the parent's connection but not its thread.
-            raise LedgerError("a ledger opened before fork() cannot be used in the child; "
-                              "open one per process")
         self._thread = threading.Thread(target=self._loop, name=self._name, daemon=True)
         self._thread.start()
 
@@ -149,7 +152,14 @@ class Writer:
             return False  # nothing will write these (a forked child, a stopped writer)
         barrier = _Barrier()
         self._queue.put(barrier)
-        return barrier.event.wait(timeout)
+        # In slices: a writer that stopped between the check above and the put never sets it.
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not barrier.event.wait(_FLUSH_SLICE_S):
+            if not thread.is_alive():
+                return barrier.event.is_set()
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+        return True
 
     def stop(self, timeout: float | None = None) -> bool:
         """Refuse new operations, commit the queued ones, and end the thread.
@@ -207,7 +217,7 @@ class Writer:
         except Exception as exc:
             error = _as_ledger_error(exc)
             if len(batch) == 1:
-                self._give_up(batch[0], error)
+                self._give_up(batch[0], error, closes=not _data_error(exc))
                 return
             # One refused row must not take the others down: each on its own, once.
             for i, op in enumerate(batch):
@@ -216,7 +226,7 @@ class Writer:
                         result = op.write(tx)
                 except Exception as exc_one:
                     error = _as_ledger_error(exc_one)
-                    self._give_up(op, error)
+                    self._give_up(op, error, closes=not _data_error(exc_one))
                     if any(mark in str(error) for mark in _UNREACHABLE):
                         for rest in batch[i + 1:]:
                             self._give_up(rest, error)
@@ -229,13 +239,31 @@ class Writer:
         for op, result in zip(batch, results, strict=True):
             _call(op.done, result)
 
-    def _give_up(self, op: Op, error: LedgerError) -> None:
-        self.failure = error
-        self.failed_at = time.monotonic()
+    def _give_up(self, op: Op, error: LedgerError, *, closes: bool = True) -> None:
+        # A row refused for its own data (text the database cannot store) says nothing about
+        # the ledger's health: logged, but it must not shut every caller out (fail closed).
+        if closes:
+            self.failure = error
+            self.failed_at = time.monotonic()
         if op.failed is None:
             log.error("cascade.ledger_write_failed", error=str(error))
         else:
             _call(op.failed, error)
+
+
+def _data_error(exc: BaseException) -> bool:
+    """Refused for the values of one row, not because the database cannot be written (the
+    backends wrap the driver's error as a LedgerError, so its cause is looked at too)."""
+    seen: BaseException | None = exc
+    for _ in range(4):
+        if seen is None:
+            return False
+        if isinstance(seen, (UnicodeError, ValueError)) or any(
+            cls.__name__ == "DataError" for cls in type(seen).__mro__
+        ):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def _as_ledger_error(exc: Exception) -> LedgerError:

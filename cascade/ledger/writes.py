@@ -4,6 +4,7 @@ the writer thread (each a function of one open transaction)."""
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -103,7 +104,7 @@ def settle_write(step_id: int, pending: Pending, step: StepRecord) -> Callable[[
             " verdicts = ?, usage_estimated = ?, status = 'settled'"
             " WHERE id = ? AND status = 'pending'",
             (step.attempts, step.input_tokens, step.cached_input_tokens, step.output_tokens,
-             step.cost_usd, step.latency_ms, step.decision, step.error, _verdicts(step),
+             step.cost_usd, step.latency_ms, step.decision, storable(step.error), _verdicts(step),
              int(step.usage_estimated), step_id),
         )
         delta = nano(step.cost_usd) - nano(pending.reserved_usd)
@@ -112,6 +113,18 @@ def settle_write(step_id: int, pending: Pending, step: StepRecord) -> Callable[[
         return bool(changed)
 
     return write
+
+
+def storable(text: str | None) -> str | None:
+    """``text`` as every backend can store it: a model's answer or a provider's error message
+    may hold NUL (PostgreSQL refuses it) or a lone surrogate from a JSON escape (neither
+    backend can encode it); each becomes U+FFFD. Plain text passes unchanged."""
+    if text is None or (text.isascii() and "\x00" not in text):
+        return text
+    return _UNSTORABLE.sub("\ufffd", text)
+
+
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
 
 def _verdicts(step: StepRecord) -> str:
@@ -141,7 +154,7 @@ def free_step_write(step: StepRecord) -> Callable[[Tx], None]:
             "'settled',0,NULL,?)",
             (step.run_id, ts, step.task, step.step, step.model, step.provider, step.attempts,
              step.input_tokens, step.cached_input_tokens, step.output_tokens, step.cost_usd,
-             step.latency_ms, step.decision, step.error, _verdicts(step),
+             step.latency_ms, step.decision, storable(step.error), _verdicts(step),
              int(step.usage_estimated)),
         )
         if nano(step.cost_usd):
@@ -187,5 +200,5 @@ def _insert_content(tx: Tx, run_id: str, ts: float, rows: Sequence[ContentRow]) 
         tx.execute(
             "INSERT INTO content (run_id, ts, step, kind, model, model_name, text)"
             " VALUES (?,?,?,?,?,?,?)",
-            (run_id, ts, *row),
+            (run_id, ts, *row[:4], storable(row[4])),
         )

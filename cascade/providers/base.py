@@ -192,10 +192,10 @@ def _refused(exc: BaseException) -> bool:
     for _ in range(8):  # the cause chain is short; never loop on a cycle
         if seen is None:
             return False
-        if isinstance(seen, ConnectionRefusedError) or type(seen).__name__ == (
-            "ClientConnectorError"
+        if isinstance(seen, ConnectionRefusedError) or any(
+            cls.__name__ == "ClientConnectorError" for cls in type(seen).__mro__
         ):
-            return True
+            return True  # refused, DNS, certificate: aiohttp's connector errors
         seen = seen.__cause__ or seen.__context__
     return False
 
