@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import sys
 import threading
 import time
@@ -17,6 +16,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from cascade.call_threads import run_within
 from cascade.config import CascadeConfig, ModelConfig
 from cascade.errors import ProviderError
 from cascade.limits import Limits
@@ -274,34 +274,13 @@ _T = TypeVar("_T")
 
 
 def _within(timeout: float, call: Callable[[], _T]) -> _T:
-    """Run a blocking call with a deadline for the whole of it.
-
-    The SDKs' sync clients offer only per-read timeouts, so the call runs in a thread of its
-    own and the caller stops waiting at the deadline. The abandoned thread ends at its next
-    read timeout or byte; what it returns is dropped.
+    """Run a blocking call with a deadline for the whole of it, on a reused call thread
+    (``cascade.call_threads``); the caller stops waiting at the deadline.
 
     Raises:
         TimeoutError: the call did not finish in ``timeout`` seconds.
     """
-    box: dict[str, Any] = {}
-    done = threading.Event()
-    context = contextvars.copy_context()
-
-    def work() -> None:
-        try:
-            box["value"] = context.run(call)
-        except BaseException as exc:  # handed to the caller's thread below
-            box["error"] = exc
-        finally:
-            done.set()
-
-    threading.Thread(target=work, name="cascade-call", daemon=True).start()
-    if not done.wait(timeout):
-        raise TimeoutError
-    if "error" in box:
-        raise box["error"]
-    result: _T = box["value"]
-    return result
+    return run_within(timeout, call)
 
 
 async def _awithin(timeout: float, call: Awaitable[_T]) -> _T:
