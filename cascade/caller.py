@@ -25,7 +25,7 @@ from cascade.providers.base import Provider
 from cascade.retry import RetryPolicy
 from cascade.types import Completion, Message
 
-__all__ = ["Call", "Caller", "Outcome"]
+__all__ = ["NOTHING", "Call", "Caller", "Outcome"]
 
 log = get_logger()
 
@@ -50,6 +50,9 @@ class Outcome:
     attempts: int
     latency_ms: float
     billed: tuple[Completion, ...] = ()  # usage of failed attempts that was billed anyway
+
+
+NOTHING = Outcome(None, None, 0, 0.0)  # the outcome of a step that called nothing (a skip)
 
 
 @dataclass(slots=True)

@@ -20,6 +20,7 @@ A rejected answer is never an exception: it is a ``Verdict`` with ``passed=False
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -38,6 +39,7 @@ __all__ = [
     "PluginNotFound",
     "ProviderError",
     "RequestError",
+    "caused_by",
 ]
 
 
@@ -200,3 +202,19 @@ class FeedbackError(RequestError):
     Attributes:
         param: ``score``, ``run_id``, ``comment`` or ``ledger``.
     """
+
+
+def caused_by(exc: BaseException, match: Callable[[BaseException], bool]) -> bool:
+    """Whether ``exc`` or an exception it was raised from (or while handling) ``match``es.
+
+    Drivers and SDKs wrap the error that explains a failure (a refused connection, a row the
+    database cannot store) in their own; the chain is short, and a cycle is never followed far.
+    """
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            return False
+        if match(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from cascade.cache import ResponseCache
-from cascade.caller import Call, Outcome
+from cascade.caller import NOTHING, Call, Outcome
 from cascade.config import MinScore, ModelConfig
 from cascade.errors import BudgetExceeded, CascadeExhausted, ProviderError
 from cascade.evaluation import Slot, combine, decided, finalized, judging, shown
@@ -44,7 +44,6 @@ _Last = tuple["Rung", Completion, tuple[Verdict, ...]]
 _Attempt = tuple[Completion, tuple[Verdict, ...], bool, "tuple[Slot, Verdict] | None"]
 _RungPlan = Generator["Call | Eval | Io | Hedge", Any, "tuple[CascadeResult | None, _Last | None]"]
 
-_NOTHING = Outcome(None, None, 0, 0.0)  # the outcome of a step that called nothing
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,7 +192,7 @@ class Ladder:
             verdict = Verdict(
                 "router", False, p, f"predicted P(correct) = {p:.3f} < skip_below {threshold:g}"
             )
-            yield io(self.recorder.step, run, rung.key, _NOTHING, "skip", (verdict,),
+            yield io(self.recorder.step, run, rung.key, NOTHING, "skip", (verdict,),
                      index=run.next_index())
             return None, None
         # The worst case assumes this many output tokens, so the call is held to it.
@@ -207,7 +206,7 @@ class Ladder:
         while True:
             if run.deadline is not None and time.monotonic() >= run.deadline:
                 # Nothing is called, so nothing is reserved: a row of its own, cost 0.
-                yield io(self.recorder.step, run, rung.key, _NOTHING, "skip", (),
+                yield io(self.recorder.step, run, rung.key, NOTHING, "skip", (),
                          error="the run's deadline passed (deadline_s)", index=run.next_index())
                 break
             index = run.next_index()
@@ -219,7 +218,7 @@ class Ladder:
             )
             if gate.skipped:
                 climb.refused.append(gate)
-                yield io(self.recorder.step, run, rung.key, _NOTHING, "skip", (),
+                yield io(self.recorder.step, run, rung.key, NOTHING, "skip", (),
                          error=gate.reason, index=index)
                 break
             try:

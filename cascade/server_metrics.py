@@ -25,6 +25,18 @@ _OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
 _ESCALATING = frozenset({"escalate", "error"})
 
 
+# The drift gauges: key in ``refresh_drift``'s rows -> (metric name, help).
+_DRIFT_GAUGES = {
+    "acceptance_rate": ("cascade_drift_acceptance_rate", "Share of the rung's answers accepted."),
+    "accepted_score": ("cascade_drift_accepted_score",
+                       "Mean feedback or shadow score of accepted answers."),
+    "evidence": ("cascade_drift_evidence", "Scores behind cascade_drift_accepted_score."),
+    "cost_per_run": ("cascade_drift_cost_per_run_usd", "Mean cost of the runs the rung answered."),
+    "shadow_cost_usd": ("cascade_drift_shadow_cost_usd", "Cost of the rung's shadow calls."),
+    "flagged": ("cascade_drift_flagged",
+                "1 when the week's accepted quality is below the target."),
+}
+
 class GatewayMetrics:
     """The counters and the latency histogram behind ``GET /metrics``.
 
@@ -80,26 +92,9 @@ class GatewayMetrics:
         )
         # The numbers of `cascade report --drift`, per task, rung and ISO week, refreshed from
         # the ledger at each scrape (cascade.server_feedback.refresh_drift).
-        drift = ["task", "rung", "week"]
         self.drift_gauges = {
-            "acceptance_rate": Gauge("cascade_drift_acceptance_rate",
-                                     "Share of the rung's answers accepted.", drift,
-                                     registry=self.registry),
-            "accepted_score": Gauge("cascade_drift_accepted_score",
-                                    "Mean feedback or shadow score of accepted answers.", drift,
-                                    registry=self.registry),
-            "evidence": Gauge("cascade_drift_evidence",
-                              "Scores behind cascade_drift_accepted_score.", drift,
-                              registry=self.registry),
-            "cost_per_run": Gauge("cascade_drift_cost_per_run_usd",
-                                  "Mean cost of the runs the rung answered.", drift,
-                                  registry=self.registry),
-            "shadow_cost_usd": Gauge("cascade_drift_shadow_cost_usd",
-                                     "Cost of the rung's shadow calls.", drift,
-                                     registry=self.registry),
-            "flagged": Gauge("cascade_drift_flagged",
-                             "1 when the week's accepted quality is below the target.", drift,
-                             registry=self.registry),
+            key: Gauge(name, help_text, ["task", "rung", "week"], registry=self.registry)
+            for key, (name, help_text) in _DRIFT_GAUGES.items()
         }
 
     def run(self, task: str, status: str, seconds: float, steps: Iterable[StepRecord] = ()) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
-from cascade.caller import Call, Caller, Outcome
+from cascade.caller import NOTHING, Call, Caller, Outcome
 from cascade.config import CascadeConfig
 from cascade.errors import ProviderError
 from cascade.limits import Gate, Limits
@@ -19,8 +19,6 @@ from cascade.recorder import Recorder, Run, current_run
 from cascade.types import Completion, Message, as_messages
 
 __all__ = ["Services"]
-
-_NOTHING = Outcome(None, None, 0, 0.0)
 
 
 class Services:
@@ -107,7 +105,7 @@ class Services:
             step=(index := run.next_index()),
         )
         if gate.skipped:
-            self.recorder.step(run, model, _NOTHING, "skip", (), error=gate.reason, index=index)
+            self.recorder.step(run, model, NOTHING, "skip", (), error=gate.reason, index=index)
             raise ProviderError(
                 f"judge call refused: {gate.reason}",
                 provider=settings.provider,

@@ -25,7 +25,7 @@ from collections.abc import Generator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
-from cascade.caller import Call, Outcome
+from cascade.caller import NOTHING, Call
 from cascade.feedback import add_feedback
 from cascade.logs import get_logger
 from cascade.params import bound_output
@@ -154,7 +154,7 @@ class Shadows:
                 call_params, 0.0, None, run_id=run.run_id, step=index,
             )
             if gate.skipped:
-                yield io(engine._recorder.step, run, rung.key, Outcome(None, None, 0, 0.0),
+                yield io(engine._recorder.step, run, rung.key, NOTHING,
                           "shadow", (), error=gate.reason, index=index)
                 break
             try:

@@ -100,14 +100,18 @@ def test_writes_arriving_together_share_a_commit(db: Db) -> None:
     """A run's settlement and its run row, queued a moment apart, go in one transaction: the
     writer lets a batch fill for GATHER_S instead of committing each write as it arrives."""
     ledger = db.open()
+    gathering, release = threading.Event(), threading.Event()
+    _GATES.append(release)
     try:
         step_id = ledger.reserve(p := pending("r1"))
         assert isinstance(step_id, int)
         assert ledger.flush(timeout=10)
+        ledger.writer.gather = lambda: (gathering.set(), release.wait(30))  # type: ignore[assignment,func-returns-value]
         before = ledger.writer.batches
         ledger.settle(step_id, p, step("r1"))
-        time.sleep(0.001)  # the engine's next write comes from the result, a little later
-        ledger.record_run(result("r1"))
+        assert gathering.wait(10)  # the writer has the first write and is letting the batch fill
+        ledger.record_run(result("r1"))  # the engine's next write, a little later
+        release.set()
         assert ledger.flush(timeout=10)
         assert ledger.writer.batches - before == 1
     finally:
@@ -197,8 +201,10 @@ entered.wait()
 ledger.settle(step_id, p, StepRecord("run", "t", 1, "large", "p", 1, 10, 10, 0.01, 5.0, "accept"))
 print(ledger.writer.backlog, flush=True)
 if mode == "exit":
-    # A daemon thread: the exit does not wait for it, and the writer is still held at exit.
-    threading.Thread(target=lambda: (time.sleep(0.3), release.set()), daemon=True).start()
+    # The writer is still held when the interpreter starts to exit: atexit runs this hook
+    # (registered last) first, then the ledger's, which must wait for the settlement's commit.
+    import atexit
+    atexit.register(release.set)
 else:
     import os
     os.kill(os.getpid(), 9)  # the settlement is still queued
@@ -281,6 +287,8 @@ def test_after_a_failed_write_reserve_fails_closed_for_a_while(db: Db) -> None:
     """Once a queued write could not be written, the next reservation raises LedgerError
     naming the cause, so no model is called unrecorded; after fail_closed_s it tries again."""
     ledger = db.open(fail_closed_s=0.5)
+    now = [1000.0]
+    ledger.writer.clock = lambda: now[0]
     try:
         p = pending("bad")
         step_id = ledger.reserve(p)
@@ -293,7 +301,10 @@ def test_after_a_failed_write_reserve_fails_closed_for_a_while(db: Db) -> None:
                            ) as info:
             ledger.reserve(pending("next"))
         assert ("disk I/O error" if db.backend == "sqlite" else "refuse") in str(info.value)
-        time.sleep(0.6)
+        now[0] += 0.49  # still inside the window
+        with pytest.raises(LedgerError, match="could not record"):
+            ledger.reserve(pending("still"))
+        now[0] += 0.02  # past it
         assert isinstance(ledger.reserve(pending("later")), int)
     finally:
         ledger.close()

@@ -312,7 +312,7 @@ class Ledger:
 
     def _check_writer(self) -> None:
         failure = self.writer.failure
-        if failure is not None and time.monotonic() - self.writer.failed_at < self.fail_closed_s:
+        if failure is not None and self.writer.clock() - self.writer.failed_at < self.fail_closed_s:
             raise LedgerError(
                 f"refusing new calls for {self.fail_closed_s:g} s: the ledger could not record"
                 f" an earlier call's outcome: {failure.message}",

@@ -30,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from cascade.errors import LedgerError
+from cascade.errors import LedgerError, caused_by
 from cascade.ledger.backends import NOWAIT, Backend, Tx, WouldBlock
 from cascade.logs import get_logger
 
@@ -86,9 +86,14 @@ class Writer:
     Args:
         backend: The ledger's database.
         name: The thread's name.
+
+    ``gather`` (the wait that lets a batch fill) and ``clock`` (which times a failure for the
+    fail-closed window) are attributes, so tests can replace them instead of sleeping.
     """
 
     def __init__(self, backend: Backend, *, name: str = "cascade-ledger-writer"):
+        self.gather: Callable[[], None] = _gather
+        self.clock: Callable[[], float] = time.monotonic
         self._backend = backend
         self.where = backend.describe()
         self._name = name
@@ -102,7 +107,7 @@ class Writer:
         self._thread: threading.Thread | None = None
         self.batches = 0  # transactions committed, for tests and benchmarks
         self.failure: LedgerError | None = None  # the last operation that could not be written
-        self.failed_at = 0.0  # time.monotonic() of that failure
+        self.failed_at = 0.0  # self.clock() of that failure
         _LIVE.add(self)
 
     # -- the request side ---------------------------------------------------------------------
@@ -186,8 +191,8 @@ class Writer:
         stopping = False
         while not stopping:
             batch = [self._queue.get()]
-            if isinstance(batch[0], Op) and GATHER_S:
-                time.sleep(GATHER_S)  # let the batch fill: one commit for many runs
+            if isinstance(batch[0], Op):
+                self.gather()  # let the batch fill: one commit for many runs
             while True:  # group commit: everything that arrived meanwhile goes in
                 try:
                     batch.append(self._queue.get_nowait())
@@ -244,26 +249,23 @@ class Writer:
         # the ledger's health: logged, but it must not shut every caller out (fail closed).
         if closes:
             self.failure = error
-            self.failed_at = time.monotonic()
+            self.failed_at = self.clock()
         if op.failed is None:
             log.error("cascade.ledger_write_failed", error=str(error))
         else:
             _call(op.failed, error)
 
 
+def _gather() -> None:
+    time.sleep(GATHER_S)
+
+
 def _data_error(exc: BaseException) -> bool:
     """Refused for the values of one row, not because the database cannot be written (the
-    backends wrap the driver's error as a LedgerError, so its cause is looked at too)."""
-    seen: BaseException | None = exc
-    for _ in range(4):
-        if seen is None:
-            return False
-        if isinstance(seen, (UnicodeError, ValueError)) or any(
-            cls.__name__ == "DataError" for cls in type(seen).__mro__
-        ):
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
+    backends wrap the driver's error as a LedgerError, so its causes are looked at too)."""
+    return caused_by(exc, lambda e: isinstance(e, (UnicodeError, ValueError)) or any(
+        cls.__name__ == "DataError" for cls in type(e).__mro__
+    ))
 
 
 def _as_ledger_error(exc: Exception) -> LedgerError:

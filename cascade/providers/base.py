@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from cascade.config import DEFAULT_MAX_OUTPUT_TOKENS, ProviderConfig
-from cascade.errors import ConfigError, InvalidUsage, ProviderError
+from cascade.errors import ConfigError, InvalidUsage, ProviderError, caused_by
 from cascade.tokens import estimate_input_tokens, max_output_tokens
 from cascade.types import Completion, Message
 
@@ -187,17 +187,10 @@ def validate_usage(
 
 def _refused(exc: BaseException) -> bool:
     """A connection that was refused, whatever the transport made of it: the SDKs' aiohttp
-    transport reports aiohttp's connector errors as connect timeouts."""
-    seen: BaseException | None = exc
-    for _ in range(8):  # the cause chain is short; never loop on a cycle
-        if seen is None:
-            return False
-        if isinstance(seen, ConnectionRefusedError) or any(
-            cls.__name__ == "ClientConnectorError" for cls in type(seen).__mro__
-        ):
-            return True  # refused, DNS, certificate: aiohttp's connector errors
-        seen = seen.__cause__ or seen.__context__
-    return False
+    transport reports aiohttp's connector errors (refused, DNS, certificate) as timeouts."""
+    return caused_by(exc, lambda e: isinstance(e, ConnectionRefusedError) or any(
+        cls.__name__ == "ClientConnectorError" for cls in type(e).__mro__
+    ))
 
 
 def map_sdk_error(
