@@ -1,4 +1,4 @@
-"""Time ``cascade.calibrate.calibrate`` end to end on a synthetic 10,000-query x 5-rung ladder.
+"""Time ``cascade.calibration.calibrate.calibrate`` end to end on a synthetic 10,000-query x 5-rung ladder.
 
     python benchmarks/calibrate_speed.py [--queries 10000] [--seed 0] [--accept any|all]
         [--method NAME] [--delta D] [--target 0.9] [--json OUT]
@@ -33,7 +33,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cascade.dataset import ReplayRecord, write_dataset
+from cascade.providers.dataset import ReplayRecord, write_dataset
 
 RUNGS = ("r1", "r2", "r3", "r4", "r5")
 ACCURACY = (0.55, 0.70, 0.80, 0.90, 0.95)
@@ -98,7 +98,7 @@ def main() -> int:
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
-    from cascade.calibrate import calibrate
+    from cascade.calibration.calibrate import calibrate
 
     kwargs: dict[str, Any] = {}
     if args.method is not None:

@@ -49,7 +49,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cascade.bench import percentile
+from cascade.replay.bench import percentile
 
 MESSAGES = [{"role": "user", "content": "What are your opening hours?"}]
 

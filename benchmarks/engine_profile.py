@@ -28,7 +28,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cascade import Cascade
-from cascade.bench import percentile
+from cascade.replay.bench import percentile
 from cascade.types import Completion
 
 MESSAGES = [{"role": "user", "content": "What are your opening hours?"}]

@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import structlog
 
-from cascade.bench import percentile
+from cascade.replay.bench import percentile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gateway_peers import LITELLM_KEY, floor_process, start_litellm, wait_ready
@@ -73,7 +73,7 @@ def _gateway(config: dict[str, Any], server_options: dict[str, str], urls: Any, 
     import threading
 
     from cascade import Cascade
-    from cascade.server import bind, create_app, freeze_heap, url_of, uvicorn_server
+    from cascade.gateway.app import bind, create_app, freeze_heap, url_of, uvicorn_server
 
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     os.environ["BENCH_GATEWAY_KEYS"] = KEY

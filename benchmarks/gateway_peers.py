@@ -73,7 +73,7 @@ def floor_process(upstream: str, key: str, options: dict[str, str], urls: Any, s
 
     import uvicorn
 
-    from cascade.server_serve import bind, url_of
+    from cascade.gateway.serve import bind, url_of
 
     sock = bind("127.0.0.1", 0)
     config = uvicorn.Config(floor_app(upstream, key), log_config=None, log_level="warning",

@@ -37,7 +37,7 @@ import gateway_overhead as bench
 # First match wins; each key is looked for anywhere in a sample's stack.
 LAYERS = [
     ("ledger: reservation, write-ahead row, settlement, run row",
-     ["ledger/", "cascade/money.py", "cascade/recorder.py", "Limits.check"]),
+     ["ledger/", "cascade/ledger/money.py", "cascade/engine/recorder.py", "Limits.check"]),
     ("the SDK client's send: httpx2 and its transport (aiohttp when installed)",
      ["AsyncClient.send (httpx2", "Response.aread", "Response.aclose"]),
     ("openai SDK: request options, headers, URL, auth wrapper",
@@ -93,7 +93,7 @@ def serve(requests: int, rate: float, latency_ms: float, floor: bool) -> None:
     from gateway_peers import floor_app
 
     from cascade import Cascade
-    from cascade.server import bind, create_app, freeze_heap, url_of, uvicorn_server
+    from cascade.gateway.app import bind, create_app, freeze_heap, url_of, uvicorn_server
 
     os.environ.setdefault("OPENAI_API_KEY", "sk-bench")
     os.environ.setdefault("ANTHROPIC_API_KEY", "sk-ant-bench")

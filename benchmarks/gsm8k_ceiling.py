@@ -22,10 +22,10 @@ import structlog
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.savings_stats import split_records, spread  # noqa: E402
+from cascade.calibration.policy_table import AnswerTable, Estimates, FitSettings  # noqa: E402
 from cascade.config import load_config  # noqa: E402
-from cascade.importers import import_dataset  # noqa: E402
-from cascade.dataset import load_dataset  # noqa: E402
-from cascade.policy_table import AnswerTable, Estimates, FitSettings  # noqa: E402
+from cascade.providers.dataset import load_dataset  # noqa: E402
+from cascade.replay.importers import import_dataset  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -6,7 +6,7 @@
 A simulation over recorded latencies, not a live run: each query's rungs take their recorded
 ``latency_ms``; an answer is accepted when its recorded confidence ``exp(logprob)`` is at least
 ``--min-confidence`` (the ``logprob`` evaluator of ``benchmarks/configs/ladder_*.yaml``), the
-top rung's answer is returned whatever it says. The schedule is the one ``cascade.plan._ahedge``
+top rung's answer is returned whatever it says. The schedule is the one ``cascade.engine.plan._ahedge``
 runs: wait for an outcome with a timeout of the delay; on timeout, with a rung left, start it;
 the first accepted answer wins (lower rung first on a tie) and the rest are cancelled.
 
@@ -26,7 +26,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cascade.bench import percentile
+from cascade.replay.bench import percentile
 
 
 def simulate(lat: list[float], ok: list[bool], cost: list[float],

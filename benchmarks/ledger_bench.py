@@ -52,9 +52,9 @@ import structlog  # noqa: E402
 
 from cascade import Cascade, Ledger  # noqa: E402
 from cascade.ledger import Pending  # noqa: E402
-from cascade.money import Accounts, Limit  # noqa: E402
+from cascade.ledger.money import Accounts, Limit  # noqa: E402
 from cascade.testing import FakeProvider, MockLLMServer, Reply, make_completion  # noqa: E402
-from tests.ledger_workers import worst_case  # noqa: E402
+from tests.ledger.ledger_workers import worst_case  # noqa: E402
 
 PG = os.environ.get("LEDGER_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/test")
 BACKENDS = ("sqlite", "postgres")
@@ -84,7 +84,7 @@ def open_ledger(where: str) -> Ledger:
 
 
 def spawn(*args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "tests.ledger_workers", *args], cwd=ROOT,
+    return subprocess.Popen([sys.executable, "-m", "tests.ledger.ledger_workers", *args], cwd=ROOT,
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONPATH": str(ROOT)})
 
@@ -318,7 +318,7 @@ conn.execute("ROLLBACK")
 def healthz(hold_s: float = 10.0) -> dict[str, Any]:
     import httpx2
 
-    from cascade.server import create_app, running
+    from cascade.gateway.app import create_app, running
 
     os.environ.setdefault("OPENAI_API_KEY", "sk-bench-0000")
     with tempfile.TemporaryDirectory() as tmp, MockLLMServer() as server:

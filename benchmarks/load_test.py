@@ -33,13 +33,13 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cascade import Cascade, Ledger, ProviderError  # noqa: E402
-from cascade.bench import percentile  # noqa: E402
-from cascade.testing import MockLLMServer, Reply  # noqa: E402
-
 import logging  # noqa: E402
 
 import structlog  # noqa: E402
+
+from cascade import Cascade, Ledger, ProviderError  # noqa: E402
+from cascade.replay.bench import percentile  # noqa: E402
+from cascade.testing import MockLLMServer, Reply  # noqa: E402
 
 # Logging is configured the way a production service would: warnings and above only.
 structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))

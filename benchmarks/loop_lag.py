@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import platform
-import multiprocessing
 import subprocess
 import sys
 import tempfile
@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import httpx2
 import yaml
 
-from cascade.bench import percentile
+from cascade.replay.bench import percentile
 
 ROOT = Path(__file__).resolve().parent.parent
 UPSTREAM = (

@@ -3,7 +3,7 @@
     python benchmarks/replay_speed.py --queries 20000
 
 Builds a synthetic replay dataset (so it runs anywhere, no data needed), then replays it with
-``cascade.bench.run_bench`` in one process, logging configured to warnings as in production.
+``cascade.replay.bench.run_bench`` in one process, logging configured to warnings as in production.
 Target: >= 5,000 queries per second.
 """
 
@@ -22,9 +22,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import structlog  # noqa: E402
 
-from cascade.bench import run_bench  # noqa: E402
 from cascade.config import parse_config  # noqa: E402
-from cascade.dataset import ReplayRecord, write_dataset  # noqa: E402
+from cascade.providers.dataset import ReplayRecord, write_dataset  # noqa: E402
+from cascade.replay.bench import run_bench  # noqa: E402
 
 CONFIG = {
     "providers": {"rec": {"type": "replay"}},

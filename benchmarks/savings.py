@@ -6,7 +6,7 @@
     python benchmarks/savings.py --report benchmarks/results/savings.json [--compare OTHER.json]
 
 For each dataset and seed: a seeded (stratified where the source asks for it) split of the
-imported rows into train and test JSONL files; for each target R, ``cascade.calibrate.calibrate``
+imported rows into train and test JSONL files; for each target R, ``cascade.calibration.calibrate.calibrate``
 on train with ``test=`` the held-out part, whose ``run_bench`` report gives the test cost and
 quality. ``--method`` and ``--delta`` are forwarded as ``method=`` and ``delta=`` only when given.
 A failed calibration counts as the user falling back to always-top; an exception is recorded
@@ -42,11 +42,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.savings_stats import baselines, markdown_table, split_records, summarize  # noqa: E402
-from cascade.bench import recorded_cost  # noqa: E402
 from cascade.config import CascadeConfig, load_config  # noqa: E402
-from cascade.dataset import ReplayRecord, load_dataset, write_dataset  # noqa: E402
 from cascade.errors import CascadeError  # noqa: E402
-from cascade.importers import import_dataset  # noqa: E402
+from cascade.providers.dataset import ReplayRecord, load_dataset, write_dataset  # noqa: E402
+from cascade.replay.bench import recorded_cost  # noqa: E402
+from cascade.replay.importers import import_dataset  # noqa: E402
 
 __all__ = ["DATASETS", "Dataset", "load_rows", "main", "run_seed", "test_matrix"]
 
@@ -141,7 +141,9 @@ def _quiet() -> None:
 def run_seed(job: Job) -> list[dict[str, Any]]:
     """Split once for this seed, then calibrate and measure at every target."""
     _quiet()
-    from cascade.calibrate import calibrate  # the calibrator under test, imported in the worker
+    from cascade.calibration.calibrate import (
+        calibrate,  # the calibrator under test, imported in the worker
+    )
 
     ds = job.dataset
     records = load_dataset(job.records_path)

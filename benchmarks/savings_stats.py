@@ -1,7 +1,7 @@
 """The numbers behind ``benchmarks/savings.py``: seeded splits, baselines at matched quality,
 per-seed outcomes and their summary over seeds, and the Markdown table.
 
-Everything here is pure (no calibration, no files), so ``tests/test_savings_harness.py`` checks it
+Everything here is pure (no calibration, no files), so ``tests/calibration/test_savings_harness.py`` checks it
 against hand-computed values.
 
 Definitions (all costs are per query and shown relative to always-top on the same test split):

@@ -2,7 +2,7 @@
 
 Each replay file's queries are labelled by their ``task`` (RouterBench: arc, winogrande, mbpp)
 or, with ``NAME=FILE``, by NAME (e.g. ``gsm8k=gsm_train.jsonl``). The classifier is fitted on
-the train files with ``cascade.task_router.fit_classifier`` (the code ``cascade router fit``
+the train files with ``cascade.models.task_router.fit_classifier`` (the code ``cascade router fit``
 runs) and measured on the held-out test files, twice: on the whole prompt as sent, and on its
 last paragraph only (RouterBench prompts start with few-shot examples that name the format,
 which makes the whole prompt easy; the last paragraph is the question alone).
@@ -21,9 +21,9 @@ import time
 from collections import Counter, defaultdict
 from typing import Any
 
-from cascade.dataset import iter_dataset
-from cascade.features import prompt_text
-from cascade.task_router import fit_classifier
+from cascade.models.features import prompt_text
+from cascade.models.task_router import fit_classifier
+from cascade.providers.dataset import iter_dataset
 
 
 def load(specs: list[str]) -> list[tuple[str, str]]:

@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import engine_overhead as eo
 
-from cascade.bench import percentile
+from cascade.replay.bench import percentile
 
 
 async def _async_paths(url: str, n: int) -> dict[str, float]:

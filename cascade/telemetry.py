@@ -12,6 +12,7 @@ engine's hot path is untouched when no SDK is installed (the API's no-op tracer)
 
 from __future__ import annotations
 
+import importlib.metadata
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -69,9 +70,12 @@ _NS = 1_000_000_000
 
 
 def _version() -> str:
-    from cascade import __version__
-
-    return __version__
+    # From the installed distribution, not ``cascade.__version__``: the core never imports the
+    # package facade above it (which imports the engine, which imports this module).
+    try:
+        return importlib.metadata.version("cascade-ladder")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
 
 
 class Telemetry:

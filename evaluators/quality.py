@@ -8,7 +8,7 @@ It combines what the engine knows when the answer arrives into one probability:
 - agreement of the answer's extracted final answer with the earlier rungs' answers;
 - the answer's length and shape, and the prompt's (plus hashed word n-grams, if fitted with them).
 
-The fitted model is plain JSON written by ``cascade calibrate`` (``cascade.learn.LinearModel``):
+The fitted model is plain JSON written by ``cascade calibrate`` (``cascade.models.linear.LinearModel``):
 weights, hashing settings and an isotonic map. Loading it validates every field and never runs
 code. The same object scores the answer in ``complete``, in the gateway and in replay.
 """
@@ -30,7 +30,7 @@ from cascade.evaluation import (
     finalized,
     shown,
 )
-from cascade.features import (
+from cascade.models.features import (
     agreement_features,
     answer_features,
     logprob_features,
@@ -38,7 +38,7 @@ from cascade.features import (
     prompt_text,
     signal_features,
 )
-from cascade.learn import LinearModel
+from cascade.models.linear import LinearModel
 from cascade.types import Completion, Message, Request, Verdict
 from evaluators.agreement import Agreement, normalize
 

@@ -63,4 +63,4 @@ def live_config(server: MockLLMServer, *, ladder: list[Any] | None = None,
     }
 
 
-from tests.ledger_db import db  # noqa: E402,F401  (the SQLite/PostgreSQL ledger fixture)
+from tests.ledger.ledger_db import db  # noqa: E402,F401  (the SQLite/PostgreSQL ledger fixture)

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import math
 
-from cascade.budget import worst_case_cost
-from cascade.pricing import Price
+from cascade.config.pricing import Price
+from cascade.engine.budget import worst_case_cost
 from cascade.tokens import NON_TEXT_PART_TOKENS, estimate_input_tokens, text_tokens
 
 FRAMING = 3 + 4  # the request and one message

@@ -8,7 +8,7 @@ from structlog.testing import capture_logs
 from cascade import Cascade
 from cascade.testing import FakeProvider, MockLLMServer, Reply
 from tests.conftest import FAKE_ANTHROPIC_KEY, FAKE_OPENAI_KEY, live_config
-from tests.test_engine import config
+from tests.engine.test_engine import config
 
 STEP_FIELDS = {"run_id", "task", "step", "model", "provider", "attempts", "input_tokens",
                "output_tokens", "cost_usd", "latency_ms", "decision", "verdicts"}

@@ -140,7 +140,7 @@ def test_router_skip_step_is_a_span_without_metrics(tmp_path: Any, otel: Any, mo
     import asyncio
 
     from cascade.testing import FakeProvider, make_completion
-    from tests.test_engine import config
+    from tests.engine.test_engine import config
 
     exporter, reader = otel
     router = {"rungs": {"small": {"dense": ["prompt.words"], "weights": [-4.0], "mean": [2.0],
@@ -233,7 +233,7 @@ def test_refused_shadow_call_is_a_span_without_metric_points(tmp_path: Any, otel
 
 
 def test_auto_task_names_the_run_span_with_its_probability(tmp_path: Any, otel: Any) -> None:
-    from tests.test_task_router import MATH, engine_for, fitted
+    from tests.models.test_task_router import MATH, engine_for, fitted
 
     exporter, _ = otel
     with engine_for(fitted(tmp_path)) as engine:

@@ -14,7 +14,7 @@ its reserved cost by the next process that opens the ledger, or by ``cascade led
 (see ``cascade.ledger.owners`` for how a dead writer is told from a live one).
 
 The money rules (what is estimated, which budgets apply, when to refuse) live in
-``cascade.money``; this package keeps the rows and the totals consistent.
+``cascade.ledger.money``; this package keeps the rows and the totals consistent.
 """
 
 from cascade.ledger.backends import open_sqlite, safe_url

@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from cascade.config import ProviderConfig
-from cascade.dataset import RecordedResponse, ReplayRecord, iter_dataset
 from cascade.errors import ConfigError, ProviderError
 from cascade.providers.base import empty_answer
+from cascade.providers.dataset import RecordedResponse, ReplayRecord, iter_dataset
 from cascade.types import Completion, Message
 
 __all__ = ["ReplayProvider"]

@@ -13,8 +13,8 @@ from typing import Any, ClassVar, Generic, TypeVar
 import httpx2
 
 from cascade.config import ProviderConfig
+from cascade.config.params import TRANSPORT_OPTIONS
 from cascade.errors import ConfigError, ProviderError
-from cascade.params import TRANSPORT_OPTIONS
 from cascade.providers.base import api_key, map_sdk_error
 
 __all__ = ["SDKProvider", "field", "request_body"]

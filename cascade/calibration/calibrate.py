@@ -1,0 +1,238 @@
+"""Tune a ladder's evaluator thresholds on recorded answers: cheapest cascade that keeps quality.
+
+``calibrate`` replays a train set through the real evaluators once (``cascade.calibration.simulation``),
+then simulates every candidate threshold vector and every subset of kept rungs exactly, with
+numpy, and writes the winner back into the config.
+
+Choice under a guard against overfitting: the cheapest configuration whose one-sided 90% lower
+confidence bound of mean(q_cascade(x) - R * q_top(x)) over train queries is >= 0 (paired normal
+approximation). The chosen config is then replayed through ``run_bench`` on train and test.
+
+Tuned: the first evaluator of a rung (cheapest first) that declares a threshold
+(``cascade.evaluation.Thresholded``: a ``tunable`` and a ``threshold_value``). The built-ins are
+``logprob.min``, ``self_confidence.min``, ``llm_judge.min_score``, ``agreement.min_agree`` and
+``length.min_words``; a plug-in that declares one is tuned the same way. "Accept all" is the
+evaluator removed (``min_words: 0`` for length, whose ``Tunable.drop`` is False).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import yaml
+
+from cascade.calibration.calibrated_file import anchor_paths, write_calibrated
+from cascade.calibration.inputs import check_simulable, load_task_records, resolve_task
+from cascade.calibration.policy import calibrate_policy
+from cascade.calibration.result import CalibrationResult, pct, ratio_ci, summary
+from cascade.calibration.simulation import ReplayTable, build_views, grids, simulate
+from cascade.calibration.threshold_search import GUARD, calibrated_mapping, search, stats
+from cascade.config import CascadeConfig, load_config, parse_config
+from cascade.errors import CascadeError, DatasetError
+from cascade.providers.dataset import ReplayRecord, load_dataset
+from cascade.replay.bench import recorded_cost, run_bench
+
+__all__ = ["GUARD", "CalibrationResult", "calibrate", "write_calibrated"]
+
+def _replayed(
+    cfg: CascadeConfig,
+    raw: Mapping[str, Any],
+    records: Sequence[ReplayRecord],
+    task: str,
+    target: float,
+    say: Callable[[str], None],
+    label: str,
+) -> dict[str, Any]:
+    """run_bench's report of the calibrated config, with the bootstrap interval and a check."""
+    say(f"replaying the calibrated config on {label} ({len(records)} queries) with run_bench")
+    report = dict(run_bench(cfg, records, task=task).tasks[task])
+    rp = ReplayTable(cfg, raw, None, records, task, tune=False)
+    subset = tuple(range(len(rp.rungs)))
+    views = build_views(rp, subset, {})
+    cost, quality = simulate(views, np.zeros((1, len(subset)), dtype=int))
+    if (
+        abs(cost.mean() - report["cost_per_query"]) > 1e-9
+        or abs(quality.mean() - report["quality"]) > 1e-9
+    ):
+        raise CascadeError(
+            f"calibration: the simulation disagrees with run_bench on {label} "
+            f"(cost {cost.mean()} vs {report['cost_per_query']}, quality "
+            f"{quality.mean()} vs {report['quality']}); please report this bug"
+        )
+    top = report["baselines"]["always_top"]["quality"]
+    report["quality_ratio_ci95"] = ratio_ci(quality[0], rp.q_top)
+    report["target_met"] = bool(report["quality"] >= target * top - 1e-12)
+    return report
+
+
+def calibrate(
+    config_path: str | Path,
+    train: str | Path,
+    *,
+    target_quality: float,
+    test: str | Path | None = None,
+    task: str | None = None,
+    say: Callable[[str], None] = lambda s: None,
+    method: Literal["policy", "thresholds"] = "policy",
+    delta: float = 0.1,
+    fit_fraction: float = 0.5,
+    seed: int = 0,
+    text_features: bool = False,
+    bound: Literal["betting", "clt"] = "betting",
+    scheme: Literal["holdout", "crossfit"] = "holdout",
+) -> CalibrationResult:
+    """Find the cheapest policy (or thresholds) that keeps quality >= R x always-top.
+
+    ``method="policy"`` (the default) learns quality models and a router and certifies the
+    choice by Learn-then-Test (``cascade.calibration.policy``): with probability >= 1 - ``delta`` the
+    chosen config's expected quality is >= R x always-top's. ``method="thresholds"`` is the
+    earlier search over each rung's one evaluator threshold with a heuristic 90% guard.
+
+    Args:
+        config_path: The YAML config to calibrate.
+        train: A replay dataset to tune on.
+        target_quality: R, e.g. 0.95: quality must reach R x the quality of always calling
+            the ladder's top rung.
+        test: A held-out replay dataset to report on (never used for the choice).
+        task: The task to calibrate (default: the only one of the config or the dataset).
+        say: Progress lines.
+
+    Returns:
+        A ``CalibrationResult``. ``status == "failed"`` when no configuration meets the target
+        under the guard, or the cheapest that does costs more than always-top.
+
+    Raises:
+        ConfigError: the config is invalid, or uses what replay cannot simulate: the task's
+            ``on_exhausted: raise``, ``max_cost_usd``, ``cache`` or budgets, a tuned rung
+            without ``accept: all``, or an evaluator that repairs answers.
+        DatasetError: a dataset is malformed or holds no query of the task.
+        ValueError: ``target_quality`` is not a positive number.
+    """
+    if not (isinstance(target_quality, (int, float)) and 0 < target_quality < math.inf):
+        raise ValueError(f"target_quality must be a positive number, got {target_quality!r}")
+    if method == "policy":
+        result: CalibrationResult = calibrate_policy(
+            config_path,
+            train,
+            target_quality=target_quality,
+            delta=delta,
+            test=test,
+            task=task,
+            fit_fraction=fit_fraction,
+            seed=seed,
+            text_features=text_features,
+            bound=bound,
+            scheme=scheme,
+            say=say,
+        )
+        return result
+    if method != "thresholds":
+        raise ValueError(f"method must be 'policy' or 'thresholds', got {method!r}")
+    started = time.perf_counter()
+    shown = str(config_path)
+    cfg = load_config(config_path)
+    raw = anchor_paths(
+        yaml.safe_load(Path(config_path).read_text(encoding="utf-8")),
+        Path(config_path).resolve().parent,
+    )
+    all_train = load_dataset(train)
+    task = resolve_task(cfg, all_train, task, shown)
+    check_simulable(cfg, task, shown)
+    records = [r for r in all_train if (r.task or task) == task]
+    if not records:
+        raise DatasetError(f"{train}: no query of task {task!r} (train set)")
+    test_records = load_task_records(Path(test), task, "test") if test is not None else None
+    say(
+        f"task {task}: {len(records)} train queries, ladder "
+        f"{' -> '.join(r.model for r in cfg.tasks[task].ladder)}"
+    )
+    rp = ReplayTable(cfg, raw, shown, records, task, tune=True)
+    grid = grids(rp)
+    for i, values in grid.items():
+        say(f"  {rp.rungs[i].key}: {len(values)} candidate values of {rp.rungs[i].label}")
+    best, all_views = search(rp, grid, target_quality, say)
+    top_key = rp.rungs[-1].key
+    top_model = cfg.models[top_key]
+    top_cost = float(
+        np.mean(
+            [
+                recorded_cost(r.responses[top_model.name], cfg, top_key)
+                if top_model.name in r.responses
+                else 0.0
+                for r in records
+            ]
+        )
+    )
+    top_quality = float(rp.q_top.mean())
+    say(
+        f"searched {best.evaluated:,} configurations over {len(all_views)} rung subsets in "
+        f"{time.perf_counter() - started:.1f} s"
+    )
+    frontier = [(float(c), float(q)) for c, q in zip(best.front_c, best.front_q, strict=True)]
+    if best.point is None:
+        message = (
+            f"target unreachable: no configuration keeps quality >= {target_quality:g} x "
+            f"always-top ({target_quality * top_quality:.4f}) on train under the guard "
+            f"({GUARD}); the best lower bound of mean(q - R*q_top) is "
+            f"{best.best_bound:+.4f}, at quality {best.best_bound_quality:.4f} "
+            f"({pct(best.best_bound_quality, top_quality)} of always-top). Lower the "
+            "target or add train data."
+        )
+        return CalibrationResult(
+            task=task,
+            status="failed",
+            message=message,
+            target_quality=target_quality,
+            guard=GUARD,
+            ladder=(),
+            thresholds={},
+            train={},
+            test=None,
+            simulated_train={
+                "always_top_cost_per_query": top_cost,
+                "always_top_quality": top_quality,
+                "best_lower_bound": best.best_bound,
+            },
+            frontier=frontier,
+            config={},
+        )
+    subset, picks = best.point
+    views = all_views[subset]
+    sim_cost, sim_quality = simulate(views, np.array([picks]))
+    _, _, lcb = stats(sim_cost, sim_quality, rp.q_top, target_quality)
+    simulated = {
+        "cost_per_query": float(sim_cost.mean()),
+        "quality": float(sim_quality.mean()),
+        "always_top_cost_per_query": top_cost,
+        "always_top_quality": top_quality,
+        "lower_bound": float(lcb[0]),
+    }
+    mapping, thresholds = calibrated_mapping(raw, rp, task, subset, grid, picks)
+    new_cfg = parse_config(mapping, path=shown)
+    train_report = _replayed(new_cfg, mapping, records, task, target_quality, say, "train")
+    test_report = None
+    if test_records is not None:
+        test_report = _replayed(new_cfg, mapping, test_records, task, target_quality, say, "test")
+    ladder = tuple(rp.rungs[i].key for i in subset)
+    status, message = summary(ladder, thresholds, train_report, test_report, top_cost)
+    return CalibrationResult(
+        task=task,
+        status=status,
+        message=message,
+        target_quality=target_quality,
+        guard=GUARD,
+        ladder=ladder,
+        thresholds=thresholds,
+        train=train_report,
+        test=test_report,
+        simulated_train=simulated,
+        frontier=frontier,
+        config=mapping,
+    )
+
+

@@ -1,0 +1,131 @@
+"""What a calibration found (``CalibrationResult``), and the summary and interval shown with it."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+from cascade.calibration.threshold_search import SEED
+
+__all__ = ["BOOTSTRAP", "CalibrationResult", "pct", "ratio_ci", "summary"]
+
+
+def pct(x: float, of: float) -> str:
+    return f"{x / of:.1%}" if of else "-"
+
+
+BOOTSTRAP = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class CalibrationResult:
+    """What ``calibrate`` found; ``as_json()`` is what the CLI prints or saves.
+
+    Attributes:
+        task: The calibrated task.
+        status: ``ok``, or ``failed`` (target unreachable, or no cheaper than always-top).
+        message: One paragraph saying what was chosen, or why nothing was.
+        target_quality: R: quality must reach R x the always-top quality.
+        guard: How the choice is protected against overfitting the train set.
+        ladder: The kept rungs (model keys), top last.
+        thresholds: Model key -> ``{"type.setting": value}``; ``-inf`` means the evaluator
+            was removed (accept whenever the rung's other evaluators pass).
+        train / test: ``run_bench``'s report of the task on the calibrated config, plus
+            ``quality_ratio_ci95`` (bootstrap) and ``target_met``.
+        simulated_train: The simulator's own numbers for the chosen point.
+        frontier: (cost per query, quality) Pareto points over every configuration evaluated.
+        config: The calibrated YAML mapping (empty when nothing was chosen).
+    """
+
+    task: str
+    status: Literal["ok", "failed"]
+    message: str
+    target_quality: float
+    guard: str
+    ladder: tuple[str, ...]
+    thresholds: dict[str, dict[str, float]]
+    train: dict[str, Any]
+    test: dict[str, Any] | None
+    simulated_train: dict[str, float]
+    frontier: list[tuple[float, float]]
+    config: dict[str, Any]
+    guarantee: dict[str, Any] | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        """A JSON-safe dict (a removed evaluator's ``-inf`` becomes null)."""
+        return {
+            "task": self.task,
+            "status": self.status,
+            "message": self.message,
+            "target_quality": self.target_quality,
+            "guard": self.guard,
+            "ladder": list(self.ladder),
+            "thresholds": {
+                k: {s: (v if math.isfinite(v) else None) for s, v in t.items()}
+                for k, t in self.thresholds.items()
+            },
+            "train": self.train,
+            "test": self.test,
+            "simulated_train": self.simulated_train,
+            "frontier": [list(p) for p in self.frontier],
+            "config": self.config,
+            "guarantee": self.guarantee,
+        }
+
+
+def ratio_ci(quality: np.ndarray, q_top: np.ndarray) -> list[float | None]:
+    """Bootstrap 95% interval of mean(quality) / mean(q_top), paired, fixed seed."""
+    rng = np.random.default_rng(SEED)
+    idx = rng.integers(0, len(quality), size=(BOOTSTRAP, len(quality)))
+    top = q_top[idx].sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ratios = np.where(top > 0, quality[idx].sum(axis=1) / top, np.nan)
+    if np.isnan(ratios).all():
+        return [None, None]  # always-top never scores: the ratio is undefined
+    lo, hi = np.nanpercentile(ratios, [2.5, 97.5])
+    return [float(lo), float(hi)]
+
+
+def summary(
+    ladder: tuple[str, ...],
+    thresholds: Mapping[str, Mapping[str, float]],
+    train: Mapping[str, Any],
+    test: Mapping[str, Any] | None,
+    top_cost: float,
+) -> tuple[Literal["ok", "failed"], str]:
+    """The status and the one-paragraph message of a chosen configuration."""
+    cost, quality = train["cost_per_query"], train["quality"]
+    top = train["baselines"]["always_top"]
+    settings = (
+        "; ".join(
+            f"{k} {s}={v:g}" if math.isfinite(v) else f"{k} {s.split('.')[0]} removed"
+            for k, t in thresholds.items()
+            for s, v in t.items()
+        )
+        or "none"
+    )
+    message = (
+        f"ladder {' -> '.join(ladder)} ({settings}): cost {cost:.6g} USD/query, "
+        f"{pct(cost, top['cost_per_query'])} of always-top; quality {quality:.4f}, "
+        f"{pct(quality, top['quality'])} of always-top on train"
+    )
+    if test is not None:
+        t_top = test["baselines"]["always_top"]
+        message += (
+            f"; on test {pct(test['cost_per_query'], t_top['cost_per_query'])} "
+            f"of the cost at {pct(test['quality'], t_top['quality'])} of the "
+            f"quality (target {'met' if test['target_met'] else 'missed'})"
+        )
+    if cost > top_cost * (1 + 1e-9):
+        return "failed", (
+            f"no cascade pays for itself: the cheapest configuration that meets "
+            f"the target costs {cost:.6g} USD/query, more than always-top "
+            f"({top_cost:.6g}). {message}"
+        )
+    if len(ladder) == 1:
+        return "ok", f"no cheaper cascade meets the target; keep the top rung alone. {message}"
+    return "ok", message

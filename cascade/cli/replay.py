@@ -1,0 +1,387 @@
+"""The replay commands of ``cascade``: ``bench``, ``calibrate`` and ``data import``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from cascade.errors import ConfigError
+from cascade.replay.bench import run_bench
+
+__all__ = ["register"]
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+def _ratio(part: float, whole: float) -> float | None:
+    return part / whole if whole else None
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def print_bench(report: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    for name, t in report["tasks"].items():
+        table = Table(title=f"task {name}: {t['n']} queries, ladder {' -> '.join(t['ladder'])}")
+        for column in ("", "cost/query USD", "quality", "cost vs top", "quality vs top"):
+            table.add_column(column, justify="left" if not column else "right")
+        top = t["baselines"]["always_top"]
+        rows = [
+            ("cascade", t),
+            ("always top", top),
+            ("always first", t["baselines"]["always_first"]),
+            ("oracle", t["baselines"]["oracle"]),
+        ]
+        for label, row in rows:
+            cost_ratio = (
+                row["cost_per_query"] / top["cost_per_query"] if top["cost_per_query"] else None
+            )
+            quality_ratio = row["quality"] / top["quality"] if top["quality"] else None
+            table.add_row(
+                label,
+                f"{row['cost_per_query']:.7f}",
+                f"{row['quality']:.4f}",
+                _fmt(cost_ratio, ".1%"),
+                _fmt(quality_ratio, ".1%"),
+            )
+        console.print(table)
+        shares = ", ".join(
+            f"{k} {s:.1%}" for k, s in zip(t["ladder"], t["accepted_share"], strict=True)
+        )
+        escal = ", ".join(
+            f"past {k} {e:.1%}" for k, e in zip(t["ladder"], t["escalation_rate"], strict=False)
+        )
+        console.print(f"  answered at: {shares}")
+        console.print(
+            f"  escalation: {escal or '-'}; returned unaccepted: "
+            f"{t['unaccepted_share']:.1%}; failed queries: {t['failed']}; "
+            f"error steps: {t['error_steps']}"
+        )
+        lat = t["latency_ms"]
+        console.print(
+            "  recorded latency ms: "
+            + (
+                "not recorded"
+                if lat is None
+                else f"p50 {lat['p50']:.0f}, p95 {lat['p95']:.0f}, p99 {lat['p99']:.0f}"
+            )
+        )
+        ovh = t["engine_overhead_ms"]
+        console.print(f"  engine overhead ms: p50 {ovh['p50']:.3f}, p99 {ovh['p99']:.3f}")
+    qps = report.get("queries_per_second")
+    if qps:
+        console.print(f"{report['queries']} queries replayed at {qps:,.0f} queries/s")
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from rich.progress import Progress
+
+    _quiet()
+    with Progress(transient=True, disable=not sys.stderr.isatty()) as bar:
+        job = bar.add_task("replaying", total=None)
+        result = run_bench(
+            args.config,
+            args.dataset,
+            task=args.task,
+            progress=lambda done, total: bar.update(job, completed=done, total=total),
+        )
+    report = result.as_json()
+    for warning in result.warnings:
+        _say(f"warning: {warning}")
+    print_bench(report)
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2))
+        _say(f"wrote {args.json}")
+    if args.plot:
+        from cascade.replay.plot import plot_tradeoff
+
+        plot_tradeoff(
+            report["tasks"], args.plot, frontier=_frontier(args.frontier), data=report["split"]
+        )
+        _say(f"wrote {args.plot}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Replay the bundled GSM8K recordings through the real engine: no key, no network."""
+    from cascade.demo import DATASET, DEMO_CONFIG, NOTICE
+
+    _quiet()
+    report = run_bench(DEMO_CONFIG, DATASET).as_json()
+    print(
+        f"cascade demo: {report['queries']} GSM8K questions ({report['split']} split) with "
+        "answers recorded from Mixtral-8x7B and GPT-4 (RouteLLM, Apache-2.0; see "
+        f"{NOTICE.name} in {NOTICE.parent}).\nThe ladder tries Mixtral first and escalates to "
+        f"GPT-4 when the worked answer fails text-only checks ({DEMO_CONFIG})."
+    )
+    print_bench(report)
+    for name, t in report["tasks"].items():
+        top, oracle = t["baselines"]["always_top"], t["baselines"]["oracle"]
+        print(
+            f"{name}: the cascade escalated {t['escalation_rate'][0]:.1%} of queries and cost "
+            f"{_fmt(_ratio(t['cost_per_query'], top['cost_per_query']), '.1%')} of always-GPT-4 "
+            f"for {_fmt(_ratio(t['quality'], top['quality']), '.1%')} of its quality; the oracle "
+            f"(escalate exactly when Mixtral is wrong) costs "
+            f"{_fmt(_ratio(oracle['cost_per_query'], top['cost_per_query']), '.1%')} for "
+            f"{_fmt(_ratio(oracle['quality'], top['quality']), '.1%')}."
+        )
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2))
+        print(f"report: wrote {args.json}")
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        print("plot: not drawn (matplotlib is not installed: pip install 'cascade-ladder[plot]')")
+        return 0
+    from cascade.replay.plot import plot_tradeoff
+
+    try:
+        plot_tradeoff(report["tasks"], args.plot, data=report["split"])
+    except OSError as exc:  # a read-only folder: the numbers above stand on their own
+        print(f"plot: not written ({exc}); pass --plot PATH to choose where")
+        return 0
+    print(f"plot: wrote {Path(args.plot).resolve()}")
+    return 0
+
+
+def _frontier(path: str | None) -> dict[str, Any] | None:
+    """The calibration curve saved by ``cascade calibrate --json``, to draw beside the bench."""
+    if not path:
+        return None
+    try:
+        saved = json.loads(Path(path).read_text())
+        return {saved["task"]: [tuple(p) for p in saved["frontier"]]}
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(
+            f"not a calibration result from cascade calibrate --json: {exc}", path=path
+        ) from exc
+
+
+def _quiet() -> None:
+    """Replays log every step; a calibration run wants only its own report."""
+    import logging
+
+    import structlog
+
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    library = logging.getLogger("cascade")
+    library.setLevel(max(library.getEffectiveLevel(), logging.WARNING))
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from cascade.calibration.calibrate import calibrate, write_calibrated
+
+    _quiet()
+    result = calibrate(
+        args.config,
+        args.train,
+        target_quality=args.target_quality,
+        test=args.test,
+        task=args.task,
+        say=_say,
+        method=args.method,
+        delta=args.delta,
+        fit_fraction=args.fit_fraction,
+        seed=args.seed,
+        text_features=args.text_features,
+        bound=args.bound,
+        scheme=args.scheme,
+    )
+    report = result.as_json()
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2))
+        _say(f"wrote {args.json}")
+    if result.status != "ok":
+        _say(f"calibration failed: {result.message}")
+        return 1
+    for label, numbers in (("train", result.train), ("test", result.test)):
+        if not numbers:
+            continue
+        top = numbers["baselines"]["always_top"]
+        ci = numbers.get("quality_ratio_ci95") or [None, None]
+        print(
+            f"{label}: n={numbers['n']} cost/query ${numbers['cost_per_query']:.7f} "
+            f"({_fmt(_ratio(numbers['cost_per_query'], top['cost_per_query']), '.1%')} "
+            "of always-top), "
+            f"quality {numbers['quality']:.4f} "
+            f"({_fmt(_ratio(numbers['quality'], top['quality']), '.1%')} of always-top, "
+            f"95% CI {_fmt(ci[0], '.1%')}..{_fmt(ci[1], '.1%')}), "
+            f"escalation {', '.join(f'{e:.1%}' for e in numbers['escalation_rate']) or '-'}"
+        )
+    print(result.message)
+    if result.guarantee is not None:
+        g = result.guarantee
+        print(
+            f"guarantee: {g['statement']} ({g['method']}, {g['scheme']}, {g['bound']} bound; "
+            f"fitted on {g['fit_queries']} train queries, certified on {g['certify_queries']}; "
+            f"{g['certified']} of {g['candidates']} candidate policies certified, "
+            f"chosen p = {g['p_value']:.4g})"
+        )
+    write_calibrated(result, args.out, command="cascade " + " ".join(sys.argv[1:]))
+    _say(f"wrote {args.out}")
+    if args.plot:
+        from cascade.replay.plot import plot_tradeoff
+
+        plot_tradeoff(
+            {result.task: result.test or result.train},
+            args.plot,
+            frontier={result.task: result.frontier},
+            data="test" if result.test else "train",
+        )
+        _say(f"wrote {args.plot}")
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from cascade.replay.importers import IMPORTERS, import_dataset
+
+    summary = import_dataset(
+        args.name,
+        args.source if args.source is not None else IMPORTERS[args.name].default_url,
+        args.out,
+        split=args.split,
+        seed=args.seed,
+        say=lambda line: _say(f"assumed: {line}"),
+    )
+    print(
+        f"wrote {summary.records} queries to {summary.out} ({summary.skipped} source rows "
+        f"skipped; models: {', '.join(summary.models)})"
+    )
+    return 0
+
+
+def register(sub: Any) -> None:
+    demo = sub.add_parser(
+        "demo",
+        help="benchmark the bundled GSM8K recordings: no API key, no network",
+        description="Replay 300 bundled GSM8K questions (answers recorded from Mixtral-8x7B "
+        "and GPT-4 by RouteLLM) through the real engine, as cascade bench does, and print the "
+        "escalation rate, cost and quality against always-top and the oracle.",
+    )
+    demo.add_argument(
+        "--plot",
+        metavar="OUT.png",
+        default="cascade-demo.png",
+        help="where to write the cost/quality plot (default cascade-demo.png; needs matplotlib)",
+    )
+    demo.add_argument("--json", metavar="OUT", help="also write the report as JSON")
+    demo.set_defaults(handler=cmd_demo)
+
+    bench = sub.add_parser(
+        "bench",
+        help="replay recorded answers through a cascade and measure it",
+        description="Replay every query of a dataset through the real engine, with every "
+        "provider swapped for recordings, and report escalation, cost and quality against "
+        "always-top, always-first and the oracle.",
+    )
+    bench.add_argument("config", help="YAML config file")
+    bench.add_argument("dataset", help="replay dataset (JSONL)")
+    bench.add_argument("--task", help="task for queries that do not name one")
+    bench.add_argument("--json", metavar="OUT", help="also write the report as JSON")
+    bench.add_argument("--plot", metavar="OUT.png", help="write a cost/quality plot (matplotlib)")
+    bench.add_argument(
+        "--frontier",
+        metavar="CALIBRATION.json",
+        help="draw the calibration curve saved by cascade calibrate --json",
+    )
+    bench.set_defaults(handler=cmd_bench)
+
+    cal = sub.add_parser(
+        "calibrate",
+        help="choose the cheapest cascade policy that meets a quality target, with a guarantee",
+        description="Learn a quality_model per rung (from the rungs' candidate evaluators, "
+        "log-probabilities, agreement and answer shape) and a prompt-only router on part of "
+        "TRAIN, search which rungs to keep and every threshold, then certify the choice on "
+        "the rest of TRAIN by Learn-then-Test: with probability >= 1 - delta the expected "
+        "quality is >= R x always-top's. --method thresholds runs the earlier per-evaluator "
+        "threshold search instead.",
+    )
+    cal.add_argument("config", help="YAML config file")
+    cal.add_argument("train", help="labelled replay dataset to tune on")
+    cal.add_argument(
+        "--target-quality",
+        type=float,
+        required=True,
+        metavar="R",
+        help="required quality as a fraction of always-top quality, e.g. 0.95",
+    )
+    cal.add_argument("--test", help="held-out replay dataset to report on")
+    cal.add_argument("--out", required=True, help="where to write the calibrated YAML")
+    cal.add_argument("--task", help="task to calibrate (default: the only one)")
+    cal.add_argument("--json", metavar="OUT", help="also write the full result as JSON")
+    cal.add_argument("--plot", metavar="OUT.png", help="plot the trade-off and frontier")
+    cal.add_argument(
+        "--method",
+        choices=["policy", "thresholds"],
+        default="policy",
+        help="policy (default): learned estimates + Learn-then-Test; thresholds: the earlier "
+        "one-threshold-per-rung search with a heuristic guard",
+    )
+    cal.add_argument(
+        "--delta",
+        type=float,
+        default=0.1,
+        help="allowed probability that the quality target is missed (default 0.1)",
+    )
+    cal.add_argument(
+        "--bound",
+        choices=["betting", "clt"],
+        default="betting",
+        help="betting (default): valid at every sample size; clt: normal approximation, "
+        "valid as the certify set grows, cheaper policies",
+    )
+    cal.add_argument(
+        "--fit-fraction",
+        type=float,
+        default=0.5,
+        help="share of TRAIN used to fit and search; the rest certifies (default 0.5)",
+    )
+    cal.add_argument(
+        "--scheme",
+        choices=["holdout", "crossfit"],
+        default="holdout",
+        help="holdout (default): fit and search on one part, certify on the other; crossfit: "
+        "5-fold estimates for every train query, certified along thresholds fixed in advance "
+        "(more data for both, the deployed model is refit on all of it)",
+    )
+    cal.add_argument("--seed", type=int, default=0, help="seed of the fit/certify split")
+    cal.add_argument(
+        "--text-features",
+        action="store_true",
+        help="also hash the prompt's word n-grams into the estimates (needs more data)",
+    )
+    cal.set_defaults(handler=cmd_calibrate)
+
+    data = sub.add_parser("data", help="dataset tools", description="Dataset tools.")
+    data_sub = data.add_subparsers(dest="data_command", required=True, metavar="COMMAND")
+    imp = data_sub.add_parser(
+        "import",
+        help="convert a public dataset into the replay format",
+        description="Convert routellm-gsm8k, routerbench or alpacaeval into replay JSONL. "
+        "SOURCE is a local folder or the dataset's public URL. Every estimate made (tokens, "
+        "prices, dropped rows) is printed.",
+    )
+    imp.add_argument("name", choices=["routellm-gsm8k", "routerbench", "alpacaeval"])
+    imp.add_argument(
+        "source",
+        nargs="?",
+        help="local folder or URL (default: the dataset's public URL; give a folder offline)",
+    )
+    imp.add_argument("out", help="output JSONL file")
+    imp.add_argument("--split", choices=["train", "test", "all"], default="all")
+    imp.add_argument("--seed", type=int, default=0, help="seed of the train/test split")
+    imp.set_defaults(handler=cmd_import)
+
+    from cascade.cli.feedback import register_data
+
+    register_data(data_sub)

@@ -1,0 +1,252 @@
+"""What a run leaves behind: step records, the result, log events and ledger rows."""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from cascade.config import CascadeConfig
+from cascade.engine.caller import Outcome
+from cascade.errors import (
+    BudgetExceeded,
+    CascadeError,
+    CascadeExhausted,
+    LedgerError,
+    ProviderError,
+)
+from cascade.ledger import Ledger
+from cascade.ledger.money import Accounts, Hold, bill, ledger_failed
+from cascade.logs import get_logger
+from cascade.telemetry import Telemetry
+from cascade.types import CascadeResult, Completion, Decision, Message, StepRecord, Verdict
+
+__all__ = ["Recorder", "Run", "current_run"]
+
+log = get_logger()
+
+
+@dataclass(slots=True)
+class Run:
+    """Mutable bookkeeping of one run; evaluators that call models add their steps here."""
+
+    run_id: str
+    task: str
+    started: float
+    log_content: bool
+    steps: list[StepRecord] = field(default_factory=list)
+    counter: int = 0
+    cap: float | None = None  # max_cost_usd of this run, which judge calls must respect too
+    pending: float = 0.0  # cost of the answer being evaluated, not yet a recorded step
+    query_id: str | None = None  # passed on to side calls, so a replayed judge finds its reply
+    deadline: float | None = None  # time.monotonic() by which the run must end
+    messages: tuple[Message, ...] = ()  # the prompt, kept for the ledger's content rows
+    task_probability: float | None = None  # set when task "auto" chose the task
+    span: Any = None  # the run's OpenTelemetry span, begun at its first step
+    traced: bool | None = None  # whether an OpenTelemetry SDK was installed at its first step
+    metered: bool | None = None
+
+    def next_index(self) -> int:
+        self.counter += 1
+        return self.counter
+
+    def cost(self) -> float:
+        return sum(s.cost_usd for s in self.steps)
+
+
+# The run in progress in this thread or task, so a judge's model call lands in the right run.
+current_run: contextvars.ContextVar[Run | None] = contextvars.ContextVar(
+    "cascade_current_run", default=None
+)
+
+
+class Recorder:
+    """Turns outcomes into ``StepRecord``s, logs them and queues them for the ledger.
+
+    A step that called a model settles its write-ahead row (``hold``); one that called nothing
+    (a skip, a cache hit) gets a row of its own.
+    """
+
+    def __init__(self, config: CascadeConfig, ledger: Ledger | None, accounts: Accounts):
+        self.config = config
+        self.ledger = ledger
+        self.accounts = accounts
+        self.telemetry = Telemetry(
+            {k: p.type for k, p in config.providers.items()},
+            {k: m.name for k, m in config.models.items()},
+        )
+
+    def _run_span(self, run: Run) -> Any:
+        if run.traced is None:  # asked once per run: the checks cost microseconds
+            run.traced = self.telemetry.enabled and self.telemetry.tracing()
+            run.metered = self.telemetry.enabled and self.telemetry.metering()
+        if run.span is None and run.traced:
+            # perf_counter has no epoch: the run's start is now minus its age.
+            age_ns = int((time.perf_counter() - run.started) * 1_000_000_000)
+            run.span = self.telemetry.start_run(run.task, time.time_ns() - age_ns)
+        return run.span
+
+    def step(
+        self,
+        run: Run,
+        model_key: str,
+        outcome: Outcome,
+        decision: Decision,
+        verdicts: tuple[Verdict, ...],
+        *,
+        completion: Completion | None = None,
+        index: int | None = None,
+        error: str | None = None,
+        hold: Hold | None = None,
+    ) -> StepRecord:
+        model = self.config.models[model_key]
+        done = completion or outcome.completion
+        # A recorded (replayed) latency is longer than the replay itself; a live one is shorter
+        # than the wall time that includes retries. The larger is the step's real latency.
+        latency = max(outcome.latency_ms, done.latency_ms if done else 0.0)
+        # Every attempt's bill: the answer's, plus failed attempts that were charged anyway.
+        paid = [*outcome.billed, *([done] if done and decision != "cache" else [])]
+        step = StepRecord(
+            run_id=run.run_id,
+            task=run.task,
+            step=index or run.next_index(),
+            model=model_key,
+            provider=model.provider,
+            attempts=outcome.attempts,
+            input_tokens=sum(c.input_tokens for c in paid),
+            output_tokens=sum(c.output_tokens for c in paid),
+            cached_input_tokens=sum(c.cached_input_tokens for c in paid),
+            cost_usd=bill(paid, model.price),
+            latency_ms=latency,
+            decision=decision,
+            verdicts=verdicts,
+            error=error or (outcome.error.message if outcome.error else None),
+            ts=time.time(),
+            text=done.text if done else None,
+            usage_estimated=any(c.usage_estimated for c in paid),
+        )
+        # The write only queues (the ledger's writer thread commits it), so it never waits and
+        # never sends this call to a thread; it stays first all the same, so that a ledger
+        # operation that could decline to wait (WouldBlock) would change nothing before it.
+        if hold is not None:
+            self.accounts.settle(hold, step)
+        elif self.ledger is not None:
+            self.accounts.record(step)
+        run.steps.append(step)
+        if log.enabled("info"):
+            log.info("cascade.step", **step.as_event(log_content=run.log_content))
+        # After the ledger write (see above).
+        span = self._run_span(run)
+        if span is not None or run.metered:
+            failure = outcome.error
+            error_type = (
+                (str(failure.status_code) if failure.status_code else type(failure).__name__)
+                if failure is not None
+                else ("CascadeError" if error and decision == "error" else None)
+            )
+            self.telemetry.step(span, step, error_type, metered=bool(run.metered))
+        return step
+
+    def result(
+        self,
+        run: Run,
+        model_key: str,
+        completion: Completion | None,
+        verdicts: tuple[Verdict, ...],
+        *,
+        accepted: bool,
+        finalizers: Sequence[Callable[[str], str]] = (),
+    ) -> CascadeResult:
+        text = completion.text if completion else ""
+        for finalize in finalizers:
+            text = finalize(text)
+        parsed = next((v.data for v in verdicts if v.data is not None and v.passed), None)
+        return CascadeResult(
+            text=text,
+            model=model_key,
+            accepted=accepted,
+            cost_usd=run.cost(),
+            latency_ms=(time.perf_counter() - run.started) * 1000,
+            run_id=run.run_id,
+            steps=tuple(sorted(run.steps, key=lambda s: s.step)),
+            task=run.task,
+            json=parsed,
+            task_probability=run.task_probability,
+            tool_calls=completion.tool_calls if completion else (),
+            finish_reason=completion.finish_reason if completion else None,
+            logprobs=completion.token_logprobs if completion else None,
+        )
+
+    def finish(self, result: CascadeResult, run: Run) -> CascadeResult:
+        self.close(result, "ok" if result.accepted else "exhausted", run)
+        return result
+
+    def fail(self, exc: CascadeError, run: Run) -> None:
+        """Close the run's ledger record when it ends in an exception, so no spend goes missing."""
+        error = type(exc).__name__
+        if isinstance(exc, CascadeExhausted):
+            self.close(exc.result, "exhausted", run, error)
+        elif isinstance(exc, (ProviderError, BudgetExceeded)) and exc.result is not None:
+            status = "failed" if isinstance(exc, ProviderError) else "budget"
+            self.close(exc.result, status, run, error)
+        elif run.steps:
+            self.close(
+                self.result(run, "", None, (), accepted=False), f"error: {error}", run, error
+            )
+
+    def content(
+        self, run: Run, steps: Sequence[StepRecord], *, prompt: bool = True
+    ) -> list[tuple[int, str, str | None, str | None, str]]:
+        """The ``content`` rows of a run logged with content (none otherwise): the prompt and
+        each answer, so ``cascade data export`` can rebuild a dataset from the ledger."""
+        if not run.log_content:
+            return []
+        rows: list[tuple[int, str, str | None, str | None, str]] = []
+        if prompt and run.messages:
+            rows.append((0, "prompt", None, None, json.dumps(list(run.messages))))
+        for step in steps:
+            if step.text is not None and step.decision not in ("judge", "cache"):
+                name = self.config.models[step.model].name
+                rows.append((step.step, "answer", step.model, name, step.text))
+        return rows
+
+    def close(
+        self,
+        result: CascadeResult,
+        status: str,
+        run: Run | None = None,
+        error_type: str | None = None,
+    ) -> None:
+        if self.ledger is not None:
+            run_id = result.run_id
+
+            def failed(exc: LedgerError) -> None:
+                # The steps carry the money; a missing run row loses none of it.
+                ledger_failed("cascade.ledger_write_failed", run_id=run_id, error=str(exc))
+
+            # Queued for the ledger's writer thread: never waits, so it is safe first.
+            try:
+                self.ledger.record_run(
+                    result, status=status,
+                    content=self.content(run, result.steps) if run is not None else (),
+                    failed=failed,
+                )
+            except LedgerError as exc:
+                failed(exc)
+        if log.enabled("info"):
+            log.info(
+                "cascade.run",
+                run_id=result.run_id,
+                task=result.task,
+                model=result.model,
+                accepted=result.accepted,
+                status=status,
+                steps=len(result.steps),
+                cost_usd=result.cost_usd,
+                latency_ms=round(result.latency_ms, 3),
+            )
+        if run is not None and self.telemetry.enabled:
+            self.telemetry.end_run(self._run_span(run), result, status, error_type)

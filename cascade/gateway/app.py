@@ -1,0 +1,251 @@
+"""The OpenAI-compatible gateway: any OpenAI SDK client, pointed here, runs through a cascade.
+
+``create_app(engine)`` returns a Starlette (ASGI) app with these routes:
+
+- ``POST /v1/chat/completions``: ``model`` names a task (``faq`` or ``cascade/faq``) or a
+  ``models:`` key, called alone. The ladder runs to the end before the first byte is sent, so a
+  stream carries only the answer that is returned, never one that was later rejected.
+- ``GET /v1/models`` and ``GET /v1/models/{id}``: every task as ``cascade/<task>``, every model key.
+- ``POST /v1/feedback``: a score for a run's answer (``cascade.gateway.feedback``).
+- ``GET /healthz``: liveness, without auth. ``GET /metrics``: Prometheus text, with auth.
+
+Each run is a task of its own that a disconnecting client does not cancel, so every step a
+request paid for reaches the ledger. ``cascade serve`` lives in ``cascade.cli.serve``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from cascade.config import ServerConfig
+from cascade.engine import Cascade
+from cascade.gateway.errors import NO_RETRY, error_response, from_exception, refuse, unauthorized
+from cascade.gateway.feedback import feedback, refresh_drift
+from cascade.gateway.limits import AccessLog, BodyRefused, read_body
+from cascade.gateway.metrics import CONTENT_TYPE_LATEST
+from cascade.gateway.serve import bind, freeze_heap, running, url_of, uvicorn_server
+from cascade.gateway.state import MODEL_TASK_PREFIX, Gateway, read_api_keys
+from cascade.gateway.wire import ENGINE_KEYWORDS, cascade_headers, completion_body, sse_events
+from cascade.logs import get_logger
+from cascade.models.task_router import AUTO
+from cascade.types import CascadeResult
+
+__all__ = [
+    "MODEL_TASK_PREFIX",
+    "Gateway",
+    "bind",
+    "create_app",
+    "freeze_heap",
+    "read_api_keys",
+    "running",
+    "url_of",
+    "uvicorn_server",
+]
+
+log = get_logger()
+
+
+async def _stream(result: CascadeResult, include_usage: bool) -> AsyncIterator[bytes]:
+    for event in sse_events(result, include_usage=include_usage):
+        yield event
+
+
+# -- routes ---------------------------------------------------------------------------------------
+
+
+_CLOSE = {"connection": "close"}
+
+
+async def chat_completions(request: Request) -> Response:
+    gateway: Gateway = request.app.state.gateway
+    if not gateway.authorized(request):
+        return unauthorized(gateway)
+    settings = gateway.settings
+    try:
+        raw = await read_body(
+            request.receive, request.headers, settings.max_body_bytes, settings.client_timeout_s
+        )
+        body = await gateway.parser.parse(raw)
+    except BodyRefused as exc:
+        kind = {413: "BodyTooLarge", 408: "SlowClient"}.get(exc.status, "InvalidRequest")
+        # The rest of a refused body is not read, so the connection cannot be reused.
+        return refuse(gateway, kind, exc.status, exc.message, "invalid_request", headers=_CLOSE)
+    try:
+        params = body.params(settings.allow_params)
+    except ValueError as exc:
+        return refuse(gateway, "InvalidRequest", 400, str(exc), "invalid_request")
+    reserved = sorted(ENGINE_KEYWORDS & params.keys())
+    if reserved:
+        return refuse(
+            gateway,
+            "InvalidRequest",
+            400,
+            f"invalid request body: {', '.join(reserved)}: reserved by the gateway",
+            "invalid_request",
+        )
+    target = gateway.resolve(body.model)
+    if target is None:
+        return refuse(
+            gateway,
+            "UnknownModel",
+            404,
+            f"unknown task or model {body.model!r} (GET /v1/models lists them)",
+            "model_not_found",
+        )
+    access = request.scope.setdefault("state", {}).setdefault("access", {})
+    access["task"] = target[1]
+    try:
+        result = await gateway.run(*target, body.engine_messages(), params)
+    except (TimeoutError, asyncio.TimeoutError):  # distinct classes before Python 3.11
+        gateway.metrics.error("Timeout")
+        return error_response(
+            504,
+            f"the run did not end within server.request_timeout_s "
+            f"({settings.request_timeout_s:g}s); it is recorded when it does",
+            "server_error",
+            "timeout",
+            NO_RETRY,
+        )
+    except Exception as exc:
+        failed = getattr(exc, "result", None)
+        if isinstance(failed, CascadeResult):
+            access.update(model=failed.model or None, cost_usd=failed.cost_usd)
+            access["run_id"] = failed.run_id
+        return from_exception(exc)
+    access.update(model=result.model, cost_usd=result.cost_usd, run_id=result.run_id)
+    headers = cascade_headers(result)
+    if body.stream:
+        headers["cache-control"] = "no-cache"
+        return StreamingResponse(
+            _stream(result, body.include_usage), headers=headers, media_type="text/event-stream"
+        )
+    return JSONResponse(completion_body(result), headers=headers)
+
+
+def _model_entries(gateway: Gateway) -> list[dict[str, Any]]:
+    config = gateway.engine.config
+    tasks = [
+        {"id": f"cascade/{name}", "object": "model", "created": 0, "owned_by": "cascade"}
+        for name in [*config.tasks, *([AUTO] if gateway.engine.task_router else [])]
+    ]
+    models = [
+        {"id": key, "object": "model", "created": 0, "owned_by": model.provider}
+        for key, model in config.models.items()
+    ]
+    return tasks + models
+
+
+async def list_models(request: Request) -> Response:
+    gateway: Gateway = request.app.state.gateway
+    if not gateway.authorized(request):
+        return unauthorized(gateway)
+    return JSONResponse({"object": "list", "data": _model_entries(gateway)})
+
+
+async def get_model(request: Request) -> Response:
+    gateway: Gateway = request.app.state.gateway
+    if not gateway.authorized(request):
+        return unauthorized(gateway)
+    name = request.path_params["name"]
+    target = gateway.resolve(name)
+    if target is None:
+        return refuse(
+            gateway, "UnknownModel", 404, f"unknown task or model {name!r}", "model_not_found"
+        )
+    wanted = f"cascade/{target[1]}" if target[0] is gateway.engine else name
+    entry = next(e for e in _model_entries(gateway) if e["id"] == wanted)
+    return JSONResponse(entry)
+
+
+async def _no_route(request: Request, exc: Exception) -> Response:
+    """Unknown paths and methods answer in OpenAI's error shape, which every client parses."""
+    status = getattr(exc, "status_code", 404)
+    if status == 405:
+        message = f"method {request.method} is not allowed on {request.url.path}"
+        return error_response(405, message, "invalid_request_error", "method_not_allowed")
+    message = (
+        f"unknown route {request.method} {request.url.path} (the gateway serves "
+        "POST /v1/chat/completions, GET /v1/models, GET /healthz and GET /metrics)"
+    )
+    return error_response(404, message, "invalid_request_error", "unknown_route")
+
+
+async def healthz(request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+async def metrics(request: Request) -> Response:
+    gateway: Gateway = request.app.state.gateway
+    if not gateway.authorized(request):
+        return unauthorized(gateway)
+    await refresh_drift(gateway)
+    return Response(gateway.metrics.render(), headers={"content-type": CONTENT_TYPE_LATEST})
+
+
+def create_app(
+    engine: Cascade,
+    *,
+    api_keys_env: str | None = None,
+    api_keys: Sequence[str] | None = None,
+    drain_s: float = 60.0,
+    settings: ServerConfig | None = None,
+    close_engine: bool = False,
+) -> Starlette:
+    """Build the gateway app around an engine.
+
+    Args:
+        engine: The cascade to serve. The app closes its async clients on shutdown; closing
+            the ledger stays with whoever built the engine.
+        api_keys_env: The variable holding comma-separated bearer keys; by default the
+            config's ``server.api_keys_env``.
+        api_keys: The keys themselves, instead of a variable (tests, embedding).
+        drain_s: How long shutdown waits for runs whose clients disconnected.
+        settings: The gateway's limits; by default the config's ``server:`` section.
+        close_engine: Also close the engine (its ledger) on shutdown: for an app that owns
+            its engine, as each worker of ``cascade serve --workers N`` does.
+
+    Returns:
+        A Starlette app; ``app.state.gateway`` is its ``Gateway``.
+
+    Raises:
+        ConfigError: the config cannot be served (a bad evaluator setting, say).
+    """
+    if api_keys is None:
+        env = api_keys_env or getattr(getattr(engine.config, "server", None), "api_keys_env", None)
+        api_keys = read_api_keys(env)
+    gateway = Gateway(engine, api_keys, settings)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        await gateway.drain(drain_s)
+        await engine.shadows.drain(drain_s)
+        await engine.aclose()
+        gateway.parser.close()
+        if close_engine:
+            engine.close()
+
+    app = Starlette(
+        routes=[
+            Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+            Route("/v1/models", list_models, methods=["GET"]),
+            Route("/v1/feedback", feedback, methods=["POST"]),
+            Route("/v1/models/{name:path}", get_model, methods=["GET"]),
+            Route("/healthz", healthz, methods=["GET"]),
+            Route("/metrics", metrics, methods=["GET"]),
+        ],
+        lifespan=lifespan,
+        middleware=[Middleware(AccessLog)],
+        exception_handlers={404: _no_route, 405: _no_route},
+    )
+    app.state.gateway = gateway
+    return app

@@ -1,0 +1,132 @@
+"""Prometheus metrics of the gateway, in a registry of their own per app.
+
+A registry per app (not prometheus-client's global default) lets several gateways, or several
+tests, live in one process without counting into each other.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from cascade.types import CascadeResult, StepRecord
+
+__all__ = ["CONTENT_TYPE_LATEST", "GatewayMetrics"]
+
+# LLM calls take from tens of milliseconds to minutes; prometheus-client's default buckets
+# stop at 10 s.
+_LATENCY_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+# The gateway's own time per run is well under a millisecond when all is well.
+_OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 0.5)
+# Steps that pass a rung over, counted as escalations the same way ``cascade report`` does.
+_ESCALATING = frozenset({"escalate", "error"})
+
+
+# The drift gauges: key in ``refresh_drift``'s rows -> (metric name, help).
+_DRIFT_GAUGES = {
+    "acceptance_rate": ("cascade_drift_acceptance_rate", "Share of the rung's answers accepted."),
+    "accepted_score": ("cascade_drift_accepted_score",
+                       "Mean feedback or shadow score of accepted answers."),
+    "evidence": ("cascade_drift_evidence", "Scores behind cascade_drift_accepted_score."),
+    "cost_per_run": ("cascade_drift_cost_per_run_usd", "Mean cost of the runs the rung answered."),
+    "shadow_cost_usd": ("cascade_drift_shadow_cost_usd", "Cost of the rung's shadow calls."),
+    "flagged": ("cascade_drift_flagged",
+                "1 when the week's accepted quality is below the target."),
+}
+
+class GatewayMetrics:
+    """The counters and the latency histogram behind ``GET /metrics``.
+
+    Labels: ``task`` is the engine task that ran (a direct model call runs the one-rung task
+    ``__model__<key>``), ``model`` and ``rung`` are ``models:`` keys, ``status`` is one of
+    ``accepted``, ``not_accepted``, ``budget_exceeded``, ``exhausted``, ``no_answer``,
+    ``error``, and ``class`` is the exception class or the gateway's refusal
+    (``InvalidRequest``, ``Unauthorized``, ``UnknownModel``).
+    """
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "cascade_requests",
+            "Cascade runs served, by outcome.",
+            ["task", "status"],
+            registry=self.registry,
+        )
+        self.escalations = Counter(
+            "cascade_escalations",
+            "Rungs passed over: answer rejected or call failed.",
+            ["task", "rung"],
+            registry=self.registry,
+        )
+        self.cost = Counter(
+            "cascade_cost_usd",
+            "Spend in USD, every step included.",
+            ["task", "model"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "cascade_request_latency_seconds",
+            "Wall time of a cascade run.",
+            ["task"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.overhead = Histogram(
+            "cascade_gateway_overhead_seconds",
+            "Wall time of a cascade run minus the time its provider calls took (retries "
+            "included): the engine, evaluators, ledger and metrics. Runs with hedged rungs "
+            "whose calls overlapped count 0 at the least.",
+            ["task"],
+            buckets=_OVERHEAD_BUCKETS,
+            registry=self.registry,
+        )
+        self.errors = Counter(
+            "cascade_errors", "Failed requests, by error class.", ["class"], registry=self.registry
+        )
+        self.feedback = Counter(
+            "cascade_feedback", "Feedback rows stored, by source.", ["source"],
+            registry=self.registry,
+        )
+        # The numbers of `cascade report --drift`, per task, rung and ISO week, refreshed from
+        # the ledger at each scrape (cascade.gateway.feedback.refresh_drift).
+        self.drift_gauges = {
+            key: Gauge(name, help_text, ["task", "rung", "week"], registry=self.registry)
+            for key, (name, help_text) in _DRIFT_GAUGES.items()
+        }
+
+    def run(self, task: str, status: str, seconds: float, steps: Iterable[StepRecord] = ()) -> None:
+        """Count one finished run (with whatever steps it took, even if it then failed)."""
+        self.requests.labels(task, status).inc()
+        self.latency.labels(task).observe(seconds)
+        steps = tuple(steps)
+        calls = sum(step.latency_ms for step in steps) / 1000
+        self.overhead.labels(task).observe(max(seconds - calls, 0.0))
+        for step in steps:
+            self.cost.labels(task, step.model).inc(step.cost_usd)
+            if step.decision in _ESCALATING:
+                self.escalations.labels(task, step.model).inc()
+
+    def result(self, result: CascadeResult, seconds: float) -> None:
+        self.run(
+            result.task, "accepted" if result.accepted else "not_accepted", seconds, result.steps
+        )
+
+    def error(self, kind: str) -> None:
+        self.errors.labels(kind).inc()
+
+    def drift(self, rows: Iterable[Any]) -> None:
+        """Replace the drift gauges with these ``cascade.ledger.drift.DriftRow``s."""
+        for gauge in self.drift_gauges.values():
+            gauge.clear()
+        for row in rows:
+            labels = (row.task, row.rung, row.week)
+            for name, gauge in self.drift_gauges.items():
+                value = getattr(row, name)
+                if value is not None:
+                    gauge.labels(*labels).set(float(value))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,159 @@
+"""The gateway's state behind the routes: the engines it serves, its keys, metrics, runs in flight."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import os
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from starlette.requests import Request
+
+from cascade.config import RungConfig, ServerConfig, TaskConfig
+from cascade.engine import Cascade
+from cascade.errors import BudgetExceeded, CascadeExhausted, LedgerError, ProviderError
+from cascade.gateway.limits import BodyParser
+from cascade.gateway.metrics import GatewayMetrics
+from cascade.models.task_router import AUTO
+from cascade.types import CascadeResult
+
+__all__ = ["MODEL_TASK_PREFIX", "Gateway", "direct_engine", "failure", "read_api_keys"]
+
+# A bare model key runs this one-rung task, so the ledger and metrics show it as a normal run.
+MODEL_TASK_PREFIX = "__model__"
+# The run ends by server.request_timeout_s on its own (it is the run's deadline); this grace
+# lets it report how it ended before the gateway gives up waiting and answers 504.
+REQUEST_GRACE_S = 2.0
+
+
+def read_api_keys(env: str | None) -> tuple[str, ...]:
+    """The comma-separated bearer keys in the variable ``env`` (none when unset or empty)."""
+    raw = os.environ.get(env, "") if env else ""
+    return tuple(k.strip() for k in raw.split(",") if k.strip())
+
+
+def direct_engine(engine: Cascade) -> Cascade:
+    """An engine whose tasks are one rung per model key, sharing everything else with ``engine``.
+
+    ``Cascade.with_tasks`` shares the providers and their connections, the ledger, budgets,
+    breakers, concurrency slots and the retry policy. The user's config object is never changed.
+    """
+    tasks = {
+        f"{MODEL_TASK_PREFIX}{key}": TaskConfig(ladder=[RungConfig(model=key)])
+        for key in engine.config.models
+    }
+    return engine.with_tasks(tasks)
+
+
+class Gateway:
+    """The state behind the routes: engines, keys, metrics and the runs in flight.
+
+    Args:
+        engine: The cascade to serve; the gateway closes its async clients on shutdown.
+        api_keys: Accepted bearer keys; empty means no auth.
+        settings: The limits (``server:`` section); by default the engine config's.
+    """
+
+    def __init__(
+        self,
+        engine: Cascade,
+        api_keys: Sequence[str] = (),
+        settings: ServerConfig | None = None,
+    ):
+        self.engine = engine
+        self.direct = direct_engine(engine)
+        self._keys = tuple(k.encode() for k in api_keys)
+        self.metrics = GatewayMetrics()
+        self.inflight: set[asyncio.Task[CascadeResult]] = set()
+        configured = getattr(engine.config, "server", None)
+        self.settings = settings or (
+            configured if isinstance(configured, ServerConfig) else ServerConfig()
+        )
+        self.parser = BodyParser(self.settings.max_messages)
+
+    def authorized(self, request: Request) -> bool:
+        if not self._keys:
+            return True
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        given = token.strip().encode()
+        # Compare against every key so the timing does not tell which one nearly matched.
+        matches = [hmac.compare_digest(given, key) for key in self._keys]
+        return scheme.lower() == "bearer" and any(matches)
+
+    def resolve(self, name: str) -> tuple[Cascade, str] | None:
+        """``cascade/X`` is always task X; a bare name is a task if one exists, else a model.
+
+        ``auto`` (or ``cascade/auto``) lets the task router pick the task, when one is fitted.
+        """
+        if (name in (AUTO, f"cascade/{AUTO}") and AUTO not in self.engine.tasks
+                and self.engine.task_router is not None):
+            return self.engine, AUTO
+        if name.startswith("cascade/"):
+            task = name.removeprefix("cascade/")
+            return (self.engine, task) if task in self.engine.tasks else None
+        if name in self.engine.tasks:
+            return self.engine, name
+        if name in self.engine.config.models:
+            return self.direct, MODEL_TASK_PREFIX + name
+        return None
+
+    async def run(
+        self, engine: Cascade, task: str, messages: list[dict[str, Any]], params: dict[str, Any]
+    ) -> CascadeResult:
+        """Run the cascade in a task of its own, so a cancelled request does not cut it short.
+
+        The run's deadline is ``server.request_timeout_s``.
+
+        Raises:
+            TimeoutError: the run had not ended shortly after that; it goes on in the background.
+        """
+        job = asyncio.ensure_future(
+            self._run(
+                engine, task, messages, {**params, "deadline_s": self.settings.request_timeout_s}
+            )
+        )
+        self.inflight.add(job)
+        job.add_done_callback(self._done)
+        return await asyncio.wait_for(
+            asyncio.shield(job), self.settings.request_timeout_s + REQUEST_GRACE_S
+        )
+
+    def _done(self, job: asyncio.Task[CascadeResult]) -> None:
+        self.inflight.discard(job)
+        if not job.cancelled():
+            job.exception()  # retrieved, so an abandoned failure is not reported as lost
+
+    async def _run(
+        self, engine: Cascade, task: str, messages: list[dict[str, Any]], params: dict[str, Any]
+    ) -> CascadeResult:
+        started = time.perf_counter()
+        try:
+            result = await engine.acomplete(task, messages, **params)
+        except Exception as exc:
+            status, steps = failure(exc)
+            self.metrics.run(task, status, time.perf_counter() - started, steps)
+            self.metrics.error(type(exc).__name__)
+            raise
+        self.metrics.result(result, time.perf_counter() - started)
+        return result
+
+    async def drain(self, timeout_s: float) -> None:
+        """Wait for runs whose clients left, so their last steps are recorded before exit."""
+        if self.inflight:
+            await asyncio.wait(set(self.inflight), timeout=timeout_s)
+
+
+def failure(exc: BaseException) -> tuple[str, Sequence[Any]]:
+    result = getattr(exc, "result", None)
+    steps = result.steps if result is not None else ()
+    if isinstance(exc, BudgetExceeded):
+        return "budget_exceeded", steps
+    if isinstance(exc, CascadeExhausted):
+        return "exhausted", steps
+    if isinstance(exc, ProviderError):
+        return "no_answer", steps
+    if isinstance(exc, LedgerError):
+        return "ledger_unavailable", steps
+    return "error", steps

@@ -1,0 +1,176 @@
+"""cascade demo and the first-run path: bundled data, no keys, no network, clear errors."""
+
+from __future__ import annotations
+
+import builtins
+import dataclasses
+import gzip
+import json
+import socket
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cascade.cli import main
+from cascade.demo import DATASET, DEMO_CONFIG, NOTICE
+from cascade.providers.dataset import load_dataset
+from cascade.replay.bench import run_bench
+from cascade.replay.importers import IMPORTERS
+
+
+def test_bundled_data_is_what_the_notice_says() -> None:
+    """300 GSM8K test-split rows, both models recorded, gzip, with the Apache-2.0 attribution."""
+    records = load_dataset(DATASET)
+    assert len(records) == 300
+    assert {r.meta["split"] for r in records} == {"test"}
+    for r in records:
+        assert set(r.responses) == {"mistralai/Mixtral-8x7B-Instruct-v0.1", "gpt-4-1106-preview"}
+    with gzip.open(DATASET) as fh:
+        assert fh.readline().startswith(b"{")
+    notice = NOTICE.read_text()
+    assert "Apache License, Version 2.0" in notice
+    assert "lm-sys/RouteLLM" in notice
+    assert DATASET.stat().st_size < 200_000  # small enough to ship in the wheel
+
+
+def test_demo_prints_real_numbers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """The demo replays through the real engine: its numbers are cascade bench's, to the digit."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    assert main(["demo", "--json", "r.json"]) == 0
+    out = capsys.readouterr().out
+    demo = json.loads((tmp_path / "r.json").read_text())["tasks"]["math"]
+    bench = run_bench(DEMO_CONFIG, DATASET).as_json()["tasks"]["math"]
+    assert demo["cost_per_query"] == bench["cost_per_query"]
+    assert demo["quality"] == bench["quality"]
+    top, oracle = bench["baselines"]["always_top"], bench["baselines"]["oracle"]
+    assert f"escalated {bench['escalation_rate'][0]:.1%}" in out
+    assert f"cost {bench['cost_per_query'] / top['cost_per_query']:.1%} of always-GPT-4" in out
+    assert f"costs {oracle['cost_per_query'] / top['cost_per_query']:.1%}" in out
+    # It is a cascade between the baselines, not a copy of either.
+    assert bench["baselines"]["always_first"]["quality"] < bench["quality"] < top["quality"]
+    assert 0 < bench["escalation_rate"][0] < 1
+    plot = tmp_path / "cascade-demo.png"
+    assert f"plot: wrote {plot}" in out
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_demo_without_matplotlib_still_prints(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """No [plot] extra: one line says so, and the numbers are printed all the same."""
+    real_import = builtins.__import__
+
+    def no_matplotlib(name: str, *args: Any, **kwargs: Any) -> Any:
+        if name == "matplotlib" or name.startswith("matplotlib."):
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
+    assert main(["demo"]) == 0
+    out = capsys.readouterr().out
+    assert "plot: not drawn (matplotlib is not installed: pip install 'cascade-ladder[plot]')" in out
+    assert "the cascade escalated" in out
+    assert not (tmp_path / "cascade-demo.png").exists()
+
+
+def test_bench_empty_dataset_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    assert main(["bench", str(DEMO_CONFIG), str(empty)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "the dataset has no queries" in err
+
+
+def test_bench_model_without_recordings(tmp_path: Path,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """A ladder with no recorded model exits 2; one unrecorded rung is a warning."""
+    config = tmp_path / "c.yaml"
+    text = DEMO_CONFIG.read_text().replace("gsm8k-300", str(DATASET.with_suffix("")))
+    config.write_text(text.replace("name: gpt-4-1106-preview", "name: gpt-5"))
+    assert main(["bench", str(config), str(DATASET)]) == 0
+    err = capsys.readouterr().err
+    assert "warning:" in err
+    assert "model 'gpt4' (name 'gpt-5') has no recordings" in err
+    config.write_text(text.replace("name: gpt-4-1106-preview", "name: gpt-5")
+                      .replace("name: mistralai/Mixtral-8x7B-Instruct-v0.1", "name: mixtral"))
+    assert main(["bench", str(config), str(DATASET)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "model 'mixtral' (name 'mixtral'), 'gpt4' (name 'gpt-5') has no recordings" in err
+    assert "gpt-4-1106-preview" in err  # what the dataset does record
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_import_without_source_uses_the_public_url(monkeypatch: pytest.MonkeyPatch,
+                                                   tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """No SOURCE: the default URL; when it cannot be reached, the error says how to go offline."""
+    url = f"http://127.0.0.1:{_closed_port()}/routellm/gsm8k"
+    monkeypatch.setitem(IMPORTERS, "routellm-gsm8k",
+                        dataclasses.replace(IMPORTERS["routellm-gsm8k"], default_url=url))
+    code = main(["data", "import", "routellm-gsm8k", str(tmp_path / "x.jsonl")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert f"{url}/gsm8k_responses.csv: download failed" in err
+    assert "pass their folder: cascade data import routellm-gsm8k FOLDER OUT.jsonl" in err
+    assert not (tmp_path / "x.jsonl").exists()
+
+
+def test_demo_config_runs_one_query_by_id(capsys: pytest.CaptureFixture[str]) -> None:
+    """A replay config answers `cascade run --query-id`; its dataset path is the config's."""
+    first = load_dataset(DATASET)[0]
+    code = main(["run", str(DEMO_CONFIG), "math", first.messages[0].content,  # type: ignore[arg-type]
+                 "--query-id", first.id])
+    out, err = capsys.readouterr()
+    assert code == 0
+    assert out.strip() in {r.text.strip() for r in first.responses.values()}
+    assert "model=" in err
+
+
+def test_plot_legend_names_every_mark_and_the_data(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every mark drawn has a legend entry, and the title says which split it shows."""
+    pytest.importorskip("matplotlib")
+    from matplotlib.figure import Figure
+
+    from cascade.replay.plot import plot_tradeoff
+
+    seen: dict[str, Any] = {}
+    real_savefig = Figure.savefig
+
+    def capture(self: Figure, *args: Any, **kwargs: Any) -> None:
+        ax = self.axes[0]
+        seen["legend"] = [t.get_text() for t in ax.get_legend().get_texts()]
+        seen["title"] = ax.get_title()
+        seen["marks"] = len(ax.collections) + len(ax.lines)
+        real_savefig(self, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", capture)
+    report = run_bench(DEMO_CONFIG, DATASET).as_json()
+    plot_tradeoff(report["tasks"], tmp_path / "p.png", frontier={"math": [(0.001, 0.8),
+                                                                          (0.002, 0.84)]},
+                  data=report["split"])
+    assert seen["legend"] == ["single model (always that one)", "calibration frontier (train)",
+                              "oracle", "cascade", "always-top quality"]
+    # two single-model points share one entry; every other mark has its own
+    assert seen["marks"] == len(seen["legend"]) + 1
+    assert seen["title"].startswith("math [test data, n=300]: cascade 23% of top cost")
+
+
+def test_demo_plot_to_an_unwritable_place(tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("matplotlib")
+    assert main(["demo", "--plot", str(tmp_path / "no-such-dir" / "p.png")]) == 0
+    out = capsys.readouterr().out
+    assert "plot: not written (" in out
+    assert "the cascade escalated" in out

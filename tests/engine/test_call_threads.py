@@ -1,0 +1,65 @@
+"""The sync path's call threads: reused, never queued behind a hung call, context carried."""
+
+from __future__ import annotations
+
+import contextvars
+import os
+import threading
+import time
+
+import pytest
+
+from cascade.engine.call_threads import run_within
+
+WHO: contextvars.ContextVar[str] = contextvars.ContextVar("who", default="nobody")
+
+
+def call_threads() -> int:
+    return sum(1 for t in threading.enumerate() if t.name == "cascade-call")
+
+
+def test_threads_are_reused_across_calls() -> None:
+    before = call_threads()
+    for _ in range(200):
+        assert run_within(5, lambda: 7) == 7
+    assert call_threads() - before <= 1  # one thread served them all, one after another
+
+
+def test_a_hung_call_does_not_hold_up_the_next() -> None:
+    release = threading.Event()
+    started = time.monotonic()
+    with pytest.raises(TimeoutError):
+        run_within(0.05, lambda: release.wait(10))
+    assert time.monotonic() - started < 1
+    started = time.monotonic()
+    assert run_within(5, lambda: "next") == "next"  # another thread, at once
+    assert time.monotonic() - started < 1
+    release.set()
+
+
+def test_errors_and_the_callers_context_reach_the_call() -> None:
+    token = WHO.set("the run")
+    try:
+        assert run_within(5, WHO.get) == "the run"
+    finally:
+        WHO.reset(token)
+
+    def boom() -> None:
+        raise KeyError("from the call")
+
+    with pytest.raises(KeyError, match="from the call"):
+        run_within(5, boom)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork() only")
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # fork() with threads (3.12+)
+def test_a_forked_child_gets_threads_of_its_own() -> None:
+    assert run_within(5, lambda: 1) == 1  # an idle thread exists in the parent now
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os._exit(0 if run_within(2, lambda: 2) == 2 else 1)
+        except BaseException:
+            os._exit(2)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
