@@ -71,7 +71,7 @@ class _PastDeadline(stop_base):
 def _log_retry(state: RetryCallState) -> None:
     exc = state.outcome.exception() if state.outcome else None
     log.warning(
-        "cascade.engine.retry",
+        "cascade.retry",
         attempt=state.attempt_number,
         wait_s=round(state.upcoming_sleep, 3),
         provider=getattr(exc, "provider", None),
