@@ -8,7 +8,7 @@ It combines what the engine knows when the answer arrives into one probability:
 - agreement of the answer's extracted final answer with the earlier rungs' answers;
 - the answer's length and shape, and the prompt's (plus hashed word n-grams, if fitted with them).
 
-The fitted model is plain JSON written by ``cascade calibrate`` (``cascade.models.linear.LinearModel``):
+The fitted model is plain JSON written by ``cascade calibrate`` (``models.linear.LinearModel``):
 weights, hashing settings and an isotonic map. Loading it validates every field and never runs
 code. The same object scores the answer in ``complete``, in the gateway and in replay.
 """

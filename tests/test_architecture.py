@@ -190,7 +190,8 @@ def test_the_walk_sees_lazy_and_type_checking_imports(tmp_path: Path) -> None:
 
 def test_cycle_finder_finds_a_cycle_hidden_among_many_modules() -> None:
     """A three-module cycle is reported, a diamond is not."""
-    edges = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"e", "f"}, "e": {"g"}, "f": {"g"}, "g": set()}
+    edges = {"a": {"b"}, "b": {"c"}, "c": {"a"},
+             "d": {"e", "f"}, "e": {"g"}, "f": {"g"}, "g": set()}
     assert cycles(edges) == [["a", "b", "c"]]
 
 

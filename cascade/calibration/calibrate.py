@@ -1,6 +1,6 @@
 """Tune a ladder's evaluator thresholds on recorded answers: cheapest cascade that keeps quality.
 
-``calibrate`` replays a train set through the real evaluators once (``cascade.calibration.simulation``),
+``calibrate`` replays a train set through the real evaluators once (``simulation``),
 then simulates every candidate threshold vector and every subset of kept rungs exactly, with
 numpy, and writes the winner back into the config.
 
@@ -89,7 +89,7 @@ def calibrate(
     """Find the cheapest policy (or thresholds) that keeps quality >= R x always-top.
 
     ``method="policy"`` (the default) learns quality models and a router and certifies the
-    choice by Learn-then-Test (``cascade.calibration.policy``): with probability >= 1 - ``delta`` the
+    choice by Learn-then-Test (``calibration.policy``): with probability >= 1 - ``delta`` the
     chosen config's expected quality is >= R x always-top's. ``method="thresholds"`` is the
     earlier search over each rung's one evaluator threshold with a heuristic 90% guard.
 

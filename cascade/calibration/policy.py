@@ -12,7 +12,7 @@ Scheme ``holdout`` (the default):
    price of quality lambda is searched by coordinate descent. The policies no other beats on
    both cost and quality, most conservative first, form the candidate sequence.
 4. On the certify part, never used so far, the candidates are tested in that order
-   (``cascade.calibration.guarantee``): each must show E[q - R x q_top] >= 0 at level delta. The cheapest
+   (``calibration.guarantee``): each must show E[q - R x q_top] >= 0 at level delta. The cheapest
    certified candidate is chosen. With probability >= 1 - delta it meets the target.
 
 Scheme ``crossfit``: every train query gets an estimate from the fold models (5 folds) that did
@@ -143,7 +143,7 @@ def calibrate_policy(
     """Learn a policy on part of ``train`` and certify it on the rest; see the module doc.
 
     Returns:
-        A ``cascade.calibration.calibrate.CalibrationResult`` whose ``guarantee`` states what was certified.
+        A ``calibration.result.CalibrationResult`` whose ``guarantee`` states what was certified.
     """
 
     if not 0 < delta < 1:

@@ -1,4 +1,4 @@
-"""The policy search of ``calibrate_policy``: candidate policies, cheapest first per price of quality.
+"""The policy search of ``calibrate_policy``: candidates, cheapest first per price of quality.
 
 On small ladders every combination of kept rungs, router skips and acceptance thresholds is
 evaluated; on large ones, coordinate descent finds the cheapest policy for each price of quality

@@ -7,7 +7,7 @@ batch of threshold settings at once: rungs in order, an error step costs nothing
 accepted answer ends the run, evaluators run cheapest first and stop at the first rejection
 (``accept: all``), and the top rung answers regardless (``on_exhausted: return_last``), or the
 last answer obtained is returned when it fails. Recorded scores are read from the records here
-and never reach an evaluator. ``cascade.calibration.calibrate`` searches with it; its tests compare it with
+and never reach an evaluator. ``calibration.calibrate`` searches with it; its tests compare it with
 ``run_bench``.
 """
 

@@ -2,7 +2,7 @@
 
 Every subset of kept rungs is searched: its grid of candidate thresholds exhaustively when it
 is small, else by coordinate descent from several starts. Each configuration's cost and quality
-on the train queries come from the exact simulator (``cascade.calibration.simulation``). The choice is the
+on the train queries come from the exact simulator (``calibration.simulation``). The choice is the
 cheapest configuration whose one-sided 90% lower confidence bound of
 mean(q_cascade(x) - R * q_top(x)) is >= 0 (paired normal approximation).
 """

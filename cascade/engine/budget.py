@@ -1,4 +1,4 @@
-"""Spending limits, kept importable here; the money rules themselves live in ``cascade.ledger.money``.
+"""Spending limits, kept importable here; the money rules themselves live in ``ledger.money``.
 
 Period budgets are reserved in the ledger's database (one transaction per reservation against
 running totals), so they hold across threads, processes and hosts that share the ledger.

@@ -7,7 +7,7 @@
   escalate), written once;
 - ``cascade.engine.plan``: the two drivers, ``drive`` for ``complete`` and ``adrive`` for
   ``acomplete``, which carry out a plan's calls, evaluations and ledger operations;
-- ``cascade.engine.caller`` (retries, breakers, deadlines), ``cascade.engine.limits`` (caps, budgets and
+- ``engine.caller`` (retries, breakers, deadlines), ``engine.limits`` (caps, budgets and
   the write-ahead rows), ``cascade.engine.recorder`` (steps, logs, the ledger's rows);
 - ``cascade.engine.services``: the model calls lent to evaluators (the judge).
 """

@@ -1,6 +1,6 @@
 """The ladder, written once: call a rung -> price it -> evaluate -> record -> accept or escalate.
 
-``Ladder.plan`` is a generator (a *plan*, see ``cascade.engine.plan``) that yields the I/O it needs: a
+``Ladder.plan`` is a generator (a *plan*, see ``engine.plan``) that yields the I/O it needs: a
 model ``Call``, an evaluation (``Eval``), a ledger operation (``Io``) or a ``Hedge`` of rung
 plans. ``complete`` drives it synchronously and ``acomplete`` with ``await``, so both paths take
 exactly the same decisions. Nothing here waits for anything itself.

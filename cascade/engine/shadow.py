@@ -199,7 +199,8 @@ class Shadows:
                 if self.ledger is not None:
                     rows = self.recorder.content(run, [step], prompt=False)
                     if rows:
-                        yield io(self.ledger.record_content, run.run_id, rows)  # queued for its writer
+                        # queued for the ledger's writer thread
+                        yield io(self.ledger.record_content, run.run_id, rows)
         top = keys[-1]
         if top in answers and self.ledger is not None:
             label = agreement_label(result.text, answers[top].text)

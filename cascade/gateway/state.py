@@ -1,4 +1,4 @@
-"""The gateway's state behind the routes: the engines it serves, its keys, metrics, runs in flight."""
+"""The state behind the gateway's routes: the engines it serves, keys, metrics, runs in flight."""
 
 from __future__ import annotations
 

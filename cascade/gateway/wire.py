@@ -64,7 +64,7 @@ Json = dict[str, Any]
 class ChatRequest(BaseModel):
     """The body of ``POST /v1/chat/completions``: the OpenAI chat parameters, types checked.
 
-    Every parameter the gateway forwards is declared here (``cascade.config.params.CHAT_PARAMS`` names
+    Every parameter the gateway forwards is declared here (``config.params.CHAT_PARAMS`` names
     the same set). Other fields are kept aside and refused by ``params`` unless the operator
     allows them under ``server.allow_params``.
     """

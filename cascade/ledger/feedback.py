@@ -2,7 +2,7 @@
 
 A score is the quality of the answer the run returned, in [0, 1]. ``source`` says where it came
 from: ``user`` (``engine.feedback``, ``cascade feedback``, ``POST /v1/feedback``) or
-``shadow:agreement`` (a shadow evaluation, see ``cascade.engine.shadow``). Export, drift and the task
+``shadow:agreement`` (a shadow evaluation, see ``engine.shadow``). Export, drift and the task
 router read them back; a user's score wins over a shadow label for the same run.
 """
 

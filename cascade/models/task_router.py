@@ -1,7 +1,7 @@
 """Task ``auto``: pick the task from the prompt with a linear classifier fitted from examples.
 
-Features are hashed word n-grams (``cascade.models.linear.hashed``) and hashed character n-grams of the
-prompt; each task gets a one-vs-rest logistic regression fitted by ``cascade.models.linear.fit_logistic``
+Features are hashed word n-grams (``models.linear.hashed``) and hashed character n-grams of the
+prompt; each task gets a one-vs-rest logistic regression fitted by ``models.linear.fit_logistic``
 (Newton's method, L2 penalty, deterministic). The probability of a task is its one-vs-rest
 probability divided by the sum over tasks. The fitted model is plain JSON (``TaskClassifier``),
 validated field by field when loaded: never a pickle, no downloaded weights.
