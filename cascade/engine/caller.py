@@ -20,7 +20,7 @@ from cascade.config import CascadeConfig, ModelConfig
 from cascade.engine.call_threads import run_within
 from cascade.engine.limits import Limits
 from cascade.engine.retry import RetryPolicy
-from cascade.errors import ProviderError
+from cascade.errors import CascadeError, ConfigError, ProviderError, RequestError
 from cascade.logs import get_logger
 from cascade.providers.base import Provider
 from cascade.types import Completion, Message
@@ -50,6 +50,9 @@ class Outcome:
     attempts: int
     latency_ms: float
     billed: tuple[Completion, ...] = ()  # usage of failed attempts that was billed anyway
+    # The error that stopped the call before its request was sent (a missing API key, a body
+    # that cannot be built): nothing left the process, so the step costs nothing of its own.
+    unsent: CascadeError | None = None
 
 
 NOTHING = Outcome(None, None, 0, 0.0)  # the outcome of a step that called nothing (a skip)
@@ -62,12 +65,21 @@ class _Tally:
     attempts: int = 0
     last: ProviderError | None = None
     billed: list[Completion] = field(default_factory=list)
+    unsent: CascadeError | None = None
 
     def outcome(self, completion: Completion | None, error: ProviderError | None,
                 started: float) -> Outcome:
         # When the circuit opened mid-step, the fault that opened it is the better story.
         return Outcome(completion, self.last or error if completion is None else None,
-                       self.attempts, _since(started), tuple(self.billed))
+                       self.attempts, _since(started), tuple(self.billed), self.unsent)
+
+
+class _NotSent(Exception):
+    """Ends a call whose request was never sent (its cause is kept in the tally)."""
+
+
+# Raised by our own code while the request is built, so before anything is sent.
+_BEFORE_SENDING = (ConfigError, RequestError)
 
 
 class Caller:
@@ -107,6 +119,9 @@ class Caller:
                 if exc.billed is not None:
                     tally.billed.append(exc.billed)
                 return tally.outcome(None, exc, started)
+            except _BEFORE_SENDING as exc:
+                tally.attempts, tally.unsent = 0, exc
+                return tally.outcome(None, None, started)
             return tally.outcome(done, None, started)
         slot = self.limits.sync_slot(model.provider)
         try:
@@ -116,6 +131,8 @@ class Caller:
                 completion = self._retried(op, model, provider, slot, tally, first)
         except ProviderError as exc:
             return tally.outcome(None, exc, started)
+        except _NotSent:
+            return tally.outcome(None, None, started)
         return tally.outcome(completion, None, started)
 
     def _retried(self, op: Call, model: ModelConfig, provider: Provider,
@@ -150,6 +167,12 @@ class Caller:
         except ProviderError as exc:
             self._failed(model, tally, exc)
             raise
+        except _BEFORE_SENDING as exc:
+            # Not an attempt: nothing was sent, nothing can be billed, the breaker learns
+            # nothing about the provider, and a retry would fail the same way.
+            tally.attempts -= 1
+            tally.unsent = exc
+            raise _NotSent from exc
         self._note(model.provider, None)
         return completion
 
@@ -166,6 +189,8 @@ class Caller:
                 completion = await self._aretried(op, model, provider, slot, tally, first)
         except ProviderError as exc:
             return tally.outcome(None, exc, started)
+        except _NotSent:
+            return tally.outcome(None, None, started)
         return tally.outcome(completion, None, started)
 
     async def _aretried(self, op: Call, model: ModelConfig, provider: Provider,
@@ -200,6 +225,12 @@ class Caller:
         except ProviderError as exc:
             self._failed(model, tally, exc)
             raise
+        except _BEFORE_SENDING as exc:
+            # Not an attempt: nothing was sent, nothing can be billed, the breaker learns
+            # nothing about the provider, and a retry would fail the same way.
+            tally.attempts -= 1
+            tally.unsent = exc
+            raise _NotSent from exc
         self._note(model.provider, None)
         return completion
 

@@ -263,6 +263,13 @@ class Ladder:
         # alongside a lower one does not see that rung's answer (docs/reliability.md).
         history = tuple(climb.history)
         outcome = yield Call(rung.key, convo, call_params, run.query_id, run.deadline)
+        if outcome.unsent is not None:
+            # Nothing was sent (a missing key, a body that cannot be built): the write-ahead
+            # row is settled at its real cost, nothing, before the error goes up; a later rung
+            # would fail the same way or hide a mistake the user must fix.
+            yield io(self.recorder.step, run, rung.key, outcome, "error", (), index=index,
+                     hold=gate.hold, error=f"not sent: {outcome.unsent}")
+            raise outcome.unsent
         if outcome.completion is None:
             yield io(self.recorder.step, run, rung.key, outcome, "error", (), index=index,
                      hold=gate.hold)

@@ -118,8 +118,11 @@ class Services:
     ) -> Completion:
         """Record the call as a ``judge`` step, then return its answer or raise its error."""
         if run is not None:
+            error = None if outcome.unsent is None else f"not sent: {outcome.unsent}"
             self.recorder.step(run, op.model_key, outcome, "judge", (), index=index,
-                               hold=gate.hold)
+                               hold=gate.hold, error=error)
+        if outcome.unsent is not None:
+            raise outcome.unsent
         if outcome.error is not None:
             raise outcome.error
         assert outcome.completion is not None

@@ -188,9 +188,11 @@ class Shadows:
             try:
                 outcome = yield Call(rung.key, messages, call_params, None, run.deadline)
                 done = outcome.completion
+                unsent = None if outcome.unsent is None else f"not sent: {outcome.unsent}"
                 step = yield io(
                     self.recorder.step, run, rung.key, outcome, "shadow", (),
                     completion=None if done is None else done, index=index, hold=gate.hold,
+                    error=unsent,
                 )
             finally:
                 self.limits.release(gate)

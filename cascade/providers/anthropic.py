@@ -10,6 +10,7 @@ from typing import Any, ClassVar
 
 import anthropic
 
+from cascade.errors import RequestError
 from cascade.providers.base import empty_answer, validate_usage
 from cascade.providers.sdk import SDKProvider, field, request_body
 from cascade.tokens import estimate_input_tokens, estimate_output_tokens
@@ -202,6 +203,8 @@ class AnthropicProvider(SDKProvider[anthropic.Anthropic, anthropic.AsyncAnthropi
         started = time.perf_counter()
         try:
             reply = self._post("/v1/messages", body, options)
+        except RequestError:
+            raise  # built by us and refused before sending (RequestError is a ValueError)
         except (anthropic.AnthropicError, ValueError) as exc:  # ValueError: a 200 not JSON
             raise self._error(exc, model) from exc
         return self._parse(reply, model, (time.perf_counter() - started) * 1000, messages, params)
@@ -218,6 +221,8 @@ class AnthropicProvider(SDKProvider[anthropic.Anthropic, anthropic.AsyncAnthropi
         started = time.perf_counter()
         try:
             reply = await self._apost("/v1/messages", body, options)
+        except RequestError:
+            raise  # built by us and refused before sending (RequestError is a ValueError)
         except (anthropic.AnthropicError, ValueError) as exc:  # ValueError: a 200 not JSON
             raise self._error(exc, model) from exc
         return self._parse(reply, model, (time.perf_counter() - started) * 1000, messages, params)

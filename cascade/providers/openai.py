@@ -10,6 +10,7 @@ from typing import Any, ClassVar
 
 import openai
 
+from cascade.errors import RequestError
 from cascade.providers.base import empty_answer, validate_usage
 from cascade.providers.sdk import SDKProvider, field, request_body
 from cascade.tokens import estimate_input_tokens, estimate_output_tokens
@@ -51,6 +52,8 @@ class OpenAIProvider(SDKProvider[openai.OpenAI, openai.AsyncOpenAI]):
         started = time.perf_counter()
         try:
             reply = self._post("/chat/completions", body, options)
+        except RequestError:
+            raise  # built by us and refused before sending (RequestError is a ValueError)
         except (openai.OpenAIError, ValueError) as exc:  # ValueError: a 200 whose body is not JSON
             raise self._error(exc, model) from exc
         return self._parse(reply, model, (time.perf_counter() - started) * 1000, messages, params)
@@ -67,6 +70,8 @@ class OpenAIProvider(SDKProvider[openai.OpenAI, openai.AsyncOpenAI]):
         started = time.perf_counter()
         try:
             reply = await self._apost("/chat/completions", body, options)
+        except RequestError:
+            raise  # built by us and refused before sending (RequestError is a ValueError)
         except (openai.OpenAIError, ValueError) as exc:  # ValueError: a 200 whose body is not JSON
             raise self._error(exc, model) from exc
         return self._parse(reply, model, (time.perf_counter() - started) * 1000, messages, params)

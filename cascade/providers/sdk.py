@@ -14,7 +14,7 @@ import httpx2
 
 from cascade.config import ProviderConfig
 from cascade.config.params import TRANSPORT_OPTIONS
-from cascade.errors import ConfigError, ProviderError
+from cascade.errors import ConfigError, ProviderError, RequestError
 from cascade.providers.base import api_key, map_sdk_error
 
 __all__ = ["SDKProvider", "field", "request_body"]
@@ -52,6 +52,19 @@ def _with_timeout(options: dict[str, Any], client: Any) -> dict[str, Any]:
     if "timeout" in options:
         return options
     return {**options, "timeout": client.timeout}
+
+
+def _unbuildable(provider: str, body: Mapping[str, Any], exc: TypeError) -> RequestError:
+    """The SDK encodes the body before anything is sent, so a value JSON cannot carry (a
+    parameter set to an object) fails here with nothing sent: a request error, not a fault."""
+    param = "body"
+    for key, value in body.items():  # only on this error path: find the parameter at fault
+        try:
+            json.dumps(value)
+        except (TypeError, ValueError):
+            param = key
+            break
+    return RequestError(f"cannot be sent to provider {provider!r}: {exc}", param=param)
 
 
 def _wants_aiohttp(setting: str, provider: str) -> bool:
@@ -163,16 +176,22 @@ class SDKProvider(Generic[SyncClient, AsyncClient]):
     # trip to a fast upstream (benchmarks/RESULTS.md, "Engine vs bare SDK").
     def _post(self, path: str, body: dict[str, Any], options: dict[str, Any]) -> Any:
         client = self.client
-        response = client.post(  # type: ignore[attr-defined]
-            path, body=body, options=_with_timeout(options, client), cast_to=httpx2.Response
-        )
+        try:
+            response = client.post(  # type: ignore[attr-defined]
+                path, body=body, options=_with_timeout(options, client), cast_to=httpx2.Response
+            )
+        except TypeError as exc:
+            raise _unbuildable(self.name, body, exc) from exc
         return json.loads(response.content)
 
     async def _apost(self, path: str, body: dict[str, Any], options: dict[str, Any]) -> Any:
         client = self.async_client
-        response = await client.post(  # type: ignore[attr-defined]
-            path, body=body, options=_with_timeout(options, client), cast_to=httpx2.Response
-        )
+        try:
+            response = await client.post(  # type: ignore[attr-defined]
+                path, body=body, options=_with_timeout(options, client), cast_to=httpx2.Response
+            )
+        except TypeError as exc:
+            raise _unbuildable(self.name, body, exc) from exc
         return json.loads(response.content)
 
     def close(self) -> None:
