@@ -15,7 +15,15 @@ from cascade.errors import (
     RequestError,
 )
 from cascade.ledger import Ledger
-from cascade.types import CascadeResult, Completion, Request, StepRecord, ToolCall, Verdict
+from cascade.types import (
+    CascadeResult,
+    Completion,
+    Request,
+    RunWarning,
+    StepRecord,
+    ToolCall,
+    Verdict,
+)
 
 __all__ = [
     "BudgetExceeded",
@@ -34,6 +42,7 @@ __all__ = [
     "ProviderError",
     "Request",
     "RequestError",
+    "RunWarning",
     "StepRecord",
     "ToolCall",
     "Verdict",

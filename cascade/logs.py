@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import MutableMapping
 from typing import Any
 
 import structlog
@@ -89,6 +90,15 @@ class _Stderr:
         sys.stderr.flush()
 
 
+_SAID_BY_THE_COMMAND = frozenset({"cascade.misconfigured"})
+
+
+def _drop_said_by_the_command(_: Any, __: str, event: MutableMapping[str, Any]) -> Any:
+    if event.get("event") in _SAID_BY_THE_COMMAND:
+        raise structlog.DropEvent
+    return event
+
+
 def configure_cli(level: str, as_json: bool) -> None:
     """What the ``cascade`` command does: events at ``level`` and above as lines on stderr.
 
@@ -100,8 +110,13 @@ def configure_cli(level: str, as_json: bool) -> None:
         else structlog.dev.ConsoleRenderer(colors=False)
     )
     threshold = _LEVELS[level.lower()]
+    processors: list[Any] = []
+    if not as_json and threshold >= logging.WARNING:
+        # The command says these itself, as one `warning:` line each (cascade run).
+        processors.append(_drop_said_by_the_command)
     structlog.configure(
         processors=[
+            *processors,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso"),
             renderer,

@@ -12,6 +12,7 @@ __all__ = [
     "Decision",
     "Message",
     "Request",
+    "RunWarning",
     "StepRecord",
     "ToolCall",
     "Verdict",
@@ -179,6 +180,25 @@ _STEP_FIELDS = tuple(f.name for f in fields(StepRecord) if f.name not in ("verdi
 
 
 @dataclass(frozen=True, slots=True)
+class RunWarning:
+    """Something the run survived that the user must fix (a rung's model name the provider
+    does not know, a refused API key): the ladder failed over, so the answer came, but dearer.
+
+    Attributes:
+        model: The ``models:`` key of the rung at fault.
+        code: ``model_not_found`` (HTTP 404) or ``key_refused`` (HTTP 401/403).
+        message: One line for a person, naming the config key to check.
+    """
+
+    model: str
+    code: str
+    message: str
+
+    def __str__(self) -> str:
+        return self.message
+
+
+@dataclass(frozen=True, slots=True)
 class CascadeResult:
     """What ``Cascade.complete`` returns.
 
@@ -202,6 +222,8 @@ class CascadeResult:
             None when no answer came back or the provider did not say.
         logprobs: Per-token log-probabilities of the returned answer, when asked for
             (``logprobs=True``) and the provider sent them.
+        warnings: Misconfigurations the run failed over (``RunWarning``): a rung whose model
+            the provider does not know, or whose API key it refused.
     """
 
     text: str
@@ -218,6 +240,7 @@ class CascadeResult:
     tool_calls: tuple[ToolCall, ...] = ()
     finish_reason: str | None = None
     logprobs: tuple[Mapping[str, Any], ...] | None = None
+    warnings: tuple[RunWarning, ...] = ()
 
     @property
     def input_tokens(self) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from cascade.cli.where import default_config
 from cascade.config import load_config
 from cascade.ledger import Ledger
 from cascade.ledger.drift import drift_report
@@ -15,8 +16,9 @@ __all__ = ["cmd_drift"]
 def cmd_drift(args: argparse.Namespace, ledger: Ledger) -> int:
     """``cascade report --drift`` (the ledger is opened and closed by ``cmd_report``)."""
     targets: dict[str, float] = {}
-    if args.config:
-        for name, task in load_config(args.config).tasks.items():
+    config_path = default_config(args)
+    if config_path:
+        for name, task in load_config(config_path).tasks.items():
             if task.quality_target is not None:
                 targets[name] = task.quality_target
     if args.target is not None:

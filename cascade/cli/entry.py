@@ -18,7 +18,7 @@ from cascade.cli import feedback as cli_feedback
 from cascade.cli import ledger as cli_ledger
 from cascade.cli import replay as cli_replay
 from cascade.cli import serve as cli_serve
-from cascade.config import load_config
+from cascade.cli import validate as cli_validate
 from cascade.engine import Cascade
 from cascade.errors import (
     CascadeError,
@@ -28,7 +28,6 @@ from cascade.errors import (
     ProviderError,
     RequestError,
 )
-from cascade.ledger import Ledger, check_ledger_config
 from cascade.logs import configure_cli
 
 __all__ = ["main"]
@@ -62,8 +61,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         except CascadeExhausted as exc:
             result = exc.result
             print(result.text)
+            _warn(result)
             _say(_summary(result) + " (no rung passed: on_exhausted is raise)")
             return 1
+    _warn(result)
     if args.json:
         print(json.dumps(_result_json(result), indent=2))
     else:
@@ -72,11 +73,26 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _warn(result: Any) -> None:
+    """Misconfigurations the run failed over, one ``warning:`` line each, even with --json."""
+    for warning in result.warnings:
+        _say(f"warning: {warning.message}")
+
+
 def _summary(result: Any) -> str:
     status = "accepted" if result.accepted else "NOT accepted (last answer returned)"
+    # A skipped rung says why, so a cap that can never be met does not pass unnoticed.
+    skips = "".join(
+        f"; skipped {s.model}: {s.error}" for s in result.steps if s.decision == "skip" and s.error
+    )
+    # With task auto, the task the router chose (and how sure it was) leads the line.
+    chosen = (
+        f"task={result.task} (auto, p={result.task_probability:.2f}) "
+        if result.task_probability is not None else ""
+    )
     return (
-        f"model={result.model} steps={len(result.steps)} cost=${result.cost_usd:.6f} "
-        f"latency={result.latency_ms:.0f}ms {status}"
+        f"{chosen}model={result.model} steps={len(result.steps)} cost=${result.cost_usd:.6f} "
+        f"latency={result.latency_ms:.0f}ms {status}{skips}"
     )
 
 
@@ -88,34 +104,18 @@ def _result_json(result: Any) -> dict[str, Any]:
         "cost_usd": result.cost_usd,
         "latency_ms": result.latency_ms,
         "run_id": result.run_id,
+        "task": result.task,
+        "task_probability": result.task_probability,
+        "finish_reason": result.finish_reason,
+        "tool_calls": [
+            {"id": c.id, "name": c.name, "arguments": c.arguments} for c in result.tool_calls
+        ],
+        "warnings": [
+            {"model": w.model, "code": w.code, "message": w.message} for w in result.warnings
+        ],
         "json": result.json,
         "steps": [s.as_event() for s in result.steps],
     }
-
-
-def cmd_validate(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
-    check_ledger_config(config.ledger, config_path=args.config)
-    # An in-memory ledger: validating must not create the real one, but budgets need one.
-    engine = Cascade(config, path=args.config, ledger=Ledger(":memory:"))
-    warnings = cli_serve.unset_key_warnings(config)
-    for name in sorted(set(config.tasks) & set(config.models)):
-        warnings.append(f"warning: {name!r} is both a task and a model key")
-    for line in warnings:
-        _say(line)
-    for key, model in config.models.items():
-        p = model.price
-        cached = "" if p.cached_input is None else f", cached input ${p.cached_input:g}"
-        print(
-            f"  model {key} ({model.name}): ${p.input:g} input, ${p.output:g} output{cached} "
-            f"per 1M tokens; price from {config.price_source(key)}"
-        )
-    rungs = sum(len(t.rungs) for t in engine.tasks.values())
-    print(
-        f"{args.config}: OK ({len(config.tasks)} tasks, {rungs} rungs, "
-        f"{len(config.models)} models, {len(config.providers)} providers)"
-    )
-    return 0
 
 
 # -- parser ---------------------------------------------------------------------------------------
@@ -154,15 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.set_defaults(handler=cmd_run)
 
-    validate = sub.add_parser(
-        "validate",
-        help="check a config file without calling any model",
-        description="Load and build the config; warn about unset API "
-        "key variables. Exit 2 on any config error.",
-    )
-    validate.add_argument("config", help="YAML config file")
-    validate.set_defaults(handler=cmd_validate)
-
+    cli_validate.register(sub)
     cli_ledger.register(sub)
     cli_replay.register(sub)
     cli_feedback.register(sub)

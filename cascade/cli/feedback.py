@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from cascade.cli.ledger import open_for_cli, where_args
+from cascade.cli.where import open_for_cli, where_args
 from cascade.config import load_config
 from cascade.errors import ConfigError, FeedbackError, LedgerError
 from cascade.ledger import Ledger

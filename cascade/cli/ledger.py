@@ -10,58 +10,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-from pathlib import Path
 from typing import Any
 
 from cascade.cli.drift import cmd_drift
-from cascade.config import load_config, resolve_path
+from cascade.cli.where import default_config, open_for_cli, where_args
+from cascade.config import load_config
 from cascade.engine.limits import Limits
-from cascade.errors import ConfigError, LedgerError
-from cascade.ledger import Ledger, open_ledger
 from cascade.replay.report import ledger_report
 
-__all__ = ["cmd_recover", "cmd_report", "open_for_cli", "register", "where_args"]
-
-DEFAULT_LEDGER = "cascade-ledger.sqlite"
-
-
-def open_for_cli(args: argparse.Namespace) -> Ledger:
-    """The ledger the command line names.
-
-    Raises:
-        ConfigError: no such file, an unset variable, or a file that is not a ledger.
-        LedgerError: the database cannot be reached.
-    """
-    if args.url_env:
-        url = os.environ.get(args.url_env, "")
-        if not url:
-            raise ConfigError(f"environment variable {args.url_env} is not set",
-                              location="--url-env")
-        return Ledger(url=url)
-    if args.ledger is None and args.config:
-        config = load_config(args.config).ledger
-        if not config.postgres and config.path:
-            # Reading must not create an empty ledger where the config's runs never wrote.
-            path = Path(resolve_path(config.path, args.config))
-            if not path.exists():
-                raise ConfigError("ledger file not found (run something first)",
-                                  path=str(path))
-        ledger = open_ledger(config, config_path=args.config)
-        if ledger is None:
-            raise ConfigError("the config turns the ledger off (ledger.path: null)",
-                              path=args.config, location="ledger")
-        return ledger
-    path = Path(args.ledger or DEFAULT_LEDGER)
-    if not path.exists():
-        raise ConfigError(
-            "ledger file not found (run something first, or pass --ledger)", path=str(path)
-        )
-    try:
-        return Ledger(path)
-    except LedgerError as exc:
-        raise ConfigError(f"not a cascade ledger: {exc.message}", path=str(path)) from exc
-
+__all__ = ["cmd_recover", "cmd_report", "register"]
 
 def cmd_report(args: argparse.Namespace) -> int:
     ledger = open_for_cli(args)
@@ -72,8 +29,9 @@ def cmd_report(args: argparse.Namespace) -> int:
             ledger.close()
     try:
         report = ledger_report(ledger)
-        if args.config:
-            guard = Limits(load_config(args.config), ledger).guard
+        config_path = default_config(args)
+        if config_path:
+            guard = Limits(load_config(config_path), ledger).guard
             report["budgets"] = guard.status() if guard else []
     finally:
         ledger.close()
@@ -141,13 +99,6 @@ def cmd_recover(args: argparse.Namespace) -> int:
           f"(${cost:.6f} at their reserved worst case); {int(pending[0]['n'])} pending step(s) "
           "of live processes left alone")
     return 0
-
-
-def where_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--ledger", help=f"SQLite ledger file (default: {DEFAULT_LEDGER})")
-    parser.add_argument("--url-env", help="variable holding a PostgreSQL ledger URL")
-    parser.add_argument("--config", help="read the ledger from this config's ledger: section "
-                        "(report: also show spend against its budgets)")
 
 
 def register(sub: Any) -> None:

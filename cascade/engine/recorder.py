@@ -22,11 +22,22 @@ from cascade.ledger import Ledger
 from cascade.ledger.money import Accounts, Hold, bill, ledger_failed
 from cascade.logs import get_logger
 from cascade.telemetry import Telemetry
-from cascade.types import CascadeResult, Completion, Decision, Message, StepRecord, Verdict
+from cascade.types import (
+    CascadeResult,
+    Completion,
+    Decision,
+    Message,
+    RunWarning,
+    StepRecord,
+    Verdict,
+)
 
 __all__ = ["Recorder", "Run", "current_run"]
 
 log = get_logger()
+
+# Provider answers that say the config is wrong, not that the provider is unwell.
+_MISCONFIGURED = {404: "model_not_found", 401: "key_refused", 403: "key_refused"}
 
 
 @dataclass(slots=True)
@@ -48,6 +59,7 @@ class Run:
     span: Any = None  # the run's OpenTelemetry span, begun at its first step
     traced: bool | None = None  # whether an OpenTelemetry SDK was installed at its first step
     metered: bool | None = None
+    warnings: list[RunWarning] = field(default_factory=list)
 
     def next_index(self) -> int:
         self.counter += 1
@@ -136,6 +148,8 @@ class Recorder:
         elif self.ledger is not None:
             self.accounts.record(step)
         run.steps.append(step)
+        if outcome.error is not None:
+            self._misconfigured(run, model_key, outcome.error)
         if log.enabled("info"):
             log.info("cascade.step", **step.as_event(log_content=run.log_content))
         # After the ledger write (see above).
@@ -149,6 +163,29 @@ class Recorder:
             )
             self.telemetry.step(span, step, error_type, metered=bool(run.metered))
         return step
+
+    def _misconfigured(self, run: Run, model_key: str, error: ProviderError) -> None:
+        """A 404 (no such model) or 401/403 (key refused) is the config's fault, not the
+        provider's: the ladder fails over for availability, but the user must hear of it."""
+        code = _MISCONFIGURED.get(error.status_code or 0)
+        if code is None or any(w.model == model_key for w in run.warnings):
+            return
+        model = self.config.models[model_key]
+        if code == "model_not_found":
+            message = (
+                f"models.{model_key}.name: provider {model.provider!r} does not know model "
+                f"{model.name!r} (HTTP {error.status_code}); the run failed over to the next rung"
+            )
+        else:
+            message = (
+                f"providers.{model.provider}: the API key was refused (HTTP "
+                f"{error.status_code}) for model {model_key!r}; the run failed over to the next "
+                "rung"
+            )
+        run.warnings.append(RunWarning(model_key, code, message))
+        log.warning("cascade.misconfigured", run_id=run.run_id, task=run.task, model=model_key,
+                    provider=model.provider, status_code=error.status_code, code=code,
+                    error=error.message)
 
     def result(
         self,
@@ -178,6 +215,7 @@ class Recorder:
             tool_calls=completion.tool_calls if completion else (),
             finish_reason=completion.finish_reason if completion else None,
             logprobs=completion.token_logprobs if completion else None,
+            warnings=tuple(run.warnings),
         )
 
     def finish(self, result: CascadeResult, run: Run) -> CascadeResult:

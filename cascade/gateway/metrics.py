@@ -86,6 +86,13 @@ class GatewayMetrics:
         self.errors = Counter(
             "cascade_errors", "Failed requests, by error class.", ["class"], registry=self.registry
         )
+        self.misconfigured = Counter(
+            "cascade_misconfigured",
+            "Rungs failed over because the config is wrong: the provider does not know the "
+            "model (404) or refused the API key (401/403).",
+            ["model"],
+            registry=self.registry,
+        )
         self.feedback = Counter(
             "cascade_feedback", "Feedback rows stored, by source.", ["source"],
             registry=self.registry,
@@ -113,6 +120,8 @@ class GatewayMetrics:
         self.run(
             result.task, "accepted" if result.accepted else "not_accepted", seconds, result.steps
         )
+        for warning in result.warnings:
+            self.misconfigured.labels(warning.model).inc()
 
     def error(self, kind: str) -> None:
         self.errors.labels(kind).inc()

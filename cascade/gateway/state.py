@@ -134,6 +134,8 @@ class Gateway:
         except Exception as exc:
             status, steps = failure(exc)
             self.metrics.run(task, status, time.perf_counter() - started, steps)
+            for warning in getattr(getattr(exc, "result", None), "warnings", ()):
+                self.metrics.misconfigured.labels(warning.model).inc()
             self.metrics.error(type(exc).__name__)
             raise
         self.metrics.result(result, time.perf_counter() - started)

@@ -179,6 +179,11 @@ def cascade_headers(result: CascadeResult) -> dict[str, str]:
         headers["x-cascade-task"] = result.task
     if result.task_probability is not None:
         headers["x-cascade-task-probability"] = f"{result.task_probability:.4f}"
+    if result.warnings:
+        # Our own text (config key paths, model names), never the upstream's message.
+        headers["x-cascade-warnings"] = "; ".join(
+            w.message.encode("ascii", "replace").decode() for w in result.warnings
+        )
     return headers
 
 

@@ -149,10 +149,10 @@ class Accounts:
             LedgerError: the pending row could not be written; do not call the model.
         """
         if cap is not None and spent + estimate > cap:
+            # Worded for the one-line summary: "skipped sonnet: worst case $0.0614 > ...".
+            spent_part = f"spent ${spent:.4g} + " if spent else ""
             return None, Refusal(
-                f"max_cost_usd ${cap:.6f}: spent ${spent:.6f} + worst case "
-                f"${estimate:.6f} for {model_key}",
-                cap,
+                f"{spent_part}worst case ${estimate:.4g} > max_cost_usd ${cap:g}", cap
             )
         if self.ledger is None:
             return None, None

@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 import yaml
 
-import cascade.calibration.calibrate as calibration
 import cascade.calibration.threshold_search as threshold_search
 from cascade import Cascade, CascadeError, ConfigError, Request
 from cascade.calibration.calibrate import GUARD, write_calibrated

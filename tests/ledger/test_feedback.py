@@ -14,7 +14,7 @@ from cascade.engine.shadow import agreement_label
 from cascade.errors import FeedbackError
 from cascade.ledger.schema import VERSION
 from cascade.replay.report import ledger_report
-from cascade.testing import FakeProvider, make_completion
+from cascade.testing import FakeProvider
 from tests.ledger.ledger_db import Db
 
 

@@ -1,0 +1,180 @@
+"""``cascade validate CONFIG [--probe]``: check a config before traffic arrives.
+
+Without ``--probe`` nothing is called: the config is loaded and built, unset API key variables
+are named, a ``task_router:`` without a fitted model fails, and a rung whose worst case can never
+fit its task's ``max_cost_usd`` or a budget is named. ``--probe`` then sends one minimal request
+per model (``max_tokens`` 1), costed and recorded in the config's ledger like any call, so that a
+mistyped model name or a refused key shows before the first user does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from cascade.cli.serve import unset_key_warnings
+from cascade.config import CascadeConfig, RungConfig, TaskConfig, load_config
+from cascade.config.params import bound_output
+from cascade.engine import Cascade
+from cascade.errors import CascadeError, ConfigError, ProviderError
+from cascade.ledger import Ledger, check_ledger_config
+from cascade.ledger.money import worst_case_cost
+
+__all__ = ["ProbeResult", "cmd_validate", "never_runs", "probe", "register"]
+
+# The smallest prompt a call can carry: a rung whose worst case exceeds a limit even for it can
+# never run, whatever the prompt.
+_SMALLEST: tuple[dict[str, str], ...] = ({"role": "user", "content": "?"},)
+PROBE_PROMPT = "Reply with OK."
+PROBE_TASK = "__probe__"
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+def never_runs(engine: Cascade) -> Iterator[str]:
+    """One warning per rung whose worst case, for the smallest prompt, exceeds its task's
+    ``max_cost_usd`` or a budget: the engine would skip it on every run."""
+    config = engine.config
+    for name, task in engine.tasks.items():
+        settings = config.tasks[name]
+        for rung in task.rungs:
+            params = bound_output(
+                {**rung.model.params, **task.params}, rung.model.max_output_tokens, rung.key
+            )
+            worst = worst_case_cost(_SMALLEST, params, rung.model.price)
+            out = rung.model.max_output_tokens
+            limits: list[tuple[str, float]] = []
+            if settings.max_cost_usd is not None:
+                limits.append((f"tasks.{name}.max_cost_usd", settings.max_cost_usd))
+            guard = engine.limits.accounts
+            limits += [(f"budgets: {lim.describe()}", lim.limit_usd)
+                       for lim in guard.applicable(name)]
+            for where, limit in limits:
+                if worst > limit:
+                    yield (
+                        f"warning: tasks.{name}: rung {rung.key} can never run: its worst case "
+                        f"${worst:.4g} ({out} output tokens at ${rung.model.price.output:g}/1M) "
+                        f"> {where} ${limit:g}; lower models.{rung.key}.max_output_tokens or "
+                        "raise the limit"
+                    )
+                    break
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeResult:
+    """What one model's probe found: whether it answered, and what it cost."""
+
+    model: str
+    ok: bool
+    detail: str
+    cost_usd: float = 0.0
+
+
+def probe(engine: Cascade) -> list[ProbeResult]:
+    """Call every model once with ``max_tokens`` 1, as a one-rung task of its own.
+
+    The calls go through the engine: retries, budgets and the ledger apply, and each is a run
+    of task ``__probe__<model>``.
+    """
+    tasks = {
+        f"{PROBE_TASK}{key}": TaskConfig(ladder=[RungConfig(model=key)])
+        for key in engine.config.models
+    }
+    view = engine.with_tasks(tasks)
+    results = []
+    for key, model in engine.config.models.items():
+        try:
+            result = view.complete(f"{PROBE_TASK}{key}", PROBE_PROMPT, max_tokens=1)
+        except (ConfigError, ProviderError, CascadeError) as exc:
+            cost = getattr(getattr(exc, "result", None), "cost_usd", 0.0)
+            results.append(ProbeResult(key, False, str(exc), cost))
+            continue
+        step = result.steps[-1] if result.steps else None
+        if result.model == key and step is not None and step.error is None:
+            detail = f"answers ({model.provider} {model.name}, {step.latency_ms:.0f} ms)"
+            results.append(ProbeResult(key, True, detail, result.cost_usd))
+        else:
+            why = step.error if step is not None and step.error else "no answer"
+            results.append(ProbeResult(key, False, why, result.cost_usd))
+    return results
+
+
+def _check_router(config: CascadeConfig, path: str) -> None:
+    router = config.task_router
+    if router is not None and router.model is None:
+        raise ConfigError(
+            "task_router has no fitted model, so task auto would fail at its first run; run "
+            f"`cascade router fit {path}`, or remove task_router",
+            path=path,
+            location="task_router.model",
+        )
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    check_ledger_config(config.ledger, config_path=args.config)
+    _check_router(config, args.config)
+    if args.probe:
+        # The probes are real calls: costed and recorded in the config's own ledger.
+        engine = Cascade(config, path=args.config)
+    else:
+        # An in-memory ledger: validating must not create the real one, but budgets need one.
+        engine = Cascade(config, path=args.config, ledger=Ledger(":memory:"))
+    with engine:
+        warnings = unset_key_warnings(config)
+        for name in sorted(set(config.tasks) & set(config.models)):
+            warnings.append(f"warning: {name!r} is both a task and a model key")
+        warnings += list(never_runs(engine))
+        for line in warnings:
+            _say(line)
+        for key, model in config.models.items():
+            p = model.price
+            cached = "" if p.cached_input is None else f", cached input ${p.cached_input:g}"
+            print(
+                f"  model {key} ({model.name}): ${p.input:g} input, ${p.output:g} output"
+                f"{cached} per 1M tokens; price from {config.price_source(key)}"
+            )
+        rungs = sum(len(t.rungs) for t in engine.tasks.values())
+        print(
+            f"{args.config}: OK ({_count(len(config.tasks), 'task')}, "
+            f"{_count(rungs, 'rung')}, {_count(len(config.models), 'model')}, "
+            f"{_count(len(config.providers), 'provider')})"
+        )
+        if not args.probe:
+            return 0
+        results = probe(engine)
+    failed = [r for r in results if not r.ok]
+    for r in results:
+        status = "ok" if r.ok else "FAILED"
+        print(f"  probe {r.model}: {status}: {r.detail} (cost ${r.cost_usd:.6g})")
+    total = sum(r.cost_usd for r in results)
+    print(f"probe: {len(results) - len(failed)} of {_count(len(results), 'model')} answered "
+          f"(cost ${total:.6g}, recorded in the ledger)")
+    return 1 if failed else 0
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def register(sub: Any) -> None:
+    """Add ``validate`` to the ``cascade`` command's subparsers."""
+    validate = sub.add_parser(
+        "validate",
+        help="check a config file (without calling any model, unless --probe)",
+        description="Load and build the config; warn about unset API key variables and rungs "
+        "that can never run under their cost cap or budgets. Exit 2 on any config error. "
+        "With --probe, call each model once (max_tokens 1, costed and recorded in the "
+        "ledger) and exit 1 if any does not answer.",
+    )
+    validate.add_argument("config", help="YAML config file")
+    validate.add_argument(
+        "--probe", action="store_true",
+        help="send one minimal request per model to check that it exists and answers",
+    )
+    validate.set_defaults(handler=cmd_validate)
