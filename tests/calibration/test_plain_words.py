@@ -8,11 +8,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from cascade.calibration.calibrate import calibrate
 from cascade.calibration.guarantee import betting_pvalue, queries_needed
 from cascade.cli import main
 from cascade.demo import DATASET, DEMO_CONFIG
+from cascade.providers.dataset import ReplayRecord, write_dataset
 
 DEMO = (DEMO_CONFIG, DATASET)  # 300 recorded GSM8K queries, Mixtral then GPT-4 (key gpt4)
 
@@ -132,3 +134,26 @@ def test_matching_the_top_model_is_warned_before_running(
     assert "no finite sample certifies matching the top model" in first
     assert "--target-quality 0.98 or lower" in first
     assert "train queries" in err.splitlines()[1]
+
+
+def test_two_tasks_name_the_task_flag(tmp_path: Path,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """With two tasks in config and data, the error names --task, not the Python keyword."""
+    ladder = {"ladder": ["m"], "evaluators": []}
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "providers": {"rec": {"type": "replay"}},
+        "models": {"m": {"provider": "rec", "name": "m", "price": {"input": 1, "output": 1}}},
+        "ledger": {"path": None}, "tasks": {"t": ladder, "u": ladder}}))
+    write_dataset(tmp_path / "train.jsonl", [
+        ReplayRecord.model_validate({
+            "id": f"q{i}", "task": "tu"[i % 2], "messages": [{"role": "user", "content": "q"}],
+            "responses": {"m": {"text": "a", "score": 1.0}}})
+        for i in range(4)])
+    code = _calibrate(cfg, tmp_path / "train.jsonl", tmp_path / "o.yaml",
+                      "--target-quality", "0.9")
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "pass --task" in err
+    assert "one of t, u" in err
+    assert "pass task=" not in err
