@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Certificate", "betting_pvalue", "clt_pvalue", "fixed_sequence"]
+__all__ = ["Certificate", "betting_pvalue", "clt_pvalue", "fixed_sequence", "queries_needed"]
 
 _BET_CAP = 0.5  # bet at most half the capital that could be lost (WSR's c = 1/2)
 
@@ -116,3 +116,63 @@ def fixed_sequence(
         certified.append(k)
     n = len(diffs[0]) if len(diffs) else 0
     return Certificate(tuple(certified), tuple(pvalues), delta, n)
+
+
+def queries_needed(
+    d: np.ndarray,
+    low: float,
+    high: float,
+    delta: float,
+    *,
+    bound: str = "betting",
+    seed: int = 0,
+    draws: int = 20,
+    power: float = 0.5,
+    limit: int = 200_000,
+) -> int | None:
+    """Roughly how many held-out queries like ``d`` it takes for the test to certify.
+
+    An estimate, not a promise: queries are resampled from ``d`` (so the observed mean and
+    spread stand in for the true ones) at sizes growing by a quarter from ``len(d)``, and the
+    first size at which a share ``power`` of ``draws`` resamples pass the same test at ``delta``
+    is returned. The default power is a half, not the usual 0.8: the estimate is asked for after
+    a failed test, when the observed margin tends to be low, and 0.8 would compound that.
+
+    Args:
+        d: Per-query differences q_pi - R * q_top of the candidate on the held-out queries.
+        low / high: Bounds of d, as for ``betting_pvalue``.
+        delta: The level the candidate is tested at.
+        bound: ``betting`` or ``clt``, the test the calibration used.
+        seed: Seed of the resampling (fixed, so the estimate is reproducible).
+        draws: Resamples per size.
+        power: The share of resamples that must pass.
+        limit: The largest size tried.
+
+    Returns:
+        The estimated number of queries (more than ``len(d)``), or None when no size can be
+        given: ``d``'s mean is less than one standard error above zero (the margin is within
+        the noise, and any size would be invented), or more than ``limit`` would be needed.
+    """
+    d = np.asarray(d, dtype=float)
+    n = len(d)
+    if n < 2:
+        return None
+    mean, standard_error = float(np.mean(d)), float(np.std(d, ddof=1)) / math.sqrt(n)
+    if mean <= 0 or mean < standard_error:
+        return None
+    rng = np.random.default_rng(seed)
+    while True:
+        n = math.ceil(n * 1.25)
+        if n > limit:
+            return None
+        passed = 0
+        for _ in range(draws):
+            sample = rng.choice(d, size=n)
+            p = (
+                betting_pvalue(sample, low, high, delta, seed=seed)
+                if bound == "betting"
+                else clt_pvalue(sample)
+            )
+            passed += p <= delta
+        if passed >= power * draws:
+            return n

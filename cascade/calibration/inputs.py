@@ -29,7 +29,9 @@ def resolve_task(
     if len(named) == 1:
         return named.pop()
     raise ConfigError(
-        f"calibration tunes one task at a time; pass task= (one of {', '.join(cfg.tasks)})",
+        # the CLI's flag first: that is who reads this most (task= is the Python keyword)
+        f"calibration tunes one task at a time; pass --task (task= from Python), one of "
+        f"{', '.join(cfg.tasks)}",
         path=path,
         location="tasks",
     )

@@ -40,7 +40,7 @@ import numpy as np
 import yaml
 
 from cascade.calibration.calibrated_file import anchor_paths
-from cascade.calibration.guarantee import fixed_sequence
+from cascade.calibration.guarantee import fixed_sequence, queries_needed
 from cascade.calibration.inputs import check_simulable, load_task_records, resolve_task
 from cascade.calibration.policy_search import Search, grid_paths, search_path, subsets
 from cascade.calibration.policy_table import (
@@ -52,7 +52,13 @@ from cascade.calibration.policy_table import (
     candidate_specs,
     simulate,
 )
-from cascade.calibration.result import CalibrationResult, ratio_ci, summary
+from cascade.calibration.result import (
+    CalibrationResult,
+    plain_guarantee,
+    ratio_ci,
+    summary,
+    top_alone_reason,
+)
 from cascade.config import CascadeConfig, load_config, parse_config
 from cascade.errors import CascadeError, ConfigError, DatasetError
 from cascade.providers.dataset import ReplayRecord, load_dataset
@@ -221,6 +227,7 @@ def calibrate_policy(
         search.run(p)  # the frontier shows every candidate
     say(f"searched {len(search.points):,} policies; {len(candidates)} candidates to certify")
     q_top = table.score[top][cert_rows]
+    top_cost_cert = float(table.call_cost[top][cert_rows].mean())
     crossfit = scheme == "crossfit"
     # crossfit certifies on the search's own rows and estimates: reuse its predictions
     cache: dict[Any, np.ndarray] = search.cache if crossfit else {}
@@ -270,10 +277,7 @@ def calibrate_policy(
         "bound": bound,
         "delta": delta,
         "target_quality": target_quality,
-        "statement": (
-            f"with probability >= {1 - delta:g}, expected quality >= {target_quality:g} x "
-            "always-top's, for queries drawn like the train file's"
-        ),
+        "statement": plain_guarantee(delta, target_quality, Path(train).name, table.keys[top]),
         "fit_queries": len(fit_rows),
         "certify_queries": len(cert_rows),
         "scheme": scheme,
@@ -283,6 +287,7 @@ def calibrate_policy(
         "chosen": chosen,
         "p_value": p_chosen,
         "certified_cheaper_than_top": chosen != 0,
+        "certify_queries_needed": None,
     }
     mapping = _config(raw, task, table, est, policy, specs, recipe)
     new_cfg = parse_config(mapping, path=shown)
@@ -292,15 +297,15 @@ def calibrate_policy(
     ladder = tuple(table.keys[i] for i in policy.subset)
     thresholds = _describe(table, policy)
     top_cost = float(table.call_cost[top].mean())
-    status, message = summary(ladder, thresholds, train_report, test_report, top_cost)
+    why = None
     if chosen == 0:
-        message = (
-            f"no policy could be certified cheaper than always-top at R = {target_quality:g}, "
-            f"delta = {delta:g} ({len(candidates) - 1} candidates in {len(sequences)} "
-            f"sequence(s) on {len(cert_rows)} queries); keep the top rung alone. {message}"
-        )
-    else:
-        message += f"; certified: {guarantee['statement']} (p = {p_chosen:.4f})"
+        gates = _gates(sequences, outcome, certified, top_cost_cert, target_quality * q_top)
+        needed = _needed(gates, target_quality, level, bound, seed)
+        guarantee["certify_queries_needed"] = needed
+        why = top_alone_reason(gates, needed, len(cert_rows), n)
+    status, message = summary(
+        ladder, thresholds, train_report, test_report, top_cost, top_alone=why
+    )
     say(f"calibration took {time.perf_counter() - started:.1f} s")
     cost_c, q_c = outcome[policy]
     return CalibrationResult(
@@ -324,6 +329,44 @@ def calibrate_policy(
         config=mapping,
         guarantee=guarantee,
     )
+
+
+def _gates(
+    sequences: Sequence[Sequence[Policy]],
+    outcome: Mapping[Policy, tuple[np.ndarray, np.ndarray]],
+    certified: Mapping[Policy, float],
+    top_cost: float,
+    bar: np.ndarray,
+) -> list[list[np.ndarray]]:
+    """Per sequence, d = q - R x q_top of every candidate that must still pass before one
+    cheaper than always-top is certified (fixed-sequence testing stops at the first failure);
+    sequences with nothing cheaper to reach are left out."""
+    gates: list[list[np.ndarray]] = []
+    for seq in sequences:
+        gate: list[np.ndarray] = []
+        for p in seq:
+            if p not in certified:
+                gate.append(outcome[p][1] - bar)
+            if float(outcome[p][0].mean()) < top_cost:
+                gates.append(gate)
+                break
+    return gates
+
+
+def _needed(
+    gates: Sequence[Sequence[np.ndarray]], target: float, level: float, bound: str, seed: int
+) -> int | None:
+    """Estimated certify queries for the easiest sequence to get through to a cheaper policy,
+    or None when none can be estimated (a gate with no positive margin, or too thin a one)."""
+    best: int | None = None
+    for gate in gates:
+        if not all(float(d.mean()) > 0 for d in gate):
+            continue
+        sizes = [queries_needed(d, -target, 1.0, level, bound=bound, seed=seed) for d in gate]
+        if gate and None not in sizes:
+            n = max(s for s in sizes if s is not None)
+            best = n if best is None else min(best, n)
+    return best
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -11,7 +11,15 @@ import numpy as np
 
 from cascade.calibration.threshold_search import SEED
 
-__all__ = ["BOOTSTRAP", "CalibrationResult", "pct", "ratio_ci", "summary"]
+__all__ = [
+    "BOOTSTRAP",
+    "CalibrationResult",
+    "pct",
+    "plain_guarantee",
+    "ratio_ci",
+    "summary",
+    "top_alone_reason",
+]
 
 
 def pct(x: float, of: float) -> str:
@@ -96,8 +104,13 @@ def summary(
     train: Mapping[str, Any],
     test: Mapping[str, Any] | None,
     top_cost: float,
+    *,
+    top_alone: str | None = None,
 ) -> tuple[Literal["ok", "failed"], str]:
-    """The status and the one-paragraph message of a chosen configuration."""
+    """The status and the one-paragraph message of a chosen configuration.
+
+    ``top_alone`` says why the top rung is kept alone, when it is (the method knows why).
+    """
     cost, quality = train["cost_per_query"], train["quality"]
     top = train["baselines"]["always_top"]
     settings = (
@@ -127,5 +140,54 @@ def summary(
             f"({top_cost:.6g}). {message}"
         )
     if len(ladder) == 1:
-        return "ok", f"no cheaper cascade meets the target; keep the top rung alone. {message}"
+        why = top_alone or "no cheaper cascade meets the target"
+        return "ok", f"keep the top rung alone: {why}. {message}"
     return "ok", message
+
+
+def plain_guarantee(delta: float, target: float, data: str, top: str) -> str:
+    """The certificate in one sentence a reader without statistics can check against a goal."""
+    return (
+        f"With {_percent(1 - delta)} confidence, quality on traffic like {data} stays at least "
+        f"{_percent(target)} of always-{top}'s."
+    )
+
+
+def _percent(x: float) -> str:
+    return f"{round(100 * x, 4):g}%"  # rounded first: 0.07 * 100 is 7.000000000000001
+
+
+def top_alone_reason(
+    gates: Sequence[Sequence[np.ndarray]], needed: int | None, certify: int, n: int
+) -> str:
+    """Why no policy cheaper than always-top was certified, and what to try: said once.
+
+    Args:
+        gates: Per candidate sequence, d = q - R x q_top of each candidate still to pass before
+            a cheaper one is reached (fixed-sequence testing); empty when nothing is cheaper.
+        needed: The estimated certify queries (``guarantee.queries_needed``), if any.
+        certify: The queries the candidates were tested on.
+        n: The train queries in all.
+    """
+    if not gates:
+        return "no policy cheaper than always-top was found to try"
+    advice = ". Try a lower --target-quality or more labelled queries"
+    if not any(all(float(d.mean()) > 0 for d in gate) for gate in gates):
+        return (
+            f"no cheaper policy reached the target on the {certify} queries it was certified "
+            f"on{advice}"
+        )
+    why = f"{certify} queries are too few to certify a cheaper policy at this target"
+    if needed is None:
+        return why + ", and too few to estimate how many would be" + advice
+    total = (
+        f", so about {_about(needed * n / certify)} labelled queries in all" if certify < n else ""
+    )
+    return (
+        f"{why}; about {_about(needed)} would be needed{total} (a rough estimate, from how far "
+        f"the candidates cleared the target on these queries){advice}"
+    )
+
+
+def _about(n: float) -> str:
+    return f"{float(f'{n:.2g}'):,.0f}"  # two significant figures: an estimate, not a count

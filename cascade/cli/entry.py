@@ -19,6 +19,7 @@ from cascade.cli import ledger as cli_ledger
 from cascade.cli import replay as cli_replay
 from cascade.cli import serve as cli_serve
 from cascade.cli import validate as cli_validate
+from cascade.config import CascadeConfig
 from cascade.engine import Cascade
 from cascade.errors import (
     CascadeError,
@@ -56,6 +57,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         params["temperature"] = args.temperature
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
     with Cascade.from_yaml(args.config) as engine:
+        replayed = _replay_providers(engine.config, args.task)
+        if replayed and args.query_id is None:
+            # said before the call: otherwise every rung fails with the library's complete(...,
+            # query_id=), which names no flag
+            _say(
+                f"error: task {args.task!r} answers from recordings (replay provider "
+                f"{', '.join(replayed)}); pass --query-id ID, the query's id in the dataset"
+            )
+            return 2
         try:
             result = engine.complete(args.task, prompt, query_id=args.query_id, **params)
         except CascadeExhausted as exc:
@@ -77,6 +87,15 @@ def _warn(result: Any) -> None:
     """Misconfigurations the run failed over, one ``warning:`` line each, even with --json."""
     for warning in result.warnings:
         _say(f"warning: {warning.message}")
+
+
+def _replay_providers(config: CascadeConfig, task: str) -> list[str]:
+    """The replay providers on the ladder of ``task`` (of every task, for ``auto``)."""
+    tasks = [config.tasks[task]] if task in config.tasks else []
+    if task == "auto":
+        tasks = list(config.tasks.values())
+    used = {config.models[rung.model].provider for t in tasks for rung in t.ladder}
+    return sorted(p for p in used if config.providers[p].type == "replay")
 
 
 def _summary(result: Any) -> str:

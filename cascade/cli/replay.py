@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -178,9 +179,37 @@ def _quiet() -> None:
     library.setLevel(max(library.getEffectiveLevel(), logging.WARNING))
 
 
+def _target_refused(target: float, delta: float) -> str | None:
+    """Why ``--target-quality``/``--delta`` cannot be run as given, before any data is read."""
+    if not 0 < target < math.inf:
+        return "--target-quality must be a positive fraction of always-top's quality, e.g. 0.9"
+    # quality scores are in [0, 1], so R >= 2 asks the cascade to double always-top's quality:
+    # nobody means that, while 90 for 90% is a common slip
+    if target >= 2:
+        use = f"use {target / 100:g}" if target <= 100 else "e.g. 0.9"
+        return (
+            f"--target-quality {target:g} looks like a percentage; it is a fraction of "
+            f"always-top's quality: {use}"
+        )
+    if not 0 < delta < 1:
+        return f"--delta {delta:g} is not a probability between 0 and 1 (0.1 means 90% confidence)"
+    return None
+
+
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from cascade.calibration.calibrate import calibrate, write_calibrated
 
+    refused = _target_refused(args.target_quality, args.delta)
+    if refused:
+        _say(f"error: {refused}")
+        return 2
+    if args.target_quality >= 1:
+        # said before the run: the run itself would only end in "keep the top rung alone"
+        _say(
+            f"note: --target-quality {args.target_quality:g} asks for always-top's quality or "
+            "more; no finite sample certifies matching the top model unless the cascade truly "
+            "beats it, so expect to keep the top rung alone. Try --target-quality 0.98 or lower."
+        )
     _quiet()
     result = calibrate(
         args.config,
@@ -221,12 +250,18 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     print(result.message)
     if result.guarantee is not None:
         g = result.guarantee
-        print(
-            f"guarantee: {g['statement']} ({g['method']}, {g['scheme']}, {g['bound']} bound; "
-            f"fitted on {g['fit_queries']} train queries, certified on {g['certify_queries']}; "
-            f"{g['certified']} of {g['candidates']} candidate policies certified, "
-            f"chosen p = {g['p_value']:.4g})"
-        )
+        if g["certified_cheaper_than_top"]:  # the top rung alone needs no certificate
+            print(f"guarantee: {g['statement']}")
+        if args.verbose:
+            print(
+                f"method: {g['method']}, {g['scheme']}, {g['bound']} bound, delta = "
+                f"{g['delta']:g}; fitted on {g['fit_queries']} train queries, certified on "
+                f"{g['certify_queries']}; {g['certified']} of {g['candidates']} candidate "
+                f"policies certified, chosen p = {g['p_value']:.4g}; assumes future queries are "
+                "drawn like the train file's"
+            )
+    elif args.verbose:
+        print(f"method: {result.guard}")
     write_calibrated(result, args.out, command="cascade " + " ".join(sys.argv[1:]))
     _say(f"wrote {args.out}")
     if args.plot:
@@ -355,6 +390,11 @@ def register(sub: Any) -> None:
         "(more data for both, the deployed model is refit on all of it)",
     )
     cal.add_argument("--seed", type=int, default=0, help="seed of the fit/certify split")
+    cal.add_argument(
+        "--verbose",
+        action="store_true",
+        help="also print how the guarantee was obtained (method, bound, sizes, p-value)",
+    )
     cal.add_argument(
         "--text-features",
         action="store_true",

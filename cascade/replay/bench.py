@@ -16,7 +16,7 @@ from typing import Any
 
 from cascade.config import CascadeConfig, load_config
 from cascade.engine import Cascade
-from cascade.errors import DatasetError, ProviderError
+from cascade.errors import ConfigError, DatasetError, ProviderError
 from cascade.ledger import Ledger
 from cascade.providers.dataset import RecordedResponse, ReplayRecord, load_dataset
 from cascade.providers.replay import ReplayProvider
@@ -103,18 +103,50 @@ class BenchResult:
         }
 
 
-def _task_of(
-    record: ReplayRecord, line: int, config: CascadeConfig, default: str | None, dataset: str
-) -> str:
-    task = record.task or default
-    if task is None:
-        raise DatasetError(f"{dataset}:{line}: query {record.id!r} has no task; pass --task")
-    if task not in config.tasks:
-        raise DatasetError(
-            f"{dataset}:{line}: task {task!r} is not in the config "
-            f"(tasks: {', '.join(config.tasks)}); pass --task to choose one"
+def _tasks_of(
+    records: Sequence[ReplayRecord],
+    config: CascadeConfig,
+    default: str | None,
+    dataset: str,
+    config_path: str | None,
+) -> list[str]:
+    """Each record's task. The errors name ``--task``, the dataset's tasks and the config's,
+    because a query's own task comes before ``--task`` and that is what surprises people.
+
+    Raises:
+        ConfigError: ``default`` is not a task of the config.
+        DatasetError: a query has no task and there is no default, a query's task is not in
+            the config, or ``default`` is given but every query names another task.
+    """
+    known = ", ".join(config.tasks)
+    if default is not None and default not in config.tasks:
+        raise ConfigError(
+            f"--task {default!r} is not one of the config's tasks ({known})",
+            path=config_path,
+            location="tasks",
         )
-    return task
+    named = ", ".join(sorted({r.task for r in records if r.task})) or "none"
+    tasks = []
+    for line, record in enumerate(records, start=1):
+        task = record.task or default
+        if task is None:
+            raise DatasetError(
+                f"{dataset}:{line}: query {record.id!r} has no task; pass --task (one of {known})"
+            )
+        if task not in config.tasks:
+            raise DatasetError(
+                f"{dataset}:{line}: task {task!r} is not in the config (config tasks: {known}; "
+                f"dataset tasks: {named}); a query's own task comes before --task, so bench it "
+                f"with a config that has a {task!r} task"
+            )
+        tasks.append(task)
+    if default is not None and default not in tasks:
+        raise DatasetError(
+            f"{dataset}: --task {default!r} matches no query: every query names its own task "
+            f"(dataset tasks: {named}; config tasks: {known}); --task only applies to queries "
+            "that name none"
+        )
+    return tasks
 
 
 def _check_recorded(
@@ -169,9 +201,11 @@ def run_bench(
         ledger: A ledger to record the replayed steps in (off by default).
 
     Raises:
-        ConfigError: the config is invalid or a recorded model is priced nowhere.
-        DatasetError: a malformed line, or a record whose task is unknown. Raised before any
-            query runs, so no partial report is ever produced.
+        ConfigError: the config is invalid, a recorded model is priced nowhere, or ``task``
+            is not a task of the config.
+        DatasetError: a malformed line, a record whose task is unknown, or ``task`` given
+            while every record names another. Raised before any query runs, so no partial
+            report is ever produced.
     """
     if isinstance(config, CascadeConfig):
         cfg, cfg_path = config, None
@@ -183,7 +217,7 @@ def run_bench(
         records, ds_name = list(dataset), "<records>"
     if not records:
         raise DatasetError(f"{ds_name}: the dataset has no queries; nothing to replay")
-    tasks = [_task_of(r, i + 1, cfg, task, ds_name) for i, r in enumerate(records)]
+    tasks = _tasks_of(records, cfg, task, ds_name, cfg_path)
     warnings = _check_recorded(cfg, records, tasks, ds_name)
     engine = replay_engine(cfg, records, path=cfg_path, ledger=ledger)
     outcomes: dict[str, list[_Outcome]] = {}

@@ -111,7 +111,7 @@ def test_written_config_runs_unchanged(calibrated: dict[str, Any]) -> None:
     out: Path = calibrated["out"]
     assert list(out.parent.glob("cal.t.*.quality.json"))
     text = out.read_text()
-    assert "# guarantee: with probability >= 0.9" in text
+    assert "# guarantee: With 90% confidence, quality on traffic like train.jsonl" in text
     report = run_bench(out, load_dataset(calibrated["test"]), task="t").tasks["t"]
     assert report["cost_per_query"] == pytest.approx(calibrated["result"].test["cost_per_query"])
     assert report["quality"] == pytest.approx(calibrated["result"].test["quality"])
@@ -292,7 +292,7 @@ def test_nothing_certified_keeps_always_top(tmp_path: Path) -> None:
     assert result.status == "ok"
     assert result.ladder == ("large",)
     assert result.guarantee["certified_cheaper_than_top"] is False
-    assert "no policy could be certified cheaper than always-top" in result.message
+    assert "keep the top rung alone: no cheaper policy reached the target" in result.message
     assert [r if isinstance(r, str) else r["model"] for r in
             result.config["tasks"]["t"]["ladder"]] == ["large"]
 
@@ -325,7 +325,7 @@ def test_cli_prints_the_guarantee(tmp_path: Path, capsys: pytest.CaptureFixture[
                  "0.9", "--delta", "0.2", "--out", str(tmp_path / "o.yaml"), "--json",
                  str(tmp_path / "o.json")])
     assert code == 0
-    assert "guarantee: with probability >= 0.8" in capsys.readouterr().out
+    assert "guarantee: With 80% confidence" in capsys.readouterr().out
     saved = json.loads((tmp_path / "o.json").read_text())
     assert saved["guarantee"]["delta"] == 0.2
 

@@ -137,6 +137,17 @@ def test_demo_config_runs_one_query_by_id(capsys: pytest.CaptureFixture[str]) ->
     assert "model=" in err
 
 
+def test_replay_run_without_query_id_names_the_flag(capsys: pytest.CaptureFixture[str]) -> None:
+    """`cascade run` on a replay config without --query-id says to pass it, in one line."""
+    code = main(["run", str(DEMO_CONFIG), "math", "What is 2 + 2?"])
+    out, err = capsys.readouterr()
+    assert code == 2
+    assert out == ""
+    assert err.strip().splitlines() == [
+        "error: task 'math' answers from recordings (replay provider recorded); pass "
+        "--query-id ID, the query's id in the dataset"]
+
+
 def test_plot_legend_names_every_mark_and_the_data(tmp_path: Path,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """Every mark drawn has a legend entry, and the title says which split it shows."""

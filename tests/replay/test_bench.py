@@ -139,6 +139,39 @@ def test_unknown_task_in_dataset(files: tuple[Path, Path],
     assert "task 'math' is not in the config" in capsys.readouterr().err
 
 
+def test_task_flag_with_a_dataset_of_another_task(files: tuple[Path, Path],
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """--task with queries that name a task the config lacks names both sides' tasks, and
+    does not advise the --task that was just given."""
+    config, dataset = files
+    dataset.write_text(dataset.read_text().replace('"task":"qa"', '"task":"math"'))
+    assert main(["bench", str(config), str(dataset), "--task", "qa"]) == 2
+    err = capsys.readouterr().err
+    assert "(config tasks: qa; dataset tasks: math)" in err
+    assert "a query's own task comes before --task" in err
+    assert "pass --task to choose one" not in err
+
+
+def test_task_flag_matching_no_query(files: tuple[Path, Path],
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """--task naming a config task that no query ends up in is refused, not silently ignored."""
+    config, dataset = files
+    tasks = {**CONFIG["tasks"], "math": CONFIG["tasks"]["qa"]}
+    config.write_text(yaml.safe_dump({**CONFIG, "tasks": tasks}, sort_keys=False))
+    assert main(["bench", str(config), str(dataset), "--task", "math"]) == 2
+    err = capsys.readouterr().err
+    assert "--task 'math' matches no query" in err
+    assert "(dataset tasks: qa; config tasks: qa, math)" in err
+
+
+def test_task_flag_not_in_config(files: tuple[Path, Path],
+                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """--task that the config does not define is named as the flag, with the config's tasks."""
+    config, dataset = files
+    assert main(["bench", str(config), str(dataset), "--task", "nope"]) == 2
+    assert "--task 'nope' is not one of the config's tasks (qa)" in capsys.readouterr().err
+
+
 def test_cli_json_and_plot(files: tuple[Path, Path], tmp_path: Path,
                            capsys: pytest.CaptureFixture[str]) -> None:
     """bench --json writes the contract keys; --plot writes a PNG."""
