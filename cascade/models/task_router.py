@@ -24,6 +24,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from cascade.config import CascadeConfig
+from cascade.config.messages import pydantic_message
 from cascade.errors import ConfigError
 from cascade.models.features import prompt_text
 from cascade.models.linear import MAX_BUCKETS, Hashing, fit_logistic, hashed
@@ -191,7 +192,7 @@ def load_task_router(
     except ValidationError as exc:
         first = exc.errors()[0]
         raise ConfigError(
-            f"invalid task router: {'.'.join(map(str, first['loc']))}: {first['msg']}",
+            f"invalid task router: {'.'.join(map(str, first['loc']))}: {pydantic_message(first)}",
             path=config_path, location=where,
         ) from exc
     unknown = sorted(set(classifier.tasks) - set(config.tasks))
