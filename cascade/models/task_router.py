@@ -191,8 +191,9 @@ def load_task_router(
         classifier = TaskClassifier.model_validate(data)
     except ValidationError as exc:
         first = exc.errors()[0]
+        inside = ".".join(map(str, first["loc"])) or "(top level)"  # a model validator has no loc
         raise ConfigError(
-            f"invalid task router: {'.'.join(map(str, first['loc']))}: {pydantic_message(first)}",
+            f"invalid task router: {inside}: {pydantic_message(first)}",
             path=config_path, location=where,
         ) from exc
     unknown = sorted(set(classifier.tasks) - set(config.tasks))

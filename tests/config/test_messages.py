@@ -33,6 +33,27 @@ def test_model_validator_error_has_no_pydantic_prefix() -> None:
     assert str(error) == "ledger: set url or url_env, not both"
 
 
+BAD_LINEAR = {"dense": ["a"], "weights": [1, 2], "mean": [0], "scale": [1]}
+BAD_TASK_ROUTER = {"tasks": ["faq", "other"], "hashing": {"buckets": 4},
+                   "weights": [[0, 0, 0, 0]], "bias": [0, 0]}
+
+
+@pytest.mark.parametrize(("where", "mutate", "said"), [
+    ("tasks.faq.evaluators[1].model", lambda d: d["tasks"]["faq"]["evaluators"].append(
+        {"type": "quality_model", "min": 0.5, "model": BAD_LINEAR}), "same length"),
+    ("tasks.faq.router.model", lambda d: d["tasks"]["faq"].update(
+        router={"model": {"rungs": {"mini": BAD_LINEAR}}}), "same length"),
+    ("task_router.model", lambda d: d.update(task_router={"model": BAD_TASK_ROUTER}),
+     "(top level): weights and bias: one entry per task"),
+])
+def test_model_data_errors_have_no_pydantic_prefix(where: str, mutate: Any, said: str) -> None:
+    """A learned model's validator messages (quality model, routers) read without the prefix."""
+    error = message_for(mutate)
+    assert error.location == where
+    assert said in error.message
+    assert "value error" not in error.message.lower()
+
+
 def test_unknown_key_suggests_the_field_it_misspells(tmp_path: Path) -> None:
     """A key within two edits of a field at that place gets a "did you mean"."""
     message = error_for(tmp_path, lambda d: d.update(budget={"daily_usd": 1}))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import uuid
 from collections.abc import Iterator
@@ -24,10 +25,10 @@ def has_citation(request, completion):
 
 @pytest.fixture
 def package() -> Iterator[str]:
-    """A package name no other test uses, forgotten by ``sys.modules`` afterwards."""
+    """A package name no other test uses; it and names it starts are forgotten afterwards."""
     name = f"checks_{uuid.uuid4().hex}"
     yield name
-    for loaded in [m for m in sys.modules if m == name or m.startswith(f"{name}.")]:
+    for loaded in [m for m in sys.modules if m.startswith(name)]:
         del sys.modules[loaded]
 
 
@@ -39,7 +40,7 @@ def write_package(folder: Path, name: str, where: str, source: str = CHECK) -> N
 
 def write_config(folder: Path, name: str) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "cascade.yaml"
+    path = folder / "cascade.yaml"  # rewritten in place: the folder's listing stays the same
     path.write_text(yaml.safe_dump({
         "providers": {"p": {"type": "openai"}},
         "models": {k: {"provider": "p", "name": k, "price": {"input": 1, "output": 1}}
@@ -122,3 +123,21 @@ def test_module_that_fails_to_import_is_not_called_missing(
     with pytest.raises(ConfigError, match="failed to import: ZeroDivisionError") as info:
         Cascade.from_yaml(config, providers={"p": FakeProvider("p")})
     assert info.value.location == "tasks.t.evaluators[0].path"
+
+
+def test_module_written_after_an_earlier_load_is_found(
+    tmp_path: Path, package: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A folder Python has listed before is listed again, so a module added since is found."""
+    project = tmp_path / "project"
+    config = write_config(project, package)
+    write_package(project, package, "first")
+    monkeypatch.chdir(tmp_path)
+    assert run(config) == ["first"] * 2
+    # The new package changes the folder's listing but not its mtime, which is what the import
+    # system looks at before it lists a folder again (two writes within one clock tick).
+    listed = project.stat()
+    write_package(project, f"{package}_later", "added later")
+    os.utime(project, ns=(listed.st_atime_ns, listed.st_mtime_ns))
+    write_config(project, f"{package}_later")
+    assert run(config) == ["added later"] * 2
