@@ -39,7 +39,7 @@ def _reference_problems(data: Mapping[str, Any]) -> list[tuple[str, str]]:
         return value if isinstance(value, Mapping) else {}
 
     providers, models, tasks = section("providers"), section("models"), section("tasks")
-    found = []
+    found: list[tuple[str, str]] = []
     for key, model in models.items():
         if not isinstance(model, Mapping):
             continue
@@ -55,14 +55,14 @@ def _reference_problems(data: Mapping[str, Any]) -> list[tuple[str, str]]:
         if isinstance(provider, str) and provider not in providers:
             found.append((
                 f"models.{key}.provider",
-                f"unknown provider {provider!r} (defined: {', '.join(providers)})",
+                f"unknown provider {provider!r} (defined: {_listed(providers)})",
             ))
     router = data.get("task_router")
     default = router.get("default_task") if isinstance(router, Mapping) else None
     if isinstance(default, str) and default not in tasks:
         found.append((
             "task_router.default_task",
-            f"unknown task {default!r} (defined: {', '.join(tasks)})",
+            f"unknown task {default!r} (defined: {_listed(tasks)})",
         ))
     for name, task in tasks.items():
         ladder = task.get("ladder") if isinstance(task, Mapping) else None
@@ -71,9 +71,14 @@ def _reference_problems(data: Mapping[str, Any]) -> list[tuple[str, str]]:
             if isinstance(model, str) and model not in models:
                 found.append((
                     f"tasks.{name}.ladder[{i}]",
-                    f"unknown model {model!r} (defined: {', '.join(models)})",
+                    f"unknown model {model!r} (defined: {_listed(models)})",
                 ))
     return found
+
+
+def _listed(section: Mapping[Any, Any]) -> str:
+    # Unvalidated: a YAML key may be a number, which the schema error names on its own.
+    return ", ".join(map(str, section))
 
 
 def _whole(value: Any) -> bool:

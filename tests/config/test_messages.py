@@ -156,3 +156,12 @@ def test_every_evaluator_mistake_of_every_task_is_named() -> None:
                   "tasks.other.evaluators[0].max_words"):
         assert message.count(f"{where}: ") == 1, where
     assert error.location == "tasks.faq.evaluators[0].min_word"
+
+
+def test_references_are_read_safely_from_an_invalid_file() -> None:
+    """A number as a key is a schema mistake; references around it are still checked."""
+    def mutate(d: dict[str, Any]) -> None:
+        d["providers"][1] = d["providers"].pop("anthropic")
+    message = str(message_for(mutate))
+    assert "providers[1]: input should be a valid string (got 1)" in message
+    assert "models.sonnet.provider: unknown provider 'anthropic' (defined: openai, 1)" in message
