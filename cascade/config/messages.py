@@ -26,6 +26,7 @@ __all__ = [
     "joined",
     "joined_errors",
     "pydantic_message",
+    "suggestion",
     "unknown_key",
     "validation_problems",
 ]
@@ -73,10 +74,15 @@ def did_you_mean(key: str, known: Collection[str]) -> str | None:
     return best[2] if best else None
 
 
+def suggestion(key: str, known: Collection[str]) -> str:
+    """`` (did you mean 'NAME'?)`` for the known name ``key`` is a typo of, else ``""``."""
+    near = did_you_mean(key, known)
+    return f" (did you mean {near!r}?)" if near else ""
+
+
 def unknown_key(key: str, known: Collection[str]) -> str:
     """``unknown key``, with the known name it is a typo of when there is one."""
-    near = did_you_mean(key, known)
-    return f"unknown key (did you mean {near!r}?)" if near else "unknown key"
+    return f"unknown key{suggestion(key, known)}"
 
 
 def validation_problems(

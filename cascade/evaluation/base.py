@@ -28,9 +28,9 @@ from pydantic import BaseModel, ValidationError
 
 from cascade.config import MinScore, format_location
 from cascade.config.messages import (
-    did_you_mean,
     joined,
     joined_errors,
+    suggestion,
     unknown_key,
     validation_problems,
 )
@@ -280,18 +280,11 @@ def _instantiate(kind: str, target: Any, settings: dict[str, Any], ctx: Evaluato
             raise joined([(_at(ctx, where), message) for where, message in found]) from exc
         return target(config, ctx)
     if settings:
-        raise joined([
-            (_at(ctx, (key,)), f"evaluator {kind!r} takes no settings{_near(key, _COMMON_KEYS)}")
-            for key in settings
-        ])
+        refused = f"evaluator {kind!r} takes no settings"
+        raise joined([(_at(ctx, (k,)), refused + suggestion(k, _COMMON_KEYS)) for k in settings])
     if inspect.isclass(target):
         return target()
     return target
-
-
-def _near(key: str, known: Sequence[str]) -> str:
-    near = did_you_mean(key, known)
-    return f" (did you mean {near!r}?)" if near else ""
 
 
 def _at(ctx: EvaluatorContext, where: tuple[int | str, ...]) -> str:
