@@ -165,3 +165,9 @@ def test_references_are_read_safely_from_an_invalid_file() -> None:
     message = str(message_for(mutate))
     assert "providers[1]: input should be a valid string (got 1)" in message
     assert "models.sonnet.provider: unknown provider 'anthropic' (defined: openai, 1)" in message
+
+
+def test_capitalised_names_stay_in_the_key_path() -> None:
+    """A task the user named FAQ is kept in the path: only pydantic's union names are dropped."""
+    error = message_for(lambda d: d["tasks"].update(FAQ={"ladder": ["mini"], "ladders": 1}))
+    assert str(error) == "tasks.FAQ.ladders: unknown key"
