@@ -22,6 +22,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from cascade.config.messages import pydantic_message
 from cascade.evaluation import (
     EvaluatorContext,
     Slot,
@@ -76,7 +77,8 @@ def load_model(source: str | Mapping[str, Any], ctx: EvaluatorContext, key: str)
     except ValidationError as exc:
         err = exc.errors()[0]
         where = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        raise ctx.error(f"not a valid quality model: {where}: {err['msg']}", key) from exc
+        problem = pydantic_message(err)
+        raise ctx.error(f"not a valid quality model: {where}: {problem}", key) from exc
 
 
 class Features:

@@ -1,17 +1,13 @@
 """Configuration: YAML -> typed config, model parameters, prices, plug-in lookup and paths.
 
 ``from cascade.config import load_config, CascadeConfig`` is the public face; the modules are
-``schema`` (the pydantic models), ``loading`` (file -> validated config), ``params``, ``pricing``,
-``plugins`` and ``paths``. Nothing here touches the environment or the network.
+``schema`` (the pydantic models), ``loading`` (file -> validated config), ``messages`` (validation
+errors -> what users read), ``params``, ``pricing``, ``plugins`` and ``paths``. Nothing here
+touches the environment or the network.
 """
 
-from cascade.config.loading import (
-    MAX_YAML_NODES,
-    format_location,
-    load_config,
-    parse_config,
-    safe_load_bounded,
-)
+from cascade.config.loading import MAX_YAML_NODES, load_config, parse_config, safe_load_bounded
+from cascade.config.messages import format_location
 from cascade.config.paths import resolve_path
 from cascade.config.schema import (
     DEFAULT_KEY_ENV,

@@ -1,7 +1,8 @@
 """Loading a config: YAML text -> validated ``CascadeConfig``, with every failure a ``ConfigError``.
 
-Loading is ``yaml.safe_load`` -> ``CascadeConfig.model_validate`` -> cross-reference checks. It is
-pure: no environment, no network. Every failure names the file and the key path.
+Loading is ``yaml.safe_load`` -> ``CascadeConfig.model_validate`` plus cross-reference checks,
+whose mistakes are named together in one error. It is pure: no environment, no network. Every
+failure names the file and the key path.
 """
 
 from __future__ import annotations
@@ -14,101 +15,74 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from cascade.config.messages import format_location, joined, validation_problems
 from cascade.config.pricing import fill_prices
-from cascade.config.schema import CascadeConfig
+from cascade.config.schema import DEFAULT_MAX_OUTPUT_TOKENS, CascadeConfig
 from cascade.errors import ConfigError
 
-__all__ = ["MAX_YAML_NODES", "format_location", "load_config", "parse_config", "safe_load_bounded"]
+__all__ = ["MAX_YAML_NODES", "load_config", "parse_config", "safe_load_bounded"]
 
 # A config file is a few hundred nodes; aliases may repeat parts of it, but a file whose aliases
 # expand past this many nodes is an alias bomb (740 bytes can stand for gigabytes).
 MAX_YAML_NODES = 100_000
 
 
-def format_location(loc: tuple[int | str, ...]) -> str:
-    """``("tasks", "faq", "ladder", 1)`` -> ``tasks.faq.ladder[1]``."""
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += f".{part}" if out else str(part)
-    return out
+def _reference_problems(data: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """Names one section uses that another does not define, and limits a model's params break.
 
+    Read from the mapping rather than the validated config, so that a file with a schema mistake
+    has its references checked all the same and one error names every mistake.
+    """
 
-def _describe(error: Mapping[str, Any]) -> str:
-    kind = error["type"]
-    if kind == "extra_forbidden":
-        return "unknown key"
-    if kind == "missing":
-        return "required key is missing"
-    value = error.get("input")
-    shown = repr(value) if not isinstance(value, (dict, list)) else type(value).__name__
-    return f"{error['msg'][0].lower()}{error['msg'][1:]} (got {shown})"
+    def section(name: str) -> Mapping[str, Any]:
+        value = data.get(name)
+        return value if isinstance(value, Mapping) else {}
 
-
-def _from_validation(
-    exc: ValidationError, path: str | None, hints: Mapping[tuple[Any, ...], str] | None = None
-) -> ConfigError:
-    errors = exc.errors()
-    # In a union the deepest error is the member the user was aiming at: one error per place.
-    chosen: dict[tuple[Any, ...], Any] = {}
-    for error in errors:
-        group = error["loc"][:3]
-        if group not in chosen or len(error["loc"]) > len(chosen[group]["loc"]):
-            chosen[group] = error
-    ordered = sorted(chosen.values(), key=lambda e: -len(e["loc"]))
-    first, rest = ordered[0], ordered[1:]
-
-    def describe(error: Mapping[str, Any]) -> str:
-        hint = (hints or {}).get(tuple(error["loc"]))
-        return hint if hint and error["type"] == "missing" else _describe(error)
-
-    # Every problem is named: fixing one at a time and reloading wastes the user's time.
-    also = "".join(f"; {format_location(_clean(e['loc']))}: {describe(e)}" for e in rest)
-    return ConfigError(
-        describe(first) + also, path=path, location=format_location(_clean(first["loc"]))
-    )
-
-
-def _clean(loc: tuple[int | str, ...]) -> tuple[int | str, ...]:
-    """Union members and tagged choices add their own names to the location; drop them."""
-    kept = tuple(p for p in loc if not (isinstance(p, str) and p[:1].isupper()))
-    return tuple(p for p in kept if p not in ("literal['all','any']", "literal['all', 'any']"))
-
-
-def _check_references(config: CascadeConfig, path: str | None) -> None:
-    for key, model in config.models.items():
+    providers, models, tasks = section("providers"), section("models"), section("tasks")
+    found: list[tuple[str, str]] = []
+    for key, model in models.items():
+        if not isinstance(model, Mapping):
+            continue
+        limit = model.get("max_output_tokens", DEFAULT_MAX_OUTPUT_TOKENS)
+        params = model.get("params")
         for name in ("max_tokens", "max_completion_tokens"):
-            value = model.params.get(name)
-            if isinstance(value, int) and value > model.max_output_tokens:
-                raise ConfigError(
-                    f"{value} is above max_output_tokens {model.max_output_tokens}",
-                    path=path,
-                    location=f"models.{key}.params.{name}",
+            value = params.get(name) if isinstance(params, Mapping) else None
+            if _whole(value) and _whole(limit) and value > limit:
+                found.append(
+                    (f"models.{key}.params.{name}", f"{value} is above max_output_tokens {limit}")
                 )
-        if model.provider not in config.providers:
-            raise ConfigError(
-                f"unknown provider {model.provider!r} (defined: {', '.join(config.providers)})",
-                path=path,
-                location=f"models.{key}.provider",
-            )
-    router = config.task_router
-    if (router is not None and router.default_task is not None
-            and router.default_task not in config.tasks):
-        raise ConfigError(
-            f"unknown task {router.default_task!r} (defined: {', '.join(config.tasks)})",
-            path=path,
-            location="task_router.default_task",
-        )
-    for name, task in config.tasks.items():
-        for i, rung in enumerate(task.ladder):
-            if rung.model not in config.models:
-                raise ConfigError(
-                    f"unknown model {rung.model!r} (defined: {', '.join(config.models)})",
-                    path=path,
-                    location=f"tasks.{name}.ladder[{i}]",
-                )
+        provider = model.get("provider")
+        if isinstance(provider, str) and provider not in providers:
+            found.append((
+                f"models.{key}.provider",
+                f"unknown provider {provider!r} (defined: {_listed(providers)})",
+            ))
+    router = data.get("task_router")
+    default = router.get("default_task") if isinstance(router, Mapping) else None
+    if isinstance(default, str) and default not in tasks:
+        found.append((
+            "task_router.default_task",
+            f"unknown task {default!r} (defined: {_listed(tasks)})",
+        ))
+    for name, task in tasks.items():
+        ladder = task.get("ladder") if isinstance(task, Mapping) else None
+        for i, rung in enumerate(ladder if isinstance(ladder, list) else []):
+            model = rung.get("model") if isinstance(rung, Mapping) else rung
+            if isinstance(model, str) and model not in models:
+                found.append((
+                    f"tasks.{name}.ladder[{i}]",
+                    f"unknown model {model!r} (defined: {_listed(models)})",
+                ))
+    return found
+
+
+def _listed(section: Mapping[Any, Any]) -> str:
+    # Unvalidated: a YAML key may be a number, which the schema error names on its own.
+    return ", ".join(map(str, section))
+
+
+def _whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def parse_config(data: Any, *, path: str | None = None) -> CascadeConfig:
@@ -124,11 +98,15 @@ def parse_config(data: Any, *, path: str | None = None) -> CascadeConfig:
             path=path,
         )
     data, sources, unknown = fill_prices(data)
+    references = _reference_problems(data)
     try:
         config = CascadeConfig.model_validate(data)
     except ValidationError as exc:
-        raise _from_validation(exc, path, unknown) from exc
-    _check_references(config, path)
+        found = validation_problems(exc, CascadeConfig, data, hints=unknown)
+        schema = [(format_location(where), message) for where, message in found]
+        raise joined(schema + references, path=path) from exc
+    if references:
+        raise joined(references, path=path)
     config._price_sources = sources
     return config
 

@@ -6,11 +6,13 @@ providers and evaluators from them. Pure: no environment, no network.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     PrivateAttr,
@@ -18,6 +20,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 from cascade.config.pricing import Price
 
@@ -189,7 +192,16 @@ class MinScore(BaseModel):
     min_score: float = Field(ge=0, le=1)
 
 
-Accept = Literal["all", "any"] | MinScore
+def _accept_shape(value: Any) -> Any:
+    # Without this, a word other than all/any gets pydantic's "should be 'all' or 'any'", which
+    # hides the third choice; a mapping goes on to MinScore, which names its own mistakes.
+    if value in ("all", "any") or isinstance(value, (Mapping, MinScore)):
+        return value
+    # Braces in a template are placeholders: the mapping's shape goes in through the context.
+    raise PydanticCustomError("accept", "must be all, any or {shape}", {"shape": "{min_score: X}"})
+
+
+Accept = Annotated[Literal["all", "any"] | MinScore, BeforeValidator(_accept_shape)]
 
 
 class RungConfig(BaseModel):

@@ -10,8 +10,10 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from cascade.config import CascadeConfig, resolve_path
+from cascade.config.messages import joined_errors
 from cascade.config.plugins import PROVIDERS, load_plugin
 from cascade.engine.ladder import Rung, TaskLadder
+from cascade.errors import ConfigError
 from cascade.evaluation import EvaluatorContext, ModelServices, build_evaluators
 from cascade.models.router import load_router
 from cascade.providers.base import Provider
@@ -51,11 +53,12 @@ def build_task(
 
     Raises:
         ConfigError: an evaluator's settings are invalid, a plug-in is missing, or the router
-            model cannot be loaded; located at the task's key path.
+            model cannot be loaded; naming every such mistake of the task, located at the first.
     """
     task = config.tasks[name]
     config_dir = Path(path).parent if path else None
-    rungs = []
+    rungs: list[Rung] = []
+    errors: list[ConfigError] = []
     for i, rung in enumerate(task.ladder):
         model = config.models[rung.model]
         provider = providers[model.provider]
@@ -71,25 +74,36 @@ def build_task(
             services=services,
             config_dir=config_dir,
         )
+        try:
+            slots = build_evaluators(specs, ctx)
+        except ConfigError as exc:  # the other rungs' mistakes are named too
+            errors.append(exc)
+            continue
         rungs.append(
             Rung(
                 key=rung.model,
                 model=model,
                 provider=provider,
-                slots=build_evaluators(specs, ctx),
+                slots=slots,
                 accept=rung.accept if rung.accept is not None else task.accept,
             )
         )
     router = None
     if task.router is not None:
-        router = load_router(
-            task.router.model,
-            task.router.skip_below,
-            [r.model for r in task.ladder],
-            config_dir=config_dir,
-            path=path,
-            location=f"tasks.{name}.router",
-        )
+        try:
+            router = load_router(
+                task.router.model,
+                task.router.skip_below,
+                [r.model for r in task.ladder],
+                config_dir=config_dir,
+                path=path,
+                location=f"tasks.{name}.router",
+            )
+        except ConfigError as exc:
+            errors.append(exc)
+    if errors:
+        # Rungs that share the task's evaluators share their mistakes: each is named once.
+        raise joined_errors(errors)
     return TaskLadder(
         name=name,
         rungs=tuple(rungs),

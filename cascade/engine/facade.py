@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from cascade.config import CascadeConfig, TaskConfig, load_config, parse_config, resolve_path
+from cascade.config.messages import joined_errors
 from cascade.config.params import check_call_params
 from cascade.engine.building import build_provider, build_task
 from cascade.engine.cache import ResponseCache, task_cache_key
@@ -75,12 +76,16 @@ class Cascade:
         self.config = config
         self.path = path
         retry = RetryPolicy(config.retry, sleep=sleep, **({"asleep": asleep} if asleep else {}))
-        try:
-            self.providers: dict[str, Provider] = {
-                name: build_provider(config, name, path, providers) for name in config.providers
-            }
-        except ConfigError as exc:
-            raise self._located(exc) from exc
+        self.providers: dict[str, Provider] = {}
+        failed: list[ConfigError] = []
+        for name in config.providers:
+            try:
+                self.providers[name] = build_provider(config, name, path, providers)
+            except ConfigError as exc:  # every provider's mistake is named, not the first
+                failed.append(exc)
+        if failed:
+            error = joined_errors(failed)
+            raise self._located(error) from error
         if ledger is None or ledger is True:
             self.ledger = open_ledger(config.ledger, config_path=path)
         else:
@@ -126,7 +131,7 @@ class Cascade:
         """Load, validate and build a config file. See ``Cascade`` for the keyword arguments.
 
         Raises:
-            ConfigError: naming the file and key path of the first problem.
+            ConfigError: naming the file and the key path of every problem a check found.
         """
         return cls(load_config(path), path=str(path), **kwargs)
 
@@ -188,10 +193,18 @@ class Cascade:
         self.close()
 
     def _build_tasks(self, tasks: Mapping[str, TaskConfig]) -> dict[str, TaskLadder]:
-        return {
-            name: build_task(self.config, name, self.providers, self.services, self.path)
-            for name in tasks
-        }
+        built: dict[str, TaskLadder] = {}
+        failed: list[ConfigError] = []
+        for name in tasks:
+            try:
+                built[name] = build_task(
+                    self.config, name, self.providers, self.services, self.path
+                )
+            except ConfigError as exc:  # every task's mistakes are named, not the first task's
+                failed.append(exc)
+        if failed:
+            raise joined_errors(failed)
+        return built
 
     # -- public API -----------------------------------------------------------------------------
 

@@ -27,6 +27,13 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 from pydantic import BaseModel, ValidationError
 
 from cascade.config import MinScore, format_location
+from cascade.config.messages import (
+    joined,
+    joined_errors,
+    suggestion,
+    unknown_key,
+    validation_problems,
+)
 from cascade.config.plugins import EVALUATORS, load_object, load_plugin
 from cascade.errors import CascadeError, ConfigError, EvaluatorError
 from cascade.types import Completion, Request, Verdict
@@ -259,6 +266,8 @@ def to_verdict(name: str, outcome: Any) -> Verdict:
 
 
 _HOOKS = ("prepare", "finalize", "acall", "repair_message")
+# Keys every evaluator spec may hold besides its own settings (build_one takes them out).
+_COMMON_KEYS = ("type", "weight", "name")
 
 
 def _instantiate(kind: str, target: Any, settings: dict[str, Any], ctx: EvaluatorContext) -> Any:
@@ -267,20 +276,30 @@ def _instantiate(kind: str, target: Any, settings: dict[str, Any], ctx: Evaluato
         try:
             config = config_model.model_validate(settings)
         except ValidationError as exc:
-            err = exc.errors()[0]
-            where = format_location((*tuple(err["loc"]),)) if err["loc"] else None
-            msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
-            raise ctx.error(msg, where) from exc
+            found = validation_problems(exc, config_model, settings, also=_COMMON_KEYS)
+            raise joined([(_at(ctx, where), message) for where, message in found]) from exc
         return target(config, ctx)
     if settings:
-        raise ctx.error(f"evaluator {kind!r} takes no settings, got {', '.join(settings)}")
+        refused = f"evaluator {kind!r} takes no settings"
+        raise joined([(_at(ctx, (k,)), refused + suggestion(k, _COMMON_KEYS)) for k in settings])
     if inspect.isclass(target):
         return target()
     return target
 
 
+def _at(ctx: EvaluatorContext, where: tuple[int | str, ...]) -> str:
+    inside = format_location(where)
+    if not inside:
+        return ctx.location
+    return f"{ctx.location}{inside}" if inside.startswith("[") else f"{ctx.location}.{inside}"
+
+
 def build_one(spec: Mapping[str, Any], ctx: EvaluatorContext) -> Slot:
-    """Turn one ``{type: NAME, ...}`` mapping into a ready ``Slot``."""
+    """Turn one ``{type: NAME, ...}`` mapping into a ready ``Slot``.
+
+    Raises:
+        ConfigError: naming every mistake in the spec's settings, at their key paths.
+    """
     settings = dict(spec)
     kind = settings.pop("type", None)
     if not isinstance(kind, str):
@@ -299,8 +318,12 @@ def build_one(spec: Mapping[str, Any], ctx: EvaluatorContext) -> Slot:
         if not isinstance(path, str):
             raise ctx.error("a callable evaluator needs path: 'package.module:function'", "path")
         if settings:
-            raise ctx.error(f"unknown key(s) {', '.join(settings)}")
-        target = load_object(path, location=f"{ctx.location}.path")
+            raise joined([
+                (_at(ctx, (key,)), unknown_key(key, ("path", *_COMMON_KEYS))) for key in settings
+            ])
+        # A module beside the config, or in the working directory, needs no packaging.
+        search = [*([ctx.config_dir] if ctx.config_dir is not None else []), Path.cwd()]
+        target = load_object(path, location=f"{ctx.location}.path", search=search)
         if not callable(target):
             raise ctx.error(f"{path!r} is not callable", "path")
         evaluator: Any = target
@@ -315,21 +338,23 @@ def build_one(spec: Mapping[str, Any], ctx: EvaluatorContext) -> Slot:
 
 
 def build_evaluators(specs: Sequence[Mapping[str, Any]], ctx: EvaluatorContext) -> tuple[Slot, ...]:
-    """Build a rung's evaluators, ordered cheapest first (stable for equal costs)."""
-    slots = []
+    """Build a rung's evaluators, ordered cheapest first (stable for equal costs).
+
+    Raises:
+        ConfigError: naming every evaluator's mistakes, not only the first evaluator's.
+    """
+    slots: list[Slot] = []
+    errors: list[ConfigError] = []
     for i, spec in enumerate(specs):
-        item_ctx = EvaluatorContext(
-            location=f"{ctx.location}[{i}]",
-            task=ctx.task,
-            model=ctx.model,
-            provider_type=ctx.provider_type,
-            supports_logprobs=ctx.supports_logprobs,
-            services=ctx.services,
-            config_dir=ctx.config_dir,
-        )
-        if not isinstance(spec, Mapping):
-            raise item_ctx.error("an evaluator must be a mapping like {type: length, ...}")
-        slots.append(build_one(spec, item_ctx))
+        item_ctx = replace(ctx, location=f"{ctx.location}[{i}]")
+        try:
+            if not isinstance(spec, Mapping):
+                raise item_ctx.error("an evaluator must be a mapping like {type: length, ...}")
+            slots.append(build_one(spec, item_ctx))
+        except ConfigError as exc:
+            errors.append(exc)
+    if errors:
+        raise joined_errors(errors)
     return tuple(sorted(slots, key=lambda s: s.cost))
 
 

@@ -16,6 +16,7 @@ import yaml
 from pydantic import ValidationError
 
 from cascade.config import CascadeConfig, ServerConfig, format_location, load_config, parse_config
+from cascade.config.messages import joined, validation_problems
 from cascade.errors import ConfigError
 
 __all__ = [
@@ -55,9 +56,10 @@ def load_serve_config(path: str) -> tuple[CascadeConfig, ServeSettings]:
         try:
             settings = ServeSettings.model_validate(section or {})
         except ValidationError as bad:
-            first = bad.errors()[0]
-            raise ConfigError(
-                first["msg"], path=path, location=format_location(("server", *first["loc"]))
+            found = validation_problems(bad, ServeSettings, section or {})
+            raise joined(
+                [(format_location(("server", *where)), message) for where, message in found],
+                path=path,
             ) from bad
         return parse_config(data, path=path), settings
     declared: Any = getattr(config, "server", None)

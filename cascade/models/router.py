@@ -26,6 +26,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from cascade.config.messages import pydantic_message
 from cascade.errors import ConfigError
 from cascade.models.features import prompt_features
 from cascade.models.linear import LinearModel
@@ -101,7 +102,7 @@ def load_router(
     except ValidationError as exc:
         err = exc.errors()[0]
         where = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        raise fail(f"not a valid router model: {where}: {err['msg']}", "model") from exc
+        raise fail(f"not a valid router model: {where}: {pydantic_message(err)}", "model") from exc
     for key in skip_below:
         if key not in ladder:
             raise fail(

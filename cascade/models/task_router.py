@@ -24,6 +24,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from cascade.config import CascadeConfig
+from cascade.config.messages import pydantic_message
 from cascade.errors import ConfigError
 from cascade.models.features import prompt_text
 from cascade.models.linear import MAX_BUCKETS, Hashing, fit_logistic, hashed
@@ -190,8 +191,9 @@ def load_task_router(
         classifier = TaskClassifier.model_validate(data)
     except ValidationError as exc:
         first = exc.errors()[0]
+        inside = ".".join(map(str, first["loc"])) or "(top level)"  # a model validator has no loc
         raise ConfigError(
-            f"invalid task router: {'.'.join(map(str, first['loc']))}: {first['msg']}",
+            f"invalid task router: {inside}: {pydantic_message(first)}",
             path=config_path, location=where,
         ) from exc
     unknown = sorted(set(classifier.tasks) - set(config.tasks))
