@@ -14,9 +14,10 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from cascade.config.params import PRICE_CHANGING_PARAMS, check_call_params
 from cascade.config.pricing import fill_prices
 from cascade.config.schema import CascadeConfig
-from cascade.errors import ConfigError
+from cascade.errors import ConfigError, RequestError
 
 __all__ = ["MAX_YAML_NODES", "format_location", "load_config", "parse_config", "safe_load_bounded"]
 
@@ -101,6 +102,24 @@ def _check_references(config: CascadeConfig, path: str | None) -> None:
             path=path,
             location="task_router.default_task",
         )
+    direct = config.server.direct_models
+    for i, key in enumerate(direct if isinstance(direct, list) else ()):
+        if key not in config.models:
+            raise ConfigError(
+                f"unknown model {key!r} (defined: {', '.join(config.models)})",
+                path=path,
+                location=f"server.direct_models[{i}]",
+            )
+    for where, params in [
+        *((f"models.{key}.params", m.params) for key, m in config.models.items()),
+        *((f"tasks.{name}.params", t.params) for name, t in config.tasks.items()),
+    ]:
+        try:
+            # The config's params are the operator's own: price-changing ones are allowed
+            # (cascade validate warns that they go unpriced); n > 1 and the rest are not.
+            check_call_params(params, PRICE_CHANGING_PARAMS)
+        except RequestError as exc:
+            raise ConfigError(exc.message, path=path, location=f"{where}.{exc.param}") from exc
     for name, task in config.tasks.items():
         for i, rung in enumerate(task.ladder):
             if rung.model not in config.models:

@@ -15,6 +15,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from cascade.config import format_location
+from cascade.config.params import check_call_params
+from cascade.errors import RequestError
 from cascade.types import CascadeResult
 
 __all__ = [
@@ -75,7 +77,7 @@ class ChatRequest(BaseModel):
     messages: list[ChatMessage] = Field(min_length=1)
     stream: bool = False
     stream_options: StreamOptions | None = None
-    n: int | None = Field(default=None, ge=1, le=1)  # a cascade returns one answer
+    n: int | None = None  # must be 1: checked by params(), as the library checks it
     max_tokens: int | None = Field(default=None, ge=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
     temperature: Number | None = Field(default=None, ge=0, le=2)
@@ -112,9 +114,12 @@ class ChatRequest(BaseModel):
     def params(self, allow: Collection[str] = ()) -> dict[str, Any]:
         """Provider parameters, with nulls dropped (null means the default).
 
+        The parameters (``n`` included, though it is not forwarded) pass the library's own
+        ``check_call_params``: ``n`` must be 1, a price-changing parameter needs ``allow``.
+
         Raises:
-            ValueError: a field that is neither a chat parameter nor in ``allow``; the
-                message names it.
+            ValueError: a field that is neither a chat parameter nor in ``allow``, or a value
+                ``check_call_params`` refuses; the message names it.
         """
         extra = self.model_extra or {}
         unknown = sorted(k for k in extra if k not in allow)
@@ -130,7 +135,12 @@ class ChatRequest(BaseModel):
             if name not in _GATEWAY_FIELDS and name in type(self).model_fields
         }
         merged = {**declared, **extra}
-        return {k: v for k, v in merged.items() if v is not None}
+        params = {k: v for k, v in merged.items() if v is not None}
+        try:
+            check_call_params({**params, "n": self.n}, allow)
+        except RequestError as exc:
+            raise ValueError(f"invalid request body: {exc}") from exc
+        return params
 
     @property
     def include_usage(self) -> bool:
