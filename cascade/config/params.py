@@ -35,6 +35,7 @@ __all__ = [
     "TRANSPORT_OPTIONS",
     "bound_output",
     "check_call_params",
+    "check_one_answer",
 ]
 
 # The OpenAI chat-completions parameters the gateway forwards (their types are checked in
@@ -92,6 +93,21 @@ def _positive_int(value: Any, name: str) -> None:
         raise RequestError(f"must be a positive integer (got {value!r})", param=name)
 
 
+def check_one_answer(n: Any) -> None:
+    """Refuse an ``n`` other than 1 (``None`` is the default, one answer).
+
+    Raises:
+        RequestError: ``n`` is not the integer 1 (``True`` and ``1.0`` included).
+    """
+    # bool is an int: n=True must not pass as 1.
+    if n is not None and (type(n) is not int or n != 1):
+        raise RequestError(
+            f"must be 1 (got {n!r}): a cascade returns one answer, and the budget reserves one "
+            "answer's worst case while an upstream bills every answer it is asked for",
+            param="n",
+        )
+
+
 def check_call_params(params: Mapping[str, Any], allow: Collection[str] = ()) -> None:
     """Refuse parameters no caller may set.
 
@@ -122,14 +138,7 @@ def check_call_params(params: Mapping[str, Any], allow: Collection[str] = ()) ->
                 "pass it as a parameter of its own",
                 param=f"extra_body.{key}",
             )
-    n = params.get("n")
-    # bool is an int: n=True must not pass as 1.
-    if n is not None and (type(n) is not int or n != 1):
-        raise RequestError(
-            f"must be 1 (got {n!r}): a cascade returns one answer, and the budget reserves one "
-            "answer's worst case while an upstream bills every answer it is asked for",
-            param="n",
-        )
+    check_one_answer(params.get("n"))
     for name in sorted(PRICE_CHANGING_PARAMS & params.keys()):
         if params[name] is not None and name not in allow:
             raise RequestError(

@@ -12,10 +12,11 @@ import time
 from collections.abc import Collection, Iterator, Mapping
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_core import PydanticCustomError
 
 from cascade.config import format_location
-from cascade.config.params import check_call_params
+from cascade.config.params import check_call_params, check_one_answer
 from cascade.errors import RequestError
 from cascade.types import CascadeResult
 
@@ -77,7 +78,7 @@ class ChatRequest(BaseModel):
     messages: list[ChatMessage] = Field(min_length=1)
     stream: bool = False
     stream_options: StreamOptions | None = None
-    n: int | None = None  # must be 1: checked by params(), as the library checks it
+    n: int | None = None  # must be 1 (_one_answer)
     max_tokens: int | None = Field(default=None, ge=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
     temperature: Number | None = Field(default=None, ge=0, le=2)
@@ -108,14 +109,25 @@ class ChatRequest(BaseModel):
     prompt_cache_key: str | None = None
     safety_identifier: str | None = None
 
+    @field_validator("n", mode="before")
+    @classmethod
+    def _one_answer(cls, value: Any) -> Any:
+        # The library's own check, run as the field's validator so that the 400 names n among
+        # every other field at fault.
+        try:
+            check_one_answer(value)
+        except RequestError as exc:
+            raise PydanticCustomError("one_answer", exc.message) from exc
+        return value
+
     def engine_messages(self) -> list[dict[str, Any]]:
         return [m.model_dump(exclude_none=True) for m in self.messages]
 
     def params(self, allow: Collection[str] = ()) -> dict[str, Any]:
         """Provider parameters, with nulls dropped (null means the default).
 
-        The parameters (``n`` included, though it is not forwarded) pass the library's own
-        ``check_call_params``: ``n`` must be 1, a price-changing parameter needs ``allow``.
+        The parameters pass the library's own ``check_call_params``: a price-changing
+        parameter needs ``allow``, ``extra_body`` may not carry a chat parameter.
 
         Raises:
             ValueError: a field that is neither a chat parameter nor in ``allow``, or a value
@@ -137,7 +149,7 @@ class ChatRequest(BaseModel):
         merged = {**declared, **extra}
         params = {k: v for k, v in merged.items() if v is not None}
         try:
-            check_call_params({**params, "n": self.n}, allow)
+            check_call_params(params, allow)
         except RequestError as exc:
             raise ValueError(f"invalid request body: {exc}") from exc
         return params

@@ -52,7 +52,8 @@ async def _no_sleep(seconds: float) -> None:
 def engine_and_gateway(
     tmp_path: Path, *, task_params: dict[str, Any] | None = None, **server_section: Any
 ) -> Iterator[tuple[str, MockLLMServer, Path, Cascade]]:
-    """Task faq (mini, accepted at once) behind a gateway; yields (URL, upstream, ledger, engine)."""
+    """Task faq (mini, accepting at once) behind a gateway; yields (URL, upstream, ledger,
+    engine)."""
     ledger = tmp_path / "ledger.sqlite"
     with pytest.MonkeyPatch.context() as env, MockLLMServer() as upstream:
         env.setenv("OPENAI_API_KEY", FAKE_OPENAI_KEY)
