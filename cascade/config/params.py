@@ -102,7 +102,7 @@ def check_one_answer(n: Any) -> None:
     # bool is an int: n=True must not pass as 1.
     if n is not None and (type(n) is not int or n != 1):
         raise RequestError(
-            f"must be 1 (got {n!r}): a cascade returns one answer, and the budget reserves one "
+            f"must be 1 (got {n!r:.40}): a cascade returns one answer, and the budget reserves one "
             "answer's worst case while an upstream bills every answer it is asked for",
             param="n",
         )
@@ -112,7 +112,7 @@ def check_call_params(params: Mapping[str, Any], allow: Collection[str] = ()) ->
     """Refuse parameters no caller may set.
 
     Args:
-        params: The call's parameters (a gateway body's, ``n`` included, or ``complete``'s).
+        params: The call's parameters (a gateway body's, or ``complete``'s keywords).
         allow: The price-changing parameters the operator allows (``server.allow_params``).
 
     Raises:
