@@ -140,6 +140,8 @@ def main() -> None:
             },
             "ledger": {"path": str(Path(tmp) / "ledger.sqlite")},
             "tasks": {"faq": {"ladder": ["mini"]}},
+            # The bodies name the model directly (model: mini).
+            "server": {"direct_models": ["mini"], "direct_max_cost_usd": 1.0},
         }
         path = Path(tmp) / "gateway.yaml"
         path.write_text(yaml.safe_dump(config))

@@ -109,7 +109,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         )
         print(
             f"cascade serve: listening on {url_of(sock)} ({auth}; tasks: "
-            f"{', '.join(config.tasks)}; models: {', '.join(config.models)})",
+            f"{', '.join(config.tasks)}; direct models: "
+            f"{', '.join(settings.direct_keys(config.models)) or 'none'})",
             file=sys.stderr,
             flush=True,
         )
@@ -127,8 +128,9 @@ def register(sub: Any) -> None:
         "serve",
         help="serve an OpenAI-compatible gateway in front of the config's tasks",
         description="POST /v1/chat/completions with model=<task> (or cascade/<task>, or a "
-        "models: key) runs the cascade. Bearer keys come from the variable named by "
-        "server.api_keys_env; without keys only loopback addresses are served.",
+        "models: key that server.direct_models allows) runs the cascade. Bearer keys come "
+        "from the variable named by server.api_keys_env; without keys only loopback "
+        "addresses are served.",
     )
     serve.add_argument("config", help="YAML config file")
     serve.add_argument("--host", help=f"address to bind (default: server.host or {DEFAULT_HOST})")

@@ -2,7 +2,8 @@
 
 Without ``--probe`` nothing is called: the config is loaded and built, unset API key variables
 are named, a ``task_router:`` without a fitted model fails, and a rung whose worst case can never
-fit its task's ``max_cost_usd`` or a budget is named. ``--probe`` then sends one minimal request
+fit its task's ``max_cost_usd`` or a budget is named, as is a price-changing parameter the config
+sets or allows (its cost goes unpriced). ``--probe`` then sends one minimal request
 per model (``max_tokens`` 1), costed and recorded in the config's ledger like any call, so that a
 mistyped model name or a refused key shows before the first user does.
 """
@@ -17,13 +18,21 @@ from typing import Any
 
 from cascade.cli.serve import unset_key_warnings
 from cascade.config import CascadeConfig, RungConfig, TaskConfig, load_config
-from cascade.config.params import bound_output
+from cascade.config.params import PRICE_CHANGING_PARAMS, bound_output
 from cascade.engine import Cascade
 from cascade.errors import CascadeError, ConfigError, ProviderError
 from cascade.ledger import Ledger, check_ledger_config
 from cascade.ledger.money import worst_case_cost
 
-__all__ = ["ProbeResult", "cmd_validate", "never_runs", "probe", "register"]
+__all__ = [
+    "ProbeResult",
+    "cmd_validate",
+    "direct_never_runs",
+    "never_runs",
+    "probe",
+    "register",
+    "unpriced_params",
+]
 
 # The smallest prompt a call can carry: a rung whose worst case exceeds a limit even for it can
 # never run, whatever the prompt.
@@ -63,6 +72,36 @@ def never_runs(engine: Cascade) -> Iterator[str]:
                         "raise the limit"
                     )
                     break
+
+
+def unpriced_params(config: CascadeConfig) -> Iterator[str]:
+    """One warning per price-changing parameter the config sets or lets clients set: its cost
+    is neither in the worst case a call reserves nor in the bill."""
+    unpriced = "changes what a call costs and is not priced (neither the worst case reserved "
+    unpriced += "nor the bill includes that cost)"
+    for where, params in [
+        *((f"models.{key}.params", m.params) for key, m in config.models.items()),
+        *((f"tasks.{name}.params", t.params) for name, t in config.tasks.items()),
+    ]:
+        for name in sorted(PRICE_CHANGING_PARAMS & params.keys()):
+            yield f"warning: {where}.{name} {unpriced}"
+    for name in sorted(PRICE_CHANGING_PARAMS & set(config.server.allow_params)):
+        yield f"warning: server.allow_params: {name} {unpriced}; callers may set it"
+
+
+def direct_never_runs(config: CascadeConfig) -> Iterator[str]:
+    """One warning per model that ``server.direct_models`` allows but whose worst case, for the
+    smallest prompt, exceeds ``server.direct_max_cost_usd``: every direct call would be refused."""
+    cap = config.server.direct_max_cost_usd
+    for key in config.server.direct_keys(config.models):
+        model = config.models[key]
+        params = bound_output(model.params, model.max_output_tokens, key)
+        worst = worst_case_cost(_SMALLEST, params, model.price)
+        if cap is not None and worst > cap:
+            yield (
+                f"warning: server.direct_models: model {key} can never be called directly: its "
+                f"worst case ${worst:.4g} > server.direct_max_cost_usd ${cap:g}"
+            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +169,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
         for name in sorted(set(config.tasks) & set(config.models)):
             warnings.append(f"warning: {name!r} is both a task and a model key")
         warnings += list(never_runs(engine))
+        warnings += list(direct_never_runs(config))
+        warnings += list(unpriced_params(config))
         for line in warnings:
             _say(line)
         for key, model in config.models.items():
@@ -167,8 +208,9 @@ def register(sub: Any) -> None:
     validate = sub.add_parser(
         "validate",
         help="check a config file (without calling any model, unless --probe)",
-        description="Load and build the config; warn about unset API key variables and rungs "
-        "that can never run under their cost cap or budgets. Exit 2 on any config error. "
+        description="Load and build the config; warn about unset API key variables, rungs "
+        "that can never run under their cost cap or budgets, and price-changing parameters "
+        "(service_tier...) that go unpriced. Exit 2 on any config error. "
         "With --probe, call each model once (max_tokens 1, costed and recorded in the "
         "ledger) and exit 1 if any does not answer.",
     )

@@ -16,9 +16,10 @@ import yaml
 from pydantic import ValidationError
 
 from cascade.config.messages import format_location, joined, validation_problems
+from cascade.config.params import PRICE_CHANGING_PARAMS, check_call_params
 from cascade.config.pricing import fill_prices
 from cascade.config.schema import DEFAULT_MAX_OUTPUT_TOKENS, CascadeConfig
-from cascade.errors import ConfigError
+from cascade.errors import ConfigError, RequestError
 
 __all__ = ["MAX_YAML_NODES", "load_config", "parse_config", "safe_load_bounded"]
 
@@ -105,10 +106,32 @@ def parse_config(data: Any, *, path: str | None = None) -> CascadeConfig:
         found = validation_problems(exc, CascadeConfig, data, hints=unknown)
         schema = [(format_location(where), message) for where, message in found]
         raise joined(schema + references, path=path) from exc
-    if references:
-        raise joined(references, path=path)
+    problems = references + _validated_problems(config)
+    if problems:
+        raise joined(problems, path=path)
     config._price_sources = sources
     return config
+
+
+def _validated_problems(config: CascadeConfig) -> list[tuple[str, str]]:
+    """What only the validated config can tell: direct model keys, and the params a model or
+    task sets (the operator's own: price-changing ones are allowed, and ``cascade validate``
+    warns that they go unpriced; ``n`` other than 1 and the rest of the call check are not)."""
+    found: list[tuple[str, str]] = []
+    direct = config.server.direct_models
+    for i, key in enumerate(direct if isinstance(direct, list) else ()):
+        if key not in config.models:
+            found.append((f"server.direct_models[{i}]",
+                          f"unknown model {key!r} (defined: {_listed(config.models)})"))
+    for where, params in [
+        *((f"models.{key}.params", m.params) for key, m in config.models.items()),
+        *((f"tasks.{name}.params", t.params) for name, t in config.tasks.items()),
+    ]:
+        try:
+            check_call_params(params, PRICE_CHANGING_PARAMS)
+        except RequestError as exc:
+            found.append((f"{where}.{exc.param}", exc.message))
+    return found
 
 
 class _BoundedLoader(yaml.SafeLoader):

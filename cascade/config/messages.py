@@ -173,7 +173,11 @@ def _walk(loc: Loc, data: Any, kind: str) -> tuple[Loc, tuple[Loc, int | str] | 
         if _holds(node, part):
             kept.append(part)
             node = node[part]
-        elif i == len(loc) - 1 and kind == "missing":
+        elif i == len(loc) - 1 and (
+            kind == "missing" or (kind == "value_error" and isinstance(node, Mapping))
+        ):
+            # A missing key, or a key left to its default whose validator refused it
+            # (server.direct_max_cost_usd once direct calls are allowed): named all the same.
             kept.append(part)
         elif branch is None:
             branch = (tuple(loc[:i]), part)

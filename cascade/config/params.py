@@ -10,11 +10,19 @@ The worst case the budget reserves is only a bound if the provider is held to it
   otherwise lift the limit the budget reserved for).
 - SDK transport options (``timeout``, ``extra_headers``, ``extra_query``) are the engine's
   business: ``timeout_s`` and ``deadline_s`` bound a call, not the caller.
+- ``n`` must be 1: the reservation is one answer's worst case, and an upstream bills every
+  answer it was asked for (``n: 50`` is fifty).
+- A parameter that changes what a call costs (``PRICE_CHANGING_PARAMS``: a priority tier, web
+  search, audio, predicted output) is not in the worst case nor in the bill, so a call may set
+  it only when the operator allows it (``server.allow_params``); the config's own ``params:``
+  are the operator's and may set it. ``cascade validate`` warns that its cost goes unpriced.
+
+The gateway's body and the library's keyword arguments go through the same ``check_call_params``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 from cascade.errors import RequestError
@@ -23,9 +31,11 @@ from cascade.tokens import max_output_tokens
 __all__ = [
     "CHAT_PARAMS",
     "OUTPUT_LIMITS",
+    "PRICE_CHANGING_PARAMS",
     "TRANSPORT_OPTIONS",
     "bound_output",
     "check_call_params",
+    "check_one_answer",
 ]
 
 # The OpenAI chat-completions parameters the gateway forwards (their types are checked in
@@ -67,6 +77,11 @@ CHAT_PARAMS = frozenset(
     }
 )
 OUTPUT_LIMITS = ("max_tokens", "max_completion_tokens")
+# Parameters that make a call cost more than its tokens at the configured price (a priority tier,
+# web search calls, audio tokens, rejected prediction tokens). Nothing prices them yet.
+PRICE_CHANGING_PARAMS = frozenset(
+    {"service_tier", "web_search_options", "modalities", "audio", "prediction"}
+)
 # Options of the SDKs' create() that change how the request is sent, not what is asked.
 TRANSPORT_OPTIONS = frozenset({"timeout", "extra_headers", "extra_query"})
 # What extra_body may never carry: it would override a checked parameter or the call itself.
@@ -78,12 +93,32 @@ def _positive_int(value: Any, name: str) -> None:
         raise RequestError(f"must be a positive integer (got {value!r})", param=name)
 
 
-def check_call_params(params: Mapping[str, Any]) -> None:
+def check_one_answer(n: Any) -> None:
+    """Refuse an ``n`` other than 1 (``None`` is the default, one answer).
+
+    Raises:
+        RequestError: ``n`` is not the integer 1 (``True`` and ``1.0`` included).
+    """
+    # bool is an int: n=True must not pass as 1.
+    if n is not None and (type(n) is not int or n != 1):
+        raise RequestError(
+            f"must be 1 (got {n!r:.40}): a cascade returns one answer, and the budget reserves one "
+            "answer's worst case while an upstream bills every answer it is asked for",
+            param="n",
+        )
+
+
+def check_call_params(params: Mapping[str, Any], allow: Collection[str] = ()) -> None:
     """Refuse parameters no caller may set.
+
+    Args:
+        params: The call's parameters (a gateway body's, or ``complete``'s keywords).
+        allow: The price-changing parameters the operator allows (``server.allow_params``).
 
     Raises:
         RequestError: a transport option, an ``extra_body`` that overrides a checked parameter,
-            or an output limit that is not a positive integer.
+            an ``n`` other than 1, a price-changing parameter not in ``allow``, or an output
+            limit that is not a positive integer.
     """
     for name in sorted(TRANSPORT_OPTIONS & params.keys()):
         raise RequestError(
@@ -102,6 +137,15 @@ def check_call_params(params: Mapping[str, Any]) -> None:
                 "cannot be set through extra_body (it would override a checked parameter); "
                 "pass it as a parameter of its own",
                 param=f"extra_body.{key}",
+            )
+    check_one_answer(params.get("n"))
+    for name in sorted(PRICE_CHANGING_PARAMS & params.keys()):
+        if params[name] is not None and name not in allow:
+            raise RequestError(
+                "changes what a call costs, and that cost is not priced (not in the worst case "
+                "reserved nor in the bill); refused unless the operator lists it under "
+                "server.allow_params",
+                param=name,
             )
     for name in OUTPUT_LIMITS:
         if params.get(name) is not None:

@@ -6,7 +6,7 @@ providers and evaluators from them. Pure: no environment, no network.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
@@ -17,6 +17,7 @@ from pydantic import (
     Field,
     PrivateAttr,
     SecretStr,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -285,8 +286,14 @@ class ServerConfig(BaseModel):
     api_keys_env: str | None = None
     host: str | None = None
     port: int | None = Field(default=None, ge=0, le=65535)
-    # Body fields beyond the OpenAI chat parameters that clients may send (vendor knobs).
+    # Body fields beyond the OpenAI chat parameters that clients may send (vendor knobs), and
+    # the price-changing chat parameters (service_tier...) that clients and callers may set.
     allow_params: list[str] = Field(default_factory=list)
+    # Which models: keys a client may call directly (model: <key>): none (false, the default),
+    # all (true) or the keys listed. A direct call has no task, so no task budget or cap: it
+    # is held to the global budgets and to direct_max_cost_usd, which must then be set.
+    direct_models: bool | list[str] = False
+    direct_max_cost_usd: float | None = Field(default=None, gt=0, validate_default=True)
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)  # larger bodies get 413
     max_messages: int = Field(default=1000, ge=1)  # more messages get 400
     # A client that has not sent its headers, or its whole body, by then is cut off.
@@ -304,7 +311,26 @@ class ServerConfig(BaseModel):
                 f"{', '.join(refused)} can never be a client parameter (engine arguments and "
                 "transport options are the gateway's own)"
             )
+        if "n" in value:
+            raise ValueError("n can never be allowed: a cascade returns one answer")
         return value
+
+    @field_validator("direct_max_cost_usd")
+    @classmethod
+    def _direct_calls_capped(cls, value: float | None, info: ValidationInfo) -> float | None:
+        if value is None and info.data.get("direct_models"):
+            raise ValueError(
+                "required when server.direct_models allows direct calls: the most one direct "
+                "call may cost (a direct call has no task, so no task cap or budget holds it)"
+            )
+        return value
+
+    def direct_keys(self, models: Iterable[str]) -> tuple[str, ...]:
+        """The ``models:`` keys a client may call directly, of ``models``."""
+        if self.direct_models is True:
+            return tuple(models)
+        allowed = set(self.direct_models or ())
+        return tuple(key for key in models if key in allowed)
 
 
 class CascadeConfig(BaseModel):

@@ -242,7 +242,8 @@ class Cascade:
             BudgetExceeded: no rung fits the cost cap or the period budgets.
             RequestError: a parameter is refused (a transport option, an ``extra_body`` that
                 overrides a checked parameter, ``max_tokens`` above a rung's
-                ``max_output_tokens``); nothing was called.
+                ``max_output_tokens``, ``n`` other than 1, a price-changing parameter such as
+                ``service_tier`` that ``server.allow_params`` does not list); nothing was called.
         """
         task, choice = self._pick(task, prompt)
         plan, run = self._start(
@@ -345,8 +346,9 @@ class Cascade:
                 location="tasks",
             )
         # Refused before anything is called: an output limit above any rung's would make the
-        # reservation a fiction, and extra_body must not override what was checked.
-        check_call_params(params)
+        # reservation a fiction, extra_body must not override what was checked, n > 1 is paid
+        # n times, and a price-changing parameter needs the operator's server.allow_params.
+        check_call_params(params, self.config.server.allow_params)
         if deadline_s is not None and not deadline_s > 0:
             raise RequestError(
                 f"must be a positive number of seconds (got {deadline_s!r})", param="deadline_s"

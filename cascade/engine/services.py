@@ -83,7 +83,8 @@ class Services:
         settings = self.config.models[model]
         run = current_run.get()
         merged = {**settings.params, **(params or {})}
-        check_call_params(merged)
+        # The model's own config params are the operator's; a caller's need server.allow_params.
+        check_call_params(merged, {*self.config.server.allow_params, *settings.params})
         op = Call(
             model,
             as_messages(messages),

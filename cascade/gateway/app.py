@@ -2,10 +2,12 @@
 
 ``create_app(engine)`` returns a Starlette (ASGI) app with these routes:
 
-- ``POST /v1/chat/completions``: ``model`` names a task (``faq`` or ``cascade/faq``) or a
-  ``models:`` key, called alone. The ladder runs to the end before the first byte is sent, so a
-  stream carries only the answer that is returned, never one that was later rejected.
-- ``GET /v1/models`` and ``GET /v1/models/{id}``: every task as ``cascade/<task>``, every model key.
+- ``POST /v1/chat/completions``: ``model`` names a task (``faq`` or ``cascade/faq``) or, when
+  ``server.direct_models`` allows it, a ``models:`` key, called alone. The ladder runs to the
+  end before the first byte is sent, so a stream carries only the answer that is returned,
+  never one that was later rejected.
+- ``GET /v1/models`` and ``GET /v1/models/{id}``: every task as ``cascade/<task>``, and the model
+  keys that ``server.direct_models`` lets a client call directly.
 - ``POST /v1/feedback``: a score for a run's answer (``cascade.gateway.feedback``).
 - ``GET /healthz``: liveness, without auth. ``GET /metrics``: Prometheus text, with auth.
 
@@ -98,7 +100,8 @@ async def chat_completions(request: Request) -> Response:
             gateway,
             "UnknownModel",
             404,
-            f"unknown task or model {body.model!r} (GET /v1/models lists them)",
+            f"unknown task or model {body.model!r} (GET /v1/models lists them; a models: key "
+            "is called directly only when server.direct_models allows it)",
             "model_not_found",
         )
     access = request.scope.setdefault("state", {}).setdefault("access", {})
@@ -138,8 +141,8 @@ def _model_entries(gateway: Gateway) -> list[dict[str, Any]]:
         for name in [*config.tasks, *([AUTO] if gateway.engine.task_router else [])]
     ]
     models = [
-        {"id": key, "object": "model", "created": 0, "owned_by": model.provider}
-        for key, model in config.models.items()
+        {"id": key, "object": "model", "created": 0, "owned_by": config.models[key].provider}
+        for key in gateway.settings.direct_keys(config.models)
     ]
     return tasks + models
 

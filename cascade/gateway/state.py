@@ -34,15 +34,22 @@ def read_api_keys(env: str | None) -> tuple[str, ...]:
     return tuple(k.strip() for k in raw.split(",") if k.strip())
 
 
-def direct_engine(engine: Cascade) -> Cascade:
-    """An engine whose tasks are one rung per model key, sharing everything else with ``engine``.
+def direct_engine(engine: Cascade, settings: ServerConfig) -> Cascade | None:
+    """An engine whose tasks are one rung per model key that ``server.direct_models`` allows,
+    each capped at ``server.direct_max_cost_usd``; None when it allows none.
 
-    ``Cascade.with_tasks`` shares the providers and their connections, the ledger, budgets,
-    breakers, concurrency slots and the retry policy. The user's config object is never changed.
+    ``Cascade.with_tasks`` shares the providers and their connections, the ledger, global
+    budgets, breakers, concurrency slots and the retry policy. The user's config object is never
+    changed.
     """
+    keys = settings.direct_keys(engine.config.models)
+    if not keys:
+        return None
     tasks = {
-        f"{MODEL_TASK_PREFIX}{key}": TaskConfig(ladder=[RungConfig(model=key)])
-        for key in engine.config.models
+        f"{MODEL_TASK_PREFIX}{key}": TaskConfig(
+            ladder=[RungConfig(model=key)], max_cost_usd=settings.direct_max_cost_usd
+        )
+        for key in keys
     }
     return engine.with_tasks(tasks)
 
@@ -63,7 +70,6 @@ class Gateway:
         settings: ServerConfig | None = None,
     ):
         self.engine = engine
-        self.direct = direct_engine(engine)
         self._keys = tuple(k.encode() for k in api_keys)
         self.metrics = GatewayMetrics()
         self.inflight: set[asyncio.Task[CascadeResult]] = set()
@@ -71,6 +77,7 @@ class Gateway:
         self.settings = settings or (
             configured if isinstance(configured, ServerConfig) else ServerConfig()
         )
+        self.direct = direct_engine(engine, self.settings)
         self.parser = BodyParser(self.settings.max_messages)
 
     def authorized(self, request: Request) -> bool:
@@ -83,7 +90,8 @@ class Gateway:
         return scheme.lower() == "bearer" and any(matches)
 
     def resolve(self, name: str) -> tuple[Cascade, str] | None:
-        """``cascade/X`` is always task X; a bare name is a task if one exists, else a model.
+        """``cascade/X`` is always task X; a bare name is a task if one exists, else a model
+        that ``server.direct_models`` allows (any other model key is unknown, as on the list).
 
         ``auto`` (or ``cascade/auto``) lets the task router pick the task, when one is fitted.
         """
@@ -95,7 +103,7 @@ class Gateway:
             return (self.engine, task) if task in self.engine.tasks else None
         if name in self.engine.tasks:
             return self.engine, name
-        if name in self.engine.config.models:
+        if self.direct is not None and MODEL_TASK_PREFIX + name in self.direct.tasks:
             return self.direct, MODEL_TASK_PREFIX + name
         return None
 

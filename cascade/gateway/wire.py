@@ -12,9 +12,12 @@ import time
 from collections.abc import Collection, Iterator, Mapping
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_core import PydanticCustomError
 
 from cascade.config import format_location
+from cascade.config.params import check_call_params, check_one_answer
+from cascade.errors import RequestError
 from cascade.types import CascadeResult
 
 __all__ = [
@@ -75,7 +78,7 @@ class ChatRequest(BaseModel):
     messages: list[ChatMessage] = Field(min_length=1)
     stream: bool = False
     stream_options: StreamOptions | None = None
-    n: int | None = Field(default=None, ge=1, le=1)  # a cascade returns one answer
+    n: int | None = None  # must be 1 (_one_answer)
     max_tokens: int | None = Field(default=None, ge=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
     temperature: Number | None = Field(default=None, ge=0, le=2)
@@ -106,15 +109,29 @@ class ChatRequest(BaseModel):
     prompt_cache_key: str | None = None
     safety_identifier: str | None = None
 
+    @field_validator("n", mode="before")
+    @classmethod
+    def _one_answer(cls, value: Any) -> Any:
+        # The library's own check, run as the field's validator so that the 400 names n among
+        # every other field at fault.
+        try:
+            check_one_answer(value)
+        except RequestError as exc:
+            raise PydanticCustomError("one_answer", exc.message) from exc
+        return value
+
     def engine_messages(self) -> list[dict[str, Any]]:
         return [m.model_dump(exclude_none=True) for m in self.messages]
 
     def params(self, allow: Collection[str] = ()) -> dict[str, Any]:
         """Provider parameters, with nulls dropped (null means the default).
 
+        The parameters pass the library's own ``check_call_params``: a price-changing
+        parameter needs ``allow``, ``extra_body`` may not carry a chat parameter.
+
         Raises:
-            ValueError: a field that is neither a chat parameter nor in ``allow``; the
-                message names it.
+            ValueError: a field that is neither a chat parameter nor in ``allow``, or a value
+                ``check_call_params`` refuses; the message names it.
         """
         extra = self.model_extra or {}
         unknown = sorted(k for k in extra if k not in allow)
@@ -130,7 +147,12 @@ class ChatRequest(BaseModel):
             if name not in _GATEWAY_FIELDS and name in type(self).model_fields
         }
         merged = {**declared, **extra}
-        return {k: v for k, v in merged.items() if v is not None}
+        params = {k: v for k, v in merged.items() if v is not None}
+        try:
+            check_call_params(params, allow)
+        except RequestError as exc:
+            raise ValueError(f"invalid request body: {exc}") from exc
+        return params
 
     @property
     def include_usage(self) -> bool:

@@ -132,7 +132,8 @@ def serve_workers(
         "no auth, loopback only")
     print(
         f"cascade serve: listening on {url_of(sock)} ({auth}; {workers} workers; tasks: "
-        f"{', '.join(config.tasks)}; models: {', '.join(config.models)})",
+        f"{', '.join(config.tasks)}; direct models: "
+        f"{', '.join(settings.direct_keys(config.models)) or 'none'})",
         file=sys.stderr,
         flush=True,
     )

@@ -40,6 +40,8 @@ ASK = [{"role": "user", "content": "What are your opening hours?"}]
 GOOD = "We are open from nine to five"
 # A model where output is dear: 100,000 output tokens would cost $100.
 PRICEY = {"input": 10.0, "output": 1000.0}
+# The server section of the tests that call a models: key directly (off by default).
+DIRECT: dict[str, Any] = {"direct_models": True, "direct_max_cost_usd": 10.0}
 # An upstream that is never called (config-only tests).
 NOWHERE: Any = SimpleNamespace(openai_url="http://127.0.0.1:9/v1", anthropic_url="http://127.0.0.1:9")
 
@@ -248,7 +250,7 @@ def test_4_invalid_usage_is_billed_at_the_worst_case(tmp_path: Path, usage: dict
 
 def test_4_invalid_usage_on_the_only_rung_is_502_with_a_ledger_row(tmp_path: Path) -> None:
     """The paid call is in the ledger even when no rung answers."""
-    with gateway(tmp_path) as (url, upstream, ledger, _):
+    with gateway(tmp_path, **DIRECT) as (url, upstream, ledger, _):
         upstream.script(MINI, [Reply(GOOD, usage=BAD_USAGE["string"])])
         response = post(url, {"model": "mini", "messages": ASK})
         assert response.status_code == 502
@@ -265,7 +267,7 @@ def test_4_invalid_usage_on_the_only_rung_is_502_with_a_ledger_row(tmp_path: Pat
 def test_4_anthropic_invalid_usage_is_billed_at_the_worst_case(
         tmp_path: Path, usage: dict[str, Any]) -> None:
     """The Anthropic SDK path checks usage the same way."""
-    with gateway(tmp_path) as (url, upstream, ledger, _):
+    with gateway(tmp_path, **DIRECT) as (url, upstream, ledger, _):
         upstream.script(SONNET, [Reply(GOOD, usage=usage)])
         response = post(url, {"model": "sonnet", "messages": ASK})
         assert response.status_code == 502
@@ -278,7 +280,7 @@ def test_4_anthropic_invalid_usage_is_billed_at_the_worst_case(
 
 
 def test_4_anthropic_missing_usage_is_estimated(tmp_path: Path) -> None:
-    with gateway(tmp_path) as (url, upstream, ledger, _):
+    with gateway(tmp_path, **DIRECT) as (url, upstream, ledger, _):
         upstream.script(SONNET, [Reply(GOOD, omit_usage=True)])
         assert post(url, {"model": "sonnet", "messages": ASK}).status_code == 200
         rows = ledger_rows(ledger, "SELECT input_tokens, output_tokens, usage_estimated"
@@ -336,7 +338,7 @@ def test_5_body_over_the_limit_is_413_before_it_is_read(tmp_path: Path) -> None:
 def test_5_message_count_is_capped_without_stalling_the_server(tmp_path: Path) -> None:
     """100k messages: 400 naming the count; /healthz answers meanwhile; a body at the limits
     is served."""
-    with gateway(tmp_path) as (url, upstream, _, _engine):
+    with gateway(tmp_path, **DIRECT) as (url, upstream, _, _engine):
         many = {"model": "faq", "messages": [{"role": "user", "content": "hi"}] * 100_000}
         response = post(url, many)
         assert response.status_code == 400

@@ -138,7 +138,9 @@ def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
         faq = config["tasks"]["faq"]
         config["tasks"].update(budget={**faq, "max_cost_usd": 1e-9},
                                strict={**faq, "on_exhausted": "raise"}, slow=faq)
-        config["server"] = {"allow_params": ["vendor_knob"]}
+        # direct_models: test_bare_model_key_calls_that_model_alone and the model list rely on it.
+        config["server"] = {"allow_params": ["vendor_knob"], "direct_models": True,
+                            "direct_max_cost_usd": 1.0}
         with serving(config, api_keys=[KEY, OTHER_KEY]) as (url, _):
             yield Gateway(url, upstream, ledger, server)
 
