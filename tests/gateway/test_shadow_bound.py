@@ -102,15 +102,17 @@ def test_gateway_sends_at_most_four_shadow_calls_at_once(tmp_path: Path) -> None
                     reply = api.chat.completions.create(model="faq", messages=ASK)
                     return reply.choices[0].message.content
 
-                with ThreadPoolExecutor(30) as pool:
-                    assert list(pool.map(ask, range(30))) == [GOOD] * 30
-                # Every run has returned, so each shadow was admitted or skipped by now, and
-                # none admitted can end before the top rung answers.
-                wait_for(lambda: top.now >= 4, "4 shadow calls held at the top rung")
-                assert engine.shadows.skipped == {"faq": 26}
-                assert metric(url, "cascade_shadow_skipped_total", task="faq") == 26
-                assert top.now == 4
-                top.gate.set()
+                try:
+                    with ThreadPoolExecutor(30) as pool:
+                        assert list(pool.map(ask, range(30))) == [GOOD] * 30
+                    # Every run has returned, so each shadow was admitted or skipped by now,
+                    # and none admitted can end before the top rung answers.
+                    wait_for(lambda: top.now >= 4, "4 shadow calls held at the top rung")
+                    assert engine.shadows.skipped == {"faq": 26}
+                    assert metric(url, "cascade_shadow_skipped_total", task="faq") == 26
+                    assert top.now == 4
+                finally:
+                    top.gate.set()  # before the gateway's shutdown waits for the shadows
                 wait_for(lambda: top.now == 0, "the shadow calls answered")
         finally:
             engine.close()  # waits for the shadow evaluations still running
@@ -128,12 +130,15 @@ def test_complete_skips_shadows_beyond_the_bound_and_runs_them_again_once_free(
         engine = Cascade.from_dict(config(server, tmp_path / "ledger.sqlite",
                                           shadow_max_in_flight=2))
         with engine, capture_logs() as logs:
-            with ThreadPoolExecutor(10) as pool:
-                results = list(pool.map(lambda _: engine.complete("faq", ASK), range(10)))
-            assert all(r.accepted and r.model == "mini" for r in results)
-            wait_for(lambda: top.now == 2, "2 shadow calls at the top rung")
-            assert engine.shadows.skipped == {"faq": 8}
-            top.gate.set()
+            try:
+                with ThreadPoolExecutor(10) as pool:
+                    results = list(pool.map(lambda _: engine.complete("faq", ASK), range(10)))
+                assert all(r.accepted and r.model == "mini" for r in results)
+                wait_for(lambda: top.now >= 2, "2 shadow calls at the top rung")
+                assert engine.shadows.skipped == {"faq": 8}
+                assert top.now == 2
+            finally:
+                top.gate.set()  # before closing the engine waits for the shadows
             engine.shadows.wait()
             engine.complete("faq", ASK)
             engine.shadows.wait()
