@@ -35,7 +35,7 @@ def test_an_image_counts_the_most_any_provider_documents() -> None:
         "gpt-4.1-nano, 1,536 patches": math.ceil(1_536 * 2.46),
         "Claude Opus 4.7, 3.75 MP": 92 * 52,
     }
-    assert IMAGE_PART_TOKENS == max(documented.values())
+    assert max(documented.values()) == IMAGE_PART_TOKENS
     base = estimate_input_tokens([{"role": "user", "content": []}])
     for url in ("https://example.invalid/cat.png", "data:image/png;base64," + "A" * 1_000_000):
         image = {"type": "image_url", "image_url": {"url": url, "detail": "high"}}

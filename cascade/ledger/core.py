@@ -70,8 +70,9 @@ class Ledger:
 
     ``reserve`` writes at once; ``settle``, ``abandon``, ``record_step``, ``record_run`` and
     ``record_content`` are queued and committed in batches by the ledger's writer thread
-    (``cascade.ledger.writer``), except a settlement above its reservation, committed at once. Reads (``query``, ``spent``) and ``close`` first wait for
-    what was queued before them (``flush``).
+    (``cascade.ledger.writer``), except a settlement above its reservation, committed at once.
+    Reads (``query``, ``spent``) and ``close`` first wait for what was queued before them
+    (``flush``).
 
     Args:
         path: The SQLite file (created with its folder), or ``":memory:"``.

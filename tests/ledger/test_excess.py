@@ -77,7 +77,7 @@ def utf8_bytes_of_prompt(model: str, body: dict[str, Any]) -> Reply:
 @pytest.mark.parametrize("prompt", [
     "x" * 3000,  # a tokeniser that took every character apart
     "1 2 3 4 5 6 7 8 9 " * 100,
-    "価格は？" * 300,
+    "価格はいくらですか" * 300,
     "🙂" * 500,
 ])
 def test_the_estimate_bounds_a_byte_level_tokeniser(db: Db, prompt: str) -> None:
