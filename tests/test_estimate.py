@@ -1,5 +1,5 @@
-"""The worst-case token estimate: every part of the prompt counts, and non-Latin text is never
-undercounted (at least one token per character)."""
+"""The worst-case token estimate: every part of the prompt counts, text at one token per UTF-8
+byte (a bound no byte-level tokeniser exceeds) and an image at the most a provider documents."""
 
 from __future__ import annotations
 
@@ -7,22 +7,43 @@ import math
 
 from cascade.config.pricing import Price
 from cascade.engine.budget import worst_case_cost
-from cascade.tokens import NON_TEXT_PART_TOKENS, estimate_input_tokens, text_tokens
+from cascade.tokens import (
+    IMAGE_PART_TOKENS,
+    NON_TEXT_PART_TOKENS,
+    estimate_input_tokens,
+    text_tokens,
+)
 
 FRAMING = 3 + 4  # the request and one message
 
 
-def test_ascii_counts_a_token_per_three_characters() -> None:
-    assert text_tokens("x" * 300) == 100
-    assert estimate_input_tokens([{"role": "user", "content": "x" * 300}]) == 100 + FRAMING
+def test_text_counts_a_token_per_utf8_byte() -> None:
+    """A byte-level BPE token covers at least one byte, so bytes bound the tokens of any text."""
+    assert text_tokens("x" * 300) == 300
+    assert estimate_input_tokens([{"role": "user", "content": "x" * 300}]) == 300 + FRAMING
+    for text in ("漢字の文章です" * 100, "Привет мир" * 50, "مرحبا" * 80, "🙂" * 40, "1 2 3 " * 99):
+        assert text_tokens(text) == len(text.encode())
+    assert text_tokens("价格 price") == 6 + 6
+    assert text_tokens("\ud800") == 3  # a lone surrogate from a JSON escape counts, not raises
 
 
-def test_cjk_and_other_scripts_count_a_token_per_character() -> None:
-    """Chinese, Japanese, Cyrillic, Arabic, emoji: each character is at least a token."""
-    for text in ("漢字の文章です" * 100, "Привет мир" * 50, "مرحبا" * 80, "🙂" * 40):
-        non_ascii = sum(not c.isascii() for c in text)
-        assert text_tokens(text) >= non_ascii
-    assert text_tokens("价格 price") == 2 + math.ceil(6 / 3)
+def test_an_image_counts_the_most_any_provider_documents() -> None:
+    """An image part counts at the largest documented per-image charge, however it is sent."""
+    documented = {
+        "gpt-4o-mini, 8 tiles": 2_833 + 8 * 5_667,
+        "gpt-4o, 8 tiles": 85 + 8 * 170,
+        "gpt-4.1-nano, 1,536 patches": math.ceil(1_536 * 2.46),
+        "Claude Opus 4.7, 3.75 MP": 92 * 52,
+    }
+    assert max(documented.values()) == IMAGE_PART_TOKENS
+    base = estimate_input_tokens([{"role": "user", "content": []}])
+    for url in ("https://example.invalid/cat.png", "data:image/png;base64," + "A" * 1_000_000):
+        image = {"type": "image_url", "image_url": {"url": url, "detail": "high"}}
+        assert estimate_input_tokens([{"role": "user", "content": [image]}]) == (
+            base + IMAGE_PART_TOKENS)
+    # Audio has no documented ceiling: its own bytes count when they are more.
+    audio = {"type": "input_audio", "input_audio": {"data": "A" * 100_000, "format": "wav"}}
+    assert estimate_input_tokens([{"role": "user", "content": [audio]}]) > base + 100_000
 
 
 def test_every_part_of_the_prompt_counts() -> None:
@@ -44,7 +65,7 @@ def test_every_part_of_the_prompt_counts() -> None:
     with_tools = estimate_input_tokens([{"role": "user", "content": "hi"}], {"tools": tools})
     with_format = estimate_input_tokens([{"role": "user", "content": "hi"}],
                                         {"response_format": fmt})
-    assert with_tools >= base + 200
+    assert with_tools >= base + 600 + 530  # Anthropic's own tool-use system prompt, at most 530
     assert with_format >= base + 100
 
 

@@ -348,6 +348,9 @@ class CascadeConfig(BaseModel):
     cache: CacheConfig = Field(default_factory=CacheConfig)
     server: ServerConfig = Field(default_factory=ServerConfig)
     task_router: TaskRouterConfig | None = None
+    # Shadow evaluations waiting or running at once per engine (one per process), all tasks
+    # together: they share the providers; one that does not fit is skipped (docs/learning.md).
+    shadow_max_in_flight: int = Field(default=4, ge=1)
     # Where each model's price came from ("config", or the genai-prices entry); set by
     # parse_config, shown by cascade validate.
     _price_sources: dict[str, str] = PrivateAttr(default_factory=dict)

@@ -8,6 +8,12 @@ never waits for it: on a thread of the engine's for ``complete``, in an asyncio 
 (a refused one is a ``shadow`` step with cost 0 and the reason), and its cost is reported apart
 from the run's (the run's ``cost_usd`` and the result never include it).
 
+At most ``shadow_max_in_flight`` (a top-level setting, default 4) shadow evaluations wait or run
+at once per engine, all tasks together: a burst of accepted runs would otherwise send as many
+calls to the top rung at once, with no bound, as there are clients. One that does not fit is
+skipped, never queued: counted per task in ``Shadows.skipped`` (the gateway's
+``cascade_shadow_skipped_total``) and logged as ``cascade.shadow_skipped``.
+
 The label: the accepted answer's agreement with the top rung's answer (1.0 or 0.0), stored as
 feedback with ``source = 'shadow:agreement'``. Two answers agree when their final numbers are
 equal, or, without numbers, when their texts are equal once case, spacing and closing punctuation
@@ -20,7 +26,9 @@ import asyncio
 import contextlib
 import random
 import re
+import threading
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Generator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
@@ -71,7 +79,8 @@ class Shadows:
     never imports the engine.
 
     Args:
-        config: The engine's config (each task's ``shadow_rate``, ``deadline_s``).
+        config: The engine's config (each task's ``shadow_rate`` and ``deadline_s``,
+            ``shadow_max_in_flight``).
         caller: The engine's caller: the same providers, retries and breakers.
         limits: The engine's limits: period budgets hold for shadow calls too.
         recorder: Writes each shadow step to the ledger.
@@ -100,6 +109,11 @@ class Shadows:
         self.ledger_io = ledger_io
         self.off_loop = off_loop
         self.rng = rng or random.Random()
+        self.max_in_flight = config.shadow_max_in_flight
+        # Held by each shadow evaluation from its submission to its end, sync and async alike.
+        self._slots = threading.BoundedSemaphore(self.max_in_flight)
+        self._lock = threading.Lock()
+        self.skipped: Counter[str] = Counter()  # per task: due, but over max_in_flight
         self._executor: ThreadPoolExecutor | None = None
         self._futures: set[Future[Any]] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -116,29 +130,51 @@ class Shadows:
 
     def submit(self, task: _Task, run: Run, result: CascadeResult, params: Mapping[str, Any]
                ) -> None:
-        """From ``complete``: run the shadow calls on the engine's shadow thread."""
-        if not self.due(task, result):
+        """From ``complete``: run the shadow calls on the engine's shadow threads."""
+        if not self.due(task, result) or not self._admit(task, result):
             return
-        if self._executor is None:
-            self._executor = ThreadPoolExecutor(1, thread_name_prefix="cascade-shadow")
-        plan = self._plan(task, run, result, dict(params))
-        future = self._executor.submit(drive, plan, self.caller.call)
+        try:
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(
+                    self.max_in_flight, thread_name_prefix="cascade-shadow"
+                )
+            future = self._executor.submit(
+                drive, self._plan(task, run, result, dict(params)), self.caller.call
+            )
+        except BaseException:
+            self._slots.release()
+            raise
         self._futures.add(future)
         future.add_done_callback(self._finished)
 
     def asubmit(self, task: _Task, run: Run, result: CascadeResult, params: Mapping[str, Any]
                 ) -> None:
         """From ``acomplete``: run the shadow calls in an asyncio task of their own."""
-        if not self.due(task, result):
+        if not self.due(task, result) or not self._admit(task, result):
             return
-        job = asyncio.ensure_future(adrive(
-            self._plan(task, run, result, dict(params)), self.caller.acall, self.ledger_io,
-            self.off_loop,
-        ))
+        try:
+            job = asyncio.ensure_future(adrive(
+                self._plan(task, run, result, dict(params)), self.caller.acall, self.ledger_io,
+                self.off_loop,
+            ))
+        except BaseException:
+            self._slots.release()
+            raise
         self._tasks.add(job)
         job.add_done_callback(self._finished)
 
+    def _admit(self, task: _Task, result: CascadeResult) -> bool:
+        """Take a slot for a shadow evaluation, or count it as skipped: never a queue."""
+        if self._slots.acquire(blocking=False):
+            return True
+        with self._lock:
+            self.skipped[task.name] += 1
+        log.info("cascade.shadow_skipped", run_id=result.run_id, task=task.name,
+                 max_in_flight=self.max_in_flight)
+        return False
+
     def _finished(self, job: Any) -> None:
+        self._slots.release()
         self._futures.discard(job)
         self._tasks.discard(job)
         if not job.cancelled() and job.exception() is not None:

@@ -6,11 +6,13 @@ tests, live in one process without counting into each other.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
 
 from cascade.types import CascadeResult, StepRecord
 
@@ -137,5 +139,34 @@ class GatewayMetrics:
                 if value is not None:
                     gauge.labels(*labels).set(float(value))
 
+    def count_shadow_skips(self, skipped: Callable[[], Mapping[str, int]]) -> None:
+        """Expose ``cascade_shadow_skipped_total{task}`` from the engine's own count
+        (``Shadows.skipped``), read at each scrape."""
+        self.registry.register(_ShadowSkips(skipped))
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _ShadowSkips(Collector):
+    """Shadow evaluations the engine skipped because ``shadow_max_in_flight`` were running."""
+
+    def __init__(self, skipped: Callable[[], Mapping[str, int]]):
+        self._skipped = skipped
+
+    def describe(self) -> Iterator[Metric]:
+        yield self._family()
+
+    def collect(self) -> Iterator[Metric]:
+        family = self._family()
+        for task, count in sorted(self._skipped().items()):
+            family.add_metric([task], count)
+        yield family
+
+    @staticmethod
+    def _family() -> CounterMetricFamily:
+        return CounterMetricFamily(
+            "cascade_shadow_skipped",
+            "Shadow evaluations skipped, not queued: shadow_max_in_flight were already running.",
+            labels=["task"],
+        )

@@ -72,6 +72,7 @@ class Gateway:
         self.engine = engine
         self._keys = tuple(k.encode() for k in api_keys)
         self.metrics = GatewayMetrics()
+        self.metrics.count_shadow_skips(lambda: dict(engine.shadows.skipped))
         self.inflight: set[asyncio.Task[CascadeResult]] = set()
         configured = getattr(engine.config, "server", None)
         self.settings = settings or (

@@ -70,8 +70,9 @@ class Ledger:
 
     ``reserve`` writes at once; ``settle``, ``abandon``, ``record_step``, ``record_run`` and
     ``record_content`` are queued and committed in batches by the ledger's writer thread
-    (``cascade.ledger.writer``). Reads (``query``, ``spent``) and ``close`` first wait for
-    what was queued before them (``flush``).
+    (``cascade.ledger.writer``), except a settlement above its reservation, committed at once.
+    Reads (``query``, ``spent``) and ``close`` first wait for what was queued before them
+    (``flush``).
 
     Args:
         path: The SQLite file (created with its folder), or ``":memory:"``.
@@ -117,11 +118,6 @@ class Ledger:
         workers = pool_size if self.backend.name == "postgres" else 2
         self.executor = ThreadPoolExecutor(workers, thread_name_prefix="cascade-ledger")
         self.writer = Writer(self.backend)
-        # Queued writes that add more to the totals than was reserved for them (a call that
-        # cost more than its worst case, a free step with a cost): the next reservation waits
-        # for them, so a budget never decides on spend it could already know.
-        self._excess = 0
-        self._excess_lock = threading.Lock()
         self.fail_closed_s = fail_closed_s
         # A ledger dropped without close() still gets its queue written and its thread ended
         # (without waiting here: at exit, writer.flush_all waits, bounded).
@@ -288,7 +284,10 @@ class Ledger:
                 ``fail_closed_s`` ago; the model must not be called.
         """
         self._check_writer()
-        if self._excess and decide is not None:  # only a budget decision needs the real spend
+        # A write above its reservation that could not be committed at once (``settle``) is
+        # queued as excess: a budget decision waits for it, never deciding on spend it could
+        # already know.
+        if self.writer.excess and decide is not None:
             self.writer.flush()  # on the event loop: WouldBlock, and so the ledger's thread
         outcome = self._try_reserve(pending, decide)
         if isinstance(outcome, str) and self.writer.backlog:
@@ -352,9 +351,12 @@ class Ledger:
         done: Callable[[bool], None] | None = None,
         failed: Callable[[LedgerError], None] | None = None,
     ) -> None:
-        """Queue the replacement of a pending row's reservation by the step's real outcome.
+        """Replace a pending row's reservation by the step's real outcome.
 
-        Until the writer commits it, the row keeps counting its reserved worst case.
+        Queued for the writer thread when the real cost is within the reservation: until the
+        writer commits it, the row keeps counting its reserved worst case, which is more. A
+        cost above the reservation is committed before this returns (``Writer.write_excess``),
+        so that every budget decided afterwards, in any process, counts it.
 
         Args:
             done: Called on the writer thread after the commit, with False when the row was no
@@ -364,11 +366,14 @@ class Ledger:
 
         Raises:
             LedgerError: the ledger is closed.
+            WouldBlock: on the event loop (``arun``), a cost above the reservation whose
+                transaction cannot start at once; nothing was changed.
         """
         op = Op(settle_write(step_id, pending, step), done, failed)
         if nano(step.cost_usd) > nano(pending.reserved_usd):
-            op = self._excess_op(op)
-        self.writer.submit(op)
+            self.writer.write_excess(op)
+        else:
+            self.writer.submit(op)
 
     def abandon(
         self, step_id: int, reason: str, *, failed: Callable[[LedgerError], None] | None = None
@@ -380,31 +385,13 @@ class Ledger:
     def record_step(
         self, step: StepRecord, *, failed: Callable[[LedgerError], None] | None = None
     ) -> None:
-        """Queue a finished step that had no write-ahead row (a skip, a cache hit)."""
+        """Queue a finished step that had no write-ahead row (a skip, a cache hit); one with a
+        cost, which nothing reserved, is committed before this returns, as in ``settle``."""
         op = Op(free_step_write(step), None, failed)
-        self.writer.submit(self._excess_op(op) if nano(step.cost_usd) else op)
-
-    def _excess_op(self, op: Op) -> Op:
-        """``op``, counted as excess until it is written or given up."""
-
-        def count(change: int) -> None:
-            with self._excess_lock:
-                self._excess += change
-
-        def done(result: Any) -> None:
-            count(-1)
-            if op.done is not None:
-                op.done(result)
-
-        def failed(error: LedgerError) -> None:
-            count(-1)
-            if op.failed is not None:
-                op.failed(error)
-            else:  # what the writer does for an operation without a callback
-                log.error("cascade.ledger_write_failed", error=str(error))
-
-        count(1)
-        return Op(op.write, done, failed)
+        if nano(step.cost_usd):
+            self.writer.write_excess(op)
+        else:
+            self.writer.submit(op)
 
     def record_run(
         self,

@@ -1,18 +1,21 @@
 """Money, in one place: estimate a call's worst case, reserve it, bill the call, settle it.
 
-- **Estimate**: ``worst_case_cost`` prices a deliberately high prompt-token count
-  (``cascade.tokens``: system prompt, tools, response format and non-ASCII text included) plus
-  the call's output limit (the engine always sends one, the model's ``max_output_tokens``, so
-  the bound is real).
+- **Estimate**: ``worst_case_cost`` prices a bound on the prompt's tokens (``cascade.tokens``:
+  one per UTF-8 byte of everything the provider reads, an image at the most any provider
+  documents) plus the call's output limit (the engine always sends one, the model's
+  ``max_output_tokens``, so the bound is real).
 - **Reserve**: ``Accounts.reserve`` checks the request's cost cap, then, in one ledger
   transaction, checks every period budget that applies against the shared totals, writes the
   step's write-ahead row (``pending``, at its worst case) and charges that worst case. Any
   number of processes or hosts sharing the ledger therefore exceed a budget by at most what
-  one call's real cost exceeds its worst case.
+  the calls in flight when the last one was admitted are billed above their worst cases
+  (nothing, unless a provider bills more input than it was sent, or a file sent by id).
 - **Bill**: ``bill`` sums what every paid attempt of a step cost.
-- **Settle**: ``Accounts.settle`` replaces the reservation with the real cost. The write is
-  queued for the ledger's writer thread (``cascade.ledger.writer``), which commits in batches:
-  until it commits, the pending row keeps counting its worst case. If that write fails the
+- **Settle**: ``Accounts.settle`` replaces the reservation with the real cost. A cost within
+  the reservation is queued for the ledger's writer thread (``cascade.ledger.writer``), which
+  commits in batches: until it commits, the pending row keeps counting its worst case, which is
+  more. A cost above it is committed before ``settle`` returns, so that every later budget
+  decision, in any process, counts it (``Writer.write_excess``). If that write fails the
   answer has already been returned; the failure is logged from the writer, and the ledger
   refuses new reservations for a while (fail closed). ``Accounts.release`` settles a row whose
   outcome will never be known (a cancelled call) as ``lost`` at its worst case.
@@ -178,8 +181,8 @@ class Accounts:
         return Hold(outcome, pending), None
 
     def settle(self, hold: Hold, step: StepRecord) -> None:
-        """Queue a called step's real cost over its reservation; a failure is only logged
-        (from the ledger's writer thread, like a settlement that came too late)."""
+        """Settle a called step's real cost over its reservation (queued, or written at once
+        when above it); a failure is only logged, like a settlement that came too late."""
         hold.closed = True
         assert self.ledger is not None
         run_id, index = step.run_id, step.step

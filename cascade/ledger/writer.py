@@ -108,6 +108,10 @@ class Writer:
         self.batches = 0  # transactions committed, for tests and benchmarks
         self.failure: LedgerError | None = None  # the last operation that could not be written
         self.failed_at = 0.0  # self.clock() of that failure
+        # Queued writes that add more to the totals than was reserved for them, because they
+        # could not be committed at once (``write_excess``); a budget decision waits for them.
+        self.excess = 0
+        self._excess_lock = threading.Lock()
         _LIVE.add(self)
 
     # -- the request side ---------------------------------------------------------------------
@@ -118,10 +122,7 @@ class Writer:
         Raises:
             LedgerError: the ledger is closed, or was opened in another process (fork).
         """
-        if os.getpid() != self._pid:
-            # A forked child shares the parent's connection but not its thread.
-            raise LedgerError("a ledger opened before fork() cannot be used in the child; "
-                              "open one per process")
+        self._check_usable()
         with self._lock:
             if self._stopping:
                 raise LedgerError("the ledger is closed: nothing more can be recorded")
@@ -129,6 +130,62 @@ class Writer:
                 self._start()
             self._submitted += 1
             self._queue.put(op)
+
+    def write_excess(self, op: Op) -> None:
+        """Commit ``op``, a write that adds more to the totals than was reserved for it (a call
+        that cost more than its worst case), before returning, in the calling thread and a
+        transaction of its own; ``done`` runs here too.
+
+        Its excess is then in the totals before any later reservation decides, in this process
+        or another, so a budget is overshot only by calls still in flight (docs/ledger.md). If
+        the database cannot take it now, it is queued, counted in ``excess`` until written or
+        given up: the writer retries it (failing the ledger closed if it must), and this
+        process's next budget decision waits for it.
+
+        Raises:
+            LedgerError: the ledger is closed, or was opened in another process (fork).
+            WouldBlock: on the event loop (``NOWAIT``), the transaction cannot start at once;
+                nothing was changed.
+        """
+        self._check_usable()
+        if self._stopping:
+            raise LedgerError("the ledger is closed: nothing more can be recorded")
+        try:
+            with self._backend.transaction() as tx:
+                result = op.write(tx)
+        except WouldBlock:
+            raise
+        except Exception:
+            self.submit(self._counted(op))
+            return
+        _call(op.done, result)
+
+    def _counted(self, op: Op) -> Op:
+        """``op``, counted in ``excess`` until it is written or given up."""
+
+        def count(change: int) -> None:
+            with self._excess_lock:
+                self.excess += change
+
+        def done(result: Any) -> None:
+            count(-1)
+            _call(op.done, result)
+
+        def failed(error: LedgerError) -> None:
+            count(-1)
+            if op.failed is not None:
+                op.failed(error)
+            else:  # what the writer does for an operation without a callback
+                log.error("cascade.ledger_write_failed", error=str(error))
+
+        count(1)
+        return Op(op.write, done, failed)
+
+    def _check_usable(self) -> None:
+        if os.getpid() != self._pid:
+            # A forked child shares the parent's connection but not its thread.
+            raise LedgerError("a ledger opened before fork() cannot be used in the child; "
+                              "open one per process")
 
     def _start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name=self._name, daemon=True)
