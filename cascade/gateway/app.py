@@ -28,7 +28,15 @@ from starlette.routing import Route
 
 from cascade.config import ServerConfig
 from cascade.engine import Cascade
-from cascade.gateway.errors import NO_RETRY, error_response, from_exception, refuse, unauthorized
+from cascade.gateway.errors import (
+    NO_RETRY,
+    WireJSON,
+    error_response,
+    from_exception,
+    internal_error,
+    refuse,
+    unauthorized,
+)
 from cascade.gateway.feedback import feedback, refresh_drift
 from cascade.gateway.limits import AccessLog, BodyRefused, read_body
 from cascade.gateway.metrics import CONTENT_TYPE_LATEST
@@ -128,7 +136,7 @@ async def chat_completions(request: Request) -> Response:
         return StreamingResponse(
             _stream(result, body.include_usage), headers=headers, media_type="text/event-stream"
         )
-    return JSONResponse(completion_body(result), headers=headers)
+    return WireJSON(completion_body(result), headers=headers)
 
 
 def _model_entries(gateway: Gateway) -> list[dict[str, Any]]:
@@ -177,6 +185,12 @@ async def _no_route(request: Request, exc: Exception) -> Response:
         "POST /v1/chat/completions, GET /v1/models, GET /healthz and GET /metrics)"
     )
     return error_response(404, message, "invalid_request_error", "unknown_route")
+
+
+async def _crashed(request: Request, exc: Exception) -> Response:
+    """A bug's answer is OpenAI-shaped too (Starlette's would be plain text); Starlette then
+    re-raises the error, so the server log keeps its traceback."""
+    return internal_error(exc)
 
 
 async def healthz(request: Request) -> Response:
@@ -245,7 +259,7 @@ def create_app(
         ],
         lifespan=lifespan,
         middleware=[Middleware(AccessLog)],
-        exception_handlers={404: _no_route, 405: _no_route},
+        exception_handlers={404: _no_route, 405: _no_route, Exception: _crashed},
     )
     app.state.gateway = gateway
     return app

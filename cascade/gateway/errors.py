@@ -6,6 +6,7 @@ Messages are scrubbed of anything key-shaped unless the text is the gateway's ow
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 from starlette.responses import JSONResponse
 
@@ -20,17 +21,32 @@ from cascade.errors import (
     RequestError,
 )
 from cascade.gateway.state import Gateway
-from cascade.gateway.wire import cascade_headers, error_body
+from cascade.gateway.wire import cascade_headers, error_body, json_bytes
 from cascade.logs import get_logger
 from cascade.providers.base import redact
 from cascade.types import CascadeResult
 
-__all__ = ["NO_RETRY", "error_response", "from_exception", "refuse", "unauthorized"]
+__all__ = [
+    "NO_RETRY",
+    "WireJSON",
+    "error_response",
+    "from_exception",
+    "internal_error",
+    "refuse",
+    "unauthorized",
+]
 
 log = get_logger()
 
 # Tells OpenAI's SDKs not to resend: a rerun would pay for a whole ladder again.
 NO_RETRY = {"x-should-retry": "false"}
+
+
+class WireJSON(JSONResponse):
+    """A JSON answer that any text can go into (``wire.json_bytes``): every route's body."""
+
+    def render(self, content: Any) -> bytes:
+        return json_bytes(content)
 
 
 def error_response(
@@ -41,9 +57,9 @@ def error_response(
     headers: Mapping[str, str] | None = None,
     *,
     scrub: bool = True,
-) -> JSONResponse:
+) -> WireJSON:
     text = redact(message) if scrub else message
-    return JSONResponse(
+    return WireJSON(
         error_body(text, kind, code), status_code=status, headers=dict(headers or {})
     )
 
@@ -57,13 +73,13 @@ def refuse(
     *,
     scrub: bool = True,
     headers: Mapping[str, str] | None = None,
-) -> JSONResponse:
+) -> WireJSON:
     gateway.metrics.error(kind)
     error_type = "authentication_error" if status == 401 else "invalid_request_error"
     return error_response(status, message, error_type, code, headers, scrub=scrub)
 
 
-def unauthorized(gateway: Gateway) -> JSONResponse:
+def unauthorized(gateway: Gateway) -> WireJSON:
     # The gateway's own text, with no secret in it: scrubbing would garble "Bearer <key>".
     return refuse(
         gateway,
@@ -76,7 +92,7 @@ def unauthorized(gateway: Gateway) -> JSONResponse:
     )
 
 
-def from_exception(exc: Exception) -> JSONResponse:
+def from_exception(exc: Exception) -> WireJSON:
     """Map an engine error to its HTTP answer; messages are scrubbed of anything key-shaped.
 
     Every 5xx and the 429 say ``x-should-retry: false``: a retry would rerun a whole ladder.
@@ -116,6 +132,12 @@ def from_exception(exc: Exception) -> JSONResponse:
         )
     if isinstance(exc, CascadeError):
         return error_response(500, str(exc), "server_error", "cascade_error", headers)
+    return internal_error(exc, headers)
+
+
+def internal_error(exc: BaseException, headers: Mapping[str, str] = NO_RETRY) -> WireJSON:
+    """The answer to an error no route expected: OpenAI-shaped and without detail (the
+    exception's class only); the detail goes to the server log."""
     log.error("cascade.gateway_error", error=redact(repr(exc)))
     return error_response(
         500, f"internal error ({type(exc).__name__})", "server_error", "internal_error", headers

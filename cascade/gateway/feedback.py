@@ -7,16 +7,15 @@ bearer auth as the chat route, and answers 200 with the stored row, or a 400 nam
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
 from cascade.errors import FeedbackError, LedgerError
-from cascade.gateway.errors import error_response, from_exception, refuse, unauthorized
-from cascade.gateway.limits import BodyRefused, read_body
+from cascade.gateway.errors import WireJSON, error_response, from_exception, refuse, unauthorized
+from cascade.gateway.limits import BodyRefused, parse_json, read_body
 from cascade.gateway.state import Gateway
 from cascade.ledger.drift import drift_report
 from cascade.ledger.feedback import add_feedback
@@ -38,13 +37,13 @@ async def feedback(request: Request) -> Response:
         raw = await read_body(
             request.receive, request.headers, settings.max_body_bytes, settings.client_timeout_s
         )
-        body: Any = json.loads(raw)
     except BodyRefused as exc:
         return refuse(gateway, "InvalidRequest", exc.status, exc.message, "invalid_request",
                        headers={"connection": "close"})
-    except ValueError:
-        return refuse(gateway, "InvalidRequest", 400, "invalid request body: not JSON",
-                       "invalid_request")
+    try:
+        body: Any = parse_json(raw)
+    except BodyRefused as exc:
+        return refuse(gateway, "InvalidRequest", exc.status, exc.message, "invalid_request")
     if not isinstance(body, dict):
         return refuse(gateway, "InvalidRequest", 400,
                        "invalid request body: a JSON object with run_id and score",
@@ -67,7 +66,7 @@ async def feedback(request: Request) -> Response:
     except LedgerError as exc:
         return from_exception(exc)
     gateway.metrics.feedback.labels(row.source).inc()
-    return JSONResponse({"object": "feedback", "id": row.id, "run_id": row.run_id,
+    return WireJSON({"object": "feedback", "id": row.id, "run_id": row.run_id,
                          "score": row.score, "comment": row.comment, "source": row.source})
 
 

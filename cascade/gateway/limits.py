@@ -24,6 +24,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
+import pydantic_core
 from pydantic import ValidationError
 
 from cascade.gateway.wire import ChatRequest, describe_validation, error_body
@@ -36,6 +37,7 @@ __all__ = [
     "BodyParser",
     "BodyRefused",
     "guarded_protocol",
+    "parse_json",
     "read_body",
 ]
 
@@ -107,6 +109,20 @@ async def read_body(receive: Receive, headers: Any, limit: int, timeout_s: float
 
 def _too_large(limit: int) -> str:
     return f"request body is larger than {limit:,} bytes (server.max_body_bytes)"
+
+
+def parse_json(raw: bytes) -> Any:
+    """A small JSON body (``POST /v1/feedback``), parsed as the chat body is: by pydantic's
+    parser, which stops at a nesting depth (``json.loads`` recurses until a ``RecursionError``)
+    and refuses a lone surrogate (text no backend can store or UTF-8 carry).
+
+    Raises:
+        BodyRefused: 400, saying where the text stops being JSON.
+    """
+    try:
+        return pydantic_core.from_json(raw, allow_inf_nan=False)
+    except ValueError as exc:
+        raise BodyRefused(400, f"request body is not valid JSON ({exc})") from None
 
 
 def _count_values(value: Any) -> int:

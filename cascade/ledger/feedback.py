@@ -15,6 +15,7 @@ from typing import Any
 
 from cascade.errors import FeedbackError
 from cascade.ledger import Ledger
+from cascade.ledger.writes import storable
 
 __all__ = ["MAX_COMMENT", "FeedbackRecord", "add_feedback", "check_feedback"]
 
@@ -69,6 +70,10 @@ def add_feedback(
         LedgerError: the ledger cannot be written.
     """
     run_id, value, comment = check_feedback(run_id, score, comment)
+    # Cleaned as content rows are: a NUL (PostgreSQL refuses it) or a lone surrogate (neither
+    # backend can encode it) becomes U+FFFD, rather than a ledger failure or a crash. A run id
+    # that needed cleaning names no run, and is refused as unknown below.
+    run_id, comment = storable(run_id) or "", storable(comment)
     if ledger is None:
         raise FeedbackError("feedback needs a ledger (the config turns it off)", param="ledger")
     ts = time.time() if now is None else now
