@@ -14,7 +14,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from cascade.errors import FeedbackError, LedgerError
-from cascade.gateway.errors import WireJSON, error_response, from_exception, refuse, unauthorized
+from cascade.gateway.errors import (
+    WireJSON,
+    error_response,
+    from_exception,
+    public_text,
+    refuse,
+    unauthorized,
+)
 from cascade.gateway.limits import BodyRefused, parse_json, read_body
 from cascade.gateway.state import Gateway
 from cascade.ledger.drift import drift_report
@@ -62,7 +69,8 @@ async def feedback(request: Request) -> Response:
         gateway.metrics.error("InvalidFeedback")
         known = exc.param == "run_id" and bool(body.get("run_id"))
         code = "run_not_found" if known else "invalid_request"
-        return error_response(400, f"invalid feedback: {exc}", "invalid_request_error", code)
+        text = public_text(str(exc), code)  # "unknown run id 'x' in <path>": not which ledger
+        return error_response(400, f"invalid feedback: {text}", "invalid_request_error", code)
     except LedgerError as exc:
         return from_exception(exc)
     gateway.metrics.feedback.labels(row.source).inc()
