@@ -75,7 +75,8 @@ _CLOSE = {"connection": "close"}
 
 async def chat_completions(request: Request) -> Response:
     gateway: Gateway = request.app.state.gateway
-    if not gateway.authorized(request):
+    client = gateway.client(request)
+    if client is None:
         return unauthorized(gateway)
     settings = gateway.settings
     try:
@@ -112,6 +113,8 @@ async def chat_completions(request: Request) -> Response:
     access = request.scope.setdefault("state", {}).setdefault("access", {})
     access["task"] = target[1]
     try:
+        # The run's row names the key that made it: feedback lets a key score only its own.
+        params["key_id"] = client.key_id
         result = await gateway.run(*target, body.engine_messages(), params)
     except (TimeoutError, asyncio.TimeoutError):  # distinct classes before Python 3.11
         gateway.metrics.error("Timeout")
@@ -213,6 +216,7 @@ def create_app(
     drain_s: float = 60.0,
     settings: ServerConfig | None = None,
     close_engine: bool = False,
+    admin_keys: Sequence[str] | None = None,
 ) -> Starlette:
     """Build the gateway app around an engine.
 
@@ -226,6 +230,8 @@ def create_app(
         settings: The gateway's limits; by default the config's ``server:`` section.
         close_engine: Also close the engine (its ledger) on shutdown: for an app that owns
             its engine, as each worker of ``cascade serve --workers N`` does.
+        admin_keys: Keys that may score any run through ``POST /v1/feedback`` (and are
+            accepted everywhere); by default those in ``server.admin_keys_env``'s variable.
 
     Returns:
         A Starlette app; ``app.state.gateway`` is its ``Gateway``.
@@ -236,7 +242,7 @@ def create_app(
     if api_keys is None:
         env = api_keys_env or getattr(getattr(engine.config, "server", None), "api_keys_env", None)
         api_keys = read_api_keys(env)
-    gateway = Gateway(engine, api_keys, settings)
+    gateway = Gateway(engine, api_keys, settings, admin_keys)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

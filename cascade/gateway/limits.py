@@ -10,6 +10,7 @@
 - ``BodyParser``: validates the JSON. Parsing holds the GIL, so a thread would not keep the
   event loop free: a body over ``INLINE_PARSE_BYTES`` is parsed in a worker process, and only a
   body within the limits (message count, JSON values) comes back.
+- ``TokenBuckets``: a request rate per key (``POST /v1/feedback``, ``server.feedback_rpm``).
 - ``AccessLog``: one ``cascade.access`` line per request.
 """
 
@@ -36,6 +37,7 @@ __all__ = [
     "AccessLog",
     "BodyParser",
     "BodyRefused",
+    "TokenBuckets",
     "guarded_protocol",
     "parse_json",
     "read_body",
@@ -213,6 +215,37 @@ class BodyParser:
             # hook writing to a closed pipe ("Exception ignored ... Bad file descriptor").
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
+
+
+# -- request rates --------------------------------------------------------------------------------
+
+
+class TokenBuckets:
+    """A token bucket per key: ``per_minute`` requests a minute, at most ``per_minute`` at once.
+
+    Used on the event loop only, so it needs no lock; it holds one entry per key that was
+    authorized, so its size is bounded by the gateway's keys.
+
+    Args:
+        per_minute: The rate, and the burst.
+        clock: Seconds, monotonic (injected by tests).
+    """
+
+    def __init__(self, per_minute: int, *, clock: Callable[[], float] = time.monotonic):
+        self.per_minute = per_minute
+        self.clock = clock
+        self._buckets: dict[str | None, tuple[float, float]] = {}  # key -> (tokens, when)
+
+    def take(self, key: str | None) -> float:
+        """Take a token for ``key``: 0.0 when there was one, else the seconds until there is."""
+        now, full = self.clock(), float(self.per_minute)
+        tokens, when = self._buckets.get(key, (full, now))
+        tokens = min(full, tokens + (now - when) * full / 60)
+        if tokens >= 1:
+            self._buckets[key] = (tokens - 1, now)
+            return 0.0
+        self._buckets[key] = (tokens, now)
+        return (1 - tokens) * 60 / full
 
 
 # -- connections ----------------------------------------------------------------------------------
