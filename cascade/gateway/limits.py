@@ -9,7 +9,8 @@
   after ``server.client_timeout_s`` (408), never read whole before it is measured.
 - ``BodyParser``: validates the JSON. Parsing holds the GIL, so a thread would not keep the
   event loop free: a body over ``INLINE_PARSE_BYTES`` is parsed in a worker process, and only a
-  body within the limits (message count, JSON values) comes back.
+  body within the limits (message count, JSON values) comes back. That process exits when the
+  gateway process that started it dies, however it dies.
 - ``TokenBuckets``: a request rate per key (``POST /v1/feedback``, ``server.feedback_rpm``).
 - ``AccessLog``: one ``cascade.access`` line per request.
 """
@@ -18,8 +19,10 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from concurrent.futures import ProcessPoolExecutor
@@ -55,6 +58,8 @@ INLINE_PARSE_BYTES = 64 * 1024
 # The most JSON values (strings, numbers, objects...) a body may hold: it bounds the work every
 # later stage does (the engine, the SDK's request building), whatever the byte count.
 MAX_JSON_VALUES = 50_000
+# How often the body parser's process checks that the gateway process that started it lives.
+PARENT_CHECK_S = 0.5
 # How long a connection over the cap may take to say it wants /healthz before it is closed.
 _OVER_CAP_GRACE_S = 1.0
 
@@ -166,9 +171,27 @@ def parse_chat_request(raw: bytes, max_messages: int) -> ChatRequest | BodyRefus
     return body
 
 
-def _leave_sigint_to_the_server() -> None:
-    """Ctrl-C reaches the whole process group; the server shuts the worker down itself."""
+def _parser_process_start(parent: int) -> None:
+    """The parser process's set-up: Ctrl-C reaches the whole process group, and the server
+    shuts this process down itself; and this process dies with the gateway process."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    threading.Thread(
+        target=_exit_with_parent, args=(parent,), daemon=True, name="cascade-parent-watch"
+    ).start()
+
+
+def _exit_with_parent(parent: int) -> None:
+    """Exit once the process that started this one is gone.
+
+    A gateway process killed with SIGKILL cannot shut its pool down, and this process holds
+    its own end of the pool's pipes, so it would wait for work for ever, keeping
+    multiprocessing's resource tracker (which waits for every holder of its pipe) alive with
+    it. A watch on the parent's pid, rather than ``PR_SET_PDEATHSIG``: that signal fires when
+    the *thread* that started the process ends, and Linux has it only.
+    """
+    while os.getppid() == parent:
+        time.sleep(PARENT_CHECK_S)
+    os._exit(0)
 
 
 class BodyParser:
@@ -197,7 +220,8 @@ class BodyParser:
             self._pool = ProcessPoolExecutor(
                 max_workers=1,
                 mp_context=multiprocessing.get_context("spawn"),
-                initializer=_leave_sigint_to_the_server,
+                initializer=_parser_process_start,
+                initargs=(os.getpid(),),
             )
         return self._pool
 
