@@ -23,6 +23,8 @@ from typing import Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from cascade.config.messages import pydantic_message
+from cascade.config.paths import read_capped
+from cascade.errors import ConfigError
 from cascade.evaluation import (
     EvaluatorContext,
     Slot,
@@ -61,18 +63,10 @@ def load_model(source: str | Mapping[str, Any], ctx: EvaluatorContext, key: str)
             if not path.is_absolute() and ctx.config_dir is not None:
                 path = ctx.config_dir / path
             try:
-                size = path.stat().st_size
-            except OSError as exc:
-                raise ctx.error(
-                    f"cannot read model file {str(path)!r}: {exc.strerror}", key
-                ) from exc
-            if size > MAX_MODEL_BYTES:
-                raise ctx.error(
-                    f"model file {str(path)!r} is {size:,} bytes, over the "
-                    f"{MAX_MODEL_BYTES:,}-byte limit",
-                    key,
-                )
-            return LinearModel.model_validate_json(path.read_bytes())
+                raw = read_capped(path, MAX_MODEL_BYTES)
+            except ConfigError as exc:
+                raise ctx.error(f"cannot read model file {str(path)!r}: {exc}", key) from exc
+            return LinearModel.model_validate_json(raw)
         return LinearModel.model_validate(dict(source))
     except ValidationError as exc:
         err = exc.errors()[0]

@@ -32,6 +32,9 @@ from referencing import Registry
 from referencing.exceptions import Unresolvable
 from referencing.jsonschema import DRAFT202012
 
+from cascade.config import safe_load_bounded
+from cascade.config.paths import read_capped
+from cascade.errors import ConfigError
 from cascade.evaluation import EvaluatorContext
 from cascade.types import Completion, Request, Verdict
 
@@ -47,6 +50,8 @@ _MAX_BLOCKS = 50
 _MAX_FENCE_DEPTH = 3
 _MAX_ERRORS = 1000
 _SNIPPET = 200
+# A JSON schema is a few KB; a schema_file of /dev/zero must not be read for ever.
+MAX_SCHEMA_BYTES = 8 * 1024 * 1024
 
 # A JSON string (unterminated ones run to the end) or a structural bracket.
 _TOKEN = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"?|[{}\[\]]', re.DOTALL)
@@ -332,14 +337,15 @@ class JsonSchema:
         if not path.is_absolute():
             path = (context.config_dir or Path.cwd()) / path
         try:
-            raw = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
+            raw = read_capped(path, MAX_SCHEMA_BYTES).decode("utf-8")
+        except (ConfigError, UnicodeDecodeError) as exc:
             raise context.error(
                 f"cannot read schema file {str(path)!r}: {exc}", "schema_file"
             ) from exc
         try:
-            loaded = json.loads(raw) if path.suffix.lower() == ".json" else yaml.safe_load(raw)
-        except (ValueError, yaml.YAMLError) as exc:
+            is_json = path.suffix.lower() == ".json"
+            loaded = json.loads(raw) if is_json else safe_load_bounded(raw)
+        except (ValueError, yaml.YAMLError, RecursionError) as exc:
             raise context.error(
                 f"schema file {str(path)!r} is not valid JSON/YAML: {exc}", "schema_file"
             ) from exc

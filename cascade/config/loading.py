@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import yaml
@@ -17,15 +16,28 @@ from pydantic import ValidationError
 
 from cascade.config.messages import format_location, joined, validation_problems
 from cascade.config.params import PRICE_CHANGING_PARAMS, check_call_params
+from cascade.config.paths import read_capped
 from cascade.config.pricing import fill_prices
 from cascade.config.schema import DEFAULT_MAX_OUTPUT_TOKENS, CascadeConfig
 from cascade.errors import ConfigError, RequestError
 
-__all__ = ["MAX_YAML_NODES", "load_config", "parse_config", "safe_load_bounded"]
+__all__ = [
+    "MAX_CONFIG_BYTES",
+    "MAX_YAML_DEPTH",
+    "MAX_YAML_NODES",
+    "load_config",
+    "parse_config",
+    "safe_load_bounded",
+]
 
 # A config file is a few hundred nodes; aliases may repeat parts of it, but a file whose aliases
 # expand past this many nodes is an alias bomb (740 bytes can stand for gigabytes).
 MAX_YAML_NODES = 100_000
+# A config nests a dozen levels (an inline JSON schema a few more); PyYAML composes nodes by
+# recursion, and a document nested about 1,000 deep ends in a RecursionError.
+MAX_YAML_DEPTH = 100
+# Far above any config (an inline task router included); /dev/zero must not be read for ever.
+MAX_CONFIG_BYTES = 64 * 1024 * 1024
 
 
 def _reference_problems(data: Mapping[str, Any]) -> list[tuple[str, str]]:
@@ -142,11 +154,25 @@ class _BoundedLoader(yaml.SafeLoader):
     The expanded size is counted on the composed node graph, once per distinct node.
     """
 
+    _depth = 0
+
     def compose_document(self) -> yaml.Node | None:
         node = super().compose_document()
         if node is not None:
             _expanded_size(node, {}, set())
         return node
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        self._depth += 1
+        try:
+            if self._depth > MAX_YAML_DEPTH:
+                raise yaml.composer.ComposerError(
+                    None, None, f"nested deeper than {MAX_YAML_DEPTH} levels",
+                    self.peek_event().start_mark,
+                )
+            return super().compose_node(parent, index)  # type: ignore[no-any-return]
+        finally:
+            self._depth -= 1
 
 
 def _expanded_size(node: yaml.Node, sizes: dict[int, int], active: set[int]) -> int:
@@ -172,10 +198,11 @@ def _expanded_size(node: yaml.Node, sizes: dict[int, int], active: set[int]) -> 
 
 
 def safe_load_bounded(text: str) -> Any:
-    """``yaml.safe_load`` with alias expansion bounded by ``MAX_YAML_NODES``.
+    """``yaml.safe_load`` with alias expansion bounded by ``MAX_YAML_NODES`` and nesting by
+    ``MAX_YAML_DEPTH``.
 
     Raises:
-        yaml.YAMLError: invalid YAML, a recursive alias, or an expansion past the bound.
+        yaml.YAMLError: invalid YAML, a recursive alias, or a document past either bound.
     """
     return yaml.load(text, Loader=_BoundedLoader)
 
@@ -188,10 +215,13 @@ def load_config(path: str | os.PathLike[str]) -> CascadeConfig:
     """
     shown = str(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError as exc:
-        raise ConfigError("config file not found", path=shown) from exc
-    except (OSError, UnicodeDecodeError) as exc:
+        # Not only regular files: `cascade validate <(...)` reads a pipe.
+        text = read_capped(path, MAX_CONFIG_BYTES, regular=False).decode("utf-8")
+    except ConfigError as exc:
+        if isinstance(exc.__cause__, FileNotFoundError):
+            raise ConfigError("config file not found", path=shown) from exc
+        raise ConfigError(f"cannot read config file: {exc}", path=shown) from exc
+    except UnicodeDecodeError as exc:
         raise ConfigError(f"cannot read config file: {exc}", path=shown) from exc
     try:
         data = safe_load_bounded(text)

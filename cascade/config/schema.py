@@ -53,7 +53,7 @@ DEFAULT_KEY_ENV = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}
 DEFAULT_MAX_OUTPUT_TOKENS = 4096
 # Engine arguments and transport options: never a gateway parameter, whatever the operator says.
 _NEVER_ALLOWED = frozenset(
-    {"task", "prompt", "query_id", "max_cost_usd", "log_content", "deadline_s"}
+    {"task", "prompt", "query_id", "max_cost_usd", "log_content", "deadline_s", "key_id"}
     | {"timeout", "extra_headers", "extra_query", "model", "messages"}
 )
 
@@ -301,6 +301,11 @@ class ServerConfig(BaseModel):
     max_connections: int = Field(default=1000, ge=1)  # connections beyond it get 503
     # A gateway request's run ends by then (it bounds the task's deadline_s).
     request_timeout_s: float = Field(default=120.0, gt=0)
+    # The variable holding comma-separated admin keys: gateway keys that may also score any
+    # run through POST /v1/feedback (other keys score only the runs they made).
+    admin_keys_env: str | None = None
+    feedback_any_run: bool = False  # true: any key may score any run (release 0.2's rule)
+    feedback_rpm: int = Field(default=60, ge=1)  # POST /v1/feedback per key and minute
 
     @field_validator("allow_params")
     @classmethod

@@ -23,6 +23,7 @@ from cascade.engine.retry import RetryPolicy
 from cascade.errors import CascadeError, ConfigError, ProviderError, RequestError
 from cascade.logs import get_logger
 from cascade.providers.base import Provider
+from cascade.tokens import max_output_tokens
 from cascade.types import Completion, Message
 
 __all__ = ["NOTHING", "Call", "Caller", "Outcome"]
@@ -163,7 +164,8 @@ class Caller:
                     ),
                 )
         except (TimeoutError, asyncio.TimeoutError):  # distinct on 3.10
-            raise self._timed_out(model, tally, timeout, cut_short) from None
+            sized = self._sized(op, timeout)
+            raise self._timed_out(model, tally, timeout, cut_short, sized) from None
         except ProviderError as exc:
             self._failed(model, tally, exc)
             raise
@@ -174,6 +176,7 @@ class Caller:
             tally.unsent = exc
             raise _NotSent from exc
         self._note(model.provider, None)
+        self.limits.speeds.observe(op.model_key, completion)
         return completion
 
     async def acall(self, op: Call) -> Outcome:
@@ -221,7 +224,8 @@ class Caller:
                     ),
                 )
         except (TimeoutError, asyncio.TimeoutError):  # distinct on 3.10
-            raise self._timed_out(model, tally, timeout, cut_short) from None
+            sized = self._sized(op, timeout)
+            raise self._timed_out(model, tally, timeout, cut_short, sized) from None
         except ProviderError as exc:
             self._failed(model, tally, exc)
             raise
@@ -232,17 +236,25 @@ class Caller:
             tally.unsent = exc
             raise _NotSent from exc
         self._note(model.provider, None)
+        self.limits.speeds.observe(op.model_key, completion)
         return completion
 
     def _timed_out(
-        self, model: ModelConfig, tally: _Tally, timeout: float, cut_short: bool
+        self, model: ModelConfig, tally: _Tally, timeout: float, cut_short: bool,
+        sized: bool = False,
     ) -> ProviderError:
         """An attempt that ran out of time: its error, fed to the breaker unless the run's
-        deadline (not the provider) cut it short."""
+        deadline (not the provider) cut it short or the request's own size explains it."""
         tally.last = _timed_out(model.provider, model.name, timeout, cut_short)
-        if not cut_short:
+        if not (cut_short or sized):
             self._note(model.provider, tally.last)
         return tally.last
+
+    def _sized(self, op: Call, timeout: float) -> bool:
+        """Whether the call's output limit, at the model's observed speed, takes longer than
+        ``timeout``: one client's large request then says nothing about the provider's health,
+        and must not open its circuit for everyone (``OutputSpeed.explains``)."""
+        return self.limits.speeds.explains(op.model_key, max_output_tokens(op.params), timeout)
 
     def _failed(self, model: ModelConfig, tally: _Tally, exc: ProviderError) -> None:
         """An attempt the provider failed: kept as the last fault, its bill (if any) kept, the

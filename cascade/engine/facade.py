@@ -217,6 +217,7 @@ class Cascade:
         max_cost_usd: float | None = None,
         log_content: bool | None = None,
         deadline_s: float | None = None,
+        key_id: str | None = None,
         **params: Any,
     ) -> CascadeResult:
         """Run ``task``'s ladder on a prompt and return the first accepted answer.
@@ -229,6 +230,8 @@ class Cascade:
             log_content: Put prompt and answer text in log events (default: the config's).
             deadline_s: End the run within this many seconds (it can only shorten the task's
                 ``deadline_s``); rungs left when it passes are ``skip`` steps.
+            key_id: An opaque id of the caller's credential, stored on the run's ledger row
+                (the gateway passes its bearer key's id, so a key scores only its own runs).
             **params: Provider parameters such as ``max_tokens`` or ``temperature``.
 
         Returns:
@@ -250,6 +253,7 @@ class Cascade:
             task, prompt, query_id, max_cost_usd, log_content, deadline_s, params
         )
         run.task_probability = choice.probability if choice else None
+        run.key_id = key_id
         token = current_run.set(run)
         try:
             result = self._recorder.finish(drive(plan, self._caller.call), run)
@@ -270,6 +274,7 @@ class Cascade:
         max_cost_usd: float | None = None,
         log_content: bool | None = None,
         deadline_s: float | None = None,
+        key_id: str | None = None,
         **params: Any,
     ) -> CascadeResult:
         """The async twin of ``complete``, with the same arguments, result and errors.
@@ -283,6 +288,7 @@ class Cascade:
             task, prompt, query_id, max_cost_usd, log_content, deadline_s, params
         )
         run.task_probability = choice.probability if choice else None
+        run.key_id = key_id
         token = current_run.set(run)
         try:
             ledger_io = self._ledger_io if self.ledger is not None else None

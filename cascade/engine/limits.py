@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from cascade.config import CascadeConfig
-from cascade.engine.breaker import CircuitBreaker
+from cascade.engine.breaker import CircuitBreaker, OutputSpeed
 from cascade.errors import ConfigError
 from cascade.ledger import Ledger
 from cascade.ledger.money import Accounts, Hold, Limit, worst_case_cost
@@ -53,6 +53,8 @@ class Limits:
             for name, p in config.providers.items()
             if p.circuit_breaker
         }
+        # Tells a timeout the request's size explains from one that says the provider is slow.
+        self.speeds = OutputSpeed()
         self._sync_slots = {
             name: threading.BoundedSemaphore(p.max_concurrency)
             for name, p in config.providers.items()

@@ -56,6 +56,7 @@ class Run:
     deadline: float | None = None  # time.monotonic() by which the run must end
     messages: tuple[Message, ...] = ()  # the prompt, kept for the ledger's content rows
     task_probability: float | None = None  # set when task "auto" chose the task
+    key_id: str | None = None  # the gateway key that made the run (stored on its ledger row)
     span: Any = None  # the run's OpenTelemetry span, begun at its first step
     traced: bool | None = None  # whether an OpenTelemetry SDK was installed at its first step
     metered: bool | None = None
@@ -270,7 +271,7 @@ class Recorder:
                 self.ledger.record_run(
                     result, status=status,
                     content=self.content(run, result.steps) if run is not None else (),
-                    failed=failed,
+                    failed=failed, key_id=run.key_id if run is not None else None,
                 )
             except LedgerError as exc:
                 failed(exc)

@@ -30,7 +30,15 @@ from starlette.routing import Route
 
 from cascade.config import ServerConfig
 from cascade.engine import Cascade
-from cascade.gateway.errors import NO_RETRY, error_response, from_exception, refuse, unauthorized
+from cascade.gateway.errors import (
+    NO_RETRY,
+    WireJSON,
+    error_response,
+    from_exception,
+    internal_error,
+    refuse,
+    unauthorized,
+)
 from cascade.gateway.feedback import feedback, refresh_drift
 from cascade.gateway.limits import AccessLog, BodyRefused, read_body
 from cascade.gateway.metrics import CONTENT_TYPE_LATEST
@@ -69,7 +77,8 @@ _CLOSE = {"connection": "close"}
 
 async def chat_completions(request: Request) -> Response:
     gateway: Gateway = request.app.state.gateway
-    if not gateway.authorized(request):
+    client = gateway.client(request)
+    if client is None:
         return unauthorized(gateway)
     settings = gateway.settings
     try:
@@ -107,6 +116,8 @@ async def chat_completions(request: Request) -> Response:
     access = request.scope.setdefault("state", {}).setdefault("access", {})
     access["task"] = target[1]
     try:
+        # The run's row names the key that made it: feedback lets a key score only its own.
+        params["key_id"] = client.key_id
         result = await gateway.run(*target, body.engine_messages(), params)
     except (TimeoutError, asyncio.TimeoutError):  # distinct classes before Python 3.11
         gateway.metrics.error("Timeout")
@@ -131,7 +142,7 @@ async def chat_completions(request: Request) -> Response:
         return StreamingResponse(
             _stream(result, body.include_usage), headers=headers, media_type="text/event-stream"
         )
-    return JSONResponse(completion_body(result), headers=headers)
+    return WireJSON(completion_body(result), headers=headers)
 
 
 def _model_entries(gateway: Gateway) -> list[dict[str, Any]]:
@@ -182,6 +193,12 @@ async def _no_route(request: Request, exc: Exception) -> Response:
     return error_response(404, message, "invalid_request_error", "unknown_route")
 
 
+async def _crashed(request: Request, exc: Exception) -> Response:
+    """A bug's answer is OpenAI-shaped too (Starlette's would be plain text); Starlette then
+    re-raises the error, so the server log keeps its traceback."""
+    return internal_error(exc)
+
+
 async def healthz(request: Request) -> Response:
     return JSONResponse({"status": "ok"})
 
@@ -202,6 +219,7 @@ def create_app(
     drain_s: float = 60.0,
     settings: ServerConfig | None = None,
     close_engine: bool = False,
+    admin_keys: Sequence[str] | None = None,
 ) -> Starlette:
     """Build the gateway app around an engine.
 
@@ -215,6 +233,8 @@ def create_app(
         settings: The gateway's limits; by default the config's ``server:`` section.
         close_engine: Also close the engine (its ledger) on shutdown: for an app that owns
             its engine, as each worker of ``cascade serve --workers N`` does.
+        admin_keys: Keys that may score any run through ``POST /v1/feedback`` (and are
+            accepted everywhere); by default those in ``server.admin_keys_env``'s variable.
 
     Returns:
         A Starlette app; ``app.state.gateway`` is its ``Gateway``.
@@ -225,7 +245,7 @@ def create_app(
     if api_keys is None:
         env = api_keys_env or getattr(getattr(engine.config, "server", None), "api_keys_env", None)
         api_keys = read_api_keys(env)
-    gateway = Gateway(engine, api_keys, settings)
+    gateway = Gateway(engine, api_keys, settings, admin_keys)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -248,7 +268,7 @@ def create_app(
         ],
         lifespan=lifespan,
         middleware=[Middleware(AccessLog)],
-        exception_handlers={404: _no_route, 405: _no_route},
+        exception_handlers={404: _no_route, 405: _no_route, Exception: _crashed},
     )
     app.state.gateway = gateway
     return app

@@ -2,21 +2,32 @@
 
 ``POST /v1/feedback`` takes ``{"run_id": ..., "score": 0..1, "comment": ...}`` with the same
 bearer auth as the chat route, and answers 200 with the stored row, or a 400 naming the field
-(a score outside [0, 1], an unknown run id, a body that is not a JSON object).
+(a score outside [0, 1], an unknown run id, a body that is not a JSON object). A key scores only
+the runs it made, unless it is an admin key or ``server.feedback_any_run`` is set; a run of
+another key is answered as an unknown one. Each key may send ``server.feedback_rpm`` a minute
+(429 beyond).
 """
 
 from __future__ import annotations
 
-import json
+import functools
+import math
 import time
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
 from cascade.errors import FeedbackError, LedgerError
-from cascade.gateway.errors import error_response, from_exception, refuse, unauthorized
-from cascade.gateway.limits import BodyRefused, read_body
+from cascade.gateway.errors import (
+    WireJSON,
+    error_response,
+    from_exception,
+    public_text,
+    refuse,
+    unauthorized,
+)
+from cascade.gateway.limits import BodyRefused, parse_json, read_body
 from cascade.gateway.state import Gateway
 from cascade.ledger.drift import drift_report
 from cascade.ledger.feedback import add_feedback
@@ -31,20 +42,33 @@ DRIFT_WEEKS = 8  # /metrics shows the drift of the last weeks only, so a scrape 
 
 async def feedback(request: Request) -> Response:
     gateway: Gateway = request.app.state.gateway
-    if not gateway.authorized(request):
+    client = gateway.client(request)
+    if client is None:
         return unauthorized(gateway)
     settings = gateway.settings
     try:
         raw = await read_body(
             request.receive, request.headers, settings.max_body_bytes, settings.client_timeout_s
         )
-        body: Any = json.loads(raw)
     except BodyRefused as exc:
         return refuse(gateway, "InvalidRequest", exc.status, exc.message, "invalid_request",
                        headers={"connection": "close"})
-    except ValueError:
-        return refuse(gateway, "InvalidRequest", 400, "invalid request body: not JSON",
-                       "invalid_request")
+    wait = gateway.feedback_limit.take(client.key_id)
+    if wait:
+        gateway.metrics.error("RateLimited")
+        seconds = math.ceil(wait)
+        return error_response(
+            429,
+            f"too many feedback requests for this key (server.feedback_rpm is "
+            f"{settings.feedback_rpm} a minute); try again in {seconds}s",
+            "rate_limit_error",
+            "rate_limit_exceeded",
+            {"retry-after": str(seconds)},
+        )
+    try:
+        body: Any = parse_json(raw)
+    except BodyRefused as exc:
+        return refuse(gateway, "InvalidRequest", exc.status, exc.message, "invalid_request")
     if not isinstance(body, dict):
         return refuse(gateway, "InvalidRequest", 400,
                        "invalid request body: a JSON object with run_id and score",
@@ -55,19 +79,22 @@ async def feedback(request: Request) -> Response:
                        f"invalid request body: unknown field(s) {', '.join(unknown)}",
                        "invalid_request")
     ledger = gateway.engine.ledger
+    anyone = client.admin or settings.feedback_any_run
+    store = functools.partial(add_feedback, made_with=None if anyone else client.key_id)
     try:
         args = (ledger, body.get("run_id"), body.get("score"), body.get("comment"))
         # no ledger: add_feedback refuses with the reason, like the library call
-        row = await ledger.run(add_feedback, *args) if ledger else add_feedback(*args)
+        row = await ledger.run(store, *args) if ledger else store(*args)
     except FeedbackError as exc:
         gateway.metrics.error("InvalidFeedback")
         known = exc.param == "run_id" and bool(body.get("run_id"))
         code = "run_not_found" if known else "invalid_request"
-        return error_response(400, f"invalid feedback: {exc}", "invalid_request_error", code)
+        text = public_text(str(exc), code)  # "unknown run id 'x' in <path>": not which ledger
+        return error_response(400, f"invalid feedback: {text}", "invalid_request_error", code)
     except LedgerError as exc:
         return from_exception(exc)
     gateway.metrics.feedback.labels(row.source).inc()
-    return JSONResponse({"object": "feedback", "id": row.id, "run_id": row.run_id,
+    return WireJSON({"object": "feedback", "id": row.id, "run_id": row.run_id,
                          "score": row.score, "comment": row.comment, "source": row.source})
 
 

@@ -9,7 +9,9 @@
   after ``server.client_timeout_s`` (408), never read whole before it is measured.
 - ``BodyParser``: validates the JSON. Parsing holds the GIL, so a thread would not keep the
   event loop free: a body over ``INLINE_PARSE_BYTES`` is parsed in a worker process, and only a
-  body within the limits (message count, JSON values) comes back.
+  body within the limits (message count, JSON values) comes back. That process exits when the
+  gateway process that started it dies, however it dies.
+- ``TokenBuckets``: a request rate per key (``POST /v1/feedback``, ``server.feedback_rpm``).
 - ``AccessLog``: one ``cascade.access`` line per request.
 """
 
@@ -17,13 +19,16 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
+import pydantic_core
 from pydantic import ValidationError
 
 from cascade.gateway.wire import ChatRequest, describe_validation, error_body
@@ -35,7 +40,9 @@ __all__ = [
     "AccessLog",
     "BodyParser",
     "BodyRefused",
+    "TokenBuckets",
     "guarded_protocol",
+    "parse_json",
     "read_body",
 ]
 
@@ -51,6 +58,8 @@ INLINE_PARSE_BYTES = 64 * 1024
 # The most JSON values (strings, numbers, objects...) a body may hold: it bounds the work every
 # later stage does (the engine, the SDK's request building), whatever the byte count.
 MAX_JSON_VALUES = 50_000
+# How often the body parser's process checks that the gateway process that started it lives.
+PARENT_CHECK_S = 0.5
 # How long a connection over the cap may take to say it wants /healthz before it is closed.
 _OVER_CAP_GRACE_S = 1.0
 
@@ -109,6 +118,20 @@ def _too_large(limit: int) -> str:
     return f"request body is larger than {limit:,} bytes (server.max_body_bytes)"
 
 
+def parse_json(raw: bytes) -> Any:
+    """A small JSON body (``POST /v1/feedback``), parsed as the chat body is: by pydantic's
+    parser, which stops at a nesting depth (``json.loads`` recurses until a ``RecursionError``)
+    and refuses a lone surrogate (text no backend can store or UTF-8 carry).
+
+    Raises:
+        BodyRefused: 400, saying where the text stops being JSON.
+    """
+    try:
+        return pydantic_core.from_json(raw, allow_inf_nan=False)
+    except ValueError as exc:
+        raise BodyRefused(400, f"request body is not valid JSON ({exc})") from None
+
+
 def _count_values(value: Any) -> int:
     """The number of JSON values in a parsed document, containers included."""
     total = 0
@@ -148,9 +171,27 @@ def parse_chat_request(raw: bytes, max_messages: int) -> ChatRequest | BodyRefus
     return body
 
 
-def _leave_sigint_to_the_server() -> None:
-    """Ctrl-C reaches the whole process group; the server shuts the worker down itself."""
+def _parser_process_start(parent: int) -> None:
+    """The parser process's set-up: Ctrl-C reaches the whole process group, and the server
+    shuts this process down itself; and this process dies with the gateway process."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    threading.Thread(
+        target=_exit_with_parent, args=(parent,), daemon=True, name="cascade-parent-watch"
+    ).start()
+
+
+def _exit_with_parent(parent: int) -> None:
+    """Exit once the process that started this one is gone.
+
+    A gateway process killed with SIGKILL cannot shut its pool down, and this process holds
+    its own end of the pool's pipes, so it would wait for work for ever, keeping
+    multiprocessing's resource tracker (which waits for every holder of its pipe) alive with
+    it. A watch on the parent's pid, rather than ``PR_SET_PDEATHSIG``: that signal fires when
+    the *thread* that started the process ends, and Linux has it only.
+    """
+    while os.getppid() == parent:
+        time.sleep(PARENT_CHECK_S)
+    os._exit(0)
 
 
 class BodyParser:
@@ -179,7 +220,8 @@ class BodyParser:
             self._pool = ProcessPoolExecutor(
                 max_workers=1,
                 mp_context=multiprocessing.get_context("spawn"),
-                initializer=_leave_sigint_to_the_server,
+                initializer=_parser_process_start,
+                initargs=(os.getpid(),),
             )
         return self._pool
 
@@ -197,6 +239,37 @@ class BodyParser:
             # hook writing to a closed pipe ("Exception ignored ... Bad file descriptor").
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
+
+
+# -- request rates --------------------------------------------------------------------------------
+
+
+class TokenBuckets:
+    """A token bucket per key: ``per_minute`` requests a minute, at most ``per_minute`` at once.
+
+    Used on the event loop only, so it needs no lock; it holds one entry per key that was
+    authorized, so its size is bounded by the gateway's keys.
+
+    Args:
+        per_minute: The rate, and the burst.
+        clock: Seconds, monotonic (injected by tests).
+    """
+
+    def __init__(self, per_minute: int, *, clock: Callable[[], float] = time.monotonic):
+        self.per_minute = per_minute
+        self.clock = clock
+        self._buckets: dict[str | None, tuple[float, float]] = {}  # key -> (tokens, when)
+
+    def take(self, key: str | None) -> float:
+        """Take a token for ``key``: 0.0 when there was one, else the seconds until there is."""
+        now, full = self.clock(), float(self.per_minute)
+        tokens, when = self._buckets.get(key, (full, now))
+        tokens = min(full, tokens + (now - when) * full / 60)
+        if tokens >= 1:
+            self._buckets[key] = (tokens - 1, now)
+            return 0.0
+        self._buckets[key] = (tokens, now)
+        return (1 - tokens) * 60 / full
 
 
 # -- connections ----------------------------------------------------------------------------------

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import hmac
 import os
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from starlette.requests import Request
@@ -14,12 +16,20 @@ from starlette.requests import Request
 from cascade.config import RungConfig, ServerConfig, TaskConfig
 from cascade.engine import Cascade
 from cascade.errors import BudgetExceeded, CascadeExhausted, LedgerError, ProviderError
-from cascade.gateway.limits import BodyParser
+from cascade.gateway.limits import BodyParser, TokenBuckets
 from cascade.gateway.metrics import GatewayMetrics
 from cascade.models.task_router import AUTO
 from cascade.types import CascadeResult
 
-__all__ = ["MODEL_TASK_PREFIX", "Gateway", "direct_engine", "failure", "read_api_keys"]
+__all__ = [
+    "MODEL_TASK_PREFIX",
+    "Client",
+    "Gateway",
+    "direct_engine",
+    "failure",
+    "key_id",
+    "read_api_keys",
+]
 
 # A bare model key runs this one-rung task, so the ledger and metrics show it as a normal run.
 MODEL_TASK_PREFIX = "__model__"
@@ -32,6 +42,25 @@ def read_api_keys(env: str | None) -> tuple[str, ...]:
     """The comma-separated bearer keys in the variable ``env`` (none when unset or empty)."""
     raw = os.environ.get(env, "") if env else ""
     return tuple(k.strip() for k in raw.split(",") if k.strip())
+
+
+def key_id(key: bytes) -> str:
+    """The opaque id of a bearer key, stored on the runs it makes (``runs.key_id``).
+
+    The first 16 hex digits of SHA-256 over a fixed label and the key: the same key has the same
+    id in every worker and after a restart, and the id does not give the key back. A guessable
+    key could be confirmed by hashing guesses, as with any hash; gateway keys should be random.
+    """
+    return hashlib.sha256(b"cascade-ladder gateway key id\0" + key).hexdigest()[:16]
+
+
+@dataclass(frozen=True, slots=True)
+class Client:
+    """Who sent an authorized request: its key's id (None when the gateway has no keys) and
+    whether that key is an admin key (``server.admin_keys_env``)."""
+
+    key_id: str | None
+    admin: bool = False
 
 
 def direct_engine(engine: Cascade, settings: ServerConfig) -> Cascade | None:
@@ -59,8 +88,10 @@ class Gateway:
 
     Args:
         engine: The cascade to serve; the gateway closes its async clients on shutdown.
-        api_keys: Accepted bearer keys; empty means no auth.
+        api_keys: Accepted bearer keys; empty (with no admin keys) means no auth.
         settings: The limits (``server:`` section); by default the engine config's.
+        admin_keys: Keys that are accepted too and may score any run; by default those in
+            the variable ``settings.admin_keys_env`` names.
     """
 
     def __init__(
@@ -68,9 +99,9 @@ class Gateway:
         engine: Cascade,
         api_keys: Sequence[str] = (),
         settings: ServerConfig | None = None,
+        admin_keys: Sequence[str] | None = None,
     ):
         self.engine = engine
-        self._keys = tuple(k.encode() for k in api_keys)
         self.metrics = GatewayMetrics()
         self.metrics.count_shadow_skips(lambda: dict(engine.shadows.skipped))
         self.inflight: set[asyncio.Task[CascadeResult]] = set()
@@ -79,16 +110,28 @@ class Gateway:
             configured if isinstance(configured, ServerConfig) else ServerConfig()
         )
         self.direct = direct_engine(engine, self.settings)
+        if admin_keys is None:
+            admin_keys = read_api_keys(self.settings.admin_keys_env)
+        self._admin = tuple(k.encode() for k in admin_keys)
+        self._keys = tuple(k.encode() for k in api_keys) + self._admin
         self.parser = BodyParser(self.settings.max_messages)
+        self.feedback_limit = TokenBuckets(self.settings.feedback_rpm)
 
-    def authorized(self, request: Request) -> bool:
+    def client(self, request: Request) -> Client | None:
+        """The request's sender, or None when its bearer key is missing or wrong."""
         if not self._keys:
-            return True
+            return Client(None)
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
         given = token.strip().encode()
         # Compare against every key so the timing does not tell which one nearly matched.
         matches = [hmac.compare_digest(given, key) for key in self._keys]
-        return scheme.lower() == "bearer" and any(matches)
+        if scheme.lower() != "bearer" or not any(matches):
+            return None
+        admin = [hmac.compare_digest(given, key) for key in self._admin]
+        return Client(key_id(given), any(admin))
+
+    def authorized(self, request: Request) -> bool:
+        return self.client(request) is not None
 
     def resolve(self, name: str) -> tuple[Cascade, str] | None:
         """``cascade/X`` is always task X; a bare name is a task if one exists, else a model

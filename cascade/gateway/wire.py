@@ -29,13 +29,14 @@ __all__ = [
     "error_body",
     "finish_reason",
     "format_cost",
+    "json_bytes",
     "sse_events",
 ]
 
 # Names that ``Cascade.acomplete`` takes itself; a body field with one of them would not reach the
 # provider but change what the engine does (or collide with its positional arguments).
 ENGINE_KEYWORDS = frozenset(
-    {"task", "prompt", "query_id", "max_cost_usd", "log_content", "deadline_s"}
+    {"task", "prompt", "query_id", "max_cost_usd", "log_content", "deadline_s", "key_id"}
 )
 # Fields the gateway consumes; every other declared field is a provider parameter.
 _GATEWAY_FIELDS = frozenset({"model", "messages", "stream", "stream_options", "n"})
@@ -254,6 +255,19 @@ def completion_body(result: CascadeResult, *, created: int | None = None) -> dic
         "usage": _usage(result),
         "system_fingerprint": None,
     }
+
+
+def json_bytes(body: Any) -> bytes:
+    """``body`` as compact UTF-8 JSON, the way ``sse_events`` sends it when UTF-8 cannot.
+
+    A model's answer may hold a lone surrogate (an upstream's JSON escape decodes to one),
+    which UTF-8 cannot encode: the body is then sent with every non-ASCII character escaped, as
+    the stream always is, rather than failing after the call was paid for.
+    """
+    try:
+        return json.dumps(body, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
+    except UnicodeEncodeError:
+        return json.dumps(body, allow_nan=False, separators=(",", ":")).encode()
 
 
 def split_text(text: str, words: int = _WORDS_PER_CHUNK) -> list[str]:

@@ -400,10 +400,11 @@ class Ledger:
         status: str = "ok",
         content: Sequence[ContentRow] = (),
         failed: Callable[[LedgerError], None] | None = None,
+        key_id: str | None = None,
     ) -> None:
         """Queue the run's row and its ``content`` rows (step, kind, model, model name, text),
-        written in one transaction."""
-        self.writer.submit(Op(run_write(result, status, content), None, failed))
+        written in one transaction; ``key_id``: the gateway key that made the run."""
+        self.writer.submit(Op(run_write(result, status, content, key_id), None, failed))
 
     def record_content(
         self,

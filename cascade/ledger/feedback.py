@@ -15,6 +15,7 @@ from typing import Any
 
 from cascade.errors import FeedbackError
 from cascade.ledger import Ledger
+from cascade.ledger.writes import storable
 
 __all__ = ["MAX_COMMENT", "FeedbackRecord", "add_feedback", "check_feedback"]
 
@@ -61,20 +62,31 @@ def add_feedback(
     *,
     source: str = "user",
     now: float | None = None,
+    made_with: str | None = None,
 ) -> FeedbackRecord:
     """Store a score for a run's answer (one transaction: the run must exist).
+
+    Args:
+        made_with: Only a run made with this gateway key id may be scored (``runs.key_id``);
+            None scores any run. A run of another key is refused exactly as an unknown one,
+            so a key cannot learn which run ids exist.
 
     Raises:
         FeedbackError: a bad field, an unknown run id, or no ledger to store it in.
         LedgerError: the ledger cannot be written.
     """
     run_id, value, comment = check_feedback(run_id, score, comment)
+    # Cleaned as content rows are: a NUL (PostgreSQL refuses it) or a lone surrogate (neither
+    # backend can encode it) becomes U+FFFD, rather than a ledger failure or a crash. A run id
+    # that needed cleaning names no run, and is refused as unknown below.
+    run_id, comment = storable(run_id) or "", storable(comment)
     if ledger is None:
         raise FeedbackError("feedback needs a ledger (the config turns it off)", param="ledger")
     ts = time.time() if now is None else now
     ledger.flush()  # the run's row may still be queued for the writer thread
     with ledger.backend.transaction() as tx:
-        if not tx.execute("SELECT 1 AS one FROM runs WHERE run_id = ?", (run_id,)):
+        runs = tx.execute("SELECT key_id FROM runs WHERE run_id = ?", (run_id,))
+        if not runs or (made_with is not None and runs[0]["key_id"] != made_with):
             raise FeedbackError(f"unknown run id {run_id!r} in {ledger.where}", param="run_id")
         rows = tx.execute(
             "INSERT INTO feedback (run_id, ts, score, comment, source) VALUES (?,?,?,?,?)"

@@ -29,6 +29,10 @@ Schema 4 (learning from production) adds:
   logged with ``logging: {content: true}``, which ``cascade data export`` turns into a dataset;
 - ``runs.task_probability``: the task router's probability when the task was chosen by
   ``auto`` (NULL when the caller named the task).
+
+Schema 5 adds ``runs.key_id``: an opaque id of the gateway key that made the run (a hash
+prefix, never the key; NULL for library calls and older rows), so that ``POST /v1/feedback``
+lets a key score only its own runs.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ from cascade.ledger.backends import Backend, Tx
 
 __all__ = ["VERSION", "migrate"]
 
-VERSION = 4
+VERSION = 5
 
 _TYPES = {
     "sqlite": {
@@ -200,6 +204,9 @@ def migrate(backend: Backend) -> int:
             for ddl in _V4:
                 tx.execute(ddl.format(**types))
             tx.execute(f"ALTER TABLE runs ADD COLUMN task_probability {types['real']}")
+        # Schema 4 -> 5.
+        if not backend.has_column(tx, "runs", "key_id"):
+            tx.execute("ALTER TABLE runs ADD COLUMN key_id TEXT")
         tx.execute("DELETE FROM schema_version")
         tx.execute("INSERT INTO schema_version (version) VALUES (?)", (VERSION,))
         return found

@@ -27,6 +27,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from cascade.config.messages import pydantic_message
+from cascade.config.paths import read_capped
 from cascade.errors import ConfigError
 from cascade.models.features import prompt_features
 from cascade.models.linear import LinearModel
@@ -89,14 +90,10 @@ def load_router(
             if not file.is_absolute() and config_dir is not None:
                 file = config_dir / file
             try:
-                size = file.stat().st_size
-            except OSError as exc:
-                raise fail(
-                    f"cannot read router file {str(file)!r}: {exc.strerror}", "model"
-                ) from exc
-            if size > MAX_ROUTER_BYTES:
-                raise fail(f"router file {str(file)!r} is over {MAX_ROUTER_BYTES:,} bytes", "model")
-            model = RouterModel.model_validate_json(file.read_bytes())
+                raw = read_capped(file, MAX_ROUTER_BYTES)
+            except ConfigError as exc:
+                raise fail(f"cannot read router file {str(file)!r}: {exc}", "model") from exc
+            model = RouterModel.model_validate_json(raw)
         else:
             model = RouterModel.model_validate(dict(source))
     except ValidationError as exc:

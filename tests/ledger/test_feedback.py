@@ -85,7 +85,7 @@ def test_upgrade_from_schema_3_keeps_rows(db: Db) -> None:
     ledger = db.open()
     try:
         assert ledger.schema_before == 3
-        assert db.rows("SELECT version FROM schema_version") == [(4,)]
+        assert db.rows("SELECT version FROM schema_version") == [(VERSION,)]
         assert db.rows("SELECT run_id, task_probability FROM runs") == [(run_id, None)]
     finally:
         ledger.close()

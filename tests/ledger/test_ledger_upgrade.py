@@ -21,7 +21,7 @@ from cascade.ledger import Ledger, buckets
 from cascade.ledger.schema import VERSION
 from cascade.replay.report import ledger_report
 from cascade.testing import FakeProvider, make_completion
-from cascade.types import StepRecord
+from cascade.types import CascadeResult, StepRecord
 from tests.engine.test_engine import config
 from tests.ledger.ledger_db import Db
 
@@ -170,3 +170,29 @@ def test_unopenable_sqlite_ledger_names_ledger_path(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"ledger\.path: cannot open the ledger") as info:
         Cascade.from_dict(data, providers={"p": FakeProvider("p", {})})
     assert str(bad) in str(info.value)
+
+
+def test_schema_4_gains_runs_key_id(db: Db) -> None:
+    """A schema-4 ledger (no runs.key_id) is upgraded in place: old runs read NULL, new runs
+    store the key id they were made with."""
+    ledger = db.open()
+    try:
+        ledger.record_run(_result("old"))
+    finally:
+        ledger.close()
+    db.execute("ALTER TABLE runs DROP COLUMN key_id")
+    db.execute("UPDATE schema_version SET version = 4")
+    ledger = db.open()
+    try:
+        assert ledger.schema_before == 4
+        ledger.record_run(_result("new"), key_id="0123456789abcdef")
+    finally:
+        ledger.close()
+    db.open().close()  # a second open finds the current schema and changes nothing
+    assert db.rows("SELECT version FROM schema_version") == [(VERSION,)]
+    assert db.rows("SELECT run_id, key_id FROM runs ORDER BY run_id") == [
+        ("new", "0123456789abcdef"), ("old", None)]
+
+
+def _result(run_id: str) -> CascadeResult:
+    return CascadeResult("a", "m", True, 0.0, 1.0, run_id, (), task="t")
