@@ -98,3 +98,13 @@ def test_unreachable_server_leaks_no_key(monkeypatch: pytest.MonkeyPatch,
     text = str(info.value) + repr(logs) + capsys.readouterr().out
     assert "cannot connect" in text
     assert FAKE_OPENAI_KEY not in text
+
+
+def test_a_known_key_inside_a_longer_one_does_not_expose_the_rest() -> None:
+    """redact: with ``sk-test`` known, ``sk-test-SECRET-...`` is hidden whole, not cut to
+    ``***-SECRET-...`` (which is no longer key-shaped, so it stayed in plain sight)."""
+    from cascade.providers.base import redact
+
+    text = redact(f"bad auth {FAKE_OPENAI_KEY} here", "sk-test")
+    assert "SECRET" not in text and "0000" not in text
+    assert redact("token sk-abcdef and mysecret", "mysecret") == "token sk-abcdef and ***"

@@ -290,10 +290,13 @@ def _lacks_v1(sdk: Any, base_url: str | None) -> bool:
 
 def redact(text: str, *extra: str | None) -> str:
     """Remove every known key, and anything shaped like one, from text meant for people."""
-    for secret in (*_SECRETS, *extra):
-        if secret:
-            text = text.replace(secret, "***")
-    return _KEY_SHAPES.sub(lambda m: (m.group(1) or m.group(2)) + "***", text)
+    # Shapes first, then the known keys longest first: a known key that is the start of
+    # another (``sk-test`` in ``sk-test-SECRET-...``) must not cut the longer one in two,
+    # leaving its rest no longer key-shaped and in plain sight.
+    text = _KEY_SHAPES.sub(lambda m: (m.group(1) or m.group(2)) + "***", text)
+    for secret in sorted({s for s in (*_SECRETS, *extra) if s}, key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text
 
 
 def _server_message(exc: Any) -> str:

@@ -17,7 +17,7 @@ from cascade import Cascade, RunWarning
 from cascade.cli import main
 from cascade.gateway.app import create_app, running
 from cascade.testing import MockLLMServer, Reply
-from tests.conftest import live_config
+from tests.conftest import FAKE_OPENAI_KEY, live_config
 from tests.models.test_task_router import MATH, fitted
 
 NOT_FOUND = Reply(status=404, message="The model `gpt-4o-mni` does not exist")
@@ -229,7 +229,7 @@ def test_run_summary_names_the_task_auto_chose(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """With task auto, the summary line starts with the chosen task and its probability."""
-    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    monkeypatch.setenv("OPENAI_API_KEY", FAKE_OPENAI_KEY)
     with MockLLMServer() as server:
         path = fitted(tmp_path)
         data = yaml.safe_load(path.read_text())

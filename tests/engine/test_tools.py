@@ -179,6 +179,8 @@ def gateway(server: MockLLMServer, keys: None) -> Iterator[str]:
 
     config = live_config(server, evaluators=[{"type": "length", "min_words": 3},
                                              {"type": "tool_call"}])
+    # test_gateway_finish_reason_and_logprobs calls the model key mini directly.
+    config["server"] = {"direct_models": ["mini"], "direct_max_cost_usd": 1.0}
     with serving(config) as (url, _):
         yield url
 
