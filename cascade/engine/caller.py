@@ -180,7 +180,7 @@ class Caller:
         except (TimeoutError, asyncio.TimeoutError):  # distinct on 3.10
             raise self._timed_out(op, model, tally, timeout, cut_short) from None
         except ProviderError as exc:
-            self._failed(model, tally, exc)
+            self._failed(op, model, tally, exc)
             raise
         except _BEFORE_SENDING as exc:
             # Not an attempt: nothing was sent, nothing can be billed, the breaker learns
@@ -240,7 +240,7 @@ class Caller:
         except (TimeoutError, asyncio.TimeoutError):  # distinct on 3.10
             raise self._timed_out(op, model, tally, timeout, cut_short) from None
         except ProviderError as exc:
-            self._failed(model, tally, exc)
+            self._failed(op, model, tally, exc)
             raise
         except _BEFORE_SENDING as exc:
             # Not an attempt: nothing was sent, nothing can be billed, the breaker learns
@@ -258,18 +258,19 @@ class Caller:
         deadline (not the provider) cut it short, and its worst case spent either way (the
         request was sent)."""
         tally.last = _timed_out(model.provider, model.name, timeout, cut_short)
-        tally.lost += 1
-        tally.lost_usd += self._worst(op)
+        self._lost(op, tally)
         if not cut_short:
             self._note(model.provider, tally.last)
         return tally.last
 
-    def _worst(self, op: Call) -> float:
-        """One attempt's worst case: what its step reserved for it (computed when nothing was
-        reserved: no cap and no ledger)."""
+    def _lost(self, op: Call, tally: _Tally) -> None:
+        """An attempt sent with no reply in time costs its worst case: what its step reserved
+        for it (computed when nothing was reserved: no cap and no ledger)."""
+        tally.lost += 1
         if op.gate is not None and op.gate.estimate:
-            return op.gate.estimate
-        return self.limits.worst_case(op.model_key, op.messages, op.params)
+            tally.lost_usd += op.gate.estimate
+        else:
+            tally.lost_usd += self.limits.worst_case(op.model_key, op.messages, op.params)
 
     @staticmethod
     def _refused(model: ModelConfig, tally: _Tally, refusal: str | None) -> None:
@@ -286,12 +287,14 @@ class Caller:
         )
         raise tally.last
 
-    def _failed(self, model: ModelConfig, tally: _Tally, exc: ProviderError) -> None:
-        """An attempt the provider failed: kept as the last fault, its bill (if any) kept, the
-        breaker fed."""
+    def _failed(self, op: Call, model: ModelConfig, tally: _Tally, exc: ProviderError) -> None:
+        """An attempt the provider failed: kept as the last fault, its bill (if any) kept (a
+        timeout the SDK reported costs its worst case, as the engine's own), the breaker fed."""
         tally.last = exc
         if exc.billed is not None:
             tally.billed.append(exc.billed)
+        if exc.timed_out:
+            self._lost(op, tally)
         self._note(model.provider, exc)
 
     def _timeout(self, op: Call, provider: str, model: str) -> tuple[float, bool]:
@@ -379,6 +382,7 @@ def _timed_out(provider: str, model: str, timeout: float, cut_short: bool) -> Pr
         model=model,
         # Another try helps after a slow reply, never once the run's time is up.
         retryable=not cut_short,
+        timed_out=True,
     )
 
 
