@@ -93,6 +93,8 @@ class ProviderError(CascadeError):
         malformed: A 200 reply with no usable answer (bad JSON, no choices, empty text);
             retried once only, since a model that answers garbage rarely recovers.
         billed: The usage a failed call was still billed for (an empty 200 reply).
+        timed_out: The request was sent and no reply came in time: whether the provider
+            bills it will never be known, so the engine charges its worst case.
     """
 
     def __init__(
@@ -107,10 +109,12 @@ class ProviderError(CascadeError):
         result: CascadeResult | None = None,
         malformed: bool = False,
         billed: Completion | None = None,
+        timed_out: bool = False,
     ):
         super().__init__(message)
         self.malformed = malformed
         self.billed = billed
+        self.timed_out = timed_out
         self.message = message
         self.provider = provider
         self.model = model

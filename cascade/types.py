@@ -21,7 +21,10 @@ __all__ = [
 Message = Mapping[str, Any]
 # "shadow": a rung above the one that answered, called after the run for a label (its cost is
 # reported apart from the run's).
-Decision = Literal["accept", "escalate", "error", "judge", "repair", "skip", "cache", "shadow"]
+# "lost": a call given up before it reported back (a hedged rung that lost), at its worst case.
+Decision = Literal[
+    "accept", "escalate", "error", "judge", "repair", "skip", "cache", "shadow", "lost"
+]
 
 
 @dataclass(frozen=True, slots=True)

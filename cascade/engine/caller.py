@@ -3,6 +3,10 @@
 A provider's ``timeout_s`` bounds each attempt as a whole (the SDKs' own timeout only bounds
 each read, so an upstream trickling one byte a second could hold a call for ever), and the
 run's deadline bounds all attempts together.
+
+An attempt that timed out was sent, and the provider may bill it: it costs its worst case
+(``Outcome.lost_usd``), and a retry after it first reserves a worst case of its own
+(``Limits.extend``), which the cost cap or a budget may refuse.
 """
 
 from __future__ import annotations
@@ -18,9 +22,10 @@ from typing import Any, TypeVar
 
 from cascade.config import CascadeConfig, ModelConfig
 from cascade.engine.call_threads import run_within
-from cascade.engine.limits import Limits
+from cascade.engine.limits import Gate, Limits
 from cascade.engine.retry import RetryPolicy
 from cascade.errors import CascadeError, ConfigError, ProviderError, RequestError
+from cascade.ledger.money import bill
 from cascade.logs import get_logger
 from cascade.providers.base import Provider
 from cascade.tokens import max_output_tokens
@@ -40,6 +45,7 @@ class Call:
     params: Mapping[str, Any]
     query_id: str | None
     deadline: float | None = None  # time.monotonic() by which the run must end
+    gate: Gate | None = None  # the step's reservation, which a retry after a timeout extends
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +60,10 @@ class Outcome:
     # The error that stopped the call before its request was sent (a missing API key, a body
     # that cannot be built): nothing left the process, so the step costs nothing of its own.
     unsent: CascadeError | None = None
+    # Attempts that timed out after their request was sent: whether the provider billed them
+    # will never be known, so each costs its worst case (their sum).
+    lost: int = 0
+    lost_usd: float = 0.0
 
 
 NOTHING = Outcome(None, None, 0, 0.0)  # the outcome of a step that called nothing (a skip)
@@ -67,12 +77,15 @@ class _Tally:
     last: ProviderError | None = None
     billed: list[Completion] = field(default_factory=list)
     unsent: CascadeError | None = None
+    lost: int = 0
+    lost_usd: float = 0.0
 
     def outcome(self, completion: Completion | None, error: ProviderError | None,
                 started: float) -> Outcome:
         # When the circuit opened mid-step, the fault that opened it is the better story.
         return Outcome(completion, self.last or error if completion is None else None,
-                       self.attempts, _since(started), tuple(self.billed), self.unsent)
+                       self.attempts, _since(started), tuple(self.billed), self.unsent,
+                       self.lost, self.lost_usd)
 
 
 class _NotSent(Exception):
@@ -154,6 +167,8 @@ class Caller:
         """One attempt: breaker, timeout, concurrency slot, the provider call, the breaker fed."""
         self._gate(model.provider, model.name)
         timeout, cut_short = self._timeout(op, model.provider, model.name)
+        if op.gate is not None and _used_up(op.gate, model, tally):
+            self._refused(model, tally, self.limits.extend(op.gate))
         tally.attempts += 1
         try:
             with slot or contextlib.nullcontext():
@@ -164,10 +179,9 @@ class Caller:
                     ),
                 )
         except (TimeoutError, asyncio.TimeoutError):  # distinct on 3.10
-            sized = self._sized(op, timeout)
-            raise self._timed_out(model, tally, timeout, cut_short, sized) from None
+            raise self._timed_out(op, model, tally, timeout, cut_short) from None
         except ProviderError as exc:
-            self._failed(model, tally, exc)
+            self._failed(op, model, tally, exc)
             raise
         except _BEFORE_SENDING as exc:
             # Not an attempt: nothing was sent, nothing can be billed, the breaker learns
@@ -214,6 +228,8 @@ class Caller:
         """The async twin of ``_once``."""
         self._gate(model.provider, model.name)
         timeout, cut_short = self._timeout(op, model.provider, model.name)
+        if op.gate is not None and _used_up(op.gate, model, tally):
+            self._refused(model, tally, await self.limits.aextend(op.gate))
         tally.attempts += 1
         try:
             async with slot or contextlib.nullcontext():
@@ -224,10 +240,9 @@ class Caller:
                     ),
                 )
         except (TimeoutError, asyncio.TimeoutError):  # distinct on 3.10
-            sized = self._sized(op, timeout)
-            raise self._timed_out(model, tally, timeout, cut_short, sized) from None
+            raise self._timed_out(op, model, tally, timeout, cut_short) from None
         except ProviderError as exc:
-            self._failed(model, tally, exc)
+            self._failed(op, model, tally, exc)
             raise
         except _BEFORE_SENDING as exc:
             # Not an attempt: nothing was sent, nothing can be billed, the breaker learns
@@ -240,13 +255,14 @@ class Caller:
         return completion
 
     def _timed_out(
-        self, model: ModelConfig, tally: _Tally, timeout: float, cut_short: bool,
-        sized: bool = False,
+        self, op: Call, model: ModelConfig, tally: _Tally, timeout: float, cut_short: bool
     ) -> ProviderError:
-        """An attempt that ran out of time: its error, fed to the breaker unless the run's
-        deadline (not the provider) cut it short or the request's own size explains it."""
+        """An attempt that ran out of time: its worst case spent either way (the request was
+        sent), and fed to the breaker unless the run's deadline (not the provider) cut it short
+        or the request's own size explains it."""
         tally.last = _timed_out(model.provider, model.name, timeout, cut_short)
-        if not (cut_short or sized):
+        self._lost(op, tally)
+        if not (cut_short or self._sized(op, timeout)):
             self._note(model.provider, tally.last)
         return tally.last
 
@@ -256,12 +272,38 @@ class Caller:
         and must not open its circuit for everyone (``OutputSpeed.explains``)."""
         return self.limits.speeds.explains(op.model_key, max_output_tokens(op.params), timeout)
 
-    def _failed(self, model: ModelConfig, tally: _Tally, exc: ProviderError) -> None:
-        """An attempt the provider failed: kept as the last fault, its bill (if any) kept, the
-        breaker fed."""
+    def _lost(self, op: Call, tally: _Tally) -> None:
+        """An attempt sent with no reply in time costs its worst case: what its step reserved
+        for it (computed when nothing was reserved: no cap and no ledger)."""
+        tally.lost += 1
+        if op.gate is not None and op.gate.estimate:
+            tally.lost_usd += op.gate.estimate
+        else:
+            tally.lost_usd += self.limits.worst_case(op.model_key, op.messages, op.params)
+
+    @staticmethod
+    def _refused(model: ModelConfig, tally: _Tally, refusal: str | None) -> None:
+        """A retry whose own reservation was refused ends the call (not an attempt, not a
+        provider fault), with the last fault and the refusal as its error."""
+        if refusal is None:
+            return
+        last = tally.last.message if tally.last is not None else "the call failed"
+        tally.last = ProviderError(
+            f"{last}; not retried: {refusal}",
+            provider=model.provider,
+            model=model.name,
+            retryable=False,
+        )
+        raise tally.last
+
+    def _failed(self, op: Call, model: ModelConfig, tally: _Tally, exc: ProviderError) -> None:
+        """An attempt the provider failed: kept as the last fault, its bill (if any) kept (a
+        timeout the SDK reported costs its worst case, as the engine's own), the breaker fed."""
         tally.last = exc
         if exc.billed is not None:
             tally.billed.append(exc.billed)
+        if exc.timed_out:
+            self._lost(op, tally)
         self._note(model.provider, exc)
 
     def _timeout(self, op: Call, provider: str, model: str) -> tuple[float, bool]:
@@ -349,7 +391,18 @@ def _timed_out(provider: str, model: str, timeout: float, cut_short: bool) -> Pr
         model=model,
         # Another try helps after a slow reply, never once the run's time is up.
         retryable=not cut_short,
+        timed_out=True,
     )
+
+
+def _used_up(gate: Gate, model: ModelConfig, tally: _Tally) -> bool:
+    """Whether the step's reservation no longer covers another attempt: earlier ones timed out
+    or were billed. Never true before a retry, so a call that succeeds at once costs no ledger
+    write more."""
+    if not (tally.lost or tally.billed):
+        return False
+    used = tally.lost_usd + bill(tally.billed, model.price)
+    return used + gate.estimate > gate.reserved
 
 
 def _since(started: float) -> float:

@@ -18,7 +18,6 @@ from typing import Any
 
 from cascade.config import MinScore, ModelConfig
 from cascade.config.params import bound_output
-from cascade.config.pricing import cost_usd
 from cascade.engine.cache import ResponseCache
 from cascade.engine.caller import NOTHING, Call, Outcome
 from cascade.engine.limits import Gate, Limits
@@ -26,6 +25,7 @@ from cascade.engine.plan import Eval, Hedge, Io, Plan, io
 from cascade.engine.recorder import Recorder, Run
 from cascade.errors import BudgetExceeded, CascadeExhausted, ProviderError
 from cascade.evaluation import Slot, combine, decided, finalized, judging, shown
+from cascade.ledger.money import bill
 from cascade.models.features import prompt_text
 from cascade.models.router import Router
 from cascade.providers.base import Provider
@@ -152,10 +152,14 @@ class Ladder:
                 lambda i: self._rung(climb, i),
                 lambda o: o[0] is not None,
                 task.hedge_after_ms / 1000,
+                lambda i: self._fits(climb, i),
             )
             if winner is not None:
                 done: CascadeResult = outcomes[winner][0]
-                return done
+                # The rungs that lost were settled after the winner's result was built: a call
+                # cancelled in flight costs its worst case, and the result says so.
+                return replace(done, cost_usd=run.cost(),
+                               steps=tuple(sorted(run.steps, key=lambda s: s.step)))
             # The highest rung that answered is the one returned when none is accepted.
             answered = [outcomes[i][1] for i in sorted(outcomes) if outcomes[i][1] is not None]
             last = answered[-1] if answered else None
@@ -195,12 +199,7 @@ class Ladder:
             yield io(self.recorder.step, run, rung.key, NOTHING, "skip", (verdict,),
                      index=run.next_index())
             return None, None
-        # The worst case assumes this many output tokens, so the call is held to it.
-        call_params = climb.bounded[i]
-        convo = climb.messages
-        for slot in rung.slots:
-            if "prepare" in slot.hooks:
-                convo, call_params = slot.hooks["prepare"](convo, call_params)
+        convo, call_params = _prepared(climb, i)
         repairs = {s.name: int(getattr(s.evaluator, "repair_attempts", 0)) for s in rung.slots}
         last: _Last | None = None
         while True:
@@ -210,12 +209,7 @@ class Ladder:
                          error="the run's deadline passed (deadline_s)", index=run.next_index())
                 break
             index = run.next_index()
-            # Writes the step's pending row before the call, or raises LedgerError.
-            gate: Gate = yield io(
-                self.limits.check,
-                task.name, rung.model.provider, rung.key, convo, call_params, run.cost(),
-                climb.cap, run_id=run.run_id, step=index,
-            )
+            gate = yield from self._gate(climb, rung, convo, call_params, index)
             if gate.skipped:
                 climb.refused.append(gate)
                 yield io(self.recorder.step, run, rung.key, NOTHING, "skip", (),
@@ -225,9 +219,9 @@ class Ladder:
                 step = yield from self._attempt(climb, rung, convo, call_params, repairs, index,
                                                 gate)
             finally:
-                # A hold still open here never heard back from its call (cancelled): it is
+                # A step still held here never heard back from its call (cancelled): it is
                 # settled as lost at its worst case, never silently dropped.
-                self.limits.release(gate)
+                self.recorder.lost(run, rung.key, gate, index)
             if step is None:
                 break
             completion, verdicts, ok, fixer = step
@@ -247,6 +241,47 @@ class Ladder:
             )
         return None, last
 
+    def _gate(
+        self,
+        climb: Climb,
+        rung: Rung,
+        convo: tuple[Message, ...],
+        call_params: dict[str, Any],
+        index: int,
+    ) -> Generator[Io, Any, Gate]:
+        """Check the rung and write its pending row (or raise LedgerError); a go is held in
+        flight against the run's cap until its step is recorded."""
+        run = climb.run
+        spent, estimate = run.committed(), None
+        if climb.cap is not None:
+            # Held before the check, which may wait for the ledger: a hedged rung started
+            # meanwhile counts it.
+            estimate = run.held[index] = self.limits.worst_case(rung.key, convo, call_params)
+        try:
+            gate: Gate = yield io(
+                self.limits.check,
+                climb.task.name, rung.model.provider, rung.key, convo, call_params, spent,
+                climb.cap, run_id=run.run_id, step=index, estimate=estimate, tab=run,
+            )
+        except BaseException:
+            run.held.pop(index, None)
+            raise
+        if gate.skipped:
+            run.held.pop(index, None)
+        else:
+            run.held[index] = gate.reserved
+        return gate
+
+    def _fits(self, climb: Climb, i: int) -> bool:
+        """Whether rung ``i`` may start as a hedge: its worst case fits the run's cap beside
+        what the rungs in flight hold. (One that does not waits for them, and is checked
+        again then, as without hedging.)"""
+        if climb.cap is None:
+            return True
+        convo, call_params = _prepared(climb, i)
+        estimate = self.limits.worst_case(climb.task.rungs[i].key, convo, call_params)
+        return climb.run.committed() + estimate <= climb.cap
+
     def _attempt(
         self,
         climb: Climb,
@@ -262,7 +297,7 @@ class Ladder:
         # The earlier answers as they stand when this call starts: a hedged rung started
         # alongside a lower one does not see that rung's answer (docs/reliability.md).
         history = tuple(climb.history)
-        outcome = yield Call(rung.key, convo, call_params, run.query_id, run.deadline)
+        outcome = yield Call(rung.key, convo, call_params, run.query_id, run.deadline, gate)
         if outcome.unsent is not None:
             # Nothing was sent (a missing key, a body that cannot be built): the write-ahead
             # row is settled at its real cost, nothing, before the error goes up; a later rung
@@ -278,8 +313,8 @@ class Ladder:
         # Evaluators that add to the answer (a confidence line) read it raw; the others judge
         # the text the user would get.
         clean = finalized(rung.slots, completion)
-        # A judge called during evaluation must count this answer's cost against the cap.
-        run.pending = cost_usd(completion, rung.model.price)
+        # Held at its real cost from now on: a judge called during evaluation counts it.
+        run.held[index] = bill((*outcome.billed, completion), rung.model.price) + outcome.lost_usd
         verdicts: list[Verdict] = []
         slots = judging(rung.slots, completion)
         try:
@@ -311,8 +346,6 @@ class Ladder:
                 hold=gate.hold,
             )
             raise
-        finally:
-            run.pending = 0.0
         if verdicts and verdicts[0] is TRUNCATED:
             ok, fixer = False, None
         else:
@@ -376,6 +409,18 @@ class Ladder:
             accepted=accepted,
             finalizers=finalizers,
         )
+
+
+def _prepared(climb: Climb, i: int) -> tuple[tuple[Message, ...], dict[str, Any]]:
+    """Rung ``i``'s conversation and call parameters, after its evaluators' ``prepare`` hooks.
+
+    The parameters hold the output limit the worst case assumes, so the call is held to it.
+    """
+    convo, call_params = climb.messages, climb.bounded[i]
+    for slot in climb.task.rungs[i].slots:
+        if "prepare" in slot.hooks:
+            convo, call_params = slot.hooks["prepare"](convo, call_params)
+    return convo, call_params
 
 
 def _repairer(

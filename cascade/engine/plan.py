@@ -49,16 +49,18 @@ class Hedge:
     """Run ``count`` rung plans in ladder order until one's outcome is ``accepted``.
 
     The sync driver runs them one after another. The async driver starts plan i+1 when plan i
-    has not finished ``after_s`` after the last start (a hedge), takes the first accepted
-    outcome (lower rungs first among those that finish together) and cancels the rest:
-    closing a cancelled plan settles its write-ahead row (``Ladder._attempt``). The reply is
-    ``(winner index or None, {index: outcome of every plan that finished})``.
+    has not finished ``after_s`` after the last start (a hedge) and ``fits(i + 1)`` says it may
+    run beside those in flight (else it waits for one of them to finish), takes the first
+    accepted outcome (lower rungs first among those that finish together) and cancels the
+    rest: closing a cancelled plan settles its write-ahead row (``Ladder._attempt``). The
+    reply is ``(winner index or None, {index: outcome of every plan that finished})``.
     """
 
     count: int
     make: Callable[[int], Plan]
     accepted: Callable[[Any], bool]
     after_s: float
+    fits: Callable[[int], bool] = lambda i: True
 
 
 def io(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Io:
@@ -157,16 +159,21 @@ async def _ahedge(hedge: Hedge, run: Callable[[Plan], Awaitable[Any]]) -> Hedged
         started += 1
 
     start()
+    crowded = False  # the next rung did not fit beside those in flight: wait for one to end
     try:
         while running:
             # Wait for an outcome; past the delay with a rung left, start it alongside.
-            wait = hedge.after_s if started < hedge.count else None
+            wait = hedge.after_s if started < hedge.count and not crowded else None
             done, _ = await asyncio.wait(
                 running.values(), timeout=wait, return_when=asyncio.FIRST_COMPLETED
             )
             if not done:
-                start()
+                if hedge.fits(started):
+                    start()
+                else:
+                    crowded = True
                 continue
+            crowded = False
             for i in sorted(i for i, f in running.items() if f in done):
                 outcomes[i] = running.pop(i).result()  # a plan's error ends the run
                 if hedge.accepted(outcomes[i]):

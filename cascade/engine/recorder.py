@@ -11,6 +11,7 @@ from typing import Any
 
 from cascade.config import CascadeConfig
 from cascade.engine.caller import Outcome
+from cascade.engine.limits import Gate
 from cascade.errors import (
     BudgetExceeded,
     CascadeError,
@@ -51,7 +52,10 @@ class Run:
     steps: list[StepRecord] = field(default_factory=list)
     counter: int = 0
     cap: float | None = None  # max_cost_usd of this run, which judge calls must respect too
-    pending: float = 0.0  # cost of the answer being evaluated, not yet a recorded step
+    # Steps in flight (step index -> amount): a called step's reservation (its worst case once
+    # per attempt that may be billed), replaced by its real cost once its answer is back; gone
+    # when the step is recorded. Hedged rungs, judges and retries count them against the cap.
+    held: dict[int, float] = field(default_factory=dict)
     query_id: str | None = None  # passed on to side calls, so a replayed judge finds its reply
     deadline: float | None = None  # time.monotonic() by which the run must end
     messages: tuple[Message, ...] = ()  # the prompt, kept for the ledger's content rows
@@ -68,6 +72,10 @@ class Run:
 
     def cost(self) -> float:
         return sum(s.cost_usd for s in self.steps)
+
+    def committed(self) -> float:
+        """The recorded steps' cost plus what the steps in flight hold (``held``)."""
+        return self.cost() + sum(self.held.values())
 
 
 # The run in progress in this thread or task, so a judge's model call lands in the right run.
@@ -132,7 +140,8 @@ class Recorder:
             input_tokens=sum(c.input_tokens for c in paid),
             output_tokens=sum(c.output_tokens for c in paid),
             cached_input_tokens=sum(c.cached_input_tokens for c in paid),
-            cost_usd=bill(paid, model.price),
+            # An attempt that timed out may be billed, and at most its worst case.
+            cost_usd=bill(paid, model.price) + outcome.lost_usd,
             latency_ms=latency,
             decision=decision,
             verdicts=verdicts,
@@ -145,10 +154,12 @@ class Recorder:
         # never sends this call to a thread; it stays first all the same, so that a ledger
         # operation that could decline to wait (WouldBlock) would change nothing before it.
         if hold is not None:
-            self.accounts.settle(hold, step)
+            # Ended in a timeout: the outcome of the call that was sent last is not known.
+            self.accounts.settle(hold, step, lost=done is None and outcome.lost > 0)
         elif self.ledger is not None:
             self.accounts.record(step)
         run.steps.append(step)
+        run.held.pop(step.step, None)
         if outcome.error is not None:
             self._misconfigured(run, model_key, outcome.error)
         if log.enabled("info"):
@@ -164,6 +175,25 @@ class Recorder:
             )
             self.telemetry.step(span, step, error_type, metered=bool(run.metered))
         return step
+
+    def lost(self, run: Run | None, model_key: str, gate: Gate, index: int) -> None:
+        """A step whose call was given up before it reported back (a hedged rung cancelled
+        mid-call, a run cancelled by its caller): settled ``lost`` at what it reserved, and a
+        step of the run at that cost, so that ``result.cost_usd`` agrees with the ledger. Does
+        nothing for a step already recorded."""
+        self.accounts.release(gate.hold)
+        if run is None or run.held.pop(index, None) is None:
+            return
+        model = self.config.models[model_key]
+        step = StepRecord(
+            run_id=run.run_id, task=run.task, step=index, model=model_key,
+            provider=model.provider, attempts=0, input_tokens=0, output_tokens=0,
+            cost_usd=gate.reserved, latency_ms=0.0, decision="lost", ts=time.time(),
+            error="cancelled before its outcome was known; counted at its reserved worst case",
+        )
+        run.steps.append(step)
+        if log.enabled("info"):
+            log.info("cascade.step", **step.as_event(log_content=run.log_content))
 
     def _misconfigured(self, run: Run, model_key: str, error: ProviderError) -> None:
         """A 404 (no such model) or 401/403 (key refused) is the config's fault, not the

@@ -8,6 +8,7 @@ settled like any step.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 from cascade.config import CascadeConfig
@@ -62,7 +63,7 @@ class Services:
         try:
             return self._end(op, run, self.caller.call(op), gate, index)
         finally:
-            self.limits.release(gate)
+            self.recorder.lost(run, model, gate, index)
 
     async def acall_model(
         self, model: str, messages: Sequence[Message], params: Mapping[str, Any] | None = None
@@ -74,7 +75,7 @@ class Services:
             done: Completion = await self.off_loop(self._end, op, run, outcome, gate, index)
             return done
         finally:
-            await self.off_loop(self.limits.release, gate)
+            await self.off_loop(self.recorder.lost, run, model, gate, index)
 
     def _begin(
         self, model: str, messages: Sequence[Message], params: Mapping[str, Any] | None
@@ -94,17 +95,23 @@ class Services:
         )
         if run is None:
             return op, None, Gate(), 0
-        gate = self.limits.check(
-            run.task,
-            settings.provider,
-            model,
-            op.messages,
-            op.params,
-            run.cost() + run.pending,
-            run.cap,
-            run_id=run.run_id,
-            step=(index := run.next_index()),
-        )
+        index = run.next_index()
+        spent, estimate = run.committed(), None
+        if run.cap is not None:  # held before the check, as for a rung (Ladder._gate)
+            estimate = run.held[index] = self.limits.worst_case(model, op.messages, op.params)
+        try:
+            gate = self.limits.check(
+                run.task, settings.provider, model, op.messages, op.params, spent, run.cap,
+                run_id=run.run_id, step=index, estimate=estimate, tab=run,
+            )
+        except BaseException:
+            run.held.pop(index, None)
+            raise
+        if gate.skipped:
+            run.held.pop(index, None)
+        else:
+            run.held[index] = gate.reserved
+            op = replace(op, gate=gate)
         if gate.skipped:
             self.recorder.step(run, model, NOTHING, "skip", (), error=gate.reason, index=index)
             raise ProviderError(

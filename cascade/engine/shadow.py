@@ -222,7 +222,7 @@ class Shadows:
                           "shadow", (), error=gate.reason, index=index)
                 break
             try:
-                outcome = yield Call(rung.key, messages, call_params, None, run.deadline)
+                outcome = yield Call(rung.key, messages, call_params, None, run.deadline, gate)
                 done = outcome.completion
                 unsent = None if outcome.unsent is None else f"not sent: {outcome.unsent}"
                 step = yield io(

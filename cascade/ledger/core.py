@@ -41,6 +41,7 @@ from cascade.ledger.writes import (
     nano,
     run_write,
     settle_write,
+    write_ahead,
 )
 from cascade.logs import get_logger
 from cascade.types import CascadeResult, StepRecord
@@ -269,12 +270,13 @@ class Ledger:
     ) -> int | str:
         """Write the pending row and charge its reserved cost, if ``decide`` allows it.
 
-        One transaction: insert the row, add the reservation to the step's four totals (which
-        locks them: SQLite holds the database's write lock from ``BEGIN IMMEDIATE``, PostgreSQL
-        the rows' locks from the upsert), then ask ``decide`` about the spend before this
-        reservation (None to go, or the reason to refuse; nano-dollars). A refusal rolls
-        everything back. Concurrent reservations from any number of processes and hosts are
-        serialised on those rows, and hold them only for the upsert and the commit.
+        One transaction: insert the row (or raise a pending row's reservation, for a retry after
+        an attempt that timed out: ``Pending.grows``), add the reservation to the step's four
+        totals (which locks them: SQLite holds the database's write lock from ``BEGIN
+        IMMEDIATE``, PostgreSQL the rows' locks from the upsert), then ask ``decide`` about the
+        spend before this reservation (None to go, or the reason to refuse; nano-dollars). A
+        refusal rolls everything back. Concurrent reservations from any number of processes and
+        hosts are serialised on those rows, and hold them only for the upsert and the commit.
 
         Returns:
             The new row's id, or ``decide``'s refusal (nothing written).
@@ -324,19 +326,16 @@ class Ledger:
         pending: Pending,
         decide: Callable[[Mapping[TotalsKey, int]], str | None] | None,
     ) -> int:
-        amount = nano(pending.reserved_usd)
-        rows = tx.execute(
-            f"INSERT INTO steps ({STEP_COLUMNS}) VALUES"
-            " (?,?,?,?,?,?,0,0,0,0,?,0,'pending',NULL,'[]','pending',?,?,0) RETURNING id",
-            (pending.run_id, pending.ts, pending.task, pending.step, pending.model,
-             pending.provider, pending.reserved_usd, pending.reserved_usd, self.owner.owner),
-        )
+        written = write_ahead(tx, pending, self.owner.owner)
+        if written is None:
+            raise _Refused("the step's row is no longer pending (settled as lost)")
+        step_id, amount = written
         after = add_to_totals(tx, buckets(pending.task, pending.ts), amount)
         if decide is not None:
             refusal = decide({key: total - amount for key, total in after.items()})
             if refusal is not None:
                 raise _Refused(refusal)  # rolls the row and the charge back
-        return int(rows[0]["id"])
+        return step_id
 
     def _submit(self, write: Callable[[Tx], Any], done: Callable[[Any], None] | None,
                 failed: Callable[[LedgerError], None] | None) -> None:
@@ -348,6 +347,7 @@ class Ledger:
         pending: Pending,
         step: StepRecord,
         *,
+        lost: bool = False,
         done: Callable[[bool], None] | None = None,
         failed: Callable[[LedgerError], None] | None = None,
     ) -> None:
@@ -359,6 +359,8 @@ class Ledger:
         so that every budget decided afterwards, in any process, counts it.
 
         Args:
+            lost: The step ended in a call whose outcome is not known (it timed out): status
+                ``lost``.
             done: Called on the writer thread after the commit, with False when the row was no
                 longer pending (settled as lost by a recovery that took this process for
                 dead): the lost charge then stands.
@@ -369,7 +371,7 @@ class Ledger:
             WouldBlock: on the event loop (``arun``), a cost above the reservation whose
                 transaction cannot start at once; nothing was changed.
         """
-        op = Op(settle_write(step_id, pending, step), done, failed)
+        op = Op(settle_write(step_id, pending, step, lost), done, failed)
         if nano(step.cost_usd) > nano(pending.reserved_usd):
             self.writer.write_excess(op)
         else:

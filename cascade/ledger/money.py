@@ -19,6 +19,9 @@
   answer has already been returned; the failure is logged from the writer, and the ledger
   refuses new reservations for a while (fail closed). ``Accounts.release`` settles a row whose
   outcome will never be known (a cancelled call) as ``lost`` at its worst case.
+- **Extend**: an attempt that timed out was sent, and may be billed: its worst case stays
+  spent. ``Accounts.extend`` reserves one more worst case, through the same budget decision,
+  before the call is retried.
 
 If the write-ahead row cannot be written, ``reserve`` raises ``LedgerError`` and the model is
 never called: nothing is paid for that the ledger does not show.
@@ -28,7 +31,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from typing import Any
 
@@ -46,6 +49,7 @@ __all__ = [
     "Limit",
     "Refusal",
     "bill",
+    "cap_refusal",
     "estimate_input_tokens",
     "ledger_failed",
     "max_output_tokens",
@@ -101,6 +105,15 @@ class Refusal:
     limit_usd: float
 
 
+def cap_refusal(spent: float, estimate: float, cap: float | None) -> Refusal | None:
+    """The refusal of a call whose worst case would take its run past ``max_cost_usd``."""
+    if cap is None or spent + estimate <= cap:
+        return None
+    # Worded for the one-line summary: "skipped sonnet: worst case $0.0614 > ...".
+    spent_part = f"spent ${spent:.4g} + " if spent else ""
+    return Refusal(f"{spent_part}worst case ${estimate:.4g} > max_cost_usd ${cap:g}", cap)
+
+
 @dataclass(slots=True)
 class Hold:
     """A reservation backed by a pending step row, until it is settled or released."""
@@ -151,21 +164,47 @@ class Accounts:
         Raises:
             LedgerError: the pending row could not be written; do not call the model.
         """
-        if cap is not None and spent + estimate > cap:
-            # Worded for the one-line summary: "skipped sonnet: worst case $0.0614 > ...".
-            spent_part = f"spent ${spent:.4g} + " if spent else ""
-            return None, Refusal(
-                f"{spent_part}worst case ${estimate:.4g} > max_cost_usd ${cap:g}", cap
-            )
+        over = cap_refusal(spent, estimate, cap)
+        if over is not None:
+            return None, over
         if self.ledger is None:
             return None, None
         now = time.time()
+        pending = Pending(run_id, task, step, model_key, provider, estimate, now)
+        outcome = self._reserve(pending, estimate)
+        if isinstance(outcome, Refusal):
+            return None, outcome
+        return Hold(outcome, pending), None
+
+    def extend(self, hold: Hold, *, estimate: float) -> Refusal | None:
+        """Add ``estimate`` to ``hold``'s reservation before another attempt of its call (a
+        retry after an attempt that timed out, whose worst case stays spent): the period
+        budgets decide as for the first reservation, in one transaction that raises the step's
+        pending row and charges the totals.
+
+        Raises:
+            LedgerError: nothing could be written; do not retry the call.
+        """
+        before = hold.pending.reserved_usd
+        grown = replace(hold.pending, reserved_usd=before + estimate, grows=hold.step_id,
+                        before=before)
+        outcome = self._reserve(grown, estimate)
+        if isinstance(outcome, Refusal):
+            return outcome
+        hold.pending = replace(grown, grows=None, before=0.0)
+        return None
+
+    def _reserve(self, pending: Pending, estimate: float) -> int | Refusal:
+        """The ledger's part of ``reserve`` and ``extend``: every period budget that applies
+        decides, against the shared totals. Returns the row's id, or the refusal."""
+        assert self.ledger is not None
+        task, ts = pending.task, pending.ts
         limits = self.applicable(task)
         refused: list[Limit] = []
 
         def decide(totals: Mapping[TotalsKey, int]) -> str | None:
             for limit in limits:
-                used = totals[limit.key(task, now)]
+                used = totals[limit.key(task, ts)]
                 if used + nano(estimate) > nano(limit.limit_usd):
                     refused.append(limit)
                     return (
@@ -174,15 +213,16 @@ class Accounts:
                     )
             return None
 
-        pending = Pending(run_id, task, step, model_key, provider, estimate, now)
         outcome = self.ledger.reserve(pending, decide if limits else None)
         if isinstance(outcome, str):
-            return None, Refusal(outcome, refused[0].limit_usd)
-        return Hold(outcome, pending), None
+            return Refusal(outcome, refused[0].limit_usd if refused else 0.0)
+        return outcome
 
-    def settle(self, hold: Hold, step: StepRecord) -> None:
+    def settle(self, hold: Hold, step: StepRecord, *, lost: bool = False) -> None:
         """Settle a called step's real cost over its reservation (queued, or written at once
-        when above it); a failure is only logged, like a settlement that came too late."""
+        when above it); a failure is only logged, like a settlement that came too late.
+        ``lost``: the step ended in a call whose outcome is not known (timed out); its status
+        says so."""
         hold.closed = True
         assert self.ledger is not None
         run_id, index = step.run_id, step.step
@@ -198,7 +238,8 @@ class Accounts:
                           reserved_usd=reserved, cost_usd=cost, error=str(exc))
 
         try:
-            self.ledger.settle(hold.step_id, hold.pending, step, done=done, failed=failed)
+            self.ledger.settle(hold.step_id, hold.pending, step, lost=lost, done=done,
+                               failed=failed)
         except LedgerError as exc:
             failed(exc)
 

@@ -26,6 +26,7 @@ __all__ = [
     "nano",
     "run_write",
     "settle_write",
+    "write_ahead",
 ]
 
 # (scope, period, bucket): ("global" | "task:NAME", "daily" | "monthly", "2026-12-01" | "2026-12")
@@ -69,6 +70,10 @@ class Pending:
     provider: str
     reserved_usd: float
     ts: float
+    # Set when this raises the reservation of an existing pending row (a retry after an attempt
+    # that timed out): that row's id, and what it had reserved before.
+    grows: int | None = None
+    before: float = 0.0
 
 
 def add_to_totals(tx: Tx, keys: Sequence[TotalsKey], nusd: int) -> dict[TotalsKey, int]:
@@ -89,23 +94,52 @@ def add_to_totals(tx: Tx, keys: Sequence[TotalsKey], nusd: int) -> dict[TotalsKe
     return {(r["scope"], r["period"], r["bucket"]): int(r["spent_nusd"]) for r in rows}
 
 
+def write_ahead(tx: Tx, pending: Pending, owner: str) -> tuple[int, int] | None:
+    """A call's write-ahead row: insert it, or raise the reservation of the pending row
+    ``pending.grows``. Returns the row's id and the nano-dollars to add to its totals (None:
+    the row to raise is no longer pending, settled as lost meanwhile).
+
+    A raise adds ``nano(after) - nano(before)``, so the totals hold ``nano`` of the row's whole
+    reservation, which its settlement takes back to the nano-dollar.
+    """
+    if pending.grows is not None:
+        changed = tx.rowcount(
+            "UPDATE steps SET reserved_usd = ?, cost_usd = ? WHERE id = ? AND status = 'pending'",
+            (pending.reserved_usd, pending.reserved_usd, pending.grows),
+        )
+        if not changed:
+            return None
+        return pending.grows, nano(pending.reserved_usd) - nano(pending.before)
+    rows = tx.execute(
+        f"INSERT INTO steps ({STEP_COLUMNS}) VALUES"
+        " (?,?,?,?,?,?,0,0,0,0,?,0,'pending',NULL,'[]','pending',?,?,0) RETURNING id",
+        (pending.run_id, pending.ts, pending.task, pending.step, pending.model,
+         pending.provider, pending.reserved_usd, pending.reserved_usd, owner),
+    )
+    return int(rows[0]["id"]), nano(pending.reserved_usd)
+
+
 # Each builder below captures its (frozen) arguments and returns the write; the Python work
 # (JSON, buckets) runs inside it, on the writer thread, rather than on the request's path.
 
 
-def settle_write(step_id: int, pending: Pending, step: StepRecord) -> Callable[[Tx], bool]:
+def settle_write(
+    step_id: int, pending: Pending, step: StepRecord, lost: bool = False
+) -> Callable[[Tx], bool]:
     """The settlement of a pending row: True if it was still pending (False: settled as lost by
-    a recovery meanwhile, whose charge then stands)."""
+    a recovery meanwhile, whose charge then stands). ``lost``: the step ended in a call whose
+    outcome is not known (timed out), so its status is ``lost``."""
+    status = "lost" if lost else "settled"
 
     def write(tx: Tx) -> bool:
         changed = tx.rowcount(
             "UPDATE steps SET attempts = ?, input_tokens = ?, cached_input_tokens = ?,"
             " output_tokens = ?, cost_usd = ?, latency_ms = ?, decision = ?, error = ?,"
-            " verdicts = ?, usage_estimated = ?, status = 'settled'"
+            " verdicts = ?, usage_estimated = ?, status = ?"
             " WHERE id = ? AND status = 'pending'",
             (step.attempts, step.input_tokens, step.cached_input_tokens, step.output_tokens,
              step.cost_usd, step.latency_ms, step.decision, storable(step.error), _verdicts(step),
-             int(step.usage_estimated), step_id),
+             int(step.usage_estimated), status, step_id),
         )
         delta = nano(step.cost_usd) - nano(pending.reserved_usd)
         if changed and delta:

@@ -193,6 +193,13 @@ def _refused(exc: BaseException) -> bool:
     ))
 
 
+def _unsent(exc: BaseException) -> bool:
+    """A timeout before the request went out: no connection in time (httpx's connect or pool
+    timeout, aiohttp's connection timeout), so nothing can be billed."""
+    names = {"ConnectTimeout", "PoolTimeout", "ConnectionTimeoutError"}
+    return caused_by(exc, lambda e: any(cls.__name__ in names for cls in type(e).__mro__))
+
+
 def map_sdk_error(
     exc: Exception,
     sdk: Any,
@@ -218,6 +225,7 @@ def map_sdk_error(
             provider=provider,
             model=model,
             retryable=True,
+            timed_out=not _unsent(exc),
         )
     if isinstance(exc, sdk.APIConnectionError):
         return ProviderError(
