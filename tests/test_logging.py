@@ -30,7 +30,7 @@ def test_step_and_run_events() -> None:
     assert STEP_FIELDS <= set(steps[0])
     assert steps[0]["decision"] == "escalate"
     assert steps[0]["verdicts"] == [{"evaluator": "length", "passed": False, "score": 0.0,
-                                     "reason": "1 words, below the minimum 3"}]
+                                     "reason": "1 word, below the minimum 3"}]
     (run,) = [e for e in logs if e["event"] == "cascade.run"]
     assert run["model"] == "medium"
     assert run["steps"] == 2

@@ -8,7 +8,6 @@ parameter such as ``--max-tokens`` above the model's ``max_output_tokens``).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -18,7 +17,7 @@ from cascade.cli import feedback as cli_feedback
 from cascade.cli import ledger as cli_ledger
 from cascade.cli import replay as cli_replay
 from cascade.cli import serve as cli_serve
-from cascade.config import load_config
+from cascade.config import CascadeConfig, load_config
 from cascade.engine import Cascade
 from cascade.errors import (
     CascadeError,
@@ -28,6 +27,7 @@ from cascade.errors import (
     ProviderError,
     RequestError,
 )
+from cascade.formatting import plural, to_json, usd
 from cascade.ledger import Ledger, check_ledger_config
 from cascade.logs import configure_cli
 
@@ -65,7 +65,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             _say(_summary(result) + " (no rung passed: on_exhausted is raise)")
             return 1
     if args.json:
-        print(json.dumps(_result_json(result), indent=2))
+        print(to_json(_result_json(result), indent=2))
     else:
         print(result.text)
         _say(_summary(result))
@@ -75,7 +75,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _summary(result: Any) -> str:
     status = "accepted" if result.accepted else "NOT accepted (last answer returned)"
     return (
-        f"model={result.model} steps={len(result.steps)} cost=${result.cost_usd:.6f} "
+        f"model={result.model} steps={len(result.steps)} cost={usd(result.cost_usd)} "
         f"latency={result.latency_ms:.0f}ms {status}"
     )
 
@@ -105,17 +105,35 @@ def cmd_validate(args: argparse.Namespace) -> int:
         _say(line)
     for key, model in config.models.items():
         p = model.price
-        cached = "" if p.cached_input is None else f", cached input ${p.cached_input:g}"
+        cached = "" if p.cached_input is None else f", cached input {usd(p.cached_input)}"
         print(
-            f"  model {key} ({model.name}): ${p.input:g} input, ${p.output:g} output{cached} "
+            f"  model {key} ({model.name}): {usd(p.input)} input, {usd(p.output)} output{cached} "
             f"per 1M tokens; price from {config.price_source(key)}"
         )
+    for line in _limits(config):
+        print(f"  {line}")
     rungs = sum(len(t.rungs) for t in engine.tasks.values())
     print(
-        f"{args.config}: OK ({len(config.tasks)} tasks, {rungs} rungs, "
-        f"{len(config.models)} models, {len(config.providers)} providers)"
+        f"{args.config}: OK ({plural(len(config.tasks), 'task')}, {plural(rungs, 'rung')}, "
+        f"{plural(len(config.models), 'model')}, {plural(len(config.providers), 'provider')})"
     )
     return 0
+
+
+def _limits(config: CascadeConfig) -> list[str]:
+    """The spending limits a config sets, as validate lists them."""
+    lines = []
+    scopes = [("global", config.budgets)]
+    scopes += [(f"task {name}", task.budgets) for name, task in config.tasks.items()]
+    for scope, budgets in scopes:
+        for period in ("daily", "monthly"):
+            limit = getattr(budgets, f"{period}_usd", None) if budgets else None
+            if limit is not None:
+                lines.append(f"{period} budget ({scope}): {usd(limit)}")
+    for name, task in config.tasks.items():
+        if task.max_cost_usd is not None:
+            lines.append(f"task {name}: max_cost_usd {usd(task.max_cost_usd)} per request")
+    return lines
 
 
 # -- parser ---------------------------------------------------------------------------------------
