@@ -53,7 +53,9 @@ def test_keys_never_leak(server: MockLLMServer, capsys: pytest.CaptureFixture[st
     server.script("claude-sonnet-4-6", [Reply(status=403,
                                               message=f"forbidden {FAKE_ANTHROPIC_KEY}")])
     engine = Cascade.from_dict(live_config(server), ledger=False)
-    with capture_logs() as logs:
+    # closed, or its SDK client's socket is left for the garbage collector to report as a
+    # ResourceWarning in whichever later test happens to trigger a collection
+    with engine, capture_logs() as logs:
         try:
             engine.complete("faq", "q")
         except Exception as exc:  # noqa: BLE001  (we inspect whatever comes out)
