@@ -12,7 +12,7 @@ from cascade.errors import ConfigError
 from cascade.formatting import install_hint, plural, to_json, usd
 from cascade.replay.bench import run_bench
 
-__all__ = ["DEMO_FOLDER", "register"]
+__all__ = ["register"]
 
 # Where ``cascade demo`` writes by default: one folder, named in its output and in the
 # repository's .gitignore, so a demo run in a clone leaves nothing to commit.
