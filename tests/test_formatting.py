@@ -1,4 +1,4 @@
-"""cascade.formatting: counts, dollars, JSON numbers and install hints as every command shows them."""
+"""cascade.formatting: counts, dollars, JSON numbers and install hints as the commands show them."""
 
 from __future__ import annotations
 
