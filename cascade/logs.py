@@ -17,6 +17,8 @@ from typing import Any
 
 import structlog
 
+from cascade.formatting import to_json
+
 __all__ = ["LOGGER_NAME", "configure_cli", "get_logger"]
 
 LOGGER_NAME = "cascade"
@@ -105,7 +107,7 @@ def configure_cli(level: str, as_json: bool) -> None:
     Only the command calls this; the library never configures logging or structlog.
     """
     renderer: Any = (
-        structlog.processors.JSONRenderer()
+        structlog.processors.JSONRenderer(serializer=to_json)
         if as_json
         else structlog.dev.ConsoleRenderer(colors=False)
     )

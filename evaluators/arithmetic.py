@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from pydantic import BaseModel, ConfigDict, Field
 
 from cascade.evaluation import EvaluatorContext
+from cascade.formatting import plural
 from cascade.types import Completion, Request, Verdict
 
 _ANNOTATION = re.compile(r"<<([^=<>]{1,200})=([^<>]{1,50})>>")
@@ -167,7 +168,12 @@ class Arithmetic:
                 self.name,
                 False,
                 score,
-                f"{len(wrong)} of {len(checked)} equations wrong, e.g. "
+                f"{len(wrong)} of {plural(len(checked), 'equation')} wrong, e.g. "
                 f"{written!r} (it is {computed:g})",
             )
-        return Verdict(self.name, True, score, f"all {len(checked)} equations check out")
+        checks_out = (
+            "the one equation checks out"
+            if len(checked) == 1
+            else f"all {len(checked)} equations check out"
+        )
+        return Verdict(self.name, True, score, checks_out)

@@ -8,6 +8,7 @@ from typing import ClassVar
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from cascade.evaluation import EvaluatorContext, Tunable
+from cascade.formatting import plural
 from cascade.types import Completion, Request, Verdict
 
 
@@ -59,13 +60,16 @@ class Length:
         text = completion.text.strip()
         chars, words = len(text), len(text.split())
         checks = (
-            ("characters", chars, c.min_chars, c.max_chars),
-            ("words", words, c.min_words, c.max_words),
-            ("output tokens", completion.output_tokens, None, c.max_output_tokens),
+            ("character", chars, c.min_chars, c.max_chars),
+            ("word", words, c.min_words, c.max_words),
+            ("output token", completion.output_tokens, None, c.max_output_tokens),
         )
         for unit, value, low, high in checks:
             if low is not None and value < low:
-                return Verdict(self.name, False, 0.0, f"{value} {unit}, below the minimum {low}")
+                return Verdict(self.name, False, 0.0,
+                               f"{plural(value, unit)}, below the minimum {low}")
             if high is not None and value > high:
-                return Verdict(self.name, False, 0.0, f"{value} {unit}, above the maximum {high}")
-        return Verdict(self.name, True, 1.0, f"{chars} characters, {words} words")
+                return Verdict(self.name, False, 0.0,
+                               f"{plural(value, unit)}, above the maximum {high}")
+        return Verdict(self.name, True, 1.0,
+                       f"{plural(chars, 'character')}, {plural(words, 'word')}")

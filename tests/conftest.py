@@ -4,11 +4,16 @@ import logging
 from collections.abc import Iterator
 from typing import Any
 
+import nltk.downloader  # noqa: F401  (see below)
 import pytest
 import structlog
 
 from cascade.testing import MockLLMServer
 
+# nltk.downloader binds sys.stderr as a default argument when it is first imported. Imported
+# here, at collection, that is pytest's session-long stream; first imported inside a test that
+# captures (capsys: the docs test's snippets reach textstat), it would be that test's stream,
+# closed when the test ends, and a later canary's "[nltk_data] Error loading" line would crash.
 FAKE_OPENAI_KEY = "sk-test-SECRET-openai-0000"
 FAKE_ANTHROPIC_KEY = "sk-ant-test-SECRET-anthropic-0000"
 

@@ -16,7 +16,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("cascade", "evaluators")
-CORE = {"types", "errors", "logs", "tokens", "telemetry", "testing"}
+CORE = {"types", "errors", "logs", "tokens", "telemetry", "testing", "formatting"}
 MAX_TOP_LEVEL = 10
 MAX_LINES = 500
 

@@ -30,7 +30,7 @@ def test_step_and_run_events() -> None:
     assert STEP_FIELDS <= set(steps[0])
     assert steps[0]["decision"] == "escalate"
     assert steps[0]["verdicts"] == [{"evaluator": "length", "passed": False, "score": 0.0,
-                                     "reason": "1 words, below the minimum 3"}]
+                                     "reason": "1 word, below the minimum 3"}]
     (run,) = [e for e in logs if e["event"] == "cascade.run"]
     assert run["model"] == "medium"
     assert run["steps"] == 2
@@ -53,7 +53,9 @@ def test_keys_never_leak(server: MockLLMServer, capsys: pytest.CaptureFixture[st
     server.script("claude-sonnet-4-6", [Reply(status=403,
                                               message=f"forbidden {FAKE_ANTHROPIC_KEY}")])
     engine = Cascade.from_dict(live_config(server), ledger=False)
-    with capture_logs() as logs:
+    # closed, or its SDK client's socket is left for the garbage collector to report as a
+    # ResourceWarning in whichever later test happens to trigger a collection
+    with engine, capture_logs() as logs:
         try:
             engine.complete("faq", "q")
         except Exception as exc:  # noqa: BLE001  (we inspect whatever comes out)

@@ -34,6 +34,7 @@ from cascade.calibration.simulation import ReplayTable, build_views, grids, simu
 from cascade.calibration.threshold_search import GUARD, calibrated_mapping, search, stats
 from cascade.config import CascadeConfig, load_config, parse_config
 from cascade.errors import CascadeError, DatasetError
+from cascade.formatting import plural
 from cascade.providers.dataset import ReplayRecord, load_dataset
 from cascade.replay.bench import recorded_cost, run_bench
 
@@ -49,7 +50,8 @@ def _replayed(
     label: str,
 ) -> dict[str, Any]:
     """run_bench's report of the calibrated config, with the bootstrap interval and a check."""
-    say(f"replaying the calibrated config on {label} ({len(records)} queries) with run_bench")
+    say(f"replaying the calibrated config on {label} ({plural(len(records), 'query')}) "
+        "with run_bench")
     report = dict(run_bench(cfg, records, task=task).tasks[task])
     rp = ReplayTable(cfg, raw, None, records, task, tune=False)
     subset = tuple(range(len(rp.rungs)))

@@ -61,6 +61,7 @@ from cascade.calibration.result import (
 )
 from cascade.config import CascadeConfig, load_config, parse_config
 from cascade.errors import CascadeError, ConfigError, DatasetError
+from cascade.formatting import plural
 from cascade.providers.dataset import ReplayRecord, load_dataset
 from cascade.replay.bench import run_bench
 
@@ -205,7 +206,7 @@ def calibrate_policy(
         fit_rows = cert_rows = np.arange(n)
     if len(cert_rows) < MIN_CERTIFY or len(fit_rows) < MIN_CERTIFY:
         raise DatasetError(
-            f"{train}: {n} queries of task {task!r} are too few to fit on one part and "
+            f"{train}: {plural(n, 'query')} of task {task!r}, too few to fit on one part and "
             f"certify on the other (need {2 * MIN_CERTIFY})"
         )
     est = Estimates(table, fit_rows, FitSettings(text=text_features), seed)
@@ -388,7 +389,8 @@ class _Check:
         ``simulate`` (the same policy, the same fitted estimates)."""
 
         self.say(
-            f"replaying the calibrated config on {label} ({len(records)} queries) with run_bench"
+            f"replaying the calibrated config on {label} ({plural(len(records), 'query')}) "
+            "with run_bench"
         )
         report = dict(run_bench(self.new_cfg, records, task=self.task).tasks[self.task])
         table = (

@@ -3,18 +3,28 @@
 from __future__ import annotations
 
 import argparse
-import json
+from typing import TYPE_CHECKING
 
 from cascade.cli.where import default_config
 from cascade.config import load_config
+from cascade.formatting import plural, to_json, usd
 from cascade.ledger import Ledger
-from cascade.ledger.drift import drift_report
+from cascade.ledger.drift import DriftRow, drift_report
+
+if TYPE_CHECKING:
+    from rich.table import Table
 
 __all__ = ["cmd_drift"]
+
+COLUMNS = ("task", "rung", "week", "answers", "accepted", "score", "evidence", "cost/run",
+           "shadow $", "target", "")
 
 
 def cmd_drift(args: argparse.Namespace, ledger: Ledger) -> int:
     """``cascade report --drift`` (the ledger is opened and closed by ``cmd_report``)."""
+    from rich.console import Console
+    from rich.measure import Measurement
+
     targets: dict[str, float] = {}
     config_path = default_config(args)
     if config_path:
@@ -25,29 +35,44 @@ def cmd_drift(args: argparse.Namespace, ledger: Ledger) -> int:
         targets = {name: args.target for name in _tasks(ledger)}
     rows = drift_report(ledger, targets=targets, min_evidence=args.min_evidence)
     if args.json:
-        print(json.dumps([r.as_dict() for r in rows], indent=2))
+        print(to_json([r.as_dict() for r in rows], indent=2))
         return 0
     print(f"{ledger.where}: drift per task, rung and week")
-    header = ("task", "rung", "week", "answers", "accepted", "score", "evidence",
-              "cost/run", "shadow $", "target", "")
-    print("  ".join(header))
+    # Eleven columns: never narrower than they need, whatever width the terminal (or a pipe's
+    # default 80) offers; a line too long for the screen beats a cell folded mid-number.
+    console = Console()
+    table = _table(rows)
+    wide = Measurement.get(console, console.options.update_width(10_000), table).maximum
+    console.width = max(console.width, wide)
+    console.print(table)
     for r in rows:
-        print("  ".join([
+        if r.flagged:
+            print(f"flagged: {r.task} / {r.rung} in {r.week}: accepted quality "
+                  f"{r.accepted_score:.3f} < target {r.target:g} "
+                  f"({plural(r.evidence, 'score')}: {r.evidence_user} from users, "
+                  f"{r.evidence_shadow} from shadows)")
+    return 0
+
+
+def _table(rows: list[DriftRow]) -> Table:
+    from rich.table import Table
+
+    table = Table()
+    for column in COLUMNS:
+        table.add_column(column, justify="left" if column in ("task", "rung", "week") else "right",
+                         no_wrap=True)
+    for r in rows:
+        table.add_row(
             r.task, r.rung, r.week, str(r.answers),
             "-" if r.acceptance_rate is None else f"{r.acceptance_rate:.1%}",
             "-" if r.accepted_score is None else f"{r.accepted_score:.3f}",
             str(r.evidence),
-            "-" if r.cost_per_run is None else f"{r.cost_per_run:.6f}",
-            f"{r.shadow_cost_usd:.6f}",
+            "-" if r.cost_per_run is None else usd(r.cost_per_run),
+            usd(r.shadow_cost_usd),
             "-" if r.target is None else f"{r.target:g}",
             "FLAGGED" if r.flagged else "",
-        ]))
-    for r in rows:
-        if r.flagged:
-            print(f"flagged: {r.task} / {r.rung} in {r.week}: accepted quality "
-                  f"{r.accepted_score:.3f} < target {r.target:g} ({r.evidence} scores: "
-                  f"{r.evidence_user} from users, {r.evidence_shadow} from shadows)")
-    return 0
+        )
+    return table
 
 
 def _tasks(ledger: Ledger) -> list[str]:

@@ -8,7 +8,6 @@ parameter such as ``--max-tokens`` above the model's ``max_output_tokens``).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -29,6 +28,7 @@ from cascade.errors import (
     ProviderError,
     RequestError,
 )
+from cascade.formatting import to_json, usd
 from cascade.logs import configure_cli
 
 __all__ = ["main"]
@@ -76,7 +76,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             return 1
     _warn(result)
     if args.json:
-        print(json.dumps(_result_json(result), indent=2))
+        print(to_json(_result_json(result), indent=2))
     else:
         print(result.text)
         _say(_summary(result))
@@ -110,7 +110,7 @@ def _summary(result: Any) -> str:
         if result.task_probability is not None else ""
     )
     return (
-        f"{chosen}model={result.model} steps={len(result.steps)} cost=${result.cost_usd:.6f} "
+        f"{chosen}model={result.model} steps={len(result.steps)} cost={usd(result.cost_usd)} "
         f"latency={result.latency_ms:.0f}ms {status}{skips}"
     )
 

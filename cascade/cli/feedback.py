@@ -13,6 +13,7 @@ import yaml
 from cascade.cli.where import open_for_cli, where_args
 from cascade.config import load_config
 from cascade.errors import ConfigError, FeedbackError, LedgerError
+from cascade.formatting import plural
 from cascade.ledger import Ledger
 
 __all__ = ["register", "register_data"]
@@ -59,8 +60,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     finally:
         ledger.close()
     sources = ", ".join(f"{k}: {v}" for k, v in sorted(summary.sources.items())) or "none"
-    print(f"{args.out}: {summary.written} queries from {summary.runs_with_content} runs logged "
-          f"with content ({summary.unlabelled} without a label left out); scores by {sources}")
+    print(f"{args.out}: {plural(summary.written, 'query')} from "
+          f"{plural(summary.runs_with_content, 'run')} logged with content "
+          f"({summary.unlabelled} without a label left out); scores by {sources}")
     if summary.runs_with_content == 0:
         print("note: only runs logged with content can be exported (logging: {content: true})")
     return 0
@@ -95,7 +97,8 @@ def cmd_router_fit(args: argparse.Namespace) -> int:
     counts: dict[str, int] = {}
     for _, task in examples:
         counts[task] = counts.get(task, 0) + 1
-    print(f"{out}: task_router.model = {model_file.name} (fitted on {len(examples)} examples: "
+    print(f"{out}: task_router.model = {model_file.name} "
+          f"(fitted on {plural(len(examples), 'example')}: "
           + ", ".join(f"{t} {n}" for t, n in sorted(counts.items())) + ")")
     return 0
 

@@ -9,13 +9,13 @@ database only.
 from __future__ import annotations
 
 import argparse
-import json
 from typing import Any
 
 from cascade.cli.drift import cmd_drift
 from cascade.cli.where import default_config, open_for_cli, where_args
 from cascade.config import load_config
 from cascade.engine.limits import Limits
+from cascade.formatting import plural, to_json, usd
 from cascade.replay.report import ledger_report
 
 __all__ = ["cmd_recover", "cmd_report", "register"]
@@ -36,7 +36,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     finally:
         ledger.close()
     if args.json:
-        print(json.dumps(report, indent=2))
+        print(to_json(report, indent=2))
         return 0
     _print_report(ledger.where, report)
     return 0
@@ -46,7 +46,7 @@ def _print_report(where: str, report: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    print(f"{where}: {report['runs']} runs, ${report['total_cost_usd']:.6f} total")
+    print(f"{where}: {plural(report['runs'], 'run')}, {usd(report['total_cost_usd'])} total")
     table = Table()
     for column in ("task", "model", "runs/calls", "cost USD", "escalation", "accepted",
                    "unfinished"):
@@ -57,13 +57,13 @@ def _print_report(where: str, report: dict[str, Any]) -> None:
             task,
             "(all)",
             str(t["runs"]),
-            f"{t['cost_usd']:.6f}",
+            usd(t["cost_usd"]),
             f"{t['escalation_rate']:.1%}",
             accepted,
             str(t["unfinished"]),
         )
         for model, m in t["models"].items():
-            table.add_row("", model, str(m["calls"]), f"{m['cost_usd']:.6f}", "", "",
+            table.add_row("", model, str(m["calls"]), usd(m["cost_usd"]), "", "",
                           str(m["unfinished"]))
     Console().print(table)
     for task, t in report["tasks"].items():
@@ -72,7 +72,7 @@ def _print_report(where: str, report: dict[str, Any]) -> None:
                   "(the provider reported no usage)")
     for task, t in report["tasks"].items():
         if t.get("shadow_calls"):
-            print(f"{task}: {t['shadow_calls']} shadow call(s) cost ${t['shadow_cost_usd']:.6f} "
+            print(f"{task}: {t['shadow_calls']} shadow call(s) cost {usd(t['shadow_cost_usd'])} "
                   "(included above; not part of any run's cost)")
     if report["unfinished"]:
         print(f"{report['unfinished']} unfinished call(s) (pending, or lost by a process that "
@@ -81,8 +81,8 @@ def _print_report(where: str, report: dict[str, Any]) -> None:
         scope = "global" if budget["scope"] == "global" else f"task {budget['scope']}"
         share = budget["spent_usd"] / budget["limit_usd"] if budget["limit_usd"] else 1.0
         print(
-            f"{budget['period']} budget ({scope}): ${budget['spent_usd']:.6f} of "
-            f"${budget['limit_usd']:.2f} ({share:.1%})"
+            f"{budget['period']} budget ({scope}): {usd(budget['spent_usd'])} of "
+            f"{usd(budget['limit_usd'])} ({share:.1%})"
         )
 
 
@@ -96,7 +96,7 @@ def cmd_recover(args: argparse.Namespace) -> int:
         ledger.close()
     cost = sum(float(r["reserved_usd"]) for r in lost)
     print(f"{ledger.where}: settled {len(lost)} pending step(s) of dead processes as lost "
-          f"(${cost:.6f} at their reserved worst case); {int(pending[0]['n'])} pending step(s) "
+          f"({usd(cost)} at their reserved worst case); {int(pending[0]['n'])} pending step(s) "
           "of live processes left alone")
     return 0
 

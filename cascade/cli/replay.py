@@ -10,9 +10,15 @@ from pathlib import Path
 from typing import Any
 
 from cascade.errors import ConfigError
+from cascade.formatting import install_hint, plural, to_json, usd
 from cascade.replay.bench import run_bench
 
 __all__ = ["register"]
+
+# Where ``cascade demo`` writes by default: one folder, named in its output and in the
+# repository's .gitignore, so a demo run in a clone leaves nothing to commit.
+DEMO_FOLDER = Path("cascade-demo")
+DEMO_PLOT = DEMO_FOLDER / "tradeoff.png"
 
 
 def _say(message: str) -> None:
@@ -33,7 +39,8 @@ def print_bench(report: dict[str, Any]) -> None:
 
     console = Console()
     for name, t in report["tasks"].items():
-        table = Table(title=f"task {name}: {t['n']} queries, ladder {' -> '.join(t['ladder'])}")
+        ladder = " -> ".join(t["ladder"])
+        table = Table(title=f"task {name}: {plural(t['n'], 'query')}, ladder {ladder}")
         for column in ("", "cost/query USD", "quality", "cost vs top", "quality vs top"):
             table.add_column(column, justify="left" if not column else "right")
         top = t["baselines"]["always_top"]
@@ -81,7 +88,7 @@ def print_bench(report: dict[str, Any]) -> None:
         console.print(f"  engine overhead ms: p50 {ovh['p50']:.3f}, p99 {ovh['p99']:.3f}")
     qps = report.get("queries_per_second")
     if qps:
-        console.print(f"{report['queries']} queries replayed at {qps:,.0f} queries/s")
+        console.print(f"{plural(report['queries'], 'query')} replayed at {qps:,.0f} queries/s")
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -101,7 +108,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         _say(f"warning: {warning}")
     print_bench(report)
     if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2))
+        Path(args.json).write_text(to_json(report, indent=2))
         _say(f"wrote {args.json}")
     if args.plot:
         from cascade.replay.plot import plot_tradeoff
@@ -137,21 +144,24 @@ def cmd_demo(args: argparse.Namespace) -> int:
             f"{_fmt(_ratio(oracle['quality'], top['quality']), '.1%')}."
         )
     if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2))
+        Path(args.json).write_text(to_json(report, indent=2))
         print(f"report: wrote {args.json}")
     try:
         import matplotlib  # noqa: F401
     except ImportError:
-        print("plot: not drawn (matplotlib is not installed: pip install 'cascade-ladder[plot]')")
+        print(f"plot: not drawn (matplotlib is not installed: {install_hint('plot')})")
         return 0
     from cascade.replay.plot import plot_tradeoff
 
+    plot = Path(args.plot)
     try:
-        plot_tradeoff(report["tasks"], args.plot, data=report["split"])
+        if plot == DEMO_PLOT:
+            DEMO_FOLDER.mkdir(exist_ok=True)
+        plot_tradeoff(report["tasks"], plot, data=report["split"])
     except OSError as exc:  # a read-only folder: the numbers above stand on their own
         print(f"plot: not written ({exc}); pass --plot PATH to choose where")
         return 0
-    print(f"plot: wrote {Path(args.plot).resolve()}")
+    print(f"plot: wrote {plot.name} in the folder {plot.resolve().parent}")
     return 0
 
 
@@ -228,7 +238,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     )
     report = result.as_json()
     if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2))
+        Path(args.json).write_text(to_json(report, indent=2))
         _say(f"wrote {args.json}")
     if result.status != "ok":
         _say(f"calibration failed: {result.message}")
@@ -239,7 +249,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         top = numbers["baselines"]["always_top"]
         ci = numbers.get("quality_ratio_ci95") or [None, None]
         print(
-            f"{label}: n={numbers['n']} cost/query ${numbers['cost_per_query']:.7f} "
+            f"{label}: n={numbers['n']} cost/query {usd(numbers['cost_per_query'])} "
             f"({_fmt(_ratio(numbers['cost_per_query'], top['cost_per_query']), '.1%')} "
             "of always-top), "
             f"quality {numbers['quality']:.4f} "
@@ -289,8 +299,8 @@ def cmd_import(args: argparse.Namespace) -> int:
         say=lambda line: _say(f"assumed: {line}"),
     )
     print(
-        f"wrote {summary.records} queries to {summary.out} ({summary.skipped} source rows "
-        f"skipped; models: {', '.join(summary.models)})"
+        f"wrote {plural(summary.records, 'query')} to {summary.out} "
+        f"({plural(summary.skipped, 'source row')} skipped; models: {', '.join(summary.models)})"
     )
     return 0
 
@@ -306,8 +316,8 @@ def register(sub: Any) -> None:
     demo.add_argument(
         "--plot",
         metavar="OUT.png",
-        default="cascade-demo.png",
-        help="where to write the cost/quality plot (default cascade-demo.png; needs matplotlib)",
+        default=str(DEMO_PLOT),
+        help=f"where to write the cost/quality plot (default {DEMO_PLOT}; needs matplotlib)",
     )
     demo.add_argument("--json", metavar="OUT", help="also write the report as JSON")
     demo.set_defaults(handler=cmd_demo)

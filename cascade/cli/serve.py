@@ -19,6 +19,7 @@ from typing import Any
 
 from cascade.config import CascadeConfig
 from cascade.errors import ConfigError
+from cascade.formatting import install_hint
 from cascade.gateway.workers import LOG_ENV, load_serve_config, serve_workers
 
 __all__ = ["cmd_serve", "is_loopback", "register", "unset_key_warnings"]
@@ -63,7 +64,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ImportError as exc:
         raise ConfigError(
             f"cascade serve needs the [server] extra ({exc.name} is not installed): "
-            "pip install 'cascade-ladder[server]'"
+            f"{install_hint('server')}"
         ) from exc
     from cascade.gateway.app import create_app
     from cascade.gateway.serve import bind, freeze_heap, graceful_signals, url_of, uvicorn_server

@@ -21,6 +21,7 @@ from cascade.config import CascadeConfig, RungConfig, TaskConfig, load_config
 from cascade.config.params import PRICE_CHANGING_PARAMS, bound_output
 from cascade.engine import Cascade
 from cascade.errors import CascadeError, ConfigError, ProviderError
+from cascade.formatting import plural, usd
 from cascade.ledger import Ledger, check_ledger_config
 from cascade.ledger.money import worst_case_cost
 
@@ -175,16 +176,17 @@ def cmd_validate(args: argparse.Namespace) -> int:
             _say(line)
         for key, model in config.models.items():
             p = model.price
-            cached = "" if p.cached_input is None else f", cached input ${p.cached_input:g}"
+            cached = "" if p.cached_input is None else f", cached input {usd(p.cached_input)}"
             print(
-                f"  model {key} ({model.name}): ${p.input:g} input, ${p.output:g} output"
+                f"  model {key} ({model.name}): {usd(p.input)} input, {usd(p.output)} output"
                 f"{cached} per 1M tokens; price from {config.price_source(key)}"
             )
+        for line in _limits(config):
+            print(f"  {line}")
         rungs = sum(len(t.rungs) for t in engine.tasks.values())
         print(
-            f"{args.config}: OK ({_count(len(config.tasks), 'task')}, "
-            f"{_count(rungs, 'rung')}, {_count(len(config.models), 'model')}, "
-            f"{_count(len(config.providers), 'provider')})"
+            f"{args.config}: OK ({plural(len(config.tasks), 'task')}, {plural(rungs, 'rung')}, "
+            f"{plural(len(config.models), 'model')}, {plural(len(config.providers), 'provider')})"
         )
         if not args.probe:
             return 0
@@ -192,15 +194,27 @@ def cmd_validate(args: argparse.Namespace) -> int:
     failed = [r for r in results if not r.ok]
     for r in results:
         status = "ok" if r.ok else "FAILED"
-        print(f"  probe {r.model}: {status}: {r.detail} (cost ${r.cost_usd:.6g})")
+        print(f"  probe {r.model}: {status}: {r.detail} (cost {usd(r.cost_usd)})")
     total = sum(r.cost_usd for r in results)
-    print(f"probe: {len(results) - len(failed)} of {_count(len(results), 'model')} answered "
-          f"(cost ${total:.6g}, recorded in the ledger)")
+    print(f"probe: {len(results) - len(failed)} of {plural(len(results), 'model')} answered "
+          f"(cost {usd(total)}, recorded in the ledger)")
     return 1 if failed else 0
 
 
-def _count(n: int, noun: str) -> str:
-    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+def _limits(config: CascadeConfig) -> list[str]:
+    """The spending limits a config sets, as validate lists them."""
+    lines = []
+    scopes = [("global", config.budgets)]
+    scopes += [(f"task {name}", task.budgets) for name, task in config.tasks.items()]
+    for scope, budgets in scopes:
+        for period in ("daily", "monthly"):
+            limit = getattr(budgets, f"{period}_usd", None) if budgets else None
+            if limit is not None:
+                lines.append(f"{period} budget ({scope}): {usd(limit)}")
+    for name, task in config.tasks.items():
+        if task.max_cost_usd is not None:
+            lines.append(f"task {name}: max_cost_usd {usd(task.max_cost_usd)} per request")
+    return lines
 
 
 def register(sub: Any) -> None:

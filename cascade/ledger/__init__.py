@@ -2,7 +2,7 @@
 
 Two backends hold the same tables: SQLite (``ledger: {path: FILE}``, the embedded default, WAL
 mode) and PostgreSQL (``ledger: {url_env: NAME}`` or ``{url: ...}``, for several processes or
-hosts; ``pip install 'cascade-ladder[postgres]'``).
+hosts; the ``[postgres]`` extra).
 
 Write-ahead: before a model is called, ``reserve`` writes its step row as ``pending`` with the
 reserved worst-case cost (counted in spend at once) and, in the same transaction, checks and

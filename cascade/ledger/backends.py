@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from cascade.errors import LedgerError
+from cascade.formatting import install_hint
 
 __all__ = [
     "NOWAIT",
@@ -270,7 +271,7 @@ class PostgresBackend:
             from psycopg_pool import ConnectionPool
         except ImportError as exc:
             raise LedgerError(
-                "a PostgreSQL ledger needs psycopg: pip install 'cascade-ladder[postgres]'",
+                f"a PostgreSQL ledger needs psycopg: {install_hint('postgres')}",
                 backend="postgres",
             ) from exc
         self._psycopg = psycopg

@@ -15,6 +15,7 @@ import httpx2
 from cascade.config import ProviderConfig
 from cascade.config.params import TRANSPORT_OPTIONS
 from cascade.errors import ConfigError, ProviderError, RequestError
+from cascade.formatting import install_hint
 from cascade.providers.base import api_key, map_sdk_error
 
 __all__ = ["SDKProvider", "field", "request_body"]
@@ -78,7 +79,7 @@ def _wants_aiohttp(setting: str, provider: str) -> bool:
     installed = importlib.util.find_spec("aiohttp") is not None
     if setting == "aiohttp" and not installed:
         raise ConfigError(
-            "aiohttp is not installed: pip install 'cascade-ladder[aiohttp]', or set httpx",
+            f"aiohttp is not installed: {install_hint('aiohttp')}, or set httpx",
             location=f"providers.{provider}.async_http",
         )
     return installed

@@ -28,6 +28,7 @@ from typing import Any
 
 from cascade.engine.shadow import agreement_label
 from cascade.errors import ConfigError
+from cascade.formatting import to_json
 from cascade.ledger import Ledger
 from cascade.providers.dataset import ReplayRecord
 
@@ -106,7 +107,7 @@ def export_ledger(
             ReplayRecord.model_validate(record)  # what calibrate will read back
             for source in record["meta"]["score_sources"].values():
                 sources[source.split(":")[0] if source.startswith("agreement") else source] += 1
-            fh.write(json.dumps(record, ensure_ascii=False) + "\n")
+            fh.write(to_json(record, ensure_ascii=False) + "\n")
             written += 1
     return ExportSummary(written, unlabelled, len(runs), dict(sources))
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from cascade.errors import ConfigError
+from cascade.formatting import install_hint
 
 __all__ = ["plot_tradeoff"]
 
@@ -28,7 +29,7 @@ def plot_tradeoff(
             title so a train-set picture is never mistaken for a held-out one.
 
     Raises:
-        ConfigError: matplotlib is not installed (``pip install cascade-ladder[plot]``).
+        ConfigError: matplotlib is not installed (the ``[plot]`` extra).
     """
     try:
         import matplotlib
@@ -36,7 +37,7 @@ def plot_tradeoff(
         matplotlib.use("Agg")  # no display on servers and CI
         import matplotlib.pyplot as plt
     except ImportError as exc:
-        raise ConfigError("--plot needs matplotlib: pip install 'cascade-ladder[plot]'") from exc
+        raise ConfigError(f"--plot needs matplotlib: {install_hint('plot')}") from exc
     fig, axes = plt.subplots(1, len(tasks), figsize=(6.5 * len(tasks), 5), squeeze=False)
     for ax, (name, report) in zip(axes[0], tasks.items(), strict=True):
         for i, (key, model) in enumerate(report["models"].items()):

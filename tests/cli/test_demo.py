@@ -44,8 +44,9 @@ def test_demo_prints_real_numbers(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     out = capsys.readouterr().out
     demo = json.loads((tmp_path / "r.json").read_text())["tasks"]["math"]
     bench = run_bench(DEMO_CONFIG, DATASET).as_json()["tasks"]["math"]
-    assert demo["cost_per_query"] == bench["cost_per_query"]
-    assert demo["quality"] == bench["quality"]
+    # the JSON's floats have 12 significant digits
+    assert demo["cost_per_query"] == float(f"{bench['cost_per_query']:.12g}")
+    assert demo["quality"] == float(f"{bench['quality']:.12g}")
     top, oracle = bench["baselines"]["always_top"], bench["baselines"]["oracle"]
     assert f"escalated {bench['escalation_rate'][0]:.1%}" in out
     assert f"cost {bench['cost_per_query'] / top['cost_per_query']:.1%} of always-GPT-4" in out
@@ -53,8 +54,8 @@ def test_demo_prints_real_numbers(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     # It is a cascade between the baselines, not a copy of either.
     assert bench["baselines"]["always_first"]["quality"] < bench["quality"] < top["quality"]
     assert 0 < bench["escalation_rate"][0] < 1
-    plot = tmp_path / "cascade-demo.png"
-    assert f"plot: wrote {plot}" in out
+    plot = tmp_path / "cascade-demo" / "tradeoff.png"
+    assert f"plot: wrote tradeoff.png in the folder {plot.parent}\n" in out
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -72,9 +73,10 @@ def test_demo_without_matplotlib_still_prints(monkeypatch: pytest.MonkeyPatch, t
     monkeypatch.setattr(builtins, "__import__", no_matplotlib)
     assert main(["demo"]) == 0
     out = capsys.readouterr().out
-    assert "plot: not drawn (matplotlib is not installed: pip install 'cascade-ladder[plot]')" in out
+    assert ("plot: not drawn (matplotlib is not installed: pip install -e '.[plot]' in a clone "
+            "of cascade-ladder)") in out
     assert "the cascade escalated" in out
-    assert not (tmp_path / "cascade-demo.png").exists()
+    assert not (tmp_path / "cascade-demo").exists()
 
 
 def test_bench_empty_dataset_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -185,3 +187,21 @@ def test_demo_plot_to_an_unwritable_place(tmp_path: Path,
     out = capsys.readouterr().out
     assert "plot: not written (" in out
     assert "the cascade escalated" in out
+
+
+def test_demo_plot_folder_is_ignored_by_git() -> None:
+    """The demo's default plot sits in a folder that the repository's .gitignore covers."""
+    import shutil
+    import subprocess
+
+    from cascade.cli.entry import build_parser
+
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+    plot = Path(build_parser().parse_args(["demo"]).plot)
+    assert plot.parent != Path(".")  # a folder of its own, not the working directory
+    root = Path(__file__).resolve().parents[2]
+    # --no-index: whether the path would be ignored, whether or not it exists or is tracked
+    ignored = subprocess.run(["git", "-C", str(root), "check-ignore", "-q", "--no-index",
+                              str(plot)], check=False)
+    assert ignored.returncode == 0, f"{plot} is not covered by .gitignore"

@@ -127,7 +127,7 @@ def test_serve_without_server_extra(monkeypatch: pytest.MonkeyPatch,
     assert main(["serve", str(DEMO_CONFIG)]) == 2
     err = capsys.readouterr().err
     assert err == ("error: cascade serve needs the [server] extra (starlette is not installed): "
-                   "pip install 'cascade-ladder[server]'\n")
+                   "pip install -e '.[server]' in a clone of cascade-ladder\n")
 
 
 def test_config_errors_name_every_problem(tmp_path: Path,

@@ -68,7 +68,7 @@ def test_validate_prints_each_price_and_source(tmp_path: Path,
               "price": {"input": 2, "output": 9}})))
     assert main(["validate", str(path)]) == 0
     out = capsys.readouterr().out
-    assert ("model mini (gpt-4o-mini): $0.15 input, $0.6 output, cached input $0.075 per 1M "
+    assert ("model mini (gpt-4o-mini): $0.15 input, $0.60 output, cached input $0.075 per 1M "
             "tokens; price from genai-prices") in out
-    assert "model mine (claude-sonnet-4-6): $2 input, $9 output per 1M tokens; price from config" \
-        in out
+    assert ("model mine (claude-sonnet-4-6): $2.00 input, $9.00 output per 1M tokens; price from "
+            "config") in out

@@ -315,7 +315,7 @@ def test_report_shows_budgets(tmp_path: Path, capsys: pytest.CaptureFixture[str]
         {"scope": "global", "period": "daily", "limit_usd": 2.0, "spent_usd": 1.0},
         {"scope": "t", "period": "monthly", "limit_usd": 10.0, "spent_usd": 1.0}]
     assert main(["report", "--ledger", str(tmp_path / "l.sqlite"), "--config", str(cfg)]) == 0
-    assert "daily budget (global): $1.000000 of $2.00 (50.0%)" in capsys.readouterr().out
+    assert "daily budget (global): $1.00 of $2.00 (50.0%)" in capsys.readouterr().out
 
 
 def test_judge_calls_respect_the_cost_cap() -> None:

@@ -28,6 +28,12 @@ def test_correct_annotations_pass() -> None:
     assert "all 2 equations" in reason
 
 
+def test_one_equation_is_counted_in_the_singular() -> None:
+    """One equation: "the one equation checks out", "1 of 1 equation wrong", never "1 equations"."""
+    assert judge("So 2 + 2 = 4.")[2] == "the one equation checks out"
+    assert judge("So 2 + 2 = 5.")[2].startswith("1 of 1 equation wrong, e.g. ")
+
+
 def test_wrong_inline_equation_fails() -> None:
     """A wrong plain equation rejects the answer and is quoted in the reason."""
     passed, score, reason = judge("So (12 / 20) x 100 = 55%. Then 2 + 2 = 4.")

@@ -27,6 +27,16 @@ def config_error(kind: str, **settings: Any) -> ConfigError:
     return info.value
 
 
+# -- length ---------------------------------------------------------------------------------------
+
+
+def test_length_counts_one_word_in_the_singular() -> None:
+    """The reason says "1 word" and "1 character", never "1 words"."""
+    assert check("length", "Nine.", min_words=3).reason == "1 word, below the minimum 3"
+    assert check("length", "x", max_chars=10).reason == "1 character, 1 word"
+    assert check("length", "two words", min_words=1).reason == "9 characters, 2 words"
+
+
 # -- regex ----------------------------------------------------------------------------------------
 
 

@@ -247,7 +247,7 @@ def test_cli_ledger_recover(db: Db, capsys: pytest.CaptureFixture[str],
         args = ["--url-env", "TEST_LEDGER_URL"]
     assert main(["ledger", "recover", *args]) == 0
     out = capsys.readouterr().out
-    assert "settled 1 pending step(s) of dead processes as lost ($0.250000" in out
+    assert "settled 1 pending step(s) of dead processes as lost ($0.25 " in out
     assert db.rows("SELECT status FROM steps") == [("lost",)]
     assert main(["report", *args, "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
