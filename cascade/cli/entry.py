@@ -18,8 +18,6 @@ from cascade.cli import feedback as cli_feedback
 from cascade.cli import ledger as cli_ledger
 from cascade.cli import replay as cli_replay
 from cascade.cli import serve as cli_serve
-from cascade.config import load_config
-from cascade.engine import Cascade
 from cascade.errors import (
     CascadeError,
     CascadeExhausted,
@@ -28,10 +26,12 @@ from cascade.errors import (
     ProviderError,
     RequestError,
 )
-from cascade.ledger import Ledger, check_ledger_config
-from cascade.logs import configure_cli
 
 __all__ = ["main"]
+
+# Each command imports what it runs inside its handler: the engine, pydantic, structlog and the
+# SDKs cost about a second, which ``--version`` and ``--help`` must not pay (``benchmarks/
+# cli_startup.py``; tests/cli/test_startup.py checks which modules each command loads).
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -50,6 +50,8 @@ def _say(message: str) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from cascade.engine import Cascade
+
     params: dict[str, Any] = {}
     if args.max_tokens is not None:
         params["max_tokens"] = args.max_tokens
@@ -94,6 +96,10 @@ def _result_json(result: Any) -> dict[str, Any]:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    from cascade.config import load_config
+    from cascade.engine import Cascade
+    from cascade.ledger import Ledger, check_ledger_config
+
     config = load_config(args.config)
     check_ledger_config(config.ledger, config_path=args.config)
     # An in-memory ledger: validating must not create the real one, but budgets need one.
@@ -174,6 +180,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``cascade`` console script; returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    from cascade.logs import configure_cli
+
     configure_cli(args.log_level, args.log_json)
     handler: Handler = args.handler
     try:

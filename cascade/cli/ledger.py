@@ -12,14 +12,12 @@ import argparse
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from cascade.cli.drift import cmd_drift
-from cascade.config import load_config, resolve_path
-from cascade.engine.limits import Limits
 from cascade.errors import ConfigError, LedgerError
-from cascade.ledger import Ledger, open_ledger
-from cascade.replay.report import ledger_report
+
+if TYPE_CHECKING:
+    from cascade.ledger import Ledger
 
 __all__ = ["cmd_recover", "cmd_report", "open_for_cli", "register", "where_args"]
 
@@ -33,6 +31,9 @@ def open_for_cli(args: argparse.Namespace) -> Ledger:
         ConfigError: no such file, an unset variable, or a file that is not a ledger.
         LedgerError: the database cannot be reached.
     """
+    from cascade.config import load_config, resolve_path
+    from cascade.ledger import Ledger, open_ledger
+
     if args.url_env:
         url = os.environ.get(args.url_env, "")
         if not url:
@@ -64,6 +65,11 @@ def open_for_cli(args: argparse.Namespace) -> Ledger:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from cascade.cli.drift import cmd_drift
+    from cascade.config import load_config
+    from cascade.engine.limits import Limits
+    from cascade.replay.report import ledger_report
+
     ledger = open_for_cli(args)
     if getattr(args, "drift", False):
         try:

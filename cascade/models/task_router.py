@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from cascade.config import CascadeConfig
@@ -82,6 +81,8 @@ class TaskClassifier(BaseModel):
 
     def probabilities(self, prompt: str) -> dict[str, float]:
         """P(task | prompt) for every task (summing to 1)."""
+        import numpy as np  # here, not at the top: see cascade.models.linear
+
         x = features(prompt, self.hashing, self.char_ngrams)
         w = np.asarray(self.weights)
         z = np.asarray(self.bias) + (w[:, list(x)] @ np.asarray(list(x.values()))
@@ -121,6 +122,8 @@ def fit_classifier(
     Raises:
         ValueError: fewer than two tasks among the examples.
     """
+    import numpy as np
+
     tasks = sorted({task for _, task in examples})
     if len(tasks) < 2:
         raise ValueError(f"the task router needs examples of at least two tasks (got {tasks})")
