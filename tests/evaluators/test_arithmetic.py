@@ -87,9 +87,9 @@ def test_long_sums_without_equals_cost_nothing_per_term() -> None:
     without an '='), and no regex backtracks over them: the call runs under a CPU-time watchdog
     that an exponential pattern would exhaust."""
     text = "Her weekly totals were " + " + ".join(str(10 + i) for i in range(400)) + " dollars."
-    judge(text)  # the plug-in loads once, not per answer
-    _, one = python_lines(lambda: judge(text))
     with cpu_watchdog():
+        judge(text)  # the plug-in loads once, not per answer
+        _, one = python_lines(lambda: judge(text))
         (passed, _, _), work = python_lines(lambda: judge(text * 50))
     assert passed
     assert work == one

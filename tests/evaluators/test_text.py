@@ -315,9 +315,9 @@ def test_refusal_huge_answer_costs_only_the_scanned_prefix() -> None:
     """A 1 MB answer costs what its first max_chars_scanned characters cost: the same Python
     work as a 300-character answer, sentence starts included; the patterns run under a CPU-time
     watchdog. Timed in benchmarks/evaluator_speed.py."""
-    check("refusal", "Sure.")  # the plug-in and its patterns are built once, not per answer
-    _, prefix = python_lines(lambda: check("refusal", "Sure. " * 50))  # 300 characters
     with cpu_watchdog():
+        check("refusal", "Sure.")  # the plug-in and its patterns are built once, not per answer
+        _, prefix = python_lines(lambda: check("refusal", "Sure. " * 50))  # 300 characters
         verdict, work = python_lines(lambda: check("refusal", "Sure. " * (MB // 6)))
     assert verdict.passed
     assert work == prefix
