@@ -23,6 +23,7 @@ from cascade.engine.retry import RetryPolicy
 from cascade.errors import ProviderError
 from cascade.logs import get_logger
 from cascade.providers.base import Provider
+from cascade.providers.sdk import SDKProvider
 from cascade.types import Completion, Message
 
 __all__ = ["NOTHING", "Call", "Caller", "Outcome"]
@@ -135,6 +136,8 @@ class Caller:
               slot: threading.BoundedSemaphore | None, tally: _Tally) -> Completion:
         """One attempt: breaker, timeout, concurrency slot, the provider call, the breaker fed."""
         self._gate(model.provider, model.name)
+        if isinstance(provider, SDKProvider):
+            provider.load_sdk()  # the first import (0.5-1 s) is not this attempt's time
         timeout, cut_short = self._timeout(op, model.provider, model.name)
         tally.attempts += 1
         try:
@@ -185,6 +188,8 @@ class Caller:
                      slot: asyncio.Semaphore | None, tally: _Tally) -> Completion:
         """The async twin of ``_once``."""
         self._gate(model.provider, model.name)
+        if isinstance(provider, SDKProvider):
+            provider.load_sdk()  # the gateway has already imported it (create_app)
         timeout, cut_short = self._timeout(op, model.provider, model.name)
         tally.attempts += 1
         try:

@@ -94,7 +94,7 @@ class SDKProvider(Generic[SyncClient, AsyncClient]):
     """
 
     # The SDK and its client classes by name: importing openai or anthropic takes 0.5-1 s, so
-    # it waits for the first client (or error) instead of slowing every config load, such as
+    # it waits for the first call (``load_sdk``) instead of slowing every config load, such as
     # ``cascade validate``, which builds the providers and calls none.
     sdk_module: ClassVar[str]
     client_name: ClassVar[str]
@@ -114,6 +114,7 @@ class SDKProvider(Generic[SyncClient, AsyncClient]):
         self._client = client
         self._async_client = async_client
         self._secret: str | None = None
+        self._sdk: ModuleType | None = None
         self._async_clients: weakref.WeakKeyDictionary[Any, AsyncClient] = (
             weakref.WeakKeyDictionary()
         )
@@ -125,7 +126,18 @@ class SDKProvider(Generic[SyncClient, AsyncClient]):
     @property
     def sdk(self) -> ModuleType:
         """The SDK module (imported on first use)."""
-        return importlib.import_module(self.sdk_module)
+        return self.load_sdk()
+
+    def load_sdk(self) -> ModuleType:
+        """Import the SDK now if it is not yet, and return it.
+
+        The engine calls this before an attempt's timeout starts and the gateway at start-up,
+        so that the import is neither counted against ``timeout_s`` nor run on a serving event
+        loop; afterwards it is an attribute read.
+        """
+        if self._sdk is None:
+            self._sdk = importlib.import_module(self.sdk_module)
+        return self._sdk
 
     def _options(self) -> dict[str, Any]:
         self._secret = api_key(self.config, self.name)
