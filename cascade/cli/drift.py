@@ -6,10 +6,11 @@ import argparse
 from typing import TYPE_CHECKING
 
 from cascade.cli.where import default_config
-from cascade.config import load_config
 from cascade.formatting import plural, to_json, usd
-from cascade.ledger import Ledger
-from cascade.ledger.drift import DriftRow, drift_report
+
+if TYPE_CHECKING:
+    from cascade.ledger import Ledger
+    from cascade.ledger.drift import DriftRow
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -24,6 +25,9 @@ def cmd_drift(args: argparse.Namespace, ledger: Ledger) -> int:
     """``cascade report --drift`` (the ledger is opened and closed by ``cmd_report``)."""
     from rich.console import Console
     from rich.measure import Measurement
+
+    from cascade.config import load_config
+    from cascade.ledger.drift import drift_report
 
     targets: dict[str, float] = {}
     config_path = default_config(args)

@@ -11,15 +11,8 @@ import argparse
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from cascade.cli import feedback as cli_feedback
-from cascade.cli import ledger as cli_ledger
-from cascade.cli import replay as cli_replay
-from cascade.cli import serve as cli_serve
-from cascade.cli import validate as cli_validate
-from cascade.config import CascadeConfig
-from cascade.engine import Cascade
 from cascade.errors import (
     CascadeError,
     CascadeExhausted,
@@ -29,9 +22,15 @@ from cascade.errors import (
     RequestError,
 )
 from cascade.formatting import to_json, usd
-from cascade.logs import configure_cli
+
+if TYPE_CHECKING:
+    from cascade.config import CascadeConfig
 
 __all__ = ["main"]
+
+# Each command imports what it runs inside its handler: the engine, pydantic, structlog and the
+# SDKs cost about a second, which ``--version`` and ``--help`` must not pay (``benchmarks/
+# cli_startup.py``; tests/cli/test_startup.py checks which modules each command loads).
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -50,6 +49,8 @@ def _say(message: str) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from cascade.engine import Cascade
+
     params: dict[str, Any] = {}
     if args.max_tokens is not None:
         params["max_tokens"] = args.max_tokens
@@ -141,6 +142,12 @@ def _result_json(result: Any) -> dict[str, Any]:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from cascade.cli import feedback as cli_feedback
+    from cascade.cli import ledger as cli_ledger
+    from cascade.cli import replay as cli_replay
+    from cascade.cli import serve as cli_serve
+    from cascade.cli import validate as cli_validate
+
     parser = argparse.ArgumentParser(
         prog="cascade",
         description="Cascade routing for LLM calls: cheapest model first, "
@@ -184,7 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``cascade`` console script; returns the exit code."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(argv)  # --version and --help end here, before logging is loaded
+    from cascade.logs import configure_cli
+
     configure_cli(args.log_level, args.log_json)
     handler: Handler = args.handler
     try:

@@ -6,20 +6,21 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
-from typing import Any
-
-import yaml
+from typing import TYPE_CHECKING, Any
 
 from cascade.cli.where import open_for_cli, where_args
-from cascade.config import load_config
 from cascade.errors import ConfigError, FeedbackError, LedgerError
 from cascade.formatting import plural
-from cascade.ledger import Ledger
+
+if TYPE_CHECKING:
+    from cascade.ledger import Ledger
 
 __all__ = ["register", "register_data"]
 
 
 def _open(path: str | None, url_env: str | None, what: str) -> Ledger:
+    from cascade.ledger import Ledger
+
     if url_env:
         url = os.environ.get(url_env, "")
         if not url:
@@ -69,6 +70,9 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_router_fit(args: argparse.Namespace) -> int:
+    import yaml
+
+    from cascade.config import load_config
     from cascade.models.task_router import config_examples, fit_classifier, ledger_examples
 
     config = load_config(args.config)

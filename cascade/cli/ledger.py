@@ -13,14 +13,15 @@ from typing import Any
 
 from cascade.cli.drift import cmd_drift
 from cascade.cli.where import default_config, open_for_cli, where_args
-from cascade.config import load_config
-from cascade.engine.limits import Limits
 from cascade.formatting import plural, to_json, usd
-from cascade.replay.report import ledger_report
 
 __all__ = ["cmd_recover", "cmd_report", "register"]
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from cascade.config import load_config
+    from cascade.engine.limits import Limits
+    from cascade.replay.report import ledger_report
+
     ledger = open_for_cli(args)
     if getattr(args, "drift", False):
         try:

@@ -11,7 +11,6 @@ from typing import Any
 
 from cascade.errors import ConfigError
 from cascade.formatting import install_hint, plural, to_json, usd
-from cascade.replay.bench import run_bench
 
 __all__ = ["register"]
 
@@ -94,6 +93,9 @@ def print_bench(report: dict[str, Any]) -> None:
 def cmd_bench(args: argparse.Namespace) -> int:
     from rich.progress import Progress
 
+    from cascade.replay.bench import run_bench
+
+
     _quiet()
     with Progress(transient=True, disable=not sys.stderr.isatty()) as bar:
         job = bar.add_task("replaying", total=None)
@@ -123,6 +125,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     """Replay the bundled GSM8K recordings through the real engine: no key, no network."""
     from cascade.demo import DATASET, DEMO_CONFIG, NOTICE
+    from cascade.replay.bench import run_bench
 
     _quiet()
     report = run_bench(DEMO_CONFIG, DATASET).as_json()

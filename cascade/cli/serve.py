@@ -15,12 +15,13 @@ import ipaddress
 import os
 import socket
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from cascade.config import CascadeConfig
 from cascade.errors import ConfigError
 from cascade.formatting import install_hint
-from cascade.gateway.workers import LOG_ENV, load_serve_config, serve_workers
+
+if TYPE_CHECKING:
+    from cascade.config import CascadeConfig
 
 __all__ = ["cmd_serve", "is_loopback", "register", "unset_key_warnings"]
 
@@ -56,6 +57,7 @@ def is_loopback(host: str) -> bool:
 def cmd_serve(args: argparse.Namespace) -> int:
     """Serve until interrupted; a refused bind or a bad config raises ``ConfigError`` (exit 2)."""
     from cascade.engine import Cascade
+    from cascade.gateway.workers import LOG_ENV, load_serve_config, serve_workers
 
     try:
         import prometheus_client  # noqa: F401

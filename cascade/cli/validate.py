@@ -14,16 +14,14 @@ import argparse
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from cascade.cli.serve import unset_key_warnings
-from cascade.config import CascadeConfig, RungConfig, TaskConfig, load_config
-from cascade.config.params import PRICE_CHANGING_PARAMS, bound_output
-from cascade.engine import Cascade
 from cascade.errors import CascadeError, ConfigError, ProviderError
 from cascade.formatting import plural, usd
-from cascade.ledger import Ledger, check_ledger_config
-from cascade.ledger.money import worst_case_cost
+
+if TYPE_CHECKING:
+    from cascade.config import CascadeConfig
+    from cascade.engine import Cascade
 
 __all__ = [
     "ProbeResult",
@@ -49,6 +47,9 @@ def _say(message: str) -> None:
 def never_runs(engine: Cascade) -> Iterator[str]:
     """One warning per rung whose worst case, for the smallest prompt, exceeds its task's
     ``max_cost_usd`` or a budget: the engine would skip it on every run."""
+    from cascade.config.params import bound_output
+    from cascade.ledger.money import worst_case_cost
+
     config = engine.config
     for name, task in engine.tasks.items():
         settings = config.tasks[name]
@@ -78,6 +79,8 @@ def never_runs(engine: Cascade) -> Iterator[str]:
 def unpriced_params(config: CascadeConfig) -> Iterator[str]:
     """One warning per price-changing parameter the config sets or lets clients set: its cost
     is neither in the worst case a call reserves nor in the bill."""
+    from cascade.config.params import PRICE_CHANGING_PARAMS
+
     unpriced = "changes what a call costs and is not priced (neither the worst case reserved "
     unpriced += "nor the bill includes that cost)"
     for where, params in [
@@ -93,6 +96,9 @@ def unpriced_params(config: CascadeConfig) -> Iterator[str]:
 def direct_never_runs(config: CascadeConfig) -> Iterator[str]:
     """One warning per model that ``server.direct_models`` allows but whose worst case, for the
     smallest prompt, exceeds ``server.direct_max_cost_usd``: every direct call would be refused."""
+    from cascade.config.params import bound_output
+    from cascade.ledger.money import worst_case_cost
+
     cap = config.server.direct_max_cost_usd
     for key in config.server.direct_keys(config.models):
         model = config.models[key]
@@ -121,6 +127,8 @@ def probe(engine: Cascade) -> list[ProbeResult]:
     The calls go through the engine: retries, budgets and the ledger apply, and each is a run
     of task ``__probe__<model>``.
     """
+    from cascade.config import RungConfig, TaskConfig
+
     tasks = {
         f"{PROBE_TASK}{key}": TaskConfig(ladder=[RungConfig(model=key)])
         for key in engine.config.models
@@ -156,6 +164,11 @@ def _check_router(config: CascadeConfig, path: str) -> None:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    from cascade.cli.serve import unset_key_warnings
+    from cascade.config import load_config
+    from cascade.engine import Cascade
+    from cascade.ledger import Ledger, check_ledger_config
+
     config = load_config(args.config)
     check_ledger_config(config.ledger, config_path=args.config)
     _check_router(config, args.config)

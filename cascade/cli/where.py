@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from cascade.config import load_config, resolve_path
 from cascade.errors import ConfigError, LedgerError
-from cascade.ledger import Ledger, open_ledger
+
+if TYPE_CHECKING:
+    from cascade.ledger import Ledger
 
 __all__ = [
     "CONFIG_ENV",
@@ -47,6 +49,9 @@ def open_for_cli(args: argparse.Namespace) -> Ledger:
             is not a ledger.
         LedgerError: the database cannot be reached.
     """
+    from cascade.config import load_config, resolve_path
+    from cascade.ledger import Ledger, open_ledger
+
     if args.url_env:
         url = os.environ.get(args.url_env, "")
         if not url:

@@ -28,6 +28,7 @@ from cascade.errors import CascadeError, ConfigError, ProviderError, RequestErro
 from cascade.ledger.money import bill
 from cascade.logs import get_logger
 from cascade.providers.base import Provider
+from cascade.providers.sdk import SDKProvider
 from cascade.tokens import max_output_tokens
 from cascade.types import Completion, Message
 
@@ -166,6 +167,8 @@ class Caller:
               slot: threading.BoundedSemaphore | None, tally: _Tally) -> Completion:
         """One attempt: breaker, timeout, concurrency slot, the provider call, the breaker fed."""
         self._gate(model.provider, model.name)
+        if isinstance(provider, SDKProvider):
+            provider.load_sdk()  # the first import (0.5-1 s) is not this attempt's time
         timeout, cut_short = self._timeout(op, model.provider, model.name)
         if op.gate is not None and _used_up(op.gate, model, tally):
             self._refused(model, tally, self.limits.extend(op.gate))
@@ -227,6 +230,8 @@ class Caller:
                      slot: asyncio.Semaphore | None, tally: _Tally) -> Completion:
         """The async twin of ``_once``."""
         self._gate(model.provider, model.name)
+        if isinstance(provider, SDKProvider):
+            provider.load_sdk()  # the gateway has already imported it (create_app)
         timeout, cut_short = self._timeout(op, model.provider, model.name)
         if op.gate is not None and _used_up(op.gate, model, tally):
             self._refused(model, tally, await self.limits.aextend(op.gate))

@@ -47,6 +47,7 @@ from cascade.gateway.state import MODEL_TASK_PREFIX, Gateway, read_api_keys
 from cascade.gateway.wire import ENGINE_KEYWORDS, cascade_headers, completion_body, sse_events
 from cascade.logs import get_logger
 from cascade.models.task_router import AUTO
+from cascade.providers.sdk import SDKProvider
 from cascade.types import CascadeResult
 
 __all__ = [
@@ -246,6 +247,9 @@ def create_app(
         env = api_keys_env or getattr(getattr(engine.config, "server", None), "api_keys_env", None)
         api_keys = read_api_keys(env)
     gateway = Gateway(engine, api_keys, settings, admin_keys)
+    for provider in engine.providers.values():
+        if isinstance(provider, SDKProvider):
+            provider.load_sdk()  # now, not on the event loop when the first request comes
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

@@ -15,10 +15,14 @@ import math
 import re
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+# numpy is imported inside the functions that compute: it takes about 0.1 s, and loading a
+# config or running a cascade without a learned model needs none of it.
+if TYPE_CHECKING:
+    import numpy as np
 
 __all__ = [
     "Calibrator",
@@ -38,6 +42,8 @@ _WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
 
 def sigmoid(z: Any) -> Any:
     """The logistic function, elementwise, without overflow warnings."""
+    import numpy as np
+
     return 0.5 * (1.0 + np.tanh(0.5 * np.asarray(z, dtype=float)))
 
 
@@ -98,6 +104,8 @@ class Calibrator(BaseModel):
 
     def __call__(self, raw: Any) -> Any:
         """Probabilities for raw scores (array in, array out; clamped at the ends)."""
+        import numpy as np
+
         return np.interp(raw, self.x, self.y)
 
 
@@ -179,6 +187,8 @@ def fit_logistic(
     Returns:
         (weights, bias). The bias is not penalised.
     """
+    import numpy as np
+
     n, d = x.shape
     a = np.hstack([x, np.ones((n, 1))])
     w = np.zeros(d + 1)
@@ -199,6 +209,8 @@ def fit_logistic(
 
 def fit_isotonic(raw: Sequence[float], y: Sequence[float], *, knots: int = 200) -> Calibrator:
     """Pool-adjacent-violators on (raw score, label), reduced to at most ``knots`` knots."""
+    import numpy as np
+
     ux, inverse = np.unique(np.asarray(raw, dtype=float), return_inverse=True)
     # tied scores are one point with their mean label, so the map is a function of the score
     sums = np.bincount(inverse, weights=np.asarray(y, dtype=float), minlength=len(ux))

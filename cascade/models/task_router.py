@@ -18,9 +18,8 @@ import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from cascade.config import CascadeConfig
@@ -30,6 +29,9 @@ from cascade.errors import ConfigError
 from cascade.models.features import prompt_text
 from cascade.models.linear import MAX_BUCKETS, Hashing, fit_logistic, hashed
 from cascade.types import Message, as_messages
+
+if TYPE_CHECKING:
+    import numpy as np
 
 __all__ = [
     "AUTO",
@@ -113,11 +115,15 @@ class TaskClassifier(BaseModel):
     _arrays: _Arrays = PrivateAttr()
 
     def model_post_init(self, context: Any, /) -> None:
+        import numpy as np  # here, not at the top: see cascade.models.linear
+
         self._arrays = _Arrays(_frozen(np.asarray(self.weights, dtype=float)),
                                _frozen(np.asarray(self.bias, dtype=float)))
 
     def probabilities(self, prompt: str) -> dict[str, float]:
         """P(task | prompt) for every task (summing to 1)."""
+        import numpy as np  # here, not at the top: see cascade.models.linear
+
         x = features(prompt, self.hashing, self.char_ngrams)
         w, b = self._arrays.weights, self._arrays.bias
         z = b + (w[:, list(x)] @ np.fromiter(x.values(), float, len(x)) if x else 0.0)
@@ -156,6 +162,8 @@ def fit_classifier(
     Raises:
         ValueError: fewer than two tasks among the examples.
     """
+    import numpy as np
+
     tasks = sorted({task for _, task in examples})
     if len(tasks) < 2:
         raise ValueError(f"the task router needs examples of at least two tasks (got {tasks})")

@@ -5,16 +5,16 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Mapping, Sequence
-from types import ModuleType
-from typing import Any, ClassVar
-
-import anthropic
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from cascade.errors import RequestError
 from cascade.providers.base import empty_answer, validate_usage
 from cascade.providers.sdk import SDKProvider, field, request_body
 from cascade.tokens import estimate_input_tokens, estimate_output_tokens
 from cascade.types import Completion, Message, ToolCall
+
+if TYPE_CHECKING:
+    import anthropic  # noqa: F401  (named in the string subscript of the base class)
 
 __all__ = ["AnthropicProvider", "to_anthropic", "tool_choice_to_anthropic", "tools_to_anthropic"]
 
@@ -154,7 +154,7 @@ def _arguments(raw: Any) -> Any:
     return parsed if isinstance(parsed, dict) else {"arguments": parsed}
 
 
-class AnthropicProvider(SDKProvider[anthropic.Anthropic, anthropic.AsyncAnthropic]):
+class AnthropicProvider(SDKProvider["anthropic.Anthropic", "anthropic.AsyncAnthropic"]):
     """Calls the Messages endpoint through the official SDK's client, reading the reply's JSON once.
 
     SDK retries are off: the engine's tenacity layer is the only one. The SDK sends the request
@@ -168,9 +168,9 @@ class AnthropicProvider(SDKProvider[anthropic.Anthropic, anthropic.AsyncAnthropi
         async_client: An injected ``anthropic.AsyncAnthropic``.
     """
 
-    sdk: ClassVar[ModuleType] = anthropic
-    client_class = anthropic.Anthropic
-    async_client_class = anthropic.AsyncAnthropic
+    sdk_module: ClassVar[str] = "anthropic"
+    client_name: ClassVar[str] = "Anthropic"
+    async_client_name: ClassVar[str] = "AsyncAnthropic"
     supports_logprobs: ClassVar[bool] = False
 
     def _body(
@@ -205,7 +205,7 @@ class AnthropicProvider(SDKProvider[anthropic.Anthropic, anthropic.AsyncAnthropi
             reply = self._post("/v1/messages", body, options)
         except RequestError:
             raise  # built by us and refused before sending (RequestError is a ValueError)
-        except (anthropic.AnthropicError, ValueError) as exc:  # ValueError: a 200 not JSON
+        except (self.sdk.AnthropicError, ValueError) as exc:  # ValueError: a 200 not JSON
             raise self._error(exc, model) from exc
         return self._parse(reply, model, (time.perf_counter() - started) * 1000, messages, params)
 
@@ -223,7 +223,7 @@ class AnthropicProvider(SDKProvider[anthropic.Anthropic, anthropic.AsyncAnthropi
             reply = await self._apost("/v1/messages", body, options)
         except RequestError:
             raise  # built by us and refused before sending (RequestError is a ValueError)
-        except (anthropic.AnthropicError, ValueError) as exc:  # ValueError: a 200 not JSON
+        except (self.sdk.AnthropicError, ValueError) as exc:  # ValueError: a 200 not JSON
             raise self._error(exc, model) from exc
         return self._parse(reply, model, (time.perf_counter() - started) * 1000, messages, params)
 

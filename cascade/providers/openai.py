@@ -5,10 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
-from types import ModuleType
-from typing import Any, ClassVar
-
-import openai
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from cascade.errors import RequestError
 from cascade.providers.base import empty_answer, validate_usage
@@ -16,10 +13,13 @@ from cascade.providers.sdk import SDKProvider, field, request_body
 from cascade.tokens import estimate_input_tokens, estimate_output_tokens
 from cascade.types import Completion, Message, ToolCall
 
+if TYPE_CHECKING:
+    import openai  # noqa: F401  (named in the string subscript of the base class)
+
 __all__ = ["OpenAIProvider"]
 
 
-class OpenAIProvider(SDKProvider[openai.OpenAI, openai.AsyncOpenAI]):
+class OpenAIProvider(SDKProvider["openai.OpenAI", "openai.AsyncOpenAI"]):
     """Calls the chat completions endpoint through the official SDK's client.
 
     The SDK sends the request (auth, base_url, transport, its error classes); the reply is read
@@ -35,9 +35,9 @@ class OpenAIProvider(SDKProvider[openai.OpenAI, openai.AsyncOpenAI]):
         async_client: An injected ``openai.AsyncOpenAI``.
     """
 
-    sdk: ClassVar[ModuleType] = openai
-    client_class = openai.OpenAI
-    async_client_class = openai.AsyncOpenAI
+    sdk_module: ClassVar[str] = "openai"
+    client_name: ClassVar[str] = "OpenAI"
+    async_client_name: ClassVar[str] = "AsyncOpenAI"
     supports_logprobs: ClassVar[bool] = True
 
     def complete(
@@ -54,7 +54,7 @@ class OpenAIProvider(SDKProvider[openai.OpenAI, openai.AsyncOpenAI]):
             reply = self._post("/chat/completions", body, options)
         except RequestError:
             raise  # built by us and refused before sending (RequestError is a ValueError)
-        except (openai.OpenAIError, ValueError) as exc:  # ValueError: a 200 whose body is not JSON
+        except (self.sdk.OpenAIError, ValueError) as exc:  # ValueError: a 200 not JSON
             raise self._error(exc, model) from exc
         return self._parse(reply, model, (time.perf_counter() - started) * 1000, messages, params)
 
@@ -72,7 +72,7 @@ class OpenAIProvider(SDKProvider[openai.OpenAI, openai.AsyncOpenAI]):
             reply = await self._apost("/chat/completions", body, options)
         except RequestError:
             raise  # built by us and refused before sending (RequestError is a ValueError)
-        except (openai.OpenAIError, ValueError) as exc:  # ValueError: a 200 whose body is not JSON
+        except (self.sdk.OpenAIError, ValueError) as exc:  # ValueError: a 200 not JSON
             raise self._error(exc, model) from exc
         return self._parse(reply, model, (time.perf_counter() - started) * 1000, messages, params)
 

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
 import importlib.util
 import json
 import weakref
 from collections.abc import Mapping
 from types import ModuleType
 from typing import Any, ClassVar, Generic, TypeVar
-
-import httpx2
 
 from cascade.config import ProviderConfig
 from cascade.config.params import TRANSPORT_OPTIONS
@@ -108,9 +107,12 @@ class SDKProvider(Generic[SyncClient, AsyncClient]):
         async_client: An injected async client, used by the first event loop that calls.
     """
 
-    sdk: ClassVar[ModuleType]
-    client_class: ClassVar[type[Any]]
-    async_client_class: ClassVar[type[Any]]
+    # The SDK and its client classes by name: importing openai or anthropic takes 0.5-1 s, so
+    # it waits for the first call (``load_sdk``) instead of slowing every config load, such as
+    # ``cascade validate``, which builds the providers and calls none.
+    sdk_module: ClassVar[str]
+    client_name: ClassVar[str]
+    async_client_name: ClassVar[str]
     supports_logprobs: ClassVar[bool] = False
 
     def __init__(
@@ -126,6 +128,7 @@ class SDKProvider(Generic[SyncClient, AsyncClient]):
         self._client = client
         self._async_client = async_client
         self._secret: str | None = None
+        self._sdk: ModuleType | None = None
         self._async_clients: weakref.WeakKeyDictionary[Any, AsyncClient] = (
             weakref.WeakKeyDictionary()
         )
@@ -133,6 +136,22 @@ class SDKProvider(Generic[SyncClient, AsyncClient]):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, base_url={self.config.base_url!r})"
+
+    @property
+    def sdk(self) -> ModuleType:
+        """The SDK module (imported on first use)."""
+        return self.load_sdk()
+
+    def load_sdk(self) -> ModuleType:
+        """Import the SDK now if it is not yet, and return it.
+
+        The engine calls this before an attempt's timeout starts and the gateway at start-up,
+        so that the import is neither counted against ``timeout_s`` nor run on a serving event
+        loop; afterwards it is an attribute read.
+        """
+        if self._sdk is None:
+            self._sdk = importlib.import_module(self.sdk_module)
+        return self._sdk
 
     def _options(self) -> dict[str, Any]:
         self._secret = api_key(self.config, self.name)
@@ -148,7 +167,7 @@ class SDKProvider(Generic[SyncClient, AsyncClient]):
     @property
     def client(self) -> SyncClient:
         if self._client is None:
-            self._client = self.client_class(**self._options())
+            self._client = getattr(self.sdk, self.client_name)(**self._options())
         return self._client
 
     @property
@@ -168,7 +187,7 @@ class SDKProvider(Generic[SyncClient, AsyncClient]):
             # error classes, about a third less CPU per call than httpx2's default transport
             # (benchmarks/RESULTS.md, "Engine vs bare SDK"), which is the gateway's budget.
             options["http_client"] = self.sdk.DefaultAioHttpClient(timeout=options["timeout"])
-        client: AsyncClient = self.async_client_class(**options)
+        client: AsyncClient = getattr(self.sdk, self.async_client_name)(**options)
         return client
 
     # The fast path: the SDK's client sends the request (auth, base_url, transport, its error
@@ -176,6 +195,8 @@ class SDKProvider(Generic[SyncClient, AsyncClient]):
     # of being built into the SDK's typed response models, which cost more than the HTTP round
     # trip to a fast upstream (benchmarks/RESULTS.md, "Engine vs bare SDK").
     def _post(self, path: str, body: dict[str, Any], options: dict[str, Any]) -> Any:
+        import httpx2  # imported by the SDK already: a lookup in sys.modules
+
         client = self.client
         try:
             response = client.post(  # type: ignore[attr-defined]
@@ -186,6 +207,8 @@ class SDKProvider(Generic[SyncClient, AsyncClient]):
         return json.loads(response.content)
 
     async def _apost(self, path: str, body: dict[str, Any], options: dict[str, Any]) -> Any:
+        import httpx2  # imported by the SDK already: a lookup in sys.modules
+
         client = self.async_client
         try:
             response = await client.post(  # type: ignore[attr-defined]

@@ -12,7 +12,6 @@ import socket
 import sqlite3
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -377,17 +376,23 @@ def _connect(url: str) -> socket.socket:
 
 
 def test_6_slow_headers_are_cut_off(tmp_path: Path) -> None:
-    """A client still sending headers (or silent) after client_timeout_s is disconnected."""
-    with gateway(tmp_path, client_timeout_s=0.3) as (url, _, _ledger, _engine):
+    """A client still sending headers (or silent) after client_timeout_s is disconnected by the
+    gateway's header deadline (one cascade.slow_client event each), not by the client's own
+    10 s socket timeout, which would raise instead."""
+    from structlog.testing import capture_logs
+
+    with gateway(tmp_path, client_timeout_s=0.3) as (url, _, _ledger, _engine), \
+            capture_logs() as logs:
         slow = [_connect(url) for _ in range(20)]
         for sock in slow[:10]:  # the other ten send nothing at all
             sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n")
-        started = time.monotonic()
         for sock in slow:
             assert sock.recv(1024) == b""  # closed by the gateway
             sock.close()
-        assert time.monotonic() - started < 5
         assert httpx2.get(f"{url}/healthz").status_code == 200
+    cuts = [e for e in logs if e["event"] == "cascade.slow_client"]
+    assert len(cuts) == 20
+    assert {e["client_timeout_s"] for e in cuts} == {0.3}
 
 
 def test_6_slow_body_is_408(tmp_path: Path) -> None:
@@ -425,7 +430,8 @@ def test_6_connections_over_the_cap_get_503_but_healthz_answers(tmp_path: Path) 
 # -- 7. an upstream that trickles ------------------------------------------------------------------
 
 def test_7_timeout_s_bounds_the_whole_call(tmp_path: Path) -> None:
-    """An upstream sending a byte every 50 ms is cut at timeout_s; the ladder fails over."""
+    """An upstream sending a byte every 50 ms is cut at timeout_s (for the whole call, not per
+    read: the body would take about 20 s); the ladder fails over."""
     ledger = tmp_path / "ledger.sqlite"
     with pytest.MonkeyPatch.context() as env, MockLLMServer() as upstream:
         env.setenv("OPENAI_API_KEY", FAKE_OPENAI_KEY)
@@ -437,16 +443,13 @@ def test_7_timeout_s_bounds_the_whole_call(tmp_path: Path) -> None:
         engine = Cascade.from_dict(config, sleep=lambda s: None, asleep=_no_sleep)
         try:
             with running(create_app(engine, api_keys=[KEY])) as url, client(url) as api:
-                started = time.monotonic()
                 raw = api.chat.completions.with_raw_response.create(model="faq", messages=ASK)
-                took = time.monotonic() - started
             # Sync path too: the library's complete() has the same whole-call deadline.
             upstream.script(MINI, [Reply(GOOD, trickle_s=0.05)])
             result = engine.complete("faq", "q")
         finally:
             engine.close()
-    assert raw.headers["x-cascade-model"] == "sonnet"
-    assert took < 5
+    assert raw.headers["x-cascade-model"] == "sonnet"  # mini's answer would have come whole
     rows = ledger_rows(ledger, "SELECT model, decision, error FROM steps ORDER BY ts")
     assert rows[0][:2] == ("mini", "error")
     assert "timed out after 0.5s" in rows[0][2]
@@ -459,10 +462,7 @@ def test_7_request_timeout_bounds_the_cascade(tmp_path: Path) -> None:
     with gateway(tmp_path, request_timeout_s=0.5) as (url, upstream, ledger, _):
         upstream.script(MINI, [Reply("late", delay_s=0.7)])  # one word: rejected anyway
         upstream.script(SONNET, [GOOD])
-        started = time.monotonic()
         response = post(url, {"model": "faq", "messages": ASK})
-        took = time.monotonic() - started
-        assert took < 3
         assert response.status_code == 502
         rows = ledger_rows(ledger, "SELECT model, decision, error FROM steps ORDER BY step")
         assert [r[:2] for r in rows] == [("mini", "error"), ("sonnet", "skip")]

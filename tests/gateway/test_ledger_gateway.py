@@ -87,7 +87,8 @@ def test_gateway_fails_closed_after_a_settlement_could_not_be_written(
 def test_healthz_answers_while_another_process_holds_the_write_lock(
         tmp_path: Path, server: MockLLMServer) -> None:
     """Another process holds the SQLite write lock: a chat request waits for it off the event
-    loop, so /healthz keeps answering at once; once the lock is freed the request completes."""
+    loop, so /healthz keeps answering while the lock is held; once it is freed the request
+    completes. (How fast /healthz answers meanwhile: benchmarks/ledger_bench.py healthz.)"""
     server.script("gpt-4o-mini", ["We open at nine every day"])
     db = Db("sqlite", path=tmp_path / "l.sqlite")
     engine = gateway_engine(server, db)
@@ -103,14 +104,13 @@ def test_healthz_answers_while_another_process_holds_the_write_lock(
             chat.start()
             # The run is in flight once the gateway holds its task; it then waits for the lock.
             assert _until(lambda: bool(app.state.gateway.inflight))
-            waits = []
+            # The holder lets go only when told, below: had the ledger's wait blocked the event
+            # loop, /healthz could answer only after that, and these requests would time out.
             for _ in range(5):
-                started = time.perf_counter()
-                assert httpx2.get(f"{url}/healthz", timeout=5).status_code == 200
-                waits.append(time.perf_counter() - started)
+                assert httpx2.get(f"{url}/healthz", timeout=30).status_code == 200
             assert chat.is_alive()  # the chat request is still waiting for the lock
             assert server.requests == []  # and nothing was sent before its row was written
-            assert max(waits) < 0.1, waits
+            assert holder.poll() is None  # the lock is still held
             assert holder.stdin is not None
             holder.stdin.write("release\n")
             holder.stdin.flush()

@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
+from types import ModuleType, SimpleNamespace
 from typing import Any
 
 import httpx2
@@ -39,6 +39,7 @@ from cascade.gateway.app import create_app, running
 from cascade.gateway.wire import format_cost, split_text
 from cascade.gateway.workers import load_serve_config
 from cascade.ledger.writer import flush_all
+from cascade.providers.sdk import SDKProvider
 from cascade.testing import MockLLMServer, Reply
 from tests.conftest import FAKE_ANTHROPIC_KEY, FAKE_OPENAI_KEY, live_config
 
@@ -268,6 +269,24 @@ def test_cost_header_is_a_plain_decimal() -> None:
     assert format_cost(1.234e-10) == "0.000000000123"
     assert format_cost(0.0) == "0"
     assert format_cost(12.5) == "12.5"
+
+
+@pytest.mark.usefixtures("keys")
+def test_the_app_loads_the_sdks_before_any_request(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Building the app imports each provider's SDK, which providers otherwise import on their
+    first call: the first request must not wait for that import on the event loop."""
+    loaded: list[str] = []
+    real = SDKProvider.load_sdk
+
+    def recording(self: SDKProvider[Any, Any]) -> ModuleType:
+        loaded.append(self.name)
+        return real(self)
+
+    monkeypatch.setattr(SDKProvider, "load_sdk", recording)
+    with Cascade.from_dict(live_config(NOWHERE), ledger=False) as engine:
+        assert loaded == []  # building the engine (cascade validate) imports no SDK
+        create_app(engine, api_keys=[KEY])
+    assert sorted(loaded) == ["anthropic", "openai"]
 
 
 # -- parameters -----------------------------------------------------------------------------------
