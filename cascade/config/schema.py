@@ -134,6 +134,9 @@ class LedgerConfig(BaseModel):
     url: SecretStr | None = None
     url_env: str | None = Field(default=None, min_length=1)
     pool_size: int = Field(default=10, ge=1, le=200)
+    # SQLite: how long a request waits for the ledger's locks (another process's write lock),
+    # counted from its arrival, before failing closed (503 ledger_unavailable at the gateway).
+    busy_timeout_s: float = Field(default=30.0, gt=0, le=3600)
 
     @model_validator(mode="after")
     def _one_backend(self) -> LedgerConfig:
