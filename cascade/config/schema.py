@@ -285,6 +285,9 @@ class ServerConfig(BaseModel):
     max_connections: int = Field(default=1000, ge=1)  # connections beyond it get 503
     # A gateway request's run ends by then (it bounds the task's deadline_s).
     request_timeout_s: float = Field(default=120.0, gt=0)
+    # /metrics serves the drift gauges as last read from the ledger's rollup, read again at most
+    # this often (in the background: a scrape never waits for the ledger).
+    metrics_refresh_s: float = Field(default=15.0, gt=0)
 
     @field_validator("allow_params")
     @classmethod

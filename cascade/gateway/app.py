@@ -7,7 +7,9 @@
   stream carries only the answer that is returned, never one that was later rejected.
 - ``GET /v1/models`` and ``GET /v1/models/{id}``: every task as ``cascade/<task>``, every model key.
 - ``POST /v1/feedback``: a score for a run's answer (``cascade.gateway.feedback``).
-- ``GET /healthz``: liveness, without auth. ``GET /metrics``: Prometheus text, with auth.
+- ``GET /healthz``: liveness, without auth. ``GET /metrics``: Prometheus text, with auth; its
+  drift gauges are refreshed in the background, at most every ``server.metrics_refresh_s``
+  (``cascade.gateway.drift``).
 
 Each run is a task of its own that a disconnecting client does not cancel, so every step a
 request paid for reaches the ledger. ``cascade serve`` lives in ``cascade.cli.serve``.
@@ -29,7 +31,8 @@ from starlette.routing import Route
 from cascade.config import ServerConfig
 from cascade.engine import Cascade
 from cascade.gateway.errors import NO_RETRY, error_response, from_exception, refuse, unauthorized
-from cascade.gateway.feedback import feedback, refresh_drift
+from cascade.gateway.drift import DriftGauges
+from cascade.gateway.feedback import feedback
 from cascade.gateway.limits import AccessLog, BodyRefused, read_body
 from cascade.gateway.metrics import CONTENT_TYPE_LATEST
 from cascade.gateway.serve import bind, freeze_heap, running, url_of, uvicorn_server
@@ -187,7 +190,7 @@ async def metrics(request: Request) -> Response:
     gateway: Gateway = request.app.state.gateway
     if not gateway.authorized(request):
         return unauthorized(gateway)
-    await refresh_drift(gateway)
+    request.app.state.drift.poke()  # a refresh, if due, runs behind this answer
     return Response(gateway.metrics.render(), headers={"content-type": CONTENT_TYPE_LATEST})
 
 
@@ -223,10 +226,13 @@ def create_app(
         env = api_keys_env or getattr(getattr(engine.config, "server", None), "api_keys_env", None)
         api_keys = read_api_keys(env)
     gateway = Gateway(engine, api_keys, settings)
+    drift = DriftGauges(gateway, every_s=gateway.settings.metrics_refresh_s)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await drift.start()
         yield
+        await drift.close()
         await gateway.drain(drain_s)
         await engine.shadows.drain(drain_s)
         await engine.aclose()
@@ -248,4 +254,5 @@ def create_app(
         exception_handlers={404: _no_route, 405: _no_route},
     )
     app.state.gateway = gateway
+    app.state.drift = drift
     return app

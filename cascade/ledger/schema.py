@@ -29,16 +29,23 @@ Schema 4 (learning from production) adds:
   logged with ``logging: {content: true}``, which ``cascade data export`` turns into a dataset;
 - ``runs.task_probability``: the task router's probability when the task was chosen by
   ``auto`` (NULL when the caller named the task).
+
+Schema 5 adds the rollup (``cascade.ledger.rollup``): ``rollup`` and ``rollup_log``, kept by
+triggers on ``steps``, ``runs`` and ``feedback``, so ``cascade report``, ``report --drift`` and
+the gateway's drift gauges read sums per task, model and week instead of every step. The
+upgrade fills ``rollup`` from the rows already there (one pass over them, in the upgrade's
+transaction).
 """
 
 from __future__ import annotations
 
 from cascade.errors import LedgerError
 from cascade.ledger.backends import Backend, Tx
+from cascade.ledger.triggers import create_rollup
 
 __all__ = ["VERSION", "migrate"]
 
-VERSION = 4
+VERSION = 5
 
 _TYPES = {
     "sqlite": {
@@ -200,6 +207,9 @@ def migrate(backend: Backend) -> int:
             for ddl in _V4:
                 tx.execute(ddl.format(**types))
             tx.execute(f"ALTER TABLE runs ADD COLUMN task_probability {types['real']}")
+        # Schema 4 -> 5 (after every column the triggers read exists).
+        if not backend.has_table(tx, "rollup"):
+            create_rollup(backend, tx, types)
         tx.execute("DELETE FROM schema_version")
         tx.execute("INSERT INTO schema_version (version) VALUES (?)", (VERSION,))
         return found

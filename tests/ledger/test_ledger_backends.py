@@ -24,6 +24,7 @@ from cascade.cli import main
 from cascade.config.pricing import Price
 from cascade.ledger import Pending, buckets
 from cascade.ledger.money import worst_case_cost
+from cascade.ledger.schema import VERSION
 from cascade.replay.report import ledger_report
 from cascade.testing import FakeProvider, make_completion
 from tests.engine.test_engine import config
@@ -62,7 +63,7 @@ def test_rows_and_report_are_the_same_on_both_backends(db: Db) -> None:
     assert report["total_cost_usd"] == pytest.approx(result.cost_usd)
     assert report["tasks"]["t"]["models"]["medium"]["calls"] == 1
     assert report["tasks"]["t"]["escalation_rate"] == 1.0
-    assert db.rows("SELECT version FROM schema_version") == [(4,)]
+    assert db.rows("SELECT version FROM schema_version") == [(VERSION,)]
 
 
 def test_a_pending_row_exists_before_the_call(db: Db) -> None:
@@ -327,7 +328,7 @@ def test_upgrade_in_place_from_release_0_1(tmp_path: Path) -> None:
     ledger = Ledger(path)
     try:
         assert ledger.schema_before == 1
-        assert db.rows("SELECT version FROM schema_version") == [(4,)]
+        assert db.rows("SELECT version FROM schema_version") == [(VERSION,)]
         assert db.rows("SELECT run_id, step, cost_usd, status FROM steps ORDER BY id") == [
             ("r1", 1, 0.25, "settled"), ("r1", 2, 1.5, "settled"), ("r2", 1, 0.125, "settled")]
         nov30 = buckets("faq", 1796040000.0)
