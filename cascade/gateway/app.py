@@ -30,8 +30,8 @@ from starlette.routing import Route
 
 from cascade.config import ServerConfig
 from cascade.engine import Cascade
-from cascade.gateway.errors import NO_RETRY, error_response, from_exception, refuse, unauthorized
 from cascade.gateway.drift import DriftGauges
+from cascade.gateway.errors import NO_RETRY, error_response, from_exception, refuse, unauthorized
 from cascade.gateway.feedback import feedback
 from cascade.gateway.limits import AccessLog, BodyRefused, read_body
 from cascade.gateway.metrics import CONTENT_TYPE_LATEST

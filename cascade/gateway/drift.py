@@ -86,6 +86,8 @@ class DriftGauges:
             log.warning("cascade.drift_metrics_failed", error=str(exc))
             return
         except Exception as exc:  # a bug must not vanish in a task nobody awaits
-            log.error("cascade.drift_metrics_failed", error=f"{type(exc).__name__}: {exc}")
+            # One line, no traceback (it could carry a database URL), as the other ledger logs.
+            log.error(  # noqa: TRY400
+                "cascade.drift_metrics_failed", error=f"{type(exc).__name__}: {exc}")
             return
         self.gateway.metrics.drift(rows)

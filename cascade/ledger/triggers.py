@@ -199,11 +199,11 @@ def create_rollup(backend: Backend, tx: Tx, types: dict[str, str]) -> None:
         tx.execute(statement)
     for (table, event), statements in sql.triggers().items():
         name = f"rollup_{table}_{event.lower()}"
+        body = "".join(f" {s};" for s in statements)
         if sql.sqlite:
-            body = "".join(f" {s};" for s in statements)
-            tx.execute(f"CREATE TRIGGER {name} AFTER {event} ON {table} FOR EACH ROW BEGIN{body} END")
+            tx.execute(f"CREATE TRIGGER {name} AFTER {event} ON {table} FOR EACH ROW"
+                       f" BEGIN{body} END")
         else:
-            body = "".join(f" {s};" for s in statements)
             tx.execute(f"CREATE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS"
                        f" $body$ BEGIN{body} RETURN NULL; END $body$")
             tx.execute(f"CREATE TRIGGER {name} AFTER {event} ON {table} FOR EACH ROW"

@@ -65,7 +65,8 @@ def test_each_request_waits_for_a_held_lock_from_its_own_arrival(
     holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(db.path)],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == "locked"
         with engine, running(create_app(engine, api_keys=[])) as url, \
                 ThreadPoolExecutor(REQUESTS) as pool:
             outcomes = list(pool.map(lambda _: _ask(url), range(REQUESTS)))

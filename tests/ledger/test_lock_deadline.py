@@ -148,5 +148,6 @@ def test_waiting_behind_this_process_connection_counts_too(
     finally:
         release.set()
         holder.join()
-    assert len(outcome) == 1 and "database is locked" in str(outcome[0])
+    assert len(outcome) == 1
+    assert "database is locked" in str(outcome[0])
     assert spy.attempts == []

@@ -118,7 +118,8 @@ def assert_drift_equal(got: list[DriftRow], want: list[DriftRow]) -> None:
 
 
 def assert_report_equal(got: dict[str, Any], want: dict[str, Any]) -> None:
-    assert got["runs"] == want["runs"] and got["unfinished"] == want["unfinished"]
+    assert got["runs"] == want["runs"]
+    assert got["unfinished"] == want["unfinished"]
     assert got["total_cost_usd"] == pytest.approx(want["total_cost_usd"], abs=1e-6)
     assert got["tasks"].keys() == want["tasks"].keys()
     for name, task in want["tasks"].items():
@@ -173,10 +174,12 @@ def test_upgrade_from_schema_4_fills_the_rollup(db: Db) -> None:
         assert ledger.schema_before == 4
         assert db.rows("SELECT version FROM schema_version") == [(VERSION,)]
         assert db.rows("SELECT COUNT(*) FROM rollup_log") == [(0,)]
-        assert_drift_equal(drift_report(ledger, targets=TARGETS), scan_drift(ledger, targets=TARGETS))
+        assert_drift_equal(drift_report(ledger, targets=TARGETS),
+                           scan_drift(ledger, targets=TARGETS))
         assert_report_equal(ledger_report(ledger), scan_report(ledger))
         write_random_ledger(ledger, random.Random(8), runs=40)
-        assert_drift_equal(drift_report(ledger, targets=TARGETS), scan_drift(ledger, targets=TARGETS))
+        assert_drift_equal(drift_report(ledger, targets=TARGETS),
+                           scan_drift(ledger, targets=TARGETS))
         assert_report_equal(ledger_report(ledger), scan_report(ledger))
     finally:
         ledger.close()
