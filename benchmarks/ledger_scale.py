@@ -15,10 +15,10 @@ ledger with two code trees, each in a process of its own:
 
 Timed in each: opening the ledger; ``drift_report`` over the last 8 weeks (what a scrape ran
 before; what the gateway's background refresh runs now); ``GET /metrics`` through the real
-gateway (median of 3, or 1 when it takes over 10 s); ``cascade report`` and ``cascade report --drift`` (the CLI, in-process,
-output discarded); and chat requests (a loopback upstream, 4 clients) for 60 s while another
-client scrapes ``/metrics`` in a loop: chats done, p50, p99, max, scrapes done (``--chat-s 0``
-skips it).
+gateway (median of 3, or 1 when it takes over 10 s); ``cascade report`` and ``cascade report
+--drift`` (the CLI, in-process, output discarded); and chat requests (a loopback upstream, 4
+clients) for 60 s while another client scrapes ``/metrics`` in a loop: chats done, p50, p99,
+max, scrapes done (``--chat-s 0`` skips it).
 
 A SQLite ledger is generated once and copied for each tree; a PostgreSQL one is generated into
 a schema of its own, timed with the base tree, upgraded and timed with this one, then dropped.
