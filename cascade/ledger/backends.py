@@ -194,8 +194,10 @@ class SqliteBackend:
             if not self._lock.acquire(blocking=False):
                 raise WouldBlock
             return 0.0
-        started = self.clock()
         left = self._left()
+        if self._lock.acquire(blocking=False):
+            return left  # (without a deadline: the same busy timeout each time, no PRAGMA)
+        started = self.clock()
         # Past its deadline an operation still tries once: the lock may be free by now.
         if not self._lock.acquire(timeout=left if left > 0 else 0):
             raise self._error(sqlite3.OperationalError(

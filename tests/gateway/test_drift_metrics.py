@@ -25,6 +25,7 @@ from cascade.gateway.app import create_app, running
 from cascade.gateway.drift import DRIFT_WEEKS
 from cascade.ledger.backends import SqliteBackend
 from cascade.ledger.drift import DriftRow, drift_report, week_of
+from cascade.ledger.rollup import read_rollup
 from cascade.ledger.triggers import WEEK_S
 from cascade.testing import MockLLMServer
 from tests.conftest import live_config
@@ -51,15 +52,17 @@ class Clock:
 
 
 class SpyTx:
-    def __init__(self, tx: Any, sql: list[str]):
-        self._tx, self._sql = tx, sql
+    def __init__(self, tx: Any, spy: SpyBackend):
+        self._tx, self._spy = tx, spy
 
     def execute(self, sql: str, params: Any = ()) -> Any:
-        self._sql.append(sql)
-        return self._tx.execute(sql, params)
+        self._spy.sql.append(sql)
+        rows = self._tx.execute(sql, params)
+        self._spy.rows += len(rows)
+        return rows
 
     def rowcount(self, sql: str, params: Any = ()) -> int:
-        self._sql.append(sql)
+        self._spy.sql.append(sql)
         return int(self._tx.rowcount(sql, params))
 
 
@@ -70,18 +73,21 @@ class SpyBackend:
     def __init__(self, inner: Any):
         self._inner = inner
         self.sql: list[str] = []
+        self.rows = 0  # rows the statements returned
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
 
     def read(self, sql: str, params: Any = ()) -> Any:
         self.sql.append(sql)
-        return self._inner.read(sql, params)
+        rows = self._inner.read(sql, params)
+        self.rows += len(rows)
+        return rows
 
     @contextmanager
     def transaction(self) -> Iterator[SpyTx]:
         with self._inner.transaction() as tx:
-            yield SpyTx(tx, self.sql)
+            yield SpyTx(tx, self)
 
 
 def _engine(server: MockLLMServer, db: Db) -> Cascade:
@@ -151,6 +157,7 @@ def test_gauges_equal_drift_report_and_scrapes_read_nothing(
                        " latency_ms, steps) VALUES ('late', ?, 'faq', 'mini', 1, 0.5, 1, 1)",
                        (NOW,))
         spy.sql.clear()
+        spy.rows = 0
         clock.now += REFRESH_S
         for _ in range(40):
             _scrape(url)
@@ -159,6 +166,9 @@ def test_gauges_equal_drift_report_and_scrapes_read_nothing(
         assert spy.sql
         tables = {t for sql in spy.sql for t in re.findall(r"\b(?:FROM|JOIN|INTO)\s+(\w+)", sql)}
         assert tables <= {"rollup", "rollup_log", "gone"}, spy.sql
+        # rows read: one per task, rung and week at most, plus the fold's (a scan of the base
+        # code returned one per step)
+        assert spy.rows <= len(read_rollup(engine.ledger, by_week=True)) + 1
         rows = drift_report(engine.ledger, targets={"faq": 0.7},
                             since=NOW - DRIFT_WEEKS * WEEK_S)
         assert _scrape(url) == _expected(rows)
