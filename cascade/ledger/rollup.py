@@ -19,7 +19,8 @@ What the columns count, per ``(task, model, week)``:
   ``errors``, ``shadow_calls``, ``shadow_nusd``, ``cost_nusd``, ``input_tokens``,
   ``output_tokens``, ``estimated`` (``usage_estimated``), ``unfinished`` (``lost``);
   ``step_runs`` and ``escalated_runs`` count each (run, task) once, at its first such step, so
-  they add up to ``COUNT(DISTINCT run_id)`` over any set of weeks;
+  added up over weeks they give ``COUNT(DISTINCT run_id)`` (a run is counted in the week of its
+  first step);
 - of the runs, by the run's task, model (``''`` when it returned no answer) and time: ``runs``,
   ``runs_accepted``, ``run_nusd``; and for accepted runs with a model, their score
   (``score_nano``, ``scores_user``, ``scores_shadow``): the latest user feedback, else the
@@ -27,8 +28,8 @@ What the columns count, per ``(task, model, week)``:
 
 Money and scores are integer nano-units (as in ``totals``), so deltas add up exactly.
 Weeks are numbered from Monday 1969-12-29 UTC (``week_index``); ``week_label`` names them.
-Rows are never deleted from these tables by the ledger; a row's run, task, model and time never
-change.
+There are no DELETE triggers: the ledger never deletes a step, run or feedback row (deleting
+one by hand leaves its sums in the rollup). A step's run, task, model and time never change.
 """
 
 from __future__ import annotations

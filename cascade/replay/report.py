@@ -48,8 +48,10 @@ def ledger_report(ledger: Ledger, *, since: float | None = None) -> dict[str, An
     # live process), found through their partial index.
     new_runs: dict[str, set[str]] = {}
     for step in ledger.query(
+        # (task || '': the run's steps are found through steps_run, never the task's through
+        # steps_task_ts; see RollupSql.sibling)
         "SELECT run_id, task, model, ts, cost_usd, EXISTS (SELECT 1 FROM steps o WHERE"
-        " o.run_id = s.run_id AND o.task = s.task AND o.status <> 'pending') AS seen"
+        " o.run_id = s.run_id AND o.task || '' = s.task AND o.status <> 'pending') AS seen"
         " FROM steps s WHERE status = 'pending'"
     ):
         if since_week is not None and week_index(float(step["ts"])) < since_week:

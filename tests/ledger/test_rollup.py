@@ -17,7 +17,7 @@ from cascade.ledger import Ledger, nano
 from cascade.ledger.drift import DriftRow, drift_report, week_of
 from cascade.ledger.rollup import fold, read_rollup, week_index
 from cascade.ledger.schema import VERSION
-from cascade.ledger.triggers import MONDAY_S, WEEK_S
+from cascade.ledger.triggers import MONDAY_S, WEEK_S, RollupSql
 from cascade.replay.report import ledger_report
 from tests.ledger.ledger_db import Db
 from tests.ledger.scan_oracle import scan_drift, scan_report
@@ -213,3 +213,29 @@ def test_week_of_matches_the_iso_calendar() -> None:
         year, week, _ = datetime.fromtimestamp(ts, tz=timezone.utc).isocalendar()
         assert week_of(ts) == f"{year}-W{week:02d}", ts
     assert week_index(T0 + WEEK_S) == week_index(T0) + 1
+
+
+def test_a_settlement_finds_its_runs_steps_through_their_index(db: Db) -> None:
+    """The trigger's look-up of a run's other steps uses ``steps_run``, never every step of the
+    task through ``steps_task_ts`` (which a planner without statistics picked: its cost grew
+    with the ledger at every settlement); the plan is read, on both backends."""
+    ledger = db.open()
+    try:
+        lookup = RollupSql(db.backend).sibling("x")
+        if db.backend == "sqlite":
+            plan = " ".join(str(r["detail"]) for r in ledger.query(
+                f"EXPLAIN QUERY PLAN SELECT {lookup} FROM (SELECT 'r' AS run_id, 't' AS task,"
+                " 1 AS id) x"))
+        else:
+            sql = (lookup.replace("x.run_id", "$1").replace("x.task", "$2")
+                   .replace("x.id", "$3"))
+            with ledger.backend.transaction() as tx:
+                tx.execute("SET LOCAL plan_cache_mode = force_generic_plan")
+                tx.execute(f"PREPARE lookup (text, text, bigint) AS SELECT {sql}")
+                plan = " ".join(str(next(iter(r.values()))) for r in tx.execute(
+                    "EXPLAIN EXECUTE lookup ('r', 't', 1)"))
+                tx.execute("DEALLOCATE lookup")
+    finally:
+        ledger.close()
+    assert "steps_run" in plan
+    assert "steps_task_ts" not in plan
