@@ -138,6 +138,9 @@ class LedgerConfig(BaseModel):
     url: SecretStr | None = None
     url_env: str | None = Field(default=None, min_length=1)
     pool_size: int = Field(default=10, ge=1, le=200)
+    # SQLite: how long a request waits for the ledger's locks (another process's write lock),
+    # counted from its arrival, before failing closed (503 ledger_unavailable at the gateway).
+    busy_timeout_s: float = Field(default=30.0, gt=0, le=3600)
 
     @model_validator(mode="after")
     def _one_backend(self) -> LedgerConfig:
@@ -306,6 +309,9 @@ class ServerConfig(BaseModel):
     admin_keys_env: str | None = None
     feedback_any_run: bool = False  # true: any key may score any run (release 0.2's rule)
     feedback_rpm: int = Field(default=60, ge=1)  # POST /v1/feedback per key and minute
+    # /metrics serves the drift gauges as last read from the ledger's rollup, read again at most
+    # this often (in the background: a scrape never waits for the ledger).
+    metrics_refresh_s: float = Field(default=15.0, gt=0)
 
     @field_validator("allow_params")
     @classmethod

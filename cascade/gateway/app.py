@@ -9,7 +9,9 @@
 - ``GET /v1/models`` and ``GET /v1/models/{id}``: every task as ``cascade/<task>``, and the model
   keys that ``server.direct_models`` lets a client call directly.
 - ``POST /v1/feedback``: a score for a run's answer (``cascade.gateway.feedback``).
-- ``GET /healthz``: liveness, without auth. ``GET /metrics``: Prometheus text, with auth.
+- ``GET /healthz``: liveness, without auth. ``GET /metrics``: Prometheus text, with auth; its
+  drift gauges are refreshed in the background, at most every ``server.metrics_refresh_s``
+  (``cascade.gateway.drift``).
 
 Each run is a task of its own that a disconnecting client does not cancel, so every step a
 request paid for reaches the ledger. ``cascade serve`` lives in ``cascade.cli.serve``.
@@ -30,6 +32,7 @@ from starlette.routing import Route
 
 from cascade.config import ServerConfig
 from cascade.engine import Cascade
+from cascade.gateway.drift import DriftGauges
 from cascade.gateway.errors import (
     NO_RETRY,
     WireJSON,
@@ -39,7 +42,7 @@ from cascade.gateway.errors import (
     refuse,
     unauthorized,
 )
-from cascade.gateway.feedback import feedback, refresh_drift
+from cascade.gateway.feedback import feedback
 from cascade.gateway.limits import AccessLog, BodyRefused, read_body
 from cascade.gateway.metrics import CONTENT_TYPE_LATEST
 from cascade.gateway.serve import bind, freeze_heap, running, url_of, uvicorn_server
@@ -208,7 +211,7 @@ async def metrics(request: Request) -> Response:
     gateway: Gateway = request.app.state.gateway
     if not gateway.authorized(request):
         return unauthorized(gateway)
-    await refresh_drift(gateway)
+    request.app.state.drift.poke()  # a refresh, if due, runs behind this answer
     return Response(gateway.metrics.render(), headers={"content-type": CONTENT_TYPE_LATEST})
 
 
@@ -250,10 +253,13 @@ def create_app(
     for provider in engine.providers.values():
         if isinstance(provider, SDKProvider):
             provider.load_sdk()  # now, not on the event loop when the first request comes
+    drift = DriftGauges(gateway, every_s=gateway.settings.metrics_refresh_s)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await drift.start()
         yield
+        await drift.close()
         await gateway.drain(drain_s)
         await engine.shadows.drain(drain_s)
         await engine.aclose()
@@ -275,4 +281,5 @@ def create_app(
         exception_handlers={404: _no_route, 405: _no_route, Exception: _crashed},
     )
     app.state.gateway = gateway
+    app.state.drift = drift
     return app

@@ -1,4 +1,5 @@
-"""The gateway's learning routes: ``POST /v1/feedback`` and the drift numbers of ``/metrics``.
+"""The gateway's learning route: ``POST /v1/feedback`` (the drift gauges of ``/metrics`` are
+``cascade.gateway.drift``'s).
 
 ``POST /v1/feedback`` takes ``{"run_id": ..., "score": 0..1, "comment": ...}`` with the same
 bearer auth as the chat route, and answers 200 with the stored row, or a 400 naming the field
@@ -12,7 +13,6 @@ from __future__ import annotations
 
 import functools
 import math
-import time
 from typing import Any
 
 from starlette.requests import Request
@@ -29,15 +29,12 @@ from cascade.gateway.errors import (
 )
 from cascade.gateway.limits import BodyRefused, parse_json, read_body
 from cascade.gateway.state import Gateway
-from cascade.ledger.drift import drift_report
 from cascade.ledger.feedback import add_feedback
 from cascade.logs import get_logger
 
-__all__ = ["DRIFT_WEEKS", "feedback", "refresh_drift"]
+__all__ = ["feedback"]
 
 log = get_logger()
-
-DRIFT_WEEKS = 8  # /metrics shows the drift of the last weeks only, so a scrape stays cheap
 
 
 async def feedback(request: Request) -> Response:
@@ -96,20 +93,3 @@ async def feedback(request: Request) -> Response:
     gateway.metrics.feedback.labels(row.source).inc()
     return WireJSON({"object": "feedback", "id": row.id, "run_id": row.run_id,
                          "score": row.score, "comment": row.comment, "source": row.source})
-
-
-async def refresh_drift(gateway: Gateway) -> None:
-    """Put the drift rows of the last weeks on the metrics (read off the event loop)."""
-    ledger = gateway.engine.ledger
-    if ledger is None:
-        return
-    targets = {name: t.quality_target for name, t in gateway.engine.config.tasks.items()
-               if t.quality_target is not None}
-    since = time.time() - DRIFT_WEEKS * 7 * 86400
-    try:
-        rows = await ledger.run(lambda: drift_report(ledger, targets=targets, since=since))
-    except LedgerError as exc:
-        # The counters are still worth serving; the drift gauges keep their last values.
-        log.warning("cascade.drift_metrics_failed", error=str(exc))
-        return
-    gateway.metrics.drift(rows)

@@ -27,7 +27,7 @@ _OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
 _ESCALATING = frozenset({"escalate", "error"})
 
 
-# The drift gauges: key in ``refresh_drift``'s rows -> (metric name, help).
+# The drift gauges: key in ``drift_report``'s rows -> (metric name, help).
 _DRIFT_GAUGES = {
     "acceptance_rate": ("cascade_drift_acceptance_rate", "Share of the rung's answers accepted."),
     "accepted_score": ("cascade_drift_accepted_score",
@@ -100,7 +100,7 @@ class GatewayMetrics:
             registry=self.registry,
         )
         # The numbers of `cascade report --drift`, per task, rung and ISO week, refreshed from
-        # the ledger at each scrape (cascade.gateway.feedback.refresh_drift).
+        # the ledger's rollup in the background (cascade.gateway.drift), never by a scrape.
         self.drift_gauges = {
             key: Gauge(name, help_text, ["task", "rung", "week"], registry=self.registry)
             for key, (name, help_text) in _DRIFT_GAUGES.items()

@@ -15,7 +15,8 @@ import contextlib
 import contextvars
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
@@ -24,6 +25,7 @@ from cascade.errors import LedgerError
 from cascade.formatting import install_hint
 
 __all__ = [
+    "DEADLINE",
     "NOWAIT",
     "Backend",
     "PostgresBackend",
@@ -31,13 +33,15 @@ __all__ = [
     "SqliteBackend",
     "Tx",
     "WouldBlock",
+    "one_deadline",
     "open_sqlite",
     "safe_url",
 ]
 
 Row = dict[str, Any]
 
-# How long a writer waits for another process's SQLite write lock before failing closed.
+# How long a ledger operation waits for the SQLite locks (another process's write lock, and this
+# process's connection) before failing closed; ``ledger.busy_timeout_s`` sets it.
 SQLITE_BUSY_TIMEOUT_S = 30.0
 # How long a PostgreSQL caller waits for a pooled connection before failing closed.
 PG_CONNECTION_TIMEOUT_S = 10.0
@@ -54,6 +58,14 @@ class WouldBlock(Exception):
 # raises WouldBlock before changing anything, and the operation is run again on a thread.
 NOWAIT: contextvars.ContextVar[bool] = contextvars.ContextVar("cascade_ledger_nowait",
                                                               default=False)
+
+# When the ledger operation under way stops waiting for locks (on its backend's clock). Set once
+# per operation, so every wait inside it (the connection, the database's write lock, a second
+# transaction) shares one budget counted from the operation's arrival; without it, requests
+# queued behind one another's waits would each start a full timeout of their own in turn.
+DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+    "cascade_ledger_deadline", default=None
+)
 
 
 class Tx(Protocol):
@@ -73,6 +85,8 @@ class Backend(Protocol):
 
     def read(self, sql: str, params: Sequence[Any] = ()) -> list[Row]: ...
 
+    def deadline(self) -> float: ...  # DEADLINE's value for an operation arriving now
+
     def has_table(self, tx: Tx, name: str) -> bool: ...
 
     def has_column(self, tx: Tx, table: str, column: str) -> bool: ...
@@ -82,7 +96,20 @@ class Backend(Protocol):
     def close(self) -> None: ...
 
 
-def open_sqlite(path: str) -> sqlite3.Connection:
+@contextmanager
+def one_deadline(backend: Backend) -> Iterator[None]:
+    """Give the operation starting here its wait for the locks, unless it already has one."""
+    if DEADLINE.get() is not None:
+        yield
+        return
+    token = DEADLINE.set(backend.deadline())
+    try:
+        yield
+    finally:
+        DEADLINE.reset(token)
+
+
+def open_sqlite(path: str, busy_timeout_s: float = SQLITE_BUSY_TIMEOUT_S) -> sqlite3.Connection:
     """A WAL-mode connection shared by threads (callers hold a lock around every use).
 
     One connection behind a lock: SQLite serialises writers anyway, and this keeps concurrent
@@ -91,7 +118,7 @@ def open_sqlite(path: str) -> sqlite3.Connection:
     if path != ":memory:":
         Path(path).parent.mkdir(parents=True, exist_ok=True)
     conn = sqlite3.connect(
-        path, check_same_thread=False, isolation_level=None, timeout=SQLITE_BUSY_TIMEOUT_S
+        path, check_same_thread=False, isolation_level=None, timeout=busy_timeout_s
     )
     conn.execute("PRAGMA journal_mode=WAL")
     return conn
@@ -113,16 +140,30 @@ class _SqliteTx:
 
 
 class SqliteBackend:
-    """The embedded ledger file."""
+    """The embedded ledger file.
+
+    Args:
+        path: The file, or ``":memory:"``.
+        busy_timeout_s: How long an operation waits for the locks, from its arrival.
+        clock: Times that wait (``time.monotonic``; tests inject their own).
+    """
 
     name = "sqlite"
     lock_rows = ""  # BEGIN IMMEDIATE already holds the database's write lock
     nowait = True  # a transaction can start without waiting, or say it would have to
 
-    def __init__(self, path: str):
+    def __init__(
+        self,
+        path: str,
+        *,
+        busy_timeout_s: float = SQLITE_BUSY_TIMEOUT_S,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.path = path
+        self.busy_timeout_s = busy_timeout_s
+        self.clock = clock
         try:
-            self._conn = open_sqlite(path)
+            self._conn = open_sqlite(path, busy_timeout_s)
             # NORMAL in WAL mode: a commit survives a killed process (not a power cut) and
             # costs no fsync per step.
             self._conn.execute("PRAGMA synchronous=NORMAL")
@@ -130,20 +171,47 @@ class SqliteBackend:
         except (sqlite3.Error, OSError) as exc:
             raise LedgerError(f"{path}: cannot open the ledger: {exc}", backend="sqlite") from exc
         self._lock = threading.Lock()
-        self._busy_ms = int(SQLITE_BUSY_TIMEOUT_S * 1000)  # what sqlite3.connect(timeout=) set
+        self._busy_ms = int(busy_timeout_s * 1000)  # what sqlite3.connect(timeout=) set
         self._commits = 0
         self.checkpoint_due = False
 
     def describe(self) -> str:
         return self.path
 
+    def deadline(self) -> float:
+        """When an operation arriving now stops waiting for the locks."""
+        return self.clock() + self.busy_timeout_s
+
+    def _left(self) -> float:
+        """Seconds the operation under way may still wait (0: try once, without waiting)."""
+        deadline = DEADLINE.get()
+        if deadline is None:
+            return self.busy_timeout_s
+        return max(0.0, deadline - self.clock())
+
+    def _acquire(self, nowait: bool) -> float:
+        """Take the connection's lock; returns the seconds left to wait for the database's."""
+        if nowait:
+            if not self._lock.acquire(blocking=False):
+                raise WouldBlock
+            return 0.0
+        left = self._left()
+        if self._lock.acquire(blocking=False):
+            return left  # (without a deadline: the same busy timeout each time, no PRAGMA)
+        started = self.clock()
+        # Past its deadline an operation still tries once: the lock may be free by now.
+        if not self._lock.acquire(timeout=left if left > 0 else 0):
+            raise self._error(sqlite3.OperationalError(
+                "database is locked (this process's ledger connection stayed busy for the "
+                "whole busy timeout)"))
+        return max(0.0, left - (self.clock() - started))
+
     @contextmanager
     def transaction(self) -> Iterator[_SqliteTx]:
         nowait = NOWAIT.get()
-        if not self._lock.acquire(blocking=not nowait):
-            raise WouldBlock
+        left = self._acquire(nowait)
         try:
-            self._begin(nowait)
+            self._begin(nowait, left)
             try:
                 yield _SqliteTx(self._conn)
                 self._conn.execute("COMMIT")
@@ -162,10 +230,10 @@ class SqliteBackend:
         finally:
             self._lock.release()
 
-    def _begin(self, nowait: bool) -> None:
-        # The busy timeout is switched only when the mode changes: on an event loop most
+    def _begin(self, nowait: bool, left: float) -> None:
+        # The busy timeout is switched only when it changes: on an event loop most
         # transactions are NOWAIT reservations, and each PRAGMA is a statement of its own.
-        busy_ms = 0 if nowait else int(SQLITE_BUSY_TIMEOUT_S * 1000)
+        busy_ms = 0 if nowait else int(left * 1000)
         if busy_ms != self._busy_ms:
             self._conn.execute(f"PRAGMA busy_timeout = {busy_ms}")
             self._busy_ms = busy_ms
@@ -194,11 +262,13 @@ class SqliteBackend:
             self._conn.execute("ROLLBACK")
 
     def read(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
-        with self._lock:
-            try:
-                return _SqliteTx(self._conn).execute(sql, params)
-            except sqlite3.Error as exc:
-                raise self._error(exc) from exc
+        self._acquire(nowait=False)  # a WAL read never waits for the database's write lock
+        try:
+            return _SqliteTx(self._conn).execute(sql, params)
+        except sqlite3.Error as exc:
+            raise self._error(exc) from exc
+        finally:
+            self._lock.release()
 
     def has_table(self, tx: Tx, name: str) -> bool:
         rows = tx.execute(
@@ -311,6 +381,10 @@ class PostgresBackend:
 
     def describe(self) -> str:
         return self._where
+
+    def deadline(self) -> float:
+        # Not used to bound PostgreSQL's waits: each pool checkout has its own timeout.
+        return time.monotonic() + PG_CONNECTION_TIMEOUT_S
 
     def _error(self, what: str, exc: BaseException) -> LedgerError:
         detail = _scrub(str(exc).strip().splitlines()[0] if str(exc).strip() else "", self._secrets)

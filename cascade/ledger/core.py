@@ -18,11 +18,13 @@ from cascade.config import LedgerConfig
 from cascade.errors import ConfigError, LedgerError
 from cascade.ledger.backends import (
     NOWAIT,
+    SQLITE_BUSY_TIMEOUT_S,
     Backend,
     PostgresBackend,
     SqliteBackend,
     Tx,
     WouldBlock,
+    one_deadline,
 )
 from cascade.ledger.owners import HEARTBEAT_S, Owner, is_alive, this_process
 from cascade.ledger.rows import Record
@@ -83,6 +85,7 @@ class Ledger:
         recover: Settle dead processes' pending rows as ``lost`` on open.
         fail_closed_s: After a queued write could not be written, ``reserve`` refuses for
             this long (the calls it would allow could not be recorded either).
+        busy_timeout_s: SQLite: how long an operation waits for the locks, from its arrival.
 
     Raises:
         LedgerError: the database cannot be opened, upgraded or written.
@@ -96,13 +99,14 @@ class Ledger:
         pool_size: int = 10,
         recover: bool = True,
         fail_closed_s: float = FAIL_CLOSED_S,
+        busy_timeout_s: float = SQLITE_BUSY_TIMEOUT_S,
     ):
         if (path is None) == (url is None):
             raise ValueError("Ledger needs a path (SQLite) or a url (PostgreSQL)")
         self.path = str(path) if path is not None else None
         self.backend: Backend = (
             PostgresBackend(url, pool_size=pool_size) if url is not None
-            else SqliteBackend(str(path))
+            else SqliteBackend(str(path), busy_timeout_s=busy_timeout_s)
         )
         self.owner: Owner = this_process()
         self._closed = threading.Event()
@@ -153,7 +157,7 @@ class Ledger:
                     location="ledger.url_env",
                 )
             return cls(url=url, pool_size=config.pool_size)
-        return cls(config.path) if config.path else None
+        return cls(config.path, busy_timeout_s=config.busy_timeout_s) if config.path else None
 
     @property
     def where(self) -> str:
@@ -169,7 +173,8 @@ class Ledger:
         stopped halfway through a transaction) before the cancellation goes on.
         """
         loop = asyncio.get_running_loop()
-        call = functools.partial(contextvars.copy_context().run, fn, *args)
+        with one_deadline(self.backend):  # the time queued for a thread counts
+            call = functools.partial(contextvars.copy_context().run, fn, *args)
         future = loop.run_in_executor(self.executor, call)
         try:
             return await asyncio.shield(future)

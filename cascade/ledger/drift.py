@@ -16,13 +16,12 @@ A week is ``flagged`` when its ``accepted_score`` is below the task's calibrated
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
 from typing import Any
 
-from cascade.ledger import Ledger
+from cascade.ledger.core import Ledger
+from cascade.ledger.rollup import fold, read_rollup, week_index, week_label
 
 __all__ = ["DriftRow", "drift_report", "week_of"]
 
@@ -51,8 +50,7 @@ class DriftRow:
 
 def week_of(ts: float) -> str:
     """The ISO week of a Unix time, in UTC: ``2026-W49``."""
-    year, week, _ = datetime.fromtimestamp(ts, tz=timezone.utc).isocalendar()
-    return f"{year}-W{week:02d}"
+    return week_label(week_index(ts))
 
 
 def drift_report(
@@ -62,55 +60,36 @@ def drift_report(
     min_evidence: int = 1,
     since: float | None = None,
 ) -> list[DriftRow]:
-    """The drift rows of a ledger, sorted by task, rung and week."""
+    """The drift rows of a ledger, sorted by task, rung and week.
+
+    Read from the rollup (``cascade.ledger.rollup``): its size grows with tasks, rungs and
+    weeks, not with the steps.
+
+    Args:
+        since: Only the weeks from the one holding this Unix time on (whole weeks).
+    """
     targets = targets or {}
-    where, args = ("WHERE ts >= ?", (since,)) if since is not None else ("", ())
-    acc: dict[tuple[str, str, str], dict[str, Any]] = defaultdict(
-        lambda: {"answers": 0, "accepted": 0, "scores": [], "user": 0, "shadow": 0,
-                 "costs": [], "shadow_cost": 0.0})
-    for row in ledger.query(
-        f"SELECT task, model, ts, decision, cost_usd FROM steps {where}", args
-    ):
-        key = (str(row["task"]), str(row["model"]), week_of(float(row["ts"])))
-        if row["decision"] in ("accept", "escalate"):
-            acc[key]["answers"] += 1
-            acc[key]["accepted"] += row["decision"] == "accept"
-        elif row["decision"] == "shadow":
-            acc[key]["shadow_cost"] += float(row["cost_usd"])
-    # A user's score wins over a shadow label; the latest of each kind.
-    scores: dict[str, dict[str, float]] = defaultdict(dict)
-    for row in ledger.query(
-        "SELECT f.run_id, f.score, f.source FROM feedback f JOIN runs r ON r.run_id = f.run_id"
-        f" {where.replace('ts', 'r.ts')} ORDER BY f.ts, f.id", args
-    ):
-        kind = "user" if row["source"] == "user" else "shadow"
-        scores[str(row["run_id"])][kind] = float(row["score"])
-    for row in ledger.query(
-        "SELECT run_id, task, model, ts, accepted, cost_usd FROM runs"
-        f" {where + ' AND' if where else 'WHERE'} model IS NOT NULL", args
-    ):
-        # the run's cost without its shadow calls: the runs row is written before them
-        key = (str(row["task"]), str(row["model"]), week_of(float(row["ts"])))
-        acc[key]["costs"].append(float(row["cost_usd"]))
-        found = scores.get(str(row["run_id"]))
-        if row["accepted"] and found:
-            kind = "user" if "user" in found else "shadow"
-            acc[key]["scores"].append(found[kind])
-            acc[key][kind] += 1
+    fold(ledger)
+    rows = read_rollup(ledger, by_week=True, models=False,
+                       since_week=None if since is None else week_index(since))
     out = []
-    for (task, rung, week), a in sorted(acc.items()):
-        if task.startswith("__model__") and not a["answers"]:
+    for r in sorted(rows, key=lambda r: (r["task"], r["model"], r["week"])):
+        if not (r["answers"] or r["shadow_calls"] or r["runs"]):
+            continue  # only runs without an answer, or steps that were not answers
+        if r["task"].startswith("__model__") and not r["answers"]:
             continue
-        n = len(a["scores"])
-        mean = sum(a["scores"]) / n if n else None
-        target = targets.get(task)
+        n = r["scores_user"] + r["scores_shadow"]
+        mean = r["score_nano"] / 1e9 / n if n else None
+        target = targets.get(r["task"])
         out.append(DriftRow(
-            task=task, rung=rung, week=week, answers=a["answers"], accepted=a["accepted"],
-            acceptance_rate=a["accepted"] / a["answers"] if a["answers"] else None,
-            accepted_score=mean, evidence=n, evidence_user=a["user"],
-            evidence_shadow=a["shadow"], runs=len(a["costs"]),
-            cost_per_run=sum(a["costs"]) / len(a["costs"]) if a["costs"] else None,
-            shadow_cost_usd=a["shadow_cost"], target=target,
+            task=r["task"], rung=r["model"], week=week_label(r["week"]), answers=r["answers"],
+            accepted=r["accepted"],
+            acceptance_rate=r["accepted"] / r["answers"] if r["answers"] else None,
+            accepted_score=mean, evidence=n, evidence_user=r["scores_user"],
+            evidence_shadow=r["scores_shadow"], runs=r["runs"],
+            # the run's cost without its shadow calls: the runs row is written before them
+            cost_per_run=r["run_nusd"] / 1e9 / r["runs"] if r["runs"] else None,
+            shadow_cost_usd=r["shadow_nusd"] / 1e9, target=target,
             flagged=bool(target is not None and mean is not None and n >= min_evidence
                          and mean < target),
         ))

@@ -86,7 +86,7 @@ def open_ledger(config: LedgerConfig, *, config_path: str | None = None) -> Ledg
     path = resolve_path(config.path, config_path)
     check_ledger_path(path, config_path=config_path)
     try:
-        return Ledger(path)
+        return Ledger(path, busy_timeout_s=config.busy_timeout_s)
     except LedgerError as exc:
         why = exc.message.removeprefix(f"{path}: ")
         raise _unopenable(path, why, config_path) from exc

@@ -33,16 +33,23 @@ Schema 4 (learning from production) adds:
 Schema 5 adds ``runs.key_id``: an opaque id of the gateway key that made the run (a hash
 prefix, never the key; NULL for library calls and older rows), so that ``POST /v1/feedback``
 lets a key score only its own runs.
+
+Schema 6 adds the rollup (``cascade.ledger.rollup``): ``rollup`` and ``rollup_log``, kept by
+triggers on ``steps``, ``runs`` and ``feedback``, so ``cascade report``, ``report --drift`` and
+the gateway's drift gauges read sums per task, model and week instead of every step. The
+upgrade fills ``rollup`` from the rows already there (one pass over them, in the upgrade's
+transaction).
 """
 
 from __future__ import annotations
 
 from cascade.errors import LedgerError
 from cascade.ledger.backends import Backend, Tx
+from cascade.ledger.triggers import create_rollup
 
 __all__ = ["VERSION", "migrate"]
 
-VERSION = 5
+VERSION = 6
 
 _TYPES = {
     "sqlite": {
@@ -207,6 +214,9 @@ def migrate(backend: Backend) -> int:
         # Schema 4 -> 5.
         if not backend.has_column(tx, "runs", "key_id"):
             tx.execute("ALTER TABLE runs ADD COLUMN key_id TEXT")
+        # Schema 5 -> 6 (after every column the triggers read exists).
+        if not backend.has_table(tx, "rollup"):
+            create_rollup(backend, tx, types)
         tx.execute("DELETE FROM schema_version")
         tx.execute("INSERT INTO schema_version (version) VALUES (?)", (VERSION,))
         return found

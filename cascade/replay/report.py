@@ -1,7 +1,8 @@
 """Spend, calls and escalation rates per task and model, read back from the ledger.
 
-The queries are plain SQL that SQLite and PostgreSQL run alike, so ``cascade report`` reads the
-same on both backends.
+The numbers come from the ledger's rollup (``cascade.ledger.rollup``, sums per task, model and
+week kept as rows are written) plus the few steps still pending, so a report costs the same on
+a ledger of a thousand steps or ten million, on either backend.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from cascade.ledger import Ledger
+from cascade.ledger.rollup import fold, read_rollup, week_index
 
 __all__ = ["ledger_report"]
 
@@ -28,61 +30,83 @@ def ledger_report(ledger: Ledger, *, since: float | None = None) -> dict[str, An
         "shadow_cost_usd", "shadow_calls", "models":
         {MODEL: {"calls", "cost_usd", "input_tokens", "output_tokens", "unfinished",
         "usage_estimated"}}}}}``. ``usage_estimated`` counts the steps billed at the engine's
-        estimate because the provider reported no usage.
+        estimate because the provider reported no usage. ``since`` keeps the weeks from the
+        one holding it on (whole weeks, as the rollup keeps them); costs are summed in
+        nano-dollars, as the totals are.
     """
-    where, args = ("WHERE ts >= ?", (since,)) if since is not None else ("", ())
-    unfinished = "SUM(CASE WHEN status <> 'settled' THEN 1 ELSE 0 END)"
+    since_week = None if since is None else week_index(since)
+    fold(ledger)
     tasks: dict[str, dict[str, Any]] = {}
-    for row in ledger.query(
-        "SELECT task, COUNT(DISTINCT run_id) AS runs, SUM(cost_usd) AS cost,"
-        " COUNT(DISTINCT CASE WHEN decision IN ('escalate', 'error', 'skip')"
-        " THEN run_id END) AS escalated,"
-        " SUM(CASE WHEN decision = 'error' THEN 1 ELSE 0 END) AS errors,"
-        " SUM(usage_estimated) AS estimated,"
-        " SUM(CASE WHEN decision = 'shadow' THEN cost_usd ELSE 0 END) AS shadow_cost,"
-        " SUM(CASE WHEN decision = 'shadow' THEN 1 ELSE 0 END) AS shadow_calls,"
-        f" {unfinished} AS unfinished FROM steps {where} GROUP BY task ORDER BY task",
-        args,
+    runs: dict[str, list[int]] = {}  # task -> [runs, accepted] from the runs rows
+    for row in read_rollup(ledger, by_week=False, since_week=since_week):
+        runs.setdefault(row["task"], [0, 0])
+        runs[row["task"]][0] += row["runs"]
+        runs[row["task"]][1] += row["runs_accepted"]
+        if row["steps"]:
+            _add(_task(tasks, row["task"]), row["model"], row)
+    # Steps still pending are not in the rollup; they are few (calls in flight, or left by a
+    # live process), found through their partial index.
+    new_runs: dict[str, set[str]] = {}
+    for step in ledger.query(
+        # (task || '': the run's steps are found through steps_run, never the task's through
+        # steps_task_ts; see RollupSql.sibling)
+        "SELECT run_id, task, model, ts, cost_usd, EXISTS (SELECT 1 FROM steps o WHERE"
+        " o.run_id = s.run_id AND o.task || '' = s.task AND o.status <> 'pending') AS seen"
+        " FROM steps s WHERE status = 'pending'"
     ):
-        runs = int(row["runs"])
-        tasks[row["task"]] = {
-            "runs": runs,
-            "cost_usd": float(row["cost"] or 0.0),
-            "escalation_rate": int(row["escalated"]) / runs if runs else 0.0,
-            "accepted_rate": None,
-            "errors": int(row["errors"] or 0),
-            "unfinished": int(row["unfinished"] or 0),
-            "usage_estimated": int(row["estimated"] or 0),
-            # shadow evaluation (cascade.engine.shadow): in cost_usd, and shown apart here
-            "shadow_cost_usd": float(row["shadow_cost"] or 0.0),
-            "shadow_calls": int(row["shadow_calls"] or 0),
-            "models": {},
-        }
-    for row in ledger.query(
-        f"SELECT task, AVG(accepted * 1.0) AS accepted FROM runs {where} GROUP BY task",
-        args,
-    ):
-        if row["task"] in tasks:
-            tasks[row["task"]]["accepted_rate"] = float(row["accepted"])
-    for row in ledger.query(
-        "SELECT task, model,"
-        " SUM(CASE WHEN decision NOT IN ('skip', 'cache') THEN 1 ELSE 0 END) AS calls,"
-        " SUM(cost_usd) AS cost, SUM(input_tokens) AS tin, SUM(output_tokens) AS tout,"
-        f" SUM(usage_estimated) AS estimated, {unfinished} AS unfinished FROM steps {where}"
-        " GROUP BY task, model ORDER BY task, model",
-        args,
-    ):
-        tasks[row["task"]]["models"][row["model"]] = {
-            "calls": int(row["calls"]),
-            "cost_usd": float(row["cost"] or 0.0),
-            "input_tokens": int(row["tin"] or 0),
-            "output_tokens": int(row["tout"] or 0),
-            "unfinished": int(row["unfinished"] or 0),
-            "usage_estimated": int(row["estimated"] or 0),
-        }
+        if since_week is not None and week_index(float(step["ts"])) < since_week:
+            continue
+        nusd = round(float(step["cost_usd"]) * 1e9)
+        _add(_task(tasks, step["task"]), step["model"], {
+            "steps": 1, "calls": 1, "cost_nusd": nusd, "unfinished": 1})
+        if not step["seen"]:
+            new_runs.setdefault(step["task"], set()).add(str(step["run_id"]))
+    for name, task in tasks.items():
+        task["runs"] += len(new_runs.get(name, ()))
+        task["escalation_rate"] = task.pop("escalated") / task["runs"] if task["runs"] else 0.0
+        counted, accepted = runs.get(name, (0, 0))
+        task["accepted_rate"] = accepted / counted if counted else None
+        # summed in integer nano-dollars: one rounding, here
+        task["cost_usd"] = task["cost_usd"] / 1e9
+        task["shadow_cost_usd"] = task["shadow_cost_usd"] / 1e9
+        for model in task["models"].values():
+            model["cost_usd"] = model["cost_usd"] / 1e9
+        task["models"] = dict(sorted(task["models"].items()))
+    tasks = dict(sorted(tasks.items()))
     return {
         "total_cost_usd": sum(t["cost_usd"] for t in tasks.values()),
         "runs": sum(t["runs"] for t in tasks.values()),
         "unfinished": sum(t["unfinished"] for t in tasks.values()),
         "tasks": tasks,
     }
+
+
+def _task(tasks: dict[str, dict[str, Any]], name: str) -> dict[str, Any]:
+    return tasks.setdefault(name, {
+        "runs": 0, "cost_usd": 0, "escalation_rate": 0.0, "escalated": 0, "accepted_rate": None,
+        "errors": 0, "unfinished": 0, "usage_estimated": 0,
+        # shadow evaluation (cascade.engine.shadow): in cost_usd, and shown apart here
+        "shadow_cost_usd": 0, "shadow_calls": 0, "models": {},
+    })
+
+
+def _add(task: dict[str, Any], model: str, sums: dict[str, int]) -> None:
+    """Add a rollup row (or one pending step) of ``task`` to it and to its model."""
+    get = sums.get
+    task["runs"] += get("step_runs", 0)
+    task["cost_usd"] += get("cost_nusd", 0)  # nano-dollars until ledger_report ends
+    task["escalated"] += get("escalated_runs", 0)
+    task["errors"] += get("errors", 0)
+    task["unfinished"] += get("unfinished", 0)
+    task["usage_estimated"] += get("estimated", 0)
+    task["shadow_cost_usd"] += get("shadow_nusd", 0)
+    task["shadow_calls"] += get("shadow_calls", 0)
+    entry = task["models"].setdefault(model, {
+        "calls": 0, "cost_usd": 0, "input_tokens": 0, "output_tokens": 0, "unfinished": 0,
+        "usage_estimated": 0})
+    entry["calls"] += get("calls", 0)
+    entry["cost_usd"] += get("cost_nusd", 0)
+    entry["input_tokens"] += get("input_tokens", 0)
+    entry["output_tokens"] += get("output_tokens", 0)
+    entry["unfinished"] += get("unfinished", 0)
+    entry["usage_estimated"] += get("estimated", 0)

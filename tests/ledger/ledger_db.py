@@ -71,6 +71,20 @@ class Db:
         with psycopg.connect(self.url, autocommit=True) as conn:  # type: ignore[arg-type]
             conn.execute(sql)  # type: ignore[arg-type]
 
+    def drop_rollup(self) -> None:
+        """Take a ledger back to schema 4: no rollup, its log or their triggers."""
+        for table, event in (("steps", "insert"), ("steps", "update"), ("runs", "insert"),
+                             ("runs", "update"), ("feedback", "insert")):
+            name = f"rollup_{table}_{event}"
+            if self.backend == "sqlite":
+                self.execute(f"DROP TRIGGER {name}")
+            else:
+                self.execute(f"DROP TRIGGER {name} ON {table}")
+                self.execute(f"DROP FUNCTION {name}()")
+        self.execute("DROP TABLE rollup")
+        self.execute("DROP TABLE rollup_log")
+        self.execute("UPDATE schema_version SET version = 4")
+
 
 @cache
 def _pg_ok() -> bool:
