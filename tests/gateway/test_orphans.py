@@ -9,10 +9,10 @@ multiprocessing's resource tracker with it. Both used to outlive a killed worker
 from __future__ import annotations
 
 import os
+import select
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -25,11 +25,11 @@ from tests.gateway.test_attacks import NOWHERE, attack_config
 pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
 
 WORKER = """
-import sys, time
+import sys
 from cascade.gateway.workers import worker_app
 app = worker_app()
 print("ready", flush=True)
-time.sleep(600)
+sys.stdin.read()  # held open by the test: the worker lives until it is killed
 """
 
 
@@ -56,6 +56,19 @@ def alive(pid: int) -> bool:
     return fields is not None and fields[0] not in ("Z", "X")  # a zombie has exited
 
 
+def exited(pid: int) -> None:
+    """Block until ``pid`` (not our child, so no waitpid) exits: its pidfd becomes readable
+    then. The 30 s is a bound on a failing test, not a measured time."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return  # already gone
+    try:
+        select.select([fd], [], [], 30)
+    finally:
+        os.close(fd)
+
+
 def test_14_killed_worker_leaves_no_processes(tmp_path: Path) -> None:
     """kill -9 of a worker: its body-parser process and resource tracker exit too."""
     config = tmp_path / "c.yaml"
@@ -63,8 +76,9 @@ def test_14_killed_worker_leaves_no_processes(tmp_path: Path) -> None:
     env = {**os.environ, CONFIG_ENV: str(config), "OPENAI_API_KEY": FAKE_OPENAI_KEY,
            "ANTHROPIC_API_KEY": FAKE_ANTHROPIC_KEY,
            "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
-    worker = subprocess.Popen([sys.executable, "-c", WORKER], stdout=subprocess.PIPE,
-                              stderr=subprocess.DEVNULL, env=env, text=True)
+    worker = subprocess.Popen([sys.executable, "-c", WORKER], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env,
+                              text=True)
     kids: list[int] = []
     try:
         assert worker.stdout is not None
@@ -73,16 +87,16 @@ def test_14_killed_worker_leaves_no_processes(tmp_path: Path) -> None:
         assert len(kids) == 2  # the body parser and multiprocessing's resource tracker
         worker.send_signal(signal.SIGKILL)
         worker.wait()
-        deadline = time.monotonic() + 30  # a bound on waiting, not a measured time
-        while any(alive(k) for k in kids) and time.monotonic() < deadline:
-            time.sleep(0.1)
+        for kid in kids:
+            exited(kid)
         assert [k for k in kids if alive(k)] == []
     finally:
         if worker.poll() is None:
             worker.kill()
             worker.wait()
-        if worker.stdout is not None:
-            worker.stdout.close()
+        for stream in (worker.stdin, worker.stdout):
+            if stream is not None:
+                stream.close()
         for kid in kids:
             if alive(kid):
                 os.kill(kid, signal.SIGKILL)

@@ -7,7 +7,6 @@ loopback upstream that counts the requests it holds at once.
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -37,19 +36,27 @@ class HeldTop:
 
     def __init__(self) -> None:
         self.gate = threading.Event()
-        self._lock = threading.Lock()
+        self._changed = threading.Condition()
         self.now = self.most = 0
 
     def __call__(self, model: str, body: dict[str, Any]) -> Reply:
-        with self._lock:
+        with self._changed:
             self.now += 1
             self.most = max(self.most, self.now)
+            self._changed.notify_all()
         try:
             self.gate.wait(60)  # never for ever, should the test fail before opening it
         finally:
-            with self._lock:
+            with self._changed:
                 self.now -= 1
+                self._changed.notify_all()
         return Reply(GOOD)
+
+    def wait_until(self, held: Any, what: str) -> None:
+        """Wake on each change of the count until ``held(now)`` holds; fail (not hang) if it
+        never does."""
+        with self._changed:
+            assert self._changed.wait_for(lambda: held(self.now), 30), f"never happened: {what}"
 
 
 @contextmanager
@@ -69,14 +76,6 @@ def config(server: MockLLMServer, ledger: Path, **top_level: Any) -> dict[str, A
     """faq: mini -> mid, every accepted run shadowed by the top rung."""
     return {**live_config(server, ladder=["mini", "mid"], attempts=1, ledger=str(ledger),
                           shadow_rate=1.0), **top_level}
-
-
-def wait_for(condition: Any, what: str) -> None:
-    """Poll until ``condition()`` holds; fail (not hang) if it never does."""
-    deadline = time.monotonic() + 30
-    while not condition():
-        assert time.monotonic() < deadline, f"never happened: {what}"
-        time.sleep(0.01)
 
 
 def metric(url: str, name: str, **labels: str) -> float:
@@ -107,13 +106,13 @@ def test_gateway_sends_at_most_four_shadow_calls_at_once(tmp_path: Path) -> None
                         assert list(pool.map(ask, range(30))) == [GOOD] * 30
                     # Every run has returned, so each shadow was admitted or skipped by now,
                     # and none admitted can end before the top rung answers.
-                    wait_for(lambda: top.now >= 4, "4 shadow calls held at the top rung")
+                    top.wait_until(lambda now: now >= 4, "4 shadow calls held at the top rung")
                     assert engine.shadows.skipped == {"faq": 26}
                     assert metric(url, "cascade_shadow_skipped_total", task="faq") == 26
                     assert top.now == 4
                 finally:
                     top.gate.set()  # before the gateway's shutdown waits for the shadows
-                wait_for(lambda: top.now == 0, "the shadow calls answered")
+                top.wait_until(lambda now: now == 0, "the shadow calls answered")
         finally:
             engine.close()  # waits for the shadow evaluations still running
     assert top.most == 4
@@ -134,7 +133,7 @@ def test_complete_skips_shadows_beyond_the_bound_and_runs_them_again_once_free(
                 with ThreadPoolExecutor(10) as pool:
                     results = list(pool.map(lambda _: engine.complete("faq", ASK), range(10)))
                 assert all(r.accepted and r.model == "mini" for r in results)
-                wait_for(lambda: top.now >= 2, "2 shadow calls at the top rung")
+                top.wait_until(lambda now: now >= 2, "2 shadow calls at the top rung")
                 assert engine.shadows.skipped == {"faq": 8}
                 assert top.now == 2
             finally:
