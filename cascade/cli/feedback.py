@@ -4,12 +4,11 @@
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cascade.cli.where import open_for_cli, where_args
-from cascade.errors import ConfigError, FeedbackError, LedgerError
+from cascade.cli.where import ledger_at_url, ledger_file, open_for_cli, where_args
+from cascade.errors import ConfigError, FeedbackError
 from cascade.formatting import plural
 
 if TYPE_CHECKING:
@@ -19,19 +18,12 @@ __all__ = ["register", "register_data"]
 
 
 def _open(path: str | None, url_env: str | None, what: str) -> Ledger:
-    from cascade.ledger import Ledger
-
+    """The ledger ``--from-ledger``/``--url-env`` name (no default here: exports are explicit)."""
     if url_env:
-        url = os.environ.get(url_env, "")
-        if not url:
-            raise ConfigError(f"environment variable {url_env} is not set", location="--url-env")
-        return Ledger(url=url)
+        return ledger_at_url(url_env)
     if path is None or not Path(path).exists():
         raise ConfigError("ledger file not found", path=path, location=what)
-    try:
-        return Ledger(path)
-    except LedgerError as exc:
-        raise ConfigError(f"not a cascade ledger: {exc.message}", path=path) from exc
+    return ledger_file(Path(path))
 
 
 def cmd_feedback(args: argparse.Namespace) -> int:

@@ -17,6 +17,8 @@ __all__ = [
     "DEFAULT_CONFIG",
     "DEFAULT_LEDGER",
     "default_config",
+    "ledger_at_url",
+    "ledger_file",
     "open_for_cli",
     "where_args",
 ]
@@ -50,14 +52,10 @@ def open_for_cli(args: argparse.Namespace) -> Ledger:
         LedgerError: the database cannot be reached.
     """
     from cascade.config import load_config, resolve_path
-    from cascade.ledger import Ledger, open_ledger
+    from cascade.ledger import open_ledger
 
     if args.url_env:
-        url = os.environ.get(args.url_env, "")
-        if not url:
-            raise ConfigError(f"environment variable {args.url_env} is not set",
-                              location="--url-env")
-        return Ledger(url=url)
+        return ledger_at_url(args.url_env)
     config_path = default_config(args)
     if config_path is not None:
         config = load_config(config_path).ledger
@@ -81,6 +79,23 @@ def open_for_cli(args: argparse.Namespace) -> Ledger:
             f"ledger file not found (tried {tried}); pass --config CONFIG to read the ledger "
             "its runs wrote, or --ledger FILE", path=str(path)
         )
+    return ledger_file(path)
+
+
+def ledger_at_url(env: str) -> Ledger:
+    """The PostgreSQL ledger whose URL the variable ``env`` holds (``--url-env``)."""
+    from cascade.ledger import Ledger
+
+    url = os.environ.get(env, "")
+    if not url:
+        raise ConfigError(f"environment variable {env} is not set", location="--url-env")
+    return Ledger(url=url)
+
+
+def ledger_file(path: Path) -> Ledger:
+    """An existing SQLite ledger file; a file that is not one is a ConfigError naming it."""
+    from cascade.ledger import Ledger
+
     try:
         return Ledger(path)
     except LedgerError as exc:

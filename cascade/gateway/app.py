@@ -48,7 +48,6 @@ from cascade.gateway.metrics import CONTENT_TYPE_LATEST
 from cascade.gateway.serve import bind, freeze_heap, running, url_of, uvicorn_server
 from cascade.gateway.state import MODEL_TASK_PREFIX, Gateway, read_api_keys
 from cascade.gateway.wire import ENGINE_KEYWORDS, cascade_headers, completion_body, sse_events
-from cascade.logs import get_logger
 from cascade.models.task_router import AUTO
 from cascade.providers.sdk import SDKProvider
 from cascade.types import CascadeResult
@@ -64,8 +63,6 @@ __all__ = [
     "url_of",
     "uvicorn_server",
 ]
-
-log = get_logger()
 
 
 async def _stream(result: CascadeResult, include_usage: bool) -> AsyncIterator[bytes]:

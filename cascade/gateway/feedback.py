@@ -30,11 +30,9 @@ from cascade.gateway.errors import (
 from cascade.gateway.limits import BodyRefused, parse_json, read_body
 from cascade.gateway.state import Gateway
 from cascade.ledger.feedback import add_feedback
-from cascade.logs import get_logger
 
 __all__ = ["feedback"]
 
-log = get_logger()
 
 
 async def feedback(request: Request) -> Response:
