@@ -270,6 +270,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="forwarded as calibrate(delta=...)")
     parser.add_argument("--bound", default=None, help="forwarded as calibrate(bound=...)")
     parser.add_argument("--scheme", default=None, help="forwarded as calibrate(scheme=...)")
+    parser.add_argument("--guarantee", default=None,
+                        help="forwarded as calibrate(guarantee=...)")
     parser.add_argument("--fit-fraction", type=float, default=None,
                         help="forwarded as calibrate(fit_fraction=...)")
     parser.add_argument("--label", default=None,
@@ -302,6 +304,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         extra["scheme"] = args.scheme
     if args.fit_fraction is not None:
         extra["fit_fraction"] = args.fit_fraction
+    if args.guarantee is not None:
+        extra["guarantee"] = args.guarantee
     _quiet()
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="savings-") as scratch:

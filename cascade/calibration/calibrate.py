@@ -27,8 +27,10 @@ import numpy as np
 import yaml
 
 from cascade.calibration.calibrated_file import anchor_paths, write_calibrated
+from cascade.calibration.fixed import calibrate_fixed, leveled
 from cascade.calibration.inputs import check_simulable, load_task_records, resolve_task
 from cascade.calibration.policy import calibrate_policy
+from cascade.calibration.prepared import prepare
 from cascade.calibration.result import CalibrationResult, pct, ratio_ci, summary
 from cascade.calibration.simulation import ReplayTable, build_views, grids, simulate
 from cascade.calibration.threshold_search import GUARD, calibrated_mapping, search, stats
@@ -40,6 +42,7 @@ from cascade.replay.bench import recorded_cost, run_bench
 
 __all__ = ["GUARD", "CalibrationResult", "calibrate", "write_calibrated"]
 
+
 def _replayed(
     cfg: CascadeConfig,
     raw: Mapping[str, Any],
@@ -50,8 +53,10 @@ def _replayed(
     label: str,
 ) -> dict[str, Any]:
     """run_bench's report of the calibrated config, with the bootstrap interval and a check."""
-    say(f"replaying the calibrated config on {label} ({plural(len(records), 'query')}) "
-        "with run_bench")
+    say(
+        f"replaying the calibrated config on {label} ({plural(len(records), 'query')}) "
+        "with run_bench"
+    )
     report = dict(run_bench(cfg, records, task=task).tasks[task])
     rp = ReplayTable(cfg, raw, None, records, task, tune=False)
     subset = tuple(range(len(rp.rungs)))
@@ -86,7 +91,8 @@ def calibrate(
     seed: int = 0,
     text_features: bool = False,
     bound: Literal["betting", "clt"] = "betting",
-    scheme: Literal["holdout", "crossfit"] = "holdout",
+    scheme: Literal["auto", "fixed", "holdout", "crossfit"] = "auto",
+    guarantee: Literal["pac", "expected"] = "pac",
 ) -> CalibrationResult:
     """Find the cheapest policy (or thresholds) that keeps quality >= R x always-top.
 
@@ -117,6 +123,27 @@ def calibrate(
     """
     if not (isinstance(target_quality, (int, float)) and 0 < target_quality < math.inf):
         raise ValueError(f"target_quality must be a positive number, got {target_quality!r}")
+    if guarantee not in ("pac", "expected"):
+        raise ValueError(f"guarantee must be 'pac' or 'expected', got {guarantee!r}")
+    if method == "policy" and scheme in ("auto", "fixed"):
+        prep = prepare(config_path, train, test, task)
+        if scheme == "fixed" or leveled(prep) is not None:
+            say("scheme: fixed (thresholds on the rungs' own signals, certified on every query)")
+            return calibrate_fixed(
+                config_path,
+                train,
+                target_quality=target_quality,
+                delta=delta,
+                test=test,
+                task=task,
+                seed=seed,
+                bound=bound,
+                guarantee=guarantee,
+                say=say,
+                prep=prep,
+            )
+        say("scheme: holdout (no cheaper rung has a bounded threshold to set)")
+        scheme = "holdout"
     if method == "policy":
         result: CalibrationResult = calibrate_policy(
             config_path,
@@ -130,6 +157,7 @@ def calibrate(
             text_features=text_features,
             bound=bound,
             scheme=scheme,
+            guarantee=guarantee,
             say=say,
         )
         return result
@@ -236,5 +264,3 @@ def calibrate(
         frontier=frontier,
         config=mapping,
     )
-
-

