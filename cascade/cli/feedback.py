@@ -1,20 +1,28 @@
 """The learning commands of ``cascade``: ``feedback``, ``data export --from-ledger`` and
-``router fit`` (see docs/learning.md; ``report --drift`` is in ``cascade.cli.drift``)."""
+``router fit``, and the ledger side of ``calibrate --from-ledger`` (see docs/learning.md;
+``report --drift`` is in ``cascade.cli.drift``)."""
 
 from __future__ import annotations
 
 import argparse
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cascade.cli.where import ledger_at_url, ledger_file, open_for_cli, where_args
-from cascade.errors import ConfigError, FeedbackError
+from cascade.errors import ConfigError, DatasetError, FeedbackError
 from cascade.formatting import plural
 
 if TYPE_CHECKING:
     from cascade.ledger import Ledger
 
-__all__ = ["register", "register_data"]
+__all__ = ["MIN_LABELLED", "ledger_train", "register", "register_data"]
+
+# The default calibration fits on half of the labelled queries and certifies on the other half,
+# 20 at least each; below that no method can say anything.
+MIN_LABELLED = 40
 
 
 def _open(path: str | None, url_env: str | None, what: str) -> Ledger:
@@ -47,9 +55,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     from cascade.replay.export import export_ledger, parse_since
 
     since = parse_since(args.since) if args.since else None
+    until = parse_since(args.until, "--until") if args.until else None
     ledger = _open(args.from_ledger, args.url_env, "--from-ledger")
     try:
-        summary = export_ledger(ledger, args.out, task=args.task, since=since)
+        summary = export_ledger(ledger, args.out, task=args.task, since=since, until=until)
     finally:
         ledger.close()
     sources = ", ".join(f"{k}: {v}" for k, v in sorted(summary.sources.items())) or "none"
@@ -59,6 +68,74 @@ def cmd_export(args: argparse.Namespace) -> int:
     if summary.runs_with_content == 0:
         print("note: only runs logged with content can be exported (logging: {content: true})")
     return 0
+
+
+@contextmanager
+def ledger_train(
+    config_path: str,
+    *,
+    task: str | None,
+    url_env: str | None = None,
+    since: str | None = None,
+    until: str | None = None,
+    say: Callable[[str], None] = lambda line: None,
+) -> Iterator[tuple[str, str]]:
+    """The labelled runs of the config's ledger (or ``--url-env``'s) as a temporary replay
+    file, for ``calibrate --from-ledger``: yields the file and the task.
+
+    Raises:
+        ConfigError: no ledger, no run logged with content, or a bad task or date.
+        DatasetError: no labelled run, or fewer than ``MIN_LABELLED``.
+    """
+    from cascade.calibration.inputs import resolve_task
+    from cascade.config import load_config
+    from cascade.providers.dataset import write_dataset
+    from cascade.replay.export import parse_since, task_rows
+
+    config = load_config(config_path)
+    task = resolve_task(config, [], task, config_path)
+    start = parse_since(since) if since else None
+    end = parse_since(until, "--until") if until else None
+    ledger = ledger_at_url(url_env) if url_env else open_for_cli(
+        argparse.Namespace(url_env=None, ledger=None, config=config_path))
+    try:
+        rows = task_rows(config, task, ledger, since=start, until=end)
+        where = ledger.where
+    finally:
+        ledger.close()
+    period = " in that period" if since or until else ""
+    if rows.runs_with_content == 0:
+        raise ConfigError(
+            f"no run of task {task!r} in {where} was logged with content{period}, so there is "
+            "nothing to calibrate on: enable logging: {content: true} in the config (prompts "
+            "and answers are stored nowhere else), then collect traffic and feedback",
+            path=config_path, location="logging")
+    left = (f"{plural(len(rows.unlabelled), 'run')} without a label, "
+            f"{rows.incomplete} without the top rung's answer or with an unscored answer")
+    if not rows.labelled:
+        hint = "" if config.tasks[task].shadow_labels else (
+            f", or set tasks.{task}.shadow_labels: true to count agreement with the top "
+            "rung as a label (short final answers)")
+        raise DatasetError(
+            f"{where}: no labelled run of task {task!r}{period} "
+            f"({plural(rows.runs_with_content, 'run')} logged with content: {left}); score "
+            f"answers with cascade feedback RUN_ID SCORE or POST /v1/feedback{hint}")
+    if len(rows.labelled) < MIN_LABELLED:
+        raise DatasetError(
+            f"{where}: {plural(len(rows.labelled), 'labelled run')} of task {task!r}{period}, "
+            f"too few to calibrate (need {MIN_LABELLED}; a guarantee that saves money usually "
+            f"needs a few hundred); {left}")
+    sources = ", ".join(f"{k}: {v}" for k, v in sorted(rows.sources.items()))
+    say(f"{where}: {plural(len(rows.labelled), 'labelled run')} of task {task} (scores by "
+        f"{sources}); left out: {left}")
+    with tempfile.TemporaryDirectory(prefix="cascade-calibrate-") as folder:
+        # named for the guarantee's sentence: "quality on traffic like <name> stays ..."
+        train = Path(folder) / "the ledger's labelled runs"
+        write_dataset(train, rows.labelled)
+        try:
+            yield str(train), task
+        except DatasetError as exc:  # name the ledger, not a file that is about to vanish
+            raise DatasetError(str(exc).replace(str(train), f"labelled runs of {where}")) from exc
 
 
 def cmd_router_fit(args: argparse.Namespace) -> int:
@@ -138,5 +215,6 @@ def register_data(data_sub: Any) -> None:
     export.add_argument("--url-env", help="variable holding a PostgreSQL ledger URL instead")
     export.add_argument("--task", help="only this task")
     export.add_argument("--since", help="only runs from this date (YYYY-MM-DD, UTC) on")
+    export.add_argument("--until", help="only runs before this date (YYYY-MM-DD, UTC)")
     export.add_argument("out", help="output JSONL")
     export.set_defaults(handler=cmd_export)

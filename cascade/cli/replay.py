@@ -6,6 +6,8 @@ import argparse
 import json
 import math
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -209,10 +211,37 @@ def _target_refused(target: float, delta: float) -> str | None:
     return None
 
 
+def _source_refused(args: argparse.Namespace) -> str | None:
+    """Why the train data is named wrongly: a TRAIN file or --from-ledger, exactly one."""
+    if args.from_ledger and args.train:
+        return "give a TRAIN file or --from-ledger, not both"
+    if not args.from_ledger and not args.train:
+        return "give a TRAIN file (a replay dataset) or --from-ledger (the config's ledger)"
+    if not args.from_ledger:
+        given = [f for f, v in (("--url-env", args.url_env), ("--since", args.since),
+                                ("--until", args.until)) if v]
+        if given:
+            return f"{', '.join(given)} choose(s) what --from-ledger reads; add --from-ledger"
+    return None
+
+
+@contextmanager
+def _train(args: argparse.Namespace) -> Iterator[tuple[str, str | None]]:
+    """The train file and task: TRAIN as given, or the ledger's labelled runs."""
+    if not args.from_ledger:
+        yield args.train, args.task
+        return
+    from cascade.cli.feedback import ledger_train
+
+    with ledger_train(args.config, task=args.task, url_env=args.url_env, since=args.since,
+                      until=args.until, say=_say) as (train, task):
+        yield train, task
+
+
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from cascade.calibration.calibrate import calibrate, write_calibrated
 
-    refused = _target_refused(args.target_quality, args.delta)
+    refused = _source_refused(args) or _target_refused(args.target_quality, args.delta)
     if refused:
         _say(f"error: {refused}")
         return 2
@@ -224,21 +253,22 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
             "beats it, so expect to keep the top rung alone. Try --target-quality 0.98 or lower."
         )
     _quiet()
-    result = calibrate(
-        args.config,
-        args.train,
-        target_quality=args.target_quality,
-        test=args.test,
-        task=args.task,
-        say=_say,
-        method=args.method,
-        delta=args.delta,
-        fit_fraction=args.fit_fraction,
-        seed=args.seed,
-        text_features=args.text_features,
-        bound=args.bound,
-        scheme=args.scheme,
-    )
+    with _train(args) as (train, task):
+        result = calibrate(
+            args.config,
+            train,
+            target_quality=args.target_quality,
+            test=args.test,
+            task=task,
+            say=_say,
+            method=args.method,
+            delta=args.delta,
+            fit_fraction=args.fit_fraction,
+            seed=args.seed,
+            text_features=args.text_features,
+            bound=args.bound,
+            scheme=args.scheme,
+        )
     report = result.as_json()
     if args.json:
         Path(args.json).write_text(to_json(report, indent=2))
@@ -355,7 +385,17 @@ def register(sub: Any) -> None:
         "threshold search instead.",
     )
     cal.add_argument("config", help="YAML config file")
-    cal.add_argument("train", help="labelled replay dataset to tune on")
+    cal.add_argument("train", nargs="?", help="labelled replay dataset to tune on")
+    cal.add_argument(
+        "--from-ledger",
+        action="store_true",
+        help="tune on the labelled runs of the config's ledger instead of TRAIN (runs logged "
+        "with content; labels: user feedback, and agreement with the top rung where the task "
+        "sets shadow_labels: true)",
+    )
+    cal.add_argument("--url-env", help="with --from-ledger: variable holding a PostgreSQL URL")
+    cal.add_argument("--since", help="with --from-ledger: runs from this date (UTC) on")
+    cal.add_argument("--until", help="with --from-ledger: runs before this date (UTC)")
     cal.add_argument(
         "--target-quality",
         type=float,

@@ -250,6 +250,9 @@ class TaskConfig(BaseModel):
     shadow_rate: float = Field(default=0.0, ge=0, le=1)
     examples: list[str] = Field(default_factory=list)
     quality_target: float | None = Field(default=None, ge=0, le=1)
+    # `cascade calibrate --from-ledger` also counts agreement with the top rung's answer (shadow
+    # calls, escalations) as a label, not only user scores: for short final answers.
+    shadow_labels: bool = False
     # A cut-off answer (finish_reason "length") is rejected; false judges it like any other.
     escalate_on_truncation: bool = True
     hedge_after_ms: float | None = Field(default=None, gt=0)  # docs/reliability.md

@@ -1,7 +1,8 @@
-"""``cascade data export --from-ledger``: the replay format, rebuilt from production runs.
+"""The replay format, rebuilt from production runs: ``cascade data export --from-ledger`` and
+``cascade calibrate --from-ledger``.
 
 Only runs logged with content (``logging: {content: true}``, or ``complete(log_content=True)``)
-can be exported: the ledger's ``content`` table holds their prompt and every answer (the rungs
+can be read back: the ledger's ``content`` table holds their prompt and every answer (the rungs
 that escalated, the one that answered, and shadow calls). Each answer becomes a response keyed
 by the model's provider name (the replay format's key), with its tokens, cost and latency from
 its step row, and a ``score`` obtained, in this order of preference:
@@ -12,27 +13,34 @@ its step row, and a ``score`` obtained, in this order of preference:
 3. ``shadow:agreement`` / ``agreement:MODEL``: any other answer scores 1.0 if it agrees with that
    reference answer (``cascade.engine.shadow.agreement_label``), else 0.0.
 
-A run with a single answer and no user feedback has no label and is left out (counted).
-``meta.score_sources`` says, per response, which rule gave its score, and ``meta.run_id`` links
-the line back to the ledger.
+A run with a single answer and no user feedback has no label. ``meta.score_sources`` says, per
+response, which rule gave its score, and ``meta.run_id`` links the line back to the ledger.
+
+``export_ledger`` writes every labelled run (rule 3 always applies: the file says where each
+score came from). ``task_rows`` is what ``calibrate --from-ledger`` reads: it applies rule 3 only
+where the task sets ``shadow_labels: true``, keeps only runs with the top rung's answer, and
+returns the runs without any label apart, with no score at all (an unlabelled pool).
 """
 
 from __future__ import annotations
 
 import json
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from cascade.config import CascadeConfig
 from cascade.engine.shadow import agreement_label
 from cascade.errors import ConfigError
 from cascade.formatting import to_json
 from cascade.ledger import Ledger
 from cascade.providers.dataset import ReplayRecord
 
-__all__ = ["ExportSummary", "export_ledger", "parse_since"]
+__all__ = ["ExportSummary", "LedgerRows", "export_ledger", "ledger_rows", "parse_since",
+           "task_rows"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,39 +51,62 @@ class ExportSummary:
     sources: dict[str, int]
 
 
-def parse_since(value: str) -> float:
+@dataclass(frozen=True, slots=True)
+class LedgerRows:
+    """A task's runs logged with content, split by what calibration may learn from them.
+
+    Attributes:
+        labelled: Runs whose every answer has a score, the top rung's answer among them.
+        unlabelled: Runs without any label, in the replay format with no ``score`` anywhere:
+            an unlabelled pool, whose quality nobody measured.
+        incomplete: Runs left out: a label, but an answer no rule scores, or no answer of the
+            top rung (a run accepted below the top and not shadowed), so the cascade could not
+            be compared with always-top on them.
+        runs_with_content: Every run of the task (and period) logged with content.
+        sources: How many scores each rule gave in ``labelled``.
+    """
+
+    labelled: list[ReplayRecord]
+    unlabelled: list[dict[str, Any]]
+    incomplete: int
+    runs_with_content: int
+    sources: dict[str, int]
+
+
+def parse_since(value: str, flag: str = "--since") -> float:
     """``2026-11-30`` or an ISO timestamp (UTC unless it says otherwise) as a Unix time.
 
     Raises:
-        ConfigError: not a date.
+        ConfigError: not a date (naming ``flag``).
     """
     try:
         moment = datetime.fromisoformat(value)
     except ValueError as exc:
         raise ConfigError(f"not a date (YYYY-MM-DD or ISO 8601): {value!r}",
-                          location="--since") from exc
+                          location=flag) from exc
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=timezone.utc)
     return moment.timestamp()
 
 
-def _filters(task: str | None, since: float | None) -> tuple[str, tuple[Any, ...]]:
+def _filters(
+    task: str | None, since: float | None, until: float | None
+) -> tuple[str, tuple[Any, ...]]:
     where = ["r.run_id IN (SELECT run_id FROM content WHERE kind = 'prompt')"]
     args: list[Any] = []
-    if task is not None:
-        where.append("r.task = ?")
-        args.append(task)
-    if since is not None:
-        where.append("r.ts >= ?")
-        args.append(since)
+    for clause, value in (("r.task = ?", task), ("r.ts >= ?", since), ("r.ts < ?", until)):
+        if value is not None:
+            where.append(clause)
+            args.append(value)
     return " AND ".join(where), tuple(args)
 
 
-def export_ledger(
-    ledger: Ledger, out: str | Path, *, task: str | None = None, since: float | None = None
-) -> ExportSummary:
-    """Write the replay dataset of the ledger's runs logged with content."""
-    where, args = _filters(task, since)
+def _runs(
+    ledger: Ledger, task: str | None, since: float | None, until: float | None, agreement: bool
+) -> Iterator[dict[str, Any] | None]:
+    """One replay line per run logged with content (None: nothing to replay); a response
+    without a ``score`` is an answer no rule scores."""
+    where, args = _filters(task, since, until)
     runs = ledger.query(
         f"SELECT r.run_id, r.ts, r.task, r.model, r.accepted FROM runs r WHERE {where}"
         " ORDER BY r.ts, r.run_id", args)
@@ -94,26 +125,108 @@ def export_ledger(
         "SELECT f.run_id, f.score FROM feedback f JOIN runs r ON r.run_id = f.run_id"
         f" WHERE {where} AND f.source = 'user' ORDER BY f.ts, f.id", args):
         user[row["run_id"]] = float(row["score"])  # the latest wins
-    written = unlabelled = 0
+    for run in runs:
+        yield _record(run, content[run["run_id"]], steps, user.get(run["run_id"]), agreement)
+
+
+def _scored(record: dict[str, Any]) -> dict[str, Any]:
+    """The record with only its scored responses."""
+    responses = {k: v for k, v in record["responses"].items() if "score" in v}
+    return {**record, "responses": responses}
+
+
+def export_ledger(
+    ledger: Ledger, out: str | Path, *, task: str | None = None, since: float | None = None,
+    until: float | None = None,
+) -> ExportSummary:
+    """Write the replay dataset of the ledger's labelled runs logged with content."""
+    written = unlabelled = runs = 0
     sources: dict[str, int] = defaultdict(int)
     path = Path(out)
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", encoding="utf-8") as fh:
-        for run in runs:
-            record = _record(run, content[run["run_id"]], steps, user.get(run["run_id"]))
-            if record is None:
+        for found in _runs(ledger, task, since, until, agreement=True):
+            runs += 1
+            record = _scored(found) if found is not None else None
+            if record is None or not record["responses"]:
                 unlabelled += 1
                 continue
             ReplayRecord.model_validate(record)  # what calibrate will read back
-            for source in record["meta"]["score_sources"].values():
-                sources[source.split(":")[0] if source.startswith("agreement") else source] += 1
+            _count(sources, record)
             fh.write(to_json(record, ensure_ascii=False) + "\n")
             written += 1
-    return ExportSummary(written, unlabelled, len(runs), dict(sources))
+    return ExportSummary(written, unlabelled, runs, dict(sources))
+
+
+def ledger_rows(
+    ledger: Ledger,
+    *,
+    top: str,
+    task: str | None = None,
+    since: float | None = None,
+    until: float | None = None,
+    agreement: bool = False,
+) -> LedgerRows:
+    """The ledger's runs logged with content, labelled runs apart from unlabelled ones.
+
+    Args:
+        top: The top rung's provider model name (the replay key): a run without its answer is
+            left out, since neither always-top nor an escalation to it can be replayed there.
+        agreement: Score answers by agreement with the reference answer (rule 3), and count a
+            run with two answers and no user score as labelled. False: only user scores label a
+            run (the answer it returned; the reference answer then scores 1.0).
+
+    Returns:
+        A ``LedgerRows``; its unlabelled rows carry no ``score`` at all.
+
+    Raises:
+        LedgerError: the ledger cannot be read.
+    """
+    labelled: list[ReplayRecord] = []
+    unlabelled: list[dict[str, Any]] = []
+    incomplete = runs = 0
+    sources: dict[str, int] = defaultdict(int)
+    for record in _runs(ledger, task, since, until, agreement):
+        runs += 1
+        if record is None:
+            continue  # a prompt with no answer (every rung failed): nothing to replay
+        responses = record["responses"].values()
+        if top not in record["responses"]:
+            incomplete += 1
+        elif not any("score" in r for r in responses):
+            unlabelled.append(record)
+        elif not all("score" in r for r in responses):
+            incomplete += 1
+        else:
+            labelled.append(ReplayRecord.model_validate(record))
+            _count(sources, record)
+    return LedgerRows(labelled, unlabelled, incomplete, runs, dict(sources))
+
+
+def task_rows(
+    config: CascadeConfig,
+    task: str,
+    ledger: Ledger,
+    *,
+    since: float | None = None,
+    until: float | None = None,
+) -> LedgerRows:
+    """``ledger_rows`` of ``task`` as its config asks: the top rung of its ladder, and
+    agreement labels only with ``tasks.<task>.shadow_labels: true``."""
+    settings = config.tasks[task]
+    top = config.models[settings.ladder[-1].model].name
+    return ledger_rows(ledger, top=top, task=task, since=since, until=until,
+                       agreement=settings.shadow_labels)
+
+
+def _count(sources: dict[str, int], record: dict[str, Any]) -> None:
+    for source in record["meta"]["score_sources"].values():
+        sources[source.split(":")[0] if source.startswith("agreement") else source] += 1
 
 
 def _record(
-    run: Any, rows: list[Any], steps: dict[tuple[str, int], Any], feedback: float | None
+    run: Any, rows: list[Any], steps: dict[tuple[str, int], Any], feedback: float | None,
+    agreement: bool,
 ) -> dict[str, Any] | None:
     prompt = next((r for r in rows if r["kind"] == "prompt"), None)
     if prompt is None:
@@ -129,17 +242,21 @@ def _record(
     ordered = sorted(answers.values(), key=lambda r: int(r["step"]))
     returned = run["model"]
     reference = ordered[-1]
+    # Without a user score, only agreement labels a run; with neither, nothing is scored.
+    labelled = len(ordered) >= 2 and (feedback is not None or agreement)
     responses: dict[str, dict[str, Any]] = {}
     score_sources: dict[str, str] = {}
     for row in ordered:
         step = steps.get((run["run_id"], int(row["step"])))
+        score: float | None = None
+        source = ""
         if feedback is not None and row["model"] == returned:
             score, source = feedback, "feedback"
-        elif len(ordered) < 2:
-            continue  # one answer and no user score: nothing to compare it with
+        elif not labelled:
+            pass  # one answer and no user score, or no agreement labels: nothing to compare
         elif row is reference:
             score, source = 1.0, "reference"
-        else:
+        elif agreement:
             score = agreement_label(row["text"], reference["text"])
             shadowed = step is not None and any(
                 (run["run_id"], int(r["step"])) in steps
@@ -147,15 +264,15 @@ def _record(
                 for r in ordered)
             source = "shadow:agreement" if shadowed else f"agreement:{reference['model']}"
         name = row["model_name"] or row["model"]
-        entry: dict[str, Any] = {"text": row["text"], "score": float(score)}
+        entry: dict[str, Any] = {"text": row["text"]}
+        if score is not None:
+            entry["score"] = float(score)
+            score_sources[name] = source
         if step is not None:
             entry.update(
                 input_tokens=int(step["input_tokens"]), output_tokens=int(step["output_tokens"]),
                 cost_usd=float(step["cost_usd"]), latency_ms=float(step["latency_ms"]))
         responses[name] = entry
-        score_sources[name] = source
-    if not responses:
-        return None
     messages = [
         {"role": m.get("role", "user"), "content": m.get("content", "")}
         for m in json.loads(prompt["text"])
