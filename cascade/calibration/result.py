@@ -179,7 +179,11 @@ def top_alone_reason(
         n: The train queries in all.
     """
     if not gates:
-        return "no policy cheaper than always-top was found to try"
+        return (
+            "no policy cheaper than always-top was found to try (with --scheme fixed, an "
+            "evaluator that never passes below the top, such as agreement on a first rung, "
+            "blocks every level: try --scheme holdout)"
+        )
     advice = ". Try a lower --target-quality or more labelled queries"
     if not any(all(float(d.mean()) > 0 for d in gate) for gate in gates):
         return (

@@ -17,8 +17,19 @@ if TYPE_CHECKING:
 
 __all__ = ["cmd_drift"]
 
-COLUMNS = ("task", "rung", "week", "answers", "accepted", "score", "evidence", "cost/run",
-           "shadow $", "target", "")
+COLUMNS = (
+    "task",
+    "rung",
+    "week",
+    "answers",
+    "accepted",
+    "score",
+    "evidence",
+    "cost/run",
+    "shadow $",
+    "target",
+    "",
+)
 
 
 def cmd_drift(args: argparse.Namespace, ledger: Ledger) -> int:
@@ -51,10 +62,12 @@ def cmd_drift(args: argparse.Namespace, ledger: Ledger) -> int:
     console.print(table)
     for r in rows:
         if r.flagged:
-            print(f"flagged: {r.task} / {r.rung} in {r.week}: accepted quality "
-                  f"{r.accepted_score:.3f} < target {r.target:g} "
-                  f"({plural(r.evidence, 'score')}: {r.evidence_user} from users, "
-                  f"{r.evidence_shadow} from shadows)")
+            print(
+                f"flagged: {r.task} / {r.rung} in {r.week}: accepted quality "
+                f"{r.accepted_score:.3f} < target {r.target:g} "
+                f"({plural(r.evidence, 'score')}: {r.evidence_user} from users, "
+                f"{r.evidence_shadow} from shadows)"
+            )
     return 0
 
 
@@ -63,11 +76,15 @@ def _table(rows: list[DriftRow]) -> Table:
 
     table = Table()
     for column in COLUMNS:
-        table.add_column(column, justify="left" if column in ("task", "rung", "week") else "right",
-                         no_wrap=True)
+        table.add_column(
+            column, justify="left" if column in ("task", "rung", "week") else "right", no_wrap=True
+        )
     for r in rows:
         table.add_row(
-            r.task, r.rung, r.week, str(r.answers),
+            r.task,
+            r.rung,
+            r.week,
+            str(r.answers),
             "-" if r.acceptance_rate is None else f"{r.acceptance_rate:.1%}",
             "-" if r.accepted_score is None else f"{r.accepted_score:.3f}",
             str(r.evidence),

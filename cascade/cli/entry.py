@@ -108,7 +108,8 @@ def _summary(result: Any) -> str:
     # With task auto, the task the router chose (and how sure it was) leads the line.
     chosen = (
         f"task={result.task} (auto, p={result.task_probability:.2f}) "
-        if result.task_probability is not None else ""
+        if result.task_probability is not None
+        else ""
     )
     return (
         f"{chosen}model={result.model} steps={len(result.steps)} cost={usd(result.cost_usd)} "
@@ -211,5 +212,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         # The reader (head, less) went away; that is not our failure.
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115
         return 0
-
-

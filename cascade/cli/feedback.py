@@ -40,8 +40,9 @@ def cmd_feedback(args: argparse.Namespace) -> int:
     try:
         score: Any = float(args.score)
     except ValueError:
-        raise FeedbackError(f"must be a number in [0, 1] (got {args.score!r})",
-                            param="score") from None
+        raise FeedbackError(
+            f"must be a number in [0, 1] (got {args.score!r})", param="score"
+        ) from None
     ledger = open_for_cli(args)
     try:
         row = add_feedback(ledger, args.run_id, score, args.comment)
@@ -62,9 +63,11 @@ def cmd_export(args: argparse.Namespace) -> int:
     finally:
         ledger.close()
     sources = ", ".join(f"{k}: {v}" for k, v in sorted(summary.sources.items())) or "none"
-    print(f"{args.out}: {plural(summary.written, 'query')} from "
-          f"{plural(summary.runs_with_content, 'run')} logged with content "
-          f"({summary.unlabelled} without a label left out); scores by {sources}")
+    print(
+        f"{args.out}: {plural(summary.written, 'query')} from "
+        f"{plural(summary.runs_with_content, 'run')} logged with content "
+        f"({summary.unlabelled} without a label left out); scores by {sources}"
+    )
     if summary.runs_with_content == 0:
         print("note: only runs logged with content can be exported (logging: {content: true})")
     return 0
@@ -96,8 +99,11 @@ def ledger_train(
     task = resolve_task(config, [], task, config_path)
     start = parse_since(since) if since else None
     end = parse_since(until, "--until") if until else None
-    ledger = ledger_at_url(url_env) if url_env else open_for_cli(
-        argparse.Namespace(url_env=None, ledger=None, config=config_path))
+    ledger = (
+        ledger_at_url(url_env)
+        if url_env
+        else open_for_cli(argparse.Namespace(url_env=None, ledger=None, config=config_path))
+    )
     try:
         rows = task_rows(config, task, ledger, since=start, until=end)
         where = ledger.where
@@ -109,25 +115,38 @@ def ledger_train(
             f"no run of task {task!r} in {where} was logged with content{period}, so there is "
             "nothing to calibrate on: enable logging: {content: true} in the config (prompts "
             "and answers are stored nowhere else), then collect traffic and feedback",
-            path=config_path, location="logging")
-    left = (f"{plural(len(rows.unlabelled), 'run')} without a label, "
-            f"{rows.incomplete} without the top rung's answer or with an unscored answer")
+            path=config_path,
+            location="logging",
+        )
+    left = (
+        f"{plural(len(rows.unlabelled), 'run')} without a label, "
+        f"{rows.incomplete} without the top rung's answer or with an unscored answer"
+    )
     if not rows.labelled:
-        hint = "" if config.tasks[task].shadow_labels else (
-            f", or set tasks.{task}.shadow_labels: true to count agreement with the top "
-            "rung as a label (short final answers)")
+        hint = (
+            ""
+            if config.tasks[task].shadow_labels
+            else (
+                f", or set tasks.{task}.shadow_labels: true to count agreement with the top "
+                "rung as a label (short final answers)"
+            )
+        )
         raise DatasetError(
             f"{where}: no labelled run of task {task!r}{period} "
             f"({plural(rows.runs_with_content, 'run')} logged with content: {left}); score "
-            f"answers with cascade feedback RUN_ID SCORE or POST /v1/feedback{hint}")
+            f"answers with cascade feedback RUN_ID SCORE or POST /v1/feedback{hint}"
+        )
     if len(rows.labelled) < MIN_LABELLED:
         raise DatasetError(
             f"{where}: {plural(len(rows.labelled), 'labelled run')} of task {task!r}{period}, "
             f"too few to calibrate (need {MIN_LABELLED}; a guarantee that saves money usually "
-            f"needs a few hundred); {left}")
+            f"needs a few hundred); {left}"
+        )
     sources = ", ".join(f"{k}: {v}" for k, v in sorted(rows.sources.items()))
-    say(f"{where}: {plural(len(rows.labelled), 'labelled run')} of task {task} (scores by "
-        f"{sources}); left out: {left}")
+    say(
+        f"{where}: {plural(len(rows.labelled), 'labelled run')} of task {task} (scores by "
+        f"{sources}); left out: {left}"
+    )
     with tempfile.TemporaryDirectory(prefix="cascade-calibrate-") as folder:
         # named for the guarantee's sentence: "quality on traffic like <name> stays ..."
         train = Path(folder) / "the ledger's labelled runs"
@@ -155,8 +174,9 @@ def cmd_router_fit(args: argparse.Namespace) -> int:
     try:
         model = fit_classifier(examples, buckets=args.buckets)
     except ValueError as exc:
-        raise ConfigError(f"{exc} (add tasks.T.examples, or --from-ledger)",
-                          path=args.config, location="tasks") from exc
+        raise ConfigError(
+            f"{exc} (add tasks.T.examples, or --from-ledger)", path=args.config, location="tasks"
+        ) from exc
     config_path = Path(args.config)
     out = Path(args.out) if args.out else config_path
     model_file = out.with_name(out.stem + ".task_router.json")
@@ -170,32 +190,42 @@ def cmd_router_fit(args: argparse.Namespace) -> int:
     counts: dict[str, int] = {}
     for _, task in examples:
         counts[task] = counts.get(task, 0) + 1
-    print(f"{out}: task_router.model = {model_file.name} "
-          f"(fitted on {plural(len(examples), 'example')}: "
-          + ", ".join(f"{t} {n}" for t, n in sorted(counts.items())) + ")")
+    print(
+        f"{out}: task_router.model = {model_file.name} "
+        f"(fitted on {plural(len(examples), 'example')}: "
+        + ", ".join(f"{t} {n}" for t, n in sorted(counts.items()))
+        + ")"
+    )
     return 0
 
 
 def register(sub: Any) -> None:
     """Add ``feedback`` and ``router fit``."""
     fb = sub.add_parser(
-        "feedback", help="store a score in [0, 1] for a run's answer",
+        "feedback",
+        help="store a score in [0, 1] for a run's answer",
         description="Store a user's score for the answer of a run (its run_id, as the result "
-        "and the x-cascade-run-id header give it) in the ledger's feedback table.")
+        "and the x-cascade-run-id header give it) in the ledger's feedback table.",
+    )
     fb.add_argument("run_id")
     fb.add_argument("score", help="a number in [0, 1]")
     fb.add_argument("--comment", help="free text kept with the score")
     where_args(fb)
     fb.set_defaults(handler=cmd_feedback)
 
-    router = sub.add_parser("router", help="the task router of task auto",
-                            description="The task router that task auto uses.")
+    router = sub.add_parser(
+        "router",
+        help="the task router of task auto",
+        description="The task router that task auto uses.",
+    )
     commands = router.add_subparsers(dest="router_command", required=True, metavar="COMMAND")
     fit = commands.add_parser(
-        "fit", help="fit the task router from tasks.T.examples (and the ledger)",
+        "fit",
+        help="fit the task router from tasks.T.examples (and the ledger)",
         description="Fit a classifier over hashed word and character n-grams of the prompt "
         "from tasks.T.examples and, with --from-ledger, the prompts of runs logged with "
-        "content. Writes it as JSON beside the config and sets task_router.model.")
+        "content. Writes it as JSON beside the config and sets task_router.model.",
+    )
     fit.add_argument("config", help="YAML config file (rewritten unless --out)")
     fit.add_argument("--from-ledger", help="SQLite ledger whose history adds examples")
     fit.add_argument("--url-env", help="variable holding a PostgreSQL ledger URL instead")
@@ -207,10 +237,12 @@ def register(sub: Any) -> None:
 def register_data(data_sub: Any) -> None:
     """Add ``data export`` to ``cascade data``."""
     export = data_sub.add_parser(
-        "export", help="write the replay format from a ledger's runs logged with content",
+        "export",
+        help="write the replay format from a ledger's runs logged with content",
         description="Write one replay line per run logged with content: every rung that "
         "answered (escalations, shadows), scored by feedback or shadow agreement, with "
-        "meta.score_sources saying how each score was obtained.")
+        "meta.score_sources saying how each score was obtained.",
+    )
     export.add_argument("--from-ledger", help="SQLite ledger file")
     export.add_argument("--url-env", help="variable holding a PostgreSQL ledger URL instead")
     export.add_argument("--task", help="only this task")

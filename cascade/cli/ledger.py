@@ -17,6 +17,7 @@ from cascade.formatting import plural, to_json, usd
 
 __all__ = ["cmd_recover", "cmd_report", "register"]
 
+
 def cmd_report(args: argparse.Namespace) -> int:
     from cascade.config import load_config
     from cascade.engine.limits import Limits
@@ -49,8 +50,15 @@ def _print_report(where: str, report: dict[str, Any]) -> None:
 
     print(f"{where}: {plural(report['runs'], 'run')}, {usd(report['total_cost_usd'])} total")
     table = Table()
-    for column in ("task", "model", "runs/calls", "cost USD", "escalation", "accepted",
-                   "unfinished"):
+    for column in (
+        "task",
+        "model",
+        "runs/calls",
+        "cost USD",
+        "escalation",
+        "accepted",
+        "unfinished",
+    ):
         table.add_column(column, justify="left" if column in ("task", "model") else "right")
     for task, t in report["tasks"].items():
         accepted = "-" if t["accepted_rate"] is None else f"{t['accepted_rate']:.1%}"
@@ -64,20 +72,27 @@ def _print_report(where: str, report: dict[str, Any]) -> None:
             str(t["unfinished"]),
         )
         for model, m in t["models"].items():
-            table.add_row("", model, str(m["calls"]), usd(m["cost_usd"]), "", "",
-                          str(m["unfinished"]))
+            table.add_row(
+                "", model, str(m["calls"]), usd(m["cost_usd"]), "", "", str(m["unfinished"])
+            )
     Console().print(table)
     for task, t in report["tasks"].items():
         if t["usage_estimated"]:
-            print(f"{task}: {t['usage_estimated']} step(s) billed at an estimate "
-                  "(the provider reported no usage)")
+            print(
+                f"{task}: {t['usage_estimated']} step(s) billed at an estimate "
+                "(the provider reported no usage)"
+            )
     for task, t in report["tasks"].items():
         if t.get("shadow_calls"):
-            print(f"{task}: {t['shadow_calls']} shadow call(s) cost {usd(t['shadow_cost_usd'])} "
-                  "(included above; not part of any run's cost)")
+            print(
+                f"{task}: {t['shadow_calls']} shadow call(s) cost {usd(t['shadow_cost_usd'])} "
+                "(included above; not part of any run's cost)"
+            )
     if report["unfinished"]:
-        print(f"{report['unfinished']} unfinished call(s) (pending, or lost by a process that "
-              "died or was cancelled) are counted at their reserved worst case")
+        print(
+            f"{report['unfinished']} unfinished call(s) (pending, or lost by a process that "
+            "died or was cancelled) are counted at their reserved worst case"
+        )
     for budget in report.get("budgets", []):
         scope = "global" if budget["scope"] == "global" else f"task {budget['scope']}"
         share = budget["spent_usd"] / budget["limit_usd"] if budget["limit_usd"] else 1.0
@@ -96,9 +111,11 @@ def cmd_recover(args: argparse.Namespace) -> int:
     finally:
         ledger.close()
     cost = sum(float(r["reserved_usd"]) for r in lost)
-    print(f"{ledger.where}: settled {len(lost)} pending step(s) of dead processes as lost "
-          f"({usd(cost)} at their reserved worst case); {int(pending[0]['n'])} pending step(s) "
-          "of live processes left alone")
+    print(
+        f"{ledger.where}: settled {len(lost)} pending step(s) of dead processes as lost "
+        f"({usd(cost)} at their reserved worst case); {int(pending[0]['n'])} pending step(s) "
+        "of live processes left alone"
+    )
     return 0
 
 
@@ -111,16 +128,25 @@ def register(sub: Any) -> None:
     )
     where_args(report)
     report.add_argument("--json", action="store_true", help="print JSON for scripts")
-    report.add_argument("--drift", action="store_true", help="per task, rung and week: "
-                        "acceptance, accepted quality from feedback, cost per run; flags weeks "
-                        "below tasks.T.quality_target (from --config) or --target")
+    report.add_argument(
+        "--drift",
+        action="store_true",
+        help="per task, rung and week: "
+        "acceptance, accepted quality from feedback, cost per run; flags weeks "
+        "below tasks.T.quality_target (from --config) or --target",
+    )
     report.add_argument("--target", type=float, help="with --drift: the quality target")
-    report.add_argument("--min-evidence", type=int, default=20,
-                        help="with --drift: scores needed to flag a week (default 20)")
+    report.add_argument(
+        "--min-evidence",
+        type=int,
+        default=20,
+        help="with --drift: scores needed to flag a week (default 20)",
+    )
     report.set_defaults(handler=cmd_report)
 
-    ledger = sub.add_parser("ledger", help="ledger maintenance",
-                            description="Maintenance commands for the ledger.")
+    ledger = sub.add_parser(
+        "ledger", help="ledger maintenance", description="Maintenance commands for the ledger."
+    )
     commands = ledger.add_subparsers(dest="ledger_command", required=True, metavar="COMMAND")
     recover = commands.add_parser(
         "recover",

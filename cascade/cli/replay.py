@@ -97,7 +97,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     from cascade.replay.bench import run_bench
 
-
     _quiet()
     with Progress(transient=True, disable=not sys.stderr.isatty()) as bar:
         job = bar.add_task("replaying", total=None)
@@ -218,8 +217,15 @@ def _source_refused(args: argparse.Namespace) -> str | None:
     if not args.from_ledger and not args.train:
         return "give a TRAIN file (a replay dataset) or --from-ledger (the config's ledger)"
     if not args.from_ledger:
-        given = [f for f, v in (("--url-env", args.url_env), ("--since", args.since),
-                                ("--until", args.until)) if v]
+        given = [
+            f
+            for f, v in (
+                ("--url-env", args.url_env),
+                ("--since", args.since),
+                ("--until", args.until),
+            )
+            if v
+        ]
         if given:
             return f"{', '.join(given)} choose(s) what --from-ledger reads; add --from-ledger"
     return None
@@ -233,8 +239,14 @@ def _train(args: argparse.Namespace) -> Iterator[tuple[str, str | None]]:
         return
     from cascade.cli.feedback import ledger_train
 
-    with ledger_train(args.config, task=args.task, url_env=args.url_env, since=args.since,
-                      until=args.until, say=_say) as (train, task):
+    with ledger_train(
+        args.config,
+        task=args.task,
+        url_env=args.url_env,
+        since=args.since,
+        until=args.until,
+        say=_say,
+    ) as (train, task):
         yield train, task
 
 
@@ -268,6 +280,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
             text_features=args.text_features,
             bound=args.bound,
             scheme=args.scheme,
+            guarantee=args.guarantee,
         )
     report = result.as_json()
     if args.json:
@@ -296,12 +309,17 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         if g["certified_cheaper_than_top"]:  # the top rung alone needs no certificate
             print(f"guarantee: {g['statement']}")
         if args.verbose:
+            tested = (
+                f"{g['bound']} bound, delta = {g['delta']:g}; "
+                if g["guarantee"] == "pac"
+                else "risk 0 with the n + 1 correction; "
+            )
+            chosen = f", chosen p = {g['p_value']:.4g}" if g["guarantee"] == "pac" else ""
             print(
-                f"method: {g['method']}, {g['scheme']}, {g['bound']} bound, delta = "
-                f"{g['delta']:g}; fitted on {g['fit_queries']} train queries, certified on "
-                f"{g['certify_queries']}; {g['certified']} of {g['candidates']} candidate "
-                f"policies certified, chosen p = {g['p_value']:.4g}; assumes future queries are "
-                "drawn like the train file's"
+                f"method: {g['method']}, {g['scheme']}, {tested}fitted on {g['fit_queries']} "
+                f"train queries, certified on {g['certify_queries']}; {g['certified']} of "
+                f"{g['candidates']} candidate policies certified{chosen}; assumes future "
+                "queries are drawn like the train file's"
             )
     elif args.verbose:
         print(f"method: {result.guard}")
@@ -423,10 +441,17 @@ def register(sub: Any) -> None:
     )
     cal.add_argument(
         "--bound",
-        choices=["betting", "clt"],
+        choices=["betting"],
         default="betting",
-        help="betting (default): valid at every sample size; clt: normal approximation, "
-        "valid as the certify set grows, cheaper policies",
+        help="betting: a p-value valid at every sample size (the normal approximation, clt, "
+        "was removed: it is not valid at any size when losses are rare and large)",
+    )
+    cal.add_argument(
+        "--guarantee",
+        choices=["pac", "expected"],
+        default="pac",
+        help="pac (default): with probability 1 - delta, quality >= R x always-top's; "
+        "expected: on average over calibration sets (conformal risk control), cheaper",
     )
     cal.add_argument(
         "--fit-fraction",
@@ -436,11 +461,13 @@ def register(sub: Any) -> None:
     )
     cal.add_argument(
         "--scheme",
-        choices=["holdout", "crossfit"],
-        default="holdout",
-        help="holdout (default): fit and search on one part, certify on the other; crossfit: "
-        "5-fold estimates for every train query, certified along thresholds fixed in advance "
-        "(more data for both, the deployed model is refit on all of it)",
+        choices=["auto", "fixed", "holdout", "crossfit"],
+        default="auto",
+        help="auto (default): fixed when the cheaper rungs have a bounded threshold (logprob, "
+        "self_confidence, agreement, llm_judge), else holdout; fixed: one level of those "
+        "thresholds per family of kept rungs, certified on every train query; holdout: learn "
+        "a quality model on one part, certify on the other; crossfit: approximate (the "
+        "certificate does not cover the refit model)",
     )
     cal.add_argument("--seed", type=int, default=0, help="seed of the fit/certify split")
     cal.add_argument(

@@ -63,8 +63,9 @@ def never_runs(engine: Cascade) -> Iterator[str]:
             if settings.max_cost_usd is not None:
                 limits.append((f"tasks.{name}.max_cost_usd", settings.max_cost_usd))
             guard = engine.limits.accounts
-            limits += [(f"budgets: {lim.describe()}", lim.limit_usd)
-                       for lim in guard.applicable(name)]
+            limits += [
+                (f"budgets: {lim.describe()}", lim.limit_usd) for lim in guard.applicable(name)
+            ]
             for where, limit in limits:
                 if worst > limit:
                     yield (
@@ -209,8 +210,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
         status = "ok" if r.ok else "FAILED"
         print(f"  probe {r.model}: {status}: {r.detail} (cost {usd(r.cost_usd)})")
     total = sum(r.cost_usd for r in results)
-    print(f"probe: {len(results) - len(failed)} of {plural(len(results), 'model')} answered "
-          f"(cost {usd(total)}, recorded in the ledger)")
+    print(
+        f"probe: {len(results) - len(failed)} of {plural(len(results), 'model')} answered "
+        f"(cost {usd(total)}, recorded in the ledger)"
+    )
     return 1 if failed else 0
 
 
@@ -243,7 +246,8 @@ def register(sub: Any) -> None:
     )
     validate.add_argument("config", help="YAML config file")
     validate.add_argument(
-        "--probe", action="store_true",
+        "--probe",
+        action="store_true",
         help="send one minimal request per model to check that it exists and answers",
     )
     validate.set_defaults(handler=cmd_validate)

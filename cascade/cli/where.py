@@ -65,19 +65,30 @@ def open_for_cli(args: argparse.Namespace) -> Ledger:
             if not path.exists():
                 raise ConfigError(
                     f"ledger file not found (tried {path}, the ledger of {config_path}); run "
-                    "something first", path=str(path))
+                    "something first",
+                    path=str(path),
+                )
         ledger = open_ledger(config, config_path=config_path)
         if ledger is None:
-            raise ConfigError("the config turns the ledger off (ledger.path: null)",
-                              path=config_path, location="ledger")
+            raise ConfigError(
+                "the config turns the ledger off (ledger.path: null)",
+                path=config_path,
+                location="ledger",
+            )
         return ledger
     path = Path(args.ledger or DEFAULT_LEDGER)
     if not path.exists():
-        tried = str(path) if args.ledger else (
-            f"${CONFIG_ENV} (unset), ./{DEFAULT_CONFIG} (absent), ./{DEFAULT_LEDGER} (absent)")
+        tried = (
+            str(path)
+            if args.ledger
+            else (
+                f"${CONFIG_ENV} (unset), ./{DEFAULT_CONFIG} (absent), ./{DEFAULT_LEDGER} (absent)"
+            )
+        )
         raise ConfigError(
             f"ledger file not found (tried {tried}); pass --config CONFIG to read the ledger "
-            "its runs wrote, or --ledger FILE", path=str(path)
+            "its runs wrote, or --ledger FILE",
+            path=str(path),
         )
     return ledger_file(path)
 
@@ -103,8 +114,14 @@ def ledger_file(path: Path) -> Ledger:
 
 
 def where_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--ledger", help="SQLite ledger file (default: the ledger of --config, "
-                        f"${CONFIG_ENV} or ./{DEFAULT_CONFIG}, else ./{DEFAULT_LEDGER})")
+    parser.add_argument(
+        "--ledger",
+        help="SQLite ledger file (default: the ledger of --config, "
+        f"${CONFIG_ENV} or ./{DEFAULT_CONFIG}, else ./{DEFAULT_LEDGER})",
+    )
     parser.add_argument("--url-env", help="variable holding a PostgreSQL ledger URL")
-    parser.add_argument("--config", help="read the ledger from this config's ledger: section "
-                        "(report: also show spend against its budgets)")
+    parser.add_argument(
+        "--config",
+        help="read the ledger from this config's ledger: section "
+        "(report: also show spend against its budgets)",
+    )

@@ -133,7 +133,7 @@ def test_matching_the_top_model_is_warned_before_running(
     assert first.startswith("note: --target-quality 1 asks for always-top's quality")
     assert "no finite sample certifies matching the top model" in first
     assert "--target-quality 0.98 or lower" in first
-    assert "train queries" in err.splitlines()[1]
+    assert any("train queries" in line for line in err.splitlines()[1:])  # it still runs
 
 
 def test_two_tasks_name_the_task_flag(tmp_path: Path,

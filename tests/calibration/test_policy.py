@@ -324,7 +324,7 @@ def test_cli_prints_the_guarantee(tmp_path: Path, capsys: pytest.CaptureFixture[
     write_dataset(tmp_path / "train.jsonl", _records(300, 4))
     code = main(["calibrate", str(cfg), str(tmp_path / "train.jsonl"), "--target-quality",
                  "0.9", "--delta", "0.2", "--out", str(tmp_path / "o.yaml"), "--json",
-                 str(tmp_path / "o.json")])
+                 str(tmp_path / "o.json"), "--scheme", "holdout"])
     assert code == 0
     assert "guarantee: With 80% confidence" in capsys.readouterr().out
     saved = json.loads((tmp_path / "o.json").read_text())

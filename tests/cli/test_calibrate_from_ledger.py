@@ -14,7 +14,7 @@ from tests.replay.ledger_traffic import serve_traffic
 
 pytestmark = pytest.mark.usefixtures("keys")
 
-CALIBRATE = ["--target-quality", "0.9", "--bound", "clt"]
+CALIBRATE = ["--target-quality", "0.9"]
 
 
 def _body(path: Path) -> str:

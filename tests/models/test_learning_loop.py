@@ -112,7 +112,7 @@ def test_whole_loop_through_the_gateway(tmp_path: Path) -> None:
     # Calibrate on production data; the new config differs and is much better on it.
     calibrated = tmp_path / "calibrated.yaml"
     assert main(["calibrate", str(config), str(out), "--target-quality", "0.9",
-                 "--out", str(calibrated), "--bound", "clt"]) == 0
+                 "--out", str(calibrated)]) == 0
     new = yaml.safe_load(calibrated.read_text())
     assert new["tasks"]["faq"] != data["tasks"]["faq"]
     before, after = tmp_path / "before.json", tmp_path / "after.json"
