@@ -99,7 +99,7 @@ def _truth(world: World, seed: int, size: int) -> dict[Candidate, tuple[float, f
     for start in range(0, size, chunk):
         q, s = world.draw(min(chunk, size - start), rng)
         for k, (c, v) in _outcome(q, s).items():
-            sums[k] = sums.get(k, np.zeros(2)) + (c.sum(), v.sum())
+            sums[k] = sums.get(k, np.zeros(2)) + np.array([c.sum(), v.sum()])
     return {k: (float(v[0] / size), float(v[1] / size)) for k, v in sums.items()}
 
 

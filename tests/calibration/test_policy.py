@@ -167,6 +167,9 @@ def test_same_probability_in_replay_sdk_and_gateway(calibrated: dict[str, Any], 
         (b'{"dense": ["a"], "weights": [1, 2], "mean": [0], "scale": [1]}', "same length"),
         (b'{"dense": [], "weights": [], "mean": [], "scale": [], "text": ["prompt"],'
          b' "text_weights": [[1.0]]}', "hashing"),
+        # a non-monotone isotonic map would rank a worse answer above a better one
+        (b'{"dense": ["a"], "weights": [1], "mean": [0], "scale": [1],'
+         b' "calibrator": {"x": [0, 1], "y": [0.9, 0.1]}}', "non-decreasing"),
     ],
 )
 def test_model_files_are_validated_data(tmp_path: Path, payload: bytes, needle: str) -> None:

@@ -1,0 +1,123 @@
+"""``--scheme fixed``: thresholds of the rungs' own signals at one level, certified on every
+train query, written as an ordinary config that replays to the same numbers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from cascade.calibration.calibrate import calibrate
+from cascade.calibration.levels import LEVELS, families, threshold_at
+from cascade.errors import ConfigError
+from cascade.evaluation import Tunable
+from cascade.providers.dataset import write_dataset
+from tests.calibration.test_policy import COST, _records
+
+
+def _config(tmp_path: Path, ladder: list[str], evaluators: list[dict[str, Any]],
+            accept: str = "any") -> Path:
+    data = {
+        "providers": {"rec": {"type": "replay"}},
+        "models": {k: {"provider": "rec", "name": k, "price": {"input": 1, "output": 2}}
+                   for k in COST},
+        "ledger": {"path": None},
+        "tasks": {"t": {"ladder": ladder, "accept": accept, "evaluators": evaluators}},
+    }
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+CANDIDATES = [{"type": "logprob", "min": 0.5},
+              {"type": "agreement", "recipe": "gsm8k", "min_agree": 0.5}]
+
+
+def test_levels_and_families_are_fixed_before_the_data() -> None:
+    assert LEVELS[0] == 1.0
+    assert LEVELS[-1] == 0.0
+    assert list(LEVELS) == sorted(LEVELS, reverse=True)
+    assert 0.9999 in LEVELS  # dense near 1, where confidences crowd
+    assert families(2) == [(0, 1)]
+    assert families(4) == [(0, 3), (1, 3), (2, 3), (0, 1, 2, 3)]
+    assert threshold_at(Tunable("min", 0.0, 1.0), 0.75) == 0.75
+    assert threshold_at(Tunable("min_score", 1.0, 10.0, low_open=False), 0.5) == 5.5
+    assert 0 < threshold_at(Tunable("min", 0.0, 1.0), 0.0) < 1e-6  # min > 0 is required
+    assert threshold_at(Tunable("min_words", 0, float("inf"), integer=True), 0.5) is None
+
+
+@pytest.fixture(scope="module")
+def fixed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    tmp = tmp_path_factory.mktemp("fixed")
+    cfg = _config(tmp, ["small", "mid", "large"], CANDIDATES)
+    write_dataset(tmp / "train.jsonl", _records(400, 1))
+    write_dataset(tmp / "test.jsonl", _records(600, 2))
+    pac = calibrate(cfg, tmp / "train.jsonl", test=tmp / "test.jsonl", target_quality=0.9)
+    expected = calibrate(cfg, tmp / "train.jsonl", test=tmp / "test.jsonl", target_quality=0.9,
+                         guarantee="expected")
+    return {"pac": pac, "expected": expected, "cfg": cfg, "tmp": tmp}
+
+
+def test_fixed_certifies_on_every_train_query(fixed: dict[str, Any]) -> None:
+    result = fixed["pac"]
+    g = result.guarantee
+    assert result.status == "ok"
+    assert g["scheme"] == "fixed"
+    assert g["fit_queries"] == 0
+    assert g["certify_queries"] == 400
+    assert g["certified_cheaper_than_top"] is True
+    assert 0 < g["p_value"] <= g["delta"] / g["families"]  # Bonferroni over the families
+    assert g["families"] == len(families(3))
+    assert result.train["cost_per_query"] < 0.6 * result.train["baselines"]["always_top"][
+        "cost_per_query"]
+    assert result.test["target_met"] is True
+
+
+def test_fixed_writes_the_level_into_every_candidate(fixed: dict[str, Any]) -> None:
+    """The written rungs carry the candidates with their thresholds at the chosen level, keep
+    accept: any, and replay (run_bench) to exactly the simulated cost and quality."""
+    result = fixed["pac"]
+    level = result.guarantee["chosen"]["level"]
+    ladder = result.config["tasks"]["t"]["ladder"]
+    assert [r if isinstance(r, str) else r["model"] for r in ladder] == list(result.ladder)
+    for rung in ladder[:-1]:
+        by_type = {e["type"]: e for e in rung["evaluators"]}
+        assert by_type["logprob"]["min"] == pytest.approx(max(level, 1e-9))
+        assert by_type["agreement"]["min_agree"] == pytest.approx(max(level, 1e-9))
+    sim = result.simulated_train
+    assert sim["certify_cost_per_query"] == pytest.approx(result.train["cost_per_query"])
+    assert sim["certify_quality"] == pytest.approx(result.train["quality"])
+
+
+def test_expected_guarantee_says_what_it_promises(fixed: dict[str, Any]) -> None:
+    expected = fixed["expected"]
+    g = expected.guarantee
+    assert g["guarantee"] == "expected"
+    assert g["delta"] is None
+    assert g["p_value"] is None
+    assert "On average over calibration sets" in g["statement"]
+    assert g["certified_cheaper_than_top"] is True
+    assert expected.test["target_met"] is True
+
+
+def test_auto_falls_back_to_holdout_without_a_bounded_signal(tmp_path: Path) -> None:
+    cfg = _config(tmp_path, ["small", "large"], [{"type": "regex", "pattern": "####"}],
+                  accept="all")
+    write_dataset(tmp_path / "train.jsonl", _records(200, 3))
+    said: list[str] = []
+    result = calibrate(cfg, tmp_path / "train.jsonl", target_quality=0.9, say=said.append)
+    assert result.guarantee["scheme"] == "holdout"
+    assert said[0].startswith("scheme: holdout")
+    with pytest.raises(ConfigError, match="use --scheme holdout"):
+        calibrate(cfg, tmp_path / "train.jsonl", target_quality=0.9, scheme="fixed")
+
+
+def test_fixed_refuses_too_few_queries(tmp_path: Path) -> None:
+    from cascade.errors import DatasetError
+
+    cfg = _config(tmp_path, ["small", "large"], CANDIDATES)
+    write_dataset(tmp_path / "train.jsonl", _records(12, 3))
+    with pytest.raises(DatasetError, match="too few to certify"):
+        calibrate(cfg, tmp_path / "train.jsonl", target_quality=0.9)
