@@ -87,6 +87,9 @@ class Agreement:
     name = "agreement"
     cost = 0
     tunable: ClassVar[Tunable] = Tunable("min_agree", 0.0, 1.0)
+    # its value compares with the earlier rungs' answers: not a confidence of the answer alone,
+    # so calibration's fixed scheme does not rely on it (``calibration.levels.own_signal``)
+    reads_history: ClassVar[bool] = True
 
     class Config(BaseModel):
         model_config = ConfigDict(extra="forbid", frozen=True)

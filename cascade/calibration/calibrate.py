@@ -135,7 +135,7 @@ def calibrate(
         raise ValueError(f"guarantee must be 'pac' or 'expected', got {guarantee!r}")
     if method == "policy" and scheme in ("auto", "fixed"):
         prep = prepare(config_path, train, test, task)
-        if scheme == "fixed" or leveled(prep) is not None:
+        if scheme == "fixed" or leveled(prep, own=True) is not None:
             say("scheme: fixed (thresholds on the rungs' own signals, certified on every query)")
             return calibrate_fixed(
                 config_path,
@@ -150,7 +150,10 @@ def calibrate(
                 say=say,
                 prep=prep,
             )
-        say("scheme: holdout (no cheaper rung has a bounded threshold to set)")
+        say(
+            "scheme: holdout (no cheaper rung has a bounded threshold of its own answer: "
+            "logprob, self_confidence or llm_judge)"
+        )
         scheme = "holdout"
     if method == "policy":
         result: CalibrationResult = calibrate_policy(

@@ -63,15 +63,21 @@ class Level:
     u: float | None
 
 
-def leveled(prep: Prepared) -> LevelTable | None:
+def leveled(prep: Prepared, *, own: bool = False) -> LevelTable | None:
     """The level table of a prepared task, or None when no cheaper rung has a threshold on a
-    bounded scale under ``accept: all`` or ``any`` (then the fixed scheme has nothing to try)."""
+    bounded scale under ``accept: all`` or ``any`` (then the fixed scheme has nothing to try).
+
+    With ``own``, a rung counts only when such a threshold scores its answer alone: what
+    ``--scheme auto`` asks before choosing the fixed scheme. Agreement alone is a poor fixed
+    signal (a first rung has nothing to agree with; measured on ARC and Winogrande, the learned
+    holdout policy saves more), so those ladders go to holdout."""
     accept = [r.accept for r in prep.table.rungs]
     levels = LevelTable(prep.table, accept)
     usable = [
         i
         for i in range(len(accept) - 1)
-        if levels.leveled(i) and not isinstance(accept[i], MinScore)
+        if (levels.own_signal(i) if own else levels.leveled(i))
+        and not isinstance(accept[i], MinScore)
     ]
     if not usable or any(isinstance(a, MinScore) for a in accept[:-1]):
         return None

@@ -88,6 +88,14 @@ class LevelTable:
         """Whether rung ``i`` has at least one evaluator the level sets."""
         return any(t is not None for t in self.tunables[i])
 
+    def own_signal(self, i: int) -> bool:
+        """Whether rung ``i`` has a level-set evaluator that scores its answer alone (a
+        log-probability, a stated confidence, a judge), not by agreement with earlier rungs."""
+        return any(
+            t is not None and not getattr(s.evaluator, "reads_history", False)
+            for s, t in zip(self.table.rungs[i].slots, self.tunables[i], strict=True)
+        )
+
     def fields(self, i: int, pattern: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(passed, value, cost), each (slots, queries), of rung ``i`` after the rejected
         answers of the rungs in bitmask ``pattern``; value is NaN where it never passes."""

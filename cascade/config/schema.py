@@ -371,5 +371,3 @@ class CascadeConfig(BaseModel):
 
     def price_source(self, model: str) -> str:
         return self._price_sources.get(model, "config")
-
-

@@ -80,7 +80,9 @@ def worker_app() -> Any:
     config, settings = load_serve_config(path)
     engine = Cascade(config, path=path)
     app = create_app(
-        engine, api_keys=read_api_keys(settings.api_keys_env), settings=settings,
+        engine,
+        api_keys=read_api_keys(settings.api_keys_env),
+        settings=settings,
         close_engine=True,
     )
     app.state.gateway.parser.start()
@@ -128,8 +130,11 @@ def serve_workers(
         raise ConfigError(
             f"cannot listen on {host}:{port}: {exc.strerror or exc}", path=path
         ) from exc
-    auth = f"{len(keys)} API key(s) from ${settings.api_keys_env}" if keys else (
-        "no auth, loopback only")
+    auth = (
+        f"{len(keys)} API key(s) from ${settings.api_keys_env}"
+        if keys
+        else ("no auth, loopback only")
+    )
     print(
         f"cascade serve: listening on {url_of(sock)} ({auth}; {workers} workers; tasks: "
         f"{', '.join(config.tasks)}; direct models: "
