@@ -1,5 +1,7 @@
 """``cascade serve CONFIG [--host H] [--port P] [--workers N]``: the gateway on uvicorn.
 
+SIGHUP reloads the config file in place (``cascade.gateway.reload``), in every worker.
+
 With ``--workers N`` uvicorn's supervisor starts N worker processes on one listening socket.
 Each builds its own engine and opens the ledger itself, so budgets are reserved in the shared
 database (a SQLite file on this host, or PostgreSQL) and hold across the workers.
@@ -97,7 +99,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return serve_workers(args.config, host, port, workers, keys, settings, config)
     engine = Cascade(config, path=args.config)
     try:
-        app = create_app(engine, api_keys=keys, settings=settings)
+        # Keys and settings from the config (the same as above), so that a reload (SIGHUP,
+        # POST /admin/reload) reads them again; the app closes each engine it replaces.
+        app = create_app(engine, close_engine=True)
         app.state.gateway.parser.start()
         try:
             sock = bind(host, port)
@@ -118,10 +122,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
             flush=True,
         )
         freeze_heap()
-        with graceful_signals():
+        with graceful_signals(hangup=app.state.reloader.hangup):
             uvicorn_server(app).run(sockets=[sock])
     finally:
-        engine.close()
+        engine.close()  # when the app did not (it never started); closing twice is harmless
     return 0
 
 
@@ -133,7 +137,8 @@ def register(sub: Any) -> None:
         description="POST /v1/chat/completions with model=<task> (or cascade/<task>, or a "
         "models: key that server.direct_models allows) runs the cascade. Bearer keys come "
         "from the variable named by server.api_keys_env; without keys only loopback "
-        "addresses are served.",
+        "addresses are served. SIGHUP (or POST /admin/reload with an admin key) reloads the "
+        "config file; a config that fails is refused and the old one kept.",
     )
     serve.add_argument("config", help="YAML config file")
     serve.add_argument("--host", help=f"address to bind (default: server.host or {DEFAULT_HOST})")

@@ -308,7 +308,8 @@ class ServerConfig(BaseModel):
     # A gateway request's run ends by then (it bounds the task's deadline_s).
     request_timeout_s: float = Field(default=120.0, gt=0)
     # The variable holding comma-separated admin keys: gateway keys that may also score any
-    # run through POST /v1/feedback (other keys score only the runs they made).
+    # run through POST /v1/feedback (other keys score only the runs they made) and reload the
+    # config through POST /admin/reload.
     admin_keys_env: str | None = None
     feedback_any_run: bool = False  # true: any key may score any run (release 0.2's rule)
     feedback_rpm: int = Field(default=60, ge=1)  # POST /v1/feedback per key and minute

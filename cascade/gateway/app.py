@@ -9,6 +9,8 @@
 - ``GET /v1/models`` and ``GET /v1/models/{id}``: every task as ``cascade/<task>``, and the model
   keys that ``server.direct_models`` lets a client call directly.
 - ``POST /v1/feedback``: a score for a run's answer (``cascade.gateway.feedback``).
+- ``POST /admin/reload``: read the config file again and serve it, admin keys only
+  (``cascade.gateway.reload``, which ``SIGHUP`` to ``cascade serve`` runs too).
 - ``GET /healthz``: liveness, without auth. ``GET /metrics``: Prometheus text, with auth; its
   drift gauges are refreshed in the background, at most every ``server.metrics_refresh_s``
   (``cascade.gateway.drift``).
@@ -45,11 +47,11 @@ from cascade.gateway.errors import (
 from cascade.gateway.feedback import feedback
 from cascade.gateway.limits import AccessLog, BodyRefused, read_body
 from cascade.gateway.metrics import CONTENT_TYPE_LATEST
+from cascade.gateway.reload import Reloader, admin_reload, load_sdks
 from cascade.gateway.serve import bind, freeze_heap, running, url_of, uvicorn_server
 from cascade.gateway.state import MODEL_TASK_PREFIX, Gateway, read_api_keys
 from cascade.gateway.wire import ENGINE_KEYWORDS, cascade_headers, completion_body, sse_events
 from cascade.models.task_router import AUTO
-from cascade.providers.sdk import SDKProvider
 from cascade.types import CascadeResult
 
 __all__ = [
@@ -232,37 +234,56 @@ def create_app(
         api_keys: The keys themselves, instead of a variable (tests, embedding).
         drain_s: How long shutdown waits for runs whose clients disconnected.
         settings: The gateway's limits; by default the config's ``server:`` section.
-        close_engine: Also close the engine (its ledger) on shutdown: for an app that owns
-            its engine, as each worker of ``cascade serve --workers N`` does.
-        admin_keys: Keys that may score any run through ``POST /v1/feedback`` (and are
-            accepted everywhere); by default those in ``server.admin_keys_env``'s variable.
+        close_engine: Also close the engine (its ledger) on shutdown, or when a reload
+            replaces it: for an app that owns its engine, as ``cascade serve`` does.
+        admin_keys: Keys that may score any run through ``POST /v1/feedback`` and reload
+            the config (``POST /admin/reload``), and are accepted everywhere; by default
+            those in ``server.admin_keys_env``'s variable.
+
+    A reload reads ``engine.path`` again (``cascade.gateway.reload``); what is given here
+    explicitly (keys, their variable, settings) stays as given across reloads. Engines a
+    reload builds belong to the app, which closes them.
 
     Returns:
-        A Starlette app; ``app.state.gateway`` is its ``Gateway``.
+        A Starlette app; ``app.state.gateway`` is its ``Gateway`` and ``app.state.reloader``
+        its ``Reloader``.
 
     Raises:
         ConfigError: the config cannot be served (a bad evaluator setting, say).
     """
-    if api_keys is None:
+    keys = api_keys
+    if keys is None:
         env = api_keys_env or getattr(getattr(engine.config, "server", None), "api_keys_env", None)
-        api_keys = read_api_keys(env)
-    gateway = Gateway(engine, api_keys, settings, admin_keys)
-    for provider in engine.providers.values():
-        if isinstance(provider, SDKProvider):
-            provider.load_sdk()  # now, not on the event loop when the first request comes
+        keys = read_api_keys(env)
+    gateway = Gateway(engine, keys, settings, admin_keys)
+    load_sdks(engine)
     drift = DriftGauges(gateway, every_s=gateway.settings.metrics_refresh_s)
+    reloader = Reloader(
+        gateway,
+        drift,
+        path=engine.path,
+        drain_s=drain_s,
+        owns_first=close_engine,
+        api_keys=api_keys,
+        api_keys_env=api_keys_env,
+        admin_keys=admin_keys,
+        settings=settings,
+    )
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await drift.start()
+        reloader.start()
         yield
         await drift.close()
+        await reloader.close(drain_s)  # engines a reload replaced
+        last = gateway.engine  # the one served last
         await gateway.drain(drain_s)
-        await engine.shadows.drain(drain_s)
-        await engine.aclose()
+        await last.shadows.drain(drain_s)
+        await last.aclose()
         gateway.parser.close()
-        if close_engine:
-            engine.close()
+        if reloader.owns(last):
+            last.close()
 
     app = Starlette(
         routes=[
@@ -272,6 +293,7 @@ def create_app(
             Route("/v1/models/{name:path}", get_model, methods=["GET"]),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),
+            Route("/admin/reload", admin_reload, methods=["POST"]),
         ],
         lifespan=lifespan,
         middleware=[Middleware(AccessLog)],
@@ -279,4 +301,5 @@ def create_app(
     )
     app.state.gateway = gateway
     app.state.drift = drift
+    app.state.reloader = reloader
     return app

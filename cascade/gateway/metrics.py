@@ -103,6 +103,12 @@ class GatewayMetrics:
             ["source"],
             registry=self.registry,
         )
+        self.reloads = Counter(
+            "cascade_config_reloads",
+            "Config reloads (SIGHUP, POST /admin/reload), by outcome: reloaded or refused.",
+            ["outcome"],
+            registry=self.registry,
+        )
         # The numbers of `cascade report --drift`, per task, rung and ISO week, refreshed from
         # the ledger's rollup in the background (cascade.gateway.drift), never by a scrape.
         self.drift_gauges = {

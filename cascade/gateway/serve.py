@@ -12,7 +12,7 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -22,7 +22,15 @@ from starlette.applications import Starlette
 from cascade.config import ServerConfig
 from cascade.gateway.limits import guarded_protocol, protocol_classes
 
-__all__ = ["bind", "freeze_heap", "graceful_signals", "running", "url_of", "uvicorn_server"]
+__all__ = [
+    "bind",
+    "freeze_heap",
+    "graceful_signals",
+    "on_hangup",
+    "running",
+    "url_of",
+    "uvicorn_server",
+]
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -113,17 +121,33 @@ def running(app: Starlette, host: str = "127.0.0.1", port: int = 0) -> Iterator[
         sock.close()
 
 
-@contextmanager
-def graceful_signals() -> Iterator[None]:
-    """Make Ctrl-C and SIGTERM end in exit code 0 once uvicorn has shut down gracefully.
+def on_hangup(reload: Callable[[], None]) -> Any:
+    """Call ``reload`` on SIGHUP (the main thread only; a no-op where there is no SIGHUP).
 
-    uvicorn handles both signals while it runs, then re-raises the one it caught under the
-    handlers that were there before; no-op handlers make that re-raise harmless.
+    ``reload`` runs in the signal handler, so it only schedules the work
+    (``cascade.gateway.reload.Reloader.hangup``). Returns the handler it replaced.
+    """
+    hangup = getattr(signal, "SIGHUP", None)
+    if hangup is None or threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(hangup, lambda *_: reload())
+
+
+@contextmanager
+def graceful_signals(hangup: Callable[[], None] | None = None) -> Iterator[None]:
+    """Make Ctrl-C and SIGTERM end in exit code 0 once uvicorn has shut down gracefully, and
+    SIGHUP call ``hangup`` (reload the config) when it is given.
+
+    uvicorn handles SIGINT and SIGTERM while it runs, then re-raises the one it caught under the
+    handlers that were there before; no-op handlers make that re-raise harmless. It leaves
+    SIGHUP alone, whose default would end the process.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     previous = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGINT, signal.SIGTERM)}
+    if hangup is not None and hasattr(signal, "SIGHUP"):
+        previous[signal.SIGHUP] = on_hangup(hangup)
     try:
         yield
     finally:

@@ -101,21 +101,49 @@ class Gateway:
         settings: ServerConfig | None = None,
         admin_keys: Sequence[str] | None = None,
     ):
-        self.engine = engine
-        self.metrics = GatewayMetrics()
-        self.metrics.count_shadow_skips(lambda: dict(engine.shadows.skipped))
-        self.inflight: set[asyncio.Task[CascadeResult]] = set()
         configured = getattr(engine.config, "server", None)
-        self.settings = settings or (
+        settings = settings or (
             configured if isinstance(configured, ServerConfig) else ServerConfig()
         )
-        self.direct = direct_engine(engine, self.settings)
         if admin_keys is None:
-            admin_keys = read_api_keys(self.settings.admin_keys_env)
+            admin_keys = read_api_keys(settings.admin_keys_env)
+        self.metrics = GatewayMetrics()
+        # Read at each scrape from the engine served then (a reload replaces it).
+        self.metrics.count_shadow_skips(lambda: dict(self.engine.shadows.skipped))
+        self.inflight: set[asyncio.Task[CascadeResult]] = set()
+        self.parser = BodyParser(settings.max_messages)
+        self.feedback_limit = TokenBuckets(settings.feedback_rpm)
+        self.use(engine, direct_engine(engine, settings), settings, api_keys, admin_keys)
+
+    def use(
+        self,
+        engine: Cascade,
+        direct: Cascade | None,
+        settings: ServerConfig,
+        api_keys: Sequence[str],
+        admin_keys: Sequence[str],
+    ) -> set[asyncio.Task[CascadeResult]]:
+        """Serve ``engine`` (``direct``: its ``direct_engine``) under ``settings`` and these
+        keys from now on: requests that arrive later see them (``cascade.gateway.reload``).
+
+        Returns:
+            The runs in flight now: they go on with the engine they started on.
+        """
+        running = set(self.inflight)
+        self.engine = engine
+        self.direct = direct
+        self.settings = settings
         self._admin = tuple(k.encode() for k in admin_keys)
         self._keys = tuple(k.encode() for k in api_keys) + self._admin
-        self.parser = BodyParser(self.settings.max_messages)
-        self.feedback_limit = TokenBuckets(self.settings.feedback_rpm)
+        self.parser.max_messages = settings.max_messages
+        if self.feedback_limit.per_minute != settings.feedback_rpm:
+            self.feedback_limit = TokenBuckets(settings.feedback_rpm)
+        return running
+
+    @property
+    def has_keys(self) -> bool:
+        """Whether requests need a key (with none, the gateway serves loopback only)."""
+        return bool(self._keys)
 
     def client(self, request: Request) -> Client | None:
         """The request's sender, or None when its bearer key is missing or wrong."""

@@ -7,8 +7,11 @@ module imports no web stack at import time, so the CLI can read the ``server:`` 
 
 from __future__ import annotations
 
+import functools
 import os
+import signal
 import sys
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +21,7 @@ from pydantic import ValidationError
 from cascade.config import CascadeConfig, ServerConfig, format_location, load_config, parse_config
 from cascade.config.messages import joined, validation_problems
 from cascade.errors import ConfigError
+from cascade.logs import get_logger
 
 __all__ = [
     "CONFIG_ENV",
@@ -27,6 +31,8 @@ __all__ = [
     "serve_workers",
     "worker_app",
 ]
+
+log = get_logger()
 
 # Where a worker process of ``--workers N`` finds the config (workers are spawned, not forked,
 # so they inherit the environment and nothing else).
@@ -69,23 +75,29 @@ def load_serve_config(path: str) -> tuple[CascadeConfig, ServeSettings]:
 
 
 def worker_app() -> Any:
-    """The app of one ``--workers`` process: its own engine, ledger and keys, from the config."""
+    """The app of one ``--workers`` process: its own engine, ledger and keys, from the config.
+
+    SIGHUP reloads the config in this worker (the supervisor passes it on to every worker); a
+    reload through ``POST /admin/reload`` sends SIGHUP to the supervisor, so that every worker
+    reloads, not only the one that answered.
+    """
     from cascade.engine import Cascade
-    from cascade.gateway.app import create_app, freeze_heap, read_api_keys
+    from cascade.gateway.app import create_app
+    from cascade.gateway.serve import freeze_heap, on_hangup
     from cascade.logs import configure_cli
 
     level, _, as_json = os.environ.get(LOG_ENV, "warning").partition(",")
     configure_cli(level, as_json == "json")
     path = os.environ[CONFIG_ENV]
-    config, settings = load_serve_config(path)
+    config, _ = load_serve_config(path)
     engine = Cascade(config, path=path)
-    app = create_app(
-        engine,
-        api_keys=read_api_keys(settings.api_keys_env),
-        settings=settings,
-        close_engine=True,
-    )
+    # Keys and settings from the config, so that a reload reads them again.
+    app = create_app(engine, close_engine=True)
     app.state.gateway.parser.start()
+    reloader = app.state.reloader
+    if hasattr(signal, "SIGHUP"):
+        reloader.fan_out = functools.partial(os.kill, os.getppid(), signal.SIGHUP)
+        on_hangup(reloader.hangup)
     freeze_heap()
     return app
 
@@ -155,7 +167,18 @@ def serve_workers(
         # (the header deadline and connection cap of ``server:``) does not pickle.
         http="cascade.gateway.workers:WorkerProtocol",
     )
+
+    class Supervisor(Multiprocess):
+        def handle_hup(self) -> None:
+            # uvicorn would replace every worker; each reloads its config in place instead, so
+            # runs in flight finish and a config that fails is refused (cascade.gateway.reload).
+            for process in self.processes:
+                if process.pid is not None and process.exitcode is None:
+                    with suppress(ProcessLookupError):
+                        os.kill(process.pid, signal.SIGHUP)
+            log.info("cascade.reload_signalled", workers=len(self.processes))
+
     with graceful_signals():
-        Multiprocess(uv_config, sockets=[sock]).run()
+        Supervisor(uv_config, sockets=[sock]).run()
     sock.close()
     return 0

@@ -554,7 +554,11 @@ def test_serve_warns_about_unset_keys_and_logs_each_request(tmp_path: Path) -> N
         assert httpx2.get(f"{url}/healthz").status_code == 200
         assert httpx2.post(f"{url}/v1/chat/completions", json={"model": "nope",
                                                               "messages": ASK}).status_code == 404
-        events = [json.loads(proc.stderr.readline()) for _ in range(2)]
+        events: list[dict[str, Any]] = []
+        while len(events) < 2:  # the access lines (cascade.serving comes at start-up)
+            event = json.loads(proc.stderr.readline())
+            if event["event"] == "cascade.access":
+                events.append(event)
         proc.terminate()
         proc.wait(timeout=10)
     finally:
