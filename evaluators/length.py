@@ -66,13 +66,10 @@ class Length:
         )
         for unit, value, low, high in checks:
             if low is not None and value < low:
-                return Verdict(
-                    self.name, False, 0.0, f"{plural(value, unit)}, below the minimum {low}"
-                )
+                return Verdict(self.name, False, 0.0,
+                               f"{plural(value, unit)}, below the minimum {low}")
             if high is not None and value > high:
-                return Verdict(
-                    self.name, False, 0.0, f"{plural(value, unit)}, above the maximum {high}"
-                )
-        return Verdict(
-            self.name, True, 1.0, f"{plural(chars, 'character')}, {plural(words, 'word')}"
-        )
+                return Verdict(self.name, False, 0.0,
+                               f"{plural(value, unit)}, above the maximum {high}")
+        return Verdict(self.name, True, 1.0,
+                       f"{plural(chars, 'character')}, {plural(words, 'word')}")

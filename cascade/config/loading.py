@@ -66,32 +66,26 @@ def _reference_problems(data: Mapping[str, Any]) -> list[tuple[str, str]]:
                 )
         provider = model.get("provider")
         if isinstance(provider, str) and provider not in providers:
-            found.append(
-                (
-                    f"models.{key}.provider",
-                    f"unknown provider {provider!r} (defined: {_listed(providers)})",
-                )
-            )
+            found.append((
+                f"models.{key}.provider",
+                f"unknown provider {provider!r} (defined: {_listed(providers)})",
+            ))
     router = data.get("task_router")
     default = router.get("default_task") if isinstance(router, Mapping) else None
     if isinstance(default, str) and default not in tasks:
-        found.append(
-            (
-                "task_router.default_task",
-                f"unknown task {default!r} (defined: {_listed(tasks)})",
-            )
-        )
+        found.append((
+            "task_router.default_task",
+            f"unknown task {default!r} (defined: {_listed(tasks)})",
+        ))
     for name, task in tasks.items():
         ladder = task.get("ladder") if isinstance(task, Mapping) else None
         for i, rung in enumerate(ladder if isinstance(ladder, list) else []):
             model = rung.get("model") if isinstance(rung, Mapping) else rung
             if isinstance(model, str) and model not in models:
-                found.append(
-                    (
-                        f"tasks.{name}.ladder[{i}]",
-                        f"unknown model {model!r} (defined: {_listed(models)})",
-                    )
-                )
+                found.append((
+                    f"tasks.{name}.ladder[{i}]",
+                    f"unknown model {model!r} (defined: {_listed(models)})",
+                ))
     return found
 
 
@@ -139,12 +133,8 @@ def _validated_problems(config: CascadeConfig) -> list[tuple[str, str]]:
     direct = config.server.direct_models
     for i, key in enumerate(direct if isinstance(direct, list) else ()):
         if key not in config.models:
-            found.append(
-                (
-                    f"server.direct_models[{i}]",
-                    f"unknown model {key!r} (defined: {_listed(config.models)})",
-                )
-            )
+            found.append((f"server.direct_models[{i}]",
+                          f"unknown model {key!r} (defined: {_listed(config.models)})"))
     for where, params in [
         *((f"models.{key}.params", m.params) for key, m in config.models.items()),
         *((f"tasks.{name}.params", t.params) for name, t in config.tasks.items()),
@@ -177,9 +167,7 @@ class _BoundedLoader(yaml.SafeLoader):
         try:
             if self._depth > MAX_YAML_DEPTH:
                 raise yaml.composer.ComposerError(
-                    None,
-                    None,
-                    f"nested deeper than {MAX_YAML_DEPTH} levels",
+                    None, None, f"nested deeper than {MAX_YAML_DEPTH} levels",
                     self.peek_event().start_mark,
                 )
             return super().compose_node(parent, index)  # type: ignore[no-any-return]

@@ -372,3 +372,5 @@ class CascadeConfig(BaseModel):
 
     def price_source(self, model: str) -> str:
         return self._price_sources.get(model, "config")
+
+

@@ -83,8 +83,7 @@ class OutputSpeed:
             else:
                 w = self.weight
                 self._averages[model] = (
-                    (1 - w) * last[0] + w * tokens,
-                    (1 - w) * last[1] + w * seconds,
+                    (1 - w) * last[0] + w * tokens, (1 - w) * last[1] + w * seconds
                 )
 
     def tokens_per_s(self, model: str) -> float | None:

@@ -81,20 +81,12 @@ class _Tally:
     lost: int = 0
     lost_usd: float = 0.0
 
-    def outcome(
-        self, completion: Completion | None, error: ProviderError | None, started: float
-    ) -> Outcome:
+    def outcome(self, completion: Completion | None, error: ProviderError | None,
+                started: float) -> Outcome:
         # When the circuit opened mid-step, the fault that opened it is the better story.
-        return Outcome(
-            completion,
-            self.last or error if completion is None else None,
-            self.attempts,
-            _since(started),
-            tuple(self.billed),
-            self.unsent,
-            self.lost,
-            self.lost_usd,
-        )
+        return Outcome(completion, self.last or error if completion is None else None,
+                       self.attempts, _since(started), tuple(self.billed), self.unsent,
+                       self.lost, self.lost_usd)
 
 
 class _NotSent(Exception):
@@ -158,15 +150,9 @@ class Caller:
             return tally.outcome(None, None, started)
         return tally.outcome(completion, None, started)
 
-    def _retried(
-        self,
-        op: Call,
-        model: ModelConfig,
-        provider: Provider,
-        slot: threading.BoundedSemaphore | None,
-        tally: _Tally,
-        first: ProviderError,
-    ) -> Completion:
+    def _retried(self, op: Call, model: ModelConfig, provider: Provider,
+                 slot: threading.BoundedSemaphore | None, tally: _Tally,
+                 first: ProviderError) -> Completion:
         """Attempts after the first, under tenacity, which sees ``first`` as its attempt 1."""
         replay: ProviderError | None = first
         for attempt in self.retry.retrying(op.deadline):
@@ -177,14 +163,8 @@ class Caller:
                 return self._once(op, model, provider, slot, tally)
         raise AssertionError("tenacity re-raises the last error")  # pragma: no cover
 
-    def _once(
-        self,
-        op: Call,
-        model: ModelConfig,
-        provider: Provider,
-        slot: threading.BoundedSemaphore | None,
-        tally: _Tally,
-    ) -> Completion:
+    def _once(self, op: Call, model: ModelConfig, provider: Provider,
+              slot: threading.BoundedSemaphore | None, tally: _Tally) -> Completion:
         """One attempt: breaker, timeout, concurrency slot, the provider call, the breaker fed."""
         self._gate(model.provider, model.name)
         if isinstance(provider, SDKProvider):
@@ -233,15 +213,9 @@ class Caller:
             return tally.outcome(None, None, started)
         return tally.outcome(completion, None, started)
 
-    async def _aretried(
-        self,
-        op: Call,
-        model: ModelConfig,
-        provider: Provider,
-        slot: asyncio.Semaphore | None,
-        tally: _Tally,
-        first: ProviderError,
-    ) -> Completion:
+    async def _aretried(self, op: Call, model: ModelConfig, provider: Provider,
+                        slot: asyncio.Semaphore | None, tally: _Tally,
+                        first: ProviderError) -> Completion:
         """The async twin of ``_retried``."""
         replay: ProviderError | None = first
         async for attempt in self.retry.aretrying(op.deadline):
@@ -252,14 +226,8 @@ class Caller:
                 return await self._aonce(op, model, provider, slot, tally)
         raise AssertionError("tenacity re-raises the last error")  # pragma: no cover
 
-    async def _aonce(
-        self,
-        op: Call,
-        model: ModelConfig,
-        provider: Provider,
-        slot: asyncio.Semaphore | None,
-        tally: _Tally,
-    ) -> Completion:
+    async def _aonce(self, op: Call, model: ModelConfig, provider: Provider,
+                     slot: asyncio.Semaphore | None, tally: _Tally) -> Completion:
         """The async twin of ``_once``."""
         self._gate(model.provider, model.name)
         if isinstance(provider, SDKProvider):

@@ -112,12 +112,7 @@ class Cascade:
             raise
         # Learning from production (docs/learning.md): shadow evaluation and task "auto".
         self.shadows = Shadows(
-            config,
-            self._caller,
-            self.limits,
-            self._recorder,
-            self.ledger,
-            self._ledger_io,
+            config, self._caller, self.limits, self._recorder, self.ledger, self._ledger_io,
             self._off_loop,
         )
         self.task_router = load_task_router(config, config_path=path)
@@ -393,3 +388,4 @@ class Cascade:
         if isinstance(exc, ConfigError) and exc.path is None and self.path is not None:
             return ConfigError(exc.message, path=self.path, location=exc.location)
         return exc
+

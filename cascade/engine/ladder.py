@@ -45,6 +45,7 @@ _Attempt = tuple[Completion, tuple[Verdict, ...], bool, "tuple[Slot, Verdict] | 
 _RungPlan = Generator["Call | Eval | Io | Hedge", Any, "tuple[CascadeResult | None, _Last | None]"]
 
 
+
 @dataclass(frozen=True, slots=True)
 class Rung:
     key: str
@@ -140,12 +141,7 @@ class Ladder:
         ``bounded`` is ``Ladder.bounded(task, params)`` when the caller has it already.
         """
         climb = Climb(
-            task,
-            messages,
-            params,
-            run,
-            run.cap,
-            cache_as,
+            task, messages, params, run, run.cap, cache_as,
             prompt_text(messages) if task.router is not None else "",
             bounded if bounded is not None else self.bounded(task, params),
         )
@@ -162,9 +158,8 @@ class Ladder:
                 done: CascadeResult = outcomes[winner][0]
                 # The rungs that lost were settled after the winner's result was built: a call
                 # cancelled in flight costs its worst case, and the result says so.
-                return replace(
-                    done, cost_usd=run.cost(), steps=tuple(sorted(run.steps, key=lambda s: s.step))
-                )
+                return replace(done, cost_usd=run.cost(),
+                               steps=tuple(sorted(run.steps, key=lambda s: s.step)))
             # The highest rung that answered is the one returned when none is accepted.
             answered = [outcomes[i][1] for i in sorted(outcomes) if outcomes[i][1] is not None]
             last = answered[-1] if answered else None
@@ -184,15 +179,8 @@ class Ladder:
     def cached(self, run: Run, model: str, text: str, parsed: Any) -> Plan:
         """A cache hit: one free step marked ``cache``, no provider call."""
         done = Completion(text=text, model=model, provider=self.models[model].provider)
-        yield io(
-            self.recorder.step,
-            run,
-            model,
-            Outcome(done, None, 0, 0.0),
-            "cache",
-            (),
-            index=run.next_index(),
-        )
+        yield io(self.recorder.step, run, model, Outcome(done, None, 0, 0.0), "cache", (),
+                 index=run.next_index())
         return replace(
             self.result(run, None, done, (), accepted=True), model=model, json=parsed, cached=True
         )
@@ -208,15 +196,8 @@ class Ladder:
             verdict = Verdict(
                 "router", False, p, f"predicted P(correct) = {p:.3f} < skip_below {threshold:g}"
             )
-            yield io(
-                self.recorder.step,
-                run,
-                rung.key,
-                NOTHING,
-                "skip",
-                (verdict,),
-                index=run.next_index(),
-            )
+            yield io(self.recorder.step, run, rung.key, NOTHING, "skip", (verdict,),
+                     index=run.next_index())
             return None, None
         convo, call_params = _prepared(climb, i)
         repairs = {s.name: int(getattr(s.evaluator, "repair_attempts", 0)) for s in rung.slots}
@@ -224,36 +205,19 @@ class Ladder:
         while True:
             if run.deadline is not None and time.monotonic() >= run.deadline:
                 # Nothing is called, so nothing is reserved: a row of its own, cost 0.
-                yield io(
-                    self.recorder.step,
-                    run,
-                    rung.key,
-                    NOTHING,
-                    "skip",
-                    (),
-                    error="the run's deadline passed (deadline_s)",
-                    index=run.next_index(),
-                )
+                yield io(self.recorder.step, run, rung.key, NOTHING, "skip", (),
+                         error="the run's deadline passed (deadline_s)", index=run.next_index())
                 break
             index = run.next_index()
             gate = yield from self._gate(climb, rung, convo, call_params, index)
             if gate.skipped:
                 climb.refused.append(gate)
-                yield io(
-                    self.recorder.step,
-                    run,
-                    rung.key,
-                    NOTHING,
-                    "skip",
-                    (),
-                    error=gate.reason,
-                    index=index,
-                )
+                yield io(self.recorder.step, run, rung.key, NOTHING, "skip", (),
+                         error=gate.reason, index=index)
                 break
             try:
-                step = yield from self._attempt(
-                    climb, rung, convo, call_params, repairs, index, gate
-                )
+                step = yield from self._attempt(climb, rung, convo, call_params, repairs, index,
+                                                gate)
             finally:
                 # A step still held here never heard back from its call (cancelled): it is
                 # settled as lost at its worst case, never silently dropped.
@@ -296,17 +260,8 @@ class Ladder:
         try:
             gate: Gate = yield io(
                 self.limits.check,
-                climb.task.name,
-                rung.model.provider,
-                rung.key,
-                convo,
-                call_params,
-                spent,
-                climb.cap,
-                run_id=run.run_id,
-                step=index,
-                estimate=estimate,
-                tab=run,
+                climb.task.name, rung.model.provider, rung.key, convo, call_params, spent,
+                climb.cap, run_id=run.run_id, step=index, estimate=estimate, tab=run,
             )
         except BaseException:
             run.held.pop(index, None)
@@ -347,22 +302,12 @@ class Ladder:
             # Nothing was sent (a missing key, a body that cannot be built): the write-ahead
             # row is settled at its real cost, nothing, before the error goes up; a later rung
             # would fail the same way or hide a mistake the user must fix.
-            yield io(
-                self.recorder.step,
-                run,
-                rung.key,
-                outcome,
-                "error",
-                (),
-                index=index,
-                hold=gate.hold,
-                error=f"not sent: {outcome.unsent}",
-            )
+            yield io(self.recorder.step, run, rung.key, outcome, "error", (), index=index,
+                     hold=gate.hold, error=f"not sent: {outcome.unsent}")
             raise outcome.unsent
         if outcome.completion is None:
-            yield io(
-                self.recorder.step, run, rung.key, outcome, "error", (), index=index, hold=gate.hold
-            )
+            yield io(self.recorder.step, run, rung.key, outcome, "error", (), index=index,
+                     hold=gate.hold)
             return None
         completion = outcome.completion.named(rung.key)
         # Evaluators that add to the answer (a confidence line) read it raw; the others judge
@@ -389,29 +334,15 @@ class Ladder:
             # completed, so its step is settled with its real usage, not the reserved worst
             # case. The plan is being closed off the loop (``adrive``), so this may write.
             self.recorder.step(
-                run,
-                rung.key,
-                outcome,
-                "error",
-                tuple(verdicts),
-                completion=completion,
-                index=index,
-                error="cancelled: another rung answered first",
-                hold=gate.hold,
+                run, rung.key, outcome, "error", tuple(verdicts), completion=completion,
+                index=index, error="cancelled: another rung answered first", hold=gate.hold,
             )
             raise
         except Exception as exc:
             # The answer was paid for: its step goes to the ledger before the error goes up.
             yield io(
-                self.recorder.step,
-                run,
-                rung.key,
-                outcome,
-                "error",
-                tuple(verdicts),
-                completion=completion,
-                index=index,
-                error=f"evaluation failed: {exc}",
+                self.recorder.step, run, rung.key, outcome, "error", tuple(verdicts),
+                completion=completion, index=index, error=f"evaluation failed: {exc}",
                 hold=gate.hold,
             )
             raise
@@ -423,15 +354,8 @@ class Ladder:
             fixer = None if ok else _repairer(slots, verdicts, repairs)
         decision: Decision = "accept" if ok else ("repair" if fixer else "escalate")
         yield io(
-            self.recorder.step,
-            run,
-            rung.key,
-            outcome,
-            decision,
-            tuple(verdicts),
-            completion=completion,
-            index=index,
-            hold=gate.hold,
+            self.recorder.step, run, rung.key, outcome, decision, tuple(verdicts),
+            completion=completion, index=index, hold=gate.hold,
         )
         return completion, tuple(verdicts), ok, fixer
 

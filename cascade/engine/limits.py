@@ -37,18 +37,8 @@ class Gate:
     so that a retry after an attempt that timed out can reserve again (``Limits.extend``).
     """
 
-    __slots__ = (
-        "cap",
-        "estimate",
-        "hold",
-        "kind",
-        "limit_usd",
-        "reason",
-        "reserved",
-        "step",
-        "tab",
-        "task",
-    )
+    __slots__ = ("cap", "estimate", "hold", "kind", "limit_usd", "reason", "reserved", "step",
+                 "tab", "task")
 
     def __init__(
         self,
@@ -169,9 +159,7 @@ class Limits:
         )
         if refusal is not None:
             return Gate(
-                reason=refusal.reason,
-                kind="budget",
-                estimate=estimate,
+                reason=refusal.reason, kind="budget", estimate=estimate,
                 limit_usd=refusal.limit_usd,
             )
         return Gate(hold=hold, estimate=estimate, task=task, cap=cap, tab=tab, step=step)

@@ -118,12 +118,13 @@ async def adrive(
                     reply = await acall(step)
                 elif isinstance(step, Io):
                     reply = (
-                        step.fn(*step.args, **step.kwargs)
-                        if ledger_io is None
+                        step.fn(*step.args, **step.kwargs) if ledger_io is None
                         else await ledger_io(step.fn, *step.args, **step.kwargs)
                     )
                 elif isinstance(step, Hedge):
-                    reply = await _ahedge(step, lambda sub: adrive(sub, acall, ledger_io, off_loop))
+                    reply = await _ahedge(
+                        step, lambda sub: adrive(sub, acall, ledger_io, off_loop)
+                    )
                 else:
                     reply = await step.slot.arun(step.request, step.completion)
             except Exception as exc:

@@ -186,18 +186,9 @@ class Recorder:
             return
         model = self.config.models[model_key]
         step = StepRecord(
-            run_id=run.run_id,
-            task=run.task,
-            step=index,
-            model=model_key,
-            provider=model.provider,
-            attempts=0,
-            input_tokens=0,
-            output_tokens=0,
-            cost_usd=gate.reserved,
-            latency_ms=0.0,
-            decision="lost",
-            ts=time.time(),
+            run_id=run.run_id, task=run.task, step=index, model=model_key,
+            provider=model.provider, attempts=0, input_tokens=0, output_tokens=0,
+            cost_usd=gate.reserved, latency_ms=0.0, decision="lost", ts=time.time(),
             error="cancelled before its outcome was known; counted at its reserved worst case",
         )
         run.steps.append(step)
@@ -223,16 +214,9 @@ class Recorder:
                 "rung"
             )
         run.warnings.append(RunWarning(model_key, code, message))
-        log.warning(
-            "cascade.misconfigured",
-            run_id=run.run_id,
-            task=run.task,
-            model=model_key,
-            provider=model.provider,
-            status_code=error.status_code,
-            code=code,
-            error=error.message,
-        )
+        log.warning("cascade.misconfigured", run_id=run.run_id, task=run.task, model=model_key,
+                    provider=model.provider, status_code=error.status_code, code=code,
+                    error=error.message)
 
     def result(
         self,
@@ -315,11 +299,9 @@ class Recorder:
             # Queued for the ledger's writer thread: never waits, so it is safe first.
             try:
                 self.ledger.record_run(
-                    result,
-                    status=status,
+                    result, status=status,
                     content=self.content(run, result.steps) if run is not None else (),
-                    failed=failed,
-                    key_id=run.key_id if run is not None else None,
+                    failed=failed, key_id=run.key_id if run is not None else None,
                 )
             except LedgerError as exc:
                 failed(exc)

@@ -101,17 +101,8 @@ class Services:
             estimate = run.held[index] = self.limits.worst_case(model, op.messages, op.params)
         try:
             gate = self.limits.check(
-                run.task,
-                settings.provider,
-                model,
-                op.messages,
-                op.params,
-                spent,
-                run.cap,
-                run_id=run.run_id,
-                step=index,
-                estimate=estimate,
-                tab=run,
+                run.task, settings.provider, model, op.messages, op.params, spent, run.cap,
+                run_id=run.run_id, step=index, estimate=estimate, tab=run,
             )
         except BaseException:
             run.held.pop(index, None)
@@ -136,9 +127,8 @@ class Services:
         """Record the call as a ``judge`` step, then return its answer or raise its error."""
         if run is not None:
             error = None if outcome.unsent is None else f"not sent: {outcome.unsent}"
-            self.recorder.step(
-                run, op.model_key, outcome, "judge", (), index=index, hold=gate.hold, error=error
-            )
+            self.recorder.step(run, op.model_key, outcome, "judge", (), index=index,
+                               hold=gate.hold, error=error)
         if outcome.unsent is not None:
             raise outcome.unsent
         if outcome.error is not None:

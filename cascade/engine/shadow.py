@@ -119,7 +119,8 @@ class Shadows:
         self._tasks: set[asyncio.Task[Any]] = set()
 
     def due(self, task: _Task, result: CascadeResult) -> bool:
-        rate = self.config.tasks[task.name].shadow_rate if (task.name in self.config.tasks) else 0.0
+        rate = self.config.tasks[task.name].shadow_rate if (
+            task.name in self.config.tasks) else 0.0
         if rate <= 0 or not result.accepted or result.cached:
             return False
         keys = [r.key for r in task.rungs]
@@ -127,9 +128,8 @@ class Shadows:
             return False  # the top rung answered: nothing above it to compare with
         return self.rng.random() < rate
 
-    def submit(
-        self, task: _Task, run: Run, result: CascadeResult, params: Mapping[str, Any]
-    ) -> None:
+    def submit(self, task: _Task, run: Run, result: CascadeResult, params: Mapping[str, Any]
+               ) -> None:
         """From ``complete``: run the shadow calls on the engine's shadow threads."""
         if not self.due(task, result) or not self._admit(task, result):
             return
@@ -147,21 +147,16 @@ class Shadows:
         self._futures.add(future)
         future.add_done_callback(self._finished)
 
-    def asubmit(
-        self, task: _Task, run: Run, result: CascadeResult, params: Mapping[str, Any]
-    ) -> None:
+    def asubmit(self, task: _Task, run: Run, result: CascadeResult, params: Mapping[str, Any]
+                ) -> None:
         """From ``acomplete``: run the shadow calls in an asyncio task of their own."""
         if not self.due(task, result) or not self._admit(task, result):
             return
         try:
-            job = asyncio.ensure_future(
-                adrive(
-                    self._plan(task, run, result, dict(params)),
-                    self.caller.acall,
-                    self.ledger_io,
-                    self.off_loop,
-                )
-            )
+            job = asyncio.ensure_future(adrive(
+                self._plan(task, run, result, dict(params)), self.caller.acall, self.ledger_io,
+                self.off_loop,
+            ))
         except BaseException:
             self._slots.release()
             raise
@@ -174,12 +169,8 @@ class Shadows:
             return True
         with self._lock:
             self.skipped[task.name] += 1
-        log.info(
-            "cascade.shadow_skipped",
-            run_id=result.run_id,
-            task=task.name,
-            max_in_flight=self.max_in_flight,
-        )
+        log.info("cascade.shadow_skipped", run_id=result.run_id, task=task.name,
+                 max_in_flight=self.max_in_flight)
         return False
 
     def _finished(self, job: Any) -> None:
@@ -213,7 +204,7 @@ class Shadows:
         run.deadline = time.monotonic() + settings.deadline_s
         messages = run.messages
         answers: dict[str, Completion] = {}
-        for rung in task.rungs[keys.index(result.model) + 1 :]:
+        for rung in task.rungs[keys.index(result.model) + 1:]:
             call_params = bound_output(
                 {**rung.model.params, **task.params, **params},
                 rung.model.max_output_tokens,
@@ -223,43 +214,20 @@ class Shadows:
             # Period budgets hold for shadow calls too; the request's own cap does not (the
             # caller has had its answer).
             gate = yield io(
-                self.limits.check,
-                task.name,
-                rung.model.provider,
-                rung.key,
-                messages,
-                call_params,
-                0.0,
-                None,
-                run_id=run.run_id,
-                step=index,
+                self.limits.check, task.name, rung.model.provider, rung.key, messages,
+                call_params, 0.0, None, run_id=run.run_id, step=index,
             )
             if gate.skipped:
-                yield io(
-                    self.recorder.step,
-                    run,
-                    rung.key,
-                    NOTHING,
-                    "shadow",
-                    (),
-                    error=gate.reason,
-                    index=index,
-                )
+                yield io(self.recorder.step, run, rung.key, NOTHING,
+                          "shadow", (), error=gate.reason, index=index)
                 break
             try:
                 outcome = yield Call(rung.key, messages, call_params, None, run.deadline, gate)
                 done = outcome.completion
                 unsent = None if outcome.unsent is None else f"not sent: {outcome.unsent}"
                 step = yield io(
-                    self.recorder.step,
-                    run,
-                    rung.key,
-                    outcome,
-                    "shadow",
-                    (),
-                    completion=None if done is None else done,
-                    index=index,
-                    hold=gate.hold,
+                    self.recorder.step, run, rung.key, outcome, "shadow", (),
+                    completion=None if done is None else done, index=index, hold=gate.hold,
                     error=unsent,
                 )
             finally:
@@ -274,12 +242,6 @@ class Shadows:
         top = keys[-1]
         if top in answers and self.ledger is not None:
             label = agreement_label(result.text, answers[top].text)
-            yield io(
-                add_feedback,
-                self.ledger,
-                run.run_id,
-                label,
-                f"agreement of {result.model} with {top}",
-                source=SOURCE,
-            )
+            yield io(add_feedback, self.ledger, run.run_id, label,
+                      f"agreement of {result.model} with {top}", source=SOURCE)
         return result

@@ -318,9 +318,9 @@ def build_one(spec: Mapping[str, Any], ctx: EvaluatorContext) -> Slot:
         if not isinstance(path, str):
             raise ctx.error("a callable evaluator needs path: 'package.module:function'", "path")
         if settings:
-            raise joined(
-                [(_at(ctx, (key,)), unknown_key(key, ("path", *_COMMON_KEYS))) for key in settings]
-            )
+            raise joined([
+                (_at(ctx, (key,)), unknown_key(key, ("path", *_COMMON_KEYS))) for key in settings
+            ])
         # A module beside the config, or in the working directory, needs no packaging.
         search = [*([ctx.config_dir] if ctx.config_dir is not None else []), Path.cwd()]
         target = load_object(path, location=f"{ctx.location}.path", search=search)

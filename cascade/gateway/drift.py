@@ -76,11 +76,8 @@ class DriftGauges:
         if ledger is None:
             return
         self.refreshes += 1
-        targets = {
-            name: t.quality_target
-            for name, t in self.gateway.engine.config.tasks.items()
-            if t.quality_target is not None
-        }
+        targets = {name: t.quality_target for name, t in self.gateway.engine.config.tasks.items()
+                   if t.quality_target is not None}
         since = self.now() - DRIFT_WEEKS * 7 * 86400
         try:
             rows = await ledger.run(lambda: drift_report(ledger, targets=targets, since=since))
@@ -91,7 +88,6 @@ class DriftGauges:
         except Exception as exc:  # a bug must not vanish in a task nobody awaits
             # One line, no traceback (it could carry a database URL), as the other ledger logs.
             log.error(  # noqa: TRY400
-                "cascade.drift_metrics_failed", error=f"{type(exc).__name__}: {exc}"
-            )
+                "cascade.drift_metrics_failed", error=f"{type(exc).__name__}: {exc}")
             return
         self.gateway.metrics.drift(rows)

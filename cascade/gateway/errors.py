@@ -63,7 +63,9 @@ def error_response(
     scrub: bool = True,
 ) -> WireJSON:
     text = redact(message) if scrub else message
-    return WireJSON(error_body(text, kind, code), status_code=status, headers=dict(headers or {}))
+    return WireJSON(
+        error_body(text, kind, code), status_code=status, headers=dict(headers or {})
+    )
 
 
 def refuse(

@@ -34,6 +34,7 @@ from cascade.ledger.feedback import add_feedback
 __all__ = ["feedback"]
 
 
+
 async def feedback(request: Request) -> Response:
     gateway: Gateway = request.app.state.gateway
     client = gateway.client(request)
@@ -45,14 +46,8 @@ async def feedback(request: Request) -> Response:
             request.receive, request.headers, settings.max_body_bytes, settings.client_timeout_s
         )
     except BodyRefused as exc:
-        return refuse(
-            gateway,
-            "InvalidRequest",
-            exc.status,
-            exc.message,
-            "invalid_request",
-            headers={"connection": "close"},
-        )
+        return refuse(gateway, "InvalidRequest", exc.status, exc.message, "invalid_request",
+                       headers={"connection": "close"})
     wait = gateway.feedback_limit.take(client.key_id)
     if wait:
         gateway.metrics.error("RateLimited")
@@ -70,22 +65,14 @@ async def feedback(request: Request) -> Response:
     except BodyRefused as exc:
         return refuse(gateway, "InvalidRequest", exc.status, exc.message, "invalid_request")
     if not isinstance(body, dict):
-        return refuse(
-            gateway,
-            "InvalidRequest",
-            400,
-            "invalid request body: a JSON object with run_id and score",
-            "invalid_request",
-        )
+        return refuse(gateway, "InvalidRequest", 400,
+                       "invalid request body: a JSON object with run_id and score",
+                       "invalid_request")
     unknown = sorted(set(body) - {"run_id", "score", "comment"})
     if unknown:
-        return refuse(
-            gateway,
-            "InvalidRequest",
-            400,
-            f"invalid request body: unknown field(s) {', '.join(unknown)}",
-            "invalid_request",
-        )
+        return refuse(gateway, "InvalidRequest", 400,
+                       f"invalid request body: unknown field(s) {', '.join(unknown)}",
+                       "invalid_request")
     ledger = gateway.engine.ledger
     anyone = client.admin or settings.feedback_any_run
     store = functools.partial(add_feedback, made_with=None if anyone else client.key_id)
@@ -102,13 +89,5 @@ async def feedback(request: Request) -> Response:
     except LedgerError as exc:
         return from_exception(exc)
     gateway.metrics.feedback.labels(row.source).inc()
-    return WireJSON(
-        {
-            "object": "feedback",
-            "id": row.id,
-            "run_id": row.run_id,
-            "score": row.score,
-            "comment": row.comment,
-            "source": row.source,
-        }
-    )
+    return WireJSON({"object": "feedback", "id": row.id, "run_id": row.run_id,
+                         "score": row.score, "comment": row.comment, "source": row.source})

@@ -30,16 +30,14 @@ _ESCALATING = frozenset({"escalate", "error"})
 # The drift gauges: key in ``drift_report``'s rows -> (metric name, help).
 _DRIFT_GAUGES = {
     "acceptance_rate": ("cascade_drift_acceptance_rate", "Share of the rung's answers accepted."),
-    "accepted_score": (
-        "cascade_drift_accepted_score",
-        "Mean feedback or shadow score of accepted answers.",
-    ),
+    "accepted_score": ("cascade_drift_accepted_score",
+                       "Mean feedback or shadow score of accepted answers."),
     "evidence": ("cascade_drift_evidence", "Scores behind cascade_drift_accepted_score."),
     "cost_per_run": ("cascade_drift_cost_per_run_usd", "Mean cost of the runs the rung answered."),
     "shadow_cost_usd": ("cascade_drift_shadow_cost_usd", "Cost of the rung's shadow calls."),
-    "flagged": ("cascade_drift_flagged", "1 when the week's accepted quality is below the target."),
+    "flagged": ("cascade_drift_flagged",
+                "1 when the week's accepted quality is below the target."),
 }
-
 
 class GatewayMetrics:
     """The counters and the latency histogram behind ``GET /metrics``.
@@ -98,9 +96,7 @@ class GatewayMetrics:
             registry=self.registry,
         )
         self.feedback = Counter(
-            "cascade_feedback",
-            "Feedback rows stored, by source.",
-            ["source"],
+            "cascade_feedback", "Feedback rows stored, by source.", ["source"],
             registry=self.registry,
         )
         self.reloads = Counter(

@@ -167,11 +167,8 @@ class Gateway:
 
         ``auto`` (or ``cascade/auto``) lets the task router pick the task, when one is fitted.
         """
-        if (
-            name in (AUTO, f"cascade/{AUTO}")
-            and AUTO not in self.engine.tasks
-            and self.engine.task_router is not None
-        ):
+        if (name in (AUTO, f"cascade/{AUTO}") and AUTO not in self.engine.tasks
+                and self.engine.task_router is not None):
             return self.engine, AUTO
         if name.startswith("cascade/"):
             task = name.removeprefix("cascade/")

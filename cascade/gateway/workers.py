@@ -142,11 +142,8 @@ def serve_workers(
         raise ConfigError(
             f"cannot listen on {host}:{port}: {exc.strerror or exc}", path=path
         ) from exc
-    auth = (
-        f"{len(keys)} API key(s) from ${settings.api_keys_env}"
-        if keys
-        else ("no auth, loopback only")
-    )
+    auth = f"{len(keys)} API key(s) from ${settings.api_keys_env}" if keys else (
+        "no auth, loopback only")
     print(
         f"cascade serve: listening on {url_of(sock)} ({auth}; {workers} workers; tasks: "
         f"{', '.join(config.tasks)}; direct models: "

@@ -56,9 +56,8 @@ class WouldBlock(Exception):
 
 # Set while the event loop runs a ledger operation: a transaction that would wait for a lock
 # raises WouldBlock before changing anything, and the operation is run again on a thread.
-NOWAIT: contextvars.ContextVar[bool] = contextvars.ContextVar(
-    "cascade_ledger_nowait", default=False
-)
+NOWAIT: contextvars.ContextVar[bool] = contextvars.ContextVar("cascade_ledger_nowait",
+                                                              default=False)
 
 # When the ledger operation under way stops waiting for locks (on its backend's clock). Set once
 # per operation, so every wait inside it (the connection, the database's write lock, a second
@@ -202,12 +201,9 @@ class SqliteBackend:
         started = self.clock()
         # Past its deadline an operation still tries once: the lock may be free by now.
         if not self._lock.acquire(timeout=left if left > 0 else 0):
-            raise self._error(
-                sqlite3.OperationalError(
-                    "database is locked (this process's ledger connection stayed busy for the "
-                    "whole busy timeout)"
-                )
-            )
+            raise self._error(sqlite3.OperationalError(
+                "database is locked (this process's ledger connection stayed busy for the "
+                "whole busy timeout)"))
         return max(0.0, left - (self.clock() - started))
 
     @contextmanager

@@ -57,7 +57,6 @@ T = TypeVar("T")
 # How long the ledger refuses new reservations after a queued write could not be written.
 FAIL_CLOSED_S = 10.0
 
-
 class _Refused(Exception):
     """A budget refused the reservation: roll the transaction back."""
 
@@ -106,8 +105,7 @@ class Ledger:
             raise ValueError("Ledger needs a path (SQLite) or a url (PostgreSQL)")
         self.path = str(path) if path is not None else None
         self.backend: Backend = (
-            PostgresBackend(url, pool_size=pool_size)
-            if url is not None
+            PostgresBackend(url, pool_size=pool_size) if url is not None
             else SqliteBackend(str(path), busy_timeout_s=busy_timeout_s)
         )
         self.owner: Owner = this_process()
@@ -239,10 +237,9 @@ class Ledger:
         """
         lost: list[Record] = []
         with self.backend.transaction() as tx:
-            owners = [
-                r["owner"]
-                for r in tx.execute("SELECT DISTINCT owner FROM steps WHERE status = 'pending'")
-            ]
+            owners = [r["owner"] for r in tx.execute(
+                "SELECT DISTINCT owner FROM steps WHERE status = 'pending'"
+            )]
             for owner in owners:
                 if owner == self.owner.owner:
                     continue
@@ -257,21 +254,16 @@ class Ledger:
                 tx.execute(
                     "UPDATE steps SET status = 'lost', decision = 'lost', error = ? WHERE owner = ?"
                     " AND status = 'pending'",
-                    (
-                        "the process that made this call died before recording its outcome; "
-                        "counted at its reserved worst case",
-                        owner,
-                    ),
+                    ("the process that made this call died before recording its outcome; "
+                     "counted at its reserved worst case",
+                     owner),
                 )
                 tx.execute("DELETE FROM owners WHERE owner = ?", (owner,))
                 names = {k: i for i, k in enumerate(rows[0])} if rows else {}
                 lost += [Record(list(r.values()), names) for r in rows]
         if lost:
-            log.warning(
-                "cascade.ledger_recovered",
-                lost_steps=len(lost),
-                reserved_usd=sum(float(r["reserved_usd"]) for r in lost),
-            )
+            log.warning("cascade.ledger_recovered", lost_steps=len(lost),
+                        reserved_usd=sum(float(r["reserved_usd"]) for r in lost))
         return lost
 
     # -- writes ---------------------------------------------------------------------------------
@@ -350,12 +342,8 @@ class Ledger:
                 raise _Refused(refusal)  # rolls the row and the charge back
         return step_id
 
-    def _submit(
-        self,
-        write: Callable[[Tx], Any],
-        done: Callable[[Any], None] | None,
-        failed: Callable[[LedgerError], None] | None,
-    ) -> None:
+    def _submit(self, write: Callable[[Tx], Any], done: Callable[[Any], None] | None,
+                failed: Callable[[LedgerError], None] | None) -> None:
         self.writer.submit(Op(write, done, failed))
 
     def settle(
@@ -491,3 +479,4 @@ class Ledger:
         except LedgerError:
             pass
         self.backend.close()
+

@@ -70,9 +70,8 @@ def drift_report(
     """
     targets = targets or {}
     fold(ledger)
-    rows = read_rollup(
-        ledger, by_week=True, models=False, since_week=None if since is None else week_index(since)
-    )
+    rows = read_rollup(ledger, by_week=True, models=False,
+                       since_week=None if since is None else week_index(since))
     out = []
     for r in sorted(rows, key=lambda r: (r["task"], r["model"], r["week"])):
         if not (r["answers"] or r["shadow_calls"] or r["runs"]):
@@ -82,26 +81,16 @@ def drift_report(
         n = r["scores_user"] + r["scores_shadow"]
         mean = r["score_nano"] / 1e9 / n if n else None
         target = targets.get(r["task"])
-        out.append(
-            DriftRow(
-                task=r["task"],
-                rung=r["model"],
-                week=week_label(r["week"]),
-                answers=r["answers"],
-                accepted=r["accepted"],
-                acceptance_rate=r["accepted"] / r["answers"] if r["answers"] else None,
-                accepted_score=mean,
-                evidence=n,
-                evidence_user=r["scores_user"],
-                evidence_shadow=r["scores_shadow"],
-                runs=r["runs"],
-                # the run's cost without its shadow calls: the runs row is written before them
-                cost_per_run=r["run_nusd"] / 1e9 / r["runs"] if r["runs"] else None,
-                shadow_cost_usd=r["shadow_nusd"] / 1e9,
-                target=target,
-                flagged=bool(
-                    target is not None and mean is not None and n >= min_evidence and mean < target
-                ),
-            )
-        )
+        out.append(DriftRow(
+            task=r["task"], rung=r["model"], week=week_label(r["week"]), answers=r["answers"],
+            accepted=r["accepted"],
+            acceptance_rate=r["accepted"] / r["answers"] if r["answers"] else None,
+            accepted_score=mean, evidence=n, evidence_user=r["scores_user"],
+            evidence_shadow=r["scores_shadow"], runs=r["runs"],
+            # the run's cost without its shadow calls: the runs row is written before them
+            cost_per_run=r["run_nusd"] / 1e9 / r["runs"] if r["runs"] else None,
+            shadow_cost_usd=r["shadow_nusd"] / 1e9, target=target,
+            flagged=bool(target is not None and mean is not None and n >= min_evidence
+                         and mean < target),
+        ))
     return out

@@ -89,9 +89,7 @@ class Limit:
     def key(self, task: str, ts: float) -> TotalsKey:
         """The totals row this limit is checked against for a step of ``task`` at ``ts``."""
         scope, period, bucket = next(
-            k
-            for k in buckets(task, ts)
-            if k[1] == self.period
+            k for k in buckets(task, ts) if k[1] == self.period
             and k[0] == ("global" if self.scope == "global" else f"task:{self.scope}")
         )
         return scope, period, bucket
@@ -188,9 +186,8 @@ class Accounts:
             LedgerError: nothing could be written; do not retry the call.
         """
         before = hold.pending.reserved_usd
-        grown = replace(
-            hold.pending, reserved_usd=before + estimate, grows=hold.step_id, before=before
-        )
+        grown = replace(hold.pending, reserved_usd=before + estimate, grows=hold.step_id,
+                        before=before)
         outcome = self._reserve(grown, estimate)
         if isinstance(outcome, Refusal):
             return outcome
@@ -233,27 +230,16 @@ class Accounts:
 
         def done(settled: bool) -> None:
             if not settled:
-                log.warning(
-                    "cascade.ledger_settled_late",
-                    run_id=run_id,
-                    step=index,
-                    note="the row was already settled as lost; its reserved cost stands",
-                )
+                log.warning("cascade.ledger_settled_late", run_id=run_id, step=index,
+                            note="the row was already settled as lost; its reserved cost stands")
 
         def failed(exc: LedgerError) -> None:
-            ledger_failed(
-                "cascade.ledger_settle_failed",
-                run_id=run_id,
-                step=index,
-                reserved_usd=reserved,
-                cost_usd=cost,
-                error=str(exc),
-            )
+            ledger_failed("cascade.ledger_settle_failed", run_id=run_id, step=index,
+                          reserved_usd=reserved, cost_usd=cost, error=str(exc))
 
         try:
-            self.ledger.settle(
-                hold.step_id, hold.pending, step, lost=lost, done=done, failed=failed
-            )
+            self.ledger.settle(hold.step_id, hold.pending, step, lost=lost, done=done,
+                               failed=failed)
         except LedgerError as exc:
             failed(exc)
 
@@ -284,13 +270,8 @@ class Accounts:
         run_id, index, decision = step.run_id, step.step, step.decision
 
         def failed(exc: LedgerError) -> None:
-            ledger_failed(
-                "cascade.ledger_write_failed",
-                run_id=run_id,
-                step=index,
-                decision=decision,
-                error=str(exc),
-            )
+            ledger_failed("cascade.ledger_write_failed", run_id=run_id, step=index,
+                          decision=decision, error=str(exc))
 
         try:
             self.ledger.record_step(step, failed=failed)

@@ -86,11 +86,8 @@ def fold(ledger: Ledger, *, wait: bool = False) -> int:
                     if rows[0]["lo"] is None:
                         return folded
                     upto = min(int(rows[0]["hi"]), int(rows[0]["lo"]) + FOLD_CHUNK - 1)
-                    tx.execute(
-                        f"INSERT INTO rollup ({KEY}, {names}) SELECT {KEY}, {sums}"
-                        f" FROM rollup_log WHERE id <= ? GROUP BY 1, 2, 3{upsert}",
-                        (upto,),
-                    )
+                    tx.execute(f"INSERT INTO rollup ({KEY}, {names}) SELECT {KEY}, {sums}"
+                               f" FROM rollup_log WHERE id <= ? GROUP BY 1, 2, 3{upsert}", (upto,))
                     count = tx.rowcount("DELETE FROM rollup_log WHERE id <= ?", (upto,))
                 else:
                     # One statement: exactly the rows deleted are added, even while other
@@ -100,9 +97,7 @@ def fold(ledger: Ledger, *, wait: bool = False) -> int:
                         " rollup_log ORDER BY id LIMIT ? FOR UPDATE SKIP LOCKED) RETURNING *),"
                         f" added AS (INSERT INTO rollup ({KEY}, {names}) SELECT {KEY}, {sums}"
                         f" FROM gone GROUP BY 1, 2, 3 ORDER BY 1, 2, 3{upsert})"
-                        " SELECT COUNT(*) AS n FROM gone",
-                        (FOLD_CHUNK,),
-                    )
+                        " SELECT COUNT(*) AS n FROM gone", (FOLD_CHUNK,))
                     count = int(rows[0]["n"])
         except LedgerError as exc:
             if wait or "locked" not in str(exc):
@@ -131,8 +126,7 @@ def read_rollup(
     key = KEY if by_week else "task, model"
     names = ", ".join(METRICS)
     rows = ledger.query(
-        f"SELECT {key}, "
-        + ", ".join(f"SUM({c}) AS {c}" for c in METRICS)
+        f"SELECT {key}, " + ", ".join(f"SUM({c}) AS {c}" for c in METRICS)
         + f" FROM (SELECT {KEY}, {names} FROM rollup{where} UNION ALL"
         f" SELECT {KEY}, {names} FROM rollup_log{where}) u GROUP BY {key} ORDER BY {key}",
         args,

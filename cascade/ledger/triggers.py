@@ -15,18 +15,8 @@ WEEK_S = 604800
 MONDAY_S = 259200  # 1970-01-01 was a Thursday: weeks start 3 days before the epoch
 
 STEP_METRICS = (
-    "steps",
-    "calls",
-    "answers",
-    "accepted",
-    "errors",
-    "shadow_calls",
-    "shadow_nusd",
-    "cost_nusd",
-    "input_tokens",
-    "output_tokens",
-    "estimated",
-    "unfinished",
+    "steps", "calls", "answers", "accepted", "errors", "shadow_calls", "shadow_nusd",
+    "cost_nusd", "input_tokens", "output_tokens", "estimated", "unfinished",
 )
 _RUN_METRICS = ("runs", "runs_accepted", "run_nusd")
 _SCORE_METRICS = ("score_nano", "scores_user", "scores_shadow")
@@ -82,27 +72,21 @@ class RollupSql:
         where ``steps_run`` finds the run's few steps.
         """
         extra = f" AND o.decision IN {_ESCALATING}" if escalating else ""
-        return (
-            f"EXISTS (SELECT 1 FROM steps o WHERE o.run_id = {row}.run_id AND o.task || ''"
-            f" = {row}.task AND o.id <> {row}.id AND o.status <> 'pending'{extra})"
-        )
+        return (f"EXISTS (SELECT 1 FROM steps o WHERE o.run_id = {row}.run_id AND o.task || ''"
+                f" = {row}.task AND o.id <> {row}.id AND o.status <> 'pending'{extra})")
 
     @staticmethod
     def escalating(row: str) -> str:
-        return (
-            f"CASE WHEN {row}.status <> 'pending' AND {row}.decision IN {_ESCALATING}"
-            " THEN 1 ELSE 0 END"
-        )
+        return (f"CASE WHEN {row}.status <> 'pending' AND {row}.decision IN {_ESCALATING}"
+                " THEN 1 ELSE 0 END")
 
     @staticmethod
     def latest(run_id: str, user: bool, skip: str = "") -> str:
         """The latest score of a run from users (or from shadows), leaving out row ``skip``."""
         source = "source = 'user'" if user else "source <> 'user'"
         without = f" AND id <> {skip}" if skip else ""
-        return (
-            f"(SELECT score FROM feedback WHERE run_id = {run_id} AND {source}{without}"
-            " ORDER BY ts DESC, id DESC LIMIT 1)"
-        )
+        return (f"(SELECT score FROM feedback WHERE run_id = {run_id} AND {source}{without}"
+                " ORDER BY ts DESC, id DESC LIMIT 1)")
 
     def score(self, user: str, shadow: str, gate: str = "1 = 1") -> list[str]:
         """score_nano, scores_user, scores_shadow of a run whose latest scores are these."""
@@ -116,12 +100,8 @@ class RollupSql:
     def run_values(self, row: str, sign: str) -> str:
         """The log row of a runs row (``sign``: ``-`` to take an old version back out)."""
         gate = f"{row}.accepted <> 0 AND {row}.model IS NOT NULL"
-        values = [
-            "1",
-            f"CASE WHEN {row}.accepted <> 0 THEN 1 ELSE 0 END",
-            self.nano(f"{row}.cost_usd"),
-            *self.score("f.u", "f.s", gate),
-        ]
+        values = ["1", f"CASE WHEN {row}.accepted <> 0 THEN 1 ELSE 0 END",
+                  self.nano(f"{row}.cost_usd"), *self.score("f.u", "f.s", gate)]
         return (
             f"INSERT INTO rollup_log ({KEY}, {', '.join((*_RUN_METRICS, *_SCORE_METRICS))})"
             f" SELECT {row}.task, COALESCE({row}.model, ''), {self.week(f'{row}.ts')}, "
@@ -134,10 +114,8 @@ class RollupSql:
         """(table, event) -> the statements its trigger runs for each row (see ``WHEN``)."""
         steps = f"{KEY}, {', '.join(STEP_METRICS)}"
         first = f"CASE WHEN {self.sibling('NEW')} THEN 0 ELSE 1 END"
-        first_escalating = (
-            f"CASE WHEN NEW.decision NOT IN {_ESCALATING} THEN 0"
-            f" WHEN {self.sibling('NEW', True)} THEN 0 ELSE 1 END"
-        )
+        first_escalating = (f"CASE WHEN NEW.decision NOT IN {_ESCALATING} THEN 0"
+                            f" WHEN {self.sibling('NEW', True)} THEN 0 ELSE 1 END")
         key = {row: f"{row}.task, {row}.model, {self.week(f'{row}.ts')}" for row in ("NEW", "OLD")}
         new = ", ".join(self.step_values("NEW"))
         old = ", ".join(f"-({v})" for v in self.step_values("OLD"))
@@ -166,12 +144,8 @@ class RollupSql:
             ("feedback", "INSERT"): [
                 f"INSERT INTO rollup_log ({KEY}, {', '.join(_SCORE_METRICS)}) SELECT r.task,"
                 f" r.model, {self.week('r.ts')}, "
-                + ", ".join(
-                    f"({a}) - ({b})"
-                    for a, b in zip(
-                        self.score("f.u1", "f.s1"), self.score("f.u0", "f.s0"), strict=True
-                    )
-                )
+                + ", ".join(f"({a}) - ({b})" for a, b in zip(
+                    self.score("f.u1", "f.s1"), self.score("f.u0", "f.s0"), strict=True))
                 + f" FROM runs r, (SELECT {self.latest('NEW.run_id', True)} AS u1,"
                 f" {self.latest('NEW.run_id', False)} AS s1,"
                 f" {self.latest('NEW.run_id', True, 'NEW.id')} AS u0,"
@@ -191,8 +165,7 @@ class RollupSql:
         first = "SELECT MIN(id) FROM steps WHERE status <> 'pending'{} GROUP BY run_id, task"
         escalating = f" AND decision IN {_ESCALATING}"
         runs = [
-            "CASE WHEN r.accepted <> 0 THEN 1 ELSE 0 END",
-            self.nano("r.cost_usd"),
+            "CASE WHEN r.accepted <> 0 THEN 1 ELSE 0 END", self.nano("r.cost_usd"),
             *self.score("l.u", "l.s", "r.accepted <> 0 AND r.model IS NOT NULL"),
         ]
         run_columns = (*_RUN_METRICS, *_SCORE_METRICS)
@@ -233,14 +206,10 @@ def create_rollup(backend: Backend, tx: Tx, types: dict[str, str]) -> None:
     in the ledger (an upgrade; nothing to fill in a new ledger)."""
     sql = RollupSql(backend.name)
     columns = ", ".join(f"{c} {types['int']} NOT NULL DEFAULT 0" for c in METRICS)
-    tx.execute(
-        f"CREATE TABLE rollup (task TEXT NOT NULL, model TEXT NOT NULL, week {types['int']}"
-        f" NOT NULL, {columns}, PRIMARY KEY ({KEY}))"
-    )
-    tx.execute(
-        f"CREATE TABLE rollup_log (id {types['id']}, task TEXT NOT NULL, model TEXT NOT"
-        f" NULL, week {types['int']} NOT NULL, {columns})"
-    )
+    tx.execute(f"CREATE TABLE rollup (task TEXT NOT NULL, model TEXT NOT NULL, week {types['int']}"
+               f" NOT NULL, {columns}, PRIMARY KEY ({KEY}))")
+    tx.execute(f"CREATE TABLE rollup_log (id {types['id']}, task TEXT NOT NULL, model TEXT NOT"
+               f" NULL, week {types['int']} NOT NULL, {columns})")
     for statement in sql.backfill():
         tx.execute(statement)
     for (table, event), statements in sql.triggers().items():
@@ -248,15 +217,12 @@ def create_rollup(backend: Backend, tx: Tx, types: dict[str, str]) -> None:
         body = "".join(f" {s};" for s in statements)
         when = f" WHEN ({_WHEN[table, event]})" if (table, event) in _WHEN else ""
         if sql.sqlite:
-            tx.execute(
-                f"CREATE TRIGGER {name} AFTER {event} ON {table} FOR EACH ROW{when} BEGIN{body} END"
-            )
+            tx.execute(f"CREATE TRIGGER {name} AFTER {event} ON {table} FOR EACH ROW{when}"
+                       f" BEGIN{body} END")
         else:
-            tx.execute(
-                f"CREATE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS"
-                f" $body$ BEGIN{body} RETURN NULL; END $body$"
-            )
-            tx.execute(
-                f"CREATE TRIGGER {name} AFTER {event} ON {table} FOR EACH ROW{when}"
-                f" EXECUTE FUNCTION {name}()"
-            )
+            tx.execute(f"CREATE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS"
+                       f" $body$ BEGIN{body} RETURN NULL; END $body$")
+            tx.execute(f"CREATE TRIGGER {name} AFTER {event} ON {table} FOR EACH ROW{when}"
+                       f" EXECUTE FUNCTION {name}()")
+
+

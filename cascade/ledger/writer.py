@@ -50,7 +50,8 @@ EXIT_FLUSH_S = 30.0
 
 # Failures that say the database cannot be reached at all (not that this one row is refused):
 # retrying the rest of the batch one by one would only wait for the same timeout again.
-_UNREACHABLE = ("no ledger connection", "cannot connect", "database is locked", "OperationalError")
+_UNREACHABLE = ("no ledger connection", "cannot connect", "database is locked",
+                "OperationalError")
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,9 +184,8 @@ class Writer:
     def _check_usable(self) -> None:
         if os.getpid() != self._pid:
             # A forked child shares the parent's connection but not its thread.
-            raise LedgerError(
-                "a ledger opened before fork() cannot be used in the child; open one per process"
-            )
+            raise LedgerError("a ledger opened before fork() cannot be used in the child; "
+                              "open one per process")
 
     def _start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name=self._name, daemon=True)
@@ -290,7 +290,7 @@ class Writer:
                     error = _as_ledger_error(exc_one)
                     self._give_up(op, error, closes=not _data_error(exc_one))
                     if any(mark in str(error) for mark in _UNREACHABLE):
-                        for rest in batch[i + 1 :]:
+                        for rest in batch[i + 1:]:
                             self._give_up(rest, error)
                         return
                 else:
@@ -320,13 +320,9 @@ def _gather() -> None:
 def _data_error(exc: BaseException) -> bool:
     """Refused for the values of one row, not because the database cannot be written (the
     backends wrap the driver's error as a LedgerError, so its causes are looked at too)."""
-    return caused_by(
-        exc,
-        lambda e: (
-            isinstance(e, (UnicodeError, ValueError))
-            or any(cls.__name__ == "DataError" for cls in type(e).__mro__)
-        ),
-    )
+    return caused_by(exc, lambda e: isinstance(e, (UnicodeError, ValueError)) or any(
+        cls.__name__ == "DataError" for cls in type(e).__mro__
+    ))
 
 
 def _as_ledger_error(exc: Exception) -> LedgerError:

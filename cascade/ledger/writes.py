@@ -113,17 +113,8 @@ def write_ahead(tx: Tx, pending: Pending, owner: str) -> tuple[int, int] | None:
     rows = tx.execute(
         f"INSERT INTO steps ({STEP_COLUMNS}) VALUES"
         " (?,?,?,?,?,?,0,0,0,0,?,0,'pending',NULL,'[]','pending',?,?,0) RETURNING id",
-        (
-            pending.run_id,
-            pending.ts,
-            pending.task,
-            pending.step,
-            pending.model,
-            pending.provider,
-            pending.reserved_usd,
-            pending.reserved_usd,
-            owner,
-        ),
+        (pending.run_id, pending.ts, pending.task, pending.step, pending.model,
+         pending.provider, pending.reserved_usd, pending.reserved_usd, owner),
     )
     return int(rows[0]["id"]), nano(pending.reserved_usd)
 
@@ -146,20 +137,9 @@ def settle_write(
             " output_tokens = ?, cost_usd = ?, latency_ms = ?, decision = ?, error = ?,"
             " verdicts = ?, usage_estimated = ?, status = ?"
             " WHERE id = ? AND status = 'pending'",
-            (
-                step.attempts,
-                step.input_tokens,
-                step.cached_input_tokens,
-                step.output_tokens,
-                step.cost_usd,
-                step.latency_ms,
-                step.decision,
-                storable(step.error),
-                _verdicts(step),
-                int(step.usage_estimated),
-                status,
-                step_id,
-            ),
+            (step.attempts, step.input_tokens, step.cached_input_tokens, step.output_tokens,
+             step.cost_usd, step.latency_ms, step.decision, storable(step.error), _verdicts(step),
+             int(step.usage_estimated), status, step_id),
         )
         delta = nano(step.cost_usd) - nano(pending.reserved_usd)
         if changed and delta:
@@ -206,24 +186,10 @@ def free_step_write(step: StepRecord) -> Callable[[Tx], None]:
         tx.execute(
             f"INSERT INTO steps ({STEP_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,"
             "'settled',0,NULL,?)",
-            (
-                step.run_id,
-                ts,
-                step.task,
-                step.step,
-                step.model,
-                step.provider,
-                step.attempts,
-                step.input_tokens,
-                step.cached_input_tokens,
-                step.output_tokens,
-                step.cost_usd,
-                step.latency_ms,
-                step.decision,
-                storable(step.error),
-                _verdicts(step),
-                int(step.usage_estimated),
-            ),
+            (step.run_id, ts, step.task, step.step, step.model, step.provider, step.attempts,
+             step.input_tokens, step.cached_input_tokens, step.output_tokens, step.cost_usd,
+             step.latency_ms, step.decision, storable(step.error), _verdicts(step),
+             int(step.usage_estimated)),
         )
         if nano(step.cost_usd):
             add_to_totals(tx, buckets(step.task, ts), nano(step.cost_usd))
@@ -250,19 +216,9 @@ def run_write(
             " latency_ms = excluded.latency_ms, steps = excluded.steps,"
             " status = excluded.status, task_probability = excluded.task_probability,"
             " key_id = excluded.key_id",
-            (
-                result.run_id,
-                now,
-                result.task,
-                result.model or None,
-                int(result.accepted),
-                result.cost_usd,
-                result.latency_ms,
-                len(result.steps),
-                status,
-                result.task_probability,
-                key_id,
-            ),
+            (result.run_id, now, result.task, result.model or None, int(result.accepted),
+             result.cost_usd, result.latency_ms, len(result.steps), status,
+             result.task_probability, key_id),
         )
         _insert_content(tx, result.run_id, now, rows)
 

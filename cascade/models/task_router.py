@@ -117,10 +117,8 @@ class TaskClassifier(BaseModel):
     def model_post_init(self, context: Any, /) -> None:
         import numpy as np  # here, not at the top: see cascade.models.linear
 
-        self._arrays = _Arrays(
-            _frozen(np.asarray(self.weights, dtype=float)),
-            _frozen(np.asarray(self.bias, dtype=float)),
-        )
+        self._arrays = _Arrays(_frozen(np.asarray(self.weights, dtype=float)),
+                               _frozen(np.asarray(self.bias, dtype=float)))
 
     def probabilities(self, prompt: str) -> dict[str, float]:
         """P(task | prompt) for every task (summing to 1)."""
@@ -141,7 +139,7 @@ def features(text: str, hashing: Hashing, char_ngrams: Sequence[int]) -> dict[in
     counts: dict[int, float] = {}
     for n in char_ngrams:
         for i in range(len(lowered) - n + 1):
-            h = zlib.crc32(f"c{n}|{lowered[i : i + n]}".encode())
+            h = zlib.crc32(f"c{n}|{lowered[i:i + n]}".encode())
             bucket, sign = h % hashing.buckets, 1.0 if (h >> 31) & 1 else -1.0
             counts[bucket] = counts.get(bucket, 0.0) + sign
     for bucket, value in counts.items():
@@ -181,14 +179,8 @@ def fit_classifier(
         w, b = fit_logistic(x, y, l2=l2, iterations=15)
         weights.append([round(float(v), 6) for v in w])
         bias.append(round(b, 6))
-    return TaskClassifier(
-        kind="task_router",
-        tasks=tasks,
-        hashing=hashing,
-        char_ngrams=list(char_ngrams),
-        weights=weights,
-        bias=bias,
-    )
+    return TaskClassifier(kind="task_router", tasks=tasks, hashing=hashing,
+                          char_ngrams=list(char_ngrams), weights=weights, bias=bias)
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,7 +208,9 @@ class TaskRouter:
         return Choice(best, probs[best], best)
 
 
-def load_task_router(config: CascadeConfig, *, config_path: str | None = None) -> TaskRouter | None:
+def load_task_router(
+    config: CascadeConfig, *, config_path: str | None = None
+) -> TaskRouter | None:
     """The task router of a config's ``task_router:`` section (None without a fitted model).
 
     Raises:
@@ -234,9 +228,8 @@ def load_task_router(config: CascadeConfig, *, config_path: str | None = None) -
             try:
                 raw = read_capped(file, MAX_TASK_ROUTER_BYTES)
             except ConfigError as exc:
-                raise ConfigError(
-                    f"cannot read the task router {file}: {exc}", path=config_path, location=where
-                ) from exc
+                raise ConfigError(f"cannot read the task router {file}: {exc}",
+                                  path=config_path, location=where) from exc
             # pydantic's parser, not json.loads: it stops at a nesting depth of its own
             classifier = TaskClassifier.model_validate_json(raw)
         else:
@@ -246,16 +239,12 @@ def load_task_router(config: CascadeConfig, *, config_path: str | None = None) -
         inside = ".".join(map(str, first["loc"])) or "(top level)"  # a model validator has no loc
         raise ConfigError(
             f"invalid task router: {inside}: {pydantic_message(first)}",
-            path=config_path,
-            location=where,
+            path=config_path, location=where,
         ) from exc
     unknown = sorted(set(classifier.tasks) - set(config.tasks))
     if unknown:
-        raise ConfigError(
-            f"the task router names unknown task(s) {', '.join(unknown)}",
-            path=config_path,
-            location=where,
-        )
+        raise ConfigError(f"the task router names unknown task(s) {', '.join(unknown)}",
+                          path=config_path, location=where)
     return TaskRouter(classifier, section.min_confidence, section.default_task)
 
 
@@ -277,8 +266,7 @@ def pick_task(
     if router is None:
         raise ConfigError(
             "task 'auto' needs a fitted task router (run: cascade router fit CONFIG)",
-            path=path,
-            location="task_router.model",
+            path=path, location="task_router.model",
         )
     choice = router.choose(prompt_text(as_messages(prompt)))
     return choice.task, choice

@@ -239,7 +239,9 @@ class AnthropicProvider(SDKProvider["anthropic.Anthropic", "anthropic.AsyncAnthr
         blocks = field(reply, "content")
         if not isinstance(blocks, list):
             raise empty_answer(self.name, model, "a body that is not a message")
-        text = "".join(str(field(b, "text") or "") for b in blocks if field(b, "type") == "text")
+        text = "".join(
+            str(field(b, "text") or "") for b in blocks if field(b, "type") == "text"
+        )
         calls = tuple(
             ToolCall(
                 id=str(field(b, "id") or ""),

@@ -188,13 +188,9 @@ def validate_usage(
 def _refused(exc: BaseException) -> bool:
     """A connection that was refused, whatever the transport made of it: the SDKs' aiohttp
     transport reports aiohttp's connector errors (refused, DNS, certificate) as timeouts."""
-    return caused_by(
-        exc,
-        lambda e: (
-            isinstance(e, ConnectionRefusedError)
-            or any(cls.__name__ == "ClientConnectorError" for cls in type(e).__mro__)
-        ),
-    )
+    return caused_by(exc, lambda e: isinstance(e, ConnectionRefusedError) or any(
+        cls.__name__ == "ClientConnectorError" for cls in type(e).__mro__
+    ))
 
 
 def _unsent(exc: BaseException) -> bool:

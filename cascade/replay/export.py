@@ -39,14 +39,8 @@ from cascade.formatting import to_json
 from cascade.ledger import Ledger
 from cascade.providers.dataset import ReplayRecord
 
-__all__ = [
-    "ExportSummary",
-    "LedgerRows",
-    "export_ledger",
-    "ledger_rows",
-    "parse_since",
-    "task_rows",
-]
+__all__ = ["ExportSummary", "LedgerRows", "export_ledger", "ledger_rows", "parse_since",
+           "task_rows"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +82,8 @@ def parse_since(value: str, flag: str = "--since") -> float:
     try:
         moment = datetime.fromisoformat(value)
     except ValueError as exc:
-        raise ConfigError(f"not a date (YYYY-MM-DD or ISO 8601): {value!r}", location=flag) from exc
+        raise ConfigError(f"not a date (YYYY-MM-DD or ISO 8601): {value!r}",
+                          location=flag) from exc
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=timezone.utc)
     return moment.timestamp()
@@ -114,29 +109,21 @@ def _runs(
     where, args = _filters(task, since, until)
     runs = ledger.query(
         f"SELECT r.run_id, r.ts, r.task, r.model, r.accepted FROM runs r WHERE {where}"
-        " ORDER BY r.ts, r.run_id",
-        args,
-    )
+        " ORDER BY r.ts, r.run_id", args)
     content: dict[str, list[Any]] = defaultdict(list)
     for row in ledger.query(
         "SELECT c.run_id, c.step, c.kind, c.model, c.model_name, c.text FROM content c"
-        f" JOIN runs r ON r.run_id = c.run_id WHERE {where} ORDER BY c.step, c.id",
-        args,
-    ):
+        f" JOIN runs r ON r.run_id = c.run_id WHERE {where} ORDER BY c.step, c.id", args):
         content[row["run_id"]].append(row)
     steps: dict[tuple[str, int], Any] = {}
     for row in ledger.query(
         "SELECT s.run_id, s.step, s.decision, s.input_tokens, s.output_tokens, s.cost_usd,"
-        f" s.latency_ms FROM steps s JOIN runs r ON r.run_id = s.run_id WHERE {where}",
-        args,
-    ):
+        f" s.latency_ms FROM steps s JOIN runs r ON r.run_id = s.run_id WHERE {where}", args):
         steps[(row["run_id"], int(row["step"]))] = row
     user: dict[str, float] = {}
     for row in ledger.query(
         "SELECT f.run_id, f.score FROM feedback f JOIN runs r ON r.run_id = f.run_id"
-        f" WHERE {where} AND f.source = 'user' ORDER BY f.ts, f.id",
-        args,
-    ):
+        f" WHERE {where} AND f.source = 'user' ORDER BY f.ts, f.id", args):
         user[row["run_id"]] = float(row["score"])  # the latest wins
     for run in runs:
         yield _record(run, content[run["run_id"]], steps, user.get(run["run_id"]), agreement)
@@ -149,11 +136,7 @@ def _scored(record: dict[str, Any]) -> dict[str, Any]:
 
 
 def export_ledger(
-    ledger: Ledger,
-    out: str | Path,
-    *,
-    task: str | None = None,
-    since: float | None = None,
+    ledger: Ledger, out: str | Path, *, task: str | None = None, since: float | None = None,
     until: float | None = None,
 ) -> ExportSummary:
     """Write the replay dataset of the ledger's labelled runs logged with content."""
@@ -232,9 +215,8 @@ def task_rows(
     agreement labels only with ``tasks.<task>.shadow_labels: true``."""
     settings = config.tasks[task]
     top = config.models[settings.ladder[-1].model].name
-    return ledger_rows(
-        ledger, top=top, task=task, since=since, until=until, agreement=settings.shadow_labels
-    )
+    return ledger_rows(ledger, top=top, task=task, since=since, until=until,
+                       agreement=settings.shadow_labels)
 
 
 def _count(sources: dict[str, int], record: dict[str, Any]) -> None:
@@ -243,10 +225,7 @@ def _count(sources: dict[str, int], record: dict[str, Any]) -> None:
 
 
 def _record(
-    run: Any,
-    rows: list[Any],
-    steps: dict[tuple[str, int], Any],
-    feedback: float | None,
+    run: Any, rows: list[Any], steps: dict[tuple[str, int], Any], feedback: float | None,
     agreement: bool,
 ) -> dict[str, Any] | None:
     prompt = next((r for r in rows if r["kind"] == "prompt"), None)
@@ -282,8 +261,7 @@ def _record(
             shadowed = step is not None and any(
                 (run["run_id"], int(r["step"])) in steps
                 and steps[(run["run_id"], int(r["step"]))]["decision"] == "shadow"
-                for r in ordered
-            )
+                for r in ordered)
             source = "shadow:agreement" if shadowed else f"agreement:{reference['model']}"
         name = row["model_name"] or row["model"]
         entry: dict[str, Any] = {"text": row["text"]}
@@ -292,11 +270,8 @@ def _record(
             score_sources[name] = source
         if step is not None:
             entry.update(
-                input_tokens=int(step["input_tokens"]),
-                output_tokens=int(step["output_tokens"]),
-                cost_usd=float(step["cost_usd"]),
-                latency_ms=float(step["latency_ms"]),
-            )
+                input_tokens=int(step["input_tokens"]), output_tokens=int(step["output_tokens"]),
+                cost_usd=float(step["cost_usd"]), latency_ms=float(step["latency_ms"]))
         responses[name] = entry
     messages = [
         {"role": m.get("role", "user"), "content": m.get("content", "")}
@@ -310,11 +285,6 @@ def _record(
         "task": str(run["task"]),
         "messages": messages,
         "responses": responses,
-        "meta": {
-            "source": "ledger",
-            "run_id": str(run["run_id"]),
-            "ts": float(run["ts"]),
-            "returned": returned,
-            "score_sources": score_sources,
-        },
+        "meta": {"source": "ledger", "run_id": str(run["run_id"]), "ts": float(run["ts"]),
+                 "returned": returned, "score_sources": score_sources},
     }

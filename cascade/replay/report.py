@@ -57,11 +57,8 @@ def ledger_report(ledger: Ledger, *, since: float | None = None) -> dict[str, An
         if since_week is not None and week_index(float(step["ts"])) < since_week:
             continue
         nusd = round(float(step["cost_usd"]) * 1e9)
-        _add(
-            _task(tasks, step["task"]),
-            step["model"],
-            {"steps": 1, "calls": 1, "cost_nusd": nusd, "unfinished": 1},
-        )
+        _add(_task(tasks, step["task"]), step["model"], {
+            "steps": 1, "calls": 1, "cost_nusd": nusd, "unfinished": 1})
         if not step["seen"]:
             new_runs.setdefault(step["task"], set()).add(str(step["run_id"]))
     for name, task in tasks.items():
@@ -85,23 +82,12 @@ def ledger_report(ledger: Ledger, *, since: float | None = None) -> dict[str, An
 
 
 def _task(tasks: dict[str, dict[str, Any]], name: str) -> dict[str, Any]:
-    return tasks.setdefault(
-        name,
-        {
-            "runs": 0,
-            "cost_usd": 0,
-            "escalation_rate": 0.0,
-            "escalated": 0,
-            "accepted_rate": None,
-            "errors": 0,
-            "unfinished": 0,
-            "usage_estimated": 0,
-            # shadow evaluation (cascade.engine.shadow): in cost_usd, and shown apart here
-            "shadow_cost_usd": 0,
-            "shadow_calls": 0,
-            "models": {},
-        },
-    )
+    return tasks.setdefault(name, {
+        "runs": 0, "cost_usd": 0, "escalation_rate": 0.0, "escalated": 0, "accepted_rate": None,
+        "errors": 0, "unfinished": 0, "usage_estimated": 0,
+        # shadow evaluation (cascade.engine.shadow): in cost_usd, and shown apart here
+        "shadow_cost_usd": 0, "shadow_calls": 0, "models": {},
+    })
 
 
 def _add(task: dict[str, Any], model: str, sums: dict[str, int]) -> None:
@@ -115,17 +101,9 @@ def _add(task: dict[str, Any], model: str, sums: dict[str, int]) -> None:
     task["usage_estimated"] += get("estimated", 0)
     task["shadow_cost_usd"] += get("shadow_nusd", 0)
     task["shadow_calls"] += get("shadow_calls", 0)
-    entry = task["models"].setdefault(
-        model,
-        {
-            "calls": 0,
-            "cost_usd": 0,
-            "input_tokens": 0,
-            "output_tokens": 0,
-            "unfinished": 0,
-            "usage_estimated": 0,
-        },
-    )
+    entry = task["models"].setdefault(model, {
+        "calls": 0, "cost_usd": 0, "input_tokens": 0, "output_tokens": 0, "unfinished": 0,
+        "usage_estimated": 0})
     entry["calls"] += get("calls", 0)
     entry["cost_usd"] += get("cost_nusd", 0)
     entry["input_tokens"] += get("input_tokens", 0)
