@@ -1,4 +1,5 @@
-"""The replay commands of ``cascade``: ``bench``, ``calibrate`` and ``data import``."""
+"""The replay commands of ``cascade``: ``demo``, ``bench`` and ``data import`` (``calibrate`` is in
+``cli.calibrate``)."""
 
 from __future__ import annotations
 
