@@ -24,20 +24,17 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import yaml
 
-from cascade.calibration.calibrated_file import anchor_paths, write_calibrated
+from cascade.calibration.calibrated_file import write_calibrated
 from cascade.calibration.fixed import calibrate_fixed, leveled
-from cascade.calibration.inputs import check_simulable, load_task_records, resolve_task
 from cascade.calibration.policy import calibrate_policy
-from cascade.calibration.prepared import prepare
-from cascade.calibration.result import CalibrationResult, pct, ratio_ci, summary
+from cascade.calibration.prepared import load_task, prepare
+from cascade.calibration.result import CalibrationResult, held_to_simulation, pct, summary
 from cascade.calibration.simulation import ReplayTable, build_views, grids, simulate
 from cascade.calibration.threshold_search import GUARD, calibrated_mapping, search, stats
-from cascade.config import CascadeConfig, load_config, parse_config
-from cascade.errors import CascadeError, DatasetError
+from cascade.config import CascadeConfig, parse_config
 from cascade.formatting import plural
-from cascade.providers.dataset import ReplayRecord, load_dataset
+from cascade.providers.dataset import ReplayRecord
 from cascade.replay.bench import recorded_cost, run_bench
 
 __all__ = ["GUARD", "CalibrationResult", "calibrate", "write_calibrated"]
@@ -62,19 +59,7 @@ def _replayed(
     subset = tuple(range(len(rp.rungs)))
     views = build_views(rp, subset, {})
     cost, quality = simulate(views, np.zeros((1, len(subset)), dtype=int))
-    if (
-        abs(cost.mean() - report["cost_per_query"]) > 1e-9
-        or abs(quality.mean() - report["quality"]) > 1e-9
-    ):
-        raise CascadeError(
-            f"calibration: the simulation disagrees with run_bench on {label} "
-            f"(cost {cost.mean()} vs {report['cost_per_query']}, quality "
-            f"{quality.mean()} vs {report['quality']}); please report this bug"
-        )
-    top = report["baselines"]["always_top"]["quality"]
-    report["quality_ratio_ci95"] = ratio_ci(quality[0], rp.q_top)
-    report["target_met"] = bool(report["quality"] >= target * top - 1e-12)
-    return report
+    return held_to_simulation(report, cost[0], quality[0], rp.q_top, target, label)
 
 
 def calibrate(
@@ -175,19 +160,9 @@ def calibrate(
     if method != "thresholds":
         raise ValueError(f"method must be 'policy' or 'thresholds', got {method!r}")
     started = time.perf_counter()
-    shown = str(config_path)
-    cfg = load_config(config_path)
-    raw = anchor_paths(
-        yaml.safe_load(Path(config_path).read_text(encoding="utf-8")),
-        Path(config_path).resolve().parent,
-    )
-    all_train = load_dataset(train)
-    task = resolve_task(cfg, all_train, task, shown)
-    check_simulable(cfg, task, shown)
-    records = [r for r in all_train if (r.task or task) == task]
-    if not records:
-        raise DatasetError(f"{train}: no query of task {task!r} (train set)")
-    test_records = load_task_records(Path(test), task, "test") if test is not None else None
+    loaded = load_task(config_path, train, test, task)
+    cfg, raw, shown, task = loaded.cfg, loaded.raw, loaded.shown, loaded.task
+    records, test_records = loaded.records, loaded.test_records
     say(
         f"task {task}: {len(records)} train queries, ladder "
         f"{' -> '.join(r.model for r in cfg.tasks[task].ladder)}"

@@ -16,7 +16,44 @@ from cascade.config import CascadeConfig, load_config
 from cascade.errors import ConfigError, DatasetError
 from cascade.providers.dataset import ReplayRecord, load_dataset
 
-__all__ = ["Prepared", "prepare"]
+__all__ = ["Loaded", "Prepared", "load_task", "prepare"]
+
+
+@dataclass(frozen=True, slots=True)
+class Loaded:
+    """A config and a task's train (and test) queries, checked for replay."""
+
+    cfg: CascadeConfig
+    raw: dict[str, Any]
+    shown: str
+    task: str
+    records: list[ReplayRecord]
+    test_records: list[ReplayRecord] | None
+
+
+def load_task(
+    config_path: str | Path, train: str | Path, test: str | Path | None, task: str | None
+) -> Loaded:
+    """The config, its YAML mapping (paths anchored to its folder) and the task's queries.
+
+    Raises:
+        ConfigError: the config is invalid, or uses what replay cannot simulate.
+        DatasetError: a dataset is malformed or holds no query of the task.
+    """
+    shown = str(config_path)
+    cfg = load_config(config_path)
+    raw = anchor_paths(
+        yaml.safe_load(Path(config_path).read_text(encoding="utf-8")),
+        Path(config_path).resolve().parent,
+    )
+    all_train = load_dataset(train)
+    task = resolve_task(cfg, all_train, task, shown)
+    check_simulable(cfg, task, shown)
+    records = [r for r in all_train if (r.task or task) == task]
+    if not records:
+        raise DatasetError(f"{train}: no query of task {task!r} (train set)")
+    test_records = load_task_records(Path(test), task, "test") if test is not None else None
+    return Loaded(cfg, raw, shown, task, records, test_records)
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,25 +91,15 @@ def prepare(
             own, an evaluator that re-asks the model, budgets...).
         DatasetError: a dataset is malformed or holds no query of the task.
     """
-    shown = str(config_path)
-    cfg = load_config(config_path)
-    raw = anchor_paths(
-        yaml.safe_load(Path(config_path).read_text(encoding="utf-8")),
-        Path(config_path).resolve().parent,
-    )
-    all_train = load_dataset(train)
-    task = resolve_task(cfg, all_train, task, shown)
-    check_simulable(cfg, task, shown)
+    loaded = load_task(config_path, train, test, task)
+    cfg, raw, shown, task = loaded.cfg, loaded.raw, loaded.shown, loaded.task
+    records, test_records = loaded.records, loaded.test_records
     if cfg.tasks[task].router is not None:
         raise ConfigError(
             "calibration fits its own router; remove this one to calibrate",
             path=shown,
             location=f"tasks.{task}.router",
         )
-    records = [r for r in all_train if (r.task or task) == task]
-    if not records:
-        raise DatasetError(f"{train}: no query of task {task!r} (train set)")
-    test_records = load_task_records(Path(test), task, "test") if test is not None else None
     specs = candidate_specs(raw, task)
     recipe = next(
         (s.get("recipe") for rung in specs for s in rung if s.get("type") == "agreement"), None

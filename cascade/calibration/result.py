@@ -15,6 +15,7 @@ __all__ = [
     "BOOTSTRAP",
     "CalibrationResult",
     "expected_guarantee",
+    "held_to_simulation",
     "pct",
     "plain_guarantee",
     "ratio_ci",
@@ -84,6 +85,35 @@ class CalibrationResult:
             "config": self.config,
             "guarantee": self.guarantee,
         }
+
+
+def held_to_simulation(
+    report: dict[str, Any],
+    cost: np.ndarray,
+    quality: np.ndarray,
+    q_top: np.ndarray,
+    target: float,
+    label: str,
+) -> dict[str, Any]:
+    """``run_bench``'s report of a calibrated config, checked against the simulator's per-query
+    cost and quality for it (a mismatch is a bug, and raises), with the bootstrap interval of
+    the quality ratio and whether the target was met."""
+    from cascade.errors import CascadeError
+
+    if (
+        abs(cost.mean() - report["cost_per_query"]) > 1e-9
+        or abs(quality.mean() - report["quality"]) > 1e-9
+    ):
+        raise CascadeError(
+            f"calibration: the simulation disagrees with run_bench on {label} "
+            f"(cost {cost.mean()} vs {report['cost_per_query']}, quality "
+            f"{quality.mean()} vs {report['quality']}); please report this bug"
+        )
+    report["quality_ratio_ci95"] = ratio_ci(quality, q_top)
+    report["target_met"] = bool(
+        report["quality"] >= target * report["baselines"]["always_top"]["quality"] - 1e-12
+    )
+    return report
 
 
 def ratio_ci(quality: np.ndarray, q_top: np.ndarray) -> list[float | None]:
