@@ -168,6 +168,9 @@ class StepRecord:
     ts: float = 0.0
     text: str | None = None
     usage_estimated: bool = False  # some of the usage billed was estimated, not reported
+    # The answer's mean token log-probability, when the provider returned them (kept with the
+    # answer's content row in the ledger; like ``text``, not part of the step's event).
+    logprob: float | None = None
 
     def as_event(self, *, log_content: bool = False) -> dict[str, Any]:
         """The structured-log and ledger view of this step (answer text only if asked)."""
@@ -179,7 +182,9 @@ class StepRecord:
         return event
 
 
-_STEP_FIELDS = tuple(f.name for f in fields(StepRecord) if f.name not in ("verdicts", "text"))
+_STEP_FIELDS = tuple(
+    f.name for f in fields(StepRecord) if f.name not in ("verdicts", "text", "logprob")
+)
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,21 +19,32 @@ __all__ = ["anchor_paths", "write_calibrated"]
 
 
 def anchor_paths(raw: Any, base: Path) -> Any:
-    """Make relative ``schema_file`` paths absolute, so the written config works anywhere.
+    """Make relative file paths absolute, so the config works from any folder.
 
-    They resolve against the config's folder, and the calibrated file may be written elsewhere.
+    They resolve against the config's folder, but the calibrated file may be written elsewhere,
+    and calibration replays the chosen config from a mapping that has no folder at all. The
+    paths: ``schema_file``, a ``quality_model``'s ``model``, and a ``router``'s or
+    ``task_router``'s ``model`` (elsewhere ``model`` names a ``models:`` key).
     """
-    if isinstance(raw, dict):
-        out = {}
-        for key, value in raw.items():
-            if key == "schema_file" and isinstance(value, str) and not Path(value).is_absolute():
-                out[key] = str(base / value)
-            else:
-                out[key] = anchor_paths(value, base)
-        return out
     if isinstance(raw, list):
         return [anchor_paths(item, base) for item in raw]
-    return raw
+    if not isinstance(raw, dict):
+        return raw
+    out = _anchored({key: anchor_paths(value, base) for key, value in raw.items()},
+                    "schema_file", base)
+    if raw.get("type") == "quality_model":
+        out = _anchored(out, "model", base)
+    for section in ("router", "task_router"):
+        if isinstance(out.get(section), dict):
+            out[section] = _anchored(out[section], "model", base)
+    return out
+
+
+def _anchored(mapping: dict[str, Any], key: str, base: Path) -> dict[str, Any]:
+    value = mapping.get(key)
+    if isinstance(value, str) and not Path(value).is_absolute():
+        return {**mapping, key: str(base / value)}
+    return mapping
 
 
 def write_calibrated(

@@ -122,6 +122,11 @@ def ledger_train(
         f"{plural(len(rows.unlabelled), 'run')} without a label, "
         f"{rows.incomplete} without the top rung's answer or with an unscored answer"
     )
+    if config.tasks[task].shadow_labels:
+        left += (
+            f", {rows.balanced} escalated without a user score dropped for balance (kept at "
+            f"shadow_rate {config.tasks[task].shadow_rate:g}, like the runs shadowed)"
+        )
     if not rows.labelled:
         hint = (
             ""

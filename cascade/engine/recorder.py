@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextvars
 import json
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from cascade.errors import (
 )
 from cascade.ledger import Ledger
 from cascade.ledger.money import Accounts, Hold, bill, ledger_failed
+from cascade.ledger.writes import ContentRow
 from cascade.logs import get_logger
 from cascade.telemetry import Telemetry
 from cascade.types import (
@@ -76,6 +78,14 @@ class Run:
     def committed(self) -> float:
         """The recorded steps' cost plus what the steps in flight hold (``held``)."""
         return self.cost() + sum(self.held.values())
+
+
+def _mean_logprob(logprobs: Sequence[float]) -> float | None:
+    """The mean token log-probability (the replay format's ``logprob``), at most 0 (a
+    positive one is a provider's rounding); None when any is not a finite number."""
+    if not all(math.isfinite(lp) for lp in logprobs):
+        return None
+    return min(math.fsum(logprobs) / len(logprobs), 0.0)
 
 
 # The run in progress in this thread or task, so a judge's model call lands in the right run.
@@ -149,6 +159,7 @@ class Recorder:
             ts=time.time(),
             text=done.text if done else None,
             usage_estimated=any(c.usage_estimated for c in paid),
+            logprob=_mean_logprob(done.logprobs) if done and done.logprobs else None,
         )
         # The write only queues (the ledger's writer thread commits it), so it never waits and
         # never sends this call to a thread; it stays first all the same, so that a ledger
@@ -268,18 +279,19 @@ class Recorder:
 
     def content(
         self, run: Run, steps: Sequence[StepRecord], *, prompt: bool = True
-    ) -> list[tuple[int, str, str | None, str | None, str]]:
+    ) -> list[ContentRow]:
         """The ``content`` rows of a run logged with content (none otherwise): the prompt and
-        each answer, so ``cascade data export`` can rebuild a dataset from the ledger."""
+        each answer with its mean token log-probability, so ``cascade data export`` can rebuild
+        a dataset from the ledger."""
         if not run.log_content:
             return []
-        rows: list[tuple[int, str, str | None, str | None, str]] = []
+        rows: list[ContentRow] = []
         if prompt and run.messages:
-            rows.append((0, "prompt", None, None, json.dumps(list(run.messages))))
+            rows.append((0, "prompt", None, None, json.dumps(list(run.messages)), None))
         for step in steps:
             if step.text is not None and step.decision not in ("judge", "cache"):
                 name = self.config.models[step.model].name
-                rows.append((step.step, "answer", step.model, name, step.text))
+                rows.append((step.step, "answer", step.model, name, step.text, step.logprob))
         return rows
 
     def close(

@@ -409,8 +409,9 @@ class Ledger:
         failed: Callable[[LedgerError], None] | None = None,
         key_id: str | None = None,
     ) -> None:
-        """Queue the run's row and its ``content`` rows (step, kind, model, model name, text),
-        written in one transaction; ``key_id``: the gateway key that made the run."""
+        """Queue the run's row and its ``content`` rows (step, kind, model, model name, text,
+        mean token log-probability), written in one transaction; ``key_id``: the gateway key
+        that made the run."""
         self.writer.submit(Op(run_write(result, status, content, key_id), None, failed))
 
     def record_content(

@@ -39,6 +39,10 @@ triggers on ``steps``, ``runs`` and ``feedback``, so ``cascade report``, ``repor
 the gateway's drift gauges read sums per task, model and week instead of every step. The
 upgrade fills ``rollup`` from the rows already there (one pass over them, in the upgrade's
 transaction).
+
+Schema 7 adds ``content.logprob``: an answer's mean token log-probability, when the provider
+returned them (the replay format's ``logprob``, so the ``logprob`` evaluator can be calibrated
+from the ledger). NULL for prompts, for answers without log-probabilities and for older rows.
 """
 
 from __future__ import annotations
@@ -49,7 +53,7 @@ from cascade.ledger.triggers import create_rollup
 
 __all__ = ["VERSION", "migrate"]
 
-VERSION = 6
+VERSION = 7
 
 _TYPES = {
     "sqlite": {
@@ -217,6 +221,9 @@ def migrate(backend: Backend) -> int:
         # Schema 5 -> 6 (after every column the triggers read exists).
         if not backend.has_table(tx, "rollup"):
             create_rollup(backend, tx, types)
+        # Schema 6 -> 7.
+        if not backend.has_column(tx, "content", "logprob"):
+            tx.execute(f"ALTER TABLE content ADD COLUMN logprob {types['real']}")
         tx.execute("DELETE FROM schema_version")
         tx.execute("INSERT INTO schema_version (version) VALUES (?)", (VERSION,))
         return found

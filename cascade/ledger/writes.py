@@ -32,8 +32,9 @@ __all__ = [
 # (scope, period, bucket): ("global" | "task:NAME", "daily" | "monthly", "2026-12-01" | "2026-12")
 TotalsKey = tuple[str, str, str]
 
-# A ``content`` row: step, kind, model, model name, text.
-ContentRow = tuple[int, str, "str | None", "str | None", str]
+# A ``content`` row: step, kind, model, model name, text, the answer's mean token
+# log-probability (None for the prompt, or when the provider returned none).
+ContentRow = tuple[int, str, "str | None", "str | None", str, "float | None"]
 
 STEP_COLUMNS = (
     "run_id, ts, task, step, model, provider, attempts, input_tokens, cached_input_tokens,"
@@ -234,7 +235,7 @@ def content_write(run_id: str, content: Sequence[ContentRow]) -> Callable[[Tx], 
 def _insert_content(tx: Tx, run_id: str, ts: float, rows: Sequence[ContentRow]) -> None:
     for row in rows:
         tx.execute(
-            "INSERT INTO content (run_id, ts, step, kind, model, model_name, text)"
-            " VALUES (?,?,?,?,?,?,?)",
-            (run_id, ts, *row[:4], storable(row[4])),
+            "INSERT INTO content (run_id, ts, step, kind, model, model_name, text, logprob)"
+            " VALUES (?,?,?,?,?,?,?,?)",
+            (run_id, ts, *row[:4], storable(row[4]), row[5]),
         )

@@ -5,7 +5,8 @@ Only runs logged with content (``logging: {content: true}``, or ``complete(log_c
 can be read back: the ledger's ``content`` table holds their prompt and every answer (the rungs
 that escalated, the one that answered, and shadow calls). Each answer becomes a response keyed
 by the model's provider name (the replay format's key), with its tokens, cost and latency from
-its step row, and a ``score`` obtained, in this order of preference:
+its step row, its mean token log-probability (``logprob``) when the provider returned them, and
+a ``score`` obtained, in this order of preference:
 
 1. ``feedback``: a user's score (the latest) for the answer the run returned;
 2. ``reference``: the answer of the highest rung that answered in the run (a shadow call to the
@@ -14,16 +15,20 @@ its step row, and a ``score`` obtained, in this order of preference:
    reference answer (``cascade.engine.shadow.agreement_label``), else 0.0.
 
 A run with a single answer and no user feedback has no label. ``meta.score_sources`` says, per
-response, which rule gave its score, and ``meta.run_id`` links the line back to the ledger.
+response, which rule gave its score, ``meta.shadowed`` whether an answer came from a shadow call,
+and ``meta.run_id`` links the line back to the ledger.
 
 ``export_ledger`` writes every labelled run (rule 3 always applies: the file says where each
 score came from). ``task_rows`` is what ``calibrate --from-ledger`` reads: it applies rule 3 only
 where the task sets ``shadow_labels: true``, keeps only runs with the top rung's answer, and
-returns the runs without any label apart, with no score at all (an unlabelled pool).
+returns the runs without any label apart, with no score at all (an unlabelled pool). With
+agreement labels it also keeps an escalated run only at the task's ``shadow_rate``, the chance a
+run accepted below the top had of being shadowed, so that hard queries are not over-represented.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections import defaultdict
 from collections.abc import Iterator
@@ -39,8 +44,8 @@ from cascade.formatting import to_json
 from cascade.ledger import Ledger
 from cascade.providers.dataset import ReplayRecord
 
-__all__ = ["ExportSummary", "LedgerRows", "export_ledger", "ledger_rows", "parse_since",
-           "task_rows"]
+__all__ = ["ExportSummary", "LedgerRows", "export_ledger", "kept_for_balance", "ledger_rows",
+           "parse_since", "task_rows"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +69,8 @@ class LedgerRows:
             be compared with always-top on them.
         runs_with_content: Every run of the task (and period) logged with content.
         sources: How many scores each rule gave in ``labelled``.
+        balanced: Labelled runs dropped for balance: escalated runs without a user score,
+            beyond the shadow rate's share (see ``ledger_rows``'s ``balance``).
     """
 
     labelled: list[ReplayRecord]
@@ -71,6 +78,7 @@ class LedgerRows:
     incomplete: int
     runs_with_content: int
     sources: dict[str, int]
+    balanced: int = 0
 
 
 def parse_since(value: str, flag: str = "--since") -> float:
@@ -112,7 +120,7 @@ def _runs(
         " ORDER BY r.ts, r.run_id", args)
     content: dict[str, list[Any]] = defaultdict(list)
     for row in ledger.query(
-        "SELECT c.run_id, c.step, c.kind, c.model, c.model_name, c.text FROM content c"
+        "SELECT c.run_id, c.step, c.kind, c.model, c.model_name, c.text, c.logprob FROM content c"
         f" JOIN runs r ON r.run_id = c.run_id WHERE {where} ORDER BY c.step, c.id", args):
         content[row["run_id"]].append(row)
     steps: dict[tuple[str, int], Any] = {}
@@ -166,6 +174,7 @@ def ledger_rows(
     since: float | None = None,
     until: float | None = None,
     agreement: bool = False,
+    balance: float | None = None,
 ) -> LedgerRows:
     """The ledger's runs logged with content, labelled runs apart from unlabelled ones.
 
@@ -175,6 +184,12 @@ def ledger_rows(
         agreement: Score answers by agreement with the reference answer (rule 3), and count a
             run with two answers and no user score as labelled. False: only user scores label a
             run (the answer it returned; the reference answer then scores 1.0).
+        balance: The shadow rate the runs were served with. A run accepted below the top rung
+            has the top rung's answer only when it was shadowed, with this probability, while
+            an escalated run always has it; so a labelled run without a user score whose top
+            answer is not a shadow call's is kept with this probability only, decided by a
+            hash of its run id (``kept_for_balance``). Every run is then in the agreement-
+            labelled set with the same probability, as calibration assumes. None: keep all.
 
     Returns:
         A ``LedgerRows``; its unlabelled rows carry no ``score`` at all.
@@ -184,7 +199,7 @@ def ledger_rows(
     """
     labelled: list[ReplayRecord] = []
     unlabelled: list[dict[str, Any]] = []
-    incomplete = runs = 0
+    incomplete = runs = balanced = 0
     sources: dict[str, int] = defaultdict(int)
     for record in _runs(ledger, task, since, until, agreement):
         runs += 1
@@ -197,10 +212,24 @@ def ledger_rows(
             unlabelled.append(record)
         elif not all("score" in r for r in responses):
             incomplete += 1
+        elif (
+            balance is not None
+            and not record["meta"]["shadowed"]
+            and "feedback" not in record["meta"]["score_sources"].values()
+            and not kept_for_balance(record["meta"]["run_id"], balance)
+        ):
+            balanced += 1
         else:
             labelled.append(ReplayRecord.model_validate(record))
             _count(sources, record)
-    return LedgerRows(labelled, unlabelled, incomplete, runs, dict(sources))
+    return LedgerRows(labelled, unlabelled, incomplete, runs, dict(sources), balanced)
+
+
+def kept_for_balance(run_id: str, rate: float) -> bool:
+    """Whether an escalated run is kept at ``rate``: a stable hash of its id, so every
+    recalibration keeps the same runs (and keeps them as the rate grows)."""
+    digest = hashlib.sha256(run_id.encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < rate
 
 
 def task_rows(
@@ -212,11 +241,13 @@ def task_rows(
     until: float | None = None,
 ) -> LedgerRows:
     """``ledger_rows`` of ``task`` as its config asks: the top rung of its ladder, and
-    agreement labels only with ``tasks.<task>.shadow_labels: true``."""
+    agreement labels only with ``tasks.<task>.shadow_labels: true``, balanced at the task's
+    ``shadow_rate`` (the rate the runs were served with, so keep it while they gather)."""
     settings = config.tasks[task]
     top = config.models[settings.ladder[-1].model].name
     return ledger_rows(ledger, top=top, task=task, since=since, until=until,
-                       agreement=settings.shadow_labels)
+                       agreement=settings.shadow_labels,
+                       balance=settings.shadow_rate if settings.shadow_labels else None)
 
 
 def _count(sources: dict[str, int], record: dict[str, Any]) -> None:
@@ -240,6 +271,11 @@ def _record(
     if not answers:
         return None
     ordered = sorted(answers.values(), key=lambda r: int(r["step"]))
+    shadowed = any(
+        (step := steps.get((run["run_id"], int(r["step"])))) is not None
+        and step["decision"] == "shadow"
+        for r in ordered
+    )
     returned = run["model"]
     reference = ordered[-1]
     # Without a user score, only agreement labels a run; with neither, nothing is scored.
@@ -258,13 +294,12 @@ def _record(
             score, source = 1.0, "reference"
         elif agreement:
             score = agreement_label(row["text"], reference["text"])
-            shadowed = step is not None and any(
-                (run["run_id"], int(r["step"])) in steps
-                and steps[(run["run_id"], int(r["step"]))]["decision"] == "shadow"
-                for r in ordered)
-            source = "shadow:agreement" if shadowed else f"agreement:{reference['model']}"
+            shadow = shadowed and step is not None
+            source = "shadow:agreement" if shadow else f"agreement:{reference['model']}"
         name = row["model_name"] or row["model"]
         entry: dict[str, Any] = {"text": row["text"]}
+        if row["logprob"] is not None:
+            entry["logprob"] = float(row["logprob"])
         if score is not None:
             entry["score"] = float(score)
             score_sources[name] = source
@@ -286,5 +321,5 @@ def _record(
         "messages": messages,
         "responses": responses,
         "meta": {"source": "ledger", "run_id": str(run["run_id"]), "ts": float(run["ts"]),
-                 "returned": returned, "score_sources": score_sources},
+                 "returned": returned, "shadowed": shadowed, "score_sources": score_sources},
     }

@@ -386,3 +386,37 @@ def test_crossfit_certifies_on_every_train_query(tmp_path: Path) -> None:
     assert len(sequences) == 3  # subsets with a lower rung: (0,1,2), (0,2), (1,2)
     assert all(len(seq) == len(GRID) for seq in sequences)
     assert [p.accept for p in sequences[0][:2]] == [{0: 1.0, 1: 1.0}, {0: 0.995, 1: 0.995}]
+
+
+@pytest.mark.parametrize(("method", "scheme"), [("policy", "holdout"), ("policy", "fixed"),
+                                                ("thresholds", "auto")])
+def test_relative_model_files_calibrate_from_any_folder(
+    calibrated: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, method: str,
+    scheme: str,
+) -> None:
+    """A config naming its quality_model files relative to itself calibrates, search and
+    run_bench replay alike, from a working directory elsewhere."""
+    out: Path = calibrated["out"]
+    assert "model: cal.t.small.quality.json" in out.read_text()
+    monkeypatch.chdir(tmp_path)
+    result = calibrate(out, calibrated["tmp"] / "train.jsonl", target_quality=0.9,
+                       method=method, scheme=scheme)
+    assert result.status == "ok"
+    assert result.train["n"] == 900
+
+
+def test_anchor_paths_anchors_files_not_model_keys(tmp_path: Path) -> None:
+    """Model files (quality_model, router, task_router) become absolute; model keys do not."""
+    from cascade.calibration.calibrated_file import anchor_paths
+
+    raw = {"task_router": {"model": "tr.json"},
+           "tasks": {"t": {"router": {"model": "r.json"}, "ladder": [
+               {"model": "a", "evaluators": [{"type": "llm_judge", "model": "b"},
+                                             {"type": "quality_model", "model": "q.json"}]}]}}}
+    out = anchor_paths(raw, tmp_path)
+    assert out["task_router"]["model"] == str(tmp_path / "tr.json")
+    assert out["tasks"]["t"]["router"]["model"] == str(tmp_path / "r.json")
+    rung = out["tasks"]["t"]["ladder"][0]
+    assert rung["model"] == "a"
+    assert rung["evaluators"] == [{"type": "llm_judge", "model": "b"},
+                                  {"type": "quality_model", "model": str(tmp_path / "q.json")}]

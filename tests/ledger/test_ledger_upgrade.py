@@ -197,3 +197,32 @@ def test_schema_4_gains_runs_key_id(db: Db) -> None:
 
 def _result(run_id: str) -> CascadeResult:
     return CascadeResult("a", "m", True, 0.0, 1.0, run_id, (), task="t")
+
+
+def test_schema_6_gains_content_logprob(db: Db) -> None:
+    """A schema-6 ledger (no content.logprob) is upgraded in place: a floating-point column,
+    old content rows read NULL, new answers store their mean token log-probability."""
+    ledger = db.open()
+    try:
+        ledger.record_run(_result("old"), content=[(1, "answer", "m", "m-1", "a", None)])
+    finally:
+        ledger.close()
+    db.execute("ALTER TABLE content DROP COLUMN logprob")
+    db.execute("UPDATE schema_version SET version = 6")
+    ledger = db.open()
+    try:
+        assert ledger.schema_before == 6
+        ledger.record_run(_result("new"), content=[(1, "answer", "m", "m-1", "b", -0.25)])
+    finally:
+        ledger.close()
+    db.open().close()  # a second open finds the current schema and changes nothing
+    assert db.rows("SELECT version FROM schema_version") == [(VERSION,)]
+    assert db.rows("SELECT run_id, text, logprob FROM content ORDER BY run_id") == [
+        ("new", "b", -0.25), ("old", "a", None)]
+    if db.backend == "sqlite":
+        kind = db.rows("SELECT type FROM pragma_table_info('content') WHERE name = 'logprob'")
+        assert kind == [("REAL",)]
+    else:
+        kind = db.rows("SELECT data_type FROM information_schema.columns WHERE table_schema = ?"
+                       " AND table_name = 'content' AND column_name = 'logprob'", (db.schema,))
+        assert kind == [("double precision",)]
