@@ -138,7 +138,8 @@ def in_sample_ceiling(
     prep = prepare(config, train, test, task)
     assert prep.test_records is not None
     held = AnswerTable(prep.cfg, prep.test_records, prep.task, prep.recipe, prep.shown)
-    if scheme in ("auto", "fixed") and leveled(prep) is not None:
+    # the family the calibrator itself would use: auto picks fixed only on an own-answer signal
+    if leveled(prep, own=scheme == "auto") is not None and scheme in ("auto", "fixed"):
         family, points = "levels", _level_points(held)
     else:
         family, points = "policy", _policy_points(prep, held)
