@@ -121,3 +121,32 @@ def test_fixed_refuses_too_few_queries(tmp_path: Path) -> None:
     write_dataset(tmp_path / "train.jsonl", _records(12, 3))
     with pytest.raises(DatasetError, match="too few to certify"):
         calibrate(cfg, tmp_path / "train.jsonl", target_quality=0.9)
+
+
+def test_cli_refuses_clt_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from cascade.cli import main
+
+    cfg = _config(tmp_path, ["small", "large"], CANDIDATES)
+    write_dataset(tmp_path / "train.jsonl", _records(60, 3))
+    code = main(["calibrate", str(cfg), str(tmp_path / "train.jsonl"), "--target-quality", "0.9",
+                 "--out", str(tmp_path / "o.yaml"), "--bound", "clt"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(err) == 1
+    assert err[0].startswith("error: --bound clt was removed")
+    assert not (tmp_path / "o.yaml").exists()
+
+
+def test_cli_expected_guarantee_end_to_end(tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    from cascade.cli import main
+
+    cfg = _config(tmp_path, ["small", "mid", "large"], CANDIDATES)
+    write_dataset(tmp_path / "train.jsonl", _records(400, 1))
+    code = main(["calibrate", str(cfg), str(tmp_path / "train.jsonl"), "--target-quality", "0.9",
+                 "--out", str(tmp_path / "o.yaml"), "--guarantee", "expected", "--verbose"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "guarantee: On average over calibration sets like train.jsonl" in out
+    assert "method: conformal risk control" in out
+    assert yaml.safe_load((tmp_path / "o.yaml").read_text())["tasks"]["t"]["ladder"]
