@@ -89,10 +89,12 @@ def write_calibrated(
         )
     if result.guarantee is not None:
         g = result.guarantee
-        lines.append(
-            f"# guarantee: {g['statement']} ({g['method']}, {g['bound']} bound, "
-            f"{g['certify_queries']} certify queries, p = {g['p_value']:.4g})"
+        tested = (
+            f"{g['bound']} bound, {g['certify_queries']} certify queries, p = {g['p_value']:.4g}"
+            if g.get("p_value") is not None
+            else f"{g['certify_queries']} certify queries"
         )
+        lines.append(f"# guarantee: {g['statement']} ({g['method']}, {tested})")
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     config = _externalize(result.config, result.task, Path(out))
     body = yaml.safe_dump(config, sort_keys=False, allow_unicode=True)
