@@ -237,7 +237,9 @@ def calibrate_fixed(
             "candidates": sum(len(s) for s in sequences) + 1,
             "tested": tested,
             "certified": len(certified),
-            "chosen": None if chosen == always_top else {"ladder": list(ladder), "level": chosen.u},
+            # as in the holdout scheme: the chosen candidate's position in the tested order
+            "chosen": [always_top, *(c for seq in sequences for c in seq)].index(chosen),
+            "level": chosen.u,
             "p_value": certified[chosen] if guarantee == "pac" else None,
             "certified_cheaper_than_top": chosen != always_top,
             "certify_queries_needed": needed,

@@ -79,7 +79,8 @@ def test_fixed_writes_the_level_into_every_candidate(fixed: dict[str, Any]) -> N
     """The written rungs carry the candidates with their thresholds at the chosen level, keep
     accept: any, and replay (run_bench) to exactly the simulated cost and quality."""
     result = fixed["pac"]
-    level = result.guarantee["chosen"]["level"]
+    level = result.guarantee["level"]
+    assert 0 < result.guarantee["chosen"] < result.guarantee["candidates"]
     ladder = result.config["tasks"]["t"]["ladder"]
     assert [r if isinstance(r, str) else r["model"] for r in ladder] == list(result.ladder)
     for rung in ladder[:-1]:
