@@ -72,9 +72,9 @@ CANDIDATE_CONFIGS = {
 }
 
 
-def _level_points(held: AnswerTable) -> list[tuple[float, float]]:
+def _level_points(held: AnswerTable, specs: list[list[dict]]) -> list[tuple[float, float]]:  # type: ignore[type-arg]
     """(mean cost, mean quality) on ``held`` of every (family, level) of the fixed scheme."""
-    levels = LevelTable(held, [r.accept for r in held.rungs])
+    levels = LevelTable(held, [r.accept for r in held.rungs], specs)
     rows = np.arange(held.n)
     out = []
     for subset in families(len(held.rungs)):
@@ -140,7 +140,7 @@ def in_sample_ceiling(
     held = AnswerTable(prep.cfg, prep.test_records, prep.task, prep.recipe, prep.shown)
     # the family the calibrator itself would use: auto picks fixed only on an own-answer signal
     if leveled(prep, own=scheme == "auto") is not None and scheme in ("auto", "fixed"):
-        family, points = "levels", _level_points(held)
+        family, points = "levels", _level_points(held, prep.specs)
     else:
         family, points = "policy", _policy_points(prep, held)
     top = len(held.rungs) - 1

@@ -141,6 +141,9 @@ class QualityModel:
 
     name = "quality_model"
     tunable: ClassVar[Tunable] = Tunable("min", 0.0, 1.0, low_open=False)
+    # fitted on labels: calibration's fixed scheme must not set its threshold as if it were a
+    # signal known before the data (``calibration.levels.tunable_slots``)
+    learned: ClassVar[bool] = True
 
     class Config(BaseModel):
         model_config = ConfigDict(extra="forbid", frozen=True)

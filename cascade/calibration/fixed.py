@@ -72,7 +72,7 @@ def leveled(prep: Prepared, *, own: bool = False) -> LevelTable | None:
     signal (a first rung has nothing to agree with; measured on ARC and Winogrande, the learned
     holdout policy saves more), so those ladders go to holdout."""
     accept = [r.accept for r in prep.table.rungs]
-    levels = LevelTable(prep.table, accept)
+    levels = LevelTable(prep.table, accept, prep.specs)
     usable = [
         i
         for i in range(len(accept) - 1)
@@ -140,9 +140,7 @@ def calibrate_fixed(
         f"task {prep.task}: {n} train queries, all of them certify; {len(sequences)} families "
         f"of fixed thresholds ({guarantee} guarantee); ladder {' -> '.join(table.keys)}"
     )
-    outcome: dict[Level, tuple[np.ndarray, np.ndarray]] = {
-        always_top: (table.call_cost[top].copy(), q_top.copy())
-    }
+    outcome: dict[Level, tuple[np.ndarray, np.ndarray]] = {always_top: levels.always_top()}
     for seq in sequences:
         for c in seq:
             outcome[c] = levels.simulate(c.subset, c.u if c.u is not None else 1.0, rows)
@@ -182,7 +180,7 @@ def calibrate_fixed(
     )
     thresholds = _describe(prep, levels, chosen)
     ladder = tuple(table.keys[i] for i in chosen.subset)
-    top_cost = float(table.call_cost[top].mean())
+    top_cost = float(outcome[always_top][0].mean())
     why = None
     needed = None
     if chosen == always_top:
@@ -297,12 +295,12 @@ def _replayed(
     report = dict(run_bench(new_cfg, records, task=prep.task).tasks[prep.task])
     if levels is None:
         table = AnswerTable(prep.cfg, records, prep.task, prep.recipe, prep.shown)
-        levels = LevelTable(table, [r.accept for r in table.rungs])
+        levels = LevelTable(table, [r.accept for r in table.rungs], prep.specs)
     table = levels.table
     rows = np.arange(table.n)
     top = len(table.rungs) - 1
     if chosen.u is None:
-        cost, quality = table.call_cost[top], table.score[top]
+        cost, quality = levels.always_top()
     else:
         cost, quality = levels.simulate(chosen.subset, chosen.u, rows)
     return held_to_simulation(report, cost, quality, table.score[top], target, label)

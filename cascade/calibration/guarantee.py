@@ -244,20 +244,29 @@ def certify(
     """(certified policy -> p-value, candidates tested, the level each sequence was tested at).
 
     ``pac``: Bonferroni across the sequences, fixed-sequence testing within each. ``expected``:
-    conformal risk control over the sequences interleaved, always-top first (p-values NaN)."""
+    conformal risk control over the sequences interleaved (p-values NaN). For R <= 1 always-top
+    is certified whatever the data (its per-query difference is never negative); for R > 1 it
+    never is, and only the sequences' own candidates can meet the target."""
     certified: dict[Hashable, float] = {}
+    safe = target <= 1  # always-top's d = (1 - R) q_top >= 0 on every query: no test needed
     if guarantee == "expected":
         longest = max((len(seq) for seq in sequences), default=0)
-        order = [always_top, *(seq[k] for k in range(longest) for seq in sequences if k < len(seq))]
+        order = [p for k in range(longest) for seq in sequences if k < len(seq) for p in [seq[k]]]
+        if safe:
+            # always-top leads the order (its loss <= 0 keeps every running maximum as it was)
+            # and is CRC's fallback: chosen when nothing else is admissible
+            order = [always_top, *order]
+            certified[always_top] = math.nan
         admitted = crc_admissible([target * q_top - outcome[p][1] for p in order], target)
-        return {p: math.nan for p in order[:admitted]}, len(order), delta
+        for p in order[:admitted]:
+            certified[p] = math.nan
+        return certified, len(order), delta
     level = delta / max(1, len(sequences))
     tested = 0
-    if target <= 1:
-        # always-top meets any R <= 1 by construction (d = (1 - R) q_top >= 0): no test needed
+    if safe:
         certified[always_top] = 0.0
-    else:
-        sequences = [[always_top, *seq] for seq in sequences]
+    # for R > 1 always-top cannot pass (d <= 0), so it is not put in front of the sequences:
+    # it would stop each one before any cheaper candidate is tested
     for seq in sequences:
         diffs = [outcome[p][1] - target * q_top for p in seq]
         cert = fixed_sequence(diffs, -target, 1.0, level, seed=seed, bound=bound)

@@ -31,7 +31,15 @@ from cascade.calibration.simulation import run_slot
 from cascade.evaluation import Slot, Tunable, finalized, shown, tunable_of
 from cascade.types import Request
 
-__all__ = ["LEVELS", "LevelTable", "families", "threshold_at", "tunable_slots"]
+__all__ = [
+    "LEVELS",
+    "LevelTable",
+    "families",
+    "leveled_specs",
+    "slot_specs",
+    "threshold_at",
+    "tunable_slots",
+]
 
 # 1.0, then 1 - 1e-4 ... 1 - 1 on a log scale (confidences crowd near 1), merged with 0.01 steps.
 LEVELS: tuple[float, ...] = tuple(
@@ -66,22 +74,63 @@ def threshold_at(tunable: Tunable, u: float) -> float | None:
     return round(value) if tunable.integer else value
 
 
-def tunable_slots(slots: Sequence[Slot]) -> list[Tunable | None]:
-    """Per slot, its tunable when the level may set it (a bounded, non-callable one)."""
-    out: list[Tunable | None] = []
+def slot_specs(specs: Sequence[Mapping[str, Any]], slots: Sequence[Slot]) -> list[int]:
+    """Per slot, the index of the YAML spec it was built from.
+
+    Slots are the specs built and sorted cheapest first (a stable sort), and each is named as
+    ``build_one`` names it (``name``, else the type, else a callable's function name); equal
+    names keep their YAML order."""
+    names = [
+        s.get("name")
+        or (
+            str(s.get("path", "")).rpartition(":")[2]
+            if s.get("type") == "callable"
+            else s.get("type")
+        )
+        for s in specs
+    ]
+    taken: set[int] = set()
+    out = []
     for slot in slots:
+        j = next(j for j, name in enumerate(names) if j not in taken and name == slot.name)
+        taken.add(j)
+        out.append(j)
+    return out
+
+
+def tunable_slots(
+    slots: Sequence[Slot], specs: Sequence[Mapping[str, Any]]
+) -> list[Tunable | None]:
+    """Per slot, its tunable when the level may set it: a bounded threshold of an evaluator
+    that has YAML settings to write it to (not a ``callable``) and is not fitted on labels
+    (not a ``quality_model``: its threshold is not known before the data)."""
+    out: list[Tunable | None] = []
+    for slot, j in zip(slots, slot_specs(specs, slots), strict=True):
         t = tunable_of(slot.evaluator)
-        out.append(t if t is not None and threshold_at(t, 1.0) is not None else None)
+        usable = (
+            t is not None
+            and threshold_at(t, 1.0) is not None
+            and specs[j].get("type") != "callable"
+            and not getattr(slot.evaluator, "learned", False)
+        )
+        out.append(t if usable else None)
     return out
 
 
 class LevelTable:
     """Per rung and history, each evaluator's verdict, threshold value and side cost."""
 
-    def __init__(self, table: AnswerTable, accept: Sequence[Any]):
+    def __init__(
+        self,
+        table: AnswerTable,
+        accept: Sequence[Any],
+        specs: Sequence[Sequence[Mapping[str, Any]]],
+    ):
         self.table = table
         self.accept = accept
-        self.tunables = [tunable_slots(r.slots) for r in table.rungs]
+        self.tunables = [
+            tunable_slots(r.slots, sp) for r, sp in zip(table.rungs, specs, strict=True)
+        ]
         self._cache: dict[tuple[int, int], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
 
     def leveled(self, i: int) -> bool:
@@ -134,8 +183,9 @@ class LevelTable:
         self._cache[key] = (passed, value, cost)
         return self._cache[key]
 
-    def rung_at(self, i: int, pattern: int, u: float) -> tuple[np.ndarray, np.ndarray]:
-        """(accepted, evaluator cost) per query of rung ``i`` at level ``u``, with the engine's
+    def rung_at(self, i: int, pattern: int, u: float | None) -> tuple[np.ndarray, np.ndarray]:
+        """(accepted, evaluator cost) per query of rung ``i`` at level ``u`` (None: as
+        configured, for the top rung, which is written unchanged), with the engine's
         short-circuit: cheapest first, stop once ``accept`` is decided."""
         passed, value, cost = self.fields(i, pattern)
         policy = self.accept[i]
@@ -146,7 +196,7 @@ class LevelTable:
         verdict_any = np.zeros(n, dtype=bool)
         for k, tunable in enumerate(self.tunables[i]):
             ok = passed[k]
-            if tunable is not None:
+            if tunable is not None and u is not None:
                 bar = threshold_at(tunable, u)
                 with np.errstate(invalid="ignore"):
                     ok = value[k] >= bar
@@ -158,6 +208,25 @@ class LevelTable:
         if not len(self.tunables[i]):
             accepted = np.ones(n, dtype=bool)
         return accepted, spent
+
+    def top_checks(self, reached: np.ndarray, pattern: np.ndarray) -> np.ndarray:
+        """What the top rung's own evaluators (as configured) cost on the queries that reached
+        it with an answer, after the rejected answers in ``pattern``: the engine runs them too,
+        though the top answers regardless."""
+        top = len(self.table.rungs) - 1
+        cost = np.zeros(self.table.n)
+        for pat in np.unique(pattern[reached]):
+            sel = reached & (pattern == pat)
+            _, spent = self.rung_at(top, int(pat), None)
+            cost += np.where(sel, spent, 0.0)
+        return cost
+
+    def always_top(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per-query (cost, quality) of the top rung alone, its evaluators included."""
+        t = self.table
+        top = len(t.rungs) - 1
+        cost = t.call_cost[top] + self.top_checks(t.answered[top], np.zeros(t.n, dtype=np.int64))
+        return cost, t.score[top].copy()
 
     def simulate(
         self, subset: tuple[int, ...], u: float, rows: np.ndarray
@@ -175,6 +244,7 @@ class LevelTable:
             cost += np.where(active, t.call_cost[i], 0.0)
             if i == top:
                 quality = np.where(active, np.where(answered, score, last), quality)
+                cost += self.top_checks(active & answered, pattern)
                 break
             ans = active & answered
             acc = np.zeros(n, dtype=bool)
@@ -196,16 +266,7 @@ def leveled_specs(
 ) -> list[dict[str, Any]]:
     """A rung's YAML evaluator specs with every level-set threshold written at ``u``."""
     out = [copy.deepcopy(dict(s)) for s in specs]
-    tunables = tunable_slots(slots)
-    taken: set[int] = set()
-    for slot, tunable in zip(slots, tunables, strict=True):
-        if tunable is None:
-            continue
-        j = next(
-            j
-            for j, s in enumerate(out)
-            if j not in taken and (s.get("name") or s.get("type")) == slot.name
-        )
-        taken.add(j)
-        out[j][tunable.setting] = threshold_at(tunable, u)
+    for j, tunable in zip(slot_specs(specs, slots), tunable_slots(slots, specs), strict=True):
+        if tunable is not None:
+            out[j][tunable.setting] = threshold_at(tunable, u)
     return out

@@ -106,7 +106,11 @@ def replay_answer(rung: Any, record: ReplayRecord) -> tuple[Completion | None, C
 def run_slot(slot: Slot, request: Request, completion: Completion) -> tuple[Verdict, float]:
     """One verdict and what its side calls (a judge) cost, recorded as the engine would."""
     run = _Run(
-        run_id=request.run_id, task=request.task, started=time.perf_counter(), log_content=False
+        run_id=request.run_id,
+        task=request.task,
+        started=time.perf_counter(),
+        log_content=False,
+        query_id=request.query_id,  # a replayed judge looks its reply up by it
     )
     token = _current_run.set(run)
     try:

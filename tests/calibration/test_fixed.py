@@ -151,3 +151,63 @@ def test_cli_expected_guarantee_end_to_end(tmp_path: Path,
     assert "guarantee: On average over calibration sets like train.jsonl" in out
     assert "method: conformal risk control" in out
     assert yaml.safe_load((tmp_path / "o.yaml").read_text())["tasks"]["t"]["ladder"]
+
+
+def test_a_judge_is_replayed_and_charged_on_every_rung(tmp_path: Path) -> None:
+    """llm_judge under accept: any: the replayed judge finds its recorded reply (by query id)
+    and its cost is charged on the top rung too, so the simulation equals run_bench (which
+    raises otherwise) and always-top's cost includes the judge."""
+    cfg = _config(tmp_path, ["small", "large"],
+                  [{"type": "logprob", "min": 0.5}, {"type": "llm_judge", "model": "mid"}])
+    write_dataset(tmp_path / "train.jsonl", _records(200, 1))
+    result = calibrate(cfg, tmp_path / "train.jsonl", target_quality=0.9, scheme="fixed")
+    top = result.train["baselines"]["always_top"]["cost_per_query"]
+    assert result.simulated_train["certify_always_top_cost_per_query"] > COST["large"]
+    assert result.simulated_train["certify_cost_per_query"] == pytest.approx(
+        result.train["cost_per_query"])
+    assert top > 0
+
+
+def test_a_callable_threshold_is_not_leveled(tmp_path: Path) -> None:
+    """A callable has no YAML settings to write a level into: the fixed scheme leaves it as it
+    is and levels the others."""
+    (tmp_path / "myeval.py").write_text(
+        "from cascade.evaluation import Tunable\n"
+        "from cascade.types import Verdict\n"
+        "class Conf:\n"
+        "    tunable = Tunable('min', 0.0, 1.0)\n"
+        "    def threshold_value(self, verdict, completion):\n"
+        "        return verdict.score\n"
+        "    def __call__(self, request, completion):\n"
+        "        return Verdict('conf', False, 0.2)\n"
+        "conf = Conf()\n")
+    cfg = _config(tmp_path, ["small", "large"],
+                  [{"type": "callable", "path": "myeval:conf"}, *CANDIDATES])
+    write_dataset(tmp_path / "train.jsonl", _records(200, 1))
+    result = calibrate(cfg, tmp_path / "train.jsonl", target_quality=0.9, scheme="fixed")
+    assert result.status == "ok"
+    for rung in result.config["tasks"]["t"]["ladder"][:-1]:
+        assert {"type": "callable", "path": "myeval:conf"} in rung["evaluators"]
+
+
+@pytest.mark.parametrize("guarantee", ["pac", "expected"])
+def test_targets_above_one_can_be_certified_and_one_keeps_top(tmp_path: Path,
+                                                              guarantee: str) -> None:
+    """R > 1: always-top can never pass, and must not block the cheaper candidates behind it.
+    R = 1 with the expected guarantee: always-top is the fallback, never 'unreachable'."""
+    import numpy as np
+
+    from cascade.calibration.guarantee import certify
+
+    rng = np.random.default_rng(0)
+    q_top = (rng.random(400) < 0.8).astype(float)
+    outcome = {"top": (np.ones(400), q_top), "a": (np.full(400, 0.1), np.ones(400))}
+    got, _, _ = certify([["a"]], "top", outcome, q_top, 1.1, 0.1, guarantee, "betting", 0)
+    assert set(got) == {"a"}
+    worse = {"top": outcome["top"], "a": (np.full(400, 0.1), q_top * 0.5)}
+    got, _, _ = certify([["a"]], "top", worse, q_top, 1.0, 0.1, guarantee, "betting", 0)
+    assert set(got) == {"top"}
+    cfg = _config(tmp_path, ["small", "large"], CANDIDATES)
+    write_dataset(tmp_path / "train.jsonl", _records(200, 1))
+    result = calibrate(cfg, tmp_path / "train.jsonl", target_quality=1.0, guarantee=guarantee)
+    assert result.status == "ok"

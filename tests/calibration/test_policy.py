@@ -388,7 +388,7 @@ def test_crossfit_certifies_on_every_train_query(tmp_path: Path) -> None:
     assert [p.accept for p in sequences[0][:2]] == [{0: 1.0, 1: 1.0}, {0: 0.995, 1: 0.995}]
 
 
-@pytest.mark.parametrize(("method", "scheme"), [("policy", "holdout"), ("policy", "fixed"),
+@pytest.mark.parametrize(("method", "scheme"), [("policy", "holdout"), ("policy", "auto"),
                                                 ("thresholds", "auto")])
 def test_relative_model_files_calibrate_from_any_folder(
     calibrated: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, method: str,
@@ -403,6 +403,20 @@ def test_relative_model_files_calibrate_from_any_folder(
                        method=method, scheme=scheme)
     assert result.status == "ok"
     assert result.train["n"] == 900
+
+
+def test_fixed_scheme_does_not_level_a_learned_model(
+    calibrated: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A quality_model was fitted on labels, so its threshold is no signal known before the
+    data: the fixed scheme refuses it (after reading its relative model file from another
+    folder), and auto calibrates such a config with holdout."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match="use --scheme holdout"):
+        calibrate(calibrated["out"], calibrated["tmp"] / "train.jsonl", target_quality=0.9,
+                  scheme="fixed")
+    auto = calibrate(calibrated["out"], calibrated["tmp"] / "train.jsonl", target_quality=0.9)
+    assert auto.guarantee["scheme"] == "holdout"
 
 
 def test_anchor_paths_anchors_files_not_model_keys(tmp_path: Path) -> None:
