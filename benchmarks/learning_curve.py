@@ -123,6 +123,20 @@ def run_point(point: Point) -> list[dict[str, Any]]:
     return out
 
 
+# What each run keeps in the committed JSON: the summary above it holds the aggregates (and the
+# baselines); per-run messages and baseline details would make the file several megabytes.
+RUN_FIELDS = (
+    "dataset", "seed", "target", "n", "size", "largest", "n_train", "n_test", "status",
+    "outcome", "ladder", "cost_ratio", "quality_ratio", "violated", "runtime_s",
+    "ceiling_family", "ceiling_cost_ratio", "ceiling_error",
+)
+
+
+def slim(run: Mapping[str, Any]) -> dict[str, Any]:
+    """A run with only ``RUN_FIELDS`` (those it has)."""
+    return {k: run[k] for k in RUN_FIELDS if k in run}
+
+
 def curve_summary(runs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """``savings_stats.summarize`` per (dataset, n, target), with the ceiling at the largest n
     (its spread, and the spread of each seed's cost/top minus its own ceiling)."""
@@ -491,11 +505,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "datasets": info,
         "wall_s": time.perf_counter() - started,
         "summary": summary,
-        "runs": runs,
+        "runs": [slim(r) for r in runs],
     }
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(doc, indent=1, allow_nan=False) + "\n", encoding="utf-8")
+        text = json.dumps(doc, separators=(",", ":"), allow_nan=False)
+        args.out.write_text(text + "\n", encoding="utf-8")
         print(f"wrote {args.out}", file=sys.stderr)
     if args.plot is not None:
         plot(summary, args.plot, _title(settings))
