@@ -50,9 +50,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.ceiling import CANDIDATE_CONFIGS, in_sample_ceiling  # noqa: E402
-from benchmarks.savings import DATASETS, Job, load_rows, run_seed  # noqa: E402
+from benchmarks.savings import DATASETS, Job, imported, run_seed  # noqa: E402
 from benchmarks.savings_stats import split_records, spread, summarize  # noqa: E402
-from cascade.errors import CascadeError  # noqa: E402
 from cascade.providers.dataset import load_dataset, write_dataset  # noqa: E402
 
 DASH = "\u2013"
@@ -431,14 +430,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         work = Path(scratch) / "imported"
         work.mkdir()
         points, info = [], {}
-        for name in names:
+        for name, (rows, path) in imported(names, args.data, work, Path(scratch), parser).items():
             ds = DATASETS[name]
-            try:
-                rows = load_rows(ds, args.data, work)
-            except (CascadeError, OSError) as exc:
-                parser.exit(2, f"learning_curve: {name}: {exc}\n")
-            path = Path(scratch) / f"{name}.jsonl"
-            write_dataset(path, rows)
             config = configs.get(name, ds.config)
             sizes = train_sizes(len(rows), args.sizes)
             info[name] = {

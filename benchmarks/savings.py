@@ -48,7 +48,7 @@ from cascade.providers.dataset import ReplayRecord, load_dataset, write_dataset 
 from cascade.replay.bench import recorded_cost  # noqa: E402
 from cascade.replay.importers import import_dataset  # noqa: E402
 
-__all__ = ["DATASETS", "Dataset", "load_rows", "main", "run_seed", "test_matrix"]
+__all__ = ["DATASETS", "Dataset", "imported", "load_rows", "main", "run_seed", "test_matrix"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,6 +258,23 @@ def _report(path: Path, compare: Path | None) -> str:
     return text
 
 
+def imported(
+    names: Sequence[str], data: Path, work: Path, scratch: Path, parser: argparse.ArgumentParser
+) -> dict[str, tuple[list[ReplayRecord], Path]]:
+    """Each dataset's rows, imported from ``data`` (into ``work``) and written as one replay file
+    in ``scratch``; an import error ends the program with one line."""
+    out = {}
+    for name in names:
+        try:
+            rows = load_rows(DATASETS[name], data, work)
+        except (CascadeError, OSError) as exc:
+            parser.exit(2, f"{parser.prog}: {name}: {exc}\n")
+        path = scratch / f"{name}.jsonl"
+        write_dataset(path, rows)
+        out[name] = (rows, path)
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, default=20, help="split seeds 0..N-1")
@@ -312,14 +329,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         work = args.work or Path(scratch) / "imported"
         work.mkdir(parents=True, exist_ok=True)
         jobs, info = [], {}
-        for name in names:
+        for name, (rows, path) in imported(names, args.data, work, Path(scratch), parser).items():
             ds = DATASETS[name]
-            try:
-                rows = load_rows(ds, args.data, work)
-            except (CascadeError, OSError) as exc:
-                parser.exit(2, f"savings: {name}: {exc}\n")
-            path = Path(scratch) / f"{name}.jsonl"
-            write_dataset(path, rows)
             config = configs.get(name, ds.config)
             info[name] = {**asdict(ds), "config": config, "rows": len(rows)}
             jobs += [Job(ds, config, seed, tuple(args.targets), args.train_fraction, args.method,
