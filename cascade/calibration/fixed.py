@@ -44,7 +44,7 @@ from cascade.calibration.result import (
     top_alone_reason,
 )
 from cascade.config import MinScore, parse_config
-from cascade.errors import ConfigError
+from cascade.errors import ConfigError, DatasetError
 from cascade.formatting import plural
 from cascade.providers.dataset import ReplayRecord
 from cascade.replay.bench import run_bench
@@ -112,8 +112,6 @@ def calibrate_fixed(
             {min_score: ...}``; use ``--scheme holdout`` then.
         DatasetError: fewer than 20 train queries of the task.
     """
-    from cascade.errors import DatasetError
-
     started = time.perf_counter()
     prep = prep if prep is not None else prepare(config_path, train, test, task)
     levels = leveled(prep)

@@ -251,7 +251,7 @@ def certify(
     safe = target <= 1  # always-top's d = (1 - R) q_top >= 0 on every query: no test needed
     if guarantee == "expected":
         longest = max((len(seq) for seq in sequences), default=0)
-        order = [p for k in range(longest) for seq in sequences if k < len(seq) for p in [seq[k]]]
+        order = [seq[k] for k in range(longest) for seq in sequences if k < len(seq)]
         if safe:
             # always-top leads the order (its loss <= 0 keeps every running maximum as it was)
             # and is CRC's fallback: chosen when nothing else is admissible

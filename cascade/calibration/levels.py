@@ -29,7 +29,6 @@ import numpy as np
 from cascade.calibration.policy_table import AnswerTable
 from cascade.calibration.simulation import run_slot
 from cascade.evaluation import Slot, Tunable, finalized, shown, tunable_of
-from cascade.types import Request
 
 __all__ = [
     "LEVELS",
@@ -156,22 +155,11 @@ class LevelTable:
         passed = np.zeros((len(slots), t.n), dtype=bool)
         value = np.full((len(slots), t.n), np.nan)
         cost = np.zeros((len(slots), t.n))
-        for q, record in enumerate(t.records):
+        for q in range(t.n):
             completion = t.completions[i][q]
             if completion is None:
                 continue
-            earlier = tuple(
-                finalized(t.rungs[j].slots, c)
-                for j in range(i)
-                if pattern >> j & 1 and (c := t.completions[j][q]) is not None
-            )
-            request = Request(
-                task=t.task,
-                messages=tuple(m.model_dump() for m in record.messages),
-                run_id="calibrate",
-                history=earlier,
-                query_id=record.id,
-            )
+            request = t.request(i, q, pattern)
             clean = finalized(slots, completion)
             for k, slot in enumerate(slots):
                 seen = shown(slot, completion, clean)

@@ -108,6 +108,23 @@ class AnswerTable:
         self.prompts = [prompt_text([m.model_dump() for m in r.messages]) for r in records]
         self._features: dict[tuple[int, int], tuple[list[dict[str, float]], np.ndarray]] = {}
 
+    def request(self, i: int, q: int, pattern: int) -> Request:
+        """Query ``q`` as rung ``i`` sees it after the rejected answers of the rungs in bitmask
+        ``pattern`` (each as its user would read it)."""
+        record = self.records[q]
+        earlier = tuple(
+            finalized(self.signals[j], c)
+            for j in range(i)
+            if pattern >> j & 1 and (c := self.completions[j][q]) is not None
+        )
+        return Request(
+            task=self.task,
+            messages=tuple(m.model_dump() for m in record.messages),
+            run_id="calibrate",
+            history=earlier,
+            query_id=record.id,
+        )
+
     def features(self, i: int, pattern: int) -> tuple[list[dict[str, float]], np.ndarray]:
         """Rung ``i``'s features per query after the answers of the rungs in bitmask
         ``pattern``, and the side cost (judge calls) of its signals per query."""
@@ -116,23 +133,12 @@ class AnswerTable:
             rows: list[dict[str, float]] = []
             side = np.zeros(self.n)
             ex = self.extractors[i]
-            for q, record in enumerate(self.records):
+            for q in range(self.n):
                 completion = self.completions[i][q]
                 if completion is None:
                     rows.append({})
                     continue
-                earlier = tuple(
-                    finalized(self.signals[j], c)
-                    for j in range(i)
-                    if pattern >> j & 1 and (c := self.completions[j][q]) is not None
-                )
-                request = Request(
-                    task=self.task,
-                    messages=tuple(m.model_dump() for m in record.messages),
-                    run_id="calibrate",
-                    history=earlier,
-                    query_id=record.id,
-                )
+                request = self.request(i, q, pattern)
                 clean = finalized(ex.signals, completion)
                 verdicts = []
                 for slot in ex.signals:

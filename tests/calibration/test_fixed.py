@@ -161,11 +161,10 @@ def test_a_judge_is_replayed_and_charged_on_every_rung(tmp_path: Path) -> None:
                   [{"type": "logprob", "min": 0.5}, {"type": "llm_judge", "model": "mid"}])
     write_dataset(tmp_path / "train.jsonl", _records(200, 1))
     result = calibrate(cfg, tmp_path / "train.jsonl", target_quality=0.9, scheme="fixed")
-    top = result.train["baselines"]["always_top"]["cost_per_query"]
+    # always-top's cost includes the top rung's judge (run_bench's baseline is the call alone)
     assert result.simulated_train["certify_always_top_cost_per_query"] > COST["large"]
     assert result.simulated_train["certify_cost_per_query"] == pytest.approx(
         result.train["cost_per_query"])
-    assert top > 0
 
 
 def test_a_callable_threshold_is_not_leveled(tmp_path: Path) -> None:
