@@ -1,4 +1,4 @@
-"""The drift gauges of ``GET /metrics``, read from the ledger's rollup off the request path.
+"""The drift and budget gauges of ``GET /metrics``, read from the ledger off the request path.
 
 A scrape renders what the last refresh read and never reads the ledger itself. When the last
 refresh started ``server.metrics_refresh_s`` ago or more, a scrape starts the next one in the
@@ -7,6 +7,8 @@ read at most once per ``metrics_refresh_s``. The app reads once at start-up, so 
 has numbers. A refresh is ``drift_report`` over the last ``DRIFT_WEEKS`` weeks: it folds the
 rollup's log (without waiting for a lock) and reads sums per task, rung and week, whose number
 grows with those, not with the ledger's steps (``cascade.ledger.rollup``).
+The budget gauges (spend against each period budget) are read in the same refresh: one
+``totals`` row per budget (``cascade.ledger.money``).
 """
 
 from __future__ import annotations
@@ -81,6 +83,7 @@ class DriftGauges:
         since = self.now() - DRIFT_WEEKS * 7 * 86400
         try:
             rows = await ledger.run(lambda: drift_report(ledger, targets=targets, since=since))
+            budgets = await ledger.run(self.gateway.engine.limits.accounts.status)
         except LedgerError as exc:
             # The counters are still worth serving; the drift gauges keep their last values.
             log.warning("cascade.drift_metrics_failed", error=str(exc))
@@ -91,3 +94,4 @@ class DriftGauges:
                 "cascade.drift_metrics_failed", error=f"{type(exc).__name__}: {exc}")
             return
         self.gateway.metrics.drift(rows)
+        self.gateway.metrics.budgets(budgets)

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
@@ -105,6 +105,19 @@ class GatewayMetrics:
             ["outcome"],
             registry=self.registry,
         )
+        # Spend against each period budget (global, per task), refreshed with the drift gauges.
+        self.budget_spent = Gauge(
+            "cascade_budget_spent_usd",
+            "Spend in the budget's current period (reservations of calls in flight included).",
+            ["scope", "period"],
+            registry=self.registry,
+        )
+        self.budget_limit = Gauge(
+            "cascade_budget_limit_usd",
+            "The budget's limit for its period.",
+            ["scope", "period"],
+            registry=self.registry,
+        )
         # The numbers of `cascade report --drift`, per task, rung and ISO week, refreshed from
         # the ledger's rollup in the background (cascade.gateway.drift), never by a scrape.
         self.drift_gauges = {
@@ -145,6 +158,20 @@ class GatewayMetrics:
                 if value is not None:
                     gauge.labels(*labels).set(float(value))
 
+    def budgets(self, rows: Iterable[Mapping[str, Any]]) -> None:
+        """Replace the budget gauges with ``Accounts.status()`` rows."""
+        self.budget_spent.clear()
+        self.budget_limit.clear()
+        for row in rows:
+            labels = (row["scope"], row["period"])
+            self.budget_spent.labels(*labels).set(float(row["spent_usd"]))
+            self.budget_limit.labels(*labels).set(float(row["limit_usd"]))
+
+    def count_breakers(self, open_for: Callable[[], Mapping[str, float | None]]) -> None:
+        """Expose ``cascade_breaker_open{provider}`` (1 while the provider's circuit breaker is
+        open) from the engine's breakers, read at each scrape: in memory, no ledger read."""
+        self.registry.register(_Breakers(open_for))
+
     def count_shadow_skips(self, skipped: Callable[[], Mapping[str, int]]) -> None:
         """Expose ``cascade_shadow_skipped_total{task}`` from the engine's own count
         (``Shadows.skipped``), read at each scrape."""
@@ -175,4 +202,28 @@ class _ShadowSkips(Collector):
             "cascade_shadow_skipped",
             "Shadow evaluations skipped, not queued: shadow_max_in_flight were already running.",
             labels=["task"],
+        )
+
+
+class _Breakers(Collector):
+    """Circuit breaker state per provider: 1 while open (calls skipped), else 0."""
+
+    def __init__(self, open_for: Callable[[], Mapping[str, float | None]]):
+        self._open_for = open_for
+
+    def describe(self) -> Iterator[Metric]:
+        yield self._family()
+
+    def collect(self) -> Iterator[Metric]:
+        family = self._family()
+        for provider, left in sorted(self._open_for().items()):
+            family.add_metric([provider], 0.0 if left is None else 1.0)
+        yield family
+
+    @staticmethod
+    def _family() -> GaugeMetricFamily:
+        return GaugeMetricFamily(
+            "cascade_breaker_open",
+            "1 while the provider's circuit breaker is open (its rungs are skipped), else 0.",
+            labels=["provider"],
         )

@@ -110,6 +110,9 @@ class Gateway:
         self.metrics = GatewayMetrics()
         # Read at each scrape from the engine served then (a reload replaces it).
         self.metrics.count_shadow_skips(lambda: dict(self.engine.shadows.skipped))
+        self.metrics.count_breakers(
+            lambda: {name: b.open_for() for name, b in self.engine.limits.breakers.items()}
+        )
         self.inflight: set[asyncio.Task[CascadeResult]] = set()
         self.parser = BodyParser(settings.max_messages)
         self.feedback_limit = TokenBuckets(settings.feedback_rpm)
