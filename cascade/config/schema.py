@@ -53,7 +53,7 @@ DEFAULT_KEY_ENV = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}
 DEFAULT_MAX_OUTPUT_TOKENS = 4096
 # Engine arguments and transport options: never a gateway parameter, whatever the operator says.
 _NEVER_ALLOWED = frozenset(
-    {"task", "prompt", "query_id", "max_cost_usd", "log_content", "deadline_s", "key_id"}
+    {"task", "prompt", "query_id", "max_cost_usd", "log_content", "deadline_s", "key_id", "key"}
     | {"timeout", "extra_headers", "extra_query", "model", "messages"}
 )
 
