@@ -316,6 +316,12 @@ class ServerConfig(BaseModel):
     # /metrics serves the drift gauges as last read from the ledger's rollup, read again at most
     # this often (in the background: a scrape never waits for the ledger).
     metrics_refresh_s: float = Field(default=15.0, gt=0)
+    # Also accept the named keys of the ledger's keys table (cascade keys create; docs/keys.md):
+    # with it, every request needs a key, even with no server.api_keys_env keys.
+    ledger_keys: bool = False
+    # A key label (the key's name) on cascade_requests_total and cascade_cost_usd_total; by
+    # default on when ledger_keys is on and the ledger holds fewer than 100 keys at startup.
+    metrics_key_labels: bool | None = None
 
     @field_validator("allow_params")
     @classmethod
