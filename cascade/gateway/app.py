@@ -118,8 +118,6 @@ async def chat_completions(request: Request) -> Response:
         )
     access = request.scope.setdefault("state", {}).setdefault("access", {})
     access["task"] = target[1]
-    if client.name is not None:
-        access["key"] = client.name
     try:
         # The run's row names the key that made it: feedback lets a key score only its own.
         # A named key's scope (tasks, budgets) is checked by the engine, after routing.

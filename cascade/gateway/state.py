@@ -213,6 +213,8 @@ class Gateway:
         if self.ledger_keys is None or not token.strip().startswith(PREFIX):
             return Denied("unknown")
         found = await self.ledger_keys.lookup(token.strip())
+        if found.name is not None:  # the access log names the key (never shows it)
+            request.scope.setdefault("state", {}).setdefault("access", {})["key"] = found.name
         if isinstance(found, Denied):
             return found
         return Client(key_id(given), False, found.name, found.tasks, found.rpm, found.tpm,
