@@ -65,8 +65,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--pg", default="postgresql://postgres@127.0.0.1:5432/test")
     args = parser.parse_args()
-    lines = ["| ledger | lookup | CPU per lookup (median) | CPU range | wall (median) | "
-             "wall range |", "|---|---|---|---|---|---|"]
+    lines = [
+        "| ledger | lookup | CPU per lookup (median) | CPU range | wall (median) | wall range |",
+        "|---|---|---|---|---|---|",
+    ]
     with tempfile.TemporaryDirectory() as tmp:
         ledger = Ledger(Path(tmp) / "keys.sqlite")
         try:

@@ -112,7 +112,9 @@ def test_a_known_key_inside_a_longer_one_does_not_expose_the_rest() -> None:
 
 
 def test_a_named_gateway_key_appears_in_no_output(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], otel: Any
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    otel: Any,  # noqa: F811  (the fixture imported above)
 ) -> None:
     """A named key, through create, success, 403, 429, feedback and revocation: its secret
     and the whole key are in no log event, ledger table, /metrics text, error body, OTel span

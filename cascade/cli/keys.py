@@ -20,8 +20,14 @@ from cascade.formatting import to_json, usd
 __all__ = ["register"]
 
 # ``update --clear FIELD`` names a limit by its flag's name.
-_CLEARABLE = {"tasks": "tasks", "daily-usd": "daily_usd", "monthly-usd": "monthly_usd",
-              "rpm": "rpm", "tpm": "tpm", "expires": "expires"}
+_CLEARABLE = {
+    "tasks": "tasks",
+    "daily-usd": "daily_usd",
+    "monthly-usd": "monthly_usd",
+    "rpm": "rpm",
+    "tpm": "tpm",
+    "expires": "expires",
+}
 
 
 def _limits(args: argparse.Namespace) -> dict[str, Any]:
@@ -69,6 +75,15 @@ def _store(args: argparse.Namespace, *, create: bool = False) -> Any:
     return KeyStore(open_for_cli(args, create=create))
 
 
+def _one(args: argparse.Namespace, change: str, **changes: Any) -> Any:
+    """``KeyStore.<change>(args.name, **changes)`` on the command line's ledger, closed after."""
+    store = _store(args)
+    try:
+        return getattr(store, change)(args.name, **changes)
+    finally:
+        store.ledger.close()
+
+
 def cmd_create(args: argparse.Namespace) -> int:
     limits = _limits(args)
     store = _store(args, create=True)
@@ -113,12 +128,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    store = _store(args)
-    try:
-        record = store.get(args.name)
-    finally:
-        store.ledger.close()
-    _print(record, args.json)
+    _print(_one(args, "get"), args.json)
     return 0
 
 
@@ -127,29 +137,20 @@ def cmd_update(args: argparse.Namespace) -> int:
     for flag in args.clear or ():
         changes[_CLEARABLE[flag]] = None
     if not changes:
-        raise KeyStoreError(
-            "nothing to change: give a limit flag or --clear LIMIT", param="update"
-        )
-    store = _store(args)
-    try:
-        record = store.update(args.name, **changes)
-    finally:
-        store.ledger.close()
-    _print(record, args.json)
+        raise KeyStoreError("nothing to change: give a limit flag or --clear LIMIT", param="update")
+    _print(_one(args, "update", **changes), args.json)
     return 0
 
 
 def cmd_revoke(args: argparse.Namespace) -> int:
-    store = _store(args)
-    try:
-        record = store.revoke(args.name)
-    finally:
-        store.ledger.close()
+    record = _one(args, "revoke")
     if args.json:
         print(to_json(record.as_json(), indent=2))
     else:
-        print(f"revoked key {record.name!r} at {_when(record.revoked)}; every gateway refuses "
-              "it within 1 s")
+        print(
+            f"revoked key {record.name!r} at {_when(record.revoked)}; every gateway refuses "
+            "it within 1 s"
+        )
     return 0
 
 
@@ -158,9 +159,11 @@ def _print(record: Any, as_json: bool) -> None:
         print(to_json(record.as_json(), indent=2))
         return
     state = record.as_json()["state"]
-    print(f"{record.name} ({state}): {_limit_text(record)}; created {_when(record.created)}, "
-          f"updated {_when(record.updated)}"
-          + (f", revoked {_when(record.revoked)}" if record.revoked is not None else ""))
+    print(
+        f"{record.name} ({state}): {_limit_text(record)}; created {_when(record.created)}, "
+        f"updated {_when(record.updated)}"
+        + (f", revoked {_when(record.revoked)}" if record.revoked is not None else "")
+    )
 
 
 def _limit_args(parser: argparse.ArgumentParser) -> None:
@@ -184,7 +187,8 @@ def register(sub: Any) -> None:
     )
     commands = keys.add_subparsers(dest="keys_command", required=True, metavar="COMMAND")
     create = commands.add_parser(
-        "create", help="create a key and print it once",
+        "create",
+        help="create a key and print it once",
         description="Create a key and print it on stdout; it cannot be shown again.",
     )
     create.add_argument("name", help="the key's name (in the ledger, metrics and reports)")
@@ -193,17 +197,27 @@ def register(sub: Any) -> None:
     show = commands.add_parser("show", help="one key's state and limits")
     show.add_argument("name")
     update = commands.add_parser(
-        "update", help="change a key's limits",
+        "update",
+        help="change a key's limits",
         description="Change the limits given; --clear LIMIT removes one (repeatable).",
     )
     update.add_argument("name")
     _limit_args(update)
-    update.add_argument("--clear", action="append", choices=sorted(_CLEARABLE),
-                        help="remove this limit (repeatable)")
+    update.add_argument(
+        "--clear",
+        action="append",
+        choices=sorted(_CLEARABLE),
+        help="remove this limit (repeatable)",
+    )
     revoke = commands.add_parser("revoke", help="revoke a key for good")
     revoke.add_argument("name")
-    for parser, handler in ((create, cmd_create), (listing, cmd_list), (show, cmd_show),
-                            (update, cmd_update), (revoke, cmd_revoke)):
+    for parser, handler in (
+        (create, cmd_create),
+        (listing, cmd_list),
+        (show, cmd_show),
+        (update, cmd_update),
+        (revoke, cmd_revoke),
+    ):
         where_args(parser)
         parser.add_argument("--json", action="store_true", help="print JSON for scripts")
         parser.set_defaults(handler=handler)

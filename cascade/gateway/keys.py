@@ -52,6 +52,7 @@ class Denied:
 
 
 _Row = tuple[KeyRecord, str, str]
+_STALE = object()  # no cached row, or one older than the cache time
 
 
 class LedgerKeys:
@@ -89,30 +90,36 @@ class LedgerKeys:
         Raises:
             LedgerError: the ledger cannot be read.
         """
-        parts = split_token(token)
-        if parts is None:
-            return Denied("unknown")
-        key_id, secret = parts
-        cached = self._rows.get(key_id)
-        if cached is not None and self.clock() - cached[1] < self.ttl_s:
-            row = cached[0]
-        else:
+        found = self._cached(token)
+        if not isinstance(found, tuple):
+            return found
+        key_id, secret, row = found
+        if row is _STALE:
             row = await self.ledger.run(self.store.fetch, key_id)
             self._keep(key_id, row)
-        return self._verdict(row, secret)
+        return self._verdict(row, secret)  # type: ignore[arg-type]
 
     def lookup_sync(self, token: str) -> KeyRecord | Denied:
         """``lookup`` without an event loop (benchmarks, tools): reads the ledger here."""
+        found = self._cached(token)
+        if not isinstance(found, tuple):
+            return found
+        key_id, secret, row = found
+        if row is _STALE:
+            row = self.store.fetch(key_id)
+            self._keep(key_id, row)
+        return self._verdict(row, secret)  # type: ignore[arg-type]
+
+    def _cached(self, token: str) -> Denied | tuple[str, str, object]:
+        """The token's id, secret and cached row (``_STALE``: read it again), or its refusal."""
         parts = split_token(token)
         if parts is None:
             return Denied("unknown")
         key_id, secret = parts
         cached = self._rows.get(key_id)
         if cached is not None and self.clock() - cached[1] < self.ttl_s:
-            return self._verdict(cached[0], secret)
-        row = self.store.fetch(key_id)
-        self._keep(key_id, row)
-        return self._verdict(row, secret)
+            return key_id, secret, cached[0]
+        return key_id, secret, _STALE
 
     def _keep(self, key_id: str, row: _Row | None) -> None:
         self.reads += 1

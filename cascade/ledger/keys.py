@@ -122,7 +122,7 @@ def split_token(token: str) -> tuple[str, str] | None:
     """``(id, secret)`` of a ``ck-<id>-<secret>`` token; None for anything else."""
     if not token.startswith(PREFIX):
         return None
-    key_id, sep, secret = token[len(PREFIX):].partition("-")
+    key_id, sep, secret = token[len(PREFIX) :].partition("-")
     if not sep or not secret or not _ID.fullmatch(key_id):
         return None
     return key_id, secret
@@ -204,7 +204,11 @@ class KeyStore:
                 param="name",
             )
         values = {field: None for field in LIMIT_FIELDS} | _checked(limits)
-        key_id, secret, salt = secrets.token_hex(6), secrets.token_urlsafe(32), secrets.token_hex(16)
+        key_id, secret, salt = (
+            secrets.token_hex(6),
+            secrets.token_urlsafe(32),
+            secrets.token_hex(16),
+        )
         now = self.clock()
         with self.ledger.backend.transaction() as tx:
             if tx.execute("SELECT id FROM keys WHERE name = ?", (name,)):

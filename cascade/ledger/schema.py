@@ -49,7 +49,8 @@ Schema 8 (named gateway keys, ``docs/keys.md``) adds:
 - ``keys``: one row per named gateway key: its public id (the part of the key before the
   secret), its unique name, a per-key salt and SHA-256 of salt and secret (never the key), the
   tasks it may use (a JSON list; NULL: all), its daily and monthly USD budgets, requests and
-  tokens per minute, and its expiry, creation, update and revocation times (``cascade.ledger.keys``);
+  tokens per minute, and its expiry, creation, update and revocation times
+  (``cascade.ledger.keys``);
 - ``key_name`` on ``steps``, ``runs`` and ``feedback``: the name of the key that made the row
   (NULL for library calls, unnamed ``server.api_keys_env`` keys and older rows). A key's spend
   also goes to the totals scope ``key:NAME``, so its budgets are checked in the reservation's

@@ -26,8 +26,25 @@ def test_create_prints_the_key_once_and_list_never_shows_it(
     """create prints the key on stdout and says it is not shown again; the ledger and every
     later command print only the name and limits."""
     where = _where(db, monkeypatch)
-    assert main(["keys", "create", "team-a", "--tasks", "faq,code", "--daily-usd", "5",
-                 "--rpm", "60", "--expires", "2099-01-01", *where]) == 0
+    assert (
+        main(
+            [
+                "keys",
+                "create",
+                "team-a",
+                "--tasks",
+                "faq,code",
+                "--daily-usd",
+                "5",
+                "--rpm",
+                "60",
+                "--expires",
+                "2099-01-01",
+                *where,
+            ]
+        )
+        == 0
+    )
     out, err = capsys.readouterr()
     key = out.strip()
     assert split_token(key) is not None
@@ -35,7 +52,8 @@ def test_create_prints_the_key_once_and_list_never_shows_it(
     assert main(["keys", "list", "--json", *where]) == 0
     listed = json.loads(capsys.readouterr().out)
     assert [(k["name"], k["tasks"], k["daily_usd"], k["rpm"], k["state"]) for k in listed] == [
-        ("team-a", ["code", "faq"], 5.0, 60, "active")]
+        ("team-a", ["code", "faq"], 5.0, 60, "active")
+    ]
     assert main(["keys", "show", "team-a", *where]) == 0
     shown = capsys.readouterr().out
     assert "team-a (active): tasks code,faq, daily $5.00, 60 rpm, expires 2099-01-01" in shown
@@ -49,8 +67,22 @@ def test_update_clears_and_revoke_marks(
     """update changes the limits given and --clear removes one; revoke marks the key."""
     where = _where(db, monkeypatch)
     assert main(["keys", "create", "team-a", "--tasks", "faq", "--daily-usd", "5", *where]) == 0
-    assert main(["keys", "update", "team-a", "--clear", "tasks", "--monthly-usd", "50",
-                 "--json", *where]) == 0
+    assert (
+        main(
+            [
+                "keys",
+                "update",
+                "team-a",
+                "--clear",
+                "tasks",
+                "--monthly-usd",
+                "50",
+                "--json",
+                *where,
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     assert main(["keys", "show", "team-a", "--json", *where]) == 0
     shown = json.loads(capsys.readouterr().out)
@@ -61,16 +93,19 @@ def test_update_clears_and_revoke_marks(
     assert json.loads(capsys.readouterr().out)["state"] == "revoked"
 
 
-@pytest.mark.parametrize(("argv", "message"), [
-    (["create", "team-a"], "error: name: a key named 'team-a' exists already"),
-    (["create", "b", "--daily-usd", "-1"], "error: daily_usd: must be a number >= 0"),
-    (["create", "b", "--expires", "2026-13-01"], "error: expires: not a date"),
-    (["create", "b c"], "error: name: 'b c' is not a key name"),
-    (["update", "nope", "--rpm", "3"], "error: name: no key named 'nope'"),
-    (["update", "team-a"], "error: update: nothing to change"),
-    (["revoke", "nope"], "error: name: no key named 'nope'"),
-    (["show", "nope"], "error: name: no key named 'nope'"),
-])
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["create", "team-a"], "error: name: a key named 'team-a' exists already"),
+        (["create", "b", "--daily-usd", "-1"], "error: daily_usd: must be a number >= 0"),
+        (["create", "b", "--expires", "2026-13-01"], "error: expires: not a date"),
+        (["create", "b c"], "error: name: 'b c' is not a key name"),
+        (["update", "nope", "--rpm", "3"], "error: name: no key named 'nope'"),
+        (["update", "team-a"], "error: update: nothing to change"),
+        (["revoke", "nope"], "error: name: no key named 'nope'"),
+        (["show", "nope"], "error: name: no key named 'nope'"),
+    ],
+)
 def test_bad_input_is_one_line_and_exit_2(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], message: str
 ) -> None:
@@ -92,15 +127,26 @@ def test_report_by_key(
     try:
         accounts = Accounts(ledger, [])
         for run_id, key in (("r1", KeyScope("team-a")), ("r2", KeyScope("team-a")), ("r3", None)):
-            accounts.reserve(run_id=run_id, task="t", step=1, model_key="m", provider="p",
-                             estimate=0.25, spent=0.0, cap=None, key=key)
+            accounts.reserve(
+                run_id=run_id,
+                task="t",
+                step=1,
+                model_key="m",
+                provider="p",
+                estimate=0.25,
+                spent=0.0,
+                cap=None,
+                key=key,
+            )
     finally:
         ledger.close()
     where = _where(db, monkeypatch)
     assert main(["report", "--by", "key", "--json", *where]) == 0
     keys = json.loads(capsys.readouterr().out)["keys"]
     assert {name: (k["calls"], k["cost_usd"], k["unfinished"]) for name, k in keys.items()} == {
-        "": (1, 0.25, 1), "team-a": (2, 0.5, 2)}
+        "": (1, 0.25, 1),
+        "team-a": (2, 0.5, 2),
+    }
     assert main(["report", "--by", "key", *where]) == 0
     out = capsys.readouterr().out
     assert "2 keys, $0.75 total" in out and "team-a" in out and "(unnamed)" in out

@@ -54,10 +54,14 @@ def test_every_row_of_a_keys_run_carries_its_name(tmp_path: Path) -> None:
         engine.feedback(keyed.run_id, 1.0)
         rows = engine.ledger.query("SELECT run_id, key_name, status FROM steps")
         assert {(r["run_id"], r["key_name"], r["status"]) for r in rows} == {
-            (keyed.run_id, "team-a", "settled"), (plain.run_id, None, "settled")}
+            (keyed.run_id, "team-a", "settled"),
+            (plain.run_id, None, "settled"),
+        }
         runs = engine.ledger.query("SELECT run_id, key_name FROM runs")
         assert {(r["run_id"], r["key_name"]) for r in runs} == {
-            (keyed.run_id, "team-a"), (plain.run_id, None)}
+            (keyed.run_id, "team-a"),
+            (plain.run_id, None),
+        }
 
 
 def test_the_pending_row_names_the_key(tmp_path: Path) -> None:
@@ -69,8 +73,10 @@ def test_the_pending_row_names_the_key(tmp_path: Path) -> None:
         def complete(self, *args: Any, **kwargs: Any) -> Any:
             ledger = engines[0].ledger
             assert ledger is not None
-            seen.extend(r["key_name"] for r in ledger.backend.read(
-                "SELECT key_name FROM steps WHERE status = 'pending'"))
+            seen.extend(
+                r["key_name"]
+                for r in ledger.backend.read("SELECT key_name FROM steps WHERE status = 'pending'")
+            )
             return super().complete(*args, **kwargs)
 
     engine = Cascade.from_yaml(fitted(tmp_path), providers={"p": Peek("p", {"m": ["a"]})})

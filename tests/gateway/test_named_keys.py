@@ -28,8 +28,9 @@ UNNAMED = "gw-unnamed-key-5e1f"
 
 
 @contextmanager
-def gateway(db: Db, api_keys: tuple[str, ...] = (), **server: Any
-            ) -> Iterator[tuple[str, Gateway, Clock, KeyStore]]:
+def gateway(
+    db: Db, api_keys: tuple[str, ...] = (), **server: Any
+) -> Iterator[tuple[str, Gateway, Clock, KeyStore]]:
     """Tasks faq and other; named keys on; the key cache's clock is the test's."""
     with pytest.MonkeyPatch.context() as env, MockLLMServer() as upstream:
         env.setenv("OPENAI_API_KEY", FAKE_OPENAI_KEY)
@@ -53,8 +54,12 @@ def gateway(db: Db, api_keys: tuple[str, ...] = (), **server: Any
 
 
 def chat(url: str, key: str, model: str = "faq") -> httpx2.Response:
-    return httpx2.post(f"{url}/v1/chat/completions", json={"model": model, "messages": ASK},
-                       headers={"authorization": f"Bearer {key}"}, timeout=30)
+    return httpx2.post(
+        f"{url}/v1/chat/completions",
+        json={"model": model, "messages": ASK},
+        headers={"authorization": f"Bearer {key}"},
+        timeout=30,
+    )
 
 
 def test_named_keys_need_auth_even_without_unnamed_keys(db: Db) -> None:
@@ -63,8 +68,12 @@ def test_named_keys_need_auth_even_without_unnamed_keys(db: Db) -> None:
     with gateway(db) as (url, gw, _, store):
         _, key = store.create("team-a")
         assert gw.has_keys
-        assert httpx2.post(f"{url}/v1/chat/completions", json={"model": "faq", "messages": ASK},
-                           timeout=30).status_code == 401
+        assert (
+            httpx2.post(
+                f"{url}/v1/chat/completions", json={"model": "faq", "messages": ASK}, timeout=30
+            ).status_code
+            == 401
+        )
         assert chat(url, "ck-0123456789ab-nope").status_code == 401
         wrong = chat(url, key[:-2] + ("xy" if not key.endswith("xy") else "zz"))
         assert wrong.status_code == 401
@@ -105,16 +114,22 @@ def test_every_row_and_the_metrics_name_the_key(db: Db) -> None:
         with capture_logs() as logs:
             run_id = chat(url, key).headers["x-cascade-run-id"]
             chat(url, UNNAMED)
-            scored = httpx2.post(f"{url}/v1/feedback", json={"run_id": run_id, "score": 1},
-                                 headers={"authorization": f"Bearer {key}"}, timeout=30)
+            scored = httpx2.post(
+                f"{url}/v1/feedback",
+                json={"run_id": run_id, "score": 1},
+                headers={"authorization": f"Bearer {key}"},
+                timeout=30,
+            )
             assert scored.status_code == 200
         assert db.rows("SELECT key_name, status FROM steps WHERE run_id = ?", (run_id,)) == [
-            ("team-a", "settled")]
+            ("team-a", "settled")
+        ]
         assert db.rows("SELECT key_name FROM runs WHERE run_id = ?", (run_id,)) == [("team-a",)]
         assert db.rows("SELECT key_name FROM feedback") == [("team-a",)]
         assert gw.metrics.key_labels
-        text = httpx2.get(f"{url}/metrics", headers={"authorization": f"Bearer {key}"},
-                          timeout=30).text
+        text = httpx2.get(
+            f"{url}/metrics", headers={"authorization": f"Bearer {key}"}, timeout=30
+        ).text
         assert 'cascade_requests_total{key="team-a",status="accepted",task="faq"} 1.0' in text
         assert 'cascade_requests_total{key="",status="accepted",task="faq"} 1.0' in text
         access = [e for e in logs if e["event"] == "cascade.access"]

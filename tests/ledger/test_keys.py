@@ -26,9 +26,20 @@ def store(db: Db) -> Iterator[KeyStore]:
 
 
 def _step(run_id: str, cost: float = 0.0) -> StepRecord:
-    return StepRecord(run_id=run_id, task="t", step=1, model="m", provider="p", attempts=1,
-                      input_tokens=1, output_tokens=1, cost_usd=cost, latency_ms=1.0,
-                      decision="accept", ts=1_000.0)
+    return StepRecord(
+        run_id=run_id,
+        task="t",
+        step=1,
+        model="m",
+        provider="p",
+        attempts=1,
+        input_tokens=1,
+        output_tokens=1,
+        cost_usd=cost,
+        latency_ms=1.0,
+        decision="accept",
+        ts=1_000.0,
+    )
 
 
 def test_a_fresh_ledger_has_keys_and_key_names(db: Db) -> None:
@@ -55,8 +66,9 @@ def test_schema_7_gains_keys_and_key_names(db: Db) -> None:
     ledger = db.open()
     try:
         assert ledger.schema_before == 7
-        ledger.record_run(CascadeResult("a", "m", True, 0.0, 1.0, "new", (), task="t"),
-                          key_name="team-a")
+        ledger.record_run(
+            CascadeResult("a", "m", True, 0.0, 1.0, "new", (), task="t"), key_name="team-a"
+        )
         ledger.record_step(_step("new"), key_name="team-a")
         KeyStore(ledger).create("team-a")
     finally:
@@ -64,9 +76,13 @@ def test_schema_7_gains_keys_and_key_names(db: Db) -> None:
     db.open().close()  # a second open finds the current schema and changes nothing
     assert db.rows("SELECT version FROM schema_version") == [(VERSION,)]
     assert db.rows("SELECT run_id, key_name FROM runs ORDER BY run_id") == [
-        ("new", "team-a"), ("old", None)]
+        ("new", "team-a"),
+        ("old", None),
+    ]
     assert db.rows("SELECT run_id, key_name FROM steps ORDER BY run_id") == [
-        ("new", "team-a"), ("old", None)]
+        ("new", "team-a"),
+        ("old", None),
+    ]
     assert db.rows("SELECT name FROM keys") == [("team-a",)]
 
 
@@ -95,16 +111,19 @@ def test_two_keys_with_one_secret_hash_differently(store: KeyStore, db: Db) -> N
     assert hash_secret(salts[0][0], "x") != hash_secret(salts[1][0], "x")
 
 
-@pytest.mark.parametrize(("name", "limits", "param"), [
-    ("team a", {}, "name"),
-    ("", {}, "name"),
-    ("ok", {"daily_usd": -1}, "daily_usd"),
-    ("ok", {"monthly_usd": float("nan")}, "monthly_usd"),
-    ("ok", {"rpm": 0}, "rpm"),
-    ("ok", {"tpm": 1.5}, "tpm"),
-    ("ok", {"tasks": []}, "tasks"),
-    ("ok", {"colour": "red"}, "colour"),
-])
+@pytest.mark.parametrize(
+    ("name", "limits", "param"),
+    [
+        ("team a", {}, "name"),
+        ("", {}, "name"),
+        ("ok", {"daily_usd": -1}, "daily_usd"),
+        ("ok", {"monthly_usd": float("nan")}, "monthly_usd"),
+        ("ok", {"rpm": 0}, "rpm"),
+        ("ok", {"tpm": 1.5}, "tpm"),
+        ("ok", {"tasks": []}, "tasks"),
+        ("ok", {"colour": "red"}, "colour"),
+    ],
+)
 def test_bad_names_and_limits_are_refused(
     store: KeyStore, name: str, limits: dict[str, object], param: str
 ) -> None:
@@ -157,8 +176,14 @@ def test_key_budget_refuses_in_the_reservation(db: Db) -> None:
         store.create("team-a", daily_usd=1.0)
         scope = store.get("team-a").scope
         accounts = Accounts(ledger, [Limit("global", "daily", 100.0)])
-        kwargs = {"task": "t", "step": 1, "model_key": "m", "provider": "p", "spent": 0.0,
-                  "cap": None}
+        kwargs = {
+            "task": "t",
+            "step": 1,
+            "model_key": "m",
+            "provider": "p",
+            "spent": 0.0,
+            "cap": None,
+        }
         hold, refusal = accounts.reserve(run_id="r1", estimate=0.6, key=scope, **kwargs)
         assert hold is not None and refusal is None
         hold, refusal = accounts.reserve(run_id="r2", estimate=0.6, key=scope, **kwargs)
@@ -170,7 +195,9 @@ def test_key_budget_refuses_in_the_reservation(db: Db) -> None:
         key_limit = Limit("team-a", "daily", 1.0, of_key=True)
         assert accounts.spent(key_limit) == pytest.approx(0.6)
         assert db.rows("SELECT run_id, key_name FROM steps ORDER BY run_id") == [
-            ("r1", "team-a"), ("r3", None)]
+            ("r1", "team-a"),
+            ("r3", None),
+        ]
     finally:
         ledger.close()
 
@@ -191,14 +218,24 @@ def test_key_budget_holds_across_two_ledgers(db: Db) -> None:
             accounts = Accounts(ledger, [])
             for i in range(20):
                 hold, _ = accounts.reserve(
-                    run_id=f"{who}{i}", task="t", step=1, model_key="m", provider="p",
-                    estimate=0.07, spent=0.0, cap=None, key=scope)
+                    run_id=f"{who}{i}",
+                    task="t",
+                    step=1,
+                    model_key="m",
+                    provider="p",
+                    estimate=0.07,
+                    spent=0.0,
+                    cap=None,
+                    key=scope,
+                )
                 if hold is not None:
                     with lock:
                         granted.append(f"{who}{i}")
 
-        threads = [threading.Thread(target=spend, args=(ledger, who))
-                   for ledger, who in ((first, "a"), (second, "b"), (first, "c"))]
+        threads = [
+            threading.Thread(target=spend, args=(ledger, who))
+            for ledger, who in ((first, "a"), (second, "b"), (first, "c"))
+        ]
         for t in threads:
             t.start()
         for t in threads:
