@@ -95,5 +95,8 @@ def test_a_keys_daily_budget_refuses_the_run(tmp_path: Path) -> None:
         with pytest.raises(BudgetExceeded, match=r"key 'poor' daily budget \$0\.00"):
             engine.complete("chat", "hello", key=poor)
         assert provider.calls == []
+        assert engine.ledger is not None  # the skipped step's row (no write-ahead) names it too
+        skipped = engine.ledger.query("SELECT decision, key_name FROM steps")
+        assert [(r["decision"], r["key_name"]) for r in skipped] == [("skip", "poor")]
         engine.complete("chat", "hello")
         assert len(provider.calls) == 1

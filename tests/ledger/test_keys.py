@@ -246,3 +246,30 @@ def test_key_budget_holds_across_two_ledgers(db: Db) -> None:
     finally:
         first.close()
         second.close()
+
+
+def test_settlement_corrects_the_keys_totals(db: Db) -> None:
+    """The key's totals hold the worst case while the call is in flight and its real cost once
+    settled, to the nano-dollar, like the global and task totals."""
+    ledger = db.open()
+    try:
+        accounts = Accounts(ledger, [])
+        hold, _ = accounts.reserve(
+            run_id="r1",
+            task="t",
+            step=1,
+            model_key="m",
+            provider="p",
+            estimate=0.5,
+            spent=0.0,
+            cap=None,
+            key=KeyStore(ledger).create("team-a")[0].scope,
+        )
+        assert hold is not None
+        key_limit = Limit("team-a", "daily", 1.0, of_key=True)
+        assert accounts.spent(key_limit) == pytest.approx(0.5)
+        accounts.settle(hold, _step("r1", cost=0.125))
+        assert accounts.spent(key_limit) == pytest.approx(0.125)
+        assert accounts.spent(Limit("t", "monthly", 1.0)) == pytest.approx(0.125)
+    finally:
+        ledger.close()
