@@ -34,6 +34,7 @@ from starlette.routing import Route
 
 from cascade.config import ServerConfig
 from cascade.engine import Cascade
+from cascade.errors import LedgerError
 from cascade.gateway.drift import DriftGauges
 from cascade.gateway.errors import (
     NO_RETRY,
@@ -206,6 +207,12 @@ async def _no_route(request: Request, exc: Exception) -> Response:
     return error_response(404, message, "invalid_request_error", "unknown_route")
 
 
+async def _ledger_down(request: Request, exc: Exception) -> Response:
+    """A named key's row could not be read (``Gateway.client``): fail closed, as a refused
+    reservation does (503 ``ledger_unavailable``), not as a crash."""
+    return from_exception(exc)
+
+
 async def _crashed(request: Request, exc: Exception) -> Response:
     """A bug's answer is OpenAI-shaped too (Starlette's would be plain text); Starlette then
     re-raises the error, so the server log keeps its traceback."""
@@ -308,7 +315,9 @@ def create_app(
         ],
         lifespan=lifespan,
         middleware=[Middleware(AccessLog)],
-        exception_handlers={404: _no_route, 405: _no_route, Exception: _crashed},
+        exception_handlers={
+            404: _no_route, 405: _no_route, LedgerError: _ledger_down, Exception: _crashed,
+        },
     )
     app.state.gateway = gateway
     app.state.drift = drift

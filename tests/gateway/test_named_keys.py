@@ -15,6 +15,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from cascade import Cascade
+from cascade.errors import LedgerError
 from cascade.gateway.app import create_app, running
 from cascade.gateway.state import Gateway
 from cascade.ledger.keys import KeyStore, split_token
@@ -192,3 +193,20 @@ def test_a_keys_budget_is_429_naming_it(db: Db) -> None:
         assert refused.json()["error"]["code"] == "budget_exceeded"
         assert "key 'poor' daily budget $0.00" in refused.json()["error"]["message"]
         assert chat(url, rich).status_code == 200
+
+
+def test_an_unreadable_key_row_is_503_not_a_crash(db: Db) -> None:
+    """When the ledger cannot be read for a key whose cached row is stale, the request fails
+    closed with 503 ledger_unavailable."""
+    with gateway(db) as (url, gw, _, store):
+        _, key = store.create("team-a")
+        keys = gw.ledger_keys
+        assert keys is not None
+
+        def down(key_id: str) -> None:
+            raise LedgerError("the ledger is down", backend=db.backend)
+
+        keys.store.fetch = down  # type: ignore[method-assign]
+        refused = chat(url, key)
+        assert refused.status_code == 503
+        assert refused.json()["error"]["code"] == "ledger_unavailable"
