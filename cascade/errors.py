@@ -7,11 +7,13 @@
     │   └── PluginNotFound   group, name
     ├── DatasetError         path, line            (a malformed replay dataset line)
     ├── RequestError         param                 (a call parameter is refused: max_tokens...)
-    │   └── FeedbackError    param                 (a score outside [0, 1], an unknown run id)
+    │   ├── FeedbackError    param                 (a score outside [0, 1], an unknown run id)
+    │   └── KeyStoreError    param                 (a gateway key's name or limits are refused)
     ├── ProviderError        provider, model, status_code, retryable, result
     │   └── InvalidUsage                           (a reply's token counts are not believable)
     ├── EvaluatorError       evaluator             (an evaluator crashed: a bug, not a rejection)
     ├── BudgetExceeded       limit_usd, estimate_usd, result
+    ├── TaskNotAllowed       key, task             (the caller's key may not run that task)
     ├── LedgerError          backend               (the ledger cannot take a write: fail closed)
     └── CascadeExhausted     result                (no rung passed and on_exhausted is "raise")
 
@@ -35,10 +37,12 @@ __all__ = [
     "EvaluatorError",
     "FeedbackError",
     "InvalidUsage",
+    "KeyStoreError",
     "LedgerError",
     "PluginNotFound",
     "ProviderError",
     "RequestError",
+    "TaskNotAllowed",
     "caused_by",
 ]
 
@@ -170,6 +174,23 @@ class BudgetExceeded(CascadeError):
         self.result = result
 
 
+class TaskNotAllowed(CascadeError):
+    """The gateway key that made the request may not run the task (chosen by name, by
+    ``auto`` or by ``x-cascade-task``). Raised after the task is chosen and before any model is
+    called; the run leaves no ledger row, as nothing was spent.
+
+    Attributes:
+        key: The key's name (never the key).
+        task: The task it may not run.
+    """
+
+    def __init__(self, key: str, task: str, allowed: frozenset[str]):
+        shown = ", ".join(sorted(allowed)) or "none"
+        super().__init__(f"key {key!r} may not use task {task!r} (its tasks: {shown})")
+        self.key = key
+        self.task = task
+
+
 class LedgerError(CascadeError):
     """The ledger could not be opened, read or written.
 
@@ -205,6 +226,15 @@ class FeedbackError(RequestError):
 
     Attributes:
         param: ``score``, ``run_id``, ``comment`` or ``ledger``.
+    """
+
+
+class KeyStoreError(RequestError):
+    """A gateway key that cannot be created or changed: a duplicate or unknown name, a
+    negative budget or limit, an unreadable date.
+
+    Attributes:
+        param: The field at fault (``name``, ``daily_usd``, ``expires``...).
     """
 
 

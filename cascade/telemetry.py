@@ -134,8 +134,9 @@ class Telemetry:
         kind = self._providers.get(provider_key, provider_key)
         return _PROVIDER_NAMES.get(kind, kind)
 
-    def start_run(self, task: str, started_ns: int) -> Any:
-        """The run's span, begun at ``started_ns`` in the caller's current context."""
+    def start_run(self, task: str, started_ns: int, key_name: str | None = None) -> Any:
+        """The run's span, begun at ``started_ns`` in the caller's current context;
+        ``key_name``: the named gateway key that made the run (``cascade.key.name``)."""
         if not self.enabled or not self.tracing():
             return None
         span = self._tracer.start_span(
@@ -144,6 +145,8 @@ class Telemetry:
         span.set_attribute("gen_ai.operation.name", "chat")
         span.set_attribute("gen_ai.request.model", task)
         span.set_attribute("cascade.task", task)
+        if key_name is not None:
+            span.set_attribute("cascade.key.name", key_name)
         return span
 
     def step(

@@ -16,6 +16,7 @@ from cascade.cli import main
 from cascade.ledger.writer import flush_all
 from cascade.testing import MockLLMServer, Reply
 from tests.conftest import FAKE_ANTHROPIC_KEY, FAKE_OPENAI_KEY, live_config
+from tests.test_telemetry import otel  # noqa: F401  (the in-memory OTel exporter fixture)
 
 KEYS = (FAKE_OPENAI_KEY, FAKE_ANTHROPIC_KEY)
 FAULTS = [Reply(status=401, message=f"Incorrect API key provided: {FAKE_OPENAI_KEY}"),
@@ -108,3 +109,58 @@ def test_a_known_key_inside_a_longer_one_does_not_expose_the_rest() -> None:
     text = redact(f"bad auth {FAKE_OPENAI_KEY} here", "sk-test")
     assert "SECRET" not in text and "0000" not in text
     assert redact("token sk-abcdef and mysecret", "mysecret") == "token sk-abcdef and ***"
+
+
+def test_a_named_gateway_key_appears_in_no_output(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    otel: Any,  # noqa: F811  (the fixture imported above)
+) -> None:
+    """A named key, through create, success, 403, 429, feedback and revocation: its secret
+    and the whole key are in no log event, ledger table, /metrics text, error body, OTel span
+    or CLI output other than create's one line."""
+    import httpx2
+
+    from cascade.ledger.keys import split_token
+    from tests.gateway.test_named_keys import ASK, gateway
+    from tests.ledger.ledger_db import Db
+
+    exporter, _ = otel
+    db = Db("sqlite", path=tmp_path / "ledger.sqlite")
+    seen: list[str] = []
+    with capture_logs() as logs, gateway(db) as (url, _, clock, store):
+        assert main(["keys", "create", "team-a", "--tasks", "faq", "--daily-usd", "1",
+                     "--ledger", str(db.path)]) == 0
+        key = capsys.readouterr().out.strip()
+        secret = split_token(key)[1]  # type: ignore[index]
+        assert main(["keys", "create", "poor", "--daily-usd", "0.0000001",
+                     "--ledger", str(db.path)]) == 0
+        poor = capsys.readouterr().out.strip()
+        auth = {"authorization": f"Bearer {key}"}
+        for model in ("faq", "other"):
+            seen.append(httpx2.post(f"{url}/v1/chat/completions", headers=auth, timeout=30,
+                                    json={"model": model, "messages": ASK}).text)
+        seen.append(httpx2.post(f"{url}/v1/chat/completions", timeout=30,
+                                headers={"authorization": f"Bearer {poor}"},
+                                json={"model": "faq", "messages": ASK}).text)
+        seen.append(httpx2.post(f"{url}/v1/feedback", headers=auth, timeout=30,
+                                json={"run_id": "f" * 32, "score": 1}).text)
+        seen.append(httpx2.get(f"{url}/metrics", headers=auth, timeout=30).text)
+        assert main(["keys", "revoke", "team-a", "--ledger", str(db.path)]) == 0
+        clock.now += 1
+        seen.append(httpx2.post(f"{url}/v1/chat/completions", headers=auth, timeout=30,
+                                json={"model": "faq", "messages": ASK}).text)
+        for cmd in (["keys", "list"], ["keys", "show", "team-a"], ["report", "--by", "key"]):
+            assert main([*cmd, "--ledger", str(db.path)]) == 0
+        assert store.count() == 2
+    out, err = capsys.readouterr()
+    flush_all()
+    with sqlite3.connect(db.path) as conn:
+        tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+        dump = [conn.execute(f"SELECT * FROM {t}").fetchall() for t in tables]
+    spans = [(s.name, dict(s.attributes or {})) for s in exporter.get_finished_spans()]
+    assert any(a.get("cascade.key.name") == "team-a" for _, a in spans)
+    everything = "\n".join([*seen, out, err, repr(logs), repr(dump), repr(spans)])
+    assert "task_not_allowed" in everything and "was revoked" in everything
+    for material in (key, poor, secret, split_token(poor)[1]):  # type: ignore[index]
+        assert material not in everything

@@ -244,3 +244,16 @@ def test_auto_task_names_the_run_span_with_its_probability(tmp_path: Any, otel: 
     attributes = dict(run.attributes or {})
     assert attributes["cascade.task"] == "math"
     assert attributes["cascade.task_probability"] == pytest.approx(result.task_probability)
+
+
+def test_a_named_keys_run_span_carries_its_name(tmp_path: Any, otel: Any) -> None:
+    """``cascade.key.name`` is the key's name on the run span; a run without a key has none."""
+    from cascade.ledger.keys import KeyScope
+    from tests.models.test_task_router import engine_for, fitted
+
+    exporter, _ = otel
+    with engine_for(fitted(tmp_path)) as engine:
+        engine.complete("chat", "hello", key=KeyScope("team-a"))
+        engine.complete("chat", "hello")
+    runs = [s for s in exporter.get_finished_spans() if s.name.startswith("cascade ")]
+    assert [dict(s.attributes or {}).get("cascade.key.name") for s in runs] == ["team-a", None]

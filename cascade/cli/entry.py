@@ -144,6 +144,7 @@ def _result_json(result: Any) -> dict[str, Any]:
 
 def build_parser() -> argparse.ArgumentParser:
     from cascade.cli import feedback as cli_feedback
+    from cascade.cli import keys as cli_keys
     from cascade.cli import ledger as cli_ledger
     from cascade.cli import replay as cli_replay
     from cascade.cli import serve as cli_serve
@@ -186,6 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_replay.register(sub)
     cli_feedback.register(sub)
     cli_serve.register(sub)
+    cli_keys.register(sub)
     return parser
 
 

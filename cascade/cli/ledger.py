@@ -29,6 +29,11 @@ def cmd_report(args: argparse.Namespace) -> int:
             return cmd_drift(args, ledger)
         finally:
             ledger.close()
+    if getattr(args, "by", None) == "key":
+        try:
+            return _by_key(args, ledger)
+        finally:
+            ledger.close()
     try:
         report = ledger_report(ledger)
         config_path = default_config(args)
@@ -41,6 +46,28 @@ def cmd_report(args: argparse.Namespace) -> int:
         print(to_json(report, indent=2))
         return 0
     _print_report(ledger.where, report)
+    return 0
+
+
+def _by_key(args: argparse.Namespace, ledger: Any) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from cascade.replay.report import key_report
+
+    report = key_report(ledger)
+    if args.json:
+        print(to_json(report, indent=2))
+        return 0
+    total = sum(k["cost_usd"] for k in report["keys"].values())
+    print(f"{ledger.where}: {plural(len(report['keys']), 'key')}, {usd(total)} total")
+    table = Table()
+    for column in ("key", "runs", "accepted", "calls", "cost USD", "unfinished"):
+        table.add_column(column, justify="left" if column == "key" else "right")
+    for name, k in report["keys"].items():
+        table.add_row(name or "(unnamed)", str(k["runs"]), str(k["accepted"]), str(k["calls"]),
+                      usd(k["cost_usd"]), str(k["unfinished"]))
+    Console().print(table)
     return 0
 
 
@@ -136,6 +163,13 @@ def register(sub: Any) -> None:
         "below tasks.T.quality_target (from --config) or --target",
     )
     report.add_argument("--target", type=float, help="with --drift: the quality target")
+    report.add_argument(
+        "--by",
+        choices=["task", "key"],
+        default="task",
+        help="group by task and model (default) or by gateway key name (named keys: "
+        "cascade keys)",
+    )
     report.add_argument(
         "--min-evidence",
         type=int,

@@ -78,7 +78,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     host = args.host or settings.host or DEFAULT_HOST
     port = args.port if args.port is not None else (settings.port or DEFAULT_PORT)
     keys = read_api_keys(settings.api_keys_env)
-    if not keys and not is_loopback(host):
+    if not keys and not settings.ledger_keys and not is_loopback(host):
         why = (
             f"${settings.api_keys_env} is unset or empty"
             if settings.api_keys_env
@@ -86,7 +86,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         )
         raise ConfigError(
             f"refusing to serve on {host} without API keys ({why}); bind to "
-            "127.0.0.1, or set server.api_keys_env and export comma-separated keys",
+            "127.0.0.1, set server.api_keys_env and export comma-separated keys, or set "
+            "server.ledger_keys: true and create keys with cascade keys create",
             path=args.config,
             location="server.api_keys_env",
         )
@@ -112,8 +113,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         auth = (
             f"{len(keys)} API key(s) from ${settings.api_keys_env}"
             if keys
-            else "no auth, loopback only"
+            else "no auth, loopback only" if not settings.ledger_keys else "no unnamed keys"
         )
+        if settings.ledger_keys:
+            auth += ", named keys from the ledger"
         print(
             f"cascade serve: listening on {url_of(sock)} ({auth}; tasks: "
             f"{', '.join(config.tasks)}; direct models: "

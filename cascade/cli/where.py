@@ -40,11 +40,13 @@ def default_config(args: argparse.Namespace) -> str | None:
     return DEFAULT_CONFIG if Path(DEFAULT_CONFIG).exists() else None
 
 
-def open_for_cli(args: argparse.Namespace) -> Ledger:
+def open_for_cli(args: argparse.Namespace, *, create: bool = False) -> Ledger:
     """The ledger the command line names.
 
     One rule for every command that reads the ledger: ``--url-env``, ``--ledger``, the ledger of
     ``--config``, of ``$CASCADE_CONFIG``, of ``./cascade.yaml``, else ``./cascade-ledger.sqlite``.
+    ``create``: a SQLite file that does not exist yet is created (``cascade keys create``, which
+    may come before the first run); otherwise it is an error.
 
     Raises:
         ConfigError: no such file (naming the ledgers tried), an unset variable, or a file that
@@ -59,7 +61,7 @@ def open_for_cli(args: argparse.Namespace) -> Ledger:
     config_path = default_config(args)
     if config_path is not None:
         config = load_config(config_path).ledger
-        if not config.postgres and config.path:
+        if not config.postgres and config.path and not create:
             # Reading must not create an empty ledger where the config's runs never wrote.
             path = Path(resolve_path(config.path, config_path))
             if not path.exists():
@@ -77,7 +79,9 @@ def open_for_cli(args: argparse.Namespace) -> Ledger:
             )
         return ledger
     path = Path(args.ledger or DEFAULT_LEDGER)
-    if not path.exists():
+    if create:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    elif not path.exists():
         tried = (
             str(path)
             if args.ledger

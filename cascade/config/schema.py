@@ -53,7 +53,7 @@ DEFAULT_KEY_ENV = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}
 DEFAULT_MAX_OUTPUT_TOKENS = 4096
 # Engine arguments and transport options: never a gateway parameter, whatever the operator says.
 _NEVER_ALLOWED = frozenset(
-    {"task", "prompt", "query_id", "max_cost_usd", "log_content", "deadline_s", "key_id"}
+    {"task", "prompt", "query_id", "max_cost_usd", "log_content", "deadline_s", "key_id", "key"}
     | {"timeout", "extra_headers", "extra_query", "model", "messages"}
 )
 
@@ -316,6 +316,12 @@ class ServerConfig(BaseModel):
     # /metrics serves the drift gauges as last read from the ledger's rollup, read again at most
     # this often (in the background: a scrape never waits for the ledger).
     metrics_refresh_s: float = Field(default=15.0, gt=0)
+    # Also accept the named keys of the ledger's keys table (cascade keys create; docs/keys.md):
+    # with it, every request needs a key, even with no server.api_keys_env keys.
+    ledger_keys: bool = False
+    # A key label (the key's name) on cascade_requests_total and cascade_cost_usd_total; by
+    # default on when ledger_keys is on and the ledger holds fewer than 100 keys at startup.
+    metrics_key_labels: bool | None = None
 
     @field_validator("allow_params")
     @classmethod

@@ -34,9 +34,10 @@ from cascade.engine.recorder import Recorder, Run, current_run
 from cascade.engine.retry import RetryPolicy
 from cascade.engine.services import Services
 from cascade.engine.shadow import Shadows
-from cascade.errors import CascadeError, ConfigError, RequestError
+from cascade.errors import CascadeError, ConfigError, RequestError, TaskNotAllowed
 from cascade.ledger import Ledger, open_ledger
 from cascade.ledger.feedback import FeedbackRecord, add_feedback
+from cascade.ledger.keys import KeyScope
 from cascade.models.task_router import Choice, load_task_router, pick_task
 from cascade.providers.base import Provider
 from cascade.types import CascadeResult, Message, as_messages
@@ -218,6 +219,7 @@ class Cascade:
         log_content: bool | None = None,
         deadline_s: float | None = None,
         key_id: str | None = None,
+        key: KeyScope | None = None,
         **params: Any,
     ) -> CascadeResult:
         """Run ``task``'s ladder on a prompt and return the first accepted answer.
@@ -232,6 +234,9 @@ class Cascade:
                 ``deadline_s``); rungs left when it passes are ``skip`` steps.
             key_id: An opaque id of the caller's credential, stored on the run's ledger row
                 (the gateway passes its bearer key's id, so a key scores only its own runs).
+            key: The named gateway key making the call (``cascade.ledger.keys``): the task,
+                once chosen (``auto`` included), must be one of its tasks; its budgets are
+                reserved with the others; every row of the run carries its name.
             **params: Provider parameters such as ``max_tokens`` or ``temperature``.
 
         Returns:
@@ -242,18 +247,20 @@ class Cascade:
             ProviderError: no rung produced an answer at all (``.result`` holds the steps).
             CascadeExhausted: no rung passed and the task says ``on_exhausted: raise``.
             EvaluatorError: an evaluator crashed.
-            BudgetExceeded: no rung fits the cost cap or the period budgets.
+            BudgetExceeded: no rung fits the cost cap or the period budgets (the key's
+                included).
+            TaskNotAllowed: ``key`` may not run the task; nothing was called or recorded.
             RequestError: a parameter is refused (a transport option, an ``extra_body`` that
                 overrides a checked parameter, ``max_tokens`` above a rung's
                 ``max_output_tokens``, ``n`` other than 1, a price-changing parameter such as
                 ``service_tier`` that ``server.allow_params`` does not list); nothing was called.
         """
-        task, choice = self._pick(task, prompt)
+        task, choice = self._pick(task, prompt, key)
         plan, run = self._start(
             task, prompt, query_id, max_cost_usd, log_content, deadline_s, params
         )
         run.task_probability = choice.probability if choice else None
-        run.key_id = key_id
+        run.key_id, run.key = key_id, key
         token = current_run.set(run)
         try:
             result = self._recorder.finish(drive(plan, self._caller.call), run)
@@ -275,6 +282,7 @@ class Cascade:
         log_content: bool | None = None,
         deadline_s: float | None = None,
         key_id: str | None = None,
+        key: KeyScope | None = None,
         **params: Any,
     ) -> CascadeResult:
         """The async twin of ``complete``, with the same arguments, result and errors.
@@ -283,12 +291,12 @@ class Cascade:
         settlement runs in place only when the ledger can take it at once (SQLite, about
         0.1 ms), else on the ledger's thread (PostgreSQL: always).
         """
-        task, choice = self._pick(task, prompt)
+        task, choice = self._pick(task, prompt, key)
         plan, run = self._start(
             task, prompt, query_id, max_cost_usd, log_content, deadline_s, params
         )
         run.task_probability = choice.probability if choice else None
-        run.key_id = key_id
+        run.key_id, run.key = key_id, key
         token = current_run.set(run)
         try:
             ledger_io = self._ledger_io if self.ledger is not None else None
@@ -311,8 +319,15 @@ class Cascade:
         """
         return add_feedback(self.ledger, run_id, score, comment)
 
-    def _pick(self, task: str, prompt: str | Sequence[Message]) -> tuple[str, Choice | None]:
-        return pick_task(task, prompt, self.task_router, self.tasks, self.path)
+    def _pick(
+        self, task: str, prompt: str | Sequence[Message], key: KeyScope | None
+    ) -> tuple[str, Choice | None]:
+        """The task to run, checked against the key's tasks once chosen: ``auto`` may pick
+        one the key may not use, and that is refused before any model is called."""
+        picked, choice = pick_task(task, prompt, self.task_router, self.tasks, self.path)
+        if key is not None and key.tasks is not None and picked not in key.tasks:
+            raise TaskNotAllowed(key.name, picked, key.tasks)
+        return picked, choice
 
     async def _off_loop(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run code that may wait for the ledger on the ledger's threads (inline without one)."""

@@ -262,6 +262,7 @@ class Ladder:
                 self.limits.check,
                 climb.task.name, rung.model.provider, rung.key, convo, call_params, spent,
                 climb.cap, run_id=run.run_id, step=index, estimate=estimate, tab=run,
+                key=run.key,
             )
         except BaseException:
             run.held.pop(index, None)

@@ -13,6 +13,7 @@ from cascade.config import CascadeConfig
 from cascade.engine.breaker import CircuitBreaker, OutputSpeed
 from cascade.errors import ConfigError, LedgerError
 from cascade.ledger import Ledger
+from cascade.ledger.keys import KeyScope
 from cascade.ledger.money import Accounts, Hold, Limit, cap_refusal, worst_case_cost
 from cascade.types import Message
 
@@ -37,8 +38,8 @@ class Gate:
     so that a retry after an attempt that timed out can reserve again (``Limits.extend``).
     """
 
-    __slots__ = ("cap", "estimate", "hold", "kind", "limit_usd", "reason", "reserved", "step",
-                 "tab", "task")
+    __slots__ = ("cap", "estimate", "hold", "key", "kind", "limit_usd", "reason", "reserved",
+                 "step", "tab", "task")
 
     def __init__(
         self,
@@ -52,8 +53,10 @@ class Gate:
         cap: float | None = None,
         tab: Tab | None = None,
         step: int = 0,
+        key: KeyScope | None = None,
     ):
         self.hold = hold
+        self.key = key
         self.reason = reason
         self.kind = kind  # "circuit" | "budget" when skipped
         self.estimate = estimate
@@ -124,12 +127,15 @@ class Limits:
         step: int = 0,
         estimate: float | None = None,
         tab: Tab | None = None,
+        key: KeyScope | None = None,
     ) -> Gate:
         """Circuit, cost cap and period budgets; a go writes the step's pending row.
 
         Args:
             estimate: The call's worst case when the caller has it (``worst_case``).
             tab: The run whose cap a retry of this call must also fit (``extend``).
+            key: The named gateway key that made the run: its budgets decide too, and the
+                row carries its name.
 
         Raises:
             LedgerError: the pending row could not be written (do not call the model).
@@ -156,13 +162,14 @@ class Limits:
             estimate=estimate,
             spent=spent,
             cap=cap,
+            key=key,
         )
         if refusal is not None:
             return Gate(
                 reason=refusal.reason, kind="budget", estimate=estimate,
                 limit_usd=refusal.limit_usd,
             )
-        return Gate(hold=hold, estimate=estimate, task=task, cap=cap, tab=tab, step=step)
+        return Gate(hold=hold, estimate=estimate, task=task, cap=cap, tab=tab, step=step, key=key)
 
     def worst_case(
         self, model_key: str, messages: Sequence[Message], params: Mapping[str, Any]
@@ -184,7 +191,7 @@ class Limits:
         """
         refusal = self._over_cap(gate)
         if refusal is None and gate.hold is not None:
-            found = self.accounts.extend(gate.hold, estimate=gate.estimate)
+            found = self.accounts.extend(gate.hold, estimate=gate.estimate, key=gate.key)
             refusal = None if found is None else found.reason
         if refusal is None:
             self._hold(gate, gate.reserved + gate.estimate)
@@ -202,7 +209,9 @@ class Limits:
         before = gate.reserved
         self._hold(gate, before + gate.estimate)
         try:
-            found = await ledger.arun(self.accounts.extend, gate.hold, estimate=gate.estimate)
+            found = await ledger.arun(
+                self.accounts.extend, gate.hold, estimate=gate.estimate, key=gate.key
+            )
         except LedgerError:
             self._hold(gate, before)
             raise

@@ -21,6 +21,7 @@ from cascade.errors import (
     ProviderError,
 )
 from cascade.ledger import Ledger
+from cascade.ledger.keys import KeyScope
 from cascade.ledger.money import Accounts, Hold, bill, ledger_failed
 from cascade.ledger.writes import ContentRow
 from cascade.logs import get_logger
@@ -63,10 +64,15 @@ class Run:
     messages: tuple[Message, ...] = ()  # the prompt, kept for the ledger's content rows
     task_probability: float | None = None  # set when task "auto" chose the task
     key_id: str | None = None  # the gateway key that made the run (stored on its ledger row)
+    key: KeyScope | None = None  # the named gateway key that made it: its name is on every row
     span: Any = None  # the run's OpenTelemetry span, begun at its first step
     traced: bool | None = None  # whether an OpenTelemetry SDK was installed at its first step
     metered: bool | None = None
     warnings: list[RunWarning] = field(default_factory=list)
+
+    @property
+    def key_name(self) -> str | None:
+        return self.key.name if self.key is not None else None
 
     def next_index(self) -> int:
         self.counter += 1
@@ -117,7 +123,7 @@ class Recorder:
         if run.span is None and run.traced:
             # perf_counter has no epoch: the run's start is now minus its age.
             age_ns = int((time.perf_counter() - run.started) * 1_000_000_000)
-            run.span = self.telemetry.start_run(run.task, time.time_ns() - age_ns)
+            run.span = self.telemetry.start_run(run.task, time.time_ns() - age_ns, run.key_name)
         return run.span
 
     def step(
@@ -168,7 +174,7 @@ class Recorder:
             # Ended in a timeout: the outcome of the call that was sent last is not known.
             self.accounts.settle(hold, step, lost=done is None and outcome.lost > 0)
         elif self.ledger is not None:
-            self.accounts.record(step)
+            self.accounts.record(step, run.key_name)
         run.steps.append(step)
         run.held.pop(step.step, None)
         if outcome.error is not None:
@@ -314,6 +320,7 @@ class Recorder:
                     result, status=status,
                     content=self.content(run, result.steps) if run is not None else (),
                     failed=failed, key_id=run.key_id if run is not None else None,
+                    key_name=run.key_name if run is not None else None,
                 )
             except LedgerError as exc:
                 failed(exc)

@@ -102,7 +102,7 @@ class Services:
         try:
             gate = self.limits.check(
                 run.task, settings.provider, model, op.messages, op.params, spent, run.cap,
-                run_id=run.run_id, step=index, estimate=estimate, tab=run,
+                run_id=run.run_id, step=index, estimate=estimate, tab=run, key=run.key,
             )
         except BaseException:
             run.held.pop(index, None)

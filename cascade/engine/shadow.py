@@ -215,7 +215,7 @@ class Shadows:
             # caller has had its answer).
             gate = yield io(
                 self.limits.check, task.name, rung.model.provider, rung.key, messages,
-                call_params, 0.0, None, run_id=run.run_id, step=index,
+                call_params, 0.0, None, run_id=run.run_id, step=index, key=run.key,
             )
             if gate.skipped:
                 yield io(self.recorder.step, run, rung.key, NOTHING,
@@ -243,5 +243,6 @@ class Shadows:
         if top in answers and self.ledger is not None:
             label = agreement_label(result.text, answers[top].text)
             yield io(add_feedback, self.ledger, run.run_id, label,
-                      f"agreement of {result.model} with {top}", source=SOURCE)
+                      f"agreement of {result.model} with {top}", source=SOURCE,
+                      key_name=run.key.name if run.key is not None else None)
         return result

@@ -34,6 +34,7 @@ from starlette.routing import Route
 
 from cascade.config import ServerConfig
 from cascade.engine import Cascade
+from cascade.errors import LedgerError
 from cascade.gateway.drift import DriftGauges
 from cascade.gateway.errors import (
     NO_RETRY,
@@ -49,7 +50,7 @@ from cascade.gateway.limits import AccessLog, BodyRefused, read_body
 from cascade.gateway.metrics import CONTENT_TYPE_LATEST
 from cascade.gateway.reload import Reloader, admin_reload, load_sdks
 from cascade.gateway.serve import bind, freeze_heap, running, url_of, uvicorn_server
-from cascade.gateway.state import MODEL_TASK_PREFIX, Gateway, read_api_keys
+from cascade.gateway.state import MODEL_TASK_PREFIX, Client, Denied, Gateway, read_api_keys
 from cascade.gateway.wire import ENGINE_KEYWORDS, cascade_headers, completion_body, sse_events
 from cascade.models.task_router import AUTO
 from cascade.types import CascadeResult
@@ -80,9 +81,9 @@ _CLOSE = {"connection": "close"}
 
 async def chat_completions(request: Request) -> Response:
     gateway: Gateway = request.app.state.gateway
-    client = gateway.client(request)
-    if client is None:
-        return unauthorized(gateway)
+    client = await gateway.client(request)
+    if isinstance(client, Denied):
+        return unauthorized(gateway, client)
     settings = gateway.settings
     try:
         raw = await read_body(
@@ -120,7 +121,10 @@ async def chat_completions(request: Request) -> Response:
     access["task"] = target[1]
     try:
         # The run's row names the key that made it: feedback lets a key score only its own.
+        # A named key's scope (tasks, budgets) is checked by the engine, after routing.
         params["key_id"] = client.key_id
+        if client.scope is not None:
+            params["key"] = client.scope
         result = await gateway.run(*target, body.engine_messages(), params)
     except (TimeoutError, asyncio.TimeoutError):  # distinct classes before Python 3.11
         gateway.metrics.error("Timeout")
@@ -148,30 +152,37 @@ async def chat_completions(request: Request) -> Response:
     return WireJSON(completion_body(result), headers=headers)
 
 
-def _model_entries(gateway: Gateway) -> list[dict[str, Any]]:
+def _model_entries(gateway: Gateway, client: Client | None = None) -> list[dict[str, Any]]:
+    """What the client may call: a key limited to some tasks sees those (and ``auto``, which
+    runs only when it picks one of them), and no direct model call (it has no task)."""
     config = gateway.engine.config
+    allowed = client.tasks if client is not None else None
     tasks = [
         {"id": f"cascade/{name}", "object": "model", "created": 0, "owned_by": "cascade"}
         for name in [*config.tasks, *([AUTO] if gateway.engine.task_router else [])]
+        if allowed is None or name in allowed or name == AUTO
     ]
     models = [
         {"id": key, "object": "model", "created": 0, "owned_by": config.models[key].provider}
         for key in gateway.settings.direct_keys(config.models)
+        if allowed is None
     ]
     return tasks + models
 
 
 async def list_models(request: Request) -> Response:
     gateway: Gateway = request.app.state.gateway
-    if not gateway.authorized(request):
-        return unauthorized(gateway)
-    return JSONResponse({"object": "list", "data": _model_entries(gateway)})
+    client = await gateway.client(request)
+    if isinstance(client, Denied):
+        return unauthorized(gateway, client)
+    return JSONResponse({"object": "list", "data": _model_entries(gateway, client)})
 
 
 async def get_model(request: Request) -> Response:
     gateway: Gateway = request.app.state.gateway
-    if not gateway.authorized(request):
-        return unauthorized(gateway)
+    client = await gateway.client(request)
+    if isinstance(client, Denied):
+        return unauthorized(gateway, client)
     name = request.path_params["name"]
     target = gateway.resolve(name)
     if target is None:
@@ -196,6 +207,12 @@ async def _no_route(request: Request, exc: Exception) -> Response:
     return error_response(404, message, "invalid_request_error", "unknown_route")
 
 
+async def _ledger_down(request: Request, exc: Exception) -> Response:
+    """A named key's row could not be read (``Gateway.client``): fail closed, as a refused
+    reservation does (503 ``ledger_unavailable``), not as a crash."""
+    return from_exception(exc)
+
+
 async def _crashed(request: Request, exc: Exception) -> Response:
     """A bug's answer is OpenAI-shaped too (Starlette's would be plain text); Starlette then
     re-raises the error, so the server log keeps its traceback."""
@@ -208,8 +225,9 @@ async def healthz(request: Request) -> Response:
 
 async def metrics(request: Request) -> Response:
     gateway: Gateway = request.app.state.gateway
-    if not gateway.authorized(request):
-        return unauthorized(gateway)
+    client = await gateway.client(request)
+    if isinstance(client, Denied):
+        return unauthorized(gateway, client)
     request.app.state.drift.poke()  # a refresh, if due, runs behind this answer
     return Response(gateway.metrics.render(), headers={"content-type": CONTENT_TYPE_LATEST})
 
@@ -297,7 +315,9 @@ def create_app(
         ],
         lifespan=lifespan,
         middleware=[Middleware(AccessLog)],
-        exception_handlers={404: _no_route, 405: _no_route, Exception: _crashed},
+        exception_handlers={
+            404: _no_route, 405: _no_route, LedgerError: _ledger_down, Exception: _crashed,
+        },
     )
     app.state.gateway = gateway
     app.state.drift = drift

@@ -22,7 +22,9 @@ from cascade.errors import (
     LedgerError,
     ProviderError,
     RequestError,
+    TaskNotAllowed,
 )
+from cascade.gateway.keys import Denied
 from cascade.gateway.state import Gateway
 from cascade.gateway.wire import cascade_headers, error_body, json_bytes
 from cascade.logs import get_logger
@@ -83,17 +85,15 @@ def refuse(
     return error_response(status, message, error_type, code, headers, scrub=scrub)
 
 
-def unauthorized(gateway: Gateway) -> WireJSON:
-    # The gateway's own text, with no secret in it: scrubbing would garble "Bearer <key>".
-    return refuse(
-        gateway,
-        "Unauthorized",
-        401,
-        "invalid or missing API key: send 'Authorization: Bearer <key>' with one of "
-        "the gateway's keys",
-        "invalid_api_key",
-        scrub=False,
+def unauthorized(gateway: Gateway, denied: Denied | None = None) -> WireJSON:
+    """401: the key is missing or unknown, or (a named key) revoked or expired; the message
+    says which of the last two, and never repeats the key."""
+    denied = denied or Denied("unknown")
+    code = {"revoked": "api_key_revoked", "expired": "api_key_expired"}.get(
+        denied.reason, "invalid_api_key"
     )
+    # The gateway's own text, with no secret in it: scrubbing would garble "Bearer <key>".
+    return refuse(gateway, "Unauthorized", 401, denied.message, code, scrub=False)
 
 
 def from_exception(exc: Exception) -> WireJSON:
@@ -112,6 +112,10 @@ def from_exception(exc: Exception) -> WireJSON:
         text = public_text(str(exc), "invalid_request")
         return error_response(
             400, f"invalid request body: {text}", "invalid_request_error", "invalid_request"
+        )
+    if isinstance(exc, TaskNotAllowed):
+        return error_response(
+            403, str(exc), "permission_error", "task_not_allowed", headers, scrub=False
         )
     if isinstance(exc, BudgetExceeded):
         text = public_text(str(exc), "budget_exceeded")

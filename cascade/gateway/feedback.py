@@ -28,7 +28,7 @@ from cascade.gateway.errors import (
     unauthorized,
 )
 from cascade.gateway.limits import BodyRefused, parse_json, read_body
-from cascade.gateway.state import Gateway
+from cascade.gateway.state import Denied, Gateway
 from cascade.ledger.feedback import add_feedback
 
 __all__ = ["feedback"]
@@ -37,9 +37,9 @@ __all__ = ["feedback"]
 
 async def feedback(request: Request) -> Response:
     gateway: Gateway = request.app.state.gateway
-    client = gateway.client(request)
-    if client is None:
-        return unauthorized(gateway)
+    client = await gateway.client(request)
+    if isinstance(client, Denied):
+        return unauthorized(gateway, client)
     settings = gateway.settings
     try:
         raw = await read_body(
@@ -75,7 +75,9 @@ async def feedback(request: Request) -> Response:
                        "invalid_request")
     ledger = gateway.engine.ledger
     anyone = client.admin or settings.feedback_any_run
-    store = functools.partial(add_feedback, made_with=None if anyone else client.key_id)
+    store = functools.partial(
+        add_feedback, made_with=None if anyone else client.key_id, key_name=client.name
+    )
     try:
         args = (ledger, body.get("run_id"), body.get("score"), body.get("comment"))
         # no ledger: add_feedback refuses with the reason, like the library call

@@ -420,6 +420,8 @@ class AccessLog:
                 "latency_ms": round((time.perf_counter() - started) * 1000, 3),
                 "run_id": extra.get("run_id"),
             }
+            if extra.get("key") is not None:  # a named key's name, never the key
+                fields["key"] = extra["key"]
             if status >= 400:
                 log.warning("cascade.access", **fields)
             else:

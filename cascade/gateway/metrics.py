@@ -45,16 +45,22 @@ class GatewayMetrics:
     Labels: ``task`` is the engine task that ran (a direct model call runs the one-rung task
     ``__model__<key>``), ``model`` and ``rung`` are ``models:`` keys, ``status`` is one of
     ``accepted``, ``not_accepted``, ``budget_exceeded``, ``exhausted``, ``no_answer``,
-    ``error``, and ``class`` is the exception class or the gateway's refusal
-    (``InvalidRequest``, ``Unauthorized``, ``UnknownModel``).
+    ``error``, ``task_not_allowed``, and ``class`` is the exception class or the gateway's
+    refusal (``InvalidRequest``, ``Unauthorized``, ``UnknownModel``).
+
+    With ``key_labels``, ``cascade_requests_total`` and ``cascade_cost_usd_total`` also carry
+    ``key``: the named gateway key's name (``""`` for unnamed keys). The gateway turns it on
+    only below ``MAX_KEY_LABELS`` keys, so the series stay bounded.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, key_labels: bool = False) -> None:
+        self.key_labels = key_labels
+        keyed = ["key"] if key_labels else []
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "cascade_requests",
             "Cascade runs served, by outcome.",
-            ["task", "status"],
+            ["task", "status", *keyed],
             registry=self.registry,
         )
         self.escalations = Counter(
@@ -66,7 +72,7 @@ class GatewayMetrics:
         self.cost = Counter(
             "cascade_cost_usd",
             "Spend in USD, every step included.",
-            ["task", "model"],
+            ["task", "model", *keyed],
             registry=self.registry,
         )
         self.latency = Histogram(
@@ -125,21 +131,31 @@ class GatewayMetrics:
             for key, (name, help_text) in _DRIFT_GAUGES.items()
         }
 
-    def run(self, task: str, status: str, seconds: float, steps: Iterable[StepRecord] = ()) -> None:
-        """Count one finished run (with whatever steps it took, even if it then failed)."""
-        self.requests.labels(task, status).inc()
+    def run(
+        self,
+        task: str,
+        status: str,
+        seconds: float,
+        steps: Iterable[StepRecord] = (),
+        key: str = "",
+    ) -> None:
+        """Count one finished run (with whatever steps it took, even if it then failed);
+        ``key``: the named key's name, a label only with ``key_labels``."""
+        keyed = (key,) if self.key_labels else ()
+        self.requests.labels(task, status, *keyed).inc()
         self.latency.labels(task).observe(seconds)
         steps = tuple(steps)
         calls = sum(step.latency_ms for step in steps) / 1000
         self.overhead.labels(task).observe(max(seconds - calls, 0.0))
         for step in steps:
-            self.cost.labels(task, step.model).inc(step.cost_usd)
+            self.cost.labels(task, step.model, *keyed).inc(step.cost_usd)
             if step.decision in _ESCALATING:
                 self.escalations.labels(task, step.model).inc()
 
-    def result(self, result: CascadeResult, seconds: float) -> None:
+    def result(self, result: CascadeResult, seconds: float, key: str = "") -> None:
         self.run(
-            result.task, "accepted" if result.accepted else "not_accepted", seconds, result.steps
+            result.task, "accepted" if result.accepted else "not_accepted", seconds,
+            result.steps, key,
         )
         for warning in result.warnings:
             self.misconfigured.labels(warning.model).inc()

@@ -44,7 +44,7 @@ from cascade.engine import Cascade
 from cascade.errors import CascadeError, ConfigError
 from cascade.gateway.drift import DriftGauges
 from cascade.gateway.errors import WireJSON, error_response, unauthorized
-from cascade.gateway.state import Gateway, direct_engine, read_api_keys
+from cascade.gateway.state import Denied, Gateway, direct_engine, read_api_keys
 from cascade.logs import get_logger
 from cascade.providers.base import redact
 from cascade.providers.sdk import SDKProvider
@@ -261,7 +261,7 @@ class Reloader:
             api_keys = read_api_keys(api_keys_env or settings.api_keys_env)
         if admin_keys is None:
             admin_keys = read_api_keys(settings.admin_keys_env)
-        if self.gateway.has_keys and not (api_keys or admin_keys):
+        if self.gateway.has_keys and not (api_keys or admin_keys or settings.ledger_keys):
             raise ConfigError(
                 "no API keys: the variable is unset or empty, or none is named; a gateway "
                 "serving with keys keeps them (restart it to serve without)",
@@ -317,9 +317,9 @@ async def admin_reload(request: Request) -> Response:
     """``POST /admin/reload``: admin keys only (``server.admin_keys_env``); 200 when the new
     config is served, 422 with the reason when it was refused."""
     gateway: Gateway = request.app.state.gateway
-    client = gateway.client(request)
-    if client is None:
-        return unauthorized(gateway)
+    client = await gateway.client(request)
+    if isinstance(client, Denied):
+        return unauthorized(gateway, client)
     if not client.admin:
         gateway.metrics.error("Forbidden")
         return error_response(

@@ -7,7 +7,7 @@ import hashlib
 import hmac
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,15 +15,25 @@ from starlette.requests import Request
 
 from cascade.config import RungConfig, ServerConfig, TaskConfig
 from cascade.engine import Cascade
-from cascade.errors import BudgetExceeded, CascadeExhausted, LedgerError, ProviderError
+from cascade.errors import (
+    BudgetExceeded,
+    CascadeExhausted,
+    ConfigError,
+    LedgerError,
+    ProviderError,
+    TaskNotAllowed,
+)
+from cascade.gateway.keys import Denied, LedgerKeys
 from cascade.gateway.limits import BodyParser, TokenBuckets
 from cascade.gateway.metrics import GatewayMetrics
+from cascade.ledger.keys import PREFIX, KeyScope
 from cascade.models.task_router import AUTO
 from cascade.types import CascadeResult
 
 __all__ = [
     "MODEL_TASK_PREFIX",
     "Client",
+    "Denied",
     "Gateway",
     "direct_engine",
     "failure",
@@ -36,6 +46,8 @@ MODEL_TASK_PREFIX = "__model__"
 # The run ends by server.request_timeout_s on its own (it is the run's deadline); this grace
 # lets it report how it ended before the gateway gives up waiting and answers 504.
 REQUEST_GRACE_S = 2.0
+# Above this many ledger keys at startup, /metrics series carry no key label by default.
+MAX_KEY_LABELS = 100
 
 
 def read_api_keys(env: str | None) -> tuple[str, ...]:
@@ -56,11 +68,18 @@ def key_id(key: bytes) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Client:
-    """Who sent an authorized request: its key's id (None when the gateway has no keys) and
-    whether that key is an admin key (``server.admin_keys_env``)."""
+    """Who sent an authorized request: its key's id (None when the gateway has no keys),
+    whether that key is an admin key (``server.admin_keys_env``), and for a named ledger key
+    (``cascade keys``) its name, tasks (None: all), requests and tokens per minute, and what
+    the engine holds the run to (``scope``: name, tasks, budgets)."""
 
     key_id: str | None
     admin: bool = False
+    name: str | None = None
+    tasks: frozenset[str] | None = None
+    rpm: int | None = None
+    tpm: int | None = None
+    scope: KeyScope | None = None
 
 
 def direct_engine(engine: Cascade, settings: ServerConfig) -> Cascade | None:
@@ -92,6 +111,10 @@ class Gateway:
         settings: The limits (``server:`` section); by default the engine config's.
         admin_keys: Keys that are accepted too and may score any run; by default those in
             the variable ``settings.admin_keys_env`` names.
+        key_clock: Monotonic seconds for the named keys' cache (tests).
+
+    Raises:
+        ConfigError: ``server.ledger_keys`` is on and the engine has no ledger.
     """
 
     def __init__(
@@ -100,6 +123,7 @@ class Gateway:
         api_keys: Sequence[str] = (),
         settings: ServerConfig | None = None,
         admin_keys: Sequence[str] | None = None,
+        key_clock: Callable[[], float] = time.monotonic,
     ):
         configured = getattr(engine.config, "server", None)
         settings = settings or (
@@ -107,7 +131,14 @@ class Gateway:
         )
         if admin_keys is None:
             admin_keys = read_api_keys(settings.admin_keys_env)
-        self.metrics = GatewayMetrics()
+        self.key_clock = key_clock
+        self.ledger_keys: LedgerKeys | None = None
+        self.use_keys(engine, settings)
+        labels = settings.metrics_key_labels
+        if labels is None:
+            labels = (self.ledger_keys is not None
+                      and self.ledger_keys.count() < MAX_KEY_LABELS)
+        self.metrics = GatewayMetrics(key_labels=labels)
         # Read at each scrape from the engine served then (a reload replaces it).
         self.metrics.count_shadow_skips(lambda: dict(self.engine.shadows.skipped))
         self.metrics.count_breakers(
@@ -133,6 +164,7 @@ class Gateway:
             The runs in flight now: they go on with the engine they started on.
         """
         running = set(self.inflight)
+        self.use_keys(engine, settings)
         self.engine = engine
         self.direct = direct
         self.settings = settings
@@ -143,26 +175,53 @@ class Gateway:
             self.feedback_limit = TokenBuckets(settings.feedback_rpm)
         return running
 
+    def use_keys(self, engine: Cascade, settings: ServerConfig) -> None:
+        """Look named keys up in ``engine``'s ledger when ``server.ledger_keys`` is on."""
+        if not settings.ledger_keys:
+            self.ledger_keys = None
+            return
+        if engine.ledger is None:
+            raise ConfigError(
+                "named keys live in the ledger; set ledger.path or ledger.url_env, or turn "
+                "server.ledger_keys off",
+                path=engine.path,
+                location="server.ledger_keys",
+            )
+        if self.ledger_keys is None or self.ledger_keys.ledger is not engine.ledger:
+            self.ledger_keys = LedgerKeys(engine.ledger, clock=self.key_clock)
+
     @property
     def has_keys(self) -> bool:
         """Whether requests need a key (with none, the gateway serves loopback only)."""
-        return bool(self._keys)
+        return bool(self._keys) or self.ledger_keys is not None
 
-    def client(self, request: Request) -> Client | None:
-        """The request's sender, or None when its bearer key is missing or wrong."""
-        if not self._keys:
+    async def client(self, request: Request) -> Client | Denied:
+        """The request's sender, or why its bearer key is refused (missing, wrong, revoked,
+        expired): ``server.api_keys_env`` and admin keys first, then the ledger's named keys.
+
+        Raises:
+            LedgerError: a named key's row could not be read.
+        """
+        if not self.has_keys:
             return Client(None)
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            return Denied("missing")
         given = token.strip().encode()
         # Compare against every key so the timing does not tell which one nearly matched.
         matches = [hmac.compare_digest(given, key) for key in self._keys]
-        if scheme.lower() != "bearer" or not any(matches):
-            return None
-        admin = [hmac.compare_digest(given, key) for key in self._admin]
-        return Client(key_id(given), any(admin))
-
-    def authorized(self, request: Request) -> bool:
-        return self.client(request) is not None
+        if any(matches):
+            admin = [hmac.compare_digest(given, key) for key in self._admin]
+            return Client(key_id(given), any(admin))
+        if self.ledger_keys is None or not token.strip().startswith(PREFIX):
+            return Denied("unknown")
+        found = await self.ledger_keys.lookup(token.strip())
+        if found.name is not None:  # the access log names the key (never shows it)
+            request.scope.setdefault("state", {}).setdefault("access", {})["key"] = found.name
+        if isinstance(found, Denied):
+            return found
+        return Client(key_id(given), False, found.name, found.tasks, found.rpm, found.tpm,
+                      found.scope)
 
     def resolve(self, name: str) -> tuple[Cascade, str] | None:
         """``cascade/X`` is always task X; a bare name is a task if one exists, else a model
@@ -212,16 +271,18 @@ class Gateway:
         self, engine: Cascade, task: str, messages: list[dict[str, Any]], params: dict[str, Any]
     ) -> CascadeResult:
         started = time.perf_counter()
+        scope = params.get("key")
+        key = scope.name if isinstance(scope, KeyScope) else ""
         try:
             result = await engine.acomplete(task, messages, **params)
         except Exception as exc:
             status, steps = failure(exc)
-            self.metrics.run(task, status, time.perf_counter() - started, steps)
+            self.metrics.run(task, status, time.perf_counter() - started, steps, key)
             for warning in getattr(getattr(exc, "result", None), "warnings", ()):
                 self.metrics.misconfigured.labels(warning.model).inc()
             self.metrics.error(type(exc).__name__)
             raise
-        self.metrics.result(result, time.perf_counter() - started)
+        self.metrics.result(result, time.perf_counter() - started, key)
         return result
 
     async def drain(self, timeout_s: float) -> None:
@@ -241,4 +302,6 @@ def failure(exc: BaseException) -> tuple[str, Sequence[Any]]:
         return "no_answer", steps
     if isinstance(exc, LedgerError):
         return "ledger_unavailable", steps
+    if isinstance(exc, TaskNotAllowed):
+        return "task_not_allowed", steps
     return "error", steps

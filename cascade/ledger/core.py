@@ -335,7 +335,7 @@ class Ledger:
         if written is None:
             raise _Refused("the step's row is no longer pending (settled as lost)")
         step_id, amount = written
-        after = add_to_totals(tx, buckets(pending.task, pending.ts), amount)
+        after = add_to_totals(tx, buckets(pending.task, pending.ts, pending.key_name), amount)
         if decide is not None:
             refusal = decide({key: total - amount for key, total in after.items()})
             if refusal is not None:
@@ -390,11 +390,16 @@ class Ledger:
         self.writer.submit(Op(loss_write(step_id, reason), None, failed))
 
     def record_step(
-        self, step: StepRecord, *, failed: Callable[[LedgerError], None] | None = None
+        self,
+        step: StepRecord,
+        *,
+        failed: Callable[[LedgerError], None] | None = None,
+        key_name: str | None = None,
     ) -> None:
         """Queue a finished step that had no write-ahead row (a skip, a cache hit); one with a
-        cost, which nothing reserved, is committed before this returns, as in ``settle``."""
-        op = Op(free_step_write(step), None, failed)
+        cost, which nothing reserved, is committed before this returns, as in ``settle``.
+        ``key_name``: the named gateway key that made its run."""
+        op = Op(free_step_write(step, key_name), None, failed)
         if nano(step.cost_usd):
             self.writer.write_excess(op)
         else:
@@ -408,11 +413,14 @@ class Ledger:
         content: Sequence[ContentRow] = (),
         failed: Callable[[LedgerError], None] | None = None,
         key_id: str | None = None,
+        key_name: str | None = None,
     ) -> None:
         """Queue the run's row and its ``content`` rows (step, kind, model, model name, text,
         mean token log-probability), written in one transaction; ``key_id``: the gateway key
-        that made the run."""
-        self.writer.submit(Op(run_write(result, status, content, key_id), None, failed))
+        that made the run, ``key_name``: its name when it is a named key."""
+        self.writer.submit(
+            Op(run_write(result, status, content, key_id, key_name), None, failed)
+        )
 
     def record_content(
         self,

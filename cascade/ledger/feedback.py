@@ -63,6 +63,7 @@ def add_feedback(
     source: str = "user",
     now: float | None = None,
     made_with: str | None = None,
+    key_name: str | None = None,
 ) -> FeedbackRecord:
     """Store a score for a run's answer (one transaction: the run must exist).
 
@@ -70,6 +71,8 @@ def add_feedback(
         made_with: Only a run made with this gateway key id may be scored (``runs.key_id``);
             None scores any run. A run of another key is refused exactly as an unknown one,
             so a key cannot learn which run ids exist.
+        key_name: The named gateway key that sent the score (``feedback.key_name``; None for
+            library calls and unnamed keys).
 
     Raises:
         FeedbackError: a bad field, an unknown run id, or no ledger to store it in.
@@ -89,8 +92,8 @@ def add_feedback(
         if not runs or (made_with is not None and runs[0]["key_id"] != made_with):
             raise FeedbackError(f"unknown run id {run_id!r} in {ledger.where}", param="run_id")
         rows = tx.execute(
-            "INSERT INTO feedback (run_id, ts, score, comment, source) VALUES (?,?,?,?,?)"
-            " RETURNING id",
-            (run_id, ts, value, comment, source),
+            "INSERT INTO feedback (run_id, ts, score, comment, source, key_name)"
+            " VALUES (?,?,?,?,?,?) RETURNING id",
+            (run_id, ts, value, comment, source, key_name),
         )
     return FeedbackRecord(int(rows[0]["id"]), run_id, ts, value, comment, source)

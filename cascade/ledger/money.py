@@ -38,6 +38,7 @@ from typing import Any
 from cascade.config.pricing import Price, cost_usd
 from cascade.errors import LedgerError
 from cascade.ledger import Ledger, Pending, TotalsKey, buckets, nano
+from cascade.ledger.keys import KeyScope
 from cascade.logs import get_logger
 from cascade.tokens import estimate_input_tokens, max_output_tokens
 from cascade.types import Completion, Message, StepRecord
@@ -82,19 +83,28 @@ def bill(paid: Iterable[Completion], price: Price) -> float:
 
 @dataclass(frozen=True, slots=True)
 class Limit:
-    scope: str  # "global" or the task name
+    scope: str  # "global", the task name, or the gateway key's name (of_key)
     period: str  # "daily" or "monthly"
     limit_usd: float
+    of_key: bool = False  # a named gateway key's budget (totals scope key:NAME)
+
+    @property
+    def totals_scope(self) -> str:
+        if self.of_key:
+            return f"key:{self.scope}"
+        return "global" if self.scope == "global" else f"task:{self.scope}"
 
     def key(self, task: str, ts: float) -> TotalsKey:
         """The totals row this limit is checked against for a step of ``task`` at ``ts``."""
         scope, period, bucket = next(
-            k for k in buckets(task, ts) if k[1] == self.period
-            and k[0] == ("global" if self.scope == "global" else f"task:{self.scope}")
+            k for k in buckets(task, ts, self.scope if self.of_key else None)
+            if k[1] == self.period and k[0] == self.totals_scope
         )
         return scope, period, bucket
 
     def describe(self) -> str:
+        if self.of_key:
+            return f"key {self.scope!r} {self.period} budget ${self.limit_usd:.2f}"
         where = "global" if self.scope == "global" else f"task {self.scope!r}"
         return f"{self.period} budget of {where}"
 
@@ -144,8 +154,16 @@ class Accounts:
         self.ledger = ledger
         self.limits = tuple(limits)
 
-    def applicable(self, task: str) -> tuple[Limit, ...]:
-        return tuple(lim for lim in self.limits if lim.scope in ("global", task))
+    def applicable(self, task: str, key: KeyScope | None = None) -> tuple[Limit, ...]:
+        """The config's budgets over ``task``, then those of the gateway key making the call."""
+        mine = tuple(lim for lim in self.limits if lim.scope in ("global", task))
+        if key is None:
+            return mine
+        return mine + tuple(
+            Limit(key.name, period, value, of_key=True)
+            for period, value in (("daily", key.daily_usd), ("monthly", key.monthly_usd))
+            if value is not None
+        )
 
     def reserve(
         self,
@@ -158,8 +176,12 @@ class Accounts:
         estimate: float,
         spent: float,
         cap: float | None,
+        key: KeyScope | None = None,
     ) -> tuple[Hold | None, Refusal | None]:
         """Reserve ``estimate`` for one call and write its pending row (see the module doc).
+
+        ``key``: the named gateway key that made the run; its budgets decide in the same
+        transaction, and the row and its totals (``key:NAME``) carry its name.
 
         Raises:
             LedgerError: the pending row could not be written; do not call the model.
@@ -170,13 +192,16 @@ class Accounts:
         if self.ledger is None:
             return None, None
         now = time.time()
-        pending = Pending(run_id, task, step, model_key, provider, estimate, now)
-        outcome = self._reserve(pending, estimate)
+        pending = Pending(run_id, task, step, model_key, provider, estimate, now,
+                          key_name=key.name if key is not None else None)
+        outcome = self._reserve(pending, estimate, key)
         if isinstance(outcome, Refusal):
             return None, outcome
         return Hold(outcome, pending), None
 
-    def extend(self, hold: Hold, *, estimate: float) -> Refusal | None:
+    def extend(
+        self, hold: Hold, *, estimate: float, key: KeyScope | None = None
+    ) -> Refusal | None:
         """Add ``estimate`` to ``hold``'s reservation before another attempt of its call (a
         retry after an attempt that timed out, whose worst case stays spent): the period
         budgets decide as for the first reservation, in one transaction that raises the step's
@@ -188,18 +213,20 @@ class Accounts:
         before = hold.pending.reserved_usd
         grown = replace(hold.pending, reserved_usd=before + estimate, grows=hold.step_id,
                         before=before)
-        outcome = self._reserve(grown, estimate)
+        outcome = self._reserve(grown, estimate, key)
         if isinstance(outcome, Refusal):
             return outcome
         hold.pending = replace(grown, grows=None, before=0.0)
         return None
 
-    def _reserve(self, pending: Pending, estimate: float) -> int | Refusal:
+    def _reserve(
+        self, pending: Pending, estimate: float, key: KeyScope | None
+    ) -> int | Refusal:
         """The ledger's part of ``reserve`` and ``extend``: every period budget that applies
         decides, against the shared totals. Returns the row's id, or the refusal."""
         assert self.ledger is not None
         task, ts = pending.task, pending.ts
-        limits = self.applicable(task)
+        limits = self.applicable(task, key)
         refused: list[Limit] = []
 
         def decide(totals: Mapping[TotalsKey, int]) -> str | None:
@@ -263,8 +290,9 @@ class Accounts:
         except LedgerError as exc:
             failed(exc)
 
-    def record(self, step: StepRecord) -> None:
-        """Queue a step that called nothing (a skip, a cache hit); a failure is only logged."""
+    def record(self, step: StepRecord, key_name: str | None = None) -> None:
+        """Queue a step that called nothing (a skip, a cache hit); a failure is only logged.
+        ``key_name``: the named gateway key that made its run."""
         if self.ledger is None:
             return
         run_id, index, decision = step.run_id, step.step, step.decision
@@ -274,7 +302,7 @@ class Accounts:
                           decision=decision, error=str(exc))
 
         try:
-            self.ledger.record_step(step, failed=failed)
+            self.ledger.record_step(step, failed=failed, key_name=key_name)
         except LedgerError as exc:
             failed(exc)
 

@@ -43,6 +43,18 @@ transaction).
 Schema 7 adds ``content.logprob``: an answer's mean token log-probability, when the provider
 returned them (the replay format's ``logprob``, so the ``logprob`` evaluator can be calibrated
 from the ledger). NULL for prompts, for answers without log-probabilities and for older rows.
+
+Schema 8 (named gateway keys, ``docs/keys.md``) adds:
+
+- ``keys``: one row per named gateway key: its public id (the part of the key before the
+  secret), its unique name, a per-key salt and SHA-256 of salt and secret (never the key), the
+  tasks it may use (a JSON list; NULL: all), its daily and monthly USD budgets, requests and
+  tokens per minute, and its expiry, creation, update and revocation times
+  (``cascade.ledger.keys``);
+- ``key_name`` on ``steps``, ``runs`` and ``feedback``: the name of the key that made the row
+  (NULL for library calls, unnamed ``server.api_keys_env`` keys and older rows). A key's spend
+  also goes to the totals scope ``key:NAME``, so its budgets are checked in the reservation's
+  transaction.
 """
 
 from __future__ import annotations
@@ -53,7 +65,7 @@ from cascade.ledger.triggers import create_rollup
 
 __all__ = ["VERSION", "migrate"]
 
-VERSION = 7
+VERSION = 8
 
 _TYPES = {
     "sqlite": {
@@ -146,6 +158,24 @@ _V4 = [
     "CREATE INDEX content_run ON content(run_id)",
 ]
 
+# Schema 8's table (see the module docstring and cascade.ledger.keys).
+_KEYS = """
+CREATE TABLE keys (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    salt TEXT NOT NULL,
+    hash TEXT NOT NULL,
+    tasks TEXT,
+    daily_usd {real},
+    monthly_usd {real},
+    rpm {int},
+    tpm {int},
+    expires {real},
+    created {real} NOT NULL,
+    updated {real} NOT NULL,
+    revoked {real}
+)"""
+
 _V1_INDEXES = [
     "CREATE INDEX steps_run ON steps(run_id)",
     "CREATE INDEX steps_task_ts ON steps(task, ts)",
@@ -224,6 +254,12 @@ def migrate(backend: Backend) -> int:
         # Schema 6 -> 7.
         if not backend.has_column(tx, "content", "logprob"):
             tx.execute(f"ALTER TABLE content ADD COLUMN logprob {types['real']}")
+        # Schema 7 -> 8.
+        if not backend.has_table(tx, "keys"):
+            tx.execute(_KEYS.format(**types))
+        for table in ("steps", "runs", "feedback"):
+            if not backend.has_column(tx, table, "key_name"):
+                tx.execute(f"ALTER TABLE {table} ADD COLUMN key_name TEXT")
         tx.execute("DELETE FROM schema_version")
         tx.execute("INSERT INTO schema_version (version) VALUES (?)", (VERSION,))
         return found

@@ -29,7 +29,8 @@ __all__ = [
     "write_ahead",
 ]
 
-# (scope, period, bucket): ("global" | "task:NAME", "daily" | "monthly", "2026-12-01" | "2026-12")
+# (scope, period, bucket): ("global" | "task:NAME" | "key:NAME", "daily" | "monthly",
+# "2026-12-01" | "2026-12")
 TotalsKey = tuple[str, str, str]
 
 # A ``content`` row: step, kind, model, model name, text, the answer's mean token
@@ -39,7 +40,7 @@ ContentRow = tuple[int, str, "str | None", "str | None", str, "float | None"]
 STEP_COLUMNS = (
     "run_id, ts, task, step, model, provider, attempts, input_tokens, cached_input_tokens,"
     " output_tokens, cost_usd, latency_ms, decision, error, verdicts, status, reserved_usd, owner,"
-    " usage_estimated"
+    " usage_estimated, key_name"
 )
 
 
@@ -48,16 +49,15 @@ def nano(usd: float) -> int:
     return round(usd * 1e9)
 
 
-def buckets(task: str, ts: float) -> tuple[TotalsKey, ...]:
-    """The four totals a step at ``ts`` adds to: global and its task, by UTC day and month."""
+def buckets(task: str, ts: float, key_name: str | None = None) -> tuple[TotalsKey, ...]:
+    """The totals a step at ``ts`` adds to: global and its task, by UTC day and month; and
+    its gateway key's (``key:NAME``) when a named key made it, so that a budget set on the key
+    later counts what the key spent before."""
     moment = datetime.fromtimestamp(ts, tz=timezone.utc)
     day, month = moment.strftime("%Y-%m-%d"), moment.strftime("%Y-%m")
-    return (
-        ("global", "daily", day),
-        ("global", "monthly", month),
-        (f"task:{task}", "daily", day),
-        (f"task:{task}", "monthly", month),
-    )
+    scopes = ("global", f"task:{task}", *((f"key:{key_name}",) if key_name is not None else ()))
+    return tuple((scope, period, bucket) for scope in scopes
+                 for period, bucket in (("daily", day), ("monthly", month)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +75,7 @@ class Pending:
     # that timed out): that row's id, and what it had reserved before.
     grows: int | None = None
     before: float = 0.0
+    key_name: str | None = None  # the named gateway key that made the run (its totals too)
 
 
 def add_to_totals(tx: Tx, keys: Sequence[TotalsKey], nusd: int) -> dict[TotalsKey, int]:
@@ -113,9 +114,9 @@ def write_ahead(tx: Tx, pending: Pending, owner: str) -> tuple[int, int] | None:
         return pending.grows, nano(pending.reserved_usd) - nano(pending.before)
     rows = tx.execute(
         f"INSERT INTO steps ({STEP_COLUMNS}) VALUES"
-        " (?,?,?,?,?,?,0,0,0,0,?,0,'pending',NULL,'[]','pending',?,?,0) RETURNING id",
+        " (?,?,?,?,?,?,0,0,0,0,?,0,'pending',NULL,'[]','pending',?,?,0,?) RETURNING id",
         (pending.run_id, pending.ts, pending.task, pending.step, pending.model,
-         pending.provider, pending.reserved_usd, pending.reserved_usd, owner),
+         pending.provider, pending.reserved_usd, pending.reserved_usd, owner, pending.key_name),
     )
     return int(rows[0]["id"]), nano(pending.reserved_usd)
 
@@ -144,7 +145,7 @@ def settle_write(
         )
         delta = nano(step.cost_usd) - nano(pending.reserved_usd)
         if changed and delta:
-            add_to_totals(tx, buckets(pending.task, pending.ts), delta)
+            add_to_totals(tx, buckets(pending.task, pending.ts, pending.key_name), delta)
         return bool(changed)
 
     return write
@@ -179,47 +180,54 @@ def loss_write(step_id: int, reason: str) -> Callable[[Tx], None]:
     return write
 
 
-def free_step_write(step: StepRecord) -> Callable[[Tx], None]:
-    """A settled row for a step that had no write-ahead row (a skip, a cache hit)."""
+def free_step_write(step: StepRecord, key_name: str | None = None) -> Callable[[Tx], None]:
+    """A settled row for a step that had no write-ahead row (a skip, a cache hit);
+    ``key_name``: the named gateway key that made its run."""
     ts = step.ts or time.time()
 
     def write(tx: Tx) -> None:
         tx.execute(
             f"INSERT INTO steps ({STEP_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,"
-            "'settled',0,NULL,?)",
+            "'settled',0,NULL,?,?)",
             (step.run_id, ts, step.task, step.step, step.model, step.provider, step.attempts,
              step.input_tokens, step.cached_input_tokens, step.output_tokens, step.cost_usd,
              step.latency_ms, step.decision, storable(step.error), _verdicts(step),
-             int(step.usage_estimated)),
+             int(step.usage_estimated), key_name),
         )
         if nano(step.cost_usd):
-            add_to_totals(tx, buckets(step.task, ts), nano(step.cost_usd))
+            add_to_totals(tx, buckets(step.task, ts, key_name), nano(step.cost_usd))
 
     return write
 
 
 def run_write(
-    result: CascadeResult, status: str, content: Sequence[ContentRow], key_id: str | None = None
+    result: CascadeResult,
+    status: str,
+    content: Sequence[ContentRow],
+    key_id: str | None = None,
+    key_name: str | None = None,
 ) -> Callable[[Tx], None]:
     """The run's row (replacing an earlier one of the same id) and its content rows, in one
     transaction, so a retried write never duplicates them. ``key_id`` is the opaque id of the
-    gateway key that made the run (feedback checks it)."""
+    gateway key that made the run (feedback checks it), ``key_name`` its name when it is a
+    named key."""
     now = time.time()
     rows = tuple(content)
 
     def write(tx: Tx) -> None:
         tx.execute(
             "INSERT INTO runs (run_id, ts, task, model, accepted, cost_usd, latency_ms,"
-            " steps, status, task_probability, key_id) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
+            " steps, status, task_probability, key_id, key_name)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
             " ON CONFLICT (run_id) DO UPDATE SET"
             " ts = excluded.ts, task = excluded.task, model = excluded.model,"
             " accepted = excluded.accepted, cost_usd = excluded.cost_usd,"
             " latency_ms = excluded.latency_ms, steps = excluded.steps,"
             " status = excluded.status, task_probability = excluded.task_probability,"
-            " key_id = excluded.key_id",
+            " key_id = excluded.key_id, key_name = excluded.key_name",
             (result.run_id, now, result.task, result.model or None, int(result.accepted),
              result.cost_usd, result.latency_ms, len(result.steps), status,
-             result.task_probability, key_id),
+             result.task_probability, key_id, key_name),
         )
         _insert_content(tx, result.run_id, now, rows)
 

@@ -12,7 +12,7 @@ from typing import Any
 from cascade.ledger import Ledger
 from cascade.ledger.rollup import fold, read_rollup, week_index
 
-__all__ = ["ledger_report"]
+__all__ = ["key_report", "ledger_report"]
 
 
 def ledger_report(ledger: Ledger, *, since: float | None = None) -> dict[str, Any]:
@@ -110,3 +110,37 @@ def _add(task: dict[str, Any], model: str, sums: dict[str, int]) -> None:
     entry["output_tokens"] += get("output_tokens", 0)
     entry["unfinished"] += get("unfinished", 0)
     entry["usage_estimated"] += get("estimated", 0)
+
+
+def key_report(ledger: Ledger) -> dict[str, Any]:
+    """``cascade report --by key``: runs, steps and spend per gateway key name.
+
+    Read from the rows (``steps.key_name``, ``runs.key_name``), not the rollup: a key is a
+    gateway notion the rollup does not keep. Rows without a key name (library calls, unnamed
+    ``server.api_keys_env`` keys, rows older than schema 8) are under ``""``. Pending and lost
+    steps count at their reserved worst case, as the budgets count them.
+
+    Returns:
+        ``{"keys": {name: {"runs", "accepted", "calls", "cost_usd", "unfinished"}}}``.
+    """
+    keys: dict[str, dict[str, Any]] = {}
+
+    def entry(name: Any) -> dict[str, Any]:
+        return keys.setdefault(name or "", {"runs": 0, "accepted": 0, "calls": 0,
+                                            "cost_usd": 0.0, "unfinished": 0})
+
+    for row in ledger.query(
+        "SELECT key_name, COUNT(*) AS n, COALESCE(SUM(accepted), 0) AS ok FROM runs"
+        " GROUP BY key_name"
+    ):
+        key = entry(row["key_name"])
+        key["runs"], key["accepted"] = int(row["n"]), int(row["ok"])
+    for row in ledger.query(
+        "SELECT key_name, COUNT(*) AS n, COALESCE(SUM(cost_usd), 0) AS c,"
+        " COALESCE(SUM(CASE WHEN status <> 'settled' THEN 1 ELSE 0 END), 0) AS u"
+        " FROM steps GROUP BY key_name"
+    ):
+        key = entry(row["key_name"])
+        key["calls"], key["cost_usd"] = int(row["n"]), float(row["c"])
+        key["unfinished"] = int(row["u"])
+    return {"keys": dict(sorted(keys.items()))}
