@@ -36,7 +36,8 @@ __all__ = [
 # Names that ``Cascade.acomplete`` takes itself; a body field with one of them would not reach the
 # provider but change what the engine does (or collide with its positional arguments).
 ENGINE_KEYWORDS = frozenset(
-    {"task", "prompt", "query_id", "max_cost_usd", "log_content", "deadline_s", "key_id"}
+    {"task", "prompt", "query_id", "max_cost_usd", "log_content", "deadline_s", "key_id",
+     "key_name"}
 )
 # Fields the gateway consumes; every other declared field is a provider parameter.
 _GATEWAY_FIELDS = frozenset({"model", "messages", "stream", "stream_options", "n"})
