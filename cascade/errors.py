@@ -13,6 +13,7 @@
     ├── EvaluatorError       evaluator             (an evaluator crashed: a bug, not a rejection)
     ├── BudgetExceeded       limit_usd, estimate_usd, result
     ├── LedgerError          backend               (the ledger cannot take a write: fail closed)
+    ├── RateLimiterUnavailable                     (the rate limiter's Redis cannot be reached)
     └── CascadeExhausted     result                (no rung passed and on_exhausted is "raise")
 
 A rejected answer is never an exception: it is a ``Verdict`` with ``passed=False``.
@@ -38,6 +39,7 @@ __all__ = [
     "LedgerError",
     "PluginNotFound",
     "ProviderError",
+    "RateLimiterUnavailable",
     "RequestError",
     "caused_by",
 ]
@@ -184,6 +186,14 @@ class LedgerError(CascadeError):
         super().__init__(message)
         self.message = message
         self.backend = backend
+
+
+class RateLimiterUnavailable(CascadeError):
+    """The gateway's rate limiter could not check a request: its Redis is down or too slow.
+
+    With ``limits.redis.on_error: closed`` the request is refused (503); with ``open`` it is
+    served unlimited. The message never holds the Redis URL.
+    """
 
 
 class CascadeExhausted(CascadeError):

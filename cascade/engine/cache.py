@@ -45,6 +45,11 @@ class CacheBackend(Protocol):
     failed request.
     """
 
+    @property
+    def errors(self) -> int:
+        """Lookups and puts that failed and were served as misses."""
+        ...
+
     def get(self, key: str) -> Hit | None: ...
 
     def put(self, key: str, task: str, model: str, text: str, parsed: Any, ttl_s: float) -> None:
@@ -130,6 +135,11 @@ class ResponseCache:
 
     def __repr__(self) -> str:
         return f"ResponseCache({self.path!r})"
+
+    @property
+    def errors(self) -> int:
+        """Always 0: a local file that fails is a broken host, and raises."""
+        return 0
 
     def get(self, key: str) -> Hit | None:
         with self._lock:

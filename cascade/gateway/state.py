@@ -7,7 +7,7 @@ import hashlib
 import hmac
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +19,7 @@ from cascade.errors import BudgetExceeded, CascadeExhausted, LedgerError, Provid
 from cascade.gateway.limits import BodyParser, TokenBuckets
 from cascade.gateway.metrics import GatewayMetrics
 from cascade.models.task_router import AUTO
-from cascade.types import CascadeResult
+from cascade.types import CascadeResult, StepRecord
 
 __all__ = [
     "MODEL_TASK_PREFIX",
@@ -56,11 +56,17 @@ def key_id(key: bytes) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Client:
-    """Who sent an authorized request: its key's id (None when the gateway has no keys) and
-    whether that key is an admin key (``server.admin_keys_env``)."""
+    """Who sent an authorized request: its key's id (None when the gateway has no keys),
+    whether that key is an admin key (``server.admin_keys_env``), and for a named key its
+    name, the tasks it may use (None: all) and its requests and tokens per minute (None:
+    unlimited). A client with no name has no limits of its own; task limits still apply."""
 
     key_id: str | None
     admin: bool = False
+    name: str | None = None
+    tasks: frozenset[str] | None = None
+    rpm: int | None = None
+    tpm: int | None = None
 
 
 def direct_engine(engine: Cascade, settings: ServerConfig) -> Cascade | None:
@@ -180,18 +186,25 @@ class Gateway:
         return None
 
     async def run(
-        self, engine: Cascade, task: str, messages: list[dict[str, Any]], params: dict[str, Any]
+        self,
+        engine: Cascade,
+        task: str,
+        messages: list[dict[str, Any]],
+        params: dict[str, Any],
+        on_end: Callable[[Sequence[StepRecord]], Awaitable[None]] | None = None,
     ) -> CascadeResult:
         """Run the cascade in a task of its own, so a cancelled request does not cut it short.
 
-        The run's deadline is ``server.request_timeout_s``.
+        The run's deadline is ``server.request_timeout_s``. ``on_end`` gets the run's steps
+        when it ends, however it ends, even after the client left (rate limits settle then).
 
         Raises:
             TimeoutError: the run had not ended shortly after that; it goes on in the background.
         """
         job = asyncio.ensure_future(
             self._run(
-                engine, task, messages, {**params, "deadline_s": self.settings.request_timeout_s}
+                engine, task, messages, {**params, "deadline_s": self.settings.request_timeout_s},
+                on_end,
             )
         )
         self.inflight.add(job)
@@ -206,7 +219,12 @@ class Gateway:
             job.exception()  # retrieved, so an abandoned failure is not reported as lost
 
     async def _run(
-        self, engine: Cascade, task: str, messages: list[dict[str, Any]], params: dict[str, Any]
+        self,
+        engine: Cascade,
+        task: str,
+        messages: list[dict[str, Any]],
+        params: dict[str, Any],
+        on_end: Callable[[Sequence[StepRecord]], Awaitable[None]] | None = None,
     ) -> CascadeResult:
         started = time.perf_counter()
         try:
@@ -217,8 +235,12 @@ class Gateway:
             for warning in getattr(getattr(exc, "result", None), "warnings", ()):
                 self.metrics.misconfigured.labels(warning.model).inc()
             self.metrics.error(type(exc).__name__)
+            if on_end is not None:
+                await on_end(steps)
             raise
         self.metrics.result(result, time.perf_counter() - started)
+        if on_end is not None:  # a cancelled run (shutdown) keeps its reservation
+            await on_end(result.steps)
         return result
 
     async def drain(self, timeout_s: float) -> None:
