@@ -92,7 +92,7 @@ class Admission:
 
 
 def gcra(
-    tats: Sequence[float | None],
+    tats: Sequence[float | int | None],
     scopes: Sequence[Scope],
     now: float,
     window: float,
@@ -163,7 +163,7 @@ class LocalLimiter:
     ):
         self.clock = clock
         self.window_s = window_s
-        self._tats: dict[str, float] = {}
+        self._tats: dict[str, int] = {}
         self._lock = threading.Lock()
 
     async def take(self, scopes: Sequence[Scope]) -> Admission:
@@ -173,16 +173,19 @@ class LocalLimiter:
         self._apply(scopes, settle=True)
 
     def _apply(self, scopes: Sequence[Scope], *, settle: bool) -> Admission:
+        # In whole microseconds, stored rounded, reported rounded up: as the script does, so
+        # the two agree to the microsecond (and sums of steps do not drift past a window).
         with self._lock:
-            now = self.clock()
+            now = round(self.clock() * _US)
             tats = [self._tats.get(s.key) for s in scopes]
-            admitted, wait, new = gcra(tats, scopes, now, self.window_s, settle=settle)
+            admitted, wait, new = gcra(tats, scopes, now, self.window_s * _US, settle=settle)
             for scope, tat in zip(scopes, new, strict=True):
                 if tat > now:
-                    self._tats[scope.key] = tat
+                    self._tats[scope.key] = round(tat)
                 else:  # an empty bucket: nothing to keep (bounds the dict)
                     self._tats.pop(scope.key, None)
-        return Admission(admitted, wait, tuple(t - now for t in new))
+        ahead = tuple(math.ceil(t - now) / _US for t in new)
+        return Admission(admitted, math.ceil(wait) / _US, ahead)
 
     async def aclose(self) -> None:
         """Nothing to close."""
