@@ -323,7 +323,7 @@ def create_app(
         await last.shadows.drain(drain_s)
         await last.aclose()
         gateway.parser.close()
-        await rate_limits.aclose()
+        await app.state.rate_limits.aclose()  # the one served last
         if reloader.owns(last):
             last.close()
 
