@@ -16,7 +16,8 @@ from cascade.gateway.ratelimit import LocalLimiter, RedisLimiter
 from cascade.gateway.throttle import RateLimits, Ticket, used_tokens, worst_case_tokens
 from cascade.gateway.metrics import GatewayMetrics
 from cascade.tokens import estimate_input_tokens, max_output_tokens
-from tests.gateway.limited import ASK, KEY_A, KEY_B, ask, clients, live_gateway
+from cascade.testing import MockLLMServer, Reply
+from tests.gateway.limited import ASK, KEY_A, KEY_B, MINI, ask, clients, live_gateway
 from tests.gateway.test_ratelimit import Clock
 from tests.redis_server import URL_ENV, OwnRedis, redis_prefix  # noqa: F401  (fixture)
 
@@ -55,6 +56,30 @@ def test_a_task_limit_holds_over_all_keys(tmp_path: Path) -> None:
         a, b = ask(live.url, KEY_A), ask(live.url, KEY_B)
     assert (a.status_code, b.status_code) == (200, 429)
     assert "task 'faq' rpm 1" in b.json()["error"]["message"]
+
+
+def test_the_headers_show_the_tightest_scope(tmp_path: Path) -> None:
+    """Key a's rpm 10 and task faq's rpm 3: the x-ratelimit-*-requests headers are the task's,
+    which refuses first."""
+    with live_gateway(tmp_path, clients(a={"rpm": 10}),
+                      config={"limits": {"tasks": {"faq": {"rpm": 3}}}},
+                      limiter=LocalLimiter(Clock())) as live:
+        answer = ask(live.url, KEY_A)
+    assert answer.headers["x-ratelimit-limit-requests"] == "3"
+    assert answer.headers["x-ratelimit-remaining-requests"] == "2"
+
+
+def test_a_failed_run_gives_its_reservation_back(tmp_path: Path) -> None:
+    """The upstream fails (502 for the client): the run used no tokens, so the next request
+    finds the whole tpm but its own worst case."""
+    upstream = MockLLMServer()
+    with upstream, live_gateway(tmp_path, clients(a={"tpm": 50_000}), upstream=upstream,
+                                limiter=LocalLimiter(Clock())) as live:
+        upstream.script(MINI, [Reply(status=500), "We are open from nine to five"])
+        worst = worst_case_tokens(live.engine, "faq", ASK, {})
+        failed, next_one = ask(live.url, KEY_A), ask(live.url, KEY_A)
+    assert failed.status_code == 502
+    assert int(next_one.headers["x-ratelimit-remaining-tokens"]) == 50_000 - worst
 
 
 def test_tokens_are_reserved_at_the_worst_case_then_settled_to_usage(tmp_path: Path) -> None:
