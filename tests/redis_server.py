@@ -53,8 +53,17 @@ class OwnRedis:
         if binary is None:
             pytest.fail("redis-server is required for this test")
         self.process = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no"],
+            [
+                binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -62,9 +71,10 @@ class OwnRedis:
             for _ in range(200):  # until it accepts connections (no assertion on the time)
                 try:
                     client.ping()
-                    return
                 except redis.ConnectionError:
                     time.sleep(0.025)
+                else:
+                    return
         pytest.fail(f"redis-server did not start on port {self.port}")
 
     def stop(self) -> None:

@@ -167,5 +167,6 @@ class Throttled:
                 self._held += 1
                 return
             held, self._held, self._last = self._held, 0, now
-        log.warning(self.event, error=redact(f"{type(exc).__name__}: {exc}"), held_back=held,
-                    **fields)
+        log.warning(
+            self.event, error=redact(f"{type(exc).__name__}: {exc}"), held_back=held, **fields
+        )

@@ -158,9 +158,7 @@ class LocalLimiter:
         window_s: The window (a minute; tests shorten it).
     """
 
-    def __init__(
-        self, clock: Callable[[], float] = time.monotonic, window_s: float = WINDOW_S
-    ):
+    def __init__(self, clock: Callable[[], float] = time.monotonic, window_s: float = WINDOW_S):
         self.clock = clock
         self.window_s = window_s
         self._tats: dict[str, int] = {}
@@ -283,8 +281,7 @@ class RedisLimiter:
             reply = await script(keys=keys, args=args)
         except self._errors as exc:
             raise RateLimiterUnavailable(
-                f"rate limiter unavailable: {type(exc).__name__} from Redis "
-                f"({self.config.url_env})"
+                f"rate limiter unavailable: {type(exc).__name__} from Redis ({self.config.url_env})"
             ) from exc
         return Admission(
             bool(reply[0]), int(reply[1]) / _US, tuple(int(a) / _US for a in reply[2:])

@@ -160,19 +160,43 @@ class RateLimits:
         if client.name is not None:
             who = f"key {client.name!r}"
             if client.rpm is not None:
-                found.append(Scope(f"key:{client.name}:rpm", client.rpm, 1,
-                                   f"{who} rpm {client.rpm}", "requests"))
+                found.append(
+                    Scope(
+                        f"key:{client.name}:rpm",
+                        client.rpm,
+                        1,
+                        f"{who} rpm {client.rpm}",
+                        "requests",
+                    )
+                )
             if client.tpm is not None:
-                found.append(Scope(f"key:{client.name}:tpm", client.tpm, tokens,
-                                   f"{who} tpm {client.tpm}", "tokens"))
+                found.append(
+                    Scope(
+                        f"key:{client.name}:tpm",
+                        client.tpm,
+                        tokens,
+                        f"{who} tpm {client.tpm}",
+                        "tokens",
+                    )
+                )
         own = task_limits(limits).get(task)
         if own is not None:
             if own.rpm is not None:
-                found.append(Scope(f"task:{task}:rpm", own.rpm, 1,
-                                   f"task {task!r} rpm {own.rpm}", "requests"))
+                found.append(
+                    Scope(
+                        f"task:{task}:rpm", own.rpm, 1, f"task {task!r} rpm {own.rpm}", "requests"
+                    )
+                )
             if own.tpm is not None:
-                found.append(Scope(f"task:{task}:tpm", own.tpm, tokens,
-                                   f"task {task!r} tpm {own.tpm}", "tokens"))
+                found.append(
+                    Scope(
+                        f"task:{task}:tpm",
+                        own.tpm,
+                        tokens,
+                        f"task {task!r} tpm {own.tpm}",
+                        "tokens",
+                    )
+                )
         return found
 
     async def admit(
@@ -207,7 +231,8 @@ class RateLimits:
             taken = tuple(s for s in scopes if s.kind == "tokens")
             return Ticket(taken, tokens, headers)
         refusing = [
-            s for i, s in enumerate(scopes)
+            s
+            for i, s in enumerate(scopes)
             if admission.ahead_s[i] + s.cost * window / s.limit > window
         ] or scopes
         self._refused(refusing)
@@ -239,9 +264,7 @@ class RateLimits:
             self.metrics.limiter_errors.labels("settle").inc()
             self.failures.failed(exc, op="settle")
 
-    def settler(
-        self, ticket: Ticket
-    ) -> Callable[[Sequence[StepRecord]], Awaitable[None]] | None:
+    def settler(self, ticket: Ticket) -> Callable[[Sequence[StepRecord]], Awaitable[None]] | None:
         """What settles ``ticket`` once its run ends (None: it took no tokens)."""
         if not ticket.tokens:
             return None

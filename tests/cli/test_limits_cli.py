@@ -25,8 +25,9 @@ def write(tmp_path: Path, **sections: Any) -> Path:
 
 
 @pytest.mark.usefixtures("keys")
-def test_an_unknown_task_under_limits_is_named(tmp_path: Path,
-                                               capsys: pytest.CaptureFixture[str]) -> None:
+def test_an_unknown_task_under_limits_is_named(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """limits.tasks.<name> must be a task: one line naming the key path and the tasks."""
     path = write(tmp_path, limits={"tasks": {"fqa": {"rpm": 5}}})
     assert main(["validate", str(path)]) == 2
@@ -37,8 +38,10 @@ def test_an_unknown_task_under_limits_is_named(tmp_path: Path,
 @pytest.mark.usefixtures("keys")
 def test_a_bad_limit_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """rpm 0 and an unknown on_error are schema errors naming their key paths."""
-    path = write(tmp_path, limits={"tasks": {"faq": {"rpm": 0}},
-                                   "redis": {"url_env": "R", "on_error": "maybe"}})
+    path = write(
+        tmp_path,
+        limits={"tasks": {"faq": {"rpm": 0}}, "redis": {"url_env": "R", "on_error": "maybe"}},
+    )
     assert main(["validate", str(path)]) == 2
     err = capsys.readouterr().err
     assert "limits.tasks.faq.rpm" in err
@@ -63,8 +66,10 @@ def test_validate_with_redis_has_no_per_process_warning(
 ) -> None:
     """limits.redis set (and its variable): no warning; the limit is shared."""
     monkeypatch.setenv("CASCADE_TEST_LIMITS_REDIS", "redis://127.0.0.1:6379/0")
-    path = write(tmp_path, limits={"redis": {"url_env": "CASCADE_TEST_LIMITS_REDIS"},
-                                   "tasks": {"faq": {"rpm": 600}}})
+    path = write(
+        tmp_path,
+        limits={"redis": {"url_env": "CASCADE_TEST_LIMITS_REDIS"}, "tasks": {"faq": {"rpm": 600}}},
+    )
     assert main(["validate", str(path)]) == 0
     out, err = capsys.readouterr()
     assert "per process" not in err
@@ -75,8 +80,11 @@ def test_validate_with_redis_has_no_per_process_warning(
 @pytest.mark.parametrize("command", ["validate", "serve"])
 @pytest.mark.parametrize("section", ["limits", "cache"])
 def test_an_unset_redis_variable_is_one_line(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
-    command: str, section: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    command: str,
+    section: str,
 ) -> None:
     """limits.redis.url_env or cache.redis.url_env naming an unset variable: exit 2, one
     line naming the variable and the key path; serve starts nothing."""

@@ -24,22 +24,32 @@ from tests.gateway.test_attacks import ASK, MINI
 from tests.redis_server import MACHINE_URL, URL_ENV, free_port, redis_prefix  # noqa: F401
 
 
-def cached_config(server: MockLLMServer, tmp_path: Path, prefix: str, **cache: Any
-                  ) -> dict[str, Any]:
-    data = live_config(server, ladder=["mini"], evaluators=[], attempts=1,
-                       ledger=str(tmp_path / "ledger.sqlite"), cache={"ttl_s": 90})
+def cached_config(
+    server: MockLLMServer, tmp_path: Path, prefix: str, **cache: Any
+) -> dict[str, Any]:
+    data = live_config(
+        server,
+        ladder=["mini"],
+        evaluators=[],
+        attempts=1,
+        ledger=str(tmp_path / "ledger.sqlite"),
+        cache={"ttl_s": 90},
+    )
     data["cache"] = {"redis": {"url_env": URL_ENV, "prefix": prefix}, **cache}
     return data
 
 
 @contextmanager
-def replicas(tmp_path: Path, prefix: str, count: int = 2, **cache: Any
-             ) -> Iterator[tuple[MockLLMServer, list[Cascade]]]:
+def replicas(
+    tmp_path: Path, prefix: str, count: int = 2, **cache: Any
+) -> Iterator[tuple[MockLLMServer, list[Cascade]]]:
     with MockLLMServer() as server, pytest.MonkeyPatch.context() as env:
         env.setenv("OPENAI_API_KEY", "sk-test-cache-0000")
         server.script(MINI, ["We are open from nine to five"])
-        engines = [Cascade.from_dict(cached_config(server, tmp_path, prefix, **cache))
-                   for _ in range(count)]
+        engines = [
+            Cascade.from_dict(cached_config(server, tmp_path, prefix, **cache))
+            for _ in range(count)
+        ]
         try:
             yield server, engines
         finally:
@@ -48,7 +58,8 @@ def replicas(tmp_path: Path, prefix: str, count: int = 2, **cache: Any
 
 
 def test_one_replica_answers_and_the_other_serves_it_from_the_cache(
-    tmp_path: Path, redis_prefix: str  # noqa: F811
+    tmp_path: Path,
+    redis_prefix: str,  # noqa: F811
 ) -> None:
     """Engine 1 calls (sync); engine 2's run is a hit (async), and the model is called once."""
     with replicas(tmp_path, redis_prefix) as (server, (one, two)):
@@ -108,8 +119,14 @@ def test_a_redis_failure_is_a_miss_never_an_error(tmp_path: Path) -> None:
     with MockLLMServer() as server, pytest.MonkeyPatch.context() as env:
         env.setenv("OPENAI_API_KEY", "sk-test-cache-0000")
         env.setenv("CASCADE_TEST_DEAD_REDIS", f"redis://127.0.0.1:{free_port()}/0")
-        data = live_config(server, ladder=["mini"], evaluators=[], attempts=1,
-                           ledger=str(tmp_path / "ledger.sqlite"), cache={"ttl_s": 90})
+        data = live_config(
+            server,
+            ladder=["mini"],
+            evaluators=[],
+            attempts=1,
+            ledger=str(tmp_path / "ledger.sqlite"),
+            cache={"ttl_s": 90},
+        )
         data["cache"] = {"redis": {"url_env": "CASCADE_TEST_DEAD_REDIS", "timeout_s": 0.2}}
         with Cascade.from_dict(data) as engine, capture_logs() as logs:
             sync = [engine.complete("faq", ASK) for _ in range(2)]
@@ -134,8 +151,9 @@ def test_an_unset_url_variable_is_named(tmp_path: Path, monkeypatch: pytest.Monk
     """cache.redis.url_env naming an unset variable fails the build, naming it and the key."""
     monkeypatch.delenv("CASCADE_TEST_UNSET_REDIS", raising=False)
     with MockLLMServer() as server:
-        data = live_config(server, ladder=["mini"], evaluators=[], ledger=str(tmp_path / "l"),
-                           cache={"ttl_s": 90})
+        data = live_config(
+            server, ladder=["mini"], evaluators=[], ledger=str(tmp_path / "l"), cache={"ttl_s": 90}
+        )
         data["cache"] = {"redis": {"url_env": "CASCADE_TEST_UNSET_REDIS"}}
         with pytest.raises(ConfigError) as raised:
             Cascade.from_dict(data)
@@ -153,9 +171,14 @@ def test_two_gateways_share_the_cache_per_key(tmp_path: Path, redis_prefix: str)
     table = clients()
     with MockLLMServer() as upstream:
         upstream.script(MINI, ["We are open from nine to five"])
-        with live_gateway(tmp_path, table, config=section, upstream=upstream,
-                          ledger="one.sqlite") as one, live_gateway(
-                tmp_path, table, config=section, upstream=upstream, ledger="two.sqlite") as two:
+        with (
+            live_gateway(
+                tmp_path, table, config=section, upstream=upstream, ledger="one.sqlite"
+            ) as one,
+            live_gateway(
+                tmp_path, table, config=section, upstream=upstream, ledger="two.sqlite"
+            ) as two,
+        ):
             first = ask(one.url, KEY_A)
             hit = ask(two.url, KEY_A)
             other = ask(two.url, KEY_B)

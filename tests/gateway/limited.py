@@ -30,8 +30,9 @@ KEY_A, KEY_B = "gw-key-alpha-5be1c0ffee", "gw-key-bravo-77d0c0ffee"
 __all__ = ["ASK", "KEY_A", "KEY_B", "MINI", "Live", "ask", "clients", "live_gateway"]
 
 
-def clients(a: Mapping[str, Any] | None = None, b: Mapping[str, Any] | None = None) -> dict[
-        str, Client]:
+def clients(
+    a: Mapping[str, Any] | None = None, b: Mapping[str, Any] | None = None
+) -> dict[str, Client]:
     """Key A named ``a`` and key B named ``b``, with the limits given."""
     return {
         KEY_A: Client(key_id(KEY_A.encode()), name="a", **(a or {})),
@@ -75,8 +76,9 @@ def live_gateway(
         own = upstream is None
         server = upstream or MockLLMServer().__enter__()
         try:
-            data = live_config(server, ladder=["mini"], evaluators=[], attempts=1,
-                               ledger=str(tmp_path / ledger))
+            data = live_config(
+                server, ladder=["mini"], evaluators=[], attempts=1, ledger=str(tmp_path / ledger)
+            )
             for section, value in (config or {}).items():
                 if section == "tasks":
                     data["tasks"]["faq"].update(value)
@@ -90,7 +92,7 @@ def live_gateway(
                 gateway = app.state.gateway
 
                 def client(request: Request) -> Client | None:
-                    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+                    _, _, token = request.headers.get("authorization", "").partition(" ")
                     return table.get(token.strip())
 
                 gateway.client = client

@@ -65,9 +65,7 @@ def test_concurrent_requests_across_replicas_admit_exactly_the_limit(make: Make)
 
     async def main() -> int:
         replicas = [make(clock) for _ in range(3)]
-        answers = await asyncio.gather(
-            *(replicas[i % 3].take([rpm("a", 25)]) for i in range(90))
-        )
+        answers = await asyncio.gather(*(replicas[i % 3].take([rpm("a", 25)]) for i in range(90)))
         await close(*replicas)
         return sum(a.admitted for a in answers)
 
@@ -104,8 +102,12 @@ def test_a_refusal_reports_when_to_retry_and_what_remains(make: Make) -> None:
         clock.now += 1
         later = await limiter.take([rpm("a", 4)])
         await close(limiter)
-        return refused.retry_after_s, later.retry_after_s, later.remaining(rpm("a", 4), 0), (
-            refused.ahead_s[0])
+        return (
+            refused.retry_after_s,
+            later.retry_after_s,
+            later.remaining(rpm("a", 4), 0),
+            (refused.ahead_s[0]),
+        )
 
     wait, later, remaining, ahead = asyncio.run(main())
     assert (wait, later, remaining, ahead) == (15.0, 14.0, 0, 60.0)
@@ -214,8 +216,10 @@ def test_the_script_and_the_local_limiter_agree(redis_prefix: str) -> None:  # n
 
     def scopes() -> list[Scope]:
         chosen = rng.sample(sorted(limits), rng.randint(1, 3))
-        return [Scope(f"x:{n}", limits[n], rng.randint(-limits[n], limits[n]) // 2 + 1,
-                      n, "tokens") for n in chosen]
+        return [
+            Scope(f"x:{n}", limits[n], rng.randint(-limits[n], limits[n]) // 2 + 1, n, "tokens")
+            for n in chosen
+        ]
 
     async def main() -> list[tuple[object, object]]:
         remote, local = RedisLimiter(config, clock=clock), LocalLimiter(clock=clock)
@@ -229,10 +233,12 @@ def test_the_script_and_the_local_limiter_agree(redis_prefix: str) -> None:  # n
                 continue
             chosen = [Scope(s.key, s.limit, abs(s.cost), s.label, s.kind) for s in chosen]
             a, b = await remote.take(chosen), await local.take(chosen)
-            pairs.append((
-                (a.admitted, round(a.retry_after_s, 3), [round(x, 3) for x in a.ahead_s]),
-                (b.admitted, round(b.retry_after_s, 3), [round(x, 3) for x in b.ahead_s]),
-            ))
+            pairs.append(
+                (
+                    (a.admitted, round(a.retry_after_s, 3), [round(x, 3) for x in a.ahead_s]),
+                    (b.admitted, round(b.retry_after_s, 3), [round(x, 3) for x in b.ahead_s]),
+                )
+            )
         await remote.aclose()
         return pairs
 

@@ -12,11 +12,11 @@ import pytest
 
 from cascade.config import RedisLimiterConfig
 from cascade.engine.ladder import Ladder
+from cascade.gateway.metrics import GatewayMetrics
 from cascade.gateway.ratelimit import LocalLimiter, RedisLimiter
 from cascade.gateway.throttle import RateLimits, Ticket, used_tokens, worst_case_tokens
-from cascade.gateway.metrics import GatewayMetrics
-from cascade.tokens import estimate_input_tokens, max_output_tokens
 from cascade.testing import MockLLMServer, Reply
+from cascade.tokens import estimate_input_tokens, max_output_tokens
 from tests.gateway.limited import ASK, KEY_A, KEY_B, MINI, ask, clients, live_gateway
 from tests.gateway.test_ratelimit import Clock
 from tests.redis_server import URL_ENV, OwnRedis, redis_prefix  # noqa: F401  (fixture)
@@ -51,8 +51,9 @@ def test_429_says_which_limit_and_carries_the_sdk_headers(tmp_path: Path) -> Non
 
 def test_a_task_limit_holds_over_all_keys(tmp_path: Path) -> None:
     """limits.tasks.faq.rpm 1 (per process, no Redis): key b is refused after key a's request."""
-    with live_gateway(tmp_path, clients(), config={"limits": {"tasks": {"faq": {"rpm": 1}}}}
-                      ) as live:
+    with live_gateway(
+        tmp_path, clients(), config={"limits": {"tasks": {"faq": {"rpm": 1}}}}
+    ) as live:
         a, b = ask(live.url, KEY_A), ask(live.url, KEY_B)
     assert (a.status_code, b.status_code) == (200, 429)
     assert "task 'faq' rpm 1" in b.json()["error"]["message"]
@@ -61,9 +62,12 @@ def test_a_task_limit_holds_over_all_keys(tmp_path: Path) -> None:
 def test_the_headers_show_the_tightest_scope(tmp_path: Path) -> None:
     """Key a's rpm 10 and task faq's rpm 3: the x-ratelimit-*-requests headers are the task's,
     which refuses first."""
-    with live_gateway(tmp_path, clients(a={"rpm": 10}),
-                      config={"limits": {"tasks": {"faq": {"rpm": 3}}}},
-                      limiter=LocalLimiter(Clock())) as live:
+    with live_gateway(
+        tmp_path,
+        clients(a={"rpm": 10}),
+        config={"limits": {"tasks": {"faq": {"rpm": 3}}}},
+        limiter=LocalLimiter(Clock()),
+    ) as live:
         answer = ask(live.url, KEY_A)
     assert answer.headers["x-ratelimit-limit-requests"] == "3"
     assert answer.headers["x-ratelimit-remaining-requests"] == "2"
@@ -73,8 +77,12 @@ def test_a_failed_run_gives_its_reservation_back(tmp_path: Path) -> None:
     """The upstream fails (502 for the client): the run used no tokens, so the next request
     finds the whole tpm but its own worst case."""
     upstream = MockLLMServer()
-    with upstream, live_gateway(tmp_path, clients(a={"tpm": 50_000}), upstream=upstream,
-                                limiter=LocalLimiter(Clock())) as live:
+    with (
+        upstream,
+        live_gateway(
+            tmp_path, clients(a={"tpm": 50_000}), upstream=upstream, limiter=LocalLimiter(Clock())
+        ) as live,
+    ):
         upstream.script(MINI, [Reply(status=500), "We are open from nine to five"])
         worst = worst_case_tokens(live.engine, "faq", ASK, {})
         failed, next_one = ask(live.url, KEY_A), ask(live.url, KEY_A)
@@ -116,7 +124,9 @@ def test_a_request_over_a_whole_minute_of_tokens_is_not_retried(tmp_path: Path) 
 
 @pytest.mark.parametrize("backend", ["local", "redis"])
 def test_the_openai_sdk_retries_after_retry_after_and_succeeds(
-    tmp_path: Path, backend: str, redis_prefix: str  # noqa: F811
+    tmp_path: Path,
+    backend: str,
+    redis_prefix: str,  # noqa: F811
 ) -> None:
     """Key a's rpm 1 over a 2.5 s window: the real SDK (max_retries=2) gets one 429 and then
     succeeds. Had it ignored Retry-After, its own backoff (about 0.4 s, then 0.8 s) would
@@ -127,9 +137,10 @@ def test_the_openai_sdk_retries_after_retry_after_and_succeeds(
     else:
         config = RedisLimiterConfig(url_env=URL_ENV, prefix=redis_prefix)
         limiter = RedisLimiter(config, window_s=window)  # Redis's clock
-    with live_gateway(tmp_path, clients(a={"rpm": 1}), limiter=limiter) as live, openai.OpenAI(
-        base_url=f"{live.url}/v1", api_key=KEY_A, max_retries=2
-    ) as sdk:
+    with (
+        live_gateway(tmp_path, clients(a={"rpm": 1}), limiter=limiter) as live,
+        openai.OpenAI(base_url=f"{live.url}/v1", api_key=KEY_A, max_retries=2) as sdk,
+    ):
         texts = [
             sdk.chat.completions.create(model="faq", messages=ASK).choices[0].message.content
             for _ in range(2)
@@ -156,6 +167,10 @@ def test_settlement_failure_is_counted_not_raised() -> None:
             await limits.aclose()
 
         asyncio.run(main())
-    assert metrics.registry.get_sample_value(
-        "cascade_rate_limiter_errors_total", {"outcome": "settle"}) == 1
+    assert (
+        metrics.registry.get_sample_value(
+            "cascade_rate_limiter_errors_total", {"outcome": "settle"}
+        )
+        == 1
+    )
     assert used_tokens(()) == 0

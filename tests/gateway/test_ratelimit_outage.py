@@ -21,9 +21,12 @@ def limits(on_error: str) -> dict[str, object]:
 def test_closed_refuses_while_redis_is_down_and_recovers_when_it_returns(tmp_path: Path) -> None:
     """503 rate_limiter_unavailable with Retry-After while Redis is stopped; the first request
     after it is started again (same port, no gateway restart) is served."""
-    with OwnRedis() as own, live_gateway(
-        tmp_path, clients(a={"rpm": 100}), config=limits("closed"), env={ENV: own.url}
-    ) as live:
+    with (
+        OwnRedis() as own,
+        live_gateway(
+            tmp_path, clients(a={"rpm": 100}), config=limits("closed"), env={ENV: own.url}
+        ) as live,
+    ):
         before = ask(live.url, KEY_A)
         own.stop()
         down = [ask(live.url, KEY_A) for _ in range(2)]
@@ -43,9 +46,12 @@ def test_closed_refuses_while_redis_is_down_and_recovers_when_it_returns(tmp_pat
 
 def test_closed_refuses_when_redis_hangs(tmp_path: Path) -> None:
     """A frozen Redis (SIGSTOP) costs the request timeout_s, then 503: it never hangs it."""
-    with OwnRedis() as own, live_gateway(
-        tmp_path, clients(a={"rpm": 100}), config=limits("closed"), env={ENV: own.url}
-    ) as live:
+    with (
+        OwnRedis() as own,
+        live_gateway(
+            tmp_path, clients(a={"rpm": 100}), config=limits("closed"), env={ENV: own.url}
+        ) as live,
+    ):
         assert ask(live.url, KEY_A).status_code == 200
         own.freeze()
         try:
@@ -60,9 +66,12 @@ def test_closed_refuses_when_redis_hangs(tmp_path: Path) -> None:
 def test_open_serves_warns_once_and_counts(tmp_path: Path) -> None:
     """on_error open: every request is served unlimited while Redis is down; three misses are
     counted and logged once (a rate-limited warning, with how many it held back later)."""
-    with OwnRedis() as own, live_gateway(
-        tmp_path, clients(a={"rpm": 1}), config=limits("open"), env={ENV: own.url}
-    ) as live:
+    with (
+        OwnRedis() as own,
+        live_gateway(
+            tmp_path, clients(a={"rpm": 1}), config=limits("open"), env={ENV: own.url}
+        ) as live,
+    ):
         own.stop()
         with capture_logs() as logs:
             answers = [ask(live.url, KEY_A) for _ in range(3)]
