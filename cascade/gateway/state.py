@@ -25,12 +25,15 @@ __all__ = [
     "MODEL_TASK_PREFIX",
     "Client",
     "Gateway",
+    "OnEnd",
     "direct_engine",
     "failure",
     "key_id",
     "read_api_keys",
 ]
 
+# What the gateway runs when a run ends, with its steps (rate limits settle tokens).
+OnEnd = Callable[[Sequence[StepRecord]], Awaitable[None]]
 # A bare model key runs this one-rung task, so the ledger and metrics show it as a normal run.
 MODEL_TASK_PREFIX = "__model__"
 # The run ends by server.request_timeout_s on its own (it is the run's deadline); this grace
@@ -191,7 +194,7 @@ class Gateway:
         task: str,
         messages: list[dict[str, Any]],
         params: dict[str, Any],
-        on_end: Callable[[Sequence[StepRecord]], Awaitable[None]] | None = None,
+        on_end: OnEnd | None = None,
     ) -> CascadeResult:
         """Run the cascade in a task of its own, so a cancelled request does not cut it short.
 
@@ -224,7 +227,7 @@ class Gateway:
         task: str,
         messages: list[dict[str, Any]],
         params: dict[str, Any],
-        on_end: Callable[[Sequence[StepRecord]], Awaitable[None]] | None = None,
+        on_end: OnEnd | None = None,
     ) -> CascadeResult:
         started = time.perf_counter()
         try:

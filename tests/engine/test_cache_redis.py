@@ -25,8 +25,9 @@ from tests.redis_server import MACHINE_URL, URL_ENV, free_port, redis_prefix  # 
 
 
 def cached_config(
-    server: MockLLMServer, tmp_path: Path, prefix: str, **cache: Any
+    server: MockLLMServer, tmp_path: Path, prefix: str, url_env: str = URL_ENV, **cache: Any
 ) -> dict[str, Any]:
+    """Task faq (one rung, mini) cached for 90 s on the Redis in ``url_env``."""
     data = live_config(
         server,
         ladder=["mini"],
@@ -35,7 +36,10 @@ def cached_config(
         ledger=str(tmp_path / "ledger.sqlite"),
         cache={"ttl_s": 90},
     )
-    data["cache"] = {"redis": {"url_env": URL_ENV, "prefix": prefix}, **cache}
+    data["cache"] = {
+        "redis": {"url_env": url_env, "prefix": prefix, "timeout_s": 0.2},
+        **cache,
+    }
     return data
 
 
@@ -119,15 +123,7 @@ def test_a_redis_failure_is_a_miss_never_an_error(tmp_path: Path) -> None:
     with MockLLMServer() as server, pytest.MonkeyPatch.context() as env:
         env.setenv("OPENAI_API_KEY", "sk-test-cache-0000")
         env.setenv("CASCADE_TEST_DEAD_REDIS", f"redis://127.0.0.1:{free_port()}/0")
-        data = live_config(
-            server,
-            ladder=["mini"],
-            evaluators=[],
-            attempts=1,
-            ledger=str(tmp_path / "ledger.sqlite"),
-            cache={"ttl_s": 90},
-        )
-        data["cache"] = {"redis": {"url_env": "CASCADE_TEST_DEAD_REDIS", "timeout_s": 0.2}}
+        data = cached_config(server, tmp_path, "cascade:", "CASCADE_TEST_DEAD_REDIS")
         with Cascade.from_dict(data) as engine, capture_logs() as logs:
             sync = [engine.complete("faq", ASK) for _ in range(2)]
 
