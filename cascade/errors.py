@@ -15,6 +15,7 @@
     ├── BudgetExceeded       limit_usd, estimate_usd, result
     ├── TaskNotAllowed       key, task             (the caller's key may not run that task)
     ├── LedgerError          backend               (the ledger cannot take a write: fail closed)
+    ├── RateLimiterUnavailable                     (the rate limiter's Redis cannot be reached)
     └── CascadeExhausted     result                (no rung passed and on_exhausted is "raise")
 
 A rejected answer is never an exception: it is a ``Verdict`` with ``passed=False``.
@@ -41,6 +42,7 @@ __all__ = [
     "LedgerError",
     "PluginNotFound",
     "ProviderError",
+    "RateLimiterUnavailable",
     "RequestError",
     "TaskNotAllowed",
     "caused_by",
@@ -205,6 +207,14 @@ class LedgerError(CascadeError):
         super().__init__(message)
         self.message = message
         self.backend = backend
+
+
+class RateLimiterUnavailable(CascadeError):
+    """The gateway's rate limiter could not check a request: its Redis is down or too slow.
+
+    With ``limits.redis.on_error: closed`` the request is refused (503); with ``open`` it is
+    served unlimited. The message never holds the Redis URL.
+    """
 
 
 class CascadeExhausted(CascadeError):

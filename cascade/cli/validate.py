@@ -168,10 +168,13 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from cascade.cli.serve import unset_key_warnings
     from cascade.config import load_config
     from cascade.engine import Cascade
+    from cascade.engine.redis_client import redis_url
     from cascade.ledger import Ledger, check_ledger_config
 
     config = load_config(args.config)
     check_ledger_config(config.ledger, config_path=args.config)
+    if config.limits is not None and config.limits.redis is not None:
+        redis_url(config.limits.redis, "limits.redis", args.config)  # an unset variable
     _check_router(config, args.config)
     if args.probe:
         # The probes are real calls: costed and recorded in the config's own ledger.
@@ -186,6 +189,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         warnings += list(never_runs(engine))
         warnings += list(direct_never_runs(config))
         warnings += list(unpriced_params(config))
+        warnings += per_process_limits(config)
         for line in warnings:
             _say(line)
         for key, model in config.models.items():
@@ -217,6 +221,16 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def per_process_limits(config: CascadeConfig) -> list[str]:
+    """The warning that rate limits hold per process when no Redis shares them."""
+    if config.limits is None or config.limits.redis is not None:
+        return []
+    return [
+        "warning: limits: rate limits are per process (no limits.redis): each gateway process "
+        "and replica allows the full rpm/tpm; set limits.redis to share them"
+    ]
+
+
 def _limits(config: CascadeConfig) -> list[str]:
     """The spending limits a config sets, as validate lists them."""
     lines = []
@@ -230,6 +244,13 @@ def _limits(config: CascadeConfig) -> list[str]:
     for name, task in config.tasks.items():
         if task.max_cost_usd is not None:
             lines.append(f"task {name}: max_cost_usd {usd(task.max_cost_usd)} per request")
+    if config.limits is not None:
+        shared = "shared through Redis" if config.limits.redis else "per process"
+        for name, rate in config.limits.tasks.items():
+            for unit in ("rpm", "tpm"):
+                value = getattr(rate, unit)
+                if value is not None:
+                    lines.append(f"rate limit (task {name}): {value} {unit}, {shared}")
     return lines
 
 

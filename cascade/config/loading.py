@@ -126,15 +126,21 @@ def parse_config(data: Any, *, path: str | None = None) -> CascadeConfig:
 
 
 def _validated_problems(config: CascadeConfig) -> list[tuple[str, str]]:
-    """What only the validated config can tell: direct model keys, and the params a model or
-    task sets (the operator's own: price-changing ones are allowed, and ``cascade validate``
-    warns that they go unpriced; ``n`` other than 1 and the rest of the call check are not)."""
+    """What only the validated config can tell: direct model keys, rate-limited tasks, and the
+    params a model or task sets (the operator's own: price-changing ones are allowed, and
+    ``cascade validate`` warns that they go unpriced; ``n`` other than 1 and the rest of the
+    call check are not)."""
     found: list[tuple[str, str]] = []
     direct = config.server.direct_models
     for i, key in enumerate(direct if isinstance(direct, list) else ()):
         if key not in config.models:
             found.append((f"server.direct_models[{i}]",
                           f"unknown model {key!r} (defined: {_listed(config.models)})"))
+    limited = config.limits.tasks if config.limits is not None else {}
+    for name in limited:
+        if name not in config.tasks:
+            found.append((f"limits.tasks.{name}",
+                          f"unknown task {name!r} (defined: {_listed(config.tasks)})"))
     for where, params in [
         *((f"models.{key}.params", m.params) for key, m in config.models.items()),
         *((f"tasks.{name}.params", t.params) for name, t in config.tasks.items()),

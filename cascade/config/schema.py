@@ -33,16 +33,20 @@ __all__ = [
     "CascadeConfig",
     "CircuitBreakerConfig",
     "LedgerConfig",
+    "LimitsConfig",
     "LoggingConfig",
     "MinScore",
     "ModelConfig",
     "ProviderConfig",
+    "RedisConfig",
+    "RedisLimiterConfig",
     "RetryConfig",
     "RouterConfig",
     "RungConfig",
     "ServerConfig",
     "TaskCacheConfig",
     "TaskConfig",
+    "TaskLimitsConfig",
     "TaskRouterConfig",
 ]
 
@@ -172,12 +176,56 @@ class BudgetsConfig(BaseModel):
     monthly_usd: float | None = Field(default=None, ge=0)
 
 
+class RedisConfig(BaseModel):
+    """A Redis server: ``url_env`` names the variable holding its URL (``redis://...``), so the
+    password stays out of the file. Read when the engine or gateway starts, never here."""
+
+    model_config = _STRICT
+
+    url_env: str = Field(min_length=1)
+    # Put before every key, so several deployments can share one Redis. On Redis Cluster, a
+    # hash tag ("{cascade}:") keeps a request's keys in one slot, as one script call needs.
+    prefix: str = "cascade:"
+    # Connect and read timeout of each command: a hung Redis must not hang requests.
+    timeout_s: float = Field(default=0.25, gt=0, le=10)
+
+
+class RedisLimiterConfig(RedisConfig):
+    """``limits.redis``: the limiter's Redis, and what happens when it cannot be reached."""
+
+    # closed: refuse with 503 rate_limiter_unavailable; open: serve unlimited, warn, count.
+    on_error: Literal["closed", "open"] = "closed"
+
+
+class TaskLimitsConfig(BaseModel):
+    """A task's rate limits, over all keys and replicas (per process without Redis)."""
+
+    model_config = _STRICT
+
+    rpm: int | None = Field(default=None, ge=1)  # requests per minute
+    tpm: int | None = Field(default=None, ge=1)  # tokens (input + output) per minute
+
+
+class LimitsConfig(BaseModel):
+    """``limits:``: rate limits per task (per key ones come with each key); shared by every
+    replica through ``redis``, else per process."""
+
+    model_config = _STRICT
+
+    redis: RedisLimiterConfig | None = None
+    tasks: dict[str, TaskLimitsConfig] = Field(default_factory=dict)
+
+
 class CacheConfig(BaseModel):
-    """Where the response cache lives (used only by tasks that opt in)."""
+    """Where the response cache lives (used only by tasks that opt in): a SQLite file at
+    ``path``, or ``redis`` (shared by every replica). A key sees only its own cached answers
+    unless ``shared_across_keys``."""
 
     model_config = _STRICT
 
     path: str = "cascade-cache.sqlite"
+    redis: RedisConfig | None = None
+    shared_across_keys: bool = False
 
 
 class TaskCacheConfig(BaseModel):
@@ -369,6 +417,7 @@ class CascadeConfig(BaseModel):
     cache: CacheConfig = Field(default_factory=CacheConfig)
     server: ServerConfig = Field(default_factory=ServerConfig)
     task_router: TaskRouterConfig | None = None
+    limits: LimitsConfig | None = None
     # Shadow evaluations waiting or running at once per engine (one per process), all tasks
     # together: they share the providers; one that does not fit is skipped (docs/learning.md).
     shadow_max_in_flight: int = Field(default=4, ge=1)

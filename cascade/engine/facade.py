@@ -18,14 +18,15 @@ import copy
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cascade.config import CascadeConfig, TaskConfig, load_config, parse_config, resolve_path
+from cascade.config import CascadeConfig, TaskConfig, load_config, parse_config
 from cascade.config.messages import joined_errors
 from cascade.config.params import check_call_params
 from cascade.engine.building import build_provider, build_task
-from cascade.engine.cache import ResponseCache, task_cache_key
+from cascade.engine.cache import Hit, open_cache, task_cache_key
 from cascade.engine.caller import Caller
 from cascade.engine.ladder import Ladder, TaskLadder
 from cascade.engine.limits import Limits
@@ -93,21 +94,20 @@ class Cascade:
             self.ledger = ledger or None
         try:
             self.limits = Limits(config, self.ledger)
-            cached_tasks = any(t.cache for t in config.tasks.values())
-            self.cache = (
-                ResponseCache(resolve_path(config.cache.path, path)) if cached_tasks else None
-            )
+            self.cache = open_cache(config, path)
             self._caller = Caller(config, self.providers, retry, self.limits)
             self._recorder = Recorder(config, self.ledger, self.limits.accounts)
             self.services = Services(
                 config, self._caller, self.limits, self._recorder, self._off_loop
             )
-            self._ladder = Ladder(config.models, self._recorder, self.limits, self.cache)
+            self._ladder = Ladder(config.models, self._recorder, self.limits)
             self.tasks = self._build_tasks(config.tasks)
         except BaseException as exc:
             # No engine is returned to close: release the ledger it opened (its owner row).
             if self.ledger is not None and (ledger is None or ledger is True):
                 self.ledger.close()
+            if getattr(self, "cache", None) is not None:
+                self.cache.close()
             if isinstance(exc, ConfigError):
                 raise self._located(exc) from exc
             raise
@@ -179,12 +179,15 @@ class Cascade:
         return view
 
     async def aclose(self) -> None:
-        """Close the async SDK clients of the running event loop (after its shadow calls)."""
+        """Close the async clients of the running event loop (after its shadow calls): the
+        SDKs' and the cache's."""
         await self.shadows.drain()
         for provider in self.providers.values():
             aclose = getattr(provider, "aclose", None)
             if aclose is not None:
                 await aclose()
+        if self.cache is not None:
+            await self.cache.aclose()
 
     async def __aenter__(self) -> Cascade:
         return self
@@ -236,7 +239,8 @@ class Cascade:
                 (the gateway passes its bearer key's id, so a key scores only its own runs).
             key: The named gateway key making the call (``cascade.ledger.keys``): the task,
                 once chosen (``auto`` included), must be one of its tasks; its budgets are
-                reserved with the others; every row of the run carries its name.
+                reserved with the others; every row of the run carries its name; its cached
+                answers are kept per name unless ``cache.shared_across_keys``.
             **params: Provider parameters such as ``max_tokens`` or ``temperature``.
 
         Returns:
@@ -256,19 +260,24 @@ class Cascade:
                 ``service_tier`` that ``server.allow_params`` does not list); nothing was called.
         """
         task, choice = self._pick(task, prompt, key)
-        plan, run = self._start(
-            task, prompt, query_id, max_cost_usd, log_content, deadline_s, params
+        start = self._start(
+            task, prompt, query_id, max_cost_usd, log_content, deadline_s, params,
+            key.name if key is not None else None,
         )
+        run = start.run
         run.task_probability = choice.probability if choice else None
         run.key_id, run.key = key_id, key
+        hit = self.cache.get(start.cache_key) if self.cache and start.cache_key else None
         token = current_run.set(run)
         try:
-            result = self._recorder.finish(drive(plan, self._caller.call), run)
+            result = self._recorder.finish(drive(self._plan(start, hit), self._caller.call), run)
         except CascadeError as exc:
             self._recorder.fail(exc, run)
             raise self._located(exc) from exc.__cause__
         finally:
             current_run.reset(token)
+        if self.cache is not None and (put := start.to_cache(result)) is not None:
+            self.cache.put(*put)
         self.shadows.submit(self.tasks[task], run, result, params)
         return result
 
@@ -292,14 +301,18 @@ class Cascade:
         0.1 ms), else on the ledger's thread (PostgreSQL: always).
         """
         task, choice = self._pick(task, prompt, key)
-        plan, run = self._start(
-            task, prompt, query_id, max_cost_usd, log_content, deadline_s, params
+        start = self._start(
+            task, prompt, query_id, max_cost_usd, log_content, deadline_s, params,
+            key.name if key is not None else None,
         )
+        run = start.run
         run.task_probability = choice.probability if choice else None
         run.key_id, run.key = key_id, key
+        hit = await self.cache.aget(start.cache_key) if self.cache and start.cache_key else None
         token = current_run.set(run)
         try:
             ledger_io = self._ledger_io if self.ledger is not None else None
+            plan = self._plan(start, hit)
             done = await adrive(plan, self._caller.acall, ledger_io, self._off_loop)
             result: CascadeResult = await self._ledger_io(self._recorder.finish, done, run)
         except CascadeError as exc:
@@ -307,6 +320,8 @@ class Cascade:
             raise self._located(exc) from exc.__cause__
         finally:
             current_run.reset(token)
+        if self.cache is not None and (put := start.to_cache(result)) is not None:
+            await self.cache.aput(*put)
         self.shadows.asubmit(self.tasks[task], run, result, params)
         return result
 
@@ -352,8 +367,10 @@ class Cascade:
         log_content: bool | None,
         deadline_s: float | None,
         params: dict[str, Any],
-    ) -> tuple[Plan, Run]:
-        """Check the request, open its ``Run`` and return the plan that answers it.
+        key_name: str | None = None,
+    ) -> _Start:
+        """Check the request and open its ``Run``; the plan that answers it comes from
+        ``_plan`` once the cache (if the task uses it) was asked.
 
         Raises:
             ConfigError: unknown task.
@@ -388,13 +405,16 @@ class Cascade:
             messages=as_messages(prompt),
         )
         if settings.cache is None or self.cache is None:
-            return self._ladder.plan(ladder, run.messages, params, run, None, bounded), run
-        key = task_cache_key(self.config, task, run.messages, params)
-        hit = self.cache.get(key)
+            return _Start(run, ladder, params, bounded)
+        key = task_cache_key(self.config, task, run.messages, params, key_name)
+        return _Start(run, ladder, params, bounded, key, settings.cache.ttl_s)
+
+    def _plan(self, start: _Start, hit: Hit | None) -> Plan:
         if hit is not None:
-            return self._ladder.cached(run, *hit), run
-        cache_as = (key, settings.cache.ttl_s)
-        return self._ladder.plan(ladder, run.messages, params, run, cache_as, bounded), run
+            return self._ladder.cached(start.run, *hit)
+        return self._ladder.plan(
+            start.ladder, start.run.messages, start.params, start.run, start.bounded
+        )
 
     # -- helpers ----------------------------------------------------------------------------------
 
@@ -404,3 +424,23 @@ class Cascade:
             return ConfigError(exc.message, path=self.path, location=exc.location)
         return exc
 
+
+
+@dataclass(frozen=True, slots=True)
+class _Start:
+    """A checked request: its run, and the cache key its answer is looked up and kept under
+    (None when the task does not cache)."""
+
+    run: Run
+    ladder: TaskLadder
+    params: dict[str, Any]
+    bounded: tuple[dict[str, Any], ...]
+    cache_key: str | None = None
+    ttl_s: float = 0.0
+
+    def to_cache(self, result: CascadeResult) -> tuple[str, str, str, str, Any, float] | None:
+        """What to put in the cache for ``result``: an accepted answer that was not a hit. A
+        tool call is a step of the caller's loop, not an answer to replay."""
+        if self.cache_key is None or not result.accepted or result.cached or result.tool_calls:
+            return None
+        return (self.cache_key, result.task, result.model, result.text, result.json, self.ttl_s)

@@ -18,7 +18,6 @@ from typing import Any
 
 from cascade.config import MinScore, ModelConfig
 from cascade.config.params import bound_output
-from cascade.engine.cache import ResponseCache
 from cascade.engine.caller import NOTHING, Call, Outcome
 from cascade.engine.limits import Gate, Limits
 from cascade.engine.plan import Eval, Hedge, Io, Plan, io
@@ -77,7 +76,6 @@ class Climb:
     params: dict[str, Any]
     run: Run
     cap: float | None
-    cache_as: tuple[str, float] | None  # (key, ttl) to cache the accepted answer under
     prompt: str  # the prompt's text, for the router ("" without one)
     bounded: tuple[dict[str, Any], ...]  # each rung's call parameters (``bounded``)
     history: list[Completion] = field(default_factory=list)  # earlier rungs' answers
@@ -102,12 +100,10 @@ class Ladder:
         models: Mapping[str, ModelConfig],
         recorder: Recorder,
         limits: Limits,
-        cache: ResponseCache | None,
     ):
         self.models = models
         self.recorder = recorder
         self.limits = limits
-        self.cache = cache
 
     @staticmethod
     def bounded(task: TaskLadder, params: Mapping[str, Any]) -> tuple[dict[str, Any], ...]:
@@ -133,7 +129,6 @@ class Ladder:
         messages: tuple[Message, ...],
         params: dict[str, Any],
         run: Run,
-        cache_as: tuple[str, float] | None = None,
         bounded: tuple[dict[str, Any], ...] | None = None,
     ) -> Plan:
         """The plan of one run: its ``CascadeResult``, or the error that ends it.
@@ -141,7 +136,7 @@ class Ladder:
         ``bounded`` is ``Ladder.bounded(task, params)`` when the caller has it already.
         """
         climb = Climb(
-            task, messages, params, run, run.cap, cache_as,
+            task, messages, params, run, run.cap,
             prompt_text(messages) if task.router is not None else "",
             bounded if bounded is not None else self.bounded(task, params),
         )
@@ -363,12 +358,8 @@ class Ladder:
     def _accepted(
         self, climb: Climb, rung: Rung, completion: Completion, verdicts: tuple[Verdict, ...]
     ) -> CascadeResult:
-        result = self.result(climb.run, rung, completion, verdicts, accepted=True)
-        # A tool call is a step of the caller's loop, not an answer to replay.
-        if climb.cache_as is not None and self.cache is not None and not result.tool_calls:
-            key, ttl = climb.cache_as
-            self.cache.put(key, climb.task.name, rung.key, result.text, result.json, ttl)
-        return result
+        # The facade caches it (the async path without blocking the event loop).
+        return self.result(climb.run, rung, completion, verdicts, accepted=True)
 
     def _nothing_answered(self, climb: Climb) -> BudgetExceeded | ProviderError:
         """The error of a run in which no rung produced an answer at all."""

@@ -34,7 +34,7 @@ from starlette.routing import Route
 
 from cascade.config import ServerConfig
 from cascade.engine import Cascade
-from cascade.errors import LedgerError
+from cascade.errors import CascadeError, LedgerError
 from cascade.gateway.drift import DriftGauges
 from cascade.gateway.errors import (
     NO_RETRY,
@@ -51,8 +51,9 @@ from cascade.gateway.metrics import CONTENT_TYPE_LATEST
 from cascade.gateway.reload import Reloader, admin_reload, load_sdks
 from cascade.gateway.serve import bind, freeze_heap, running, url_of, uvicorn_server
 from cascade.gateway.state import MODEL_TASK_PREFIX, Client, Denied, Gateway, read_api_keys
+from cascade.gateway.throttle import RateLimits, Ticket, worst_case_tokens
 from cascade.gateway.wire import ENGINE_KEYWORDS, cascade_headers, completion_body, sse_events
-from cascade.models.task_router import AUTO
+from cascade.models.task_router import AUTO, pick_task
 from cascade.types import CascadeResult
 
 __all__ = [
@@ -77,6 +78,28 @@ async def _stream(result: CascadeResult, include_usage: bool) -> AsyncIterator[b
 
 
 _CLOSE = {"connection": "close"}
+
+
+async def _admit(
+    limits: RateLimits,
+    client: Client,
+    engine: Cascade,
+    task: str,
+    messages: list[dict[str, Any]],
+    params: dict[str, Any],
+) -> Ticket | Response | None:
+    """Hold the request to its rate limits: its ticket, the answer refusing it, or None when
+    no limit applies. ``auto`` is routed here to learn the task; the run routes again (the
+    same prompt, the same choice)."""
+    if not limits.active(client, engine.config.limits):
+        return None
+    try:
+        if task == AUTO:
+            task, _ = pick_task(task, messages, engine.task_router, engine.tasks, engine.path)
+        tokens = worst_case_tokens(engine, task, messages, params)
+    except CascadeError:
+        return None  # the run fails the same way, and says so
+    return await limits.admit(client, task, tokens, engine.config.limits)
 
 
 async def chat_completions(request: Request) -> Response:
@@ -119,13 +142,19 @@ async def chat_completions(request: Request) -> Response:
         )
     access = request.scope.setdefault("state", {}).setdefault("access", {})
     access["task"] = target[1]
+    messages = body.engine_messages()
+    limits: RateLimits = request.app.state.rate_limits
+    ticket = await _admit(limits, client, *target, messages, params)
+    if isinstance(ticket, Response):
+        return ticket
+    settle = limits.settler(ticket) if ticket is not None else None
     try:
         # The run's row names the key that made it: feedback lets a key score only its own.
         # A named key's scope (tasks, budgets) is checked by the engine, after routing.
         params["key_id"] = client.key_id
         if client.scope is not None:
             params["key"] = client.scope
-        result = await gateway.run(*target, body.engine_messages(), params)
+        result = await gateway.run(*target, messages, params, settle)
     except (TimeoutError, asyncio.TimeoutError):  # distinct classes before Python 3.11
         gateway.metrics.error("Timeout")
         return error_response(
@@ -144,6 +173,8 @@ async def chat_completions(request: Request) -> Response:
         return from_exception(exc)
     access.update(model=result.model, cost_usd=result.cost_usd, run_id=result.run_id)
     headers = cascade_headers(result)
+    if ticket is not None:
+        headers.update(ticket.headers)
     if body.stream:
         headers["cache-control"] = "no-cache"
         return StreamingResponse(
@@ -263,8 +294,8 @@ def create_app(
     reload builds belong to the app, which closes them.
 
     Returns:
-        A Starlette app; ``app.state.gateway`` is its ``Gateway`` and ``app.state.reloader``
-        its ``Reloader``.
+        A Starlette app; ``app.state.gateway`` is its ``Gateway``, ``app.state.reloader``
+        its ``Reloader`` and ``app.state.rate_limits`` its ``RateLimits``.
 
     Raises:
         ConfigError: the config cannot be served (a bad evaluator setting, say).
@@ -274,6 +305,14 @@ def create_app(
         env = api_keys_env or getattr(getattr(engine.config, "server", None), "api_keys_env", None)
         keys = read_api_keys(env)
     gateway = Gateway(engine, keys, settings, admin_keys)
+    limits = engine.config.limits
+    rate_limits = RateLimits(
+        limits.redis if limits is not None else None, gateway.metrics, path=engine.path
+    )
+    # Read at each scrape from the engine served then (a reload replaces it).
+    gateway.metrics.count_cache_errors(
+        lambda: gateway.engine.cache.errors if gateway.engine.cache is not None else 0
+    )
     load_sdks(engine)
     drift = DriftGauges(gateway, every_s=gateway.settings.metrics_refresh_s)
     reloader = Reloader(
@@ -300,6 +339,7 @@ def create_app(
         await last.shadows.drain(drain_s)
         await last.aclose()
         gateway.parser.close()
+        await app.state.rate_limits.aclose()  # the one served last
         if reloader.owns(last):
             last.close()
 
@@ -320,6 +360,7 @@ def create_app(
         },
     )
     app.state.gateway = gateway
+    app.state.rate_limits = rate_limits
     app.state.drift = drift
     app.state.reloader = reloader
     return app

@@ -105,6 +105,21 @@ class GatewayMetrics:
             "cascade_feedback", "Feedback rows stored, by source.", ["source"],
             registry=self.registry,
         )
+        self.rate_limited = Counter(
+            "cascade_rate_limited",
+            "Requests refused with 429 by a rate limit, by the limit that refused: key_rpm, "
+            "key_tpm, task_rpm, task_tpm.",
+            ["limit"],
+            registry=self.registry,
+        )
+        self.limiter_errors = Counter(
+            "cascade_rate_limiter_errors",
+            "Rate limiter calls that failed (Redis down or slow), by what followed: refused "
+            "(on_error closed, 503), served (on_error open, unlimited), settle (a token "
+            "correction lost).",
+            ["outcome"],
+            registry=self.registry,
+        )
         self.reloads = Counter(
             "cascade_config_reloads",
             "Config reloads (SIGHUP, POST /admin/reload), by outcome: reloaded or refused.",
@@ -193,8 +208,32 @@ class GatewayMetrics:
         (``Shadows.skipped``), read at each scrape."""
         self.registry.register(_ShadowSkips(skipped))
 
+    def count_cache_errors(self, errors: Callable[[], int]) -> None:
+        """Expose ``cascade_cache_errors_total`` from the response cache's own count of failed
+        lookups and puts (each served as a miss), read at each scrape."""
+        self.registry.register(_Read("cascade_cache_errors", _CACHE_ERRORS, errors))
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+_CACHE_ERRORS = (
+    "Response cache lookups and puts that failed (its Redis down, slow or unreadable); each "
+    "was a miss, never an error."
+)
+
+
+class _Read(Collector):
+    """A counter kept elsewhere (an engine part that knows no Prometheus), read at scrape."""
+
+    def __init__(self, name: str, help_text: str, read: Callable[[], int]):
+        self._name, self._help, self._read = name, help_text, read
+
+    def describe(self) -> Iterator[Metric]:
+        yield CounterMetricFamily(self._name, self._help)
+
+    def collect(self) -> Iterator[Metric]:
+        yield CounterMetricFamily(self._name, self._help, value=self._read())
 
 
 class _ShadowSkips(Collector):

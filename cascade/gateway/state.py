@@ -7,7 +7,7 @@ import hashlib
 import hmac
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,19 +28,22 @@ from cascade.gateway.limits import BodyParser, TokenBuckets
 from cascade.gateway.metrics import GatewayMetrics
 from cascade.ledger.keys import PREFIX, KeyScope
 from cascade.models.task_router import AUTO
-from cascade.types import CascadeResult
+from cascade.types import CascadeResult, StepRecord
 
 __all__ = [
     "MODEL_TASK_PREFIX",
     "Client",
     "Denied",
     "Gateway",
+    "OnEnd",
     "direct_engine",
     "failure",
     "key_id",
     "read_api_keys",
 ]
 
+# What the gateway runs when a run ends, with its steps (rate limits settle tokens).
+OnEnd = Callable[[Sequence[StepRecord]], Awaitable[None]]
 # A bare model key runs this one-rung task, so the ledger and metrics show it as a normal run.
 MODEL_TASK_PREFIX = "__model__"
 # The run ends by server.request_timeout_s on its own (it is the run's deadline); this grace
@@ -242,18 +245,25 @@ class Gateway:
         return None
 
     async def run(
-        self, engine: Cascade, task: str, messages: list[dict[str, Any]], params: dict[str, Any]
+        self,
+        engine: Cascade,
+        task: str,
+        messages: list[dict[str, Any]],
+        params: dict[str, Any],
+        on_end: OnEnd | None = None,
     ) -> CascadeResult:
         """Run the cascade in a task of its own, so a cancelled request does not cut it short.
 
-        The run's deadline is ``server.request_timeout_s``.
+        The run's deadline is ``server.request_timeout_s``. ``on_end`` gets the run's steps
+        when it ends, however it ends, even after the client left (rate limits settle then).
 
         Raises:
             TimeoutError: the run had not ended shortly after that; it goes on in the background.
         """
         job = asyncio.ensure_future(
             self._run(
-                engine, task, messages, {**params, "deadline_s": self.settings.request_timeout_s}
+                engine, task, messages, {**params, "deadline_s": self.settings.request_timeout_s},
+                on_end,
             )
         )
         self.inflight.add(job)
@@ -268,7 +278,12 @@ class Gateway:
             job.exception()  # retrieved, so an abandoned failure is not reported as lost
 
     async def _run(
-        self, engine: Cascade, task: str, messages: list[dict[str, Any]], params: dict[str, Any]
+        self,
+        engine: Cascade,
+        task: str,
+        messages: list[dict[str, Any]],
+        params: dict[str, Any],
+        on_end: OnEnd | None = None,
     ) -> CascadeResult:
         started = time.perf_counter()
         scope = params.get("key")
@@ -281,8 +296,12 @@ class Gateway:
             for warning in getattr(getattr(exc, "result", None), "warnings", ()):
                 self.metrics.misconfigured.labels(warning.model).inc()
             self.metrics.error(type(exc).__name__)
+            if on_end is not None:
+                await on_end(steps)
             raise
         self.metrics.result(result, time.perf_counter() - started, key)
+        if on_end is not None:  # a cancelled run (shutdown) keeps its reservation
+            await on_end(result.steps)
         return result
 
     async def drain(self, timeout_s: float) -> None:
