@@ -17,7 +17,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -337,10 +337,14 @@ class Process:
 
 
 @contextmanager
-def cascade_serve(path: Path, workers: int) -> Iterator[Process]:
-    """``cascade --log-level info --log-json serve PATH --workers N``, once every process serves."""
+def cascade_serve(
+    path: Path, workers: int, extra_env: Mapping[str, str] | None = None
+) -> Iterator[Process]:
+    """``cascade --log-level info --log-json serve PATH --workers N``, once every process serves
+    (``extra_env``: more environment variables for it)."""
     env = {
         **os.environ,
+        **(extra_env or {}),
         "GW_KEYS": KEY,
         "GW_ADMIN": ADMIN,
         "OPENAI_API_KEY": FAKE_OPENAI_KEY,
