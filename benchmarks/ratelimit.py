@@ -7,13 +7,15 @@
     SQLite ledger, no limits) and ``limited`` (the same, plus ``limits.redis`` and
     ``limits.tasks.faq`` rpm/tpm, and a key named ``bench`` with its own rpm/tpm, so every
     request runs the Lua script once with four scopes to take and once more to settle tokens).
-    The limits are set high enough never to refuse. Requests are paced open-loop at ``--rate``
-    per second, to each gateway in turn by segments, with direct upstream requests interleaved
+    The key is a real named key in the ledger (``server.ledger_keys``, ``cascade keys``) with
+    daily and monthly budgets, so each request also looks the key up (cached 0.5 s) and
+    reserves against the key's totals in the same ledger transaction as the task's and the
+    global ones. The limits and budgets are set high enough never to refuse. Requests are paced
+    open-loop at ``--rate`` per second, to each gateway in turn by segments, with direct upstream requests interleaved
     (``gateway_overhead._measure``), so both see the same machine at the same moment. Latency
     is timed from each request's scheduled send time.
 
-    The key's name and limits come from a patched ``Gateway.client`` (key storage is another
-    change's): the key lookup's own cost is not in these numbers.
+    So ``limited`` is the rate-limited, key-budgeted request of issue 20 against today's path.
 
 (b) The limiter's CPU per request, measured alone in this process: ``take`` of four scopes plus
     one ``settle`` per request, sequentially on a fresh Redis. Client side: ``time.process_time``
@@ -51,9 +53,23 @@ KEY = "bench-ratelimit-key"
 URL_ENV = "BENCH_REDIS_URL"
 
 
-def _gateway(config: dict[str, Any], named: bool, urls: Any, stop: Any) -> None:
-    """A gateway as ``cascade serve`` builds it; ``named``: its key is the named key ``bench``
-    with rpm and tpm of its own."""
+def _named_key(ledger_path: str) -> str:
+    """Create the named key ``bench`` (budgets, rpm and tpm that never refuse); its token."""
+    from cascade.ledger import Ledger
+    from cascade.ledger.keys import KeyStore
+
+    ledger = Ledger(ledger_path)
+    try:
+        _, token = KeyStore(ledger).create(
+            "bench", daily_usd=1e6, monthly_usd=1e7, rpm=10_000_000, tpm=10_000_000_000
+        )
+    finally:
+        ledger.close()
+    return token
+
+
+def _gateway(config: dict[str, Any], urls: Any, stop: Any) -> None:
+    """A gateway as ``cascade serve`` builds it."""
     import logging
     import threading
 
@@ -61,23 +77,11 @@ def _gateway(config: dict[str, Any], named: bool, urls: Any, stop: Any) -> None:
 
     from cascade import Cascade
     from cascade.gateway.app import bind, create_app, freeze_heap, url_of, uvicorn_server
-    from cascade.gateway.state import Client
 
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     os.environ["BENCH_GATEWAY_KEYS"] = KEY
     engine = Cascade.from_dict(config)
     app = create_app(engine, api_keys_env="BENCH_GATEWAY_KEYS")
-    gateway = app.state.gateway
-    if named:
-        lookup = gateway.client
-
-        def client(request: Any) -> Client | None:
-            found = lookup(request)  # the bearer check, as today
-            if found is None:
-                return None
-            return Client(found.key_id, name="bench", rpm=10_000_000, tpm=10_000_000_000)
-
-        gateway.client = client
     sock = bind("127.0.0.1", 0)
     server = uvicorn_server(app)
     threading.Thread(
@@ -228,6 +232,7 @@ def main() -> None:
                 },
             }
             if limited:
+                data["server"] = {"ledger_keys": True}
                 data["limits"] = {
                     "redis": {"url_env": URL_ENV, "prefix": "bench:"},
                     "tasks": {"faq": {"rpm": 10_000_000, "tpm": 10_000_000_000}},
@@ -237,15 +242,17 @@ def main() -> None:
         body = {"model": "faq", "messages": MESSAGES, "max_tokens": 64}
         targets = {}
         for name, limited in (("plain", False), ("limited", True)):
-            child = ctx.Process(
-                target=_gateway, args=(config(name, limited), limited, urls, stop), daemon=True
-            )
+            data = config(name, limited)
+            token = _named_key(data["ledger"]["path"]) if limited else KEY
+            child = ctx.Process(target=_gateway, args=(data, urls, stop), daemon=True)
             child.start()
             children.append(child)
             url = urls.get(timeout=60)
             targets[name] = (
                 url,
-                _Pool(url).encode("/v1/chat/completions", body, {"Authorization": f"Bearer {KEY}"}),
+                _Pool(url).encode(
+                    "/v1/chat/completions", body, {"Authorization": f"Bearer {token}"}
+                ),
             )
         raw = asyncio.run(
             _measure(args.rate, args.duration, args.warmup, args.segment, openai_url, targets)
