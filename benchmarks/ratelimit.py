@@ -11,8 +11,9 @@
     daily and monthly budgets, so each request also looks the key up (cached 0.5 s) and
     reserves against the key's totals in the same ledger transaction as the task's and the
     global ones. The limits and budgets are set high enough never to refuse. Requests are paced
-    open-loop at ``--rate`` per second, to each gateway in turn by segments, with direct upstream requests interleaved
-    (``gateway_overhead._measure``), so both see the same machine at the same moment. Latency
+    open-loop at ``--rate`` per second, to each gateway in turn by segments, with direct
+    upstream requests interleaved (``gateway_overhead._measure``), so both see the same machine
+    at the same moment. Latency
     is timed from each request's scheduled send time.
 
     So ``limited`` is the rate-limited, key-budgeted request of issue 20 against today's path.
