@@ -408,11 +408,13 @@ class Ledger:
         content: Sequence[ContentRow] = (),
         failed: Callable[[LedgerError], None] | None = None,
         key_id: str | None = None,
+        top: tuple[float, bool] | None = None,
     ) -> None:
         """Queue the run's row and its ``content`` rows (step, kind, model, model name, text,
         mean token log-probability), written in one transaction; ``key_id``: the gateway key
-        that made the run."""
-        self.writer.submit(Op(run_write(result, status, content, key_id), None, failed))
+        that made the run; ``top``: what always-top would have cost, and whether that is an
+        estimate (``cascade.engine.savings``)."""
+        self.writer.submit(Op(run_write(result, status, content, key_id, top), None, failed))
 
     def record_content(
         self,

@@ -43,17 +43,29 @@ transaction).
 Schema 7 adds ``content.logprob``: an answer's mean token log-probability, when the provider
 returned them (the replay format's ``logprob``, so the ``logprob`` evaluator can be calibrated
 from the ledger). NULL for prompts, for answers without log-probabilities and for older rows.
+
+Schema 8 (savings against always-top, ``docs/dashboard.md``) adds:
+
+- ``runs.top_usd``: what sending the run to its task's top rung alone would have cost, and
+  ``runs.top_estimated``: 0 when that is the top rung's own bill (it ran in this run), 1 when
+  it is an estimate (the top rung's price over the run's tokens; ``cascade.engine.savings``).
+  Both NULL for older rows and for runs with nothing to price (a cache hit, every call failed);
+- ``runs.key_name``: the name of the gateway key that made the run (filled by per-key
+  gateway keys; NULL otherwise), which ``cascade report --key`` and the dashboard filter on;
+- the rollup's ``top_*`` sums (``cascade.ledger.triggers.TOP_METRICS``) and their triggers;
+- indexes on ``runs(ts)`` and ``steps(ts)``, so the dashboard's queries of a period read that
+  period's rows only, and ``runs(key_name, ts)`` for the rows of one key.
 """
 
 from __future__ import annotations
 
 from cascade.errors import LedgerError
 from cascade.ledger.backends import Backend, Tx
-from cascade.ledger.triggers import create_rollup
+from cascade.ledger.triggers import add_top_rollup, create_rollup
 
 __all__ = ["VERSION", "migrate"]
 
-VERSION = 7
+VERSION = 8
 
 _TYPES = {
     "sqlite": {
@@ -152,6 +164,13 @@ _V1_INDEXES = [
     "CREATE INDEX runs_task_ts ON runs(task, ts)",
 ]
 
+# Schema 8's indexes (see the module docstring).
+_V8_INDEXES = [
+    "CREATE INDEX IF NOT EXISTS runs_ts ON runs(ts)",
+    "CREATE INDEX IF NOT EXISTS steps_ts ON steps(ts)",
+    "CREATE INDEX IF NOT EXISTS runs_key_ts ON runs(key_name, ts) WHERE key_name IS NOT NULL",
+]
+
 # Rebuild the totals of a schema-1 ledger from its steps (SQLite only: PostgreSQL ledgers
 # start at schema 2).
 _NUSD = "SUM(CAST(ROUND(cost_usd * 1e9) AS INTEGER))"
@@ -218,12 +237,23 @@ def migrate(backend: Backend) -> int:
         # Schema 4 -> 5.
         if not backend.has_column(tx, "runs", "key_id"):
             tx.execute("ALTER TABLE runs ADD COLUMN key_id TEXT")
+        # Schema 7 -> 8, the runs' columns: before the rollup, whose triggers read them.
+        if not backend.has_column(tx, "runs", "top_usd"):
+            tx.execute(f"ALTER TABLE runs ADD COLUMN top_usd {types['real']}")
+            tx.execute(f"ALTER TABLE runs ADD COLUMN top_estimated {types['int']}")
+        if not backend.has_column(tx, "runs", "key_name"):
+            tx.execute("ALTER TABLE runs ADD COLUMN key_name TEXT")
         # Schema 5 -> 6 (after every column the triggers read exists).
         if not backend.has_table(tx, "rollup"):
             create_rollup(backend, tx, types)
         # Schema 6 -> 7.
         if not backend.has_column(tx, "content", "logprob"):
             tx.execute(f"ALTER TABLE content ADD COLUMN logprob {types['real']}")
+        # Schema 7 -> 8, the rest.
+        if not backend.has_column(tx, "rollup", "top_nusd"):
+            add_top_rollup(backend, tx, types)
+        for ddl in _V8_INDEXES:
+            tx.execute(ddl)
         tx.execute("DELETE FROM schema_version")
         tx.execute("INSERT INTO schema_version (version) VALUES (?)", (VERSION,))
         return found

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 from cascade.ledger.backends import Backend, Tx
 
-__all__ = ["KEY", "METRICS", "MONDAY_S", "STEP_METRICS", "WEEK_S", "RollupSql", "create_rollup"]
+__all__ = [
+    "KEY", "METRICS", "MONDAY_S", "STEP_METRICS", "TOP_METRICS", "WEEK_S", "RollupSql",
+    "add_top_rollup", "create_rollup",
+]
 
 WEEK_S = 604800
 MONDAY_S = 259200  # 1970-01-01 was a Thursday: weeks start 3 days before the epoch
@@ -20,7 +23,13 @@ STEP_METRICS = (
 )
 _RUN_METRICS = ("runs", "runs_accepted", "run_nusd")
 _SCORE_METRICS = ("score_nano", "scores_user", "scores_shadow")
-METRICS = (*STEP_METRICS, "step_runs", "escalated_runs", *_RUN_METRICS, *_SCORE_METRICS)
+# What always-top would have cost (schema 8, ``runs.top_usd``), kept by triggers of their own
+# so that the upgrade adds them beside the schema-6 triggers without rewriting those: runs with
+# a figure, the figure, those runs' own cost, and how many figures are exact (the top rung ran).
+TOP_METRICS = ("top_runs", "top_nusd", "top_cost_nusd", "top_exact")
+METRICS = (
+    *STEP_METRICS, "step_runs", "escalated_runs", *_RUN_METRICS, *_SCORE_METRICS, *TOP_METRICS
+)
 
 KEY = "task, model, week"
 _ESCALATING = "('escalate', 'error', 'skip')"  # as cascade report counts an escalation
@@ -154,6 +163,40 @@ class RollupSql:
             ],
         }
 
+    def top_values(self, row: str) -> list[str]:
+        """What a runs row adds to each of TOP_METRICS (nothing when it has no figure)."""
+        has = f"{row}.top_usd IS NOT NULL"
+        return [
+            f"CASE WHEN {has} THEN 1 ELSE 0 END",
+            f"CASE WHEN {has} THEN {self.nano(f'{row}.top_usd')} ELSE 0 END",
+            f"CASE WHEN {has} THEN {self.nano(f'{row}.cost_usd')} ELSE 0 END",
+            f"CASE WHEN {has} AND {row}.top_estimated = 0 THEN 1 ELSE 0 END",
+        ]
+
+    def top_row(self, row: str, sign: str) -> str:
+        return (
+            f"INSERT INTO rollup_log ({KEY}, {', '.join(TOP_METRICS)}) SELECT {row}.task,"
+            f" COALESCE({row}.model, ''), {self.week(f'{row}.ts')}, "
+            + ", ".join(f"{sign}({v})" for v in self.top_values(row))
+            + f" WHERE {row}.top_usd IS NOT NULL"
+        )
+
+    def top_triggers(self) -> dict[tuple[str, str], list[str]]:
+        return {
+            ("runs", "INSERT"): [self.top_row("NEW", "")],
+            ("runs", "UPDATE"): [self.top_row("OLD", "-"), self.top_row("NEW", "")],
+        }
+
+    def top_backfill(self) -> str:
+        """TOP_METRICS of the runs already there (an upgrade from before schema 8 finds none
+        with a figure; kept for a ledger whose rollup was rebuilt)."""
+        sums = ", ".join(f"SUM({v})" for v in self.top_values("runs"))
+        return (
+            f"INSERT INTO rollup ({KEY}, {', '.join(TOP_METRICS)}) SELECT task,"
+            f" COALESCE(model, ''), {self.week('ts')}, {sums} FROM runs"
+            " WHERE top_usd IS NOT NULL GROUP BY 1, 2, 3" + self.upsert(TOP_METRICS)
+        )
+
     def upsert(self, columns: tuple[str, ...]) -> str:
         sets = ", ".join(f"{c} = rollup.{c} + excluded.{c}" for c in columns)
         return f" ON CONFLICT ({KEY}) DO UPDATE SET {sets}"
@@ -212,8 +255,26 @@ def create_rollup(backend: Backend, tx: Tx, types: dict[str, str]) -> None:
                f" NULL, week {types['int']} NOT NULL, {columns})")
     for statement in sql.backfill():
         tx.execute(statement)
-    for (table, event), statements in sql.triggers().items():
-        name = f"rollup_{table}_{event.lower()}"
+    _create_triggers(sql, tx, sql.triggers(), "rollup")
+    _create_triggers(sql, tx, sql.top_triggers(), "rollup_top")
+
+
+def add_top_rollup(backend: Backend, tx: Tx, types: dict[str, str]) -> None:
+    """Schema 8 on a rollup made before it: TOP_METRICS columns in ``rollup`` and its log, their
+    triggers, and the sums of the runs already there."""
+    sql = RollupSql(backend.name)
+    for table in ("rollup", "rollup_log"):
+        for column in TOP_METRICS:
+            tx.execute(f"ALTER TABLE {table} ADD COLUMN {column} {types['int']} NOT NULL DEFAULT 0")
+    tx.execute(sql.top_backfill())
+    _create_triggers(sql, tx, sql.top_triggers(), "rollup_top")
+
+
+def _create_triggers(
+    sql: RollupSql, tx: Tx, triggers: dict[tuple[str, str], list[str]], prefix: str
+) -> None:
+    for (table, event), statements in triggers.items():
+        name = f"{prefix}_{table}_{event.lower()}"
         body = "".join(f" {s};" for s in statements)
         when = f" WHEN ({_WHEN[table, event]})" if (table, event) in _WHEN else ""
         if sql.sqlite:
