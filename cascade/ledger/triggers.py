@@ -189,7 +189,7 @@ class RollupSql:
 
     def top_backfill(self) -> str:
         """TOP_METRICS of the runs already there (an upgrade from before schema 8 finds none
-        with a figure; kept for a ledger whose rollup was rebuilt)."""
+        with a figure; a rollup rebuilt on a newer ledger does)."""
         sums = ", ".join(f"SUM({v})" for v in self.top_values("runs"))
         return (
             f"INSERT INTO rollup ({KEY}, {', '.join(TOP_METRICS)}) SELECT task,"
@@ -253,7 +253,7 @@ def create_rollup(backend: Backend, tx: Tx, types: dict[str, str]) -> None:
                f" NOT NULL, {columns}, PRIMARY KEY ({KEY}))")
     tx.execute(f"CREATE TABLE rollup_log (id {types['id']}, task TEXT NOT NULL, model TEXT NOT"
                f" NULL, week {types['int']} NOT NULL, {columns})")
-    for statement in sql.backfill():
+    for statement in (*sql.backfill(), sql.top_backfill()):
         tx.execute(statement)
     _create_triggers(sql, tx, sql.triggers(), "rollup")
     _create_triggers(sql, tx, sql.top_triggers(), "rollup_top")
