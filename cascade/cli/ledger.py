@@ -9,6 +9,8 @@ database only.
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 from typing import Any
 
 from cascade.cli.drift import cmd_drift
@@ -23,6 +25,13 @@ def cmd_report(args: argparse.Namespace) -> int:
     from cascade.engine.limits import Limits
     from cascade.replay.report import ledger_report
 
+    if getattr(args, "html", None):
+        return cmd_report_html(args)
+    filters = [f"--{f}" for f in ("since", "until", "task", "key") if getattr(args, f, None)]
+    if filters:
+        print(f"cascade report: {', '.join(filters)} select what --html FILE shows; "
+              "add --html FILE", file=sys.stderr)
+        return 2
     ledger = open_for_cli(args)
     if getattr(args, "drift", False):
         try:
@@ -42,6 +51,52 @@ def cmd_report(args: argparse.Namespace) -> int:
         return 0
     _print_report(ledger.where, report)
     return 0
+
+
+def cmd_report_html(args: argparse.Namespace) -> int:
+    """``cascade report --html FILE``: the page of a period, one self-contained file."""
+    from cascade.report.page import PlotlyMissing, report_page
+    from cascade.report.period import Period, parse_since
+
+    period = Period(
+        since=parse_since(args.since) if args.since else None,
+        until=parse_since(args.until, "--until") if args.until else None,
+        task=args.task, key=args.key,
+    )
+    ledger = open_for_cli(args)
+    try:
+        page = report_page(ledger, period, **page_context(args, ledger))
+    except PlotlyMissing as exc:
+        print(f"cascade report: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        ledger.close()
+    out = Path(args.html)
+    try:
+        out.write_text(page, encoding="utf-8")
+    except OSError as exc:
+        print(f"cascade report: cannot write {out}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    print(f"report: wrote {out} ({len(page.encode()) / 1e6:.1f} MB; {period.describe()})")
+    return 0
+
+
+def page_context(args: argparse.Namespace, ledger: Any) -> dict[str, Any]:
+    """What the page reads from the config, when there is one: budgets, targets, ladders."""
+    from cascade.config import load_config
+    from cascade.engine.limits import Limits
+
+    config_path = default_config(args)
+    if not config_path:
+        return {}
+    config = load_config(config_path)
+    guard = Limits(config, ledger).guard
+    return {
+        "budgets": guard.status() if guard else [],
+        "targets": {n: t.quality_target for n, t in config.tasks.items()
+                    if t.quality_target is not None},
+        "rungs": {n: [r.model for r in t.ladder] for n, t in config.tasks.items()},
+    }
 
 
 def _print_report(where: str, report: dict[str, Any]) -> None:
@@ -136,6 +191,16 @@ def register(sub: Any) -> None:
         "below tasks.T.quality_target (from --config) or --target",
     )
     report.add_argument("--target", type=float, help="with --drift: the quality target")
+    report.add_argument(
+        "--html",
+        metavar="FILE",
+        help="write the report as one self-contained HTML page (charts of spend, savings, "
+        "escalation, latency, errors, drift and budgets; opens offline; docs/dashboard.md)",
+    )
+    report.add_argument("--since", help="with --html: from this date (YYYY-MM-DD or ISO, UTC)")
+    report.add_argument("--until", help="with --html: up to this date (excluded)")
+    report.add_argument("--task", help="with --html: this task only")
+    report.add_argument("--key", help="with --html: the runs of this gateway key name only")
     report.add_argument(
         "--min-evidence",
         type=int,

@@ -158,6 +158,11 @@ class Gateway:
         admin = [hmac.compare_digest(given, key) for key in self._admin]
         return Client(key_id(given), any(admin))
 
+    def is_admin(self, given: bytes) -> bool:
+        """Whether ``given`` is one of the admin keys (compared with every one of them)."""
+        matches = [hmac.compare_digest(given, key) for key in self._admin]
+        return bool(given) and any(matches)
+
     def authorized(self, request: Request) -> bool:
         return self.client(request) is not None
 

@@ -26,8 +26,7 @@ def parse_since(value: str, flag: str = "--since") -> float:
     try:
         moment = datetime.fromisoformat(value)
     except ValueError as exc:
-        raise ConfigError(f"not a date (YYYY-MM-DD or ISO 8601): {value!r}",
-                          location=flag) from exc
+        raise ConfigError(f"not a date (YYYY-MM-DD or ISO 8601): {value!r}", location=flag) from exc
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=timezone.utc)
     return moment.timestamp()
@@ -54,14 +53,16 @@ class Period:
 
     def steps(self, alias: str = "s") -> tuple[str, tuple[Any, ...]]:
         """A WHERE clause over steps; a key selects the steps of its runs."""
-        return self._where(
-            alias, f"{alias}.run_id IN (SELECT run_id FROM runs WHERE key_name = ?)"
-        )
+        return self._where(alias, f"{alias}.run_id IN (SELECT run_id FROM runs WHERE key_name = ?)")
 
     def _where(self, alias: str, key_clause: str) -> tuple[str, tuple[Any, ...]]:
         clauses, args = ["1 = 1"], []
-        for clause, value in ((f"{alias}.ts >= ?", self.since), (f"{alias}.ts < ?", self.until),
-                              (f"{alias}.task = ?", self.task), (key_clause, self.key)):
+        for clause, value in (
+            (f"{alias}.ts >= ?", self.since),
+            (f"{alias}.ts < ?", self.until),
+            (f"{alias}.task = ?", self.task),
+            (key_clause, self.key),
+        ):
             if value is not None:
                 clauses.append(clause)
                 args.append(value)
@@ -71,8 +72,10 @@ class Period:
         def day(ts: float) -> str:
             return datetime.fromtimestamp(ts, tz=timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
-        parts = [f"from {day(self.since)}" if self.since is not None else "from the start",
-                 f"until {day(self.until)}" if self.until is not None else "until now"]
+        parts = [
+            f"from {day(self.since)}" if self.since is not None else "from the start",
+            f"until {day(self.until)}" if self.until is not None else "until now",
+        ]
         if self.task:
             parts.append(f"task {self.task}")
         if self.key:

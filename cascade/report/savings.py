@@ -24,24 +24,32 @@ SHADOW = "shadow:agreement"  # cascade.engine.shadow.SOURCE (the ledger is below
 
 
 # The quality fields of a group without feedback.
-NO_SCORES: dict[str, Any] = {"feedback_mean": None, "feedback_count": 0,
-                             "shadow_agreement": None, "shadow_count": 0}
+NO_SCORES: dict[str, Any] = {
+    "feedback_mean": None,
+    "feedback_count": 0,
+    "shadow_agreement": None,
+    "shadow_count": 0,
+}
 
 
 def money(top_nusd: int, cost_nusd: int) -> dict[str, Any]:
     """``top_usd``, ``saved_usd`` and ``saved_share`` of runs whose always-top figure sums to
     ``top_nusd`` and own cost to ``cost_nusd`` (nano-dollars)."""
     saved = (top_nusd - cost_nusd) / 1e9
-    return {"top_usd": top_nusd / 1e9, "saved_usd": saved,
-            "saved_share": saved / (top_nusd / 1e9) if top_nusd else None}
+    return {
+        "top_usd": top_nusd / 1e9,
+        "saved_usd": saved,
+        "saved_share": saved / (top_nusd / 1e9) if top_nusd else None,
+    }
 
 
 def quality(ledger: Ledger, period: Period, group: str) -> dict[Any, dict[str, Any]]:
     """``feedback_mean`` (users' scores) and ``shadow_agreement`` (shadow labels), with their
     counts, per ``group``: ``task``, ``model`` (``(task, model)`` keys: the run's answering
     model) or ``key``. Reads the feedback rows and their runs, never every run."""
-    columns = {"task": "r.task", "model": "r.task, COALESCE(r.model, '')",
-               "key": "r.key_name"}[group]
+    columns = {"task": "r.task", "model": "r.task, COALESCE(r.model, '')", "key": "r.key_name"}[
+        group
+    ]
     where, args = period.runs()
     rows = ledger.query(
         f"SELECT {columns}, SUM(CASE WHEN f.source = 'user' THEN f.score ELSE 0 END) AS us,"
@@ -58,8 +66,10 @@ def quality(ledger: Ledger, period: Period, group: str) -> dict[Any, dict[str, A
         key = (str(row[0]), str(row[1])) if group == "model" else str(row[0])
         un, sn = int(row["un"] or 0), int(row["sn"] or 0)
         out[key] = {
-            "feedback_mean": float(row["us"]) / un if un else None, "feedback_count": un,
-            "shadow_agreement": float(row["ss"]) / sn if sn else None, "shadow_count": sn,
+            "feedback_mean": float(row["us"]) / un if un else None,
+            "feedback_count": un,
+            "shadow_agreement": float(row["ss"]) / sn if sn else None,
+            "shadow_count": sn,
         }
     return out
 
@@ -84,7 +94,8 @@ def by_key(ledger: Ledger, period: Period) -> dict[str, dict[str, Any]]:
     for row in rows:
         name, runs = str(row["key_name"]), int(row["runs"])
         out[name] = {
-            "runs": runs, "cost_usd": int(row["cost"] or 0) / 1e9,
+            "runs": runs,
+            "cost_usd": int(row["cost"] or 0) / 1e9,
             "accepted_rate": int(row["accepted"] or 0) / runs if runs else None,
             "priced_runs": int(row["priced"] or 0),
             **money(int(row["top"] or 0), int(row["top_cost"] or 0)),
@@ -120,8 +131,10 @@ def shadowed(ledger: Ledger, period: Period) -> dict[str, dict[str, Any]]:
         exact = money(int(row["exact"] or 0), int(row["cost"] or 0))
         estimate = money(int(row["est"] or 0), int(row["est_cost"] or 0))
         out[str(row["task"])] = {
-            "runs": int(row["runs"]), "top_usd": exact["top_usd"],
-            "saved_usd": exact["saved_usd"], "saved_share": exact["saved_share"],
+            "runs": int(row["runs"]),
+            "top_usd": exact["top_usd"],
+            "saved_usd": exact["saved_usd"],
+            "saved_share": exact["saved_share"],
             "estimated_top_usd": estimate["top_usd"],
             "estimated_saved_usd": estimate["saved_usd"],
         }
