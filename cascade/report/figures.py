@@ -25,6 +25,9 @@ _LAYOUT: dict[str, Any] = {
 }
 
 
+_DATES = {"type": "date"}
+
+
 def _time(bucket: int) -> datetime:
     return datetime.fromtimestamp(bucket, tz=timezone.utc)
 
@@ -47,13 +50,19 @@ def _figure(title: str, traces: list[Any], **layout: Any) -> go.Figure:
     return fig
 
 
-def _stacked(rows: list[dict[str, Any]], by: str, value: str, scale: float = 1.0) -> list[Any]:
+def _stacked(
+    rows: list[dict[str, Any]], by: str, value: str, bucket_s: int, scale: float = 1.0
+) -> list[Any]:
+    """A bar per time bucket (drawn across it, so one bucket is not a sliver) per ``by``."""
     series: dict[str, dict[int, float]] = defaultdict(lambda: defaultdict(float))
     for row in rows:
         series[str(row[by])][int(row["bucket"])] += float(row[value] or 0) * scale
     return [
         go.Bar(
-            name=name, x=[_time(b) for b in sorted(points)], y=[points[b] for b in sorted(points)]
+            name=name,
+            x=[_time(b + bucket_s / 2) for b in sorted(points)],
+            y=[points[b] for b in sorted(points)],
+            width=bucket_s * 1000 * 0.9,  # ms, on a date axis
         )
         for name, points in sorted(series.items())
     ]
@@ -62,7 +71,8 @@ def _stacked(rows: list[dict[str, Any]], by: str, value: str, scale: float = 1.0
 def spend_by_task(agg: Aggregates) -> go.Figure:
     return _figure(
         "Spend over time by task (USD)",
-        _stacked(agg.spend, "task", "cost_nusd", 1e-9),
+        _stacked(agg.spend, "task", "cost_nusd", agg.bucket_s, 1e-9),
+        xaxis=_DATES,
         barmode="stack",
     )
 
@@ -70,7 +80,8 @@ def spend_by_task(agg: Aggregates) -> go.Figure:
 def spend_by_model(agg: Aggregates) -> go.Figure:
     return _figure(
         "Spend over time by model (USD)",
-        _stacked(agg.spend, "model", "cost_nusd", 1e-9),
+        _stacked(agg.spend, "model", "cost_nusd", agg.bucket_s, 1e-9),
+        xaxis=_DATES,
         barmode="stack",
     )
 
@@ -80,7 +91,7 @@ def saved(agg: Aggregates) -> go.Figure:
     rows = [
         {**r, "saved_nusd": int(r["top_nusd"] or 0) - int(r["cost_nusd"] or 0)} for r in agg.saved
     ]
-    traces = _stacked(rows, "task", "saved_nusd", 1e-9)
+    traces = _stacked(rows, "task", "saved_nusd", agg.bucket_s, 1e-9)
     if rows:
         per_bucket: dict[int, int] = defaultdict(int)
         for row in rows:
@@ -92,7 +103,7 @@ def saved(agg: Aggregates) -> go.Figure:
         traces.append(
             go.Scatter(
                 name="saved so far",
-                x=[_time(b) for b in sorted(per_bucket)],
+                x=[_time(b + agg.bucket_s / 2) for b in sorted(per_bucket)],
                 y=line,
                 mode="lines+markers",
                 yaxis="y2",
@@ -101,6 +112,7 @@ def saved(agg: Aggregates) -> go.Figure:
     return _figure(
         "Saved against always-top (USD; estimate, see docs/dashboard.md)",
         traces,
+        xaxis=_DATES,
         barmode="relative",
         yaxis2={"overlaying": "y", "side": "right", "title": "so far"},
     )
@@ -161,11 +173,13 @@ def errors(agg: Aggregates) -> go.Figure:
     traces = []
     for kind in ("errors", "lost"):
         traces += [
-            go.Bar(name=f"{t.name} {kind}", x=t.x, y=t.y)
-            for t in _stacked(agg.errors, "model", kind)
+            go.Bar(name=f"{t.name} {kind}", x=t.x, y=t.y, width=t.width)
+            for t in _stacked(agg.errors, "model", kind, agg.bucket_s)
             if any(t.y)
         ]
-    return _figure("Errors and lost steps over time (per model)", traces, barmode="stack")
+    return _figure(
+        "Errors and lost steps over time (per model)", traces, xaxis=_DATES, barmode="stack"
+    )
 
 
 def drift(agg: Aggregates) -> go.Figure:

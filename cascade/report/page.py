@@ -29,16 +29,24 @@ class PlotlyMissing(ImportError):
 
 
 def report_page(
-    ledger: Ledger, period: Period, *, refresh_s: float | None = None, **extra: Any
+    ledger: Ledger,
+    period: Period,
+    *,
+    refresh_s: float | None = None,
+    where: str | None = None,
+    **extra: Any,
 ) -> str:
-    """The page of ``period`` (``extra``: budgets, targets and rungs, see ``aggregate``).
+    """The page of ``period`` (``extra``: budgets, targets and rungs, see ``aggregate``;
+    ``where``: what to call the ledger, its file or database by default).
 
     Raises:
         PlotlyMissing: plotly is not installed.
     """
     require_plotly()
     agg = aggregate(ledger, period, **extra)
-    return render(agg, where=ledger.where, shadow=shadowed(ledger, period), refresh_s=refresh_s)
+    return render(
+        agg, where=where or ledger.where, shadow=shadowed(ledger, period), refresh_s=refresh_s
+    )
 
 
 def require_plotly() -> None:
