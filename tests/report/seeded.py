@@ -1,5 +1,5 @@
 """A ledger seeded by real engine runs: MockLLMServer upstream, a three-rung ladder, some
-escalations, a shadow sample of the top rung, user feedback and a failed call."""
+escalations, shadow calls of the top rung, user feedback and a failed call."""
 
 from __future__ import annotations
 
@@ -25,14 +25,18 @@ def seeded_config(server: MockLLMServer, ledger: Path) -> dict[str, Any]:
 
 def seed(server: MockLLMServer, ledger: Path) -> Cascade:
     """Run the engine over the mock upstream; returns it (the caller closes it)."""
-    # mini answers well, then too short (escalated); mid fails once with a 500 (an error step)
-    server.script("gpt-4o-mini", [GOOD, GOOD, "no", "no", GOOD, "no", GOOD, "no"])
-    server.script("gpt-4o", [Reply(status=500, message="down"), "nope", GOOD])
+    # mini fails once (an error step), then answers well or too briefly (escalated); shadow
+    # calls (every run mini or mid answered) call mid and sonnet, so each run's are waited for
+    server.script("gpt-4o-mini", [Reply(status=500, message="down"), GOOD, "no", GOOD, "no",
+                                  GOOD, "no", GOOD])
+    server.script("gpt-4o", [GOOD])
     server.script("claude-sonnet-4-6", [Reply(text=GOOD + " indeed", output_tokens=9)])
     engine = Cascade.from_dict(seeded_config(server, ledger), sleep=lambda s: None)
-    results = [engine.complete("faq", f"question {i}") for i in range(6)]
-    results += [engine.complete("code", f"snippet {i}") for i in range(2)]
-    engine.shadows.wait()
+    results = []
+    for task, prompt in [*(("faq", f"question {i}") for i in range(6)),
+                         *(("code", f"snippet {i}") for i in range(2))]:
+        results.append(engine.complete(task, prompt))
+        engine.shadows.wait()
     for result, score in zip(results[:3], (1.0, 0.5, 0.0), strict=True):
         add_feedback(engine.ledger, result.run_id, score)
     engine.ledger.flush()  # type: ignore[union-attr]
