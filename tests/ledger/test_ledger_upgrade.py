@@ -243,6 +243,7 @@ def test_schema_7_gains_always_top_and_key_name(db: Db) -> None:
         assert ledger.schema_before == 7
         ledger.record_run(_result("new"), top=(0.25, True))
         ledger.record_run(_result("exact"), top=(0.5, False))
+        ledger.record_run(_result("new2"), top=(0.125, True))
         report = ledger_report(ledger)
     finally:
         ledger.close()
@@ -250,6 +251,6 @@ def test_schema_7_gains_always_top_and_key_name(db: Db) -> None:
     assert db.rows("SELECT version FROM schema_version") == [(VERSION,)]
     assert db.rows("SELECT run_id, top_usd, top_estimated, key_name FROM runs ORDER BY run_id"
                    ) == [("exact", 0.5, 0, None), ("new", 0.25, 1, None),
-                         ("old", None, None, None)]
-    assert (report["top_usd"], report["saved_usd"]) == (0.75, 0.75)
-    assert (report["priced_runs"], report["top_exact_runs"]) == (2, 1)
+                         ("new2", 0.125, 1, None), ("old", None, None, None)]
+    assert (report["top_usd"], report["saved_usd"]) == (0.875, 0.875)
+    assert (report["priced_runs"], report["top_exact_runs"]) == (3, 1)
