@@ -68,19 +68,11 @@ def _stacked(
     ]
 
 
-def spend_by_task(agg: Aggregates) -> go.Figure:
+def spend(agg: Aggregates, by: str) -> go.Figure:
+    """The steps' cost per time bucket, stacked by ``by`` (``task`` or ``model``)."""
     return _figure(
-        "Spend over time by task (USD)",
-        _stacked(agg.spend, "task", "cost_nusd", agg.bucket_s, 1e-9),
-        xaxis=_DATES,
-        barmode="stack",
-    )
-
-
-def spend_by_model(agg: Aggregates) -> go.Figure:
-    return _figure(
-        "Spend over time by model (USD)",
-        _stacked(agg.spend, "model", "cost_nusd", agg.bucket_s, 1e-9),
+        f"Spend over time by {by} (USD)",
+        _stacked(agg.spend, by, "cost_nusd", agg.bucket_s, 1e-9),
         xaxis=_DATES,
         barmode="stack",
     )
@@ -249,8 +241,8 @@ def budgets(agg: Aggregates) -> go.Figure:
 
 # (id, title of the panel's section, the figure): the page's order.
 FIGURES: tuple[tuple[str, Any], ...] = (
-    ("spend-task", spend_by_task),
-    ("spend-model", spend_by_model),
+    ("spend-task", lambda agg: spend(agg, "task")),
+    ("spend-model", lambda agg: spend(agg, "model")),
     ("saved", saved),
     ("funnel", funnel),
     ("latency-model", lambda agg: latency(agg, "model")),
