@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from cascade.cli.console import print_wide
 from cascade.cli.drift import cmd_drift
 from cascade.cli.where import default_config, open_for_cli, where_args
 from cascade.formatting import plural, to_json, usd
@@ -100,7 +101,6 @@ def page_context(args: argparse.Namespace, ledger: Any) -> dict[str, Any]:
 
 
 def _print_report(where: str, report: dict[str, Any]) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     print(f"{where}: {plural(report['runs'], 'run')}, {usd(report['total_cost_usd'])} total")
@@ -113,24 +113,52 @@ def _print_report(where: str, report: dict[str, Any]) -> None:
         "escalation",
         "accepted",
         "unfinished",
+        "saved USD",
+        "saved",
+        "feedback",
+        "agreement",
     ):
         table.add_column(column, justify="left" if column in ("task", "model") else "right")
     for task, t in report["tasks"].items():
-        accepted = "-" if t["accepted_rate"] is None else f"{t['accepted_rate']:.1%}"
         table.add_row(
             task,
             "(all)",
             str(t["runs"]),
             usd(t["cost_usd"]),
             f"{t['escalation_rate']:.1%}",
-            accepted,
+            _share(t["accepted_rate"]),
             str(t["unfinished"]),
+            *_savings(t),
         )
         for model, m in t["models"].items():
             table.add_row(
-                "", model, str(m["calls"]), usd(m["cost_usd"]), "", "", str(m["unfinished"])
+                "", model, str(m["calls"]), usd(m["cost_usd"]), "", _share(m["accepted_rate"]),
+                str(m["unfinished"]), *_savings(m),
             )
-    Console().print(table)
+    print_wide(table)
+    if report["priced_runs"]:
+        print(
+            f"saved against always-top: {usd(report['saved_usd'])} "
+            f"({_share(report['saved_share'])} of {usd(report['top_usd'])}) over "
+            f"{plural(report['priced_runs'], 'run')}, {report['top_exact_runs']} of them exact "
+            "(the top rung ran), the rest estimated (docs/dashboard.md); saved, feedback and "
+            "agreement of a model are over the runs it answered"
+        )
+    for task, t in report["tasks"].items():
+        shadowed = t.get("shadowed")
+        if shadowed:
+            print(
+                f"{task}: on {plural(shadowed['runs'], 'shadowed run')} the top rung's own bill "
+                f"gives a saving of {usd(shadowed['saved_usd'])}; the estimate said "
+                f"{usd(shadowed['estimated_saved_usd'])}"
+            )
+    for key, k in report.get("keys", {}).items():
+        print(
+            f"key {key}: {plural(k['runs'], 'run')}, {usd(k['cost_usd'])}, saved "
+            f"{usd(k['saved_usd'])} ({_share(k['saved_share'])}), accepted "
+            f"{_share(k['accepted_rate'])}, feedback {_score(k['feedback_mean'])}, agreement "
+            f"{_share(k['shadow_agreement'])}"
+        )
     for task, t in report["tasks"].items():
         if t["usage_estimated"]:
             print(
@@ -155,6 +183,22 @@ def _print_report(where: str, report: dict[str, Any]) -> None:
             f"{budget['period']} budget ({scope}): {usd(budget['spent_usd'])} of "
             f"{usd(budget['limit_usd'])} ({share:.1%})"
         )
+
+
+def _share(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1%}"
+
+
+def _score(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def _savings(row: dict[str, Any]) -> tuple[str, str, str, str]:
+    """The saved, feedback and agreement cells of a task's or model's row."""
+    if not row.get("priced_runs"):
+        return "-", "-", _score(row["feedback_mean"]), _share(row["shadow_agreement"])
+    return (usd(row["saved_usd"]), _share(row["saved_share"]), _score(row["feedback_mean"]),
+            _share(row["shadow_agreement"]))
 
 
 def cmd_recover(args: argparse.Namespace) -> int:
