@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cascade.ledger import Ledger
-from cascade.ledger.drift import drift_report
+from cascade.ledger.drift import drift_report, week_of
 from cascade.ledger.triggers import RollupSql
 from cascade.report.period import Period, bucket_seconds
 
@@ -178,10 +178,11 @@ def aggregate(
         " GROUP BY 1, 2 ORDER BY 1, 2",
         args,
     )
+    last = None if period.until is None else week_of(period.until)  # whole weeks, as kept
     drift = [
         r.as_dict()
         for r in drift_report(ledger, targets=targets, since=period.since)
-        if period.task is None or r.task == period.task
+        if (period.task is None or r.task == period.task) and (last is None or r.week <= last)
     ]
     return Aggregates(
         period=period,
