@@ -96,7 +96,7 @@ def generate(steps: int, now: float) -> str:
             (start, span / steps, steps // 2),
         )
         sql = RollupSql("postgres")
-        for statement in (*sql.backfill(), sql.top_backfill()):
+        for statement in (*sql.backfill(), *sql.top_backfill()):
             conn.execute(statement.replace("?", "%s"))  # type: ignore[arg-type]
         conn.execute("ANALYZE")
     return url

@@ -279,6 +279,7 @@ def create_app(
         reloader.start()
         yield
         await drift.close()
+        await asyncio.to_thread(app.state.dashboard.close)
         await reloader.close(drain_s)  # engines a reload replaced
         last = gateway.engine  # the one served last
         await gateway.drain(drain_s)

@@ -9,8 +9,9 @@ Query parameters: ``since`` and ``until`` (a date or ISO time, UTC; by default t
 ``DEFAULT_HOURS`` hours), ``task``, ``key`` (a gateway key's name), ``refresh`` (seconds
 between the page's reloads, at least ``MIN_REFRESH_S``; ``DEFAULT_REFRESH_S`` by default).
 
-The ledger's aggregate queries run on the ledger's threads and the charts are drawn on a
-worker thread, never on the event loop, and a page is kept ``CACHE_S`` seconds per set of
+The ledger's aggregate queries run on the ledger's threads and the charts are drawn in a process
+of the dashboard's own (plotly's pure-Python work would otherwise hold the GIL the event loop
+needs), never on the event loop, and a page is kept ``CACHE_S`` seconds per set of
 parameters: however many browsers refresh, the ledger is read once per ``CACHE_S`` for each
 view, and concurrent requests for a page being made wait for that one.
 """
@@ -20,8 +21,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import functools
+import multiprocessing
 import time
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 from starlette.requests import Request
@@ -52,15 +56,18 @@ class Dashboard:
 
     ``clock`` (``time.monotonic``, the cache's age) and ``now`` (``time.time``, the default
     period) are attributes, so tests replace them instead of sleeping; ``reads`` counts the
-    times the ledger was read.
+    times the ledger was read. ``processes``: draw in a process of its own (spawned at the first
+    page), else on a worker thread.
     """
 
-    def __init__(self, gateway: Gateway, *, cache_s: float = CACHE_S):
+    def __init__(self, gateway: Gateway, *, cache_s: float = CACHE_S, processes: bool = True):
         self.gateway = gateway
         self.cache_s = cache_s
         self.clock: Callable[[], float] = time.monotonic
         self.now: Callable[[], float] = time.time
         self.reads = 0
+        self.processes = processes
+        self._pool: ProcessPoolExecutor | None = None
         self._pages: dict[tuple[Any, ...], tuple[float, str]] = {}
         self._making: dict[tuple[Any, ...], asyncio.Future[str]] = {}
 
@@ -108,10 +115,23 @@ class Dashboard:
 
         self.reads += 1
         agg, shadow = await ledger.run(read)
-        # Drawing is CPU work of plotly's: on a worker thread, not the loop nor the ledger's.
-        return await asyncio.to_thread(
-            render, agg, where=ledger.where, shadow=shadow, refresh_s=refresh
-        )
+        draw = functools.partial(render, agg, where=ledger.where, shadow=shadow, refresh_s=refresh)
+        if not self.processes:
+            return await asyncio.to_thread(draw)
+        # Drawing is a few hundred ms of plotly's pure-Python work per page: in a thread it would
+        # hold the GIL the event loop needs, so it runs in a process of its own.
+        return await asyncio.get_running_loop().run_in_executor(self._drawer(), draw)
+
+    def _drawer(self) -> ProcessPoolExecutor:
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+        return self._pool
+
+    def close(self) -> None:
+        """Stop the drawing process (the app's shutdown)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
 
 
 def period_of(params: dict[str, str], now: float) -> Period:

@@ -52,9 +52,11 @@ Schema 8 (savings against always-top, ``docs/dashboard.md``) adds:
   Both NULL for older rows and for runs with nothing to price (a cache hit, every call failed);
 - ``runs.key_name``: the name of the gateway key that made the run (filled by per-key
   gateway keys; NULL otherwise), which ``cascade report --key`` and the dashboard filter on;
-- the rollup's ``top_*`` sums (``cascade.ledger.triggers.TOP_METRICS``) and their triggers;
+- the rollup's ``top_*`` sums and its sums of every feedback row (users' and shadow labels
+  apart: ``cascade.ledger.triggers.SCHEMA_8_METRICS``), with triggers of their own;
 - indexes on ``runs(ts)`` and ``steps(ts)``, so the dashboard's queries of a period read that
-  period's rows only, and ``runs(key_name, ts)`` for the rows of one key.
+  period's rows only, ``runs(key_name, ts)`` for the rows of one key, and the shadow labels'
+  runs (``feedback_shadow``), so the exact savings read the shadowed sample only.
 """
 
 from __future__ import annotations
@@ -169,6 +171,8 @@ _V8_INDEXES = [
     "CREATE INDEX IF NOT EXISTS runs_ts ON runs(ts)",
     "CREATE INDEX IF NOT EXISTS steps_ts ON steps(ts)",
     "CREATE INDEX IF NOT EXISTS runs_key_ts ON runs(key_name, ts) WHERE key_name IS NOT NULL",
+    "CREATE INDEX IF NOT EXISTS feedback_shadow ON feedback(run_id)"
+    " WHERE source = 'shadow:agreement'",
 ]
 
 # Rebuild the totals of a schema-1 ledger from its steps (SQLite only: PostgreSQL ledgers

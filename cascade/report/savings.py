@@ -1,10 +1,10 @@
 """The savings against always-top and the quality beside them, aggregated in the database.
 
 Each run row holds what always-top would have cost (``runs.top_usd``, an estimate unless the
-top rung ran: ``cascade.engine.savings``). Per task and answering model the sums come from the
-rollup (``ledger_report``); this module adds what the rollup does not key on: per gateway key
-(``runs.key_name``), the quality signals from feedback, and the exact figure that shadow calls
-of the top rung give on their sample.
+top rung ran: ``cascade.engine.savings``). Per task and answering model the sums, and the
+feedback's, come from the rollup (``ledger_report``); this module adds what the rollup does not
+key on: per gateway key (``runs.key_name``, with its feedback), and the exact figure that shadow
+calls of the top rung give on their sample (read through the shadow labels' own index).
 
 Money is summed in integer nano-dollars in SQL, as the rollup does, so the same rows give the
 same dollars whichever way they are read.
@@ -12,15 +12,16 @@ same dollars whichever way they are read.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from cascade.ledger import Ledger
-from cascade.ledger.triggers import RollupSql
+from cascade.ledger.triggers import FEEDBACK_METRICS, RollupSql
 from cascade.report.period import Period
 
-__all__ = ["NO_SCORES", "by_key", "money", "quality", "shadowed"]
+__all__ = ["NO_SCORES", "by_key", "money", "quality", "scored", "shadowed"]
 
-SHADOW = "shadow:agreement"  # cascade.engine.shadow.SOURCE (the ledger is below the engine)
+SHADOW = "shadow:agreement"  # cascade.engine.shadow.SOURCE (report is below the engine)
 
 
 # The quality fields of a group without feedback.
@@ -43,35 +44,31 @@ def money(top_nusd: int, cost_nusd: int) -> dict[str, Any]:
     }
 
 
-def quality(ledger: Ledger, period: Period, group: str) -> dict[Any, dict[str, Any]]:
-    """``feedback_mean`` (users' scores) and ``shadow_agreement`` (shadow labels), with their
-    counts, per ``group``: ``task``, ``model`` (``(task, model)`` keys: the run's answering
-    model) or ``key``. Reads the feedback rows and their runs, never every run."""
-    columns = {"task": "r.task", "model": "r.task, COALESCE(r.model, '')", "key": "r.key_name"}[
-        group
-    ]
+def scored(sums: Mapping[str, int]) -> dict[str, Any]:
+    """The quality fields of rows whose FEEDBACK_METRICS sum to ``sums`` (the rollup's)."""
+    users, shadows = int(sums["user_scores"]), int(sums["shadow_scores"])
+    return {
+        "feedback_mean": sums["user_nano"] / 1e9 / users if users else None,
+        "feedback_count": users,
+        "shadow_agreement": sums["shadow_nano"] / 1e9 / shadows if shadows else None,
+        "shadow_count": shadows,
+    }
+
+
+def quality(ledger: Ledger, period: Period) -> dict[str, dict[str, Any]]:
+    """The quality fields per gateway key (``runs.key_name``): the rollup has no key, so this
+    reads the feedback rows of the keys' runs (summed in nano-units, as the rollup does)."""
+    sql = RollupSql(ledger.backend.name)
+    values = sql.feedback_values("f")
     where, args = period.runs()
     rows = ledger.query(
-        f"SELECT {columns}, SUM(CASE WHEN f.source = 'user' THEN f.score ELSE 0 END) AS us,"
-        " SUM(CASE WHEN f.source = 'user' THEN 1 ELSE 0 END) AS un,"
-        f" SUM(CASE WHEN f.source = '{SHADOW}' THEN f.score ELSE 0 END) AS ss,"
-        f" SUM(CASE WHEN f.source = '{SHADOW}' THEN 1 ELSE 0 END) AS sn"
-        f" FROM feedback f JOIN runs r ON r.run_id = f.run_id WHERE {where}"
-        + (" AND r.key_name IS NOT NULL" if group == "key" else "")
-        + f" GROUP BY {columns}",
+        "SELECT r.key_name AS key_name, "
+        + ", ".join(f"SUM({v}) AS {m}" for v, m in zip(values, FEEDBACK_METRICS, strict=True))
+        + f" FROM feedback f JOIN runs r ON r.run_id = f.run_id WHERE {where}"
+        " AND r.key_name IS NOT NULL GROUP BY r.key_name",
         args,
     )
-    out: dict[Any, dict[str, Any]] = {}
-    for row in rows:
-        key = (str(row[0]), str(row[1])) if group == "model" else str(row[0])
-        un, sn = int(row["un"] or 0), int(row["sn"] or 0)
-        out[key] = {
-            "feedback_mean": float(row["us"]) / un if un else None,
-            "feedback_count": un,
-            "shadow_agreement": float(row["ss"]) / sn if sn else None,
-            "shadow_count": sn,
-        }
-    return out
+    return {str(r["key_name"]): scored({m: int(r[m] or 0) for m in FEEDBACK_METRICS}) for r in rows}
 
 
 def by_key(ledger: Ledger, period: Period) -> dict[str, dict[str, Any]]:
@@ -89,7 +86,7 @@ def by_key(ledger: Ledger, period: Period) -> dict[str, dict[str, Any]]:
         " ORDER BY r.key_name",
         args,
     )
-    scores = quality(ledger, period, "key")
+    scores = quality(ledger, period)
     out = {}
     for row in rows:
         name, runs = str(row["key_name"]), int(row["runs"])

@@ -11,9 +11,9 @@ from typing import Any
 
 from cascade.ledger import Ledger
 from cascade.ledger.rollup import fold, read_rollup, week_index
-from cascade.ledger.triggers import MONDAY_S, WEEK_S
+from cascade.ledger.triggers import FEEDBACK_METRICS, MONDAY_S, WEEK_S
 from cascade.report.period import Period
-from cascade.report.savings import NO_SCORES, by_key, money, quality, shadowed
+from cascade.report.savings import NO_SCORES, by_key, money, scored, shadowed
 
 __all__ = ["ledger_report"]
 
@@ -113,7 +113,6 @@ def _savings(
     period: Period,
 ) -> dict[str, Any]:
     """Add the savings and quality fields to each task and model; returns the totals'."""
-    per_task, per_model = quality(ledger, period, "task"), quality(ledger, period, "model")
     exact = shadowed(ledger, period)
     for name, task in tasks.items():
         mine = {m: r for (t, m), r in answered.items() if t == name}
@@ -121,8 +120,9 @@ def _savings(
         cost = sum(r["top_cost_nusd"] for r in mine.values())
         priced = sum(r["top_runs"] for r in mine.values())
         exact_runs = sum(r["top_exact"] for r in mine.values())
+        scores = {m: sum(r[m] for r in mine.values()) for m in FEEDBACK_METRICS}
         task.update(money(top, cost), priced_runs=priced, top_exact_runs=exact_runs,
-                    **per_task.get(name, NO_SCORES), shadowed=exact.get(name))
+                    **scored(scores), shadowed=exact.get(name))
         for model, r in mine.items():
             if not model:
                 continue  # runs that returned no answer
@@ -130,7 +130,7 @@ def _savings(
             entry.update(answered_runs=r["runs"],
                          accepted_rate=r["runs_accepted"] / r["runs"] if r["runs"] else None,
                          priced_runs=r["top_runs"], **money(r["top_nusd"], r["top_cost_nusd"]),
-                         **per_model.get((name, model), NO_SCORES))
+                         **scored(r))
         for entry in task["models"].values():
             if "saved_usd" not in entry:  # called, never answered a run
                 entry.update(answered_runs=0, accepted_rate=None, priced_runs=0,

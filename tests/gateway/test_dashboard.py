@@ -43,15 +43,24 @@ def test_dashboard_admin_only_cached_and_checked(server: MockLLMServer, tmp_path
     board.clock = clock
     try:
         with running(app) as url:
-            for headers in ({}, {"authorization": f"Bearer {CLIENT}"}, basic(CLIENT),
-                            {"authorization": "Basic !!"}, basic("")):
+            for headers in (
+                {},
+                {"authorization": f"Bearer {CLIENT}"},
+                basic(CLIENT),
+                {"authorization": "Basic !!"},
+                basic(""),
+            ):
                 answer = httpx.get(f"{url}/dashboard", headers=headers)
                 assert answer.status_code == 401
                 assert answer.headers["www-authenticate"] == 'Basic realm="cascade dashboard"'
                 assert "admin key" in answer.json()["error"]["message"]
             # the client key still works where it should
-            assert httpx.get(f"{url}/v1/models",
-                             headers={"authorization": f"Bearer {CLIENT}"}).status_code == 200
+            assert (
+                httpx.get(
+                    f"{url}/v1/models", headers={"authorization": f"Bearer {CLIENT}"}
+                ).status_code
+                == 200
+            )
             for headers in ({"authorization": f"Bearer {ADMIN}"}, basic(ADMIN)):
                 answer = httpx.get(f"{url}/dashboard", headers=headers)
                 assert answer.status_code == 200
@@ -89,7 +98,10 @@ def test_concurrent_requests_share_one_read(server: MockLLMServer, tmp_path: Pat
         pages = asyncio.run(many())
         assert board.reads == 1
         assert len(set(pages)) == 1
+        assert "data-chart=" in pages[0]
+        assert board._pool is not None  # drawn in the dashboard's own process
     finally:
+        board.close()
         engine.close()
 
 
@@ -104,7 +116,9 @@ def test_the_reads_and_the_drawing_leave_the_event_loop_free(
 
     engine = Cascade.from_dict(live_config(server, ledger=str(tmp_path / "l.sqlite")))
     engine.complete("faq", "q")
-    board = Dashboard(create_app(engine, api_keys=[CLIENT], admin_keys=[ADMIN]).state.gateway)
+    board = Dashboard(  # drawing on a thread, whose render the test can gate
+        create_app(engine, api_keys=[CLIENT], admin_keys=[ADMIN]).state.gateway, processes=False
+    )
     gates = {"read": threading.Event(), "draw": threading.Event()}
 
     def gated(name: str, real: object) -> object:

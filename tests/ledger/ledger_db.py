@@ -73,7 +73,7 @@ class Db:
 
     def drop_rollup(self) -> None:
         """Take a ledger back to schema 4: no rollup, its log or their triggers."""
-        self._drop_triggers("rollup_top", (("runs", "insert"), ("runs", "update")))
+        self._drop_triggers("rollup_top", _TOP_TRIGGERS)
         self._drop_triggers("rollup", (("steps", "insert"), ("steps", "update"),
                                        ("runs", "insert"), ("runs", "update"),
                                        ("feedback", "insert")))
@@ -93,16 +93,19 @@ class Db:
     def to_schema_7(self) -> None:
         """Take a ledger back to schema 7: no always-top figures, key names, their rollup
         sums and triggers, or the period indexes."""
-        from cascade.ledger.triggers import TOP_METRICS
+        from cascade.ledger.triggers import SCHEMA_8_METRICS
 
-        self._drop_triggers("rollup_top", (("runs", "insert"), ("runs", "update")))
-        for index in ("runs_ts", "steps_ts", "runs_key_ts"):
+        self._drop_triggers("rollup_top", _TOP_TRIGGERS)
+        for index in ("runs_ts", "steps_ts", "runs_key_ts", "feedback_shadow"):
             self.execute(f"DROP INDEX {index}")
-        for table, columns in (("rollup", TOP_METRICS), ("rollup_log", TOP_METRICS),
+        for table, columns in (("rollup", SCHEMA_8_METRICS), ("rollup_log", SCHEMA_8_METRICS),
                                ("runs", ("top_usd", "top_estimated", "key_name"))):
             for column in columns:
                 self.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
         self.execute("UPDATE schema_version SET version = 7")
+
+
+_TOP_TRIGGERS = (("runs", "insert"), ("runs", "update"), ("feedback", "insert"))
 
 
 @cache
