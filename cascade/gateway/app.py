@@ -12,7 +12,7 @@
 - ``POST /admin/reload``: read the config file again and serve it, admin keys only
   (``cascade.gateway.reload``, which ``SIGHUP`` to ``cascade serve`` runs too).
 - ``GET /dashboard``: the HTML page of ``cascade report --html``, live, admin keys only
-  (``cascade.gateway.dashboard``).
+  (``cascade.gateway.dashboard``), with ``GET /dashboard/plotly.js``, the library it draws with.
 - ``GET /healthz``: liveness, without auth. ``GET /metrics``: Prometheus text, with auth; its
   drift gauges are refreshed in the background, at most every ``server.metrics_refresh_s``
   (``cascade.gateway.drift``).
@@ -36,7 +36,7 @@ from starlette.routing import Route
 
 from cascade.config import ServerConfig
 from cascade.engine import Cascade
-from cascade.gateway.dashboard import Dashboard, dashboard
+from cascade.gateway.dashboard import PLOTLY_PATH, Dashboard, dashboard, plotly_js
 from cascade.gateway.drift import DriftGauges
 from cascade.gateway.errors import (
     NO_RETRY,
@@ -299,6 +299,7 @@ def create_app(
             Route("/metrics", metrics, methods=["GET"]),
             Route("/admin/reload", admin_reload, methods=["POST"]),
             Route("/dashboard", dashboard, methods=["GET"]),
+            Route(PLOTLY_PATH, plotly_js, methods=["GET"]),
         ],
         lifespan=lifespan,
         middleware=[Middleware(AccessLog)],

@@ -21,8 +21,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import functools
 import multiprocessing
+import os
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -40,11 +42,12 @@ from cascade.report.period import Period, parse_since
 from cascade.report.queries import Aggregates, aggregate
 from cascade.report.savings import shadowed
 
-__all__ = ["CACHE_S", "Dashboard", "dashboard"]
+__all__ = ["CACHE_S", "PLOTLY_PATH", "Dashboard", "dashboard", "plotly_js"]
 
 log = get_logger()
 
 CACHE_S = 4.0
+PLOTLY_PATH = "/dashboard/plotly.js"
 DEFAULT_HOURS = 24
 DEFAULT_REFRESH_S = 30.0
 MIN_REFRESH_S = 2.0
@@ -115,7 +118,14 @@ class Dashboard:
 
         self.reads += 1
         agg, shadow = await ledger.run(read)
-        draw = functools.partial(render, agg, where=ledger.where, shadow=shadow, refresh_s=refresh)
+        draw = functools.partial(
+            render,
+            agg,
+            where=ledger.where,
+            shadow=shadow,
+            refresh_s=refresh,
+            plotly_src=PLOTLY_PATH,
+        )
         if not self.processes:
             return await asyncio.to_thread(draw)
         # Drawing is a few hundred ms of plotly's pure-Python work per page: in a thread it would
@@ -124,7 +134,9 @@ class Dashboard:
 
     def _drawer(self) -> ProcessPoolExecutor:
         if self._pool is None:
-            self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+            self._pool = ProcessPoolExecutor(
+                1, mp_context=multiprocessing.get_context("spawn"), initializer=_lower_priority
+            )
         return self._pool
 
     def close(self) -> None:
@@ -132,6 +144,12 @@ class Dashboard:
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
+
+
+def _lower_priority() -> None:
+    """The drawing process yields the CPU to the gateway's: a page may wait, a chat should not."""
+    with contextlib.suppress(OSError, AttributeError):  # no nice() on some platforms
+        os.nice(10)
 
 
 def period_of(params: dict[str, str], now: float) -> Period:
@@ -172,21 +190,47 @@ def _given_key(request: Request) -> bytes:
     return b""
 
 
-async def dashboard(request: Request) -> Response:
+def _refused(request: Request) -> Response | None:
+    """The 401 of a request without an admin key (None: it has one)."""
     gateway: Gateway = request.app.state.gateway
-    if not gateway.is_admin(_given_key(request)):
-        response = refuse(
-            gateway,
-            "Unauthorized",
-            401,
-            "GET /dashboard needs an admin key (one of those in the variable "
-            "server.admin_keys_env names): send 'Authorization: Bearer <key>', or give the "
-            "key as the password when the browser asks",
-            "admin_key_required",
-            scrub=False,
-        )
-        response.headers["www-authenticate"] = 'Basic realm="cascade dashboard"'
-        return response
+    if gateway.is_admin(_given_key(request)):
+        return None
+    response = refuse(
+        gateway,
+        "Unauthorized",
+        401,
+        "GET /dashboard needs an admin key (one of those in the variable "
+        "server.admin_keys_env names): send 'Authorization: Bearer <key>', or give the "
+        "key as the password when the browser asks",
+        "admin_key_required",
+        scrub=False,
+    )
+    response.headers["www-authenticate"] = 'Basic realm="cascade dashboard"'
+    return response
+
+
+async def plotly_js(request: Request) -> Response:
+    """``GET /dashboard/plotly.js``: the page's charting library, kept by the browser a day."""
+    refused = _refused(request)
+    if refused is not None:
+        return refused
+    try:
+        require_plotly()
+    except PlotlyMissing as exc:
+        return error_response(501, str(exc), "server_error", "plotly_missing", scrub=False)
+    from plotly.offline import get_plotlyjs
+
+    return Response(
+        get_plotlyjs(),
+        media_type="text/javascript",
+        headers={"cache-control": "private, max-age=86400"},
+    )
+
+
+async def dashboard(request: Request) -> Response:
+    refused = _refused(request)
+    if refused is not None:
+        return refused
     board: Dashboard = request.app.state.dashboard
     try:
         page = await board.page(dict(request.query_params))

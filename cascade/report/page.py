@@ -139,8 +139,10 @@ def render(
     where: str,
     shadow: dict[str, dict[str, Any]],
     refresh_s: float | None = None,
+    plotly_src: str | None = None,
 ) -> str:
-    """The page's HTML (see the module)."""
+    """The page's HTML (see the module). ``plotly_src``: load plotly.js from this URL (the live
+    dashboard's, which a browser keeps) instead of inlining it (a file that opens offline)."""
     from cascade.report.figures import figures
 
     panels, specs = [], []
@@ -166,7 +168,11 @@ def render(
         + _headline(agg.headline)
         + _shadowed(shadow)
         + f'<div class="grid">{"".join(panels)}</div>'
-        + f'<script id="plotly-gz" type="application/octet-stream">{plotly_bundle()}</script>'
+        + (
+            f'<script src="{html.escape(plotly_src)}"></script>'
+            if plotly_src
+            else f'<script id="plotly-gz" type="application/gzip">{plotly_bundle()}</script>'
+        )
         + f"<script>{_DRAW.replace('SPECS', '[' + ','.join(specs) + ']')}</script>"
         + "</body></html>"
     )
@@ -174,16 +180,18 @@ def render(
 
 # plotly.js (4.8 MB, nearly the whole 5 MB a page may weigh) is inlined gzipped and base64'd
 # (1.9 MB) and unpacked by the browser's own DecompressionStream: still one file, no CDN, and
-# it opens offline. Then each chart is drawn from its figure's JSON.
+# it opens offline. (The live dashboard loads it from GET /dashboard/plotly.js instead, which a
+# browser keeps between refreshes.) Then each chart is drawn from its figure's JSON.
 _DRAW = """
 (async () => {
-  const packed = document.getElementById("plotly-gz").textContent.trim();
-  const bytes = Uint8Array.from(atob(packed), (c) => c.charCodeAt(0));
-  const stream = new Blob([bytes]).stream().pipeThrough(new DecompressionStream("gzip"));
-  const code = await new Response(stream).text();
-  const script = document.createElement("script");
-  script.textContent = code;
-  document.head.appendChild(script);
+  const packed = document.getElementById("plotly-gz");
+  if (packed) {
+    const bytes = Uint8Array.from(atob(packed.textContent.trim()), (c) => c.charCodeAt(0));
+    const stream = new Blob([bytes]).stream().pipeThrough(new DecompressionStream("gzip"));
+    const script = document.createElement("script");
+    script.textContent = await new Response(stream).text();
+    document.head.appendChild(script);
+  }
   const drawn = [];
   for (const [id, fig] of SPECS) {
     drawn.push(Plotly.newPlot(id, fig.data, fig.layout, {displaylogo: false, responsive: true}));

@@ -69,6 +69,14 @@ def test_dashboard_admin_only_cached_and_checked(server: MockLLMServer, tmp_path
                 assert '<meta http-equiv="refresh" content="30">' in answer.text
                 assert 'data-metric="cost_usd" data-task="faq"' in answer.text
             assert board.reads == 1  # the second request got the kept page
+            # the live page loads plotly.js from the gateway (the browser keeps it), admin only
+            assert '<script src="/dashboard/plotly.js"></script>' in answer.text
+            assert 'id="plotly-gz"' not in answer.text
+            script = httpx.get(f"{url}/dashboard/plotly.js", headers=basic(ADMIN))
+            assert script.status_code == 200 and "plotly" in script.text[:2000].lower()
+            assert script.headers["cache-control"] == "private, max-age=86400"
+            assert httpx.get(f"{url}/dashboard/plotly.js",
+                             headers=basic(CLIENT)).status_code == 401
             clock.t += board.cache_s
             httpx.get(f"{url}/dashboard", headers=basic(ADMIN))
             assert board.reads == 2  # kept no longer: read again
