@@ -69,7 +69,8 @@ def check_page(page: Any, report: dict[str, Any], shot: Path) -> None:
             " return svg ? {children: svg.querySelectorAll('*').length,"
             " width: svg.getBoundingClientRect().width} : null; }", f"chart-{name}")
         assert drawn is not None, name
-        assert drawn["children"] > 10 and drawn["width"] > 100, (name, drawn)
+        assert drawn["children"] > 10, (name, drawn)
+        assert drawn["width"] > 100, (name, drawn)
     # the panels with data in this ledger drew traces, not the "no data" note
     for name in ("spend-task", "spend-model", "saved", "funnel", "latency-model",
                  "latency-task", "model-use", "drift", "feedback", "budgets"):
@@ -141,7 +142,8 @@ def test_html_report_and_dashboard_in_chromium(
             page = context.new_page()
             errors = watch(page)
             answer = page.goto(f"{url}/dashboard?refresh=60")
-            assert answer is not None and answer.status == 200
+            assert answer is not None
+            assert answer.status == 200
             assert page.locator('meta[http-equiv="refresh"]').get_attribute("content") == "60"
             check_page(page, report, tmp_path / "dashboard.png")
             assert errors == []

@@ -23,7 +23,8 @@ def test_html_filters_and_refusals(server: MockLLMServer, tmp_path: Path,
     assert f"report: wrote {page} (2.0 MB; from the start, until now, task code)" in (
         capsys.readouterr().out)
     text = page.read_text()
-    assert 'data-task="code"' in text and 'data-task="faq"' not in text
+    assert 'data-task="code"' in text
+    assert 'data-task="faq"' not in text
     # a period holding none of the runs: a page all the same, each panel saying so
     empty = tmp_path / "empty.html"
     assert main(["report", "--ledger", str(ledger), "--html", str(empty), "--since",
@@ -38,4 +39,5 @@ def test_html_filters_and_refusals(server: MockLLMServer, tmp_path: Path,
     assert main(["report", "--ledger", str(ledger), "--html",
                  str(tmp_path / "none" / "x.html")]) == 1
     err = capsys.readouterr().err
-    assert err.startswith("cascade report: cannot write ") and err.count("\n") == 1
+    assert err.startswith("cascade report: cannot write ")
+    assert err.count("\n") == 1
