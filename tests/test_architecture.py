@@ -27,11 +27,13 @@ BELOW: dict[str, set[str]] = {
     "models": {"config"},
     "providers": {"config"},
     "ledger": {"config"},
+    "report": {"config", "ledger"},  # the ledger's read side: reports, the dashboard page
     "evaluation": {"config", "models"},
     "engine": {"config", "models", "providers", "evaluation", "ledger"},
-    "replay": {"config", "models", "providers", "evaluation", "ledger", "engine"},
-    "calibration": {"config", "models", "providers", "evaluation", "ledger", "engine", "replay"},
-    "gateway": {"config", "models", "providers", "evaluation", "ledger", "engine"},
+    "replay": {"config", "models", "providers", "evaluation", "ledger", "engine", "report"},
+    "calibration": {"config", "models", "providers", "evaluation", "ledger", "engine", "replay",
+                    "report"},
+    "gateway": {"config", "models", "providers", "evaluation", "ledger", "engine", "report"},
     "facade": {"engine", "ledger"},  # cascade/__init__.py: re-exports only
     "demo": set(),  # package data for ``cascade demo``
     "cli": {"*"},

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
+from cascade.cli.console import print_wide
 from cascade.cli.where import default_config
 from cascade.formatting import plural, to_json, usd
 
@@ -34,9 +35,6 @@ COLUMNS = (
 
 def cmd_drift(args: argparse.Namespace, ledger: Ledger) -> int:
     """``cascade report --drift`` (the ledger is opened and closed by ``cmd_report``)."""
-    from rich.console import Console
-    from rich.measure import Measurement
-
     from cascade.config import load_config
     from cascade.ledger.drift import drift_report
 
@@ -53,13 +51,7 @@ def cmd_drift(args: argparse.Namespace, ledger: Ledger) -> int:
         print(to_json([r.as_dict() for r in rows], indent=2))
         return 0
     print(f"{ledger.where}: drift per task, rung and week")
-    # Eleven columns: never narrower than they need, whatever width the terminal (or a pipe's
-    # default 80) offers; a line too long for the screen beats a cell folded mid-number.
-    console = Console()
-    table = _table(rows)
-    wide = Measurement.get(console, console.options.update_width(10_000), table).maximum
-    console.width = max(console.width, wide)
-    console.print(table)
+    print_wide(_table(rows))  # eleven columns
     for r in rows:
         if r.flagged:
             print(

@@ -9,8 +9,11 @@ database only.
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 from typing import Any
 
+from cascade.cli.console import print_wide
 from cascade.cli.drift import cmd_drift
 from cascade.cli.where import default_config, open_for_cli, where_args
 from cascade.formatting import plural, to_json, usd
@@ -23,6 +26,13 @@ def cmd_report(args: argparse.Namespace) -> int:
     from cascade.engine.limits import Limits
     from cascade.replay.report import ledger_report
 
+    if getattr(args, "html", None):
+        return cmd_report_html(args)
+    filters = [f"--{f}" for f in ("since", "until", "task", "key") if getattr(args, f, None)]
+    if filters:
+        print(f"cascade report: {', '.join(filters)} select what --html FILE shows; "
+              "add --html FILE", file=sys.stderr)
+        return 2
     ledger = open_for_cli(args)
     if getattr(args, "drift", False):
         try:
@@ -53,7 +63,7 @@ def _by_key(args: argparse.Namespace, ledger: Any) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from cascade.replay.report import key_report
+    from cascade.report.keys import key_report
 
     report = key_report(ledger)
     if args.json:
@@ -62,17 +72,64 @@ def _by_key(args: argparse.Namespace, ledger: Any) -> int:
     total = sum(k["cost_usd"] for k in report["keys"].values())
     print(f"{ledger.where}: {plural(len(report['keys']), 'key')}, {usd(total)} total")
     table = Table()
-    for column in ("key", "runs", "accepted", "calls", "cost USD", "unfinished"):
+    for column in ("key", "runs", "accepted", "calls", "cost USD", "saved USD", "unfinished"):
         table.add_column(column, justify="left" if column == "key" else "right")
     for name, k in report["keys"].items():
+        saved = k.get("saved_usd")
         table.add_row(name or "(unnamed)", str(k["runs"]), str(k["accepted"]), str(k["calls"]),
-                      usd(k["cost_usd"]), str(k["unfinished"]))
+                      usd(k["cost_usd"]), "-" if saved is None else usd(saved),
+                      str(k["unfinished"]))
     Console().print(table)
     return 0
 
 
+def cmd_report_html(args: argparse.Namespace) -> int:
+    """``cascade report --html FILE``: the page of a period, one self-contained file."""
+    from cascade.report.page import PlotlyMissing, report_page
+    from cascade.report.period import Period, parse_since
+
+    period = Period(
+        since=parse_since(args.since) if args.since else None,
+        until=parse_since(args.until, "--until") if args.until else None,
+        task=args.task, key=args.key,
+    )
+    ledger = open_for_cli(args)
+    try:
+        page = report_page(ledger, period, **page_context(args, ledger))
+    except PlotlyMissing as exc:
+        print(f"cascade report: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        ledger.close()
+    out = Path(args.html)
+    try:
+        out.write_text(page, encoding="utf-8")
+    except OSError as exc:
+        print(f"cascade report: cannot write {out}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    print(f"report: wrote {out} ({len(page.encode()) / 1e6:.1f} MB; {period.describe()})")
+    return 0
+
+
+def page_context(args: argparse.Namespace, ledger: Any) -> dict[str, Any]:
+    """What the page reads from the config, when there is one: budgets, targets, ladders."""
+    from cascade.config import load_config
+    from cascade.engine.limits import Limits
+
+    config_path = default_config(args)
+    if not config_path:
+        return {}
+    config = load_config(config_path)
+    guard = Limits(config, ledger).guard
+    return {
+        "budgets": guard.status() if guard else [],
+        "targets": {n: t.quality_target for n, t in config.tasks.items()
+                    if t.quality_target is not None},
+        "rungs": {n: [r.model for r in t.ladder] for n, t in config.tasks.items()},
+    }
+
+
 def _print_report(where: str, report: dict[str, Any]) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     print(f"{where}: {plural(report['runs'], 'run')}, {usd(report['total_cost_usd'])} total")
@@ -85,24 +142,52 @@ def _print_report(where: str, report: dict[str, Any]) -> None:
         "escalation",
         "accepted",
         "unfinished",
+        "saved USD",
+        "saved",
+        "feedback",
+        "agreement",
     ):
         table.add_column(column, justify="left" if column in ("task", "model") else "right")
     for task, t in report["tasks"].items():
-        accepted = "-" if t["accepted_rate"] is None else f"{t['accepted_rate']:.1%}"
         table.add_row(
             task,
             "(all)",
             str(t["runs"]),
             usd(t["cost_usd"]),
             f"{t['escalation_rate']:.1%}",
-            accepted,
+            _share(t["accepted_rate"]),
             str(t["unfinished"]),
+            *_savings(t),
         )
         for model, m in t["models"].items():
             table.add_row(
-                "", model, str(m["calls"]), usd(m["cost_usd"]), "", "", str(m["unfinished"])
+                "", model, str(m["calls"]), usd(m["cost_usd"]), "", _share(m["accepted_rate"]),
+                str(m["unfinished"]), *_savings(m),
             )
-    Console().print(table)
+    print_wide(table)
+    if report["priced_runs"]:
+        print(
+            f"saved against always-top: {usd(report['saved_usd'])} "
+            f"({_share(report['saved_share'])} of {usd(report['top_usd'])}) over "
+            f"{plural(report['priced_runs'], 'run')}, {report['top_exact_runs']} of them exact "
+            "(the top rung ran), the rest estimated (docs/dashboard.md); saved, feedback and "
+            "agreement of a model are over the runs it answered"
+        )
+    for task, t in report["tasks"].items():
+        shadowed = t.get("shadowed")
+        if shadowed:
+            print(
+                f"{task}: on {plural(shadowed['runs'], 'shadowed run')} the top rung's own bill "
+                f"gives a saving of {usd(shadowed['saved_usd'])}; the estimate said "
+                f"{usd(shadowed['estimated_saved_usd'])}"
+            )
+    for key, k in report.get("keys", {}).items():
+        print(
+            f"key {key}: {plural(k['runs'], 'run')}, {usd(k['cost_usd'])}, saved "
+            f"{usd(k['saved_usd'])} ({_share(k['saved_share'])}), accepted "
+            f"{_share(k['accepted_rate'])}, feedback {_score(k['feedback_mean'])}, agreement "
+            f"{_share(k['shadow_agreement'])}"
+        )
     for task, t in report["tasks"].items():
         if t["usage_estimated"]:
             print(
@@ -127,6 +212,22 @@ def _print_report(where: str, report: dict[str, Any]) -> None:
             f"{budget['period']} budget ({scope}): {usd(budget['spent_usd'])} of "
             f"{usd(budget['limit_usd'])} ({share:.1%})"
         )
+
+
+def _share(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1%}"
+
+
+def _score(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def _savings(row: dict[str, Any]) -> tuple[str, str, str, str]:
+    """The saved, feedback and agreement cells of a task's or model's row."""
+    if not row.get("priced_runs"):
+        return "-", "-", _score(row["feedback_mean"]), _share(row["shadow_agreement"])
+    return (usd(row["saved_usd"]), _share(row["saved_share"]), _score(row["feedback_mean"]),
+            _share(row["shadow_agreement"]))
 
 
 def cmd_recover(args: argparse.Namespace) -> int:
@@ -170,6 +271,16 @@ def register(sub: Any) -> None:
         help="group by task and model (default) or by gateway key name (named keys: "
         "cascade keys)",
     )
+    report.add_argument(
+        "--html",
+        metavar="FILE",
+        help="write the report as one self-contained HTML page (charts of spend, savings, "
+        "escalation, latency, errors, drift and budgets; opens offline; docs/dashboard.md)",
+    )
+    report.add_argument("--since", help="with --html: from this date (YYYY-MM-DD or ISO, UTC)")
+    report.add_argument("--until", help="with --html: up to this date (excluded)")
+    report.add_argument("--task", help="with --html: this task only")
+    report.add_argument("--key", help="with --html: the runs of this gateway key name only")
     report.add_argument(
         "--min-evidence",
         type=int,

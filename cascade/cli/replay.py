@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ __all__ = ["register"]
 # repository's .gitignore, so a demo run in a clone leaves nothing to commit.
 DEMO_FOLDER = Path("cascade-demo")
 DEMO_PLOT = DEMO_FOLDER / "tradeoff.png"
+DEMO_HTML = DEMO_FOLDER / "report.html"
 
 
 def print_bench(report: dict[str, Any]) -> None:
@@ -114,10 +116,18 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     """Replay the bundled GSM8K recordings through the real engine: no key, no network."""
     from cascade.demo import DATASET, DEMO_CONFIG, NOTICE
+    from cascade.ledger import Ledger
     from cascade.replay.bench import run_bench
 
     quiet()
-    report = run_bench(DEMO_CONFIG, DATASET).as_json()
+    with tempfile.TemporaryDirectory() as folder:
+        # The replay's ledger, for the HTML report only (the numbers printed do not read it).
+        ledger = Ledger(Path(folder) / "demo-ledger.sqlite")
+        try:
+            report = run_bench(DEMO_CONFIG, DATASET, ledger=ledger).as_json()
+            page = _demo_page(ledger, args.html)
+        finally:
+            ledger.close()
     print(
         f"cascade demo: {report['queries']} GSM8K questions ({report['split']} split) with "
         "answers recorded from Mixtral-8x7B and GPT-4 (RouteLLM, Apache-2.0; see "
@@ -138,6 +148,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if args.json:
         Path(args.json).write_text(to_json(report, indent=2))
         print(f"report: wrote {args.json}")
+    print(page)
     try:
         import matplotlib  # noqa: F401
     except ImportError:
@@ -155,6 +166,31 @@ def cmd_demo(args: argparse.Namespace) -> int:
         return 0
     print(f"plot: wrote {plot.name} in the folder {plot.resolve().parent}")
     return 0
+
+
+def _demo_page(ledger: Any, out: str) -> str:
+    """Write the HTML report of the demo's replay; returns the line that says where (or why
+    not)."""
+    from cascade.config import load_config
+    from cascade.demo import DEMO_CONFIG
+    from cascade.report.page import PlotlyMissing, report_page
+    from cascade.report.period import Period
+
+    config = load_config(DEMO_CONFIG)
+    try:
+        page = report_page(ledger, Period(), where="cascade demo's replay of GSM8K", rungs={
+            n: [r.model for r in t.ladder] for n, t in config.tasks.items()})
+    except PlotlyMissing as exc:
+        return f"html: not written ({exc})"
+    path = Path(out)
+    try:
+        if path == DEMO_HTML:
+            DEMO_FOLDER.mkdir(exist_ok=True)
+        path.write_text(page, encoding="utf-8")
+    except OSError as exc:
+        return f"html: not written ({exc}); pass --html PATH to choose where"
+    return (f"html: wrote {path.name} in the folder {path.resolve().parent} (spend, savings "
+            "against always-GPT-4, escalation and latency of this replay; open it in a browser)")
 
 
 def _frontier(path: str | None) -> dict[str, Any] | None:
@@ -203,6 +239,12 @@ def register(sub: Any) -> None:
         help=f"where to write the cost/quality plot (default {DEMO_PLOT}; needs matplotlib)",
     )
     demo.add_argument("--json", metavar="OUT", help="also write the report as JSON")
+    demo.add_argument(
+        "--html",
+        metavar="OUT.html",
+        default=str(DEMO_HTML),
+        help=f"where to write the HTML report of the replay (default {DEMO_HTML}; needs plotly)",
+    )
     demo.set_defaults(handler=cmd_demo)
 
     bench = sub.add_parser(

@@ -13,6 +13,7 @@ from typing import Any
 from cascade.config import CascadeConfig
 from cascade.engine.caller import Outcome
 from cascade.engine.limits import Gate
+from cascade.engine.savings import always_top
 from cascade.errors import (
     BudgetExceeded,
     CascadeError,
@@ -321,6 +322,7 @@ class Recorder:
                     content=self.content(run, result.steps) if run is not None else (),
                     failed=failed, key_id=run.key_id if run is not None else None,
                     key_name=run.key_name if run is not None else None,
+                    top=always_top(self.config, result),
                 )
             except LedgerError as exc:
                 failed(exc)

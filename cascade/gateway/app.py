@@ -11,6 +11,8 @@
 - ``POST /v1/feedback``: a score for a run's answer (``cascade.gateway.feedback``).
 - ``POST /admin/reload``: read the config file again and serve it, admin keys only
   (``cascade.gateway.reload``, which ``SIGHUP`` to ``cascade serve`` runs too).
+- ``GET /dashboard``: the HTML page of ``cascade report --html``, live, admin keys only
+  (``cascade.gateway.dashboard``), with ``GET /dashboard/plotly.js``, the library it draws with.
 - ``GET /healthz``: liveness, without auth. ``GET /metrics``: Prometheus text, with auth; its
   drift gauges are refreshed in the background, at most every ``server.metrics_refresh_s``
   (``cascade.gateway.drift``).
@@ -35,6 +37,7 @@ from starlette.routing import Route
 from cascade.config import ServerConfig
 from cascade.engine import Cascade
 from cascade.errors import CascadeError, LedgerError
+from cascade.gateway.dashboard import PLOTLY_PATH, Dashboard, dashboard, plotly_js
 from cascade.gateway.drift import DriftGauges
 from cascade.gateway.errors import (
     NO_RETRY,
@@ -233,7 +236,7 @@ async def _no_route(request: Request, exc: Exception) -> Response:
         return error_response(405, message, "invalid_request_error", "method_not_allowed")
     message = (
         f"unknown route {request.method} {request.url.path} (the gateway serves "
-        "POST /v1/chat/completions, GET /v1/models, GET /healthz and GET /metrics)"
+        "POST /v1/chat/completions, GET /v1/models, GET /healthz, GET /metrics and GET /dashboard)"
     )
     return error_response(404, message, "invalid_request_error", "unknown_route")
 
@@ -333,6 +336,7 @@ def create_app(
         reloader.start()
         yield
         await drift.close()
+        await asyncio.to_thread(app.state.dashboard.close)
         await reloader.close(drain_s)  # engines a reload replaced
         last = gateway.engine  # the one served last
         await gateway.drain(drain_s)
@@ -352,6 +356,8 @@ def create_app(
             Route("/healthz", healthz, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),
             Route("/admin/reload", admin_reload, methods=["POST"]),
+            Route("/dashboard", dashboard, methods=["GET"]),
+            Route(PLOTLY_PATH, plotly_js, methods=["GET"]),
         ],
         lifespan=lifespan,
         middleware=[Middleware(AccessLog)],
@@ -363,4 +369,5 @@ def create_app(
     app.state.rate_limits = rate_limits
     app.state.drift = drift
     app.state.reloader = reloader
+    app.state.dashboard = Dashboard(gateway)
     return app

@@ -126,6 +126,20 @@ class GatewayMetrics:
             ["outcome"],
             registry=self.registry,
         )
+        # The savings against always-top: saved = always_top - priced_cost (docs/dashboard.md).
+        self.always_top = Counter(
+            "cascade_always_top_cost_usd",
+            "What the runs would have cost at their task's top rung alone (the top rung's bill "
+            "where it ran, else an estimate; runs with nothing to price are left out).",
+            ["task"],
+            registry=self.registry,
+        )
+        self.priced_cost = Counter(
+            "cascade_priced_cost_usd",
+            "Spend of the runs counted in cascade_always_top_cost_usd (every step included).",
+            ["task"],
+            registry=self.registry,
+        )
         # Spend against each period budget (global, per task), refreshed with the drift gauges.
         self.budget_spent = Gauge(
             "cascade_budget_spent_usd",
@@ -167,11 +181,22 @@ class GatewayMetrics:
             if step.decision in _ESCALATING:
                 self.escalations.labels(task, step.model).inc()
 
-    def result(self, result: CascadeResult, seconds: float, key: str = "") -> None:
+    def result(
+        self,
+        result: CascadeResult,
+        seconds: float,
+        key: str = "",
+        top: tuple[float, bool] | None = None,
+    ) -> None:
+        """Count a run that returned; ``top``: what always-top would have cost it
+        (``cascade.engine.savings.always_top``; None when there is nothing to price)."""
         self.run(
             result.task, "accepted" if result.accepted else "not_accepted", seconds,
             result.steps, key,
         )
+        if top is not None:
+            self.always_top.labels(result.task).inc(top[0])
+            self.priced_cost.labels(result.task).inc(result.cost_usd)
         for warning in result.warnings:
             self.misconfigured.labels(warning.model).inc()
 

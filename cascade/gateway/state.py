@@ -15,6 +15,7 @@ from starlette.requests import Request
 
 from cascade.config import RungConfig, ServerConfig, TaskConfig
 from cascade.engine import Cascade
+from cascade.engine.savings import always_top
 from cascade.errors import (
     BudgetExceeded,
     CascadeExhausted,
@@ -226,6 +227,11 @@ class Gateway:
         return Client(key_id(given), False, found.name, found.tasks, found.rpm, found.tpm,
                       found.scope)
 
+    def is_admin(self, given: bytes) -> bool:
+        """Whether ``given`` is one of the admin keys (compared with every one of them)."""
+        matches = [hmac.compare_digest(given, key) for key in self._admin]
+        return bool(given) and any(matches)
+
     def resolve(self, name: str) -> tuple[Cascade, str] | None:
         """``cascade/X`` is always task X; a bare name is a task if one exists, else a model
         that ``server.direct_models`` allows (any other model key is unknown, as on the list).
@@ -299,7 +305,9 @@ class Gateway:
             if on_end is not None:
                 await on_end(steps)
             raise
-        self.metrics.result(result, time.perf_counter() - started, key)
+        self.metrics.result(
+            result, time.perf_counter() - started, key, always_top(engine.config, result)
+        )
         if on_end is not None:  # a cancelled run (shutdown) keeps its reservation
             await on_end(result.steps)
         return result

@@ -414,12 +414,15 @@ class Ledger:
         failed: Callable[[LedgerError], None] | None = None,
         key_id: str | None = None,
         key_name: str | None = None,
+        top: tuple[float, bool] | None = None,
     ) -> None:
         """Queue the run's row and its ``content`` rows (step, kind, model, model name, text,
         mean token log-probability), written in one transaction; ``key_id``: the gateway key
-        that made the run, ``key_name``: its name when it is a named key."""
+        that made the run, ``key_name``: its name when it is a named key; ``top``: what
+        always-top would have cost, and whether that is an estimate (``cascade.engine.savings``).
+        """
         self.writer.submit(
-            Op(run_write(result, status, content, key_id, key_name), None, failed)
+            Op(run_write(result, status, content, key_id, key_name, top), None, failed)
         )
 
     def record_content(

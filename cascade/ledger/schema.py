@@ -55,17 +55,29 @@ Schema 8 (named gateway keys, ``docs/keys.md``) adds:
   (NULL for library calls, unnamed ``server.api_keys_env`` keys and older rows). A key's spend
   also goes to the totals scope ``key:NAME``, so its budgets are checked in the reservation's
   transaction.
+
+Schema 9 (savings against always-top, ``docs/dashboard.md``) adds:
+
+- ``runs.top_usd``: what sending the run to its task's top rung alone would have cost, and
+  ``runs.top_estimated``: 0 when that is the top rung's own bill (it ran in this run), 1 when
+  it is an estimate (the top rung's price over the run's tokens; ``cascade.engine.savings``).
+  Both NULL for older rows and for runs with nothing to price (a cache hit, every call failed);
+- the rollup's ``top_*`` sums and its sums of every feedback row (users' and shadow labels
+  apart: ``cascade.ledger.triggers.SCHEMA_9_METRICS``), with triggers of their own;
+- indexes on ``runs(ts)`` and ``steps(ts)``, so the dashboard's queries of a period read that
+  period's rows only, ``runs(key_name, ts)`` for the rows of one key, and the shadow labels'
+  runs (``feedback_shadow``), so the exact savings read the shadowed sample only.
 """
 
 from __future__ import annotations
 
 from cascade.errors import LedgerError
 from cascade.ledger.backends import Backend, Tx
-from cascade.ledger.triggers import create_rollup
+from cascade.ledger.triggers import add_top_rollup, create_rollup
 
 __all__ = ["VERSION", "migrate"]
 
-VERSION = 8
+VERSION = 9
 
 _TYPES = {
     "sqlite": {
@@ -182,6 +194,15 @@ _V1_INDEXES = [
     "CREATE INDEX runs_task_ts ON runs(task, ts)",
 ]
 
+# Schema 9's indexes (see the module docstring).
+_V9_INDEXES = [
+    "CREATE INDEX IF NOT EXISTS runs_ts ON runs(ts)",
+    "CREATE INDEX IF NOT EXISTS steps_ts ON steps(ts)",
+    "CREATE INDEX IF NOT EXISTS runs_key_ts ON runs(key_name, ts) WHERE key_name IS NOT NULL",
+    "CREATE INDEX IF NOT EXISTS feedback_shadow ON feedback(run_id)"
+    " WHERE source = 'shadow:agreement'",
+]
+
 # Rebuild the totals of a schema-1 ledger from its steps (SQLite only: PostgreSQL ledgers
 # start at schema 2).
 _NUSD = "SUM(CAST(ROUND(cost_usd * 1e9) AS INTEGER))"
@@ -248,6 +269,13 @@ def migrate(backend: Backend) -> int:
         # Schema 4 -> 5.
         if not backend.has_column(tx, "runs", "key_id"):
             tx.execute("ALTER TABLE runs ADD COLUMN key_id TEXT")
+        # Schema 8 -> 9's run columns, and 7 -> 8's runs.key_name: before the rollup, whose
+        # triggers read them.
+        if not backend.has_column(tx, "runs", "top_usd"):
+            tx.execute(f"ALTER TABLE runs ADD COLUMN top_usd {types['real']}")
+            tx.execute(f"ALTER TABLE runs ADD COLUMN top_estimated {types['int']}")
+        if not backend.has_column(tx, "runs", "key_name"):
+            tx.execute("ALTER TABLE runs ADD COLUMN key_name TEXT")
         # Schema 5 -> 6 (after every column the triggers read exists).
         if not backend.has_table(tx, "rollup"):
             create_rollup(backend, tx, types)
@@ -260,6 +288,11 @@ def migrate(backend: Backend) -> int:
         for table in ("steps", "runs", "feedback"):
             if not backend.has_column(tx, table, "key_name"):
                 tx.execute(f"ALTER TABLE {table} ADD COLUMN key_name TEXT")
+        # Schema 8 -> 9, the rest.
+        if not backend.has_column(tx, "rollup", "top_nusd"):
+            add_top_rollup(backend, tx, types)
+        for ddl in _V9_INDEXES:
+            tx.execute(ddl)
         tx.execute("DELETE FROM schema_version")
         tx.execute("INSERT INTO schema_version (version) VALUES (?)", (VERSION,))
         return found

@@ -9,7 +9,11 @@ from __future__ import annotations
 
 from cascade.ledger.backends import Backend, Tx
 
-__all__ = ["KEY", "METRICS", "MONDAY_S", "STEP_METRICS", "WEEK_S", "RollupSql", "create_rollup"]
+__all__ = [
+    "FEEDBACK_METRICS", "KEY", "METRICS", "MONDAY_S", "SCHEMA_9_METRICS", "STEP_METRICS",
+    "TOP_METRICS", "WEEK_S", "RollupSql",
+    "add_top_rollup", "create_rollup",
+]
 
 WEEK_S = 604800
 MONDAY_S = 259200  # 1970-01-01 was a Thursday: weeks start 3 days before the epoch
@@ -20,7 +24,19 @@ STEP_METRICS = (
 )
 _RUN_METRICS = ("runs", "runs_accepted", "run_nusd")
 _SCORE_METRICS = ("score_nano", "scores_user", "scores_shadow")
-METRICS = (*STEP_METRICS, "step_runs", "escalated_runs", *_RUN_METRICS, *_SCORE_METRICS)
+# What always-top would have cost (schema 8, ``runs.top_usd``), kept by triggers of their own
+# so that the upgrade adds them beside the schema-6 triggers without rewriting those: runs with
+# a figure, the figure, those runs' own cost, and how many figures are exact (the top rung ran).
+TOP_METRICS = ("top_runs", "top_nusd", "top_cost_nusd", "top_exact")
+# Every feedback row of the runs (schema 8 too), by the run's task, model and week: users'
+# scores and shadow labels apart (``cascade report``'s feedback mean and shadow agreement).
+FEEDBACK_METRICS = ("user_nano", "user_scores", "shadow_nano", "shadow_scores")
+SCHEMA_9_METRICS = (*TOP_METRICS, *FEEDBACK_METRICS)
+METRICS = (
+    *STEP_METRICS, "step_runs", "escalated_runs", *_RUN_METRICS, *_SCORE_METRICS,
+    *SCHEMA_9_METRICS,
+)
+_SHADOW = "'shadow:agreement'"  # cascade.engine.shadow.SOURCE
 
 KEY = "task, model, week"
 _ESCALATING = "('escalate', 'error', 'skip')"  # as cascade report counts an escalation
@@ -154,6 +170,69 @@ class RollupSql:
             ],
         }
 
+    def top_values(self, row: str) -> list[str]:
+        """What a runs row adds to each of TOP_METRICS (nothing when it has no figure)."""
+        has = f"{row}.top_usd IS NOT NULL"
+        return [
+            f"CASE WHEN {has} THEN 1 ELSE 0 END",
+            f"CASE WHEN {has} THEN {self.nano(f'{row}.top_usd')} ELSE 0 END",
+            f"CASE WHEN {has} THEN {self.nano(f'{row}.cost_usd')} ELSE 0 END",
+            f"CASE WHEN {has} AND {row}.top_estimated = 0 THEN 1 ELSE 0 END",
+        ]
+
+    def top_row(self, row: str, sign: str) -> str:
+        return (
+            f"INSERT INTO rollup_log ({KEY}, {', '.join(TOP_METRICS)}) SELECT {row}.task,"
+            f" COALESCE({row}.model, ''), {self.week(f'{row}.ts')}, "
+            + ", ".join(f"{sign}({v})" for v in self.top_values(row))
+            + f" WHERE {row}.top_usd IS NOT NULL"
+        )
+
+    def feedback_values(self, row: str) -> list[str]:
+        """What a feedback row adds to each of FEEDBACK_METRICS."""
+        user, shadow = f"{row}.source = 'user'", f"{row}.source = {_SHADOW}"
+        return [f"CASE WHEN {user} THEN {self.nano(f'{row}.score')} ELSE 0 END",
+                f"CASE WHEN {user} THEN 1 ELSE 0 END",
+                f"CASE WHEN {shadow} THEN {self.nano(f'{row}.score')} ELSE 0 END",
+                f"CASE WHEN {shadow} THEN 1 ELSE 0 END"]
+
+    def run_feedback(self, row: str, sign: str) -> str:
+        """A runs row's feedback so far, under its key (feedback may come before its run)."""
+        sums = ", ".join(f"{sign}(SUM({v}))" for v in self.feedback_values("f"))
+        return (
+            f"INSERT INTO rollup_log ({KEY}, {', '.join(FEEDBACK_METRICS)}) SELECT {row}.task,"
+            f" COALESCE({row}.model, ''), {self.week(f'{row}.ts')}, {sums} FROM feedback f"
+            f" WHERE f.run_id = {row}.run_id HAVING COUNT(*) > 0"
+        )
+
+    def top_triggers(self) -> dict[tuple[str, str], list[str]]:
+        feedback = ", ".join(self.feedback_values("NEW"))
+        return {
+            ("runs", "INSERT"): [self.top_row("NEW", ""), self.run_feedback("NEW", "")],
+            ("runs", "UPDATE"): [self.top_row("OLD", "-"), self.top_row("NEW", ""),
+                                 self.run_feedback("OLD", "-"), self.run_feedback("NEW", "")],
+            ("feedback", "INSERT"): [
+                f"INSERT INTO rollup_log ({KEY}, {', '.join(FEEDBACK_METRICS)}) SELECT r.task,"
+                f" COALESCE(r.model, ''), {self.week('r.ts')}, {feedback} FROM runs r"
+                " WHERE r.run_id = NEW.run_id"
+            ],
+        }
+
+    def top_backfill(self) -> list[str]:
+        """SCHEMA_9_METRICS of the rows already there (an upgrade from before schema 8 finds
+        no run with a figure, but feedback)."""
+        sums = ", ".join(f"SUM({v})" for v in self.top_values("runs"))
+        feedback = ", ".join(f"SUM({v})" for v in self.feedback_values("f"))
+        return [
+            f"INSERT INTO rollup ({KEY}, {', '.join(TOP_METRICS)}) SELECT task,"
+            f" COALESCE(model, ''), {self.week('ts')}, {sums} FROM runs"
+            " WHERE top_usd IS NOT NULL GROUP BY 1, 2, 3" + self.upsert(TOP_METRICS),
+            f"INSERT INTO rollup ({KEY}, {', '.join(FEEDBACK_METRICS)}) SELECT r.task,"
+            f" COALESCE(r.model, ''), {self.week('r.ts')}, {feedback} FROM feedback f"
+            " JOIN runs r ON r.run_id = f.run_id GROUP BY 1, 2, 3"
+            + self.upsert(FEEDBACK_METRICS),
+        ]
+
     def upsert(self, columns: tuple[str, ...]) -> str:
         sets = ", ".join(f"{c} = rollup.{c} + excluded.{c}" for c in columns)
         return f" ON CONFLICT ({KEY}) DO UPDATE SET {sets}"
@@ -210,10 +289,29 @@ def create_rollup(backend: Backend, tx: Tx, types: dict[str, str]) -> None:
                f" NOT NULL, {columns}, PRIMARY KEY ({KEY}))")
     tx.execute(f"CREATE TABLE rollup_log (id {types['id']}, task TEXT NOT NULL, model TEXT NOT"
                f" NULL, week {types['int']} NOT NULL, {columns})")
-    for statement in sql.backfill():
+    for statement in (*sql.backfill(), *sql.top_backfill()):
         tx.execute(statement)
-    for (table, event), statements in sql.triggers().items():
-        name = f"rollup_{table}_{event.lower()}"
+    _create_triggers(sql, tx, sql.triggers(), "rollup")
+    _create_triggers(sql, tx, sql.top_triggers(), "rollup_top")
+
+
+def add_top_rollup(backend: Backend, tx: Tx, types: dict[str, str]) -> None:
+    """Schema 8 on a rollup made before it: SCHEMA_9_METRICS columns in ``rollup`` and its log,
+    their triggers, and the sums of the rows already there."""
+    sql = RollupSql(backend.name)
+    for table in ("rollup", "rollup_log"):
+        for column in SCHEMA_9_METRICS:
+            tx.execute(f"ALTER TABLE {table} ADD COLUMN {column} {types['int']} NOT NULL DEFAULT 0")
+    for statement in sql.top_backfill():
+        tx.execute(statement)
+    _create_triggers(sql, tx, sql.top_triggers(), "rollup_top")
+
+
+def _create_triggers(
+    sql: RollupSql, tx: Tx, triggers: dict[tuple[str, str], list[str]], prefix: str
+) -> None:
+    for (table, event), statements in triggers.items():
+        name = f"{prefix}_{table}_{event.lower()}"
         body = "".join(f" {s};" for s in statements)
         when = f" WHEN ({_WHEN[table, event]})" if (table, event) in _WHEN else ""
         if sql.sqlite:

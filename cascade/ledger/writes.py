@@ -206,28 +206,32 @@ def run_write(
     content: Sequence[ContentRow],
     key_id: str | None = None,
     key_name: str | None = None,
+    top: tuple[float, bool] | None = None,
 ) -> Callable[[Tx], None]:
     """The run's row (replacing an earlier one of the same id) and its content rows, in one
     transaction, so a retried write never duplicates them. ``key_id`` is the opaque id of the
     gateway key that made the run (feedback checks it), ``key_name`` its name when it is a
-    named key."""
+    named key; ``top`` what always-top would have cost and whether that is an estimate
+    (``runs.top_usd``, ``runs.top_estimated``)."""
     now = time.time()
     rows = tuple(content)
+    top_usd, top_estimated = (None, None) if top is None else (top[0], int(top[1]))
 
     def write(tx: Tx) -> None:
         tx.execute(
             "INSERT INTO runs (run_id, ts, task, model, accepted, cost_usd, latency_ms,"
-            " steps, status, task_probability, key_id, key_name)"
-            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
+            " steps, status, task_probability, key_id, key_name, top_usd, top_estimated)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
             " ON CONFLICT (run_id) DO UPDATE SET"
             " ts = excluded.ts, task = excluded.task, model = excluded.model,"
             " accepted = excluded.accepted, cost_usd = excluded.cost_usd,"
             " latency_ms = excluded.latency_ms, steps = excluded.steps,"
             " status = excluded.status, task_probability = excluded.task_probability,"
-            " key_id = excluded.key_id, key_name = excluded.key_name",
+            " key_id = excluded.key_id, key_name = excluded.key_name,"
+            " top_usd = excluded.top_usd, top_estimated = excluded.top_estimated",
             (result.run_id, now, result.task, result.model or None, int(result.accepted),
              result.cost_usd, result.latency_ms, len(result.steps), status,
-             result.task_probability, key_id, key_name),
+             result.task_probability, key_id, key_name, top_usd, top_estimated),
         )
         _insert_content(tx, result.run_id, now, rows)
 

@@ -33,16 +33,15 @@ import json
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from cascade.config import CascadeConfig
 from cascade.engine.shadow import agreement_label
-from cascade.errors import ConfigError
 from cascade.formatting import to_json
 from cascade.ledger import Ledger
 from cascade.providers.dataset import ReplayRecord
+from cascade.report.period import parse_since
 
 __all__ = ["ExportSummary", "LedgerRows", "export_ledger", "kept_for_balance", "ledger_rows",
            "parse_since", "task_rows"]
@@ -79,22 +78,6 @@ class LedgerRows:
     runs_with_content: int
     sources: dict[str, int]
     balanced: int = 0
-
-
-def parse_since(value: str, flag: str = "--since") -> float:
-    """``2026-11-30`` or an ISO timestamp (UTC unless it says otherwise) as a Unix time.
-
-    Raises:
-        ConfigError: not a date (naming ``flag``).
-    """
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError as exc:
-        raise ConfigError(f"not a date (YYYY-MM-DD or ISO 8601): {value!r}",
-                          location=flag) from exc
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
-    return moment.timestamp()
 
 
 def _filters(

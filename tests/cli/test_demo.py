@@ -57,6 +57,12 @@ def test_demo_prints_real_numbers(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     plot = tmp_path / "cascade-demo" / "tradeoff.png"
     assert f"plot: wrote tradeoff.png in the folder {plot.parent}\n" in out
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the HTML report of the replay, from its ledger: the bench's escalation rate
+    page = tmp_path / "cascade-demo" / "report.html"
+    assert f"html: wrote report.html in the folder {page.parent} " in out
+    escalation = bench["escalation_rate"][0]
+    assert (f'data-metric="escalation_rate" data-task="math" data-value="{escalation!r}">'
+            f"{escalation:.1%}</td>") in page.read_text()
 
 
 def test_demo_without_matplotlib_still_prints(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
@@ -65,7 +71,7 @@ def test_demo_without_matplotlib_still_prints(monkeypatch: pytest.MonkeyPatch, t
     real_import = builtins.__import__
 
     def no_matplotlib(name: str, *args: Any, **kwargs: Any) -> Any:
-        if name == "matplotlib" or name.startswith("matplotlib."):
+        if name.split(".")[0] in ("matplotlib", "plotly"):
             raise ImportError(name)
         return real_import(name, *args, **kwargs)
 
@@ -76,6 +82,9 @@ def test_demo_without_matplotlib_still_prints(monkeypatch: pytest.MonkeyPatch, t
     assert ("plot: not drawn (matplotlib is not installed: pip install -e '.[plot]' in a clone "
             "of cascade-ladder)") in out
     assert "the cascade escalated" in out
+    # nor plotly ([report]): one line too
+    assert ("html: not written (the HTML report needs plotly (the [report] extra): pip install "
+            "-e '.[report]' in a clone of cascade-ladder)") in out
     assert not (tmp_path / "cascade-demo").exists()
 
 

@@ -73,17 +73,39 @@ class Db:
 
     def drop_rollup(self) -> None:
         """Take a ledger back to schema 4: no rollup, its log or their triggers."""
-        for table, event in (("steps", "insert"), ("steps", "update"), ("runs", "insert"),
-                             ("runs", "update"), ("feedback", "insert")):
-            name = f"rollup_{table}_{event}"
+        self._drop_triggers("rollup_top", _TOP_TRIGGERS)
+        self._drop_triggers("rollup", (("steps", "insert"), ("steps", "update"),
+                                       ("runs", "insert"), ("runs", "update"),
+                                       ("feedback", "insert")))
+        self.execute("DROP TABLE rollup")
+        self.execute("DROP TABLE rollup_log")
+        self.execute("UPDATE schema_version SET version = 4")
+
+    def _drop_triggers(self, prefix: str, which: tuple[tuple[str, str], ...]) -> None:
+        for table, event in which:
+            name = f"{prefix}_{table}_{event}"
             if self.backend == "sqlite":
                 self.execute(f"DROP TRIGGER {name}")
             else:
                 self.execute(f"DROP TRIGGER {name} ON {table}")
                 self.execute(f"DROP FUNCTION {name}()")
-        self.execute("DROP TABLE rollup")
-        self.execute("DROP TABLE rollup_log")
-        self.execute("UPDATE schema_version SET version = 4")
+
+    def to_schema_7(self) -> None:
+        """Take a ledger back to schema 7: no always-top figures, key names, their rollup
+        sums and triggers, or the period indexes."""
+        from cascade.ledger.triggers import SCHEMA_9_METRICS
+
+        self._drop_triggers("rollup_top", _TOP_TRIGGERS)
+        for index in ("runs_ts", "steps_ts", "runs_key_ts", "feedback_shadow"):
+            self.execute(f"DROP INDEX {index}")
+        for table, columns in (("rollup", SCHEMA_9_METRICS), ("rollup_log", SCHEMA_9_METRICS),
+                               ("runs", ("top_usd", "top_estimated", "key_name"))):
+            for column in columns:
+                self.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
+        self.execute("UPDATE schema_version SET version = 7")
+
+
+_TOP_TRIGGERS = (("runs", "insert"), ("runs", "update"), ("feedback", "insert"))
 
 
 @cache

@@ -137,5 +137,86 @@ def scan_report(ledger: Ledger, *, since: float | None = None) -> dict[str, Any]
         "total_cost_usd": sum(t["cost_usd"] for t in tasks.values()),
         "runs": sum(t["runs"] for t in tasks.values()),
         "unfinished": sum(t["unfinished"] for t in tasks.values()),
+        **scan_savings(ledger, tasks, where, args),
         "tasks": tasks,
     }
+
+
+_SCORELESS = {"feedback_mean": None, "feedback_count": 0, "shadow_agreement": None,
+              "shadow_count": 0}
+
+
+def _money(runs: list[Any]) -> dict[str, Any]:
+    priced = [r for r in runs if r["top_usd"] is not None]
+    top = sum(float(r["top_usd"]) for r in priced)
+    saved = top - sum(float(r["cost_usd"]) for r in priced)
+    return {"top_usd": top, "saved_usd": saved, "saved_share": saved / top if top else None,
+            "priced_runs": len(priced)}
+
+
+def _scores(feedback: list[Any]) -> dict[str, Any]:
+    user = [float(f["score"]) for f in feedback if f["source"] == "user"]
+    shadow = [float(f["score"]) for f in feedback if f["source"] == "shadow:agreement"]
+    return {"feedback_mean": sum(user) / len(user) if user else None,
+            "feedback_count": len(user),
+            "shadow_agreement": sum(shadow) / len(shadow) if shadow else None,
+            "shadow_count": len(shadow)}
+
+
+def scan_savings(
+    ledger: Ledger, tasks: dict[str, dict[str, Any]], where: str, args: tuple[Any, ...]
+) -> dict[str, Any]:
+    """The savings and quality fields of the report, from every run and feedback row (and
+    the shadow steps), in Python: an oracle for the rollup's top_* sums and the SQL."""
+    runs = ledger.query(f"SELECT * FROM runs {where}", args)
+    feedback = ledger.query("SELECT f.*, r.task AS task, r.model AS model, r.key_name AS"
+                            f" key_name FROM feedback f JOIN runs r ON r.run_id = f.run_id"
+                            f" {where.replace('ts', 'r.ts')}", args)
+    shadows = ledger.query("SELECT run_id, step, cost_usd FROM steps WHERE decision = 'shadow'")
+    for name, task in tasks.items():
+        mine = [r for r in runs if r["task"] == name]
+        task.update(_money(mine), top_exact_runs=sum(
+            1 for r in mine if r["top_usd"] is not None and r["top_estimated"] == 0))
+        del task["priced_runs"]
+        task["priced_runs"] = _money(mine)["priced_runs"]
+        task.update(_scores([f for f in feedback if f["task"] == name]))
+        labelled = {f["run_id"] for f in feedback if f["source"] == "shadow:agreement"
+                    and f["task"] == name}
+        last: dict[str, Any] = {}
+        for s in shadows:
+            if s["run_id"] in labelled and (s["run_id"] not in last
+                                            or s["step"] > last[s["run_id"]]["step"]):
+                last[s["run_id"]] = s
+        measured = [r for r in mine if r["run_id"] in last]
+        if measured:
+            exact = sum(float(last[r["run_id"]]["cost_usd"]) for r in measured)
+            cost = sum(float(r["cost_usd"]) for r in measured)
+            estimate = _money(measured)
+            task["shadowed"] = {
+                "runs": len(measured), "top_usd": exact, "saved_usd": exact - cost,
+                "saved_share": (exact - cost) / exact if exact else None,
+                "estimated_top_usd": estimate["top_usd"],
+                "estimated_saved_usd": estimate["saved_usd"]}
+        else:
+            task["shadowed"] = None
+        answered = {r["model"] for r in mine if r["model"]}
+        for model in sorted(answered | set(task["models"])):
+            theirs = [r for r in mine if r["model"] == model]
+            entry = task["models"].setdefault(model, {
+                "calls": 0, "cost_usd": 0.0, "input_tokens": 0, "output_tokens": 0,
+                "unfinished": 0, "usage_estimated": 0})
+            money = _money(theirs)
+            entry.update(answered_runs=len(theirs), accepted_rate=sum(
+                1 for r in theirs if r["accepted"]) / len(theirs) if theirs else None,
+                priced_runs=money.pop("priced_runs"), **money,
+                **_scores([f for f in feedback if f["task"] == name and f["model"] == model]))
+        task["models"] = dict(sorted(task["models"].items()))
+    keys = {}
+    for name in sorted({r["key_name"] for r in runs if r["key_name"] is not None}):
+        theirs = [r for r in runs if r["key_name"] == name]
+        keys[name] = {"runs": len(theirs), "cost_usd": sum(float(r["cost_usd"]) for r in theirs),
+                      "accepted_rate": sum(1 for r in theirs if r["accepted"]) / len(theirs),
+                      **_money(theirs),
+                      **_scores([f for f in feedback if f["key_name"] == name])}
+    return {**_money(runs), "top_exact_runs": sum(
+        1 for r in runs if r["top_usd"] is not None and r["top_estimated"] == 0), "keys": keys}

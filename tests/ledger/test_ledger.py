@@ -122,9 +122,23 @@ def test_report_json_keys_and_numbers(tmp_path: Path) -> None:
     assert task["escalation_rate"] == 0.5
     assert task["models"]["small"]["calls"] == 2
     assert task["models"]["small"]["cost_usd"] == pytest.approx(small)
-    assert task["models"]["medium"] == {"calls": 1, "cost_usd": pytest.approx(medium),
-                                        "input_tokens": 10, "output_tokens": 3, "unfinished": 0,
-                                        "usage_estimated": 0}
+    assert task["models"]["medium"] == {
+        "calls": 1, "cost_usd": pytest.approx(medium), "input_tokens": 10, "output_tokens": 3,
+        "unfinished": 0, "usage_estimated": 0,
+        # q1: always-top (large, 10/30 per 1M) is estimated over small's 10 tokens in (the
+        # first answer's) and medium's 3 out (the answer returned)
+        "answered_runs": 1, "accepted_rate": 1.0, "priced_runs": 1,
+        "top_usd": pytest.approx(190 / 1e6), "saved_usd": pytest.approx((190 - 60) / 1e6),
+        "saved_share": pytest.approx(130 / 190), "feedback_mean": None, "feedback_count": 0,
+        "shadow_agreement": None, "shadow_count": 0}
+    # q2, answered by small: 10 tokens in and 3 out at large's prices, against 16 paid
+    assert task["models"]["small"]["top_usd"] == pytest.approx(190 / 1e6)
+    assert task["models"]["small"]["saved_usd"] == pytest.approx((190 - 16) / 1e6)
+    assert (task["priced_runs"], task["top_exact_runs"]) == (2, 0)
+    assert task["top_usd"] == pytest.approx(380 / 1e6)
+    assert task["saved_usd"] == pytest.approx((380 - 76) / 1e6)
+    assert report["saved_share"] == pytest.approx(304 / 380)
+    assert rows(path, "SELECT top_estimated FROM runs") == [(1,), (1,)]
 
 
 def test_old_ledger_gains_usage_estimated_in_place(tmp_path: Path) -> None:

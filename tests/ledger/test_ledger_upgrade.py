@@ -226,3 +226,31 @@ def test_schema_6_gains_content_logprob(db: Db) -> None:
         kind = db.rows("SELECT data_type FROM information_schema.columns WHERE table_schema = ?"
                        " AND table_name = 'content' AND column_name = 'logprob'", (db.schema,))
         assert kind == [("double precision",)]
+
+
+def test_schema_7_gains_always_top_and_key_name(db: Db) -> None:
+    """A schema-7 ledger is upgraded in place: runs gain top_usd, top_estimated and key_name
+    (old runs read NULL and count in no saving), the rollup gains its top_* sums and their
+    triggers, and new runs' figures reach the report."""
+    ledger = db.open()
+    try:
+        ledger.record_run(_result("old"))
+    finally:
+        ledger.close()
+    db.to_schema_7()
+    ledger = db.open()
+    try:
+        assert ledger.schema_before == 7
+        ledger.record_run(_result("new"), top=(0.25, True))
+        ledger.record_run(_result("exact"), top=(0.5, False))
+        ledger.record_run(_result("new2"), top=(0.125, True))
+        report = ledger_report(ledger)
+    finally:
+        ledger.close()
+    db.open().close()  # a second open finds the current schema and changes nothing
+    assert db.rows("SELECT version FROM schema_version") == [(VERSION,)]
+    assert db.rows("SELECT run_id, top_usd, top_estimated, key_name FROM runs ORDER BY run_id"
+                   ) == [("exact", 0.5, 0, None), ("new", 0.25, 1, None),
+                         ("new2", 0.125, 1, None), ("old", None, None, None)]
+    assert (report["top_usd"], report["saved_usd"]) == (0.875, 0.875)
+    assert (report["priced_runs"], report["top_exact_runs"]) == (3, 1)

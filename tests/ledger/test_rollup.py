@@ -94,12 +94,16 @@ def write_random_ledger(ledger: Ledger, rng: random.Random, runs: int = 150,
 
 
 def _write_run(tx: Any, rng: random.Random, run_id: str, task: str, start: float) -> None:
+    top = rng.choice([None, rng.uniform(0, 0.08)])  # always-top's cost (None: nothing priced)
     tx.execute(
         "INSERT INTO runs (run_id, ts, task, model, accepted, cost_usd, latency_ms, steps,"
-        " status) VALUES (?,?,?,?,?,?,1,1,'ok') ON CONFLICT (run_id) DO UPDATE SET"
-        " model = excluded.model, accepted = excluded.accepted, cost_usd = excluded.cost_usd",
+        " status, top_usd, top_estimated, key_name) VALUES (?,?,?,?,?,?,1,1,'ok',?,?,?)"
+        " ON CONFLICT (run_id) DO UPDATE SET model = excluded.model,"
+        " accepted = excluded.accepted, cost_usd = excluded.cost_usd,"
+        " top_usd = excluded.top_usd, top_estimated = excluded.top_estimated",
         (run_id, start + 1, task, rng.choice(["mini", "big", None]), rng.randint(0, 1),
-         rng.uniform(0, 0.05)))
+         rng.uniform(0, 0.05), top, None if top is None else rng.randint(0, 1),
+         rng.choice([None, "team-a", "team-b"])))
 
 
 def assert_drift_equal(got: list[DriftRow], want: list[DriftRow]) -> None:
@@ -117,10 +121,27 @@ def assert_drift_equal(got: list[DriftRow], want: list[DriftRow]) -> None:
                 assert x == pytest.approx(y, abs=1e-9 * max(rows, 1)), (a, b, field)
 
 
+def _close(got: dict[str, Any], field: str, want: Any) -> bool:
+    """``got[field]`` is ``want``, to the nano-dollar rounding of the sums; a share of a
+    figure made of nano-dollars (the random costs include some) is compared as its amount."""
+    if field == "saved_share" and want is not None:
+        return bool(got[field] * got["top_usd"] == pytest.approx(want * got["top_usd"], abs=1e-6))
+    return bool(got[field] == pytest.approx(want, abs=1e-6))
+
+
 def assert_report_equal(got: dict[str, Any], want: dict[str, Any]) -> None:
     assert got["runs"] == want["runs"]
     assert got["unfinished"] == want["unfinished"]
     assert got["total_cost_usd"] == pytest.approx(want["total_cost_usd"], abs=1e-6)
+    for key in ("top_usd", "saved_usd", "saved_share", "priced_runs", "top_exact_runs"):
+        assert got[key] == pytest.approx(want[key], abs=1e-6), key
+    assert got["keys"].keys() == want["keys"].keys()
+    for name, sums in want["keys"].items():
+        for field, number in sums.items():
+            if number is None:
+                assert got["keys"][name][field] is None, (name, field)
+            else:
+                assert _close(got["keys"][name], field, number), (name, field)
     assert got["tasks"].keys() == want["tasks"].keys()
     for name, task in want["tasks"].items():
         mine = got["tasks"][name]
@@ -130,12 +151,16 @@ def assert_report_equal(got: dict[str, Any], want: dict[str, Any]) -> None:
                 assert mine["models"].keys() == value.keys()
                 for model, sums in value.items():
                     for field, number in sums.items():
-                        assert mine["models"][model][field] == pytest.approx(number, abs=1e-6), (
+                        assert _close(mine["models"][model], field, number), (
                             name, model, field)
+            elif key == "shadowed":
+                assert (mine[key] is None) == (value is None), name
+                for field, number in (value or {}).items():
+                    assert _close(mine[key], field, number), (name, field)
             elif value is None:
                 assert mine[key] is None, (name, key)
             else:
-                assert mine[key] == pytest.approx(value, abs=1e-6), (name, key)
+                assert _close(mine, key, value), (name, key)
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
