@@ -91,17 +91,19 @@ class Db:
                 self.execute(f"DROP FUNCTION {name}()")
 
     def to_schema_7(self) -> None:
-        """Take a ledger back to schema 7: no always-top figures, key names, their rollup
-        sums and triggers, or the period indexes."""
+        """Take a ledger back to schema 7: no keys table or key names (schema 8), no
+        always-top figures, their rollup sums and triggers, or the period indexes (schema 9)."""
         from cascade.ledger.triggers import SCHEMA_9_METRICS
 
         self._drop_triggers("rollup_top", _TOP_TRIGGERS)
         for index in ("runs_ts", "steps_ts", "runs_key_ts", "feedback_shadow"):
             self.execute(f"DROP INDEX {index}")
         for table, columns in (("rollup", SCHEMA_9_METRICS), ("rollup_log", SCHEMA_9_METRICS),
-                               ("runs", ("top_usd", "top_estimated", "key_name"))):
+                               ("runs", ("top_usd", "top_estimated", "key_name")),
+                               ("steps", ("key_name",)), ("feedback", ("key_name",))):
             for column in columns:
                 self.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
+        self.execute("DROP TABLE keys")
         self.execute("UPDATE schema_version SET version = 7")
 
 

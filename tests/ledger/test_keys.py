@@ -45,7 +45,7 @@ def _step(run_id: str, cost: float = 0.0) -> StepRecord:
 def test_a_fresh_ledger_has_keys_and_key_names(db: Db) -> None:
     """Schema 8: a keys table, and key_name on steps, runs and feedback."""
     db.open().close()
-    assert db.rows("SELECT version FROM schema_version") == [(VERSION,)] == [(8,)]
+    assert db.rows("SELECT version FROM schema_version") == [(VERSION,)] == [(9,)]
     assert db.rows("SELECT COUNT(*) FROM keys") == [(0,)]
     for table in ("steps", "runs", "feedback"):
         assert db.rows(f"SELECT key_name FROM {table}") == []
@@ -59,10 +59,7 @@ def test_schema_7_gains_keys_and_key_names(db: Db) -> None:
         ledger.record_step(_step("old"))
     finally:
         ledger.close()
-    db.execute("DROP TABLE keys")
-    for table in ("steps", "runs", "feedback"):
-        db.execute(f"ALTER TABLE {table} DROP COLUMN key_name")
-    db.execute("UPDATE schema_version SET version = 7")
+    db.to_schema_7()
     ledger = db.open()
     try:
         assert ledger.schema_before == 7

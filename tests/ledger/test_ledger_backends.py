@@ -349,8 +349,8 @@ def test_upgrade_in_place_from_release_0_1(tmp_path: Path) -> None:
 def test_newer_schema_is_refused(tmp_path: Path) -> None:
     """A ledger from a newer release is not written by this one."""
     Ledger(tmp_path / "l.sqlite").close()
-    Db("sqlite", path=tmp_path / "l.sqlite").execute("UPDATE schema_version SET version = 9")
-    with pytest.raises(LedgerError, match="schema 9 is newer than this cascade"):
+    Db("sqlite", path=tmp_path / "l.sqlite").execute("UPDATE schema_version SET version = 99")
+    with pytest.raises(LedgerError, match="schema 99 is newer than this cascade"):
         Ledger(tmp_path / "l.sqlite")
 
 
