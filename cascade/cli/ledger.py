@@ -48,8 +48,8 @@ def cmd_report(args: argparse.Namespace) -> int:
         report = ledger_report(ledger)
         config_path = default_config(args)
         if config_path:
-            guard = Limits(load_config(config_path), ledger).guard
-            report["budgets"] = guard.status() if guard else []
+            accounts = Limits(load_config(config_path), ledger).accounts
+            report["budgets"] = accounts.status(keys=True)
     finally:
         ledger.close()
     if args.json:
@@ -120,9 +120,8 @@ def page_context(args: argparse.Namespace, ledger: Any) -> dict[str, Any]:
     if not config_path:
         return {}
     config = load_config(config_path)
-    guard = Limits(config, ledger).guard
     return {
-        "budgets": guard.status() if guard else [],
+        "budgets": Limits(config, ledger).accounts.status(keys=True),
         "targets": {n: t.quality_target for n, t in config.tasks.items()
                     if t.quality_target is not None},
         "rungs": {n: [r.model for r in t.ladder] for n, t in config.tasks.items()},

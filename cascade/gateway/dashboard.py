@@ -100,13 +100,13 @@ class Dashboard:
         period = period_of(params, self.now())
         refresh = max(float(params.get("refresh") or DEFAULT_REFRESH_S), MIN_REFRESH_S)
         config = engine.config
-        guard = engine.limits.guard
+        accounts = engine.limits.accounts
 
         def read() -> tuple[Aggregates, dict[str, Any]]:
             agg = aggregate(
                 ledger,
                 period,
-                budgets=guard.status() if guard else [],
+                budgets=accounts.status(keys=True),
                 targets={
                     n: t.quality_target
                     for n, t in config.tasks.items()

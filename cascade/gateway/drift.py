@@ -83,7 +83,9 @@ class DriftGauges:
         since = self.now() - DRIFT_WEEKS * 7 * 86400
         try:
             rows = await ledger.run(lambda: drift_report(ledger, targets=targets, since=since))
-            budgets = await ledger.run(self.gateway.engine.limits.accounts.status)
+            # A key's budgets are labelled with its name: only while key labels are on.
+            accounts, keys = self.gateway.engine.limits.accounts, self.gateway.metrics.key_labels
+            budgets = await ledger.run(lambda: accounts.status(keys=keys))
         except LedgerError as exc:
             # The counters are still worth serving; the drift gauges keep their last values.
             log.warning("cascade.drift_metrics_failed", error=str(exc))

@@ -38,7 +38,7 @@ from typing import Any
 from cascade.config.pricing import Price, cost_usd
 from cascade.errors import LedgerError
 from cascade.ledger import Ledger, Pending, TotalsKey, buckets, nano
-from cascade.ledger.keys import KeyScope
+from cascade.ledger.keys import KeyScope, KeyStore
 from cascade.logs import get_logger
 from cascade.tokens import estimate_input_tokens, max_output_tokens
 from cascade.types import Completion, Message, StepRecord
@@ -327,14 +327,24 @@ class Accounts:
         key = limit.key(limit.scope if limit.scope != "global" else "", now or time.time())
         return self.ledger.spent([key])[key]
 
-    def status(self) -> list[dict[str, Any]]:
-        """Spend against each budget, for ``cascade report``."""
+    def status(self, *, keys: bool = False, now: float | None = None) -> list[dict[str, Any]]:
+        """Spend against each budget, for ``cascade report``, the dashboard and ``/metrics``.
+
+        ``keys``: also the daily and monthly budgets of every active named gateway key
+        (``scope`` ``key:NAME``), read from the ledger's ``keys`` table.
+        """
+        limits = list(self.limits)
+        if keys and self.ledger is not None:
+            moment = now or time.time()
+            for record in KeyStore(self.ledger).list():
+                if record.state(moment) == "active":
+                    limits.extend(lim for lim in self.applicable("", record.scope) if lim.of_key)
         return [
             {
-                "scope": lim.scope,
+                "scope": lim.totals_scope if lim.of_key else lim.scope,
                 "period": lim.period,
                 "limit_usd": lim.limit_usd,
-                "spent_usd": self.spent(lim),
+                "spent_usd": self.spent(lim, now),
             }
-            for lim in self.limits
+            for lim in limits
         ]

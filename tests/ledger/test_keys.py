@@ -270,3 +270,30 @@ def test_settlement_corrects_the_keys_totals(db: Db) -> None:
         assert accounts.spent(Limit("t", "monthly", 1.0)) == pytest.approx(0.125)
     finally:
         ledger.close()
+
+
+def test_budget_status_lists_active_keys_budgets(db: Db) -> None:
+    """``Accounts.status(keys=True)``: the config's budgets, then each active key's, with the
+    key's spend this period; a revoked key's budgets are gone, and without ``keys`` none."""
+    ledger = db.open()
+    try:
+        store = KeyStore(ledger)
+        store.create("team-a", daily_usd=1.0, monthly_usd=5.0)
+        store.create("team-b", daily_usd=2.0)
+        store.create("no-budget")
+        accounts = Accounts(ledger, [Limit("global", "daily", 100.0)])
+        hold, _ = accounts.reserve(run_id="r1", task="t", step=1, model_key="m", provider="p",
+                                   spent=0.0, cap=None, estimate=0.25,
+                                   key=store.get("team-a").scope)
+        assert hold is not None
+        store.revoke("team-b")
+        rows = {(r["scope"], r["period"]): (r["limit_usd"], r["spent_usd"])
+                for r in accounts.status(keys=True)}
+        assert rows == {
+            ("global", "daily"): (100.0, pytest.approx(0.25)),
+            ("key:team-a", "daily"): (1.0, pytest.approx(0.25)),
+            ("key:team-a", "monthly"): (5.0, pytest.approx(0.25)),
+        }
+        assert [r["scope"] for r in accounts.status()] == ["global"]
+    finally:
+        ledger.close()
