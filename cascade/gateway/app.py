@@ -36,7 +36,7 @@ from starlette.routing import Route
 
 from cascade.config import ServerConfig
 from cascade.engine import Cascade
-from cascade.errors import CascadeError, LedgerError
+from cascade.errors import CascadeError, LedgerError, TaskNotAllowed
 from cascade.gateway.dashboard import PLOTLY_PATH, Dashboard, dashboard, plotly_js
 from cascade.gateway.drift import DriftGauges
 from cascade.gateway.errors import (
@@ -84,6 +84,7 @@ _CLOSE = {"connection": "close"}
 
 
 async def _admit(
+    gateway: Gateway,
     limits: RateLimits,
     client: Client,
     engine: Cascade,
@@ -93,12 +94,21 @@ async def _admit(
 ) -> Ticket | Response | None:
     """Hold the request to its rate limits: its ticket, the answer refusing it, or None when
     no limit applies. ``auto`` is routed here to learn the task; the run routes again (the
-    same prompt, the same choice)."""
+    same prompt, the same choice).
+
+    A key limited to some tasks is refused here for any other (a direct model call included)
+    before a limit is taken: else its refused requests would use up the rate of tasks it may
+    not use, and deny them to the keys that may. The engine checks again after its routing.
+    """
     if not limits.active(client, engine.config.limits):
         return None
     try:
         if task == AUTO:
             task, _ = pick_task(task, messages, engine.task_router, engine.tasks, engine.path)
+        if client.tasks is not None and task not in client.tasks:
+            name = client.name or "?"
+            gateway.metrics.run(task, "task_not_allowed", 0.0, (), name)
+            return from_exception(TaskNotAllowed(name, task, client.tasks))
         tokens = worst_case_tokens(engine, task, messages, params)
     except CascadeError:
         return None  # the run fails the same way, and says so
@@ -147,7 +157,7 @@ async def chat_completions(request: Request) -> Response:
     access["task"] = target[1]
     messages = body.engine_messages()
     limits: RateLimits = request.app.state.rate_limits
-    ticket = await _admit(limits, client, *target, messages, params)
+    ticket = await _admit(gateway, limits, client, *target, messages, params)
     if isinstance(ticket, Response):
         return ticket
     settle = limits.settler(ticket) if ticket is not None else None
@@ -224,7 +234,11 @@ async def get_model(request: Request) -> Response:
             gateway, "UnknownModel", 404, f"unknown task or model {name!r}", "model_not_found"
         )
     wanted = f"cascade/{target[1]}" if target[0] is gateway.engine else name
-    entry = next(e for e in _model_entries(gateway) if e["id"] == wanted)
+    entry = next((e for e in _model_entries(gateway, client) if e["id"] == wanted), None)
+    if entry is None:  # a task or model this key may not use: as unknown as on the list
+        return refuse(
+            gateway, "UnknownModel", 404, f"unknown task or model {name!r}", "model_not_found"
+        )
     return JSONResponse(entry)
 
 
@@ -262,6 +276,14 @@ async def metrics(request: Request) -> Response:
     client = await gateway.client(request)
     if isinstance(client, Denied):
         return unauthorized(gateway, client)
+    if gateway.ledger_keys is not None and not client.admin:
+        # With named keys the series carry every key's name, spend and budget: one tenant's
+        # key must not read the others'. Scrapers use an admin key (server.admin_keys_env).
+        return refuse(
+            gateway, "Forbidden", 403,
+            "GET /metrics needs an admin key (server.admin_keys_env) when server.ledger_keys "
+            "is on: the series name every key and its spend", "admin_key_required",
+        )
     request.app.state.drift.poke()  # a refresh, if due, runs behind this answer
     return Response(gateway.metrics.render(), headers={"content-type": CONTENT_TYPE_LATEST})
 

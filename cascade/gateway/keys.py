@@ -63,6 +63,7 @@ class LedgerKeys:
         ttl_s: How long a row is reused before it is read again.
         clock: Monotonic seconds for the cache (injected in tests).
         now: Wall-clock seconds for expiry (injected in tests).
+        max_entries: Cached rows kept at most (unknown ids included); the oldest goes first.
     """
 
     def __init__(
@@ -71,8 +72,10 @@ class LedgerKeys:
         ttl_s: float = KEY_CACHE_S,
         clock: Callable[[], float] = time.monotonic,
         now: Callable[[], float] = time.time,
+        max_entries: int = _MAX_ENTRIES,
     ):
         self.store = KeyStore(ledger)
+        self.max_entries = max_entries
         self.ledger = ledger
         self.ttl_s = ttl_s
         self.clock = clock
@@ -123,8 +126,11 @@ class LedgerKeys:
 
     def _keep(self, key_id: str, row: _Row | None) -> None:
         self.reads += 1
-        if len(self._rows) >= _MAX_ENTRIES:
-            self._rows.clear()
+        self._rows.pop(key_id, None)  # re-inserted last: the dict's order is the age order
+        if len(self._rows) >= self.max_entries:
+            # Drop the entry read longest ago, not the whole cache: a flood of made-up ids then
+            # costs the ledger one read each, but never evicts every real key at once.
+            del self._rows[next(iter(self._rows))]
         self._rows[key_id] = (row, self.clock())
 
     def _verdict(self, row: _Row | None, secret: str) -> KeyRecord | Denied:

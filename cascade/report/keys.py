@@ -17,7 +17,9 @@ def key_report(ledger: Ledger) -> dict[str, Any]:
     Read from the rows (``steps.key_name``, ``runs.key_name``), not the rollup: a key is a
     gateway notion the rollup does not keep. Rows without a key name (library calls, unnamed
     ``server.api_keys_env`` keys, rows older than schema 8) are under ``""``. Pending and lost
-    steps count at their reserved worst case, as the budgets count them. A named key's entry
+    steps count at their reserved worst case, as the budgets count them, and shadow calls count
+    too (unlike ``cascade report --json``'s ``keys``, which sums the runs' own cost, the figure
+    savings are measured against). A named key's entry
     also has ``saved_usd``, ``saved_share`` and the quality fields of ``cascade report``'s
     ``keys`` (``cascade.report.savings.by_key``).
 

@@ -26,6 +26,7 @@ from tests.gateway.test_feedback_keys import Clock
 from tests.ledger.ledger_db import Db
 
 UNNAMED = "gw-unnamed-key-5e1f"
+ADMIN = "gw-admin-key-3d0b"  # /metrics with named keys is for admin keys
 
 
 @contextmanager
@@ -39,7 +40,9 @@ def gateway(
         config = live_config(upstream, ladder=["mini"], evaluators=[], attempts=1)
         config["tasks"]["other"] = {"ladder": ["mini"]}
         config["ledger"] = db.section()
-        config["server"] = {"ledger_keys": True, **server}
+        env.setenv("NAMED_KEYS_TEST_ADMIN", ADMIN)
+        config["server"] = {"ledger_keys": True, "admin_keys_env": "NAMED_KEYS_TEST_ADMIN",
+                            **server}
         upstream.script(MINI, ["We are open from nine to five"])
         engine = Cascade.from_dict(config)
         try:
@@ -129,7 +132,7 @@ def test_every_row_and_the_metrics_name_the_key(db: Db) -> None:
         assert db.rows("SELECT key_name FROM feedback") == [("team-a",)]
         assert gw.metrics.key_labels
         text = httpx2.get(
-            f"{url}/metrics", headers={"authorization": f"Bearer {key}"}, timeout=30
+            f"{url}/metrics", headers={"authorization": f"Bearer {ADMIN}"}, timeout=30
         ).text
         assert 'cascade_requests_total{key="team-a",status="accepted",task="faq"} 1.0' in text
         assert 'cascade_requests_total{key="",status="accepted",task="faq"} 1.0' in text
@@ -210,3 +213,26 @@ def test_an_unreadable_key_row_is_503_not_a_crash(db: Db) -> None:
         refused = chat(url, key)
         assert refused.status_code == 503
         assert refused.json()["error"]["code"] == "ledger_unavailable"
+
+
+def test_the_key_cache_drops_its_oldest_entry_when_full(tmp_path: Any) -> None:
+    """A flood of made-up ids keeps the cache at its size by dropping the entry read longest
+    ago: the newest entries stay cached (no ledger read), the oldest is read again."""
+    from cascade.gateway.keys import LedgerKeys
+    from cascade.ledger import Ledger
+
+    ledger = Ledger(tmp_path / "keys.sqlite")
+    try:
+        _, real = KeyStore(ledger).create("team-a")
+        keys = LedgerKeys(ledger, clock=lambda: 0.0, max_entries=3)
+        made_up = [f"ck-{i:012x}-secret" for i in range(3)]
+        for token in [real, *made_up]:
+            keys.lookup_sync(token)
+        assert keys.reads == 4
+        for token in made_up:  # the three newest: all still cached
+            keys.lookup_sync(token)
+        assert keys.reads == 4
+        assert keys.lookup_sync(real).name == "team-a"  # the oldest was dropped: read again
+        assert keys.reads == 5
+    finally:
+        ledger.close()
