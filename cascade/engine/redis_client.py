@@ -6,9 +6,15 @@ same way for both users:
 - the URL comes from the variable a ``RedisConfig`` names, read when the engine or gateway
   starts (an unset variable is a ``ConfigError`` naming it), never from the file;
 - each command has a short connect and read timeout (``timeout_s``), and redis-py's own retry
-  loop (ten tries with backoff by default) is cut to one immediate retry: a Redis that is down
-  must cost a request milliseconds, not seconds. The retry is what reconnects a pooled
+  loop (ten tries with backoff by default) is cut to one immediate retry after a connection
+  error, and none after a timeout: a Redis that is down must cost a request milliseconds, and
+  a hung one at most one ``timeout_s``, not one per try. The retry is what reconnects a pooled
   connection that a restarted Redis closed, so recovery needs no restart of ours;
+- after a failure, Redis is skipped for a second (``Outage``), by every user of that URL in
+  this process (the limiter and the cache, through ``shared_outage``): each of a request's
+  commands (take, cache get and put, settle) would otherwise pay ``timeout_s`` to a hung
+  Redis. A skipped command fails at once, as Redis failing would; the first one after the
+  second tries Redis again;
 - an async client belongs to the event loop that first used it (``PerLoop``), as the SDK
   providers' do.
 
@@ -33,11 +39,15 @@ from cascade.logs import get_logger
 from cascade.providers.base import redact
 
 __all__ = [
+    "OUTAGES",
+    "Outage",
+    "Outages",
     "PerLoop",
     "Throttled",
     "async_redis",
     "redis_errors",
     "redis_url",
+    "shared_outage",
     "sync_redis",
 ]
 
@@ -81,13 +91,16 @@ def sync_redis(config: RedisConfig, location: str, path: str | None = None) -> A
     url = redis_url(config, location, path)
     redis = _redis_module(location, path)
     from redis.backoff import NoBackoff
+    from redis.exceptions import ConnectionError as RedisConnectionError
     from redis.retry import Retry
 
     return redis.Redis.from_url(
         url,
         socket_timeout=config.timeout_s,
         socket_connect_timeout=config.timeout_s,
-        retry=Retry(NoBackoff(), 1),
+        # Not redis-py's default errors, which include timeouts: a hung Redis would cost twice.
+        retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+        retry_on_timeout=False,
     )
 
 
@@ -103,13 +116,15 @@ def async_redis(config: RedisConfig, location: str, path: str | None = None) -> 
     from redis.asyncio import Redis
     from redis.asyncio.retry import Retry
     from redis.backoff import NoBackoff
+    from redis.exceptions import ConnectionError as RedisConnectionError
 
     def build() -> Any:
         return Redis.from_url(
             url,
             socket_timeout=config.timeout_s,
             socket_connect_timeout=config.timeout_s,
-            retry=Retry(NoBackoff(), 1),
+            retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+            retry_on_timeout=False,
         )
 
     return build
@@ -120,6 +135,72 @@ def redis_errors() -> tuple[type[BaseException], ...]:
     from redis.exceptions import RedisError
 
     return (RedisError, OSError, asyncio.TimeoutError)
+
+
+class Outage:
+    """Whether to skip a Redis that failed less than ``window_s`` ago.
+
+    Users call ``skipped`` before a command (a failure back: fail at once with it, without
+    trying Redis), then ``failed`` or ``succeeded`` after it. Thread-safe: the sync and the
+    async clients of one URL share it.
+
+    Args:
+        window_s: How long after a failure Redis is skipped.
+        clock: Seconds (``time.monotonic`` by default; tests inject one).
+    """
+
+    def __init__(self, window_s: float = 1.0, clock: Callable[[], float] = time.monotonic):
+        self.window_s = window_s
+        self._clock = clock
+        self._until: float | None = None
+        self._last: BaseException | None = None
+        self._lock = threading.Lock()
+
+    def skipped(self) -> BaseException | None:
+        """The failure Redis is skipped for, or None when it is to be tried."""
+        with self._lock:
+            if self._until is None or self._clock() >= self._until:
+                return None
+            return self._last
+
+    def failed(self, exc: BaseException) -> None:
+        """Skip Redis for ``window_s`` from now."""
+        with self._lock:
+            self._until, self._last = self._clock() + self.window_s, exc
+
+    def succeeded(self) -> None:
+        with self._lock:
+            self._until = self._last = None
+
+
+class Outages:
+    """One ``Outage`` per Redis URL, shared by the users alive in this process.
+
+    Args:
+        window_s: Each ``Outage``'s window.
+        clock: Each ``Outage``'s clock (read when it is made).
+    """
+
+    def __init__(self, window_s: float = 1.0, clock: Callable[[], float] = time.monotonic):
+        self.window_s = window_s
+        self.clock = clock
+        self._by_url: weakref.WeakValueDictionary[str, Outage] = weakref.WeakValueDictionary()
+        self._lock = threading.Lock()
+
+    def get(self, url: str) -> Outage:
+        with self._lock:
+            outage = self._by_url.get(url)
+            if outage is None:
+                outage = self._by_url[url] = Outage(self.window_s, self.clock)
+            return outage
+
+
+OUTAGES = Outages()
+
+
+def shared_outage(url: str) -> Outage:
+    """The ``Outage`` of ``url``, which every user of that Redis in this process shares."""
+    return OUTAGES.get(url)
 
 
 class PerLoop(Generic[T]):

@@ -6,14 +6,17 @@ Bearer <key>`` or as the password of HTTP Basic auth, which a browser asks for a
 the URL, so it cannot reach an access log or a browser's history.
 
 Query parameters: ``since`` and ``until`` (a date or ISO time, UTC; by default the last
-``DEFAULT_HOURS`` hours), ``task``, ``key`` (a gateway key's name), ``refresh`` (seconds
-between the page's reloads, at least ``MIN_REFRESH_S``; ``DEFAULT_REFRESH_S`` by default).
+``DEFAULT_HOURS`` hours; ``since`` must come before ``until``), ``task``, ``key`` (a gateway
+key's name), ``refresh`` (a finite number of seconds between the page's reloads, at least
+``MIN_REFRESH_S``; ``DEFAULT_REFRESH_S`` by default). A bad one is a 400 naming it.
 
 The ledger's aggregate queries run on the ledger's threads and the charts are drawn in a process
 of the dashboard's own (plotly's pure-Python work would otherwise hold the GIL the event loop
 needs), never on the event loop, and a page is kept ``CACHE_S`` seconds per set of
 parameters: however many browsers refresh, the ledger is read once per ``CACHE_S`` for each
-view, and concurrent requests for a page being made wait for that one.
+view, and concurrent requests for a page being made wait for that one. A drawing process that
+died (the OOM killer, a SIGKILL) breaks its pool: the pool is replaced and the page drawn again
+once; if the new one breaks too, the answer is a 503 and the next request starts another.
 """
 
 from __future__ import annotations
@@ -23,11 +26,13 @@ import base64
 import binascii
 import contextlib
 import functools
+import math
 import multiprocessing
 import os
 import time
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Executor, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 from starlette.requests import Request
@@ -60,7 +65,8 @@ class Dashboard:
     ``clock`` (``time.monotonic``, the cache's age) and ``now`` (``time.time``, the default
     period) are attributes, so tests replace them instead of sleeping; ``reads`` counts the
     times the ledger was read. ``processes``: draw in a process of its own (spawned at the first
-    page), else on a worker thread.
+    page, and again after it died), else on a worker thread. ``make_pool`` makes that process's
+    pool (an attribute too, for tests); ``pools`` counts the pools made.
     """
 
     def __init__(self, gateway: Gateway, *, cache_s: float = CACHE_S, processes: bool = True):
@@ -70,7 +76,9 @@ class Dashboard:
         self.now: Callable[[], float] = time.time
         self.reads = 0
         self.processes = processes
-        self._pool: ProcessPoolExecutor | None = None
+        self.make_pool: Callable[[], Executor] = _drawing_pool
+        self.pools = 0
+        self._pool: Executor | None = None
         self._pages: dict[tuple[Any, ...], tuple[float, str]] = {}
         self._making: dict[tuple[Any, ...], asyncio.Future[str]] = {}
 
@@ -98,7 +106,7 @@ class Dashboard:
                 "the dashboard reads the ledger, and the config has none", location="ledger"
             )
         period = period_of(params, self.now())
-        refresh = max(float(params.get("refresh") or DEFAULT_REFRESH_S), MIN_REFRESH_S)
+        refresh = refresh_of(params)
         config = engine.config
         accounts = engine.limits.accounts
 
@@ -130,14 +138,31 @@ class Dashboard:
             return await asyncio.to_thread(draw)
         # Drawing is a few hundred ms of plotly's pure-Python work per page: in a thread it would
         # hold the GIL the event loop needs, so it runs in a process of its own.
-        return await asyncio.get_running_loop().run_in_executor(self._drawer(), draw)
+        loop = asyncio.get_running_loop()
+        pool = self._drawer()
+        try:
+            return await loop.run_in_executor(pool, draw)
+        except BrokenProcessPool as exc:  # the process died: a new one, and one more try
+            log.warning("cascade.dashboard_drawer_died", error=str(exc), retried=True)
+            self._discard(pool)
+        pool = self._drawer()
+        try:
+            return await loop.run_in_executor(pool, draw)
+        except BrokenProcessPool:
+            self._discard(pool)  # the next request starts another
+            raise
 
-    def _drawer(self) -> ProcessPoolExecutor:
+    def _drawer(self) -> Executor:
         if self._pool is None:
-            self._pool = ProcessPoolExecutor(
-                1, mp_context=multiprocessing.get_context("spawn"), initializer=_lower_priority
-            )
+            self._pool = self.make_pool()
+            self.pools += 1
         return self._pool
+
+    def _discard(self, pool: Executor) -> None:
+        """Drop a broken pool (unless another page already replaced it) without waiting on it."""
+        if self._pool is pool:
+            self._pool = None
+        pool.shutdown(wait=False, cancel_futures=True)
 
     def close(self) -> None:
         """Stop the drawing process (the app's shutdown)."""
@@ -146,31 +171,60 @@ class Dashboard:
             self._pool = None
 
 
+def _drawing_pool() -> Executor:
+    return ProcessPoolExecutor(
+        1, mp_context=multiprocessing.get_context("spawn"), initializer=_lower_priority
+    )
+
+
 def _lower_priority() -> None:
     """The drawing process yields the CPU to the gateway's: a page may wait, a chat should not."""
     with contextlib.suppress(OSError, AttributeError):  # no nice() on some platforms
         os.nice(10)
 
 
+def refresh_of(params: dict[str, str]) -> float:
+    """The seconds between the page's reloads: ``refresh``, at least MIN_REFRESH_S.
+
+    Raises:
+        ConfigError: ``refresh`` is not a finite number (``nan``, ``inf``, a word).
+    """
+    given = params.get("refresh")
+    if not given:
+        return DEFAULT_REFRESH_S
+    try:
+        seconds = float(given)
+    except ValueError:
+        seconds = math.nan
+    if not math.isfinite(seconds):
+        raise ConfigError(f"not a finite number of seconds: {given!r}", location="refresh")
+    return max(seconds, MIN_REFRESH_S)
+
+
 def period_of(params: dict[str, str], now: float) -> Period:
     """The period the query parameters ask for (the last DEFAULT_HOURS hours by default).
 
     Raises:
-        ConfigError: a date or the refresh is not valid (naming the parameter).
+        ConfigError: a date or the refresh is not valid, or ``since`` is not before
+            ``until`` (naming the parameters).
     """
-    if params.get("refresh"):
-        try:
-            float(params["refresh"])
-        except ValueError:
-            raise ConfigError(
-                f"not a number of seconds: {params['refresh']!r}", location="refresh"
-            ) from None
+    refresh_of(params)
     since = (
         parse_since(params["since"], "since")
         if params.get("since")
         else (now - DEFAULT_HOURS * 3600)
     )
     until = parse_since(params["until"], "until") if params.get("until") else None
+    if until is not None and since >= until:
+        given = (
+            f"since {params['since']!r}"
+            if params.get("since")
+            else f"since (by default {DEFAULT_HOURS} hours ago)"
+        )
+        raise ConfigError(
+            f"{given} is not before until {params['until']!r}: the period is empty",
+            location="since, until",
+        )
     return Period(
         since=since, until=until, task=params.get("task") or None, key=params.get("key") or None
     )
@@ -236,6 +290,16 @@ async def dashboard(request: Request) -> Response:
         page = await board.page(dict(request.query_params))
     except PlotlyMissing as exc:
         return error_response(501, str(exc), "server_error", "plotly_missing", scrub=False)
+    except BrokenProcessPool as exc:
+        log.warning("cascade.dashboard_failed", error=str(exc))
+        return error_response(
+            503,
+            "the dashboard's drawing process died twice in a row (out of memory?); the next "
+            "request starts a new one; see the server log",
+            "server_error",
+            "dashboard_unavailable",
+            scrub=False,
+        )
     except LedgerError as exc:
         log.warning("cascade.dashboard_failed", error=str(exc))
         return error_response(

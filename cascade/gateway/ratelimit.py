@@ -18,7 +18,9 @@ before now, so a refund cannot go below an empty bucket), or a charge of usage a
 - ``LocalLimiter``: the same arithmetic (``gcra``) in this process, with an injectable clock.
 
 Both raise nothing but ``RateLimiterUnavailable`` (Redis down or slow); what to do then is the
-caller's choice (``limits.redis.on_error``).
+caller's choice (``limits.redis.on_error``). After a Redis failure, ``RedisLimiter`` raises it at
+once for a second, without trying Redis (``redis_client.Outage``, shared with the cache on the
+same URL), so a hung Redis costs one ``timeout_s`` a second, not one per command.
 """
 
 from __future__ import annotations
@@ -31,7 +33,14 @@ from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 from cascade.config import RedisLimiterConfig
-from cascade.engine.redis_client import PerLoop, async_redis, redis_errors
+from cascade.engine.redis_client import (
+    Outage,
+    PerLoop,
+    async_redis,
+    redis_errors,
+    redis_url,
+    shared_outage,
+)
 from cascade.errors import RateLimiterUnavailable
 
 __all__ = [
@@ -240,6 +249,8 @@ class RedisLimiter:
         clock: Seconds; None (the default) uses Redis's own clock, which every replica shares.
         window_s: The window (a minute; tests shorten it).
         path: The config file, for error messages.
+        outage: When to skip Redis after a failure (default: the one shared by every user of
+            the URL in this process).
 
     Raises:
         ConfigError: ``limits.redis.url_env`` is unset, or redis is not installed. No
@@ -253,6 +264,7 @@ class RedisLimiter:
         clock: Callable[[], float] | None = None,
         window_s: float = WINDOW_S,
         path: str | None = None,
+        outage: Outage | None = None,
     ):
         self.config = config
         self.clock = clock
@@ -260,6 +272,7 @@ class RedisLimiter:
         build = async_redis(config, "limits.redis", path)
         self._clients: PerLoop[tuple[Any, Any]] = PerLoop(lambda: _with_script(build()))
         self._errors = redis_errors()
+        self.outage = outage or shared_outage(redis_url(config, "limits.redis", path))
 
     def __repr__(self) -> str:
         return f"RedisLimiter(url_env={self.config.url_env!r})"
@@ -276,13 +289,21 @@ class RedisLimiter:
         for scope in scopes:
             args += [scope.limit, scope.cost]
         keys = [f"{self.config.prefix}rl:{scope.key}" for scope in scopes]
+        last = self.outage.skipped()
+        if last is not None:
+            raise RateLimiterUnavailable(
+                f"rate limiter unavailable: Redis ({self.config.url_env}) failed less than "
+                f"{self.outage.window_s:g}s ago ({type(last).__name__}); not tried"
+            ) from last
         _, script = self._clients.get()
         try:
             reply = await script(keys=keys, args=args)
         except self._errors as exc:
+            self.outage.failed(exc)
             raise RateLimiterUnavailable(
                 f"rate limiter unavailable: {type(exc).__name__} from Redis ({self.config.url_env})"
             ) from exc
+        self.outage.succeeded()
         return Admission(
             bool(reply[0]), int(reply[1]) / _US, tuple(int(a) / _US for a in reply[2:])
         )

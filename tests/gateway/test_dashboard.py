@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+from concurrent.futures import Executor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
+from typing import Any
 
 import httpx2 as httpx
 import pytest
@@ -153,3 +156,109 @@ def test_the_reads_and_the_drawing_leave_the_event_loop_free(
         assert "cascade-ladder" in asyncio.run(main())
     finally:
         engine.close()
+
+
+ADMIN_BEARER = {"authorization": f"Bearer {ADMIN}"}
+
+
+def test_a_dead_drawing_process_is_replaced(server: MockLLMServer, tmp_path: Path) -> None:
+    """The drawing process killed (the OOM killer): the next page is drawn by a new one, 200."""
+    import os
+    import signal
+
+    engine = Cascade.from_dict(live_config(server, ledger=str(tmp_path / "l.sqlite")))
+    engine.complete("faq", "q")
+    app = create_app(engine, api_keys=[CLIENT], admin_keys=[ADMIN])
+    board: Dashboard = app.state.dashboard
+    try:
+        with running(app) as url:
+            first = httpx.get(f"{url}/dashboard", headers=ADMIN_BEARER, timeout=120)
+            for pid in list(board._pool._processes):  # type: ignore[union-attr]
+                os.kill(pid, signal.SIGKILL)
+            answers = [
+                httpx.get(f"{url}/dashboard?task={task}", headers=ADMIN_BEARER, timeout=120)
+                for task in ("faq", "other")
+            ]
+    finally:
+        engine.close()
+    assert first.status_code == 200
+    assert [a.status_code for a in answers] == [200, 200]
+    assert "data-chart=" in answers[0].text
+    assert board.pools == 2  # one new process, then kept
+
+
+class BrokenPool(Executor):
+    """A pool whose process is always dead."""
+
+    def submit(self, *args: object, **kwargs: object) -> Any:
+        raise BrokenProcessPool("A child process terminated abruptly")
+
+
+def test_a_drawer_that_dies_again_is_a_503(server: MockLLMServer, tmp_path: Path) -> None:
+    """A new drawing process that dies too: 503 dashboard_unavailable, not a 500; the next
+    request tries a new process again."""
+    engine = Cascade.from_dict(live_config(server, ledger=str(tmp_path / "l.sqlite")))
+    app = create_app(engine, api_keys=[CLIENT], admin_keys=[ADMIN])
+    board: Dashboard = app.state.dashboard
+    board.make_pool = BrokenPool
+    try:
+        with running(app) as url:
+            answer = httpx.get(f"{url}/dashboard", headers=ADMIN_BEARER)
+            made = board.pools
+            httpx.get(f"{url}/dashboard?task=faq", headers=ADMIN_BEARER)
+    finally:
+        engine.close()
+    assert answer.status_code == 503
+    assert answer.json()["error"]["code"] == "dashboard_unavailable"
+    assert "drawing process died" in answer.json()["error"]["message"]
+    assert made == 2  # the first, and one retry
+    assert board.pools == 4
+
+
+@pytest.mark.parametrize("refresh", ["nan", "inf", "-inf", "1e999", "NaN"])
+def test_a_refresh_that_is_not_finite_is_refused(
+    server: MockLLMServer, tmp_path: Path, refresh: str
+) -> None:
+    """?refresh=nan (or inf) is a 400 naming refresh, never a page that says content="nan"."""
+    engine = Cascade.from_dict(live_config(server, ledger=str(tmp_path / "l.sqlite")))
+    app = create_app(engine, api_keys=[CLIENT], admin_keys=[ADMIN])
+    board: Dashboard = app.state.dashboard
+    try:
+        with running(app) as url:
+            answer = httpx.get(f"{url}/dashboard?refresh={refresh}", headers=ADMIN_BEARER)
+    finally:
+        engine.close()
+    assert answer.status_code == 400
+    message = answer.json()["error"]["message"]
+    assert "refresh" in message
+    assert "finite" in message
+    assert board.reads == 0
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "since=2026-01-02&until=2026-01-01",
+        "since=2026-01-01&until=2026-01-01",
+        "since=2026-01-01T12:00:00%2B00:00&until=2026-01-01T13:00:00%2B02:00",
+        "until=2020-01-01",  # before the default since (24 hours ago)
+    ],
+)
+def test_since_not_before_until_is_refused(
+    server: MockLLMServer, tmp_path: Path, query: str
+) -> None:
+    """A since at or after until is a 400 naming both, and the ledger is not read."""
+    engine = Cascade.from_dict(live_config(server, ledger=str(tmp_path / "l.sqlite")))
+    app = create_app(engine, api_keys=[CLIENT], admin_keys=[ADMIN])
+    board: Dashboard = app.state.dashboard
+    try:
+        with running(app) as url:
+            answer = httpx.get(f"{url}/dashboard?{query}", headers=ADMIN_BEARER)
+    finally:
+        engine.close()
+    assert answer.status_code == 400
+    message = answer.json()["error"]["message"]
+    assert "since" in message
+    assert "until" in message
+    assert "not before" in message
+    assert board.reads == 0
