@@ -202,27 +202,24 @@ def refresh_of(params: dict[str, str]) -> float:
 
 
 def period_of(params: dict[str, str], now: float) -> Period:
-    """The period the query parameters ask for (the last DEFAULT_HOURS hours by default).
+    """The period the query parameters ask for: by default the DEFAULT_HOURS hours up to
+    ``until`` (given) or now.
 
     Raises:
         ConfigError: a date or the refresh is not valid, or ``since`` is not before
             ``until`` (naming the parameters).
     """
     refresh_of(params)
+    until = parse_since(params["until"], "until") if params.get("until") else None
     since = (
         parse_since(params["since"], "since")
         if params.get("since")
-        else (now - DEFAULT_HOURS * 3600)
+        else ((until if until is not None else now) - DEFAULT_HOURS * 3600)
     )
-    until = parse_since(params["until"], "until") if params.get("until") else None
     if until is not None and since >= until:
-        given = (
-            f"since {params['since']!r}"
-            if params.get("since")
-            else f"since (by default {DEFAULT_HOURS} hours ago)"
-        )
         raise ConfigError(
-            f"{given} is not before until {params['until']!r}: the period is empty",
+            f"since {params['since']!r} is not before until {params['until']!r}: "
+            "the period is empty",
             location="since, until",
         )
     return Period(

@@ -241,7 +241,7 @@ def test_a_refresh_that_is_not_finite_is_refused(
         "since=2026-01-02&until=2026-01-01",
         "since=2026-01-01&until=2026-01-01",
         "since=2026-01-01T12:00:00%2B00:00&until=2026-01-01T13:00:00%2B02:00",
-        "until=2020-01-01",  # before the default since (24 hours ago)
+        "since=2026-01-01T00:00:00%2B00:00&until=2025-12-31",
     ],
 )
 def test_since_not_before_until_is_refused(
