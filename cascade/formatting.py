@@ -3,19 +3,38 @@
 One helper per kind, so every command prints money, counts and JSON the same way:
 ``plural`` ("1 task", "2 tasks"), ``usd`` ("$0.005", not "$0.01"), ``to_json`` (floats at 12
 significant digits, so a cost prints as ``3.6e-06``, not ``3.6000000000000003e-06``) and
-``install_hint`` (how to add an optional extra).
+``install_hint`` (how to add an optional extra) and ``utc_minute`` (a Unix time as
+``2026-11-30 14:05 UTC``).
 """
 
 from __future__ import annotations
 
 import json
 import math
+from datetime import datetime, timezone
 from typing import Any
 
-__all__ = ["JSON_DIGITS", "install_hint", "plural", "round_floats", "to_json", "usd"]
+__all__ = [
+    "FIRST_TS",
+    "JSON_DIGITS",
+    "TIME_RANGE",
+    "UNTIL_TS",
+    "install_hint",
+    "plural",
+    "round_floats",
+    "to_json",
+    "usd",
+    "utc_minute",
+]
 
 # Enough for any price or latency; few enough to hide binary rounding (0.1 * 3 * 1e-6 and kin).
 JSON_DIGITS = 12
+# The times a command accepts (``--since``, ``--until``, ``--expires``): FIRST_TS <= t <
+# UNTIL_TS, 1970-01-01 .. 9998-12-31 UTC. datetime words years 1..9999 only, and the last day of
+# 9999 in a zone west of UTC is already year 10000; no ledger row predates the Unix epoch.
+FIRST_TS = 0.0
+UNTIL_TS = 253_370_764_800.0  # 9999-01-01 00:00 UTC
+TIME_RANGE = "1970-01-01 .. 9998-12-31 UTC"
 
 
 def plural(count: int, noun: str, plural_noun: str | None = None) -> str:
@@ -56,6 +75,15 @@ def usd(value: float) -> str:
     whole, _, fraction = f"{abs(value):,.{decimals}f}".partition(".")
     fraction = fraction.rstrip("0").ljust(2, "0")
     return f"{'-' if value < 0 else ''}${whole}.{fraction}"
+
+
+def utc_minute(ts: float) -> str:
+    """A Unix time as ``2026-11-30 14:05 UTC``; a time no date can word (a bad row written
+    before ``TIME_RANGE`` was checked) as its raw number, so that printing never fails."""
+    try:
+        return datetime.fromtimestamp(ts, tz=timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    except (ValueError, OverflowError, OSError):
+        return f"{ts!r} (Unix time)"
 
 
 def round_floats(value: Any, digits: int = JSON_DIGITS) -> Any:

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from datetime import datetime, timezone
+import time
 from typing import Any
 
 from cascade.cli.where import open_for_cli, where_args
 from cascade.errors import ConfigError, KeyStoreError
-from cascade.formatting import to_json, usd
+from cascade.formatting import to_json, usd, utc_minute
 
 __all__ = ["register"]
 
@@ -31,7 +31,9 @@ _CLEARABLE = {
 
 
 def _limits(args: argparse.Namespace) -> dict[str, Any]:
-    """The limits the flags set (those not given are left out)."""
+    """The limits the flags set (those not given are left out), checked before the ledger is
+    opened, so that a refused command writes nothing."""
+    from cascade.ledger.keys import check_limits
     from cascade.replay.export import parse_since
 
     out: dict[str, Any] = {}
@@ -48,13 +50,14 @@ def _limits(args: argparse.Namespace) -> dict[str, Any]:
             out["expires"] = parse_since(args.expires, "--expires")
         except ConfigError as exc:
             raise KeyStoreError(exc.message, param="expires") from None
+        if out["expires"] <= time.time():
+            raise KeyStoreError(f"{args.expires!r} has already passed", param="expires")
+    check_limits(out)
     return out
 
 
 def _when(ts: float | None) -> str:
-    if ts is None:
-        return "-"
-    return datetime.fromtimestamp(ts, tz=timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return "-" if ts is None else utc_minute(ts)
 
 
 def _limit_text(record: Any) -> str:
@@ -85,6 +88,9 @@ def _one(args: argparse.Namespace, change: str, **changes: Any) -> Any:
 
 
 def cmd_create(args: argparse.Namespace) -> int:
+    from cascade.ledger.keys import check_name
+
+    check_name(args.name)
     limits = _limits(args)
     store = _store(args, create=True)
     try:

@@ -27,6 +27,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     from cascade.replay.report import ledger_report
 
     if getattr(args, "html", None):
+        if getattr(args, "drift", False):
+            print("cascade report: --drift prints its table in the terminal; the --html page "
+                  "has its own drift panel: give one or the other", file=sys.stderr)
+            return 2
         return cmd_report_html(args)
     filters = [f"--{f}" for f in ("since", "until", "task", "key") if getattr(args, f, None)]
     if filters:
@@ -93,6 +97,10 @@ def cmd_report_html(args: argparse.Namespace) -> int:
         until=parse_since(args.until, "--until") if args.until else None,
         task=args.task, key=args.key,
     )
+    if period.since is not None and period.until is not None and period.since >= period.until:
+        print(f"cascade report: --since {args.since} is not before --until {args.until}: the "
+              "period is empty", file=sys.stderr)
+        return 2
     ledger = open_for_cli(args)
     try:
         page = report_page(ledger, period, **page_context(args, ledger))

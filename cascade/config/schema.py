@@ -28,6 +28,8 @@ from cascade.config.pricing import Price
 __all__ = [
     "DEFAULT_KEY_ENV",
     "DEFAULT_MAX_OUTPUT_TOKENS",
+    "MAX_PER_MINUTE",
+    "MAX_USD",
     "BudgetsConfig",
     "CacheConfig",
     "CascadeConfig",
@@ -53,6 +55,11 @@ __all__ = [
 # Infinite and NaN numbers are refused: a price or cap of .inf would silently disable a check.
 _STRICT = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 DEFAULT_KEY_ENV = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}
+# The largest budget in USD: the ledger keeps money in integer nano-dollars, and 1e9 USD is
+# 1e18 of them, within a 64-bit integer (9.2e18); 1e300 used to fail every reservation.
+MAX_USD = 1e9
+# The largest rate limit (requests or tokens per minute): exact in a float and in Redis's Lua.
+MAX_PER_MINUTE = 2**53
 # The output limit of a model whose entry sets no max_output_tokens.
 DEFAULT_MAX_OUTPUT_TOKENS = 4096
 # Engine arguments and transport options: never a gateway parameter, whatever the operator says.
@@ -172,8 +179,8 @@ class BudgetsConfig(BaseModel):
 
     model_config = _STRICT
 
-    daily_usd: float | None = Field(default=None, ge=0)
-    monthly_usd: float | None = Field(default=None, ge=0)
+    daily_usd: float | None = Field(default=None, ge=0, le=MAX_USD)
+    monthly_usd: float | None = Field(default=None, ge=0, le=MAX_USD)
 
 
 class RedisConfig(BaseModel):
@@ -202,8 +209,8 @@ class TaskLimitsConfig(BaseModel):
 
     model_config = _STRICT
 
-    rpm: int | None = Field(default=None, ge=1)  # requests per minute
-    tpm: int | None = Field(default=None, ge=1)  # tokens (input + output) per minute
+    rpm: int | None = Field(default=None, ge=1, le=MAX_PER_MINUTE)  # requests per minute
+    tpm: int | None = Field(default=None, ge=1, le=MAX_PER_MINUTE)  # tokens in + out per minute
 
 
 class LimitsConfig(BaseModel):

@@ -28,7 +28,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from cascade.config.schema import MAX_PER_MINUTE, MAX_USD
 from cascade.errors import KeyStoreError
+from cascade.formatting import FIRST_TS, TIME_RANGE, UNTIL_TS
 from cascade.ledger.core import Ledger
 from cascade.ledger.rows import Record
 
@@ -38,6 +40,8 @@ __all__ = [
     "KeyRecord",
     "KeyScope",
     "KeyStore",
+    "check_limits",
+    "check_name",
     "hash_secret",
     "split_token",
 ]
@@ -149,8 +153,22 @@ def _float(value: Any) -> float | None:
     return None if value is None else float(value)
 
 
-def _checked(changes: Mapping[str, Any]) -> dict[str, Any]:
-    """The limits as stored, or a ``KeyStoreError`` naming the field at fault."""
+def check_name(name: str) -> None:
+    """Refuse a name that is not a key name (``KeyStoreError``), before anything is opened."""
+    if not _NAME.fullmatch(name):
+        raise KeyStoreError(
+            f"{name!r} is not a key name (1-64 letters, digits and _ . @ -, starting with a "
+            "letter or digit)",
+            param="name",
+        )
+
+
+def check_limits(changes: Mapping[str, Any]) -> dict[str, Any]:
+    """The limits as stored, or a ``KeyStoreError`` naming the field at fault.
+
+    Rates are whole numbers in 1..``MAX_PER_MINUTE``, budgets finite in 0 < x <= ``MAX_USD``
+    (nano-dollars of more overflow the ledger's 64-bit totals), ``expires`` in ``TIME_RANGE``.
+    """
     unknown = sorted(set(changes) - set(LIMIT_FIELDS))
     if unknown:
         raise KeyStoreError(f"unknown field(s) {', '.join(unknown)}", param=unknown[0])
@@ -164,15 +182,39 @@ def _checked(changes: Mapping[str, Any]) -> dict[str, Any]:
                 raise KeyStoreError("name at least one task (or clear the limit)", param=field)
             out[field] = json.dumps(tasks)
         elif field in ("rpm", "tpm"):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise KeyStoreError(f"must be a whole number >= 1, got {value!r}", param=field)
+            whole = isinstance(value, int) and not isinstance(value, bool)
+            if not whole or not 1 <= value <= MAX_PER_MINUTE:
+                raise KeyStoreError(
+                    f"must be a whole number from 1 to {MAX_PER_MINUTE} (2**53), got {value!r}",
+                    param=field,
+                )
             out[field] = value
-        else:  # daily_usd, monthly_usd, expires
-            number = float(value)
-            if not math.isfinite(number) or (field != "expires" and number < 0):
-                raise KeyStoreError(f"must be a number >= 0, got {value!r}", param=field)
+        elif field == "expires":
+            number = _number(value)
+            if number is None or not FIRST_TS <= number < UNTIL_TS:
+                raise KeyStoreError(
+                    f"must be a Unix time in {TIME_RANGE}, got {value!r}", param=field
+                )
+            out[field] = number
+        else:  # daily_usd, monthly_usd
+            number = _number(value)
+            if number is None or not 0 < number <= MAX_USD:
+                raise KeyStoreError(
+                    f"must be a number > 0 and <= {MAX_USD:,.0f} USD, got {value!r}", param=field
+                )
             out[field] = number
     return out
+
+
+def _number(value: Any) -> float | None:
+    """``value`` as a finite float, or None (NaN, an infinity, an int too large, not a number)."""
+    if isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return number if math.isfinite(number) else None
 
 
 class KeyStore:
@@ -197,13 +239,8 @@ class KeyStore:
             KeyStoreError: a bad or duplicate name, or a bad limit.
             LedgerError: the ledger cannot be written.
         """
-        if not _NAME.fullmatch(name):
-            raise KeyStoreError(
-                f"{name!r} is not a key name (1-64 letters, digits and _ . @ -, starting with a "
-                "letter or digit)",
-                param="name",
-            )
-        values = {field: None for field in LIMIT_FIELDS} | _checked(limits)
+        check_name(name)
+        values = {field: None for field in LIMIT_FIELDS} | check_limits(limits)
         key_id, secret, salt = (
             secrets.token_hex(6),
             secrets.token_urlsafe(32),
@@ -246,7 +283,7 @@ class KeyStore:
         Raises:
             KeyStoreError: no such key, or a bad limit.
         """
-        values = _checked(changes)
+        values = check_limits(changes)
         if values:
             sets = ", ".join(f"{field} = ?" for field in values)
             self._change(name, f"{sets}, updated = ?", (*values.values(), self.clock()))

@@ -8,6 +8,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from cascade.errors import ConfigError
+from cascade.formatting import FIRST_TS, TIME_RANGE, UNTIL_TS, utc_minute
 
 __all__ = ["BUCKETS", "Period", "bucket_seconds", "parse_since"]
 
@@ -21,7 +22,7 @@ def parse_since(value: str, flag: str = "--since") -> float:
     """``2026-11-30`` or an ISO timestamp (UTC unless it says otherwise) as a Unix time.
 
     Raises:
-        ConfigError: not a date (naming ``flag``).
+        ConfigError: not a date, or one outside ``TIME_RANGE`` (naming ``flag``).
     """
     try:
         moment = datetime.fromisoformat(value)
@@ -29,7 +30,10 @@ def parse_since(value: str, flag: str = "--since") -> float:
         raise ConfigError(f"not a date (YYYY-MM-DD or ISO 8601): {value!r}", location=flag) from exc
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=timezone.utc)
-    return moment.timestamp()
+    ts = moment.timestamp()  # an aware datetime's never overflows, even one hour before year 1
+    if not FIRST_TS <= ts < UNTIL_TS:
+        raise ConfigError(f"{value!r} is outside {TIME_RANGE}", location=flag)
+    return ts
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,12 +73,9 @@ class Period:
         return " AND ".join(clauses), tuple(args)
 
     def describe(self) -> str:
-        def day(ts: float) -> str:
-            return datetime.fromtimestamp(ts, tz=timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-
         parts = [
-            f"from {day(self.since)}" if self.since is not None else "from the start",
-            f"until {day(self.until)}" if self.until is not None else "until now",
+            f"from {utc_minute(self.since)}" if self.since is not None else "from the start",
+            f"until {utc_minute(self.until)}" if self.until is not None else "until now",
         ]
         if self.task:
             parts.append(f"task {self.task}")

@@ -91,8 +91,10 @@ def test_the_key_is_stored_as_a_salted_hash_only(store: KeyStore, db: Db) -> Non
     rows = db.rows("SELECT id, name, salt, hash, tasks, daily_usd, rpm FROM keys")
     assert len(rows) == 1
     row = rows[0]
-    assert key not in repr(row) and secret not in repr(row)
-    assert row[3] == hash_secret(row[2], secret) and row[2]
+    assert key not in repr(row)
+    assert secret not in repr(row)
+    assert row[3] == hash_secret(row[2], secret)
+    assert row[2]
     assert row[4:] == ('["faq"]', 5.0, 10)
     assert store.find(key) == record
     assert store.find(key[:-1] + ("A" if key[-1] != "A" else "B")) is None
@@ -119,6 +121,16 @@ def test_two_keys_with_one_secret_hash_differently(store: KeyStore, db: Db) -> N
         ("ok", {"tpm": 1.5}, "tpm"),
         ("ok", {"tasks": []}, "tasks"),
         ("ok", {"colour": "red"}, "colour"),
+        # beyond what the ledger can hold: 1e300 USD overflowed nano() in every reservation,
+        # 10**20 rpm the SQLite INTEGER, a year-10000 expiry every command that prints it
+        ("ok", {"rpm": 10**20}, "rpm"),
+        ("ok", {"tpm": 2**53 + 1}, "tpm"),
+        ("ok", {"daily_usd": 1e300}, "daily_usd"),
+        ("ok", {"daily_usd": 0}, "daily_usd"),
+        ("ok", {"monthly_usd": 10**400}, "monthly_usd"),
+        ("ok", {"expires": 1e300}, "expires"),
+        ("ok", {"expires": -1.0}, "expires"),
+        ("ok", {"expires": float("inf")}, "expires"),
     ],
 )
 def test_bad_names_and_limits_are_refused(
@@ -149,6 +161,28 @@ def test_update_changes_and_clears_limits(store: KeyStore) -> None:
     record = store.update("team-a", tasks=None, rpm=20)
     assert (record.tasks, record.daily_usd, record.rpm) == (None, 5.0, 20)
     assert (record.created, record.updated) == (1_000.0, 2_000.0)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("rpm", 10**20), ("tpm", 0), ("daily_usd", 1e300), ("monthly_usd", 1e10),
+     ("expires", 1e300)],
+)
+def test_update_holds_the_same_bounds(store: KeyStore, field: str, value: object) -> None:
+    """update refuses what create refuses, naming the field; the key is left as it was."""
+    before = store.create("team-a", daily_usd=5, rpm=10)[0]
+    with pytest.raises(KeyStoreError) as info:
+        store.update("team-a", **{field: value})
+    assert info.value.param == field
+    assert store.get("team-a") == before
+
+
+def test_limits_at_the_bounds_are_kept(store: KeyStore) -> None:
+    """The largest budgets and rates and the last day of 9998 are accepted as given."""
+    record = store.create("big", daily_usd=1e9, monthly_usd=1e9, rpm=2**53, tpm=2**53,
+                          expires=253_370_764_799.0)[0]
+    assert (record.daily_usd, record.rpm, record.tpm) == (1e9, 2**53, 2**53)
+    assert record.expires == 253_370_764_799.0
 
 
 def test_revoked_and_expired_states(store: KeyStore) -> None:
@@ -182,9 +216,11 @@ def test_key_budget_refuses_in_the_reservation(db: Db) -> None:
             "cap": None,
         }
         hold, refusal = accounts.reserve(run_id="r1", estimate=0.6, key=scope, **kwargs)
-        assert hold is not None and refusal is None
+        assert hold is not None
+        assert refusal is None
         hold, refusal = accounts.reserve(run_id="r2", estimate=0.6, key=scope, **kwargs)
-        assert hold is None and refusal is not None
+        assert hold is None
+        assert refusal is not None
         assert refusal.reason.startswith("key 'team-a' daily budget $1.00: ")
         assert refusal.limit_usd == 1.0
         hold, refusal = accounts.reserve(run_id="r3", estimate=0.6, **kwargs)
