@@ -69,3 +69,4 @@ def live_config(server: MockLLMServer, *, ladder: list[Any] | None = None,
 
 
 from tests.ledger.ledger_db import db  # noqa: E402,F401  (the SQLite/PostgreSQL ledger fixture)
+from tests.redis_server import outage_clock  # noqa: E402,F401  (Redis outage windows)

@@ -100,3 +100,23 @@ class OwnRedis:
         if self.process is not None:
             self.thaw()
         self.stop()
+
+
+class Clock:
+    """A clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def outage_clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    """The clock of every Redis ``Outage`` window made during the test (the shared ones too)."""
+    from cascade.engine import redis_client
+
+    fake = Clock()
+    monkeypatch.setattr(redis_client, "OUTAGES", redis_client.Outages(clock=fake))
+    return fake

@@ -7,13 +7,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 from structlog.testing import capture_logs
 
-from cascade.engine import redis_client
-from cascade.engine.redis_client import Outages
 from tests.gateway.limited import KEY_A, ask, clients, live_gateway
-from tests.redis_server import OwnRedis
+from tests.redis_server import Clock, OwnRedis
 
 ENV = "CASCADE_TEST_OWN_REDIS"
 
@@ -22,24 +19,9 @@ def limits(on_error: str) -> dict[str, object]:
     return {"limits": {"redis": {"url_env": ENV, "on_error": on_error, "timeout_s": 0.2}}}
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
-    """The clock of the Redis outage windows (``Outage``) made during the test."""
-    fake = Clock()
-    monkeypatch.setattr(redis_client, "OUTAGES", Outages(clock=fake))
-    return fake
-
 
 def test_closed_refuses_while_redis_is_down_and_recovers_when_it_returns(
-    tmp_path: Path, clock: Clock
+    tmp_path: Path, outage_clock: Clock
 ) -> None:
     """503 rate_limiter_unavailable with Retry-After while Redis is stopped; the first request
     once it is started again (same port, no gateway restart) and the one-second window after
@@ -54,7 +36,7 @@ def test_closed_refuses_while_redis_is_down_and_recovers_when_it_returns(
         own.stop()
         down = [ask(live.url, KEY_A) for _ in range(2)]
         own.start()
-        clock.now += 1.0
+        outage_clock.now += 1.0
         after = ask(live.url, KEY_A)
         refused = live.metric("cascade_rate_limiter_errors_total", outcome="refused")
         calls = len(live.upstream.calls())
@@ -68,7 +50,7 @@ def test_closed_refuses_while_redis_is_down_and_recovers_when_it_returns(
     assert calls == 2  # nothing was called for the refused requests
 
 
-def test_closed_refuses_when_redis_hangs(tmp_path: Path, clock: Clock) -> None:
+def test_closed_refuses_when_redis_hangs(tmp_path: Path, outage_clock: Clock) -> None:
     """A frozen Redis (SIGSTOP) costs the request timeout_s, then 503: it never hangs it; once
     Redis answers and the window has passed, requests are served again."""
     with (
@@ -83,7 +65,7 @@ def test_closed_refuses_when_redis_hangs(tmp_path: Path, clock: Clock) -> None:
             hung = ask(live.url, KEY_A)
         finally:
             own.thaw()
-        clock.now += 1.0
+        outage_clock.now += 1.0
         back = ask(live.url, KEY_A)
     assert hung.status_code == 503
     assert back.status_code == 200

@@ -18,13 +18,12 @@ from pathlib import Path
 import pytest
 
 from cascade.config import RedisConfig, RedisLimiterConfig
-from cascade.engine import redis_client
 from cascade.engine.cache_redis import RedisResponseCache
-from cascade.engine.redis_client import Outage, Outages
+from cascade.engine.redis_client import Outage
 from cascade.errors import RateLimiterUnavailable
 from cascade.gateway.ratelimit import RedisLimiter, Scope
 from tests.gateway.limited import KEY_A, ask, clients, live_gateway
-from tests.redis_server import OwnRedis
+from tests.redis_server import Clock, OwnRedis
 
 ENV = "CASCADE_TEST_HUNG_REDIS"
 RPM = Scope("key:a:rpm", 100, 1, "key 'a' rpm 100", "requests")
@@ -69,21 +68,6 @@ def hung(monkeypatch: pytest.MonkeyPatch) -> Iterator[HungRedis]:
     server.close()
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
-    """The clock of every ``Outage`` made during the test (the shared ones included)."""
-    fake = Clock()
-    monkeypatch.setattr(redis_client, "OUTAGES", Outages(clock=fake))
-    return fake
-
 
 def test_one_timeout_is_not_retried(hung: HungRedis) -> None:
     """A command that times out is not sent again: one attempt (connection), not two."""
@@ -93,7 +77,9 @@ def test_one_timeout_is_not_retried(hung: HungRedis) -> None:
     assert hung.accepted == 1
 
 
-def test_limiter_and_cache_share_one_attempt_per_window(hung: HungRedis, clock: Clock) -> None:
+def test_limiter_and_cache_share_one_attempt_per_window(
+    hung: HungRedis, outage_clock: Clock
+) -> None:
     """Five requests' worth of commands (take, get, put, settle, sync get) on a hung Redis:
     one attempt in all; each skipped command fails at once, as Redis failing would."""
     limiter = RedisLimiter(RedisLimiterConfig(url_env=ENV, timeout_s=0.05))
@@ -125,22 +111,22 @@ def test_limiter_and_cache_share_one_attempt_per_window(hung: HungRedis, clock: 
     assert limiter.outage is cache.outage
 
 
-def test_after_the_window_it_tries_again(hung: HungRedis, clock: Clock) -> None:
+def test_after_the_window_it_tries_again(hung: HungRedis, outage_clock: Clock) -> None:
     """Once the window has passed, the next command tries Redis again (one more attempt)."""
     cache = RedisResponseCache(RedisConfig(url_env=ENV, timeout_s=0.05))
     cache.get("k")
     cache.get("k")
-    clock.now += 0.9
+    outage_clock.now += 0.9
     cache.get("k")
     within = hung.accepted
-    clock.now += 0.2
+    outage_clock.now += 0.2
     cache.get("k")
     cache.close()
     assert within == 1
     assert hung.accepted == 2
 
 
-def test_recovers_when_redis_is_back(monkeypatch: pytest.MonkeyPatch, clock: Clock) -> None:
+def test_recovers_when_redis_is_back(monkeypatch: pytest.MonkeyPatch, outage_clock: Clock) -> None:
     """A stopped Redis is skipped while the window lasts, even once it is back; after the
     window the limiter admits and the cache hits again, with no restart."""
     with OwnRedis() as own:
@@ -161,7 +147,7 @@ def test_recovers_when_redis_is_back(monkeypatch: pytest.MonkeyPatch, clock: Clo
 
         with pytest.raises(RateLimiterUnavailable, match="not tried"):
             asyncio.run(take())
-        clock.now += 1.0
+        outage_clock.now += 1.0
         admitted = asyncio.run(take())
         cache.put("k", "faq", "mini", "text", None, 60)
         hit = cache.get("k")
@@ -172,7 +158,7 @@ def test_recovers_when_redis_is_back(monkeypatch: pytest.MonkeyPatch, clock: Clo
 
 
 def test_a_gateway_request_waits_on_a_hung_redis_once(
-    tmp_path: Path, hung: HungRedis, clock: Clock
+    tmp_path: Path, hung: HungRedis, outage_clock: Clock
 ) -> None:
     """Through the gateway (limits open, cache on the same Redis): three requests are served
     and Redis was tried once, not per command (take, cache get, put, settle) per request."""
