@@ -31,6 +31,15 @@ def cmd_report(args: argparse.Namespace) -> int:
             print("cascade report: --drift prints its table in the terminal; the --html page "
                   "has its own drift panel: give one or the other", file=sys.stderr)
             return 2
+        clash = [flag for flag, given in (("--json", getattr(args, "json", False)),
+                                          ("--by key", getattr(args, "by", "task") == "key"))
+                 if given]
+        if clash:
+            verb = "selects" if len(clash) == 1 else "select"
+            print(f"cascade report: {' and '.join(clash)} {verb} the terminal report; --html "
+                  "writes the page (its --key narrows it to one key): give one or the other",
+                  file=sys.stderr)
+            return 2
         return cmd_report_html(args)
     filters = [f"--{f}" for f in ("since", "until", "task", "key") if getattr(args, f, None)]
     if filters:

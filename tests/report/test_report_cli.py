@@ -63,6 +63,11 @@ _RANGE = "is outside 1970-01-01 .. 9998-12-31 UTC"
          "empty\n"),
         (["--drift"], "cascade report: --drift prints its table in the terminal; the --html page "
                       "has its own drift panel: give one or the other\n"),
+        (["--json"], "cascade report: --json selects the terminal report; --html writes the "
+                     "page (its --key narrows it to one key): give one or the other\n"),
+        (["--by", "key", "--json"], "cascade report: --json and --by key select the terminal "
+                                    "report; --html writes the page (its --key narrows it to one "
+                                    "key): give one or the other\n"),
     ],
 )
 def test_html_refusals_are_one_line_and_write_nothing(
