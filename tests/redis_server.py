@@ -10,7 +10,7 @@ import shutil
 import signal
 import socket
 import subprocess
-import time
+import threading
 import uuid
 from collections.abc import Iterator
 
@@ -46,7 +46,8 @@ class OwnRedis:
     def __init__(self) -> None:
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.process: subprocess.Popen[bytes] | None = None
+        self.process: subprocess.Popen[str] | None = None
+        self._drain: threading.Thread | None = None
 
     def start(self) -> None:
         binary = shutil.which("redis-server")
@@ -64,23 +65,31 @@ class OwnRedis:
                 "--appendonly",
                 "no",
             ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
         )
-        with redis.Redis.from_url(self.url, socket_connect_timeout=0.2) as client:
-            for _ in range(200):  # until it accepts connections (no assertion on the time)
-                try:
-                    client.ping()
-                except redis.ConnectionError:
-                    time.sleep(0.025)
-                else:
-                    return
+        # redis-server says when it accepts connections: wait for that line, not for a time.
+        # Its output ends (EOF) if it exits instead, e.g. when the port was taken meanwhile.
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            if "Ready to accept connections" in line:
+                # Keep reading its log, so a full pipe never blocks the server.
+                self._drain = threading.Thread(target=self.process.stdout.read, daemon=True)
+                self._drain.start()
+                return
+        self.stop()
         pytest.fail(f"redis-server did not start on port {self.port}")
 
     def stop(self) -> None:
         if self.process is not None:
             self.process.terminate()
             self.process.wait(timeout=10)
+            if self._drain is not None:
+                self._drain.join(timeout=10)  # the log's end, now that the server is gone
+                self._drain = None
+            if self.process.stdout is not None:
+                self.process.stdout.close()
             self.process = None
 
     def freeze(self) -> None:

@@ -374,6 +374,9 @@ class ServerConfig(BaseModel):
     # Also accept the named keys of the ledger's keys table (cascade keys create; docs/keys.md):
     # with it, every request needs a key, even with no server.api_keys_env keys.
     ledger_keys: bool = False
+    # How long a named key's row is trusted before the ledger is read again: what a revocation
+    # or expiry takes to reach this process (at most 1 s, the promise of docs/keys.md).
+    key_cache_s: float = Field(default=0.5, ge=0, le=1.0)
     # A key label (the key's name) on cascade_requests_total and cascade_cost_usd_total; by
     # default on when ledger_keys is on and the ledger holds fewer than 100 keys at startup.
     metrics_key_labels: bool | None = None

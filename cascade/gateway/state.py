@@ -193,6 +193,7 @@ class Gateway:
             )
         if self.ledger_keys is None or self.ledger_keys.ledger is not engine.ledger:
             self.ledger_keys = LedgerKeys(engine.ledger, clock=self.key_clock)
+        self.ledger_keys.ttl_s = settings.key_cache_s
 
     @property
     def has_keys(self) -> bool:

@@ -215,24 +215,29 @@ def test_a_drawer_that_dies_again_is_a_503(server: MockLLMServer, tmp_path: Path
     assert board.pools == 4
 
 
-@pytest.mark.parametrize("refresh", ["nan", "inf", "-inf", "1e999", "NaN"])
-def test_a_refresh_that_is_not_finite_is_refused(
-    server: MockLLMServer, tmp_path: Path, refresh: str
-) -> None:
-    """?refresh=nan (or inf) is a 400 naming refresh, never a page that says content="nan"."""
+def _refused(server: MockLLMServer, tmp_path: Path, query: str) -> str:
+    """The message of the 400 that ``GET /dashboard?query`` gets; the ledger is never read."""
     engine = Cascade.from_dict(live_config(server, ledger=str(tmp_path / "l.sqlite")))
     app = create_app(engine, api_keys=[CLIENT], admin_keys=[ADMIN])
     board: Dashboard = app.state.dashboard
     try:
         with running(app) as url:
-            answer = httpx.get(f"{url}/dashboard?refresh={refresh}", headers=ADMIN_BEARER)
+            answer = httpx.get(f"{url}/dashboard?{query}", headers=ADMIN_BEARER)
     finally:
         engine.close()
     assert answer.status_code == 400
-    message = answer.json()["error"]["message"]
+    assert board.reads == 0
+    return str(answer.json()["error"]["message"])
+
+
+@pytest.mark.parametrize("refresh", ["nan", "inf", "-inf", "1e999", "NaN"])
+def test_a_refresh_that_is_not_finite_is_refused(
+    server: MockLLMServer, tmp_path: Path, refresh: str
+) -> None:
+    """?refresh=nan (or inf) is a 400 naming refresh, never a page that says content="nan"."""
+    message = _refused(server, tmp_path, f"refresh={refresh}")
     assert "refresh" in message
     assert "finite" in message
-    assert board.reads == 0
 
 
 @pytest.mark.parametrize(
@@ -248,17 +253,7 @@ def test_since_not_before_until_is_refused(
     server: MockLLMServer, tmp_path: Path, query: str
 ) -> None:
     """A since at or after until is a 400 naming both, and the ledger is not read."""
-    engine = Cascade.from_dict(live_config(server, ledger=str(tmp_path / "l.sqlite")))
-    app = create_app(engine, api_keys=[CLIENT], admin_keys=[ADMIN])
-    board: Dashboard = app.state.dashboard
-    try:
-        with running(app) as url:
-            answer = httpx.get(f"{url}/dashboard?{query}", headers=ADMIN_BEARER)
-    finally:
-        engine.close()
-    assert answer.status_code == 400
-    message = answer.json()["error"]["message"]
+    message = _refused(server, tmp_path, query)
     assert "since" in message
     assert "until" in message
     assert "not before" in message
-    assert board.reads == 0
